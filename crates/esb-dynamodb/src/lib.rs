@@ -1,0 +1,1 @@
+//! esb-dynamodb (skeleton; being built).

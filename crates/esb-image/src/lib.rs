@@ -1,0 +1,1 @@
+//! esb-image (skeleton; being built).

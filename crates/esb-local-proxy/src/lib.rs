@@ -1,0 +1,1 @@
+//! esb-local-proxy (skeleton; being built).

@@ -1,0 +1,1 @@
+//! esb-logstore (skeleton; being built).

@@ -1,0 +1,1 @@
+//! esb-netns (skeleton; being built).

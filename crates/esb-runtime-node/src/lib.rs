@@ -1,0 +1,1 @@
+//! esb-runtime-node (skeleton; being built).

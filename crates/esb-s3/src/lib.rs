@@ -1,0 +1,1 @@
+//! esb-s3 (skeleton; being built).

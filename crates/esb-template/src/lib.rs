@@ -1,0 +1,1 @@
+//! esb-template (skeleton; being built).
