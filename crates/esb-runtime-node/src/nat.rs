@@ -1,0 +1,156 @@
+//! The node's NAT rules, kept in an nftables table of esb's own (`ip esb`) inside the node
+//! namespace, so that they are applied atomically, listed with `nft list table ip esb`,
+//! and removed exactly.
+//!
+//! Rules (seed, "DNAT ルール"): for each service with a target,
+//! `CNI_GW_IP:dport -> ip:port` in PREROUTING (traffic from workers) and, with
+//! `DNAT_APPLY_OUTPUT`, in OUTPUT (traffic from inside the node namespace); a target that
+//! is not 127.0.0.1 is also masqueraded on the way out. Reaching 127.0.0.1 from the bridge
+//! needs `route_localnet=1`, which [`crate::RuntimeNode::up`] sets.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use esb_netns::NetNs;
+
+use crate::{NodeConfig, NodeError};
+
+/// nftables family and name of esb's table.
+pub const TABLE: &str = "ip esb";
+
+/// The nft script that (re)creates the table with exactly the configured rules, in one
+/// transaction: the table is declared, flushed away and rebuilt, so applying it twice
+/// leaves one copy and a failure leaves the previous rules untouched.
+pub fn ruleset(cfg: &NodeConfig) -> String {
+    let gw = cfg.gateway_ip;
+    let mut dnat = String::new();
+    let mut masq = String::new();
+    for (name, t) in cfg.dnat.targets() {
+        dnat.push_str(&format!(
+            "\t\tip daddr {gw} tcp dport {} dnat to {}:{} comment \"esb {name}\"\n",
+            t.dport, t.ip, t.port
+        ));
+        if !t.ip.is_loopback() {
+            masq.push_str(&format!(
+                "\t\tip daddr {} tcp dport {} masquerade comment \"esb {name}\"\n",
+                t.ip, t.port
+            ));
+        }
+    }
+    let output = if cfg.dnat.apply_output {
+        dnat.as_str()
+    } else {
+        ""
+    };
+    format!(
+        "table {TABLE}\n\
+         delete table {TABLE}\n\
+         table {TABLE} {{\n\
+         \tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n{dnat}\t}}\n\
+         \tchain output {{\n\t\ttype nat hook output priority dstnat; policy accept;\n{output}\t}}\n\
+         \tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n{masq}\t}}\n\
+         }}\n"
+    )
+}
+
+fn nft(node: &NetNs, args: &[&str], stdin: Option<&str>) -> Result<String, NodeError> {
+    let mut cmd = Command::new("nft");
+    cmd.args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    node.enter_on_exec(&mut cmd);
+    let mut child = cmd.spawn().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            NodeError::Missing("nft (install Debian's nftables)".into())
+        } else {
+            NodeError::io("run nft", e)
+        }
+    })?;
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(input.as_bytes())
+            .map_err(|e| NodeError::io("write nft script", e))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| NodeError::io("run nft", e))?;
+    if !out.status.success() {
+        return Err(NodeError::Nat(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Applies the rules inside the node namespace (atomically, idempotently).
+pub fn apply(node: &NetNs, cfg: &NodeConfig) -> Result<(), NodeError> {
+    nft(node, &["-f", "-"], Some(&ruleset(cfg))).map(drop)
+}
+
+/// Removes esb's table (and nothing else); no table is not an error.
+pub fn remove(node: &NetNs) -> Result<(), NodeError> {
+    nft(
+        node,
+        &["-f", "-"],
+        Some(&format!("table {TABLE}\ndelete table {TABLE}\n")),
+    )
+    .map(drop)
+}
+
+/// The table as nft prints it, or `None` when there is no such table.
+pub fn list(node: &NetNs) -> Result<Option<String>, NodeError> {
+    let fam_name: Vec<&str> = TABLE.split(' ').collect();
+    match nft(node, &["list", "table", fam_name[0], fam_name[1]], None) {
+        Ok(s) => Ok(Some(s)),
+        Err(NodeError::Nat(msg)) if msg.contains("No such file") => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn local_proxy_mode_rules() {
+        let cfg = NodeConfig::with_defaults("/tmp/s".into());
+        let r = ruleset(&cfg);
+        assert!(r.contains("ip daddr 10.88.0.1 tcp dport 9000 dnat to 127.0.0.1:9000"));
+        assert!(r.contains("ip daddr 10.88.0.1 tcp dport 8001 dnat to 127.0.0.1:8001"));
+        assert!(r.contains("ip daddr 10.88.0.1 tcp dport 9428 dnat to 127.0.0.1:9428"));
+        // PREROUTING and OUTPUT each hold the three rules; no masquerade for loopback.
+        assert_eq!(r.matches("dnat to").count(), 6);
+        assert!(!r.contains("masquerade"));
+        assert!(r.starts_with("table ip esb\ndelete table ip esb\n"));
+    }
+
+    #[test]
+    fn empty_target_means_no_rule_and_output_is_optional() {
+        let mut cfg = NodeConfig::with_defaults("/tmp/s".into());
+        cfg.dnat.s3 = None;
+        cfg.dnat.apply_output = false;
+        let r = ruleset(&cfg);
+        assert!(!r.contains("dport 9000"));
+        assert_eq!(r.matches("dnat to").count(), 2);
+    }
+
+    #[test]
+    fn remote_targets_are_masqueraded() {
+        let mut cfg = NodeConfig::with_defaults("/tmp/s".into());
+        let db = cfg.dnat.db.as_mut().unwrap();
+        db.ip = Ipv4Addr::new(10, 99, 0, 1);
+        db.port = 8000;
+        let r = ruleset(&cfg);
+        assert!(r.contains("tcp dport 8001 dnat to 10.99.0.1:8000"));
+        assert!(r.contains("ip daddr 10.99.0.1 tcp dport 8000 masquerade"));
+    }
+}
