@@ -280,7 +280,7 @@ fn ensure_run_dir(name: &str) -> Result<(), NetNsError> {
 fn is_nsfs_mount(path: &Path) -> bool {
     const NSFS_MAGIC: i64 = 0x6e73_6673;
     match nix::sys::statfs::statfs(path) {
-        Ok(st) => st.filesystem_type().0 as i64 == NSFS_MAGIC,
+        Ok(st) => st.filesystem_type() == nix::sys::statfs::FsType(NSFS_MAGIC as _),
         Err(_) => false,
     }
 }

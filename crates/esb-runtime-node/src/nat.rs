@@ -46,9 +46,9 @@ pub fn ruleset(cfg: &NodeConfig) -> String {
         "table {TABLE}\n\
          delete table {TABLE}\n\
          table {TABLE} {{\n\
-         \tchain prerouting {{\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n{dnat}\t}}\n\
-         \tchain output {{\n\t\ttype nat hook output priority dstnat; policy accept;\n{output}\t}}\n\
-         \tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n{masq}\t}}\n\
+         \tchain prerouting {{\n\t\ttype nat hook prerouting priority -100; policy accept;\n{dnat}\t}}\n\
+         \tchain output {{\n\t\ttype nat hook output priority -100; policy accept;\n{output}\t}}\n\
+         \tchain postrouting {{\n\t\ttype nat hook postrouting priority 100; policy accept;\n{masq}\t}}\n\
          }}\n"
     )
 }

@@ -1,1 +1,159 @@
-fn main() {}
+//! `esb`: the Edge Serverless Box command line. Thin: it parses arguments and settings,
+//! wires the component crates together and prints results.
+
+mod daemon;
+mod doctor;
+mod node;
+mod settings;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use settings::{NodeArgs, ProxyArgs, StateArgs};
+
+/// Edge Serverless Box: run AWS SAM applications on your own machines.
+#[derive(Debug, Parser)]
+#[command(name = "esb", version, about)]
+struct Cli {
+    #[command(flatten)]
+    state: StateArgs,
+    /// Log filter (tracing's syntax: info, debug, esb_local_proxy=debug, …).
+    #[arg(long, env = "ESB_LOG", default_value = "info", global = true)]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The runtime-node: node namespace, bridge, NAT and local proxy.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+    /// Run the local proxy in the foreground.
+    Proxy {
+        /// Named network namespace to listen in (default: the current one).
+        #[arg(long, env = "ESB_PROXY_NETNS")]
+        netns: Option<String>,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        listen: IpAddr,
+        /// Listen port of the S3 route.
+        #[arg(long, default_value_t = 9000)]
+        s3_port: u16,
+        /// Listen port of the DynamoDB route.
+        #[arg(long, default_value_t = 8001)]
+        db_port: u16,
+        /// Listen port of the log store route.
+        #[arg(long, default_value_t = 9428)]
+        logs_port: u16,
+        /// Write "PID STARTTIME" here once listening.
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        #[command(flatten)]
+        proxy: ProxyArgs,
+    },
+    /// Check the box and print a hint for each problem; non-zero exit when a check fails.
+    Doctor {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[command(flatten)]
+        proxy: ProxyArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// Build the node network and start the local proxy (idempotent).
+    Up {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[command(flatten)]
+        proxy: ProxyArgs,
+        /// Do not start the local proxy.
+        #[arg(long)]
+        no_proxy: bool,
+    },
+    /// Stop the proxy and remove the node network, its attachments and leases.
+    Down {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Show the node network, NAT rules, proxy and attachments.
+    Status {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a worker-like namespace NAME attached to the bridge.
+    Attach {
+        /// Namespace name.
+        name: String,
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Detach and remove the namespace NAME.
+    Detach {
+        /// Namespace name.
+        name: String,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let state = &cli.state;
+    let result = match cli.command {
+        Command::Node { command } => match command {
+            NodeCommand::Up {
+                node,
+                proxy,
+                no_proxy,
+            } => node::up(state, &node, &proxy, no_proxy),
+            NodeCommand::Down { node } => node::down(state, &node),
+            NodeCommand::Status { node, json } => node::status(state, &node, json),
+            NodeCommand::Attach { name, node, json } => node::attach(state, &node, &name, json),
+            NodeCommand::Detach { name, node } => node::detach(state, &node, &name),
+        },
+        Command::Proxy {
+            netns,
+            listen,
+            s3_port,
+            db_port,
+            logs_port,
+            pid_file,
+            proxy,
+        } => node::proxy(
+            state,
+            &proxy,
+            netns,
+            listen,
+            [s3_port, db_port, logs_port],
+            pid_file,
+        ),
+        Command::Doctor { node, proxy } => doctor::run(state, &node, &proxy),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("esb: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! `esb doctor`: the seed's troubleshooting list as checks, each with a hint.
+
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use anyhow::Result;
+use esb_local_proxy::{Backend, Resolver};
+use esb_netns::NetNs;
+use esb_runtime_node::RuntimeNode;
+
+use crate::daemon;
+use crate::settings::{NodeArgs, ProxyArgs, StateArgs};
+
+struct Report {
+    failed: usize,
+}
+
+impl Report {
+    fn check(&mut self, ok: bool, what: String, hint: &str) {
+        if ok {
+            println!("ok    {what}");
+        } else {
+            self.failed += 1;
+            println!("FAIL  {what}\n      hint: {hint}");
+        }
+    }
+}
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs every check; fails (non-zero exit) when one does.
+pub fn run(state: &StateArgs, node: &NodeArgs, proxy: &ProxyArgs) -> Result<()> {
+    let rn = RuntimeNode::from_state_or(node.node_config(state))?;
+    let cfg = rn.config().clone();
+    let st = rn.status()?;
+    let mut r = Report { failed: 0 };
+
+    r.check(
+        rn.preflight().is_ok(),
+        "prerequisites: CNI plugins (bridge, host-local, loopback), nft, ip".into(),
+        "install Debian's containernetworking-plugins, nftables and iproute2",
+    );
+    r.check(
+        st.up,
+        format!("node namespace {} exists", cfg.netns),
+        "run `esb node up`",
+    );
+    let want = cfg.gateway_cidr().to_string();
+    r.check(
+        st.bridge
+            .as_ref()
+            .is_some_and(|b| b.admin_up && b.addresses.contains(&want)),
+        format!("bridge {} holds {want} and is up", cfg.bridge),
+        "run `esb node up` again (it repairs the bridge)",
+    );
+    let rules = st.nat_rules.clone().unwrap_or_default();
+    for (name, t) in cfg.dnat.targets() {
+        let rule = format!(
+            "ip daddr {} tcp dport {} dnat to {}:{}",
+            cfg.gateway_ip, t.dport, t.ip, t.port
+        );
+        let want = if cfg.dnat.apply_output { 2 } else { 1 };
+        r.check(
+            rules.matches(&rule).count() >= want,
+            format!("NAT rule {name}: {}:{} -> {}:{} (PREROUTING{})", cfg.gateway_ip, t.dport, t.ip, t.port,
+                if cfg.dnat.apply_output { " and OUTPUT" } else { "" }),
+            &format!("`nft list table ip esb` inside the namespace (ip netns exec {} nft list ruleset); `esb node up` re-applies", cfg.netns),
+        );
+    }
+    let needs_localnet = cfg.dnat.targets().any(|(_, t)| t.ip.is_loopback());
+    if needs_localnet {
+        r.check(
+            st.route_localnet.as_deref() == Some("1"),
+            format!("route_localnet = 1 in {}", cfg.netns),
+            "DNAT to 127.0.0.1 needs net.ipv4.conf.all.route_localnet=1; `esb node up` sets it",
+        );
+    }
+    let proxy_pid = daemon::read_live(&daemon::proxy_pid_file(&cfg.state_dir));
+    r.check(
+        proxy_pid.is_some(),
+        format!(
+            "local proxy running{}",
+            proxy_pid
+                .map(|t| format!(" (pid {})", t.pid))
+                .unwrap_or_default()
+        ),
+        &format!(
+            "run `esb node up`; its log is {}",
+            state
+                .log_dir()
+                .join(format!("proxy-{}.log", cfg.netns))
+                .display()
+        ),
+    );
+
+    // Backends, resolved and dialled as the proxy does (from this namespace).
+    let hosts = proxy
+        .hosts_file
+        .clone()
+        .unwrap_or_else(|| state.hosts_file());
+    let resolver = Resolver::new(Some(hosts.clone()), Duration::ZERO);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    for (setting, value) in [
+        ("ESB_S3_BACKEND", &proxy.s3_backend),
+        ("ESB_DB_BACKEND", &proxy.db_backend),
+        ("ESB_LOGS_BACKEND", &proxy.logs_backend),
+    ] {
+        let backend = Backend::parse(setting, value)?;
+        let addrs = rt.block_on(resolver.resolve(&backend));
+        let hint = format!(
+            "add the name to {} or DNS, or set {setting}",
+            hosts.display()
+        );
+        match addrs {
+            Ok(addrs) => {
+                let reach = addrs
+                    .iter()
+                    .any(|a| TcpStream::connect_timeout(a, PROBE_TIMEOUT).is_ok());
+                let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+                r.check(
+                    reach,
+                    format!(
+                        "backend {backend} ({}) accepts connections",
+                        list.join(", ")
+                    ),
+                    &format!("start the service behind {setting} or point {setting} elsewhere"),
+                );
+            }
+            Err(e) => r.check(false, format!("backend {backend} resolves ({e})"), &hint),
+        }
+    }
+
+    // The worker's view: the gateway address from inside the node namespace (OUTPUT path).
+    if let Ok(ns) = NetNs::open(&cfg.netns) {
+        for (name, t) in cfg.dnat.targets() {
+            let addr = SocketAddr::from((cfg.gateway_ip, t.dport));
+            let ok = ns
+                .run(|| TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).is_ok())
+                .unwrap_or(false);
+            r.check(
+                ok || !cfg.dnat.apply_output,
+                format!("{addr} ({name}) reachable from inside {}", cfg.netns),
+                "check the NAT rules and the local proxy above",
+            );
+        }
+    }
+
+    if r.failed > 0 {
+        anyhow::bail!("{} check(s) failed", r.failed);
+    }
+    println!("all checks passed");
+    Ok(())
+}

@@ -1,0 +1,223 @@
+//! Settings shared by several commands: flags, each with its environment variable
+//! (flags > environment > defaults). Names follow the seed's.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Args;
+use esb_local_proxy::{Backend, ProxyConfig, Route};
+use esb_runtime_node::{DnatConfig, DnatTarget, NodeConfig};
+use ipnet::Ipv4Net;
+
+/// Where the box keeps its state.
+#[derive(Debug, Clone, Args)]
+pub struct StateArgs {
+    /// State directory of the box.
+    #[arg(
+        long,
+        env = "ESB_STATE_DIR",
+        default_value = "/var/lib/esb",
+        global = true
+    )]
+    pub state_dir: PathBuf,
+}
+
+impl StateArgs {
+    /// The hosts file the local proxy resolves backend names with first.
+    pub fn hosts_file(&self) -> PathBuf {
+        self.state_dir.join("hosts")
+    }
+    /// Where background components write their logs.
+    pub fn log_dir(&self) -> PathBuf {
+        self.state_dir.join("logs")
+    }
+}
+
+/// An IPv4 address that may be empty ("" = no rule), as the seed's DNAT_*_IP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalIp(pub Option<Ipv4Addr>);
+
+fn parse_optional_ip(s: &str) -> Result<OptionalIp, String> {
+    if s.trim().is_empty() {
+        return Ok(OptionalIp(None));
+    }
+    s.trim()
+        .parse()
+        .map(|ip| OptionalIp(Some(ip)))
+        .map_err(|_| format!("{s:?} is not an IPv4 address (leave it empty for no rule)"))
+}
+
+fn parse_bool01(s: &str) -> Result<bool, String> {
+    match s.trim() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        _ => Err(format!("{s:?} is not 0 or 1")),
+    }
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    match s.trim().parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(format!("{s:?} is not a port (1-65535)")),
+    }
+}
+
+/// The runtime-node's network settings.
+#[derive(Debug, Clone, Args)]
+pub struct NodeArgs {
+    /// Name of the node network namespace.
+    #[arg(long = "netns", env = "ESB_NODE_NETNS", default_value = esb_runtime_node::DEFAULT_NETNS)]
+    pub netns: String,
+    /// Gateway address of the bridge, the one workers use for every service.
+    #[arg(long, env = "CNI_GW_IP", default_value = "10.88.0.1")]
+    pub cni_gw_ip: Ipv4Addr,
+    /// Base subnet of the bridge, shared by every node.
+    #[arg(long, env = "CNI_BASE_SUBNET", default_value = esb_runtime_node::DEFAULT_BASE_SUBNET)]
+    pub cni_base_subnet: Ipv4Net,
+    /// This node's worker addresses (inside the base subnet).
+    #[arg(long, env = "CNI_SUBNET", default_value = esb_runtime_node::DEFAULT_WORKER_SUBNET)]
+    pub cni_subnet: Ipv4Net,
+    /// Directories holding the CNI plugins (colon-separated).
+    #[arg(long, env = "CNI_PATH", default_value = "/usr/lib/cni:/opt/cni/bin")]
+    pub cni_path: String,
+    /// NAT target of the S3 port 9000 ("" = no rule).
+    #[arg(long, env = "DNAT_S3_IP", default_value = "127.0.0.1", value_parser = parse_optional_ip)]
+    pub dnat_s3_ip: OptionalIp,
+    /// NAT target of the DynamoDB port ("" = no rule).
+    #[arg(long, env = "DNAT_DB_IP", default_value = "127.0.0.1", value_parser = parse_optional_ip)]
+    pub dnat_db_ip: OptionalIp,
+    /// NAT target of the log store port 9428 ("" = no rule).
+    #[arg(long, env = "DNAT_VL_IP", default_value = "127.0.0.1", value_parser = parse_optional_ip)]
+    pub dnat_vl_ip: OptionalIp,
+    /// DynamoDB port behind the NAT (default: 8001 for a loopback target, the local proxy;
+    /// 8000 otherwise).
+    #[arg(long, env = "DNAT_DB_PORT", value_parser = parse_port)]
+    pub dnat_db_port: Option<u16>,
+    /// DynamoDB port that workers dial on the gateway address.
+    #[arg(long, env = "DNAT_DB_DPORT", default_value = "8001", value_parser = parse_port)]
+    pub dnat_db_dport: u16,
+    /// Also NAT traffic that starts inside the node namespace (1 or 0).
+    #[arg(long, env = "DNAT_APPLY_OUTPUT", default_value = "1", value_parser = parse_bool01)]
+    pub dnat_apply_output: bool,
+}
+
+impl NodeArgs {
+    /// The node's settings (not yet validated).
+    pub fn node_config(&self, state: &StateArgs) -> NodeConfig {
+        let mut cfg = NodeConfig::with_defaults(state.state_dir.join("node").join(&self.netns));
+        cfg.netns = self.netns.clone();
+        cfg.gateway_ip = self.cni_gw_ip;
+        cfg.base_subnet = self.cni_base_subnet;
+        cfg.worker_subnet = self.cni_subnet;
+        cfg.cni_bin_dirs = std::env::split_paths(&self.cni_path).collect();
+        let db_port = |ip: Ipv4Addr| {
+            self.dnat_db_port
+                .unwrap_or(if ip.is_loopback() { 8001 } else { 8000 })
+        };
+        cfg.dnat = DnatConfig {
+            s3: self.dnat_s3_ip.0.map(|ip| DnatTarget {
+                dport: 9000,
+                ip,
+                port: 9000,
+            }),
+            db: self.dnat_db_ip.0.map(|ip| DnatTarget {
+                dport: self.dnat_db_dport,
+                ip,
+                port: db_port(ip),
+            }),
+            logs: self.dnat_vl_ip.0.map(|ip| DnatTarget {
+                dport: 9428,
+                ip,
+                port: 9428,
+            }),
+            apply_output: self.dnat_apply_output,
+        };
+        cfg
+    }
+}
+
+/// The local proxy's backends and limits.
+#[derive(Debug, Clone, Args)]
+pub struct ProxyArgs {
+    /// Backend of the S3 route, HOST:PORT (a name is resolved per connection).
+    #[arg(long, env = "ESB_S3_BACKEND", default_value = esb_local_proxy::DEFAULT_S3_BACKEND)]
+    pub s3_backend: String,
+    /// Backend of the DynamoDB route.
+    #[arg(long, env = "ESB_DB_BACKEND", default_value = esb_local_proxy::DEFAULT_DB_BACKEND)]
+    pub db_backend: String,
+    /// Backend of the log store route.
+    #[arg(long, env = "ESB_LOGS_BACKEND", default_value = esb_local_proxy::DEFAULT_LOGS_BACKEND)]
+    pub logs_backend: String,
+    /// Hosts file consulted before DNS (default: STATE_DIR/hosts).
+    #[arg(long, env = "ESB_HOSTS_FILE")]
+    pub hosts_file: Option<PathBuf>,
+    /// Connections open at once through the proxy.
+    #[arg(long, env = "ESB_PROXY_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Seconds without traffic after which a proxied connection is closed.
+    #[arg(long, env = "ESB_PROXY_IDLE_TIMEOUT", default_value_t = 30)]
+    pub idle_timeout: u64,
+    /// Seconds to wait for a backend connection.
+    #[arg(long, env = "ESB_PROXY_CONNECT_TIMEOUT", default_value_t = 5)]
+    pub connect_timeout: u64,
+}
+
+impl ProxyArgs {
+    /// The proxy's settings: one route per port, listening on `listen` in `netns`.
+    pub fn proxy_config(
+        &self,
+        state: &StateArgs,
+        netns: Option<String>,
+        listen: IpAddr,
+        ports: [u16; 3],
+    ) -> Result<ProxyConfig> {
+        let backends = [
+            ("s3", "ESB_S3_BACKEND", &self.s3_backend),
+            ("db", "ESB_DB_BACKEND", &self.db_backend),
+            ("logs", "ESB_LOGS_BACKEND", &self.logs_backend),
+        ];
+        let mut routes = Vec::new();
+        for ((name, setting, value), port) in backends.into_iter().zip(ports) {
+            routes.push(Route {
+                name: name.to_string(),
+                listen: (listen, port).into(),
+                backend: Backend::parse(setting, value)?,
+            });
+        }
+        if self.max_connections == 0 {
+            anyhow::bail!("ESB_PROXY_MAX_CONNECTIONS: must be at least 1");
+        }
+        Ok(ProxyConfig {
+            routes,
+            listen_netns: netns,
+            hosts_file: Some(
+                self.hosts_file
+                    .clone()
+                    .unwrap_or_else(|| state.hosts_file()),
+            ),
+            connect_timeout: Duration::from_secs(self.connect_timeout.max(1)),
+            idle_timeout: Duration::from_secs(self.idle_timeout.max(1)),
+            max_connections: self.max_connections,
+            ..ProxyConfig::default()
+        })
+    }
+
+    /// The arguments that reproduce these settings on an `esb proxy` command line.
+    pub fn to_args(&self, state: &StateArgs) -> Vec<String> {
+        let hosts = self
+            .hosts_file
+            .clone()
+            .unwrap_or_else(|| state.hosts_file());
+        vec![
+            format!("--s3-backend={}", self.s3_backend),
+            format!("--db-backend={}", self.db_backend),
+            format!("--logs-backend={}", self.logs_backend),
+            format!("--hosts-file={}", hosts.display()),
+            format!("--max-connections={}", self.max_connections),
+            format!("--idle-timeout={}", self.idle_timeout),
+            format!("--connect-timeout={}", self.connect_timeout),
+        ]
+    }
+}
