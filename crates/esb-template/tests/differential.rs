@@ -77,6 +77,8 @@ fn layer_arns(t: &Template, refs: &[LayerRef]) -> Vec<String> {
 }
 
 type Route = (String, String, String); // path, METHOD, function logical id
+/// `security` entries of an operation: authorizer (or `api_key`) name and scopes.
+type Security = Vec<(String, Vec<String>)>;
 
 fn sub_text(uri: &Value) -> Option<&str> {
     match uri.get("Fn::Sub")? {
@@ -87,7 +89,7 @@ fn sub_text(uri: &Value) -> Option<&str> {
 }
 
 /// Routes and their `security` entries from the translator's API definitions.
-fn translated_routes(cfn: &Value) -> Vec<(Route, Vec<(String, Vec<String>)>)> {
+fn translated_routes(cfn: &Value) -> Vec<(Route, Security)> {
     let resources = cfn["Resources"].as_object().unwrap();
     let mut out = Vec::new();
     for res in resources.values() {
