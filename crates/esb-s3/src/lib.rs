@@ -1,1 +1,161 @@
-//! esb-s3 (skeleton; being built).
+//! esb-s3: the box's embedded S3-compatible object store.
+//!
+//! The S3 REST protocol (routing, XML, SigV4 header and presigned-URL authentication,
+//! aws-chunked bodies) comes from the [`s3s`] crate; this crate supplies the storage:
+//! an ACID index ([`redb`]) plus immutable data files on local disk (see `docs/s3.md`).
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! let config = esb_s3::Config {
+//!     listen: "127.0.0.1:9000".parse()?,
+//!     data_dir: "/var/lib/esb/s3".into(),
+//!     access_key: "esb".into(),
+//!     secret_key: "esb-secret".into(),
+//!     region: esb_s3::DEFAULT_REGION.into(),
+//! };
+//! esb_s3::serve(config, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+
+mod host;
+mod io;
+mod service;
+mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use tokio::net::TcpListener;
+
+/// Region reported by the store when none is configured.
+pub const DEFAULT_REGION: &str = "ap-northeast-1";
+
+/// Settings of one S3 server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on (the box uses 127.0.0.1:9000).
+    pub listen: SocketAddr,
+    /// Directory holding the index and the object data; created when missing.
+    pub data_dir: PathBuf,
+    /// The box's access key id (SigV4 credential).
+    pub access_key: String,
+    /// The box's secret access key.
+    pub secret_key: String,
+    /// Region reported by GetBucketLocation / HeadBucket (default [`DEFAULT_REGION`]).
+    pub region: String,
+}
+
+/// A bound, ready-to-run S3 server.
+pub struct Server {
+    listener: TcpListener,
+    service: s3s::service::S3Service,
+}
+
+impl Server {
+    /// Opens (or creates) the store under `config.data_dir`, recovers it after a crash
+    /// (removing unreferenced data files) and binds the listening socket.
+    pub async fn bind(config: Config) -> anyhow::Result<Server> {
+        anyhow::ensure!(
+            !config.access_key.is_empty(),
+            "the S3 access key must not be empty"
+        );
+        anyhow::ensure!(
+            !config.secret_key.is_empty(),
+            "the S3 secret key must not be empty"
+        );
+        let region = if config.region.is_empty() {
+            DEFAULT_REGION.to_owned()
+        } else {
+            config.region.clone()
+        };
+        let data_dir = config.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || store::Store::open(&data_dir))
+            .await
+            .context("store open task failed")?
+            .with_context(|| format!("opening the S3 store in {}", config.data_dir.display()))?;
+        let s3 = service::EsbS3::new(Arc::new(store), region.clone());
+
+        let mut builder = s3s::service::S3ServiceBuilder::new(s3);
+        builder.set_auth(s3s::auth::SimpleAuth::from_single(
+            config.access_key.clone(),
+            config.secret_key.clone(),
+        ));
+        builder.set_host(host::BoxHost::new(&region));
+        let mut s3config = s3s::config::S3Config::default();
+        // Browser POST uploads are buffered in memory by s3s; keep them small.
+        s3config.post_object_max_file_size = 64 * 1024 * 1024;
+        builder.set_config(Arc::new(s3s::config::StaticConfigProvider::new(Arc::new(
+            s3config,
+        ))));
+        let service = builder.build();
+
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding the S3 listener on {}", config.listen))?;
+        Ok(Server { listener, service })
+    }
+
+    /// The address the server listens on (useful after binding port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// Serves requests until `shutdown` completes, then lets in-flight requests finish.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Server { listener, service } = self;
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let conn_builder = ConnBuilder::new(TokioExecutor::new());
+        tokio::pin!(shutdown);
+        tracing::info!(addr = %listener.local_addr()?, "S3 server listening");
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (stream, _peer) = match accepted {
+                        Ok(v) => v,
+                        Err(err) => {
+                            // EMFILE and friends: back off briefly instead of spinning.
+                            tracing::warn!(%err, "accept failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let conn = conn_builder.serve_connection(TokioIo::new(stream), service.clone()).into_owned();
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        if let Err(err) = conn.await {
+                            tracing::debug!(%err, "connection ended with an error");
+                        }
+                    });
+                }
+                () = &mut shutdown => break,
+            }
+        }
+        drop(listener);
+        tokio::select! {
+            () = graceful.shutdown() => {}
+            () = tokio::time::sleep(std::time::Duration::from_secs(30)) => {
+                tracing::warn!("S3 server: connections still open after 30s, closing");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs the S3 server described by `config` until `shutdown` completes.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    Server::bind(config).await?.run(shutdown).await
+}

@@ -1,0 +1,762 @@
+//! Durable storage: an ACID index (redb) plus immutable data files.
+//!
+//! Layout under the data directory:
+//!
+//! - `index.redb`: one table `buckets` (name -> bucket record), and per bucket a table
+//!   `obj:<bucket>` (object key -> object record) and `mpu:<bucket>`
+//!   ((key, upload id) -> multipart upload record). Keys are table keys, never file names,
+//!   so any UTF-8 key is stored safely and listed in byte order.
+//! - `data/<xx>/<id>`: object and part contents, named by random ids. A file is written,
+//!   fsynced (file and directory) and only then referenced by an index commit, so an object
+//!   becomes visible whole or not at all. Files are never modified after that: an overwrite
+//!   references a new file and unlinks the old one after the commit. Small objects live
+//!   inline in their index record.
+//! - On open, data files that no record references (writes cut by a crash) are removed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
+use serde::{Deserialize, Serialize};
+
+const BUCKETS: TableDefinition<&str, &[u8]> = TableDefinition::new("buckets");
+
+fn obj_table(bucket: &str) -> String {
+    format!("obj:{bucket}")
+}
+fn mpu_table(bucket: &str) -> String {
+    format!("mpu:{bucket}")
+}
+
+/// Errors of the storage layer; the service maps them to S3 error codes.
+#[derive(Debug)]
+pub enum StoreError {
+    NoSuchBucket,
+    NoSuchKey,
+    NoSuchUpload,
+    BucketExists,
+    BucketNotEmpty,
+    PreconditionFailed,
+    Internal(anyhow::Error),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Internal(anyhow::Error::new(redb::Error::from(e)))
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BucketRecord {
+    pub created_ms: i64,
+    pub region: String,
+}
+
+/// A contiguous piece of object data stored in one data file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Segment {
+    pub id: String,
+    pub len: u64,
+}
+
+/// Standard HTTP headers stored with an object.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StdHeaders {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_encoding: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_disposition: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_language: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_control: Option<String>,
+    /// `Expires`, as an HTTP date.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub website_redirect_location: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class: Option<String>,
+}
+
+/// An additional checksum (x-amz-checksum-*) of an object or part.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredChecksum {
+    /// CRC32, CRC32C, CRC64NVME, SHA1 or SHA256.
+    pub algorithm: String,
+    /// Base64 value (for multipart objects, `<base64>-<parts>`).
+    pub value: String,
+    /// COMPOSITE or FULL_OBJECT.
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ObjectRecord {
+    pub size: u64,
+    /// ETag without quotes.
+    pub etag: String,
+    pub last_modified_ms: i64,
+    #[serde(default)]
+    pub headers: StdHeaders,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    #[serde(default)]
+    pub tags: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<StoredChecksum>,
+    /// Sizes of the parts of a multipart object (empty for single uploads).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub part_sizes: Vec<u64>,
+    /// Data files, in order. Empty when the data is inline (or the object is empty).
+    #[serde(default)]
+    pub segments: Vec<Segment>,
+}
+
+/// An object as read from the index: its record and, for small objects, its bytes.
+#[derive(Debug, Clone)]
+pub struct StoredObject {
+    pub record: ObjectRecord,
+    pub inline: Option<bytes::Bytes>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartRecord {
+    pub size: u64,
+    pub etag: String,
+    pub last_modified_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<StoredChecksum>,
+    pub segment: Option<Segment>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UploadRecord {
+    pub initiated_ms: i64,
+    /// Headers, metadata and tags the completed object will carry.
+    pub template: ObjectRecord,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum_algorithm: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum_type: Option<String>,
+    pub parts: BTreeMap<u32, PartRecord>,
+}
+
+/// One entry of an object listing.
+pub enum ListEntry {
+    Object(String, Box<ObjectRecord>),
+    Prefix(String),
+}
+
+pub struct ListResult {
+    pub entries: Vec<ListEntry>,
+    pub truncated: bool,
+}
+
+fn encode_object(record: &ObjectRecord, inline: &[u8]) -> StoreResult<Vec<u8>> {
+    let json = serde_json::to_vec(record).map_err(|e| StoreError::Internal(e.into()))?;
+    let len = u32::try_from(json.len()).map_err(|e| StoreError::Internal(e.into()))?;
+    let mut out = Vec::with_capacity(4 + json.len() + inline.len());
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(inline);
+    Ok(out)
+}
+
+fn decode_object(raw: &[u8]) -> StoreResult<StoredObject> {
+    let bad = || StoreError::Internal(anyhow::anyhow!("corrupt object record"));
+    let len_bytes: [u8; 4] = raw
+        .get(..4)
+        .ok_or_else(bad)?
+        .try_into()
+        .map_err(|_| bad())?;
+    let len = u32::from_le_bytes(len_bytes) as usize;
+    let json = raw.get(4..4 + len).ok_or_else(bad)?;
+    let record: ObjectRecord =
+        serde_json::from_slice(json).map_err(|e| StoreError::Internal(e.into()))?;
+    let rest = &raw[4 + len..];
+    let inline = if record.segments.is_empty() {
+        Some(bytes::Bytes::copy_from_slice(rest))
+    } else {
+        None
+    };
+    Ok(StoredObject { record, inline })
+}
+
+fn to_json<T: Serialize>(v: &T) -> StoreResult<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Internal(e.into()))
+}
+fn from_json<T: for<'de> Deserialize<'de>>(raw: &[u8]) -> StoreResult<T> {
+    serde_json::from_slice(raw).map_err(|e| StoreError::Internal(e.into()))
+}
+
+/// Precondition checked against the current version inside the write transaction.
+#[derive(Debug, Clone, Default)]
+pub struct WriteCondition {
+    /// Fail when the key exists (`If-None-Match: *`).
+    pub if_none_match_any: bool,
+    /// Fail unless the current ETag is this one (`If-Match`); `Some("*")` means "exists".
+    pub if_match: Option<String>,
+}
+
+impl WriteCondition {
+    fn check(&self, current: Option<&ObjectRecord>) -> StoreResult<()> {
+        if self.if_none_match_any && current.is_some() {
+            return Err(StoreError::PreconditionFailed);
+        }
+        if let Some(want) = &self.if_match {
+            match current {
+                None => return Err(StoreError::NoSuchKey),
+                Some(rec) if want != "*" && *want != rec.etag => {
+                    return Err(StoreError::PreconditionFailed)
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+pub struct Store {
+    root: PathBuf,
+    db: Database,
+}
+
+impl Store {
+    /// Opens the store under `root` (creating it), then removes orphaned data files.
+    pub fn open(root: &Path) -> anyhow::Result<Store> {
+        std::fs::create_dir_all(root.join("data"))
+            .with_context(|| format!("creating {}", root.display()))?;
+        for i in 0..=255u8 {
+            let dir = root.join("data").join(format!("{i:02x}"));
+            if !dir.exists() {
+                std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
+        }
+        fsync_dir(&root.join("data"))?;
+        let db = Database::builder()
+            .set_cache_size(16 * 1024 * 1024)
+            .create(root.join("index.redb"))
+            .context("opening the index (index.redb)")?;
+        {
+            let txn = db.begin_write()?;
+            txn.open_table(BUCKETS)?;
+            txn.commit()?;
+        }
+        let store = Store {
+            root: root.to_owned(),
+            db,
+        };
+        let removed = store
+            .collect_garbage()
+            .context("removing orphaned data files")?;
+        if removed > 0 {
+            tracing::info!(removed, "removed data files left by interrupted writes");
+        }
+        Ok(store)
+    }
+
+    /// Path of the data file with this id.
+    pub fn data_path(&self, id: &str) -> PathBuf {
+        self.root.join("data").join(&id[..2]).join(id)
+    }
+
+    /// A fresh data file id.
+    pub fn new_data_id() -> String {
+        uuid::Uuid::new_v4().simple().to_string()
+    }
+
+    /// Removes data files that no index record references.
+    fn collect_garbage(&self) -> anyhow::Result<usize> {
+        let mut live: HashSet<String> = HashSet::new();
+        let txn = self.db.begin_read()?;
+        let buckets = txn.open_table(BUCKETS)?;
+        for item in buckets.iter()? {
+            let (name, _) = item?;
+            let name = name.value().to_owned();
+            if let Ok(t) = txn.open_table(TableDefinition::<&str, &[u8]>::new(&obj_table(&name))) {
+                for item in t.iter()? {
+                    let (_, v) = item?;
+                    let obj = decode_object(v.value()).map_err(store_anyhow)?;
+                    live.extend(obj.record.segments.into_iter().map(|s| s.id));
+                }
+            }
+            if let Ok(t) = txn.open_table(TableDefinition::<(&str, &str), &[u8]>::new(&mpu_table(
+                &name,
+            ))) {
+                for item in t.iter()? {
+                    let (_, v) = item?;
+                    let up: UploadRecord = from_json(v.value()).map_err(store_anyhow)?;
+                    live.extend(
+                        up.parts
+                            .into_values()
+                            .filter_map(|p| p.segment.map(|s| s.id)),
+                    );
+                }
+            }
+        }
+        drop(txn);
+        let mut removed = 0;
+        for sub in std::fs::read_dir(self.root.join("data"))? {
+            let sub = sub?;
+            if !sub.file_type()?.is_dir() {
+                continue;
+            }
+            for f in std::fs::read_dir(sub.path())? {
+                let f = f?;
+                let name = f.file_name().to_string_lossy().into_owned();
+                if !live.contains(&name) {
+                    std::fs::remove_file(f.path())?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Unlinks data files that are no longer referenced (after the commit that dropped them).
+    pub fn remove_segments(&self, segments: &[Segment]) {
+        for s in segments {
+            if let Err(err) = std::fs::remove_file(self.data_path(&s.id)) {
+                tracing::warn!(id = %s.id, %err, "could not remove an unreferenced data file");
+            }
+        }
+    }
+
+    fn write<T>(&self, f: impl FnOnce(&WriteTransaction) -> StoreResult<T>) -> StoreResult<T> {
+        let txn = self.db.begin_write()?;
+        match f(&txn) {
+            Ok(v) => {
+                txn.commit()?;
+                Ok(v)
+            }
+            Err(e) => {
+                txn.abort()?;
+                Err(e)
+            }
+        }
+    }
+
+    // ----- buckets -----------------------------------------------------------------
+
+    pub fn create_bucket(&self, name: &str, region: &str, now_ms: i64) -> StoreResult<()> {
+        self.write(|txn| {
+            let mut t = txn.open_table(BUCKETS)?;
+            if t.get(name)?.is_some() {
+                return Err(StoreError::BucketExists);
+            }
+            let rec = BucketRecord {
+                created_ms: now_ms,
+                region: region.to_owned(),
+            };
+            t.insert(name, to_json(&rec)?.as_slice())?;
+            txn.open_table(TableDefinition::<&str, &[u8]>::new(&obj_table(name)))?;
+            txn.open_table(TableDefinition::<(&str, &str), &[u8]>::new(&mpu_table(
+                name,
+            )))?;
+            Ok(())
+        })
+    }
+
+    pub fn bucket(&self, name: &str) -> StoreResult<BucketRecord> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(BUCKETS)?;
+        let v = t.get(name)?.ok_or(StoreError::NoSuchBucket)?;
+        from_json(v.value())
+    }
+
+    pub fn list_buckets(&self) -> StoreResult<Vec<(String, BucketRecord)>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(BUCKETS)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            out.push((k.value().to_owned(), from_json(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Deletes an empty bucket; its unfinished multipart uploads go with it.
+    pub fn delete_bucket(&self, name: &str) -> StoreResult<()> {
+        let dropped = self.write(|txn| {
+            let mut t = txn.open_table(BUCKETS)?;
+            if t.get(name)?.is_none() {
+                return Err(StoreError::NoSuchBucket);
+            }
+            let objs_name = obj_table(name);
+            {
+                let objs = txn.open_table(TableDefinition::<&str, &[u8]>::new(&objs_name))?;
+                if !objs.is_empty()? {
+                    return Err(StoreError::BucketNotEmpty);
+                }
+            }
+            let mpu_name = mpu_table(name);
+            let mut dropped = Vec::new();
+            {
+                let mpus =
+                    txn.open_table(TableDefinition::<(&str, &str), &[u8]>::new(&mpu_name))?;
+                for item in mpus.iter()? {
+                    let (_, v) = item?;
+                    let up: UploadRecord = from_json(v.value())?;
+                    dropped.extend(up.parts.into_values().filter_map(|p| p.segment));
+                }
+            }
+            txn.delete_table(TableDefinition::<&str, &[u8]>::new(&objs_name))?;
+            txn.delete_table(TableDefinition::<(&str, &str), &[u8]>::new(&mpu_name))?;
+            t.remove(name)?;
+            Ok(dropped)
+        })?;
+        self.remove_segments(&dropped);
+        Ok(())
+    }
+
+    // ----- objects -----------------------------------------------------------------
+
+    pub fn get_object(&self, bucket: &str, key: &str) -> StoreResult<StoredObject> {
+        let txn = self.db.begin_read()?;
+        let name = obj_table(bucket);
+        let t = match txn.open_table(TableDefinition::<&str, &[u8]>::new(&name)) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Err(StoreError::NoSuchBucket),
+            Err(e) => return Err(e.into()),
+        };
+        let v = t.get(key)?.ok_or(StoreError::NoSuchKey)?;
+        decode_object(v.value())
+    }
+
+    /// Inserts or replaces an object; returns the data files the old version used.
+    pub fn put_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        record: &ObjectRecord,
+        inline: &[u8],
+        cond: &WriteCondition,
+    ) -> StoreResult<Vec<Segment>> {
+        let value = encode_object(record, inline)?;
+        let old = self.write(|txn| {
+            let name = obj_table(bucket);
+            require_bucket(txn, bucket)?;
+            let mut t = txn.open_table(TableDefinition::<&str, &[u8]>::new(&name))?;
+            let current = match t.get(key)? {
+                Some(v) => Some(decode_object(v.value())?),
+                None => None,
+            };
+            cond.check(current.as_ref().map(|c| &c.record))?;
+            t.insert(key, value.as_slice())?;
+            Ok(current.map(|c| c.record.segments).unwrap_or_default())
+        })?;
+        Ok(old)
+    }
+
+    /// Replaces the tags of an existing object.
+    pub fn set_tags(
+        &self,
+        bucket: &str,
+        key: &str,
+        tags: Vec<(String, String)>,
+    ) -> StoreResult<()> {
+        self.write(|txn| {
+            require_bucket(txn, bucket)?;
+            let name = obj_table(bucket);
+            let mut t = txn.open_table(TableDefinition::<&str, &[u8]>::new(&name))?;
+            let mut obj = match t.get(key)? {
+                Some(v) => decode_object(v.value())?,
+                None => return Err(StoreError::NoSuchKey),
+            };
+            obj.record.tags = tags;
+            let value = encode_object(&obj.record, obj.inline.as_deref().unwrap_or_default())?;
+            t.insert(key, value.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Deletes an object (a missing key is not an error); returns its data files.
+    pub fn delete_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        if_match: Option<&str>,
+    ) -> StoreResult<Vec<Segment>> {
+        self.write(|txn| {
+            require_bucket(txn, bucket)?;
+            let name = obj_table(bucket);
+            let mut t = txn.open_table(TableDefinition::<&str, &[u8]>::new(&name))?;
+            let current = match t.get(key)? {
+                Some(v) => Some(decode_object(v.value())?),
+                None => None,
+            };
+            if let Some(want) = if_match {
+                match &current {
+                    None => return Err(StoreError::NoSuchKey),
+                    Some(c) if want != "*" && want != c.record.etag => {
+                        return Err(StoreError::PreconditionFailed)
+                    }
+                    Some(_) => {}
+                }
+            }
+            if current.is_some() {
+                t.remove(key)?;
+            }
+            Ok(current.map(|c| c.record.segments).unwrap_or_default())
+        })
+    }
+
+    /// Lists keys in byte order after `after` (exclusive), grouping by `delimiter`.
+    /// `max` counts keys and common prefixes together.
+    pub fn list_objects(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        delimiter: Option<&str>,
+        after: Option<&str>,
+        max: usize,
+    ) -> StoreResult<ListResult> {
+        let txn = self.db.begin_read()?;
+        require_bucket_read(&txn, bucket)?;
+        let name = obj_table(bucket);
+        let t = txn.open_table(TableDefinition::<&str, &[u8]>::new(&name))?;
+        let start: &str = match after {
+            Some(a) if a >= prefix => a,
+            _ => prefix,
+        };
+        let mut entries = Vec::new();
+        let mut truncated = false;
+        let mut last_prefix: Option<String> = None;
+        let delimiter = delimiter.filter(|d| !d.is_empty());
+        for item in t.range(start..)? {
+            let (k, v) = item?;
+            let key = k.value();
+            if after == Some(key) {
+                continue;
+            }
+            if !key.starts_with(prefix) {
+                break;
+            }
+            let entry = match delimiter
+                .and_then(|d| key[prefix.len()..].find(d).map(|i| (i, d.len())))
+            {
+                Some((i, dlen)) => {
+                    let cp = &key[..prefix.len() + i + dlen];
+                    // Already returned, or at/before the marker: skip the whole group.
+                    if last_prefix.as_deref() == Some(cp) || after.is_some_and(|a| cp <= a) {
+                        continue;
+                    }
+                    last_prefix = Some(cp.to_owned());
+                    ListEntry::Prefix(cp.to_owned())
+                }
+                None => {
+                    ListEntry::Object(key.to_owned(), Box::new(decode_object(v.value())?.record))
+                }
+            };
+            if entries.len() == max {
+                truncated = true;
+                break;
+            }
+            entries.push(entry);
+        }
+        Ok(ListResult { entries, truncated })
+    }
+
+    // ----- multipart uploads ---------------------------------------------------------
+
+    pub fn create_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        rec: &UploadRecord,
+    ) -> StoreResult<()> {
+        let value = to_json(rec)?;
+        self.write(|txn| {
+            require_bucket(txn, bucket)?;
+            let name = mpu_table(bucket);
+            let mut t = txn.open_table(TableDefinition::<(&str, &str), &[u8]>::new(&name))?;
+            t.insert((key, upload_id), value.as_slice())?;
+            Ok(())
+        })
+    }
+
+    pub fn get_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> StoreResult<UploadRecord> {
+        let txn = self.db.begin_read()?;
+        require_bucket_read(&txn, bucket)?;
+        let name = mpu_table(bucket);
+        let t = txn.open_table(TableDefinition::<(&str, &str), &[u8]>::new(&name))?;
+        let v = t.get((key, upload_id))?.ok_or(StoreError::NoSuchUpload)?;
+        from_json(v.value())
+    }
+
+    /// Records a part; returns the data file of the part it replaces, if any.
+    pub fn put_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        part: PartRecord,
+    ) -> StoreResult<Option<Segment>> {
+        self.write(|txn| {
+            require_bucket(txn, bucket)?;
+            let name = mpu_table(bucket);
+            let mut t = txn.open_table(TableDefinition::<(&str, &str), &[u8]>::new(&name))?;
+            let mut up: UploadRecord = match t.get((key, upload_id))? {
+                Some(v) => from_json(v.value())?,
+                None => return Err(StoreError::NoSuchUpload),
+            };
+            let old = up.parts.insert(number, part).and_then(|p| p.segment);
+            t.insert((key, upload_id), to_json(&up)?.as_slice())?;
+            Ok(old)
+        })
+    }
+
+    /// Removes an upload; returns all its part files.
+    pub fn abort_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> StoreResult<Vec<Segment>> {
+        self.write(|txn| {
+            require_bucket(txn, bucket)?;
+            let name = mpu_table(bucket);
+            let mut t = txn.open_table(TableDefinition::<(&str, &str), &[u8]>::new(&name))?;
+            let up: UploadRecord = match t.remove((key, upload_id))? {
+                Some(v) => from_json(v.value())?,
+                None => return Err(StoreError::NoSuchUpload),
+            };
+            Ok(up.parts.into_values().filter_map(|p| p.segment).collect())
+        })
+    }
+
+    /// Atomically turns an upload into an object. `build` sees the upload record and
+    /// returns the object record (or an error, leaving everything unchanged). Returns the
+    /// object record and the data files no longer referenced (unused parts, old version).
+    pub fn complete_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        cond: &WriteCondition,
+        build: impl FnOnce(&UploadRecord) -> StoreResult<ObjectRecord>,
+    ) -> StoreResult<(ObjectRecord, Vec<Segment>)> {
+        self.write(|txn| {
+            require_bucket(txn, bucket)?;
+            let up: UploadRecord = {
+                let name = mpu_table(bucket);
+                let mut t = txn.open_table(TableDefinition::<(&str, &str), &[u8]>::new(&name))?;
+                let removed = t
+                    .remove((key, upload_id))?
+                    .map(|v| from_json::<UploadRecord>(v.value()));
+                match removed {
+                    Some(up) => up?,
+                    None => return Err(StoreError::NoSuchUpload),
+                }
+            };
+            let record = build(&up)?;
+            let name = obj_table(bucket);
+            let mut t = txn.open_table(TableDefinition::<&str, &[u8]>::new(&name))?;
+            let current = match t.get(key)? {
+                Some(v) => Some(decode_object(v.value())?),
+                None => None,
+            };
+            cond.check(current.as_ref().map(|c| &c.record))?;
+            t.insert(key, encode_object(&record, &[])?.as_slice())?;
+            let used: HashSet<&str> = record.segments.iter().map(|s| s.id.as_str()).collect();
+            let mut unused: Vec<Segment> = up
+                .parts
+                .values()
+                .filter_map(|p| p.segment.clone())
+                .filter(|s| !used.contains(s.id.as_str()))
+                .collect();
+            if let Some(c) = current {
+                unused.extend(c.record.segments);
+            }
+            Ok((record, unused))
+        })
+    }
+
+    /// Lists uploads in (key, upload id) order after the markers.
+    pub fn list_uploads(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        key_marker: Option<&str>,
+        upload_id_marker: Option<&str>,
+    ) -> StoreResult<Vec<(String, String, UploadRecord)>> {
+        let txn = self.db.begin_read()?;
+        require_bucket_read(&txn, bucket)?;
+        let name = mpu_table(bucket);
+        let t = txn.open_table(TableDefinition::<(&str, &str), &[u8]>::new(&name))?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            let (key, id) = k.value();
+            if !key.starts_with(prefix) {
+                continue;
+            }
+            if let Some(km) = key_marker {
+                let after = match upload_id_marker {
+                    Some(im) if !im.is_empty() => (key, id) > (km, im),
+                    _ => key > km,
+                };
+                if !after {
+                    continue;
+                }
+            }
+            out.push((key.to_owned(), id.to_owned(), from_json(v.value())?));
+        }
+        Ok(out)
+    }
+}
+
+fn require_bucket(txn: &WriteTransaction, bucket: &str) -> StoreResult<()> {
+    let t = txn.open_table(BUCKETS)?;
+    if t.get(bucket)?.is_none() {
+        return Err(StoreError::NoSuchBucket);
+    }
+    Ok(())
+}
+
+fn require_bucket_read(txn: &redb::ReadTransaction, bucket: &str) -> StoreResult<()> {
+    let t = txn.open_table(BUCKETS)?;
+    if t.get(bucket)?.is_none() {
+        return Err(StoreError::NoSuchBucket);
+    }
+    Ok(())
+}
+
+fn store_anyhow(e: StoreError) -> anyhow::Error {
+    match e {
+        StoreError::Internal(e) => e,
+        other => anyhow::anyhow!("{other:?}"),
+    }
+}
+
+/// fsync a directory so that entries created in it survive a crash.
+pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
