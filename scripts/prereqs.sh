@@ -3,6 +3,7 @@
 #   - Debian packages listed in scripts/deps/apt.txt and crates/*/deps/apt.txt
 #   - a Python virtualenv with scripts/deps/requirements.txt and crates/*/deps/requirements.txt
 #   - cargo-nextest when missing
+# With --runtime-only, just the Debian packages the box needs to run.
 # Idempotent and quiet when everything is already there. Caches live outside the clone
 # (ESB_CACHE_DIR, default /var/cache/esb) so repeat runs are fast.
 set -euo pipefail
@@ -24,6 +25,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ "${1:-}" = "--runtime-only" ]; then
+  exit 0
 fi
 
 # --- Python virtualenv with real AWS clients --------------------------------------
