@@ -1,0 +1,587 @@
+//! Log capture and shipping.
+//!
+//! Every line the runtime writes on stdout or stderr, and the supervisor's START / END /
+//! REPORT lines, becomes a structured record (`_time`, `_msg`, function name, request id,
+//! trace id, level; a JSON object line keeps its fields). Records go either to the
+//! supervisor's stdout or, with `VICTORIALOGS_URL`, to VictoriaLogs' `/insert/jsonline`
+//! endpoint: batched, with a bounded queue, and flushed on request before exit.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use serde_json::{Map, Value};
+use tokio::io::AsyncReadExt;
+use tokio::sync::Notify;
+
+use crate::util::rfc3339;
+
+/// Longest line kept as one record; longer output is split (Lambda cuts at 256 KiB too).
+pub const MAX_LINE: usize = 256 * 1024;
+const BATCH_BYTES: usize = 1 << 20;
+const BATCH_RECORDS: usize = 2000;
+const LINGER: Duration = Duration::from_millis(100);
+
+/// The invocation that log lines are attributed to.
+#[derive(Debug)]
+pub struct LogCtx {
+    /// Lambda request id.
+    pub request_id: String,
+    /// X-Ray trace header of the invocation.
+    pub trace_id: String,
+}
+
+/// Where records go.
+enum Sink {
+    Stdout { json: bool },
+    Ship(Arc<Shipper>),
+}
+
+/// The log pipeline of one supervisor. Cheap to clone.
+#[derive(Clone)]
+pub struct Logs {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    function_name: String,
+    function_version: String,
+    ctx: Mutex<Option<Arc<LogCtx>>>,
+    sink: Sink,
+}
+
+impl Logs {
+    /// Logs printed on the supervisor's stdout (raw lines, or JSON records with `json`).
+    pub fn stdout(function_name: &str, function_version: &str, json: bool) -> Logs {
+        Logs::new(function_name, function_version, Sink::Stdout { json })
+    }
+
+    /// Logs shipped to a VictoriaLogs-compatible endpoint; starts the shipping task.
+    pub fn victorialogs(
+        function_name: &str,
+        function_version: &str,
+        url: &str,
+        buffer_bytes: usize,
+    ) -> Result<Logs, String> {
+        let target = Target::parse(url)?;
+        let shipper = Arc::new(Shipper {
+            target,
+            queue: Mutex::new(Queue::default()),
+            limit: buffer_bytes.max(64 * 1024),
+            wake: Notify::new(),
+            progress: Notify::new(),
+            urgent: AtomicBool::new(false),
+        });
+        tokio::spawn(shipper.clone().run());
+        Ok(Logs::new(
+            function_name,
+            function_version,
+            Sink::Ship(shipper),
+        ))
+    }
+
+    fn new(function_name: &str, function_version: &str, sink: Sink) -> Logs {
+        Logs {
+            inner: Arc::new(Inner {
+                function_name: function_name.to_string(),
+                function_version: function_version.to_string(),
+                ctx: Mutex::new(None),
+                sink,
+            }),
+        }
+    }
+
+    /// Attributes the following lines to an invocation (kept until the next one).
+    pub fn set_context(&self, ctx: Arc<LogCtx>) {
+        *self.inner.ctx.lock().unwrap() = Some(ctx);
+    }
+
+    /// Records one line the function wrote (`stream` is `stdout` or `stderr`).
+    pub fn function_line(&self, stream: &'static str, line: &[u8]) {
+        let ctx = self.inner.ctx.lock().unwrap().clone();
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim_end_matches(['\n', '\r']);
+        match &self.inner.sink {
+            Sink::Stdout { json: false } => print_line(text),
+            _ => {
+                let rec = self.record(text, stream, ctx.as_deref(), true, Vec::new());
+                self.emit(rec);
+            }
+        }
+    }
+
+    /// Records a platform line (START / END / REPORT …) for the given invocation.
+    pub fn platform(&self, ctx: &LogCtx, msg: &str, fields: Vec<(&'static str, Value)>) {
+        match &self.inner.sink {
+            Sink::Stdout { json: false } => print_line(msg),
+            _ => {
+                let rec = self.record(msg, "platform", Some(ctx), false, fields);
+                self.emit(rec);
+            }
+        }
+    }
+
+    fn record(
+        &self,
+        text: &str,
+        stream: &'static str,
+        ctx: Option<&LogCtx>,
+        parse_json: bool,
+        fields: Vec<(&'static str, Value)>,
+    ) -> Map<String, Value> {
+        let mut rec = Map::new();
+        let mut level = None;
+        let mut msg = None;
+        if parse_json && text.starts_with('{') {
+            if let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(text) {
+                for key in ["message", "msg", "_msg"] {
+                    if let Some(Value::String(s)) = obj.get(key) {
+                        msg = Some(s.clone());
+                        break;
+                    }
+                }
+                for key in ["level", "levelname", "severity"] {
+                    if let Some(Value::String(s)) = obj.get(key) {
+                        level = Some(s.to_ascii_lowercase());
+                        break;
+                    }
+                }
+                rec = obj;
+            }
+        }
+        let level = level.unwrap_or_else(|| text_level(text, stream).to_string());
+        rec.insert("_time".into(), Value::String(rfc3339(SystemTime::now())));
+        rec.insert(
+            "_msg".into(),
+            Value::String(msg.unwrap_or_else(|| text.to_string())),
+        );
+        rec.insert(
+            "function_name".into(),
+            Value::String(self.inner.function_name.clone()),
+        );
+        rec.insert(
+            "function_version".into(),
+            Value::String(self.inner.function_version.clone()),
+        );
+        if let Some(ctx) = ctx {
+            rec.insert("request_id".into(), Value::String(ctx.request_id.clone()));
+            rec.insert("trace_id".into(), Value::String(ctx.trace_id.clone()));
+        }
+        rec.insert("level".into(), Value::String(level));
+        rec.insert("stream".into(), Value::String(stream.into()));
+        for (k, v) in fields {
+            rec.insert(k.into(), v);
+        }
+        rec
+    }
+
+    fn emit(&self, rec: Map<String, Value>) {
+        match &self.inner.sink {
+            Sink::Stdout { .. } => {
+                print_line(&Value::Object(rec).to_string());
+            }
+            Sink::Ship(s) => {
+                let mut line = serde_json::to_vec(&rec).unwrap_or_default();
+                line.push(b'\n');
+                s.push(line);
+            }
+        }
+    }
+
+    /// Ships everything queued so far, waiting at most until `deadline`. Returns whether
+    /// the queue was emptied.
+    pub async fn flush(&self, deadline: Instant) -> bool {
+        match &self.inner.sink {
+            Sink::Stdout { .. } => true,
+            Sink::Ship(s) => s.flush(deadline).await,
+        }
+    }
+}
+
+fn print_line(s: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(s.as_bytes());
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+}
+
+/// The level of a plain text line: awslambdaric's `[LEVEL]` prefix, a leading level word
+/// (`ERROR: …`, tracing's `... INFO ...`), else `info`.
+fn text_level(text: &str, _stream: &str) -> &'static str {
+    let t = text.trim_start();
+    let word = if let Some(rest) = t.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        // First or second word (tracing puts the timestamp first).
+        let mut words = t.split_whitespace().take(2);
+        let first = words.next().unwrap_or("");
+        let second = words.next().unwrap_or("");
+        if level_of(first.trim_end_matches(':')).is_some() {
+            first.trim_end_matches(':')
+        } else {
+            second.trim_end_matches(':')
+        }
+    };
+    level_of(word).unwrap_or("info")
+}
+
+fn level_of(word: &str) -> Option<&'static str> {
+    Some(match word.to_ascii_uppercase().as_str() {
+        "TRACE" => "trace",
+        "DEBUG" => "debug",
+        "INFO" => "info",
+        "WARN" | "WARNING" => "warn",
+        "ERROR" => "error",
+        "CRITICAL" | "FATAL" => "fatal",
+        _ => return None,
+    })
+}
+
+/// Reads lines from one of the runtime's output pipes until EOF and records them.
+pub async fn pump(logs: Logs, stream: &'static str, fd: OwnedFd) {
+    let mut rx = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+        Ok(rx) => rx,
+        Err(e) => {
+            eprintln!("esb-supervisor: cannot read the runtime's {stream}: {e}");
+            return;
+        }
+    };
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        let n = match rx.read(&mut chunk).await {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => 0,
+        };
+        if n == 0 {
+            if !buf.is_empty() {
+                logs.function_line(stream, &buf);
+            }
+            return;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut start = 0;
+        while let Some(pos) = buf[start..].iter().position(|&b| b == b'\n') {
+            logs.function_line(stream, &buf[start..start + pos]);
+            start += pos + 1;
+        }
+        buf.drain(..start);
+        while buf.len() > MAX_LINE {
+            logs.function_line(stream, &buf[..MAX_LINE]);
+            buf.drain(..MAX_LINE);
+        }
+    }
+}
+
+/// Where the shipper posts: host, port and request target.
+#[derive(Debug, Clone, PartialEq)]
+struct Target {
+    host: String,
+    port: u16,
+    authority: String,
+    path: String,
+}
+
+impl Target {
+    fn parse(url: &str) -> Result<Target, String> {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("VICTORIALOGS_URL={url:?}: only http:// is supported"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if authority.is_empty() {
+            return Err(format!("VICTORIALOGS_URL={url:?} has no host"));
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("VICTORIALOGS_URL={url:?}: bad IPv6 host"))?;
+            (h.to_string(), after.strip_prefix(':'))
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), Some(p)),
+                None => (authority.to_string(), None),
+            }
+        };
+        let port = match port {
+            None => 80,
+            Some(p) => p
+                .parse()
+                .map_err(|_| format!("VICTORIALOGS_URL={url:?}: bad port"))?,
+        };
+        let (path, query) = match path.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path, None),
+        };
+        let mut path = path.trim_end_matches('/').to_string();
+        if !path.ends_with("/insert/jsonline") {
+            path.push_str("/insert/jsonline");
+        }
+        let query = query.map(str::to_string).unwrap_or_else(|| {
+            "_stream_fields=function_name&_msg_field=_msg&_time_field=_time".to_string()
+        });
+        Ok(Target {
+            host,
+            port,
+            authority: authority.to_string(),
+            path: format!("{path}?{query}"),
+        })
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Vec<u8>>,
+    bytes: usize,
+    dropped: u64,
+    /// Records taken for a batch that is not acknowledged yet.
+    in_flight: usize,
+}
+
+struct Shipper {
+    target: Target,
+    queue: Mutex<Queue>,
+    limit: usize,
+    wake: Notify,
+    progress: Notify,
+    urgent: AtomicBool,
+}
+
+impl Shipper {
+    fn push(&self, line: Vec<u8>) {
+        {
+            let mut q = self.queue.lock().unwrap();
+            if q.bytes + line.len() > self.limit {
+                q.dropped += 1;
+                return;
+            }
+            q.bytes += line.len();
+            q.items.push_back(line);
+        }
+        self.wake.notify_one();
+    }
+
+    async fn flush(&self, deadline: Instant) -> bool {
+        self.urgent.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+        loop {
+            let progress = self.progress.notified();
+            {
+                let q = self.queue.lock().unwrap();
+                if q.items.is_empty() && q.in_flight == 0 {
+                    return true;
+                }
+            }
+            if tokio::time::timeout_at(deadline.into(), progress)
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+    }
+
+    /// Takes the next batch (plus a notice of dropped records, if any).
+    fn take_batch(&self) -> Option<(Vec<u8>, usize)> {
+        let mut q = self.queue.lock().unwrap();
+        if q.items.is_empty() && q.dropped == 0 {
+            return None;
+        }
+        let mut body = Vec::new();
+        if q.dropped > 0 {
+            let notice = serde_json::json!({
+                "_time": rfc3339(SystemTime::now()),
+                "_msg": format!("esb-supervisor: dropped {} log records (log buffer full)", q.dropped),
+                "level": "warn",
+                "stream": "platform",
+            });
+            body.extend_from_slice(notice.to_string().as_bytes());
+            body.push(b'\n');
+            q.dropped = 0;
+        }
+        let mut n = 0;
+        while n < BATCH_RECORDS && body.len() < BATCH_BYTES {
+            let Some(item) = q.items.pop_front() else {
+                break;
+            };
+            q.bytes -= item.len();
+            body.extend_from_slice(&item);
+            n += 1;
+        }
+        q.in_flight = n;
+        Some((body, n))
+    }
+
+    async fn run(self: Arc<Self>) {
+        let mut conn: Option<SendRequest<Full<Bytes>>> = None;
+        loop {
+            let wake = self.wake.notified();
+            let empty = {
+                let q = self.queue.lock().unwrap();
+                q.items.is_empty() && q.dropped == 0
+            };
+            if empty {
+                wake.await;
+                continue;
+            }
+            if !self.urgent.load(Ordering::SeqCst) {
+                // Let a few more lines join the batch.
+                let _ = tokio::time::timeout(LINGER, async {
+                    loop {
+                        let more = self.wake.notified();
+                        if self.urgent.load(Ordering::SeqCst)
+                            || self.queue.lock().unwrap().bytes >= BATCH_BYTES
+                        {
+                            return;
+                        }
+                        more.await;
+                    }
+                })
+                .await;
+            }
+            let Some((body, _n)) = self.take_batch() else {
+                continue;
+            };
+            let body = Bytes::from(body);
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                match self.post(&mut conn, body.clone()).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        conn = None;
+                        eprintln!("esb-supervisor: log shipping failed ({e}); retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+            self.queue.lock().unwrap().in_flight = 0;
+            self.progress.notify_waiters();
+        }
+    }
+
+    async fn post(
+        &self,
+        conn: &mut Option<SendRequest<Full<Bytes>>>,
+        body: Bytes,
+    ) -> Result<(), String> {
+        if conn.as_ref().is_none_or(|c| c.is_closed()) {
+            *conn = Some(self.connect().await?);
+        }
+        let sender = conn.as_mut().expect("connected above");
+        sender.ready().await.map_err(|e| e.to_string())?;
+        let req = hyper::Request::post(self.target.path.as_str())
+            .header(hyper::header::HOST, self.target.authority.as_str())
+            .header(hyper::header::CONTENT_TYPE, "application/stream+json")
+            .body(Full::new(body))
+            .map_err(|e| e.to_string())?;
+        let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+            .await
+            .map_err(|_| "timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let _ = resp.into_body().collect().await;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("endpoint answered {status}"))
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, String> {
+        let addr: Result<SocketAddr, _> = match self.target.host.parse::<std::net::IpAddr>() {
+            Ok(ip) => Ok(SocketAddr::new(ip, self.target.port)),
+            Err(_) => Err(()),
+        };
+        let connect = async {
+            match addr {
+                Ok(a) => tokio::net::TcpStream::connect(a).await,
+                Err(()) => {
+                    tokio::net::TcpStream::connect((self.target.host.as_str(), self.target.port))
+                        .await
+                }
+            }
+        };
+        let stream = tokio::time::timeout(Duration::from_secs(5), connect)
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| format!("connect {}: {e}", self.target.authority))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(sender)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_targets() {
+        let t = Target::parse("http://10.88.0.1:9428").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("10.88.0.1", 9428));
+        assert_eq!(
+            t.path,
+            "/insert/jsonline?_stream_fields=function_name&_msg_field=_msg&_time_field=_time"
+        );
+        let t = Target::parse("http://logs/vl/insert/jsonline?_stream_fields=a").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("logs", 80));
+        assert_eq!(t.path, "/vl/insert/jsonline?_stream_fields=a");
+        let t = Target::parse("http://[::1]:9/").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("::1", 9));
+        assert!(Target::parse("https://x").is_err());
+        assert!(Target::parse("http://x:port").is_err());
+    }
+
+    #[test]
+    fn levels_from_text() {
+        assert_eq!(
+            text_level("[ERROR]\t2024-01-01T00:00:00.000Z\tid\tboom", "stdout"),
+            "error"
+        );
+        assert_eq!(text_level("[WARNING] x", "stdout"), "warn");
+        assert_eq!(
+            text_level("2024-01-01T00:00:00Z  INFO handler: hi", "stdout"),
+            "info"
+        );
+        assert_eq!(text_level("ERROR: bad", "stderr"), "error");
+        assert_eq!(text_level("hello", "stdout"), "info");
+    }
+
+    #[test]
+    fn json_lines_keep_their_fields() {
+        let logs = Logs::stdout("f", "$LATEST", true);
+        let ctx = LogCtx {
+            request_id: "r".into(),
+            trace_id: "t".into(),
+        };
+        let rec = logs.record(
+            r#"{"message":"hi","level":"WARNING","order":7}"#,
+            "stdout",
+            Some(&ctx),
+            true,
+            vec![],
+        );
+        assert_eq!(rec["_msg"], "hi");
+        assert_eq!(rec["level"], "warning");
+        assert_eq!(rec["order"], 7);
+        assert_eq!(rec["request_id"], "r");
+        assert_eq!(rec["function_name"], "f");
+    }
+}
