@@ -1,1 +1,240 @@
-//! esb-logstore (skeleton; being built).
+//! esb's embedded log store: VictoriaLogs' HTTP API on local, append-only, indexed storage.
+//!
+//! Shippers send logs to `/insert/jsonline` (JSON lines, optionally gzip) or to the
+//! Elasticsearch bulk endpoint `/insert/elasticsearch/_bulk`; clients query with LogsQL at
+//! `/select/logsql/{query,hits,field_names,field_values,streams,tail}`. See `docs/logstore.md`.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let config = esb_logstore::Config { data_dir: "/tmp/logs".into(), ..Default::default() };
+//! esb_logstore::serve(config, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+
+pub mod client;
+mod http;
+pub mod ingest;
+pub mod logsql;
+pub mod query;
+pub mod record;
+pub mod store;
+pub mod time;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+
+pub use client::{build_query, format_record, query as query_logs, tail as tail_logs, Record};
+pub use store::{Store, StoreOptions};
+
+/// What to keep: records are dropped whole segments at a time, oldest first.
+#[derive(Debug, Clone)]
+pub struct Retention {
+    /// Drop segments whose newest record is older than this (VictoriaLogs' default: 7 days).
+    pub max_age: Option<Duration>,
+    /// Keep the store's total size on disk under this many bytes.
+    pub max_bytes: Option<u64>,
+    /// How often retention is enforced (it also runs at start).
+    pub check_interval: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            max_age: Some(Duration::from_secs(7 * 86_400)),
+            max_bytes: None,
+            check_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Log store settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to serve the HTTP API (default 127.0.0.1:9428).
+    pub listen: SocketAddr,
+    /// Where the segments live.
+    pub data_dir: PathBuf,
+    /// Retention by age and size.
+    pub retention: Retention,
+    /// Longest accepted log line; longer lines are skipped and reported (default 256 KiB,
+    /// as VictoriaLogs' `-insert.maxLineSizeBytes`).
+    pub max_line_bytes: usize,
+    /// Largest accepted request body, compressed size (default 64 MiB).
+    pub max_request_bytes: usize,
+    /// Segment size at which the active segment is sealed and indexed (default 64 MiB;
+    /// capped at a quarter of `retention.max_bytes` so size retention has something to drop).
+    pub segment_bytes: u64,
+    /// How often written records are fsync'ed (default 1 s). Records are written before a
+    /// request is acknowledged, so a crash of the process loses nothing; this bounds what a
+    /// power loss can take.
+    pub fsync_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9428)),
+            data_dir: PathBuf::from("/var/lib/esb/logstore"),
+            retention: Retention::default(),
+            max_line_bytes: 256 << 10,
+            max_request_bytes: 64 << 20,
+            segment_bytes: 64 << 20,
+            fsync_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A bound, not yet running, log store server.
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    store: Arc<Store>,
+    config: Arc<Config>,
+    _lock: std::fs::File,
+}
+
+impl Server {
+    /// Opens the store (recovering it after a crash) and binds the listener. Bind to port 0
+    /// and read [`local_addr`](Self::local_addr) to learn the port (tests).
+    pub async fn bind(config: Config) -> anyhow::Result<Server> {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!(
+                "cannot create the data directory {}",
+                config.data_dir.display()
+            )
+        })?;
+        let lock = lock_dir(&config.data_dir)?;
+        let mut opts = StoreOptions {
+            segment_bytes: config.segment_bytes.max(4096),
+            ..Default::default()
+        };
+        if let Some(max) = config.retention.max_bytes {
+            opts.segment_bytes = opts.segment_bytes.min((max / 4).max(4096));
+        }
+        let dir = config.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open(&dir, opts))
+            .await?
+            .with_context(|| {
+                format!("cannot open the log store in {}", config.data_dir.display())
+            })?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        Ok(Server {
+            listener,
+            store: Arc::new(store),
+            config: Arc::new(config),
+            _lock: lock,
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> Arc<Store> {
+        self.store.clone()
+    }
+
+    /// Serves until `shutdown` completes, then stops (open tails are ended) and syncs.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let state = http::AppState {
+            store: self.store.clone(),
+            config: self.config.clone(),
+            shutdown: stop_rx.clone(),
+        };
+        let app = http::router(state);
+        let bg = tokio::spawn(background(
+            self.store.clone(),
+            self.config.clone(),
+            stop_rx.clone(),
+        ));
+        tracing::info!(addr = %self.local_addr(), dir = %self.config.data_dir.display(), "log store listening");
+        let stop_tx2 = stop_tx.clone();
+        let result = axum::serve(self.listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                let _ = stop_tx2.send(true);
+            })
+            .await;
+        let _ = stop_tx.send(true);
+        let _ = bg.await;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.sync()).await??;
+        result.context("log store server failed")
+    }
+}
+
+fn lock_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("LOCK");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    // SAFETY: flock on a valid, owned file descriptor.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        anyhow::bail!("{} is in use by another log store process", dir.display());
+    }
+    Ok(f)
+}
+
+async fn background(store: Arc<Store>, config: Arc<Config>, mut stop: watch::Receiver<bool>) {
+    let mut fsync = tokio::time::interval(config.fsync_interval.max(Duration::from_millis(10)));
+    let mut retention = tokio::time::interval(
+        config
+            .retention
+            .check_interval
+            .max(Duration::from_millis(10)),
+    );
+    let max_age = config
+        .retention
+        .max_age
+        .map(|d| d.as_nanos().min(i64::MAX as u128) as i64);
+    let max_bytes = config.retention.max_bytes;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = fsync.tick() => {
+                let s = store.clone();
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.sync()).await {
+                    tracing::error!(error = %e, "fsync of the log store failed");
+                }
+            }
+            _ = retention.tick() => {
+                if max_age.is_none() && max_bytes.is_none() {
+                    continue;
+                }
+                let s = store.clone();
+                match tokio::task::spawn_blocking(move || s.enforce_retention(time::now_nanos(), max_age, max_bytes)).await {
+                    Ok(Err(e)) => tracing::error!(error = %e, "retention failed"),
+                    Ok(Ok(n)) if n > 0 => tracing::info!(segments = n, "retention dropped old segments"),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Runs the log store until `shutdown` completes.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    Server::bind(config).await?.run(shutdown).await
+}

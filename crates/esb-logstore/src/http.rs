@@ -1,0 +1,679 @@
+//! The HTTP API: VictoriaLogs' ingestion and `/select/logsql/*` endpoints.
+
+// Handlers return early with a ready error response; its size does not matter here.
+#![allow(clippy::result_large_err)]
+
+use std::io::BufRead;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use tokio::sync::{mpsc, watch};
+
+use crate::ingest::{ingest, Format, IngestParams};
+use crate::logsql::{self, Query};
+use crate::query::{self, row_json};
+use crate::store::{Order, Store};
+use crate::time::{now_nanos, parse_duration, parse_time_arg};
+use crate::Config;
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub store: Arc<Store>,
+    pub config: Arc<Config>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+pub(crate) fn router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/",
+            get(|| async { "esb log store: VictoriaLogs-compatible HTTP API\n" }),
+        )
+        .route("/health", get(|| async { "OK" }))
+        .route("/insert/jsonline", any(insert_jsonline))
+        .route("/insert/elasticsearch/_bulk", any(insert_bulk))
+        .route("/insert/elasticsearch/{index}/_bulk", any(insert_bulk))
+        .route("/insert/elasticsearch", any(es_info))
+        .route("/insert/elasticsearch/", any(es_info))
+        .route("/select/logsql/query", any(select_query))
+        .route("/select/logsql/hits", any(select_hits))
+        .route("/select/logsql/field_names", any(select_field_names))
+        .route("/select/logsql/field_values", any(select_field_values))
+        .route("/select/logsql/streams", any(select_streams))
+        .route("/select/logsql/tail", any(select_tail))
+        .with_state(state)
+}
+
+fn text(status: StatusCode, msg: impl Into<String>) -> Response {
+    let mut m = msg.into();
+    if !m.ends_with('\n') {
+        m.push('\n');
+    }
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        m,
+    )
+        .into_response()
+}
+
+fn json(status: StatusCode, v: &impl serde::Serialize) -> Response {
+    let body = serde_json::to_vec(v).unwrap_or_default();
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Request arguments from the URL and, for form POSTs, the body.
+struct Args(Vec<(String, String)>);
+
+impl Args {
+    fn get(&self, k: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    }
+    fn all(&self, k: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+}
+
+async fn select_args(req: Request, max: usize) -> Result<Args, Response> {
+    let mut args: Vec<(String, String)> = req
+        .uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    if req.method() == Method::POST {
+        let body = axum::body::to_bytes(req.into_body(), max)
+            .await
+            .map_err(|e| {
+                text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("cannot read the request body: {e}"),
+                )
+            })?;
+        args.extend(form_urlencoded::parse(&body).into_owned());
+    }
+    Ok(Args(args))
+}
+
+/// The parsed common arguments of the select endpoints.
+struct Select {
+    query: Query,
+    start: i64,
+    end: i64,
+    now: i64,
+}
+
+fn parse_select(args: &Args) -> Result<Select, Response> {
+    let now = now_nanos();
+    let q = args.get("query").unwrap_or("*");
+    let query = logsql::parse(q, now).map_err(|e| text(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let time = |name: &str, default: i64| -> Result<i64, Response> {
+        match args.get(name) {
+            None => Ok(default),
+            Some(v) => parse_time_arg(v, now)
+                .ok_or_else(|| text(StatusCode::BAD_REQUEST, format!("cannot parse {name} arg {v:?}: want RFC3339, a Unix timestamp, now or a duration"))),
+        }
+    };
+    let start = time("start", i64::MIN)?;
+    let end = time("end", i64::MAX)?;
+    Ok(Select {
+        query,
+        start,
+        end,
+        now,
+    })
+}
+
+fn parse_limit(args: &Args, name: &str) -> Result<Option<usize>, Response> {
+    match args.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .parse::<usize>()
+            .map(|n| if n == 0 { None } else { Some(n) })
+            .map_err(|_| {
+                text(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot parse {name} arg {v:?}: want a non-negative integer"),
+                )
+            }),
+    }
+}
+
+fn io_error(e: std::io::Error) -> Response {
+    tracing::error!(error = %e, "log store I/O error");
+    text(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("storage error: {e}"),
+    )
+}
+
+fn join_error(e: tokio::task::JoinError) -> Response {
+    text(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("internal error: {e}"),
+    )
+}
+
+// ---------- ingestion ----------
+
+fn list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(|x| x.trim().to_string())
+        .filter(|x| !x.is_empty())
+        .collect()
+}
+
+fn ingest_params(req: &Request) -> IngestParams {
+    let q: Vec<(String, String)> = req
+        .uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let headers = req.headers();
+    let get = |arg: &str, hdr: &str| -> Option<String> {
+        q.iter()
+            .rev()
+            .find(|(k, v)| k == arg && !v.is_empty())
+            .map(|(_, v)| v.clone())
+            .or_else(|| {
+                headers
+                    .get(hdr)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+                    .filter(|v| !v.is_empty())
+            })
+    };
+    IngestParams {
+        msg_fields: get("_msg_field", "VL-Msg-Field")
+            .map(|s| list(&s))
+            .unwrap_or_default(),
+        time_field: get("_time_field", "VL-Time-Field"),
+        stream_fields: get("_stream_fields", "VL-Stream-Fields")
+            .map(|s| list(&s))
+            .unwrap_or_default(),
+        ignore_fields: get("ignore_fields", "VL-Ignore-Fields")
+            .map(|s| list(&s))
+            .unwrap_or_default(),
+        extra_fields: get("extra_fields", "VL-Extra-Fields")
+            .map(|s| {
+                list(&s)
+                    .into_iter()
+                    .filter_map(|kv| {
+                        kv.split_once('=')
+                            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+async fn do_ingest(
+    state: AppState,
+    req: Request,
+    format: Format,
+) -> Result<(crate::ingest::IngestReport, u128), Response> {
+    if req.method() != Method::POST && req.method() != Method::PUT {
+        return Err(text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "use POST to ingest logs",
+        ));
+    }
+    let started = Instant::now();
+    let params = ingest_params(&req);
+    let encoding = req
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let gzip = match encoding.as_str() {
+        "" | "identity" => false,
+        "gzip" | "x-gzip" => true,
+        other => {
+            return Err(text(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("unsupported Content-Encoding {other:?}: send identity or gzip"),
+            ))
+        }
+    };
+    let body = axum::body::to_bytes(req.into_body(), state.config.max_request_bytes)
+        .await
+        .map_err(|_| {
+            text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "request body larger than {} bytes: send smaller batches",
+                    state.config.max_request_bytes
+                ),
+            )
+        })?;
+    let store = state.store.clone();
+    let max_line = state.config.max_line_bytes;
+    let stored = Arc::new(AtomicUsize::new(0));
+    let stored2 = stored.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let reader: Box<dyn BufRead> = if gzip {
+            Box::new(std::io::BufReader::with_capacity(
+                256 << 10,
+                flate2::read::MultiGzDecoder::new(&body[..]),
+            ))
+        } else {
+            Box::new(&body[..])
+        };
+        let mut store_err = None;
+        let report = ingest(reader, format, &params, max_line, &mut |batch| {
+            let n = batch.len();
+            store
+                .append(batch)
+                .inspect_err(|e| store_err = Some(e.to_string()))?;
+            stored2.fetch_add(n, Ordering::Relaxed);
+            Ok(())
+        });
+        (report, store_err)
+    })
+    .await
+    .map_err(join_error)?;
+    match result {
+        (Ok(report), _) => {
+            if report.rejected > 0 {
+                tracing::warn!(ingested = report.ingested, rejected = report.rejected, first = ?report.errors.first(), "some log lines were rejected");
+            }
+            Ok((report, started.elapsed().as_millis()))
+        }
+        (Err(e), Some(store_err)) => {
+            let _ = e;
+            Err(text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "cannot store logs: {store_err} ({} records of this request were stored)",
+                    stored.load(Ordering::Relaxed)
+                ),
+            ))
+        }
+        (Err(e), None) => Err(text(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "cannot read the request body{}: {e} ({} records before the error were stored)",
+                if gzip { " (gzip)" } else { "" },
+                stored.load(Ordering::Relaxed)
+            ),
+        )),
+    }
+}
+
+async fn insert_jsonline(State(state): State<AppState>, req: Request) -> Response {
+    match do_ingest(state, req, Format::JsonLine).await {
+        Err(r) => r,
+        Ok((report, _)) => {
+            let status = if report.ingested == 0 && report.rejected > 0 {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::OK
+            };
+            json(status, &report)
+        }
+    }
+}
+
+async fn insert_bulk(State(state): State<AppState>, req: Request) -> Response {
+    match do_ingest(state, req, Format::EsBulk).await {
+        Err(r) => r,
+        Ok((report, took)) => {
+            let items: Vec<serde_json::Value> = report
+                .bulk_items
+                .iter()
+                .map(|(status, err)| match err {
+                    None => serde_json::json!({"create": {"status": status}}),
+                    Some(reason) => serde_json::json!({"create": {"status": status, "error": {"type": "mapper_parsing_exception", "reason": reason}}}),
+                })
+                .collect();
+            let errors = report.bulk_items.iter().any(|(s, _)| *s >= 300) || report.rejected > 0;
+            json(
+                StatusCode::OK,
+                &serde_json::json!({"took": took, "errors": errors, "items": items}),
+            )
+        }
+    }
+}
+
+async fn es_info() -> Response {
+    let mut r = json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "name": "esb-logstore",
+            "cluster_name": "esb",
+            "version": {"number": "8.9.0", "build_flavor": "default"},
+            "tagline": "You Know, for Search"
+        }),
+    );
+    r.headers_mut()
+        .insert("X-Elastic-Product", "Elasticsearch".parse().unwrap());
+    r
+}
+
+// ---------- querying ----------
+
+fn streaming_body(rx: mpsc::Receiver<Result<Bytes, std::io::Error>>) -> Body {
+    Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (b, rx))
+    }))
+}
+
+async fn select_query(State(state): State<AppState>, req: Request) -> Response {
+    let args = match select_args(req, state.config.max_request_bytes).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let sel = match parse_select(&args) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let limit = match parse_limit(&args, "limit") {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+    let store = state.store.clone();
+    let keep_order = sel.query.explicit_field_order();
+    tokio::task::spawn_blocking(move || {
+        let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
+        let mut open = true;
+        let res = query::run(&store, &sel.query, sel.start, sel.end, limit, &mut |row| {
+            buf.extend_from_slice(row_json(&row, keep_order).as_bytes());
+            buf.push(b'\n');
+            if buf.len() >= 64 << 10 {
+                open = tx
+                    .blocking_send(Ok(Bytes::from(std::mem::take(&mut buf))))
+                    .is_ok();
+            }
+            open
+        });
+        match res {
+            Ok(()) if !buf.is_empty() => {
+                let _ = tx.blocking_send(Ok(Bytes::from(buf)));
+            }
+            Ok(()) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "query failed while streaming");
+                let _ = tx.blocking_send(Err(e));
+            }
+        }
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/stream+json")
+        .body(streaming_body(rx))
+        .unwrap()
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, Response> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(join_error)?
+        .map_err(io_error)
+}
+
+async fn select_hits(State(state): State<AppState>, req: Request) -> Response {
+    let args = match select_args(req, state.config.max_request_bytes).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let sel = match parse_select(&args) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let step = match args.get("step").map(|s| (s, parse_duration(s))) {
+        None => 86_400_000_000_000,
+        Some((_, Some(d))) if d > 0 => d,
+        Some((s, _)) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("cannot parse step arg {s:?}: want a positive duration such as 1h"),
+            )
+        }
+    };
+    let offset = match args.get("offset").map(|s| (s, parse_duration(s))) {
+        None => 0,
+        Some((_, Some(d))) => d,
+        Some((s, None)) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("cannot parse offset arg {s:?}"),
+            )
+        }
+    };
+    let fields_limit = match parse_limit(&args, "fields_limit") {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let group_by = args.all("field");
+    let store = state.store.clone();
+    match blocking(move || {
+        query::hits(
+            &store,
+            &sel.query,
+            sel.start,
+            sel.end,
+            step,
+            offset,
+            &group_by,
+            fields_limit,
+        )
+    })
+    .await
+    {
+        Ok(h) => json(StatusCode::OK, &serde_json::json!({ "hits": h })),
+        Err(r) => r,
+    }
+}
+
+async fn select_field_names(State(state): State<AppState>, req: Request) -> Response {
+    let args = match select_args(req, state.config.max_request_bytes).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let sel = match parse_select(&args) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let filter = args.get("filter").map(str::to_string);
+    let store = state.store.clone();
+    match blocking(move || {
+        query::field_names(&store, &sel.query, sel.start, sel.end, filter.as_deref())
+    })
+    .await
+    {
+        Ok(v) => json(StatusCode::OK, &serde_json::json!({ "values": v })),
+        Err(r) => r,
+    }
+}
+
+async fn values_endpoint(
+    state: AppState,
+    req: Request,
+    fixed_field: Option<&'static str>,
+) -> Response {
+    let args = match select_args(req, state.config.max_request_bytes).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let sel = match parse_select(&args) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let field = match fixed_field
+        .map(str::to_string)
+        .or_else(|| args.get("field").map(str::to_string))
+    {
+        Some(f) => f,
+        None => return text(StatusCode::BAD_REQUEST, "missing field arg"),
+    };
+    let limit = match parse_limit(&args, "limit") {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let filter = args.get("filter").map(str::to_string);
+    let store = state.store.clone();
+    match blocking(move || {
+        query::field_values(
+            &store,
+            &sel.query,
+            sel.start,
+            sel.end,
+            &field,
+            limit,
+            filter.as_deref(),
+        )
+    })
+    .await
+    {
+        Ok(v) => json(StatusCode::OK, &serde_json::json!({ "values": v })),
+        Err(r) => r,
+    }
+}
+
+async fn select_field_values(State(state): State<AppState>, req: Request) -> Response {
+    values_endpoint(state, req, None).await
+}
+
+async fn select_streams(State(state): State<AppState>, req: Request) -> Response {
+    values_endpoint(state, req, Some("_stream")).await
+}
+
+async fn select_tail(State(state): State<AppState>, req: Request) -> Response {
+    let args = match select_args(req, state.config.max_request_bytes).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let sel = match parse_select(&args) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if !sel.query.is_streamable() {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "live tailing does not support stats, sort, limit and other pipes that aggregate or reorder logs; only fields and filter pipes",
+        );
+    }
+    let start_offset = match args.get("start_offset").map(|s| (s, parse_duration(s))) {
+        None => None,
+        Some((_, Some(d))) => Some(d),
+        Some((s, None)) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("cannot parse start_offset arg {s:?}"),
+            )
+        }
+    };
+    let keep_order = sel.query.explicit_field_order();
+    let mut sub = state.store.subscribe();
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    let store = state.store.clone();
+    let mut shutdown = state.shutdown.clone();
+    let q = Arc::new(sel.query);
+    tokio::spawn(async move {
+        // History first (oldest first), remembering the last batch it saw.
+        let mut seen_seq = 0u64;
+        if let Some(d) = start_offset {
+            let q2 = q.clone();
+            let store2 = store.clone();
+            let from = sel.now - d;
+            let hist = tokio::task::spawn_blocking(move || {
+                let mut rows = Vec::new();
+                let mut pipeline = query::Pipeline::new(&q2.pipes);
+                let seq = store2.scan(
+                    &q2.filter,
+                    from,
+                    i64::MAX,
+                    Order::OldestFirst,
+                    &mut |rec: crate::record::StoredRecord| {
+                        let t = rec.time;
+                        pipeline.push(rec.to_row(), &mut |r| {
+                            rows.push((t, r));
+                            true
+                        });
+                        true
+                    },
+                );
+                rows.sort_by_key(|(t, _)| *t);
+                seq.map(|s| (s, rows))
+            })
+            .await;
+            match hist {
+                Ok(Ok((seq, rows))) => {
+                    seen_seq = seq;
+                    let mut buf = String::new();
+                    for (_, r) in rows {
+                        buf.push_str(&row_json(&r, keep_order));
+                        buf.push('\n');
+                    }
+                    if !buf.is_empty() && tx.send(Ok(Bytes::from(buf))).await.is_err() {
+                        return;
+                    }
+                }
+                _ => return,
+            }
+        } else {
+            // Tail from now on: make sure the response headers go out at once.
+            if tx.send(Ok(Bytes::new())).await.is_err() {
+                return;
+            }
+        }
+        let mut pipeline = query::Pipeline::new(&q.pipes);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tx.closed() => return,
+                msg = sub.recv() => match msg {
+                    Ok(batch) => {
+                        let (seq, recs) = &*batch;
+                        if *seq <= seen_seq {
+                            continue;
+                        }
+                        let mut buf = String::new();
+                        for rec in recs {
+                            if rec.time < sel.start || rec.time >= sel.end || !q.filter.matches(rec) {
+                                continue;
+                            }
+                            pipeline.push(rec.to_row(), &mut |r| {
+                                buf.push_str(&row_json(&r, keep_order));
+                                buf.push('\n');
+                                true
+                            });
+                        }
+                        if !buf.is_empty() && tx.send(Ok(Bytes::from(buf))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(batches = n, "live tail fell behind; some batches were skipped");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        }
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/stream+json")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(streaming_body(rx))
+        .unwrap()
+}
