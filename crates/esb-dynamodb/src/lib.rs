@@ -1,1 +1,261 @@
-//! esb-dynamodb (skeleton; being built).
+//! esb-dynamodb: an embedded DynamoDB-compatible store.
+//!
+//! It serves the DynamoDB JSON protocol (`POST /` with `X-Amz-Target:
+//! DynamoDB_20120810.<Operation>`, `application/x-amz-json-1.0`), checks every request's
+//! SigV4 signature against the box's single credential pair, and keeps its data in one
+//! SQLite database (WAL, `synchronous=FULL`) under the data directory. See
+//! `docs/dynamodb.md` for what is supported.
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! let config = esb_dynamodb::Config::new(
+//!     "127.0.0.1:8000".parse()?,
+//!     "/var/lib/esb/dynamodb".into(),
+//!     "AKID",
+//!     "secret",
+//! );
+//! esb_dynamodb::serve(config, std::future::pending()).await
+//! # }
+//! ```
+
+pub mod error;
+pub mod expr;
+mod ops;
+pub mod store;
+pub mod table;
+pub mod value;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+pub use error::DdbError;
+
+/// Default region of the box.
+pub const DEFAULT_REGION: &str = "ap-northeast-1";
+/// Largest request body accepted (DynamoDB's 16 MB request limit plus envelope).
+const MAX_BODY: usize = 17 * 1024 * 1024;
+/// How often expired items are looked for.
+const TTL_SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Where and how the store serves.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen address (default for `esb up`: 127.0.0.1:8000).
+    pub listen: SocketAddr,
+    /// Directory holding the database.
+    pub data_dir: PathBuf,
+    /// The box's access key id.
+    pub access_key: String,
+    /// The box's secret access key.
+    pub secret_key: String,
+    /// Region reported in ARNs (requests signed for any region are accepted).
+    pub region: String,
+}
+
+impl Config {
+    /// A configuration in the default region (ap-northeast-1).
+    pub fn new(
+        listen: SocketAddr,
+        data_dir: PathBuf,
+        access_key: impl Into<String>,
+        secret_key: impl Into<String>,
+    ) -> Config {
+        Config {
+            listen,
+            data_dir,
+            access_key: access_key.into(),
+            secret_key: secret_key.into(),
+            region: DEFAULT_REGION.to_owned(),
+        }
+    }
+}
+
+/// Binds, then serves until `shutdown` resolves; in-flight requests finish and every
+/// acknowledged write is on disk when it returns.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    Server::bind(config).await?.run(shutdown).await
+}
+
+/// A bound server (bind to port 0 and read [`Server::local_addr`] in tests).
+pub struct Server {
+    listener: TcpListener,
+    state: Arc<State>,
+}
+
+struct State {
+    db: Arc<store::Db>,
+    verifier: esb_sigv4::Verifier,
+}
+
+impl Server {
+    /// Opens the database and binds the listener.
+    pub async fn bind(config: Config) -> anyhow::Result<Server> {
+        let db = store::Db::open(&config.data_dir, &config.region)?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        let verifier = esb_sigv4::Verifier::new(config.access_key, config.secret_key);
+        Ok(Server {
+            listener,
+            state: Arc::new(State { db, verifier }),
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// Serves until `shutdown` resolves.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.local_addr(), "dynamodb listening");
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let sweeper = {
+            let db = self.state.db.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(TTL_SWEEP_EVERY);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = ops::sweep_ttl(&db, 1000).await {
+                        tracing::warn!(error = %e, "TTL sweep failed");
+                    }
+                }
+            })
+        };
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => {
+                    let (stream, _) = match accepted {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let state = self.state.clone();
+                    let service = hyper::service::service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, std::convert::Infallible>(handle(state, req).await) }
+                    });
+                    let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                }
+                _ = &mut shutdown => break,
+            }
+        }
+        drop(self.listener);
+        sweeper.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+        let db = self.state.db.clone();
+        tokio::task::spawn_blocking(move || db.close()).await?;
+        Ok(())
+    }
+}
+
+fn respond(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        "content-type",
+        http::HeaderValue::from_static("application/x-amz-json-1.0"),
+    );
+    if let Ok(v) =
+        http::HeaderValue::from_str(&uuid::Uuid::new_v4().simple().to_string().to_uppercase())
+    {
+        h.insert("x-amzn-requestid", v);
+    }
+    r
+}
+
+fn error_response(e: &DdbError) -> Response<Full<Bytes>> {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut r = respond(status, serde_json::to_vec(&e.body()).unwrap_or_default());
+    if let Ok(v) = http::HeaderValue::from_str(e.kind) {
+        r.headers_mut().insert("x-amzn-errortype", v);
+    }
+    r
+}
+
+async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    if parts.method == http::Method::GET && parts.uri.path() == "/" {
+        return respond(StatusCode::OK, b"healthy: esb-dynamodb".to_vec());
+    }
+    if parts.method != http::Method::POST {
+        return error_response(&DdbError::serialization("Only POST requests are accepted"));
+    }
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            let mut e = DdbError::new(
+                "RequestEntityTooLarge",
+                "Request size exceeded 16777216 bytes",
+            );
+            e.status = 413;
+            return error_response(&e);
+        }
+    };
+    if let Err(e) = state.verifier.verify(&parts, &body) {
+        let code = e.json_code();
+        let mut err = DdbError::new(code, e.to_string());
+        if code == "MissingAuthenticationTokenException" {
+            err.status = 400;
+        }
+        return error_response(&err);
+    }
+    let target = parts
+        .headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let Some(op) = target.strip_prefix("DynamoDB_20120810.") else {
+        return error_response(&DdbError::new("UnknownOperationException", ""));
+    };
+    let json: serde_json::Value = if body.is_empty() {
+        serde_json::json!({})
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(j) => j,
+            Err(_) => {
+                return error_response(&DdbError::serialization(
+                    "Start of structure or map found where not expected",
+                ))
+            }
+        }
+    };
+    match ops::dispatch(&state.db, op, json).await {
+        Ok(out) => respond(StatusCode::OK, serde_json::to_vec(&out).unwrap_or_default()),
+        Err(e) => {
+            if e.status >= 500 {
+                tracing::error!(op, error = %e, "request failed");
+            }
+            error_response(&e)
+        }
+    }
+}

@@ -1,0 +1,649 @@
+//! Storage on SQLite.
+//!
+//! One database file (`dynamodb.sqlite3` in the data directory), WAL mode with
+//! `synchronous=FULL`: a write is acknowledged only after its transaction is durable.
+//! Each DynamoDB table is a SQLite table `t<id>` keyed by (partition hash, encoded
+//! partition key, encoded sort key); each secondary index is a table `x<id>` keyed by the
+//! index key then the table key. Encoded keys compare as bytes in DynamoDB's order (see
+//! [`crate::value::encode_key_value`]), so Query is a range scan.
+//!
+//! All writes go through one writer thread that groups concurrent requests into one
+//! transaction (group commit); each request runs in its own savepoint, so a failed
+//! request leaves nothing behind while the others of its group still commit. Reads use a
+//! pool of read-only connections and see only committed data.
+
+use crate::error::{DdbError, Result};
+use crate::table::{StoredKey, TableMeta};
+use crate::value::{item_from_json, item_to_json, Item, Value};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use serde_json::Value as Json;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Tables by name.
+pub type Catalog = HashMap<String, Arc<TableMeta>>;
+
+type JobFn = Box<dyn FnOnce(&mut WriteCtx<'_>) -> Result<Json> + Send>;
+
+struct Job {
+    f: JobFn,
+    reply: tokio::sync::oneshot::Sender<Result<Json>>,
+}
+
+/// What a write job sees: the connection (inside a transaction) and the writer's catalog.
+pub struct WriteCtx<'a> {
+    /// The connection, inside the group's transaction and the job's savepoint.
+    pub conn: &'a Connection,
+    catalog: &'a mut Catalog,
+    dirty: bool,
+    next_id: &'a mut i64,
+}
+
+impl WriteCtx<'_> {
+    /// A table, or ResourceNotFoundException.
+    pub fn table(&self, name: &str) -> Result<Arc<TableMeta>> {
+        self.catalog
+            .get(name)
+            .cloned()
+            .ok_or_else(DdbError::table_not_found)
+    }
+
+    /// A table if it exists.
+    pub fn try_table(&self, name: &str) -> Option<Arc<TableMeta>> {
+        self.catalog.get(name).cloned()
+    }
+
+    /// All tables.
+    pub fn tables(&self) -> impl Iterator<Item = &Arc<TableMeta>> {
+        self.catalog.values()
+    }
+
+    /// A fresh storage id.
+    pub fn next_id(&mut self) -> i64 {
+        *self.next_id += 1;
+        *self.next_id
+    }
+
+    /// Records new metadata for a table (persisted in this transaction). Call it last in a
+    /// job, after everything that can fail.
+    pub fn save_table(&mut self, meta: TableMeta) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO catalog (name, meta) VALUES (?1, ?2)",
+            params![meta.name, meta.to_json().to_string()],
+        )?;
+        self.catalog.insert(meta.name.clone(), Arc::new(meta));
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Forgets a table (persisted in this transaction). Call it last in a job.
+    pub fn remove_table(&mut self, name: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM catalog WHERE name = ?1", params![name])?;
+        self.catalog.remove(name);
+        self.dirty = true;
+        Ok(())
+    }
+}
+
+/// The database: a writer thread, a pool of readers and the published catalog.
+pub struct Db {
+    tx: Mutex<Option<mpsc::Sender<Job>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    catalog: Arc<RwLock<Arc<Catalog>>>,
+    readers: Mutex<Vec<Connection>>,
+    path: PathBuf,
+    /// Region reported in ARNs.
+    pub region: String,
+}
+
+const DB_FILE: &str = "dynamodb.sqlite3";
+const MAX_GROUP: usize = 128;
+
+fn open(path: &Path, read_only: bool) -> Result<Connection> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    if !read_only {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+    }
+    conn.pragma_update(None, "cache_size", -8192)?; // 8 MiB per connection
+    conn.pragma_update(None, "mmap_size", 0)?;
+    Ok(conn)
+}
+
+impl Db {
+    /// Opens (creating when needed) the database under `data_dir` and starts the writer.
+    pub fn open(data_dir: &Path, region: &str) -> anyhow::Result<Arc<Db>> {
+        std::fs::create_dir_all(data_dir)?;
+        let path = data_dir.join(DB_FILE);
+        let conn = open(&path, false)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS catalog (name TEXT PRIMARY KEY, meta TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS settings (k TEXT PRIMARY KEY, v INTEGER NOT NULL);",
+        )?;
+        let (catalog, next_id) = load_catalog(&conn)?;
+        let shared = Arc::new(RwLock::new(Arc::new(catalog.clone())));
+        let (tx, rx) = mpsc::channel::<Job>();
+        let publish = shared.clone();
+        let writer = std::thread::Builder::new()
+            .name("esb-dynamodb-writer".into())
+            .spawn(move || writer_loop(conn, rx, catalog, next_id, publish))?;
+        Ok(Arc::new(Db {
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            catalog: shared,
+            readers: Mutex::new(Vec::new()),
+            path,
+            region: region.to_owned(),
+        }))
+    }
+
+    /// Runs a write job in the writer thread; resolves once its transaction committed.
+    pub async fn write<F>(&self, f: F) -> Result<Json>
+    where
+        F: FnOnce(&mut WriteCtx<'_>) -> Result<Json> + Send + 'static,
+    {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        {
+            let tx = self.tx.lock().expect("writer channel lock");
+            let tx = tx
+                .as_ref()
+                .ok_or_else(|| DdbError::internal("The server is shutting down"))?;
+            tx.send(Job {
+                f: Box::new(f),
+                reply,
+            })
+            .map_err(|_| DdbError::internal("The storage writer stopped"))?;
+        }
+        rx.await
+            .map_err(|_| DdbError::internal("The storage writer stopped"))?
+    }
+
+    /// Runs a read job on a pooled read-only connection in a blocking thread. The job
+    /// runs inside one read transaction (a consistent snapshot).
+    pub async fn read<F>(self: &Arc<Self>, f: F) -> Result<Json>
+    where
+        F: FnOnce(&Connection, &Catalog) -> Result<Json> + Send + 'static,
+    {
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = match db.readers.lock().expect("reader pool lock").pop() {
+                Some(c) => c,
+                None => open(&db.path, true)?,
+            };
+            let catalog = db.catalog.read().expect("catalog lock").clone();
+            conn.execute_batch("BEGIN")?;
+            let r = f(&conn, &catalog);
+            let _ = conn.execute_batch("COMMIT");
+            let mut pool = db.readers.lock().expect("reader pool lock");
+            if pool.len() < 16 {
+                pool.push(conn);
+            }
+            r
+        })
+        .await
+        .map_err(|e| DdbError::internal(format!("read task failed: {e}")))?
+    }
+
+    /// The published catalog.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.read().expect("catalog lock").clone()
+    }
+
+    /// Stops the writer after the jobs already queued, and waits for it.
+    pub fn close(&self) {
+        self.tx.lock().expect("writer channel lock").take();
+        if let Some(h) = self.writer.lock().expect("writer handle lock").take() {
+            let _ = h.join();
+        }
+        self.readers.lock().expect("reader pool lock").clear();
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn load_catalog(conn: &Connection) -> Result<(Catalog, i64)> {
+    let mut catalog = Catalog::new();
+    let mut next_id: i64 = conn
+        .query_row("SELECT v FROM settings WHERE k = 'next_id'", [], |r| {
+            r.get(0)
+        })
+        .optional()?
+        .unwrap_or(0);
+    let mut stmt = conn.prepare("SELECT meta FROM catalog")?;
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    for row in rows {
+        let text = row?;
+        let json: Json = serde_json::from_str(&text)
+            .map_err(|e| DdbError::internal(format!("corrupt catalog entry: {e}")))?;
+        let meta = TableMeta::from_json(&json)
+            .ok_or_else(|| DdbError::internal("corrupt catalog entry"))?;
+        next_id = next_id.max(meta.id);
+        for i in &meta.indexes {
+            next_id = next_id.max(i.id);
+        }
+        catalog.insert(meta.name.clone(), Arc::new(meta));
+    }
+    Ok((catalog, next_id))
+}
+
+fn writer_loop(
+    conn: Connection,
+    rx: mpsc::Receiver<Job>,
+    mut catalog: Catalog,
+    mut next_id: i64,
+    publish: Arc<RwLock<Arc<Catalog>>>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let start_id = next_id;
+        let mut results: Vec<Result<Json>> = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut dirty = false;
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let err = DdbError::from(e);
+            for job in batch {
+                let _ = job.reply.send(Err(err.clone()));
+            }
+            continue;
+        }
+        for job in batch {
+            replies.push(job.reply);
+            if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+                results.push(Err(e.into()));
+                continue;
+            }
+            let mut ctx = WriteCtx {
+                conn: &conn,
+                catalog: &mut catalog,
+                dirty: false,
+                next_id: &mut next_id,
+            };
+            let f = job.f;
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut ctx)))
+                .unwrap_or_else(|_| {
+                    Err(DdbError::internal(
+                        "internal error while processing the request",
+                    ))
+                });
+            dirty |= ctx.dirty;
+            if r.is_err() {
+                let _ = conn.execute_batch("ROLLBACK TO job");
+            }
+            let _ = conn.execute_batch("RELEASE job");
+            results.push(r);
+        }
+        if next_id != start_id {
+            let _ = conn.execute(
+                "INSERT OR REPLACE INTO settings (k, v) VALUES ('next_id', ?1)",
+                params![next_id],
+            );
+        }
+        if let Err(e) = conn.execute_batch("COMMIT") {
+            tracing::error!(error = %e, "commit failed");
+            let _ = conn.execute_batch("ROLLBACK");
+            let err = DdbError::from(e);
+            results = results.into_iter().map(|_| Err(err.clone())).collect();
+            if let Ok((c, n)) = load_catalog(&conn) {
+                catalog = c;
+                next_id = n;
+            }
+            dirty = true;
+        }
+        if dirty {
+            *publish.write().expect("catalog lock") = Arc::new(catalog.clone());
+        }
+        for (reply, r) in replies.into_iter().zip(results) {
+            let _ = reply.send(r);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Item storage
+
+/// Serialises an item for storage.
+pub fn encode_item(item: &Item) -> Vec<u8> {
+    serde_json::to_vec(&item_to_json(item)).expect("items serialise")
+}
+
+/// Reads a stored item.
+pub fn decode_item(bytes: &[u8]) -> Result<Item> {
+    let json: Json = serde_json::from_slice(bytes)
+        .map_err(|e| DdbError::internal(format!("corrupt stored item: {e}")))?;
+    item_from_json(&json)
+}
+
+/// Creates the storage tables of a table and its indexes.
+pub fn create_storage(conn: &Connection, meta: &TableMeta) -> Result<()> {
+    let id = meta.id;
+    conn.execute_batch(&format!(
+        "CREATE TABLE t{id} (h INTEGER NOT NULL, hk BLOB NOT NULL, rk BLOB NOT NULL,
+           item BLOB NOT NULL, ttl INTEGER, PRIMARY KEY (h, hk, rk)) WITHOUT ROWID;
+         CREATE INDEX t{id}_ttl ON t{id} (ttl) WHERE ttl IS NOT NULL;"
+    ))?;
+    for idx in &meta.indexes {
+        create_index_storage(conn, idx.id)?;
+    }
+    Ok(())
+}
+
+/// Creates the storage table of one index.
+pub fn create_index_storage(conn: &Connection, id: i64) -> Result<()> {
+    conn.execute_batch(&format!(
+        "CREATE TABLE x{id} (h INTEGER NOT NULL, hk BLOB NOT NULL, rk BLOB NOT NULL,
+           th INTEGER NOT NULL, thk BLOB NOT NULL, trk BLOB NOT NULL, item BLOB NOT NULL,
+           PRIMARY KEY (h, hk, rk, th, thk, trk)) WITHOUT ROWID;"
+    ))?;
+    Ok(())
+}
+
+/// Drops the storage of a table and its indexes.
+pub fn drop_storage(conn: &Connection, meta: &TableMeta) -> Result<()> {
+    conn.execute_batch(&format!("DROP TABLE IF EXISTS t{}", meta.id))?;
+    for idx in &meta.indexes {
+        conn.execute_batch(&format!("DROP TABLE IF EXISTS x{}", idx.id))?;
+    }
+    Ok(())
+}
+
+/// Reads one item by key.
+pub fn get(conn: &Connection, meta: &TableMeta, key: &StoredKey) -> Result<Option<Item>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT item FROM t{} WHERE h = ?1 AND hk = ?2 AND rk = ?3",
+        meta.id
+    ))?;
+    let bytes: Option<Vec<u8>> = stmt
+        .query_row(params![key.h, key.hk, key.rk], |r| r.get(0))
+        .optional()?;
+    bytes.map(|b| decode_item(&b)).transpose()
+}
+
+fn ttl_of(meta: &TableMeta, item: &Item) -> Option<i64> {
+    let attr = meta.ttl.as_ref()?;
+    match item.get(attr)? {
+        Value::N(n) => Some(n.to_f64().floor() as i64),
+        _ => None,
+    }
+}
+
+/// Writes an item (replacing `old`, the item currently stored under its key, if any) and
+/// maintains the indexes.
+pub fn put(conn: &Connection, meta: &TableMeta, item: &Item, old: Option<&Item>) -> Result<()> {
+    let key = meta.key(item);
+    let mut stmt = conn.prepare_cached(&format!(
+        "INSERT OR REPLACE INTO t{} (h, hk, rk, item, ttl) VALUES (?1, ?2, ?3, ?4, ?5)",
+        meta.id
+    ))?;
+    stmt.execute(params![
+        key.h,
+        key.hk,
+        key.rk,
+        encode_item(item),
+        ttl_of(meta, item)
+    ])?;
+    for idx in &meta.indexes {
+        if let Some(old) = old {
+            if let Some(ik) = meta.index_key(idx, old) {
+                delete_index_row(conn, idx.id, &ik, &key)?;
+            }
+        }
+        if let Some(ik) = meta.index_key(idx, item) {
+            let projected = meta.index_projection(idx, item);
+            insert_index_row(conn, idx.id, &ik, &key, &projected)?;
+        }
+    }
+    Ok(())
+}
+
+/// Inserts one index row.
+pub fn insert_index_row(
+    conn: &Connection,
+    id: i64,
+    ik: &StoredKey,
+    tk: &StoredKey,
+    item: &Item,
+) -> Result<()> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "INSERT OR REPLACE INTO x{id} (h, hk, rk, th, thk, trk, item) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+    ))?;
+    stmt.execute(params![
+        ik.h,
+        ik.hk,
+        ik.rk,
+        tk.h,
+        tk.hk,
+        tk.rk,
+        encode_item(item)
+    ])?;
+    Ok(())
+}
+
+fn delete_index_row(conn: &Connection, id: i64, ik: &StoredKey, tk: &StoredKey) -> Result<()> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "DELETE FROM x{id} WHERE h = ?1 AND hk = ?2 AND rk = ?3 AND th = ?4 AND thk = ?5 AND trk = ?6"
+    ))?;
+    stmt.execute(params![ik.h, ik.hk, ik.rk, tk.h, tk.hk, tk.rk])?;
+    Ok(())
+}
+
+/// Deletes a stored item and its index rows.
+pub fn delete(conn: &Connection, meta: &TableMeta, old: &Item) -> Result<()> {
+    let key = meta.key(old);
+    let mut stmt = conn.prepare_cached(&format!(
+        "DELETE FROM t{} WHERE h = ?1 AND hk = ?2 AND rk = ?3",
+        meta.id
+    ))?;
+    stmt.execute(params![key.h, key.hk, key.rk])?;
+    for idx in &meta.indexes {
+        if let Some(ik) = meta.index_key(idx, old) {
+            delete_index_row(conn, idx.id, &ik, &key)?;
+        }
+    }
+    Ok(())
+}
+
+/// Visits every item of a table (used for backfills), in key order, in chunks.
+pub fn for_each_item(
+    conn: &Connection,
+    meta: &TableMeta,
+    mut f: impl FnMut(&Item) -> Result<()>,
+) -> Result<()> {
+    let mut stmt = conn.prepare(&format!("SELECT item FROM t{}", meta.id))?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let bytes: Vec<u8> = row.get(0)?;
+        f(&decode_item(&bytes)?)?;
+    }
+    Ok(())
+}
+
+/// Item count and total stored size of a table and of each index.
+pub fn stats(conn: &Connection, meta: &TableMeta) -> Result<((i64, i64), Vec<(i64, i64)>)> {
+    let q = |t: String| -> Result<(i64, i64)> {
+        Ok(conn.query_row(
+            &format!("SELECT count(*), coalesce(sum(length(item)), 0) FROM {t}"),
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?)
+    };
+    let table = q(format!("t{}", meta.id))?;
+    let mut idx = Vec::new();
+    for i in &meta.indexes {
+        idx.push(q(format!("x{}", i.id))?);
+    }
+    Ok((table, idx))
+}
+
+/// Bounds and direction of a range read over one table or index.
+#[derive(Debug, Default)]
+pub struct Range {
+    /// Restrict to one partition (Query) — (hash, encoded partition key).
+    pub partition: Option<(i64, Vec<u8>)>,
+    /// Lower bound on the encoded sort key (value, inclusive).
+    pub lower: Option<(Vec<u8>, bool)>,
+    /// Upper bound on the encoded sort key (value, inclusive).
+    pub upper: Option<(Vec<u8>, bool)>,
+    /// Restrict a scan to partition hashes in [lo, hi).
+    pub segment: Option<(i64, i64)>,
+    /// Descending order.
+    pub backward: bool,
+    /// Continue strictly after this position: the table key, and for an index the index
+    /// key first.
+    pub after: Option<(Option<StoredKey>, StoredKey)>,
+}
+
+/// Walks the rows of a table (`index` None) or index in order, calling `f` with each
+/// stored item until it returns false.
+pub fn walk(
+    conn: &Connection,
+    table_id: i64,
+    index: Option<i64>,
+    range: &Range,
+    mut f: impl FnMut(Item) -> Result<bool>,
+) -> Result<()> {
+    let mut sql = String::with_capacity(200);
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    let dir = if range.backward { "DESC" } else { "ASC" };
+    let is_index = index.is_some();
+    let tname = match index {
+        Some(i) => format!("x{i}"),
+        None => format!("t{table_id}"),
+    };
+    sql.push_str(&format!("SELECT item FROM {tname} WHERE 1"));
+    let arg = |v: rusqlite::types::Value, args: &mut Vec<rusqlite::types::Value>| -> String {
+        args.push(v);
+        format!("?{}", args.len())
+    };
+    use rusqlite::types::Value as V;
+    if let Some((h, hk)) = &range.partition {
+        let a = arg(V::Integer(*h), &mut args);
+        let b = arg(V::Blob(hk.clone()), &mut args);
+        sql.push_str(&format!(" AND h = {a} AND hk = {b}"));
+    }
+    if let Some((lo, hi)) = range.segment {
+        let a = arg(V::Integer(lo), &mut args);
+        let b = arg(V::Integer(hi), &mut args);
+        sql.push_str(&format!(" AND h >= {a} AND h < {b}"));
+    }
+    if let Some((v, inclusive)) = &range.lower {
+        let a = arg(V::Blob(v.clone()), &mut args);
+        sql.push_str(&format!(
+            " AND rk {} {a}",
+            if *inclusive { ">=" } else { ">" }
+        ));
+    }
+    if let Some((v, inclusive)) = &range.upper {
+        let a = arg(V::Blob(v.clone()), &mut args);
+        sql.push_str(&format!(
+            " AND rk {} {a}",
+            if *inclusive { "<=" } else { "<" }
+        ));
+    }
+    let cmp = if range.backward { "<" } else { ">" };
+    let order_cols: &str;
+    if let Some((ik, tk)) = &range.after {
+        let mut cols: Vec<&str> = Vec::new();
+        let mut vals: Vec<String> = Vec::new();
+        let mut push = |c: &'static str, v: V, args: &mut Vec<V>| {
+            cols.push(c);
+            vals.push(arg(v, args));
+        };
+        match (is_index, ik) {
+            (true, Some(ik)) => {
+                if range.partition.is_none() {
+                    push("h", V::Integer(ik.h), &mut args);
+                    push("hk", V::Blob(ik.hk.clone()), &mut args);
+                }
+                push("rk", V::Blob(ik.rk.clone()), &mut args);
+                push("th", V::Integer(tk.h), &mut args);
+                push("thk", V::Blob(tk.hk.clone()), &mut args);
+                push("trk", V::Blob(tk.rk.clone()), &mut args);
+            }
+            _ => {
+                if range.partition.is_none() {
+                    push("h", V::Integer(tk.h), &mut args);
+                    push("hk", V::Blob(tk.hk.clone()), &mut args);
+                }
+                push("rk", V::Blob(tk.rk.clone()), &mut args);
+            }
+        }
+        sql.push_str(&format!(
+            " AND ({}) {cmp} ({})",
+            cols.join(", "),
+            vals.join(", ")
+        ));
+    }
+    order_cols = match (is_index, range.partition.is_some()) {
+        (true, true) => "rk, th, thk, trk",
+        (true, false) => "h, hk, rk, th, thk, trk",
+        (false, true) => "rk",
+        (false, false) => "h, hk, rk",
+    };
+    let order: Vec<String> = order_cols
+        .split(", ")
+        .map(|c| format!("{c} {dir}"))
+        .collect();
+    sql.push_str(&format!(" ORDER BY {}", order.join(", ")));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+    while let Some(row) = rows.next()? {
+        let bytes: Vec<u8> = row.get(0)?;
+        if !f(decode_item(&bytes)?)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Keys of items whose TTL passed, at most `limit`.
+pub fn expired(conn: &Connection, meta: &TableMeta, now: i64, limit: usize) -> Result<Vec<Item>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT item FROM t{} WHERE ttl IS NOT NULL AND ttl <= ?1 LIMIT ?2",
+        meta.id
+    ))?;
+    let mut rows = stmt.query(params![now, limit as i64])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let bytes: Vec<u8> = row.get(0)?;
+        out.push(decode_item(&bytes)?);
+    }
+    Ok(out)
+}
+
+/// Recomputes the TTL column of every item (after TTL was enabled or disabled).
+pub fn refresh_ttl(conn: &Connection, meta: &TableMeta) -> Result<()> {
+    let mut updates = Vec::new();
+    for_each_item(conn, meta, |item| {
+        updates.push((meta.key(item), ttl_of(meta, item)));
+        Ok(())
+    })?;
+    let mut stmt = conn.prepare(&format!(
+        "UPDATE t{} SET ttl = ?4 WHERE h = ?1 AND hk = ?2 AND rk = ?3",
+        meta.id
+    ))?;
+    for (k, ttl) in updates {
+        stmt.execute(params![k.h, k.hk, k.rk, ttl])?;
+    }
+    Ok(())
+}
