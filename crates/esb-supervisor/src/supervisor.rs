@@ -340,19 +340,23 @@ impl Supervisor {
         }
         match prev {
             Phase::Starting | Phase::Ready => {
-                if let Some(f) = &st.inflight {
-                    let msg = format!(
-                        "RequestId: {} Error: Runtime exited with error: {text}",
-                        f.inv.id
-                    );
-                    let err = FnError::new("Runtime.ExitError", msg);
-                    self.answer(st, Outcome::Error(err), Some("error"));
-                } else if prev == Phase::Starting {
-                    let msg = format!("Runtime exited with error: {text}");
-                    st.init_error = Some(FnError::new("Runtime.ExitError", msg));
+                let delivered = st.inflight.as_ref().map(|f| f.delivered.is_some());
+                match delivered {
+                    // It died with the invocation in hand (or during the init that an
+                    // invocation was waiting for): that invocation gets the exit error.
+                    Some(true) => self.answer_exit(st, &text),
+                    Some(false) if prev == Phase::Starting => self.answer_exit(st, &text),
+                    // An invocation that arrived after the last one was answered but
+                    // before the runtime came back to /next waits for the restart.
+                    Some(false) => {}
+                    None if prev == Phase::Starting => {
+                        let msg = format!("Runtime exited with error: {text}");
+                        st.init_error = Some(FnError::new("Runtime.ExitError", msg));
+                    }
+                    None => {}
                 }
                 if prev == Phase::Ready {
-                    if lived >= Duration::from_secs(1) {
+                    if lived >= Duration::from_secs(1) || st.inflight.is_some() {
                         self.spawn_runtime(st);
                     } else {
                         // Crashing right after init: back off a little before the restart
@@ -379,6 +383,21 @@ impl Supervisor {
                 }
             }
             Phase::Stopped | Phase::Failed => {}
+        }
+    }
+
+    /// Answers the invocation in flight (if any) with Runtime.ExitError.
+    fn answer_exit(&self, st: &mut State, status_text: &str) {
+        if let Some(f) = &st.inflight {
+            let msg = format!(
+                "RequestId: {} Error: Runtime exited with error: {status_text}",
+                f.inv.id
+            );
+            self.answer(
+                st,
+                Outcome::Error(FnError::new("Runtime.ExitError", msg)),
+                Some("error"),
+            );
         }
     }
 

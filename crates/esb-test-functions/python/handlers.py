@@ -71,3 +71,22 @@ def log(event, context):
     logger.info("logged through logging")
     print(json.dumps({"message": "structured", "level": "WARNING", "order": 1}))
     return "logged"
+
+
+_ACTIONS = {
+    "echo": echo,
+    "returned_error": returned_error,
+    "raise": raise_exception,
+    "sleep": sleep,
+    "spawn_and_sleep": spawn_and_sleep,
+    "crash": crash,
+    "big": big,
+    "env": env,
+    "log": log,
+}
+
+
+def dispatch(event, context):
+    """One handler for many tests: runs the handler named by event["action"] (default echo)."""
+    action = event.get("action", "echo") if isinstance(event, dict) else "echo"
+    return _ACTIONS[action](event, context)
