@@ -310,17 +310,20 @@ fn parse_response(raw: &[u8]) -> std::io::Result<Resp> {
     })
 }
 
+/// Requests received by a [`LogEndpoint`]: request target and body.
+pub type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// A stand-in for VictoriaLogs: records every `/insert/jsonline` request.
 pub struct LogEndpoint {
     pub url: String,
-    pub requests: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    pub requests: Received,
 }
 
 impl LogEndpoint {
     pub fn start() -> LogEndpoint {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let requests: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+        let requests: Received = Arc::default();
         let rec = requests.clone();
         thread::spawn(move || {
             for conn in listener.incoming() {
@@ -349,7 +352,7 @@ impl LogEndpoint {
     }
 }
 
-fn serve_log_conn(conn: TcpStream, rec: Arc<Mutex<Vec<(String, Vec<u8>)>>>) {
+fn serve_log_conn(conn: TcpStream, rec: Received) {
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     let mut conn = conn;
     loop {
