@@ -48,6 +48,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/select/logsql/field_values", any(select_field_values))
         .route("/select/logsql/streams", any(select_streams))
         .route("/select/logsql/tail", any(select_tail))
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }
 
