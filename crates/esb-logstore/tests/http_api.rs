@@ -140,7 +140,7 @@ async fn tail_sees_new_records() {
         let mut got = Vec::new();
         esb_logstore::tail_logs(&base, "app:cli", None, |r| {
             got.push(r.get("_msg").to_string());
-            got.len() < 1
+            got.is_empty()
         })
         .await
         .map(|_| got)
@@ -224,18 +224,20 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn start_child(dir: &Path) -> (Child, String) {
+fn start_child(dir: &Path, guard: &mut KillOnDrop) -> String {
     let _ = std::fs::remove_file(dir.join("ADDR"));
-    let child = Command::new(std::env::current_exe().unwrap())
-        .args(["child_server", "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, dir)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the server process");
+    guard.0.push(
+        Command::new(std::env::current_exe().unwrap())
+            .args(["child_server", "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the server process"),
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(addr) = std::fs::read_to_string(dir.join("ADDR")) {
-            return (child, format!("http://{addr}"));
+            return format!("http://{addr}");
         }
         assert!(
             Instant::now() < deadline,
@@ -249,8 +251,7 @@ fn start_child(dir: &Path) -> (Child, String) {
 fn kill_9_during_ingestion_loses_no_acknowledged_batch() {
     let dir = tempfile::tempdir().unwrap();
     let mut guard = KillOnDrop(Vec::new());
-    let (child, base) = start_child(dir.path());
-    guard.0.push(child);
+    let base = start_child(dir.path(), &mut guard);
 
     let mut writer = Command::new(esb_testkit::python())
         .arg(script())
@@ -299,8 +300,7 @@ fn kill_9_during_ingestion_loses_no_acknowledged_batch() {
     }
     let _ = writer.wait();
 
-    let (child, base) = start_child(dir.path());
-    guard.0.push(child);
+    let base = start_child(dir.path(), &mut guard);
     let out = python(&base, "crash_check", &[&acked.join(",")]);
     println!("{}", out.trim());
 }
