@@ -19,7 +19,8 @@ pub const STATIC_RUSTFLAGS: &str = "-C target-feature=+crt-static";
 
 /// Builds the static release binary of `esb-supervisor` from the workspace at `workspace`
 /// into `target_dir` (use a directory of its own: the flags differ from a normal build) and
-/// returns the path of the binary. Runs `$CARGO` (or `cargo`); fails with cargo's output.
+/// returns the path of the binary (stripped, without debug info). Runs `$CARGO` (or
+/// `cargo`); fails with cargo's output.
 pub fn build_static(workspace: &Path, target_dir: &Path) -> io::Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = Command::new(cargo)
@@ -36,6 +37,9 @@ pub fn build_static(workspace: &Path, target_dir: &Path) -> io::Result<PathBuf> 
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("CARGO_BUILD_RUSTFLAGS")
         .env("CARGO_TARGET_DIR", target_dir)
+        // It ships in every image: no debug info, symbols stripped.
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "symbols")
         .output()?;
     if !out.status.success() {
         return Err(io::Error::other(format!(
