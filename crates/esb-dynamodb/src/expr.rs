@@ -780,9 +780,11 @@ impl<'a> Parser<'a> {
                 let b = self.operand()?;
                 Cond::Contains(a, b)
             }
-            "size" | "if_not_exists" | "list_append" => return Err(self.invalid(format!(
+            "size" | "if_not_exists" | "list_append" => {
+                return Err(self.invalid(format!(
                 "The function is not allowed to be used this way in an expression; function: {f}"
-            ))),
+            )))
+            }
             _ => return Err(self.invalid(format!("Invalid function name; function: {f}"))),
         };
         self.expect(")")?;
@@ -1047,9 +1049,9 @@ pub fn parse_key_condition(
         } else if Some(attr.as_str()) == range && range_c.is_none() {
             range_c = Some(rc);
         } else if attr == hash || Some(attr.as_str()) == range {
-            return Err(DdbError::validation(format!(
-                "KeyConditionExpressions must only contain one condition per key"
-            )));
+            return Err(DdbError::validation(
+                "KeyConditionExpressions must only contain one condition per key",
+            ));
         } else {
             return Err(DdbError::validation(format!(
                 "Query condition missed key schema element: {}",
@@ -1432,10 +1434,8 @@ fn remove_path(item: &mut Item, path: &Path) -> Result<()> {
             (PathElem::Attr(a), Value::M(m)) => {
                 m.remove(a);
             }
-            (PathElem::Index(i), Value::L(l)) => {
-                if *i < l.len() {
-                    l.remove(*i);
-                }
+            (PathElem::Index(i), Value::L(l)) if *i < l.len() => {
+                l.remove(*i);
             }
             _ => {}
         },

@@ -478,8 +478,11 @@ pub fn for_each_item(
     Ok(())
 }
 
+/// Item count and stored bytes.
+pub type Stats = (i64, i64);
+
 /// Item count and total stored size of a table and of each index.
-pub fn stats(conn: &Connection, meta: &TableMeta) -> Result<((i64, i64), Vec<(i64, i64)>)> {
+pub fn stats(conn: &Connection, meta: &TableMeta) -> Result<(Stats, Vec<Stats>)> {
     let q = |t: String| -> Result<(i64, i64)> {
         Ok(conn.query_row(
             &format!("SELECT count(*), coalesce(sum(length(item)), 0) FROM {t}"),
@@ -561,7 +564,6 @@ pub fn walk(
         ));
     }
     let cmp = if range.backward { "<" } else { ">" };
-    let order_cols: &str;
     if let Some((ik, tk)) = &range.after {
         let mut cols: Vec<&str> = Vec::new();
         let mut vals: Vec<String> = Vec::new();
@@ -594,7 +596,7 @@ pub fn walk(
             vals.join(", ")
         ));
     }
-    order_cols = match (is_index, range.partition.is_some()) {
+    let order_cols = match (is_index, range.partition.is_some()) {
         (true, true) => "rk, th, thk, trk",
         (true, false) => "h, hk, rk, th, thk, trk",
         (false, true) => "rk",

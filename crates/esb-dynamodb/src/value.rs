@@ -384,7 +384,7 @@ impl Number {
 
     /// The size DynamoDB counts for a number.
     pub fn size(&self) -> usize {
-        (self.digits.len() + 1) / 2 + 1 + usize::from(self.neg)
+        self.digits.len().div_ceil(2) + 1 + usize::from(self.neg)
     }
 
     /// The value as an i64 when it is an integer in range (used for TTL and list indexes).
