@@ -120,7 +120,7 @@ fn missing_handler_module_is_an_init_error() {
 fn timeout_answers_like_lambda_and_kills_the_process_tree() {
     let dir = tempfile::tempdir().unwrap();
     let pid_file = dir.path().join("pids");
-    let sup = py().env("AWS_LAMBDA_FUNCTION_TIMEOUT", "1").start();
+    let sup = py().env("AWS_LAMBDA_FUNCTION_TIMEOUT", "2").start();
     let r = sup.invoke(&json!({"action": "spawn_and_sleep", "pid_file": pid_file}));
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-amz-function-error"), Some("Unhandled"));
@@ -129,7 +129,7 @@ fn timeout_answers_like_lambda_and_kills_the_process_tree() {
     let id = r.header("x-amzn-requestid").unwrap();
     assert_eq!(
         body["errorMessage"],
-        format!("RequestId: {id} Error: Task timed out after 1.00 seconds")
+        format!("RequestId: {id} Error: Task timed out after 2.00 seconds")
     );
     // The runtime and the child it spawned are really gone.
     wait_gone(&read_pids(&pid_file));
@@ -202,7 +202,7 @@ fn a_second_concurrent_invocation_is_refused() {
             "POST",
             INVOKE_PATH,
             &[],
-            br#"{"action":"sleep","seconds":2}"#,
+            br#"{"action":"sleep","seconds":3}"#,
         )
     });
     sup.wait_status("busy");

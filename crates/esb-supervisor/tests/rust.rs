@@ -110,7 +110,7 @@ fn timeout_kills_the_process_tree_and_crash_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let pid_file = dir.path().join("pids");
     let sup = SupBuilder::rust()
-        .env("AWS_LAMBDA_FUNCTION_TIMEOUT", "1")
+        .env("AWS_LAMBDA_FUNCTION_TIMEOUT", "2")
         .start();
     let r = sup.invoke(&json!({"action": "spawn_and_sleep", "pid_file": pid_file}));
     assert_eq!(r.header("x-amz-function-error"), Some("Unhandled"));
@@ -119,7 +119,7 @@ fn timeout_kills_the_process_tree_and_crash_restarts() {
     assert!(body["errorMessage"]
         .as_str()
         .unwrap()
-        .ends_with("Task timed out after 1.00 seconds"));
+        .ends_with("Task timed out after 2.00 seconds"));
     wait_gone(&read_pids(&pid_file));
     assert_eq!(
         sup.invoke(&json!({"after": "timeout"})).json(),
