@@ -1,0 +1,32 @@
+//! The agent's gRPC API, `esb.agent.v1.AgentService` (see `proto/esb/agent/v1/agent.proto`).
+//!
+//! The gateway uses [`v1::agent_service_client::AgentServiceClient`]; the agent implements
+//! [`v1::agent_service_server::AgentService`]. Worker states in `ContainerState.status` are
+//! the strings of [`status`].
+
+/// Generated types and services of package `esb.agent.v1`.
+pub mod v1 {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("esb.agent.v1");
+}
+
+/// Values of `ContainerState.status` and `ContainerMetrics.state`.
+pub mod status {
+    /// The worker's task runs.
+    pub const RUNNING: &str = "RUNNING";
+    /// The worker is frozen.
+    pub const PAUSED: &str = "PAUSED";
+    /// The worker's task has exited.
+    pub const STOPPED: &str = "STOPPED";
+    /// Anything else.
+    pub const UNKNOWN: &str = "UNKNOWN";
+}
+
+/// Container label holding the function name.
+pub const LABEL_FUNCTION: &str = "esb.function";
+/// Container label holding the creation time (Unix seconds).
+pub const LABEL_CREATED_AT: &str = "esb.created-at";
+/// Container label holding the box id.
+pub const LABEL_BOX: &str = "esb.box";
+/// Container label holding the worker's address.
+pub const LABEL_IP: &str = "esb.ip";
