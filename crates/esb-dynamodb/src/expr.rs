@@ -447,7 +447,7 @@ impl<'a> Parser<'a> {
     }
 
     fn peek(&self) -> &Tok {
-        &self.toks[self.pos]
+        self.toks.get(self.pos).unwrap_or(&Tok::Eof)
     }
 
     fn peek2(&self) -> &Tok {
@@ -455,17 +455,15 @@ impl<'a> Parser<'a> {
     }
 
     fn next(&mut self) -> Tok {
-        let t = self.toks[self.pos].clone();
-        if self.pos < self.toks.len() - 1 {
-            self.pos += 1;
-        }
+        let t = self.peek().clone();
+        self.pos += 1;
         t
     }
 
     fn err(&self) -> DdbError {
         let tok = self.peek().text();
-        let lo = self.pos.saturating_sub(1);
         let hi = (self.pos + 2).min(self.toks.len());
+        let lo = self.pos.saturating_sub(1).min(hi);
         let near: Vec<String> = self.toks[lo..hi]
             .iter()
             .filter(|t| **t != Tok::Eof)

@@ -137,3 +137,59 @@ pub fn pytest_against(endpoint: &str, file: &str, extra_env: &[(&str, &str)]) {
     );
     eprintln!("{stdout}");
 }
+
+/// A minimal signed DynamoDB client over std TCP (HTTP/1.1, one request per connection),
+/// for tests that must not depend on Python.
+pub fn call(
+    addr: SocketAddr,
+    op: &str,
+    body: &serde_json::Value,
+) -> std::io::Result<(u16, serde_json::Value)> {
+    use std::io::{Read, Write};
+    let payload = serde_json::to_vec(body).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let date = esb_sigv4::format_amz_date(now);
+    let host = addr.to_string();
+    let headers = vec![
+        ("host".to_owned(), host.clone()),
+        ("x-amz-date".to_owned(), date.clone()),
+        ("x-amz-target".to_owned(), format!("DynamoDB_20120810.{op}")),
+    ];
+    let hash = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&payload))
+    };
+    let req = esb_sigv4::Request {
+        method: "POST",
+        path: "/",
+        query: "",
+        headers: &headers,
+    };
+    let auth = esb_sigv4::sign(ACCESS_KEY, SECRET_KEY, REGION, "dynamodb", &req, &hash);
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
+    let head = format!(
+        "POST / HTTP/1.1\r\nhost: {host}\r\nx-amz-date: {date}\r\nx-amz-target: DynamoDB_20120810.{op}\r\n\
+         content-type: application/x-amz-json-1.0\r\nauthorization: {auth}\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n",
+        payload.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(&payload)?;
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("truncated response"))?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other("bad status line"))?;
+    let json = serde_json::from_str(body).unwrap_or(serde_json::Value::String(body.to_owned()));
+    Ok((status, json))
+}
