@@ -1,1 +1,70 @@
-//! esb-image (skeleton; being built).
+//! Function images without Docker.
+//!
+//! [`build`] turns every function of a [`Template`] into an OCI image in one OCI image
+//! layout directory: the base image chosen by `Runtime` ([`base`]), then each of the
+//! function's template layers under `/opt`, then its code under `/var/task`, then the
+//! supervisor; the image config carries the entrypoint, environment and working directory.
+//! Layers are content-addressed and cached by a fingerprint of their input, so an unchanged
+//! function is not rebuilt and a changed file rebuilds only the layer that holds it. Layers
+//! are built in parallel.
+//!
+//! [`import`] brings an existing image (OCI layout or `docker save` tarball) into the same
+//! layout, for `PackageType: Image` functions and AWS's base images fetched elsewhere.
+
+pub mod base;
+mod build;
+mod import;
+pub mod layer;
+pub mod store;
+
+use std::path::{Path, PathBuf};
+
+pub use build::{build, BuildOptions, BuildReport, ImageReport, LayerReport, Progress};
+pub use import::{import, ImportReport};
+pub use store::{Blob, Layout};
+
+/// Errors of the image builder.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A function cannot be built as declared.
+    #[error("function {function}: {message}")]
+    Function {
+        /// Logical id.
+        function: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Building a base image failed.
+    #[error("base image: {0}")]
+    Base(String),
+    /// Stored data does not match its digest or format.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    /// An image to import is not in a supported format.
+    #[error("import: {0}")]
+    Import(String),
+}
+
+impl Error {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// `$ESB_CACHE_DIR`, default `/var/cache/esb`: where base images are cached.
+pub fn default_cache_dir() -> PathBuf {
+    std::env::var_os("ESB_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/esb"))
+}
