@@ -74,8 +74,8 @@ struct Active {
     count: u64,
     min_time: i64,
     max_time: i64,
-    keys: Vec<u64>,
-    offs: Vec<u32>,
+    /// (index key, record offset) pairs, in append order.
+    entries: Vec<(u64, u32)>,
     unindexed: HashSet<String>,
 }
 
@@ -187,11 +187,10 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
 fn index_record(
     rec: &StoredRecord,
     off: u32,
-    keys: &mut Vec<u64>,
-    offs: &mut Vec<u32>,
+    entries: &mut Vec<(u64, u32)>,
     unindexed: &mut HashSet<String>,
 ) {
-    let start = keys.len();
+    let start = entries.len();
     for (k, v) in &rec.fields {
         if k == "_msg" {
             continue;
@@ -204,9 +203,8 @@ fn index_record(
         }
         for t in tokens(v) {
             let key = token_key(k, t);
-            if !keys[start..].contains(&key) {
-                keys.push(key);
-                offs.push(off);
+            if !entries[start..].iter().any(|e| e.0 == key) {
+                entries.push((key, off));
             }
         }
     }
@@ -257,11 +255,42 @@ fn leaf_keys(field: &str, text: &str, last_is_prefix: bool) -> Option<Vec<u64>> 
     Some(toks.into_iter().map(|t| token_key(field, t)).collect())
 }
 
+/// A segment's index: posting list lengths and contents by key.
+trait Postings {
+    fn len(&mut self, key: u64) -> io::Result<usize>;
+    fn get(&mut self, key: u64) -> io::Result<Vec<u32>>;
+}
+
+struct ActivePostings<'a>(&'a [(u64, u32)]);
+
+impl Postings for ActivePostings<'_> {
+    fn len(&mut self, key: u64) -> io::Result<usize> {
+        Ok(self.0.iter().filter(|e| e.0 == key).count())
+    }
+    fn get(&mut self, key: u64) -> io::Result<Vec<u32>> {
+        Ok(self.0.iter().filter(|e| e.0 == key).map(|e| e.1).collect())
+    }
+}
+
+struct SealedPostings<'a> {
+    seg: &'a Sealed,
+    idx: File,
+}
+
+impl Postings for SealedPostings<'_> {
+    fn len(&mut self, key: u64) -> io::Result<usize> {
+        Ok(self.seg.find(&self.idx, key)?.map_or(0, |(_, len)| len))
+    }
+    fn get(&mut self, key: u64) -> io::Result<Vec<u32>> {
+        self.seg.lookup(&self.idx, key)
+    }
+}
+
 /// The candidate record offsets for a filter in one segment (`None`: no index help, scan).
 fn candidates(
     f: &Filter,
     unindexed: &HashSet<String>,
-    lookup: &mut dyn FnMut(u64) -> io::Result<Vec<u32>>,
+    lookup: &mut dyn Postings,
 ) -> io::Result<Option<Vec<u32>>> {
     let keys_for = |field: &str, text: &str, prefix: bool| -> Option<Vec<u64>> {
         if unindexed.contains(field) {
@@ -317,18 +346,23 @@ fn candidates(
         _ => None,
     };
     let Some(keys) = keys else { return Ok(None) };
-    let mut acc: Option<Vec<u32>> = None;
+    // Every key must be present; the shortest posting list is a superset of the matches
+    // (records are checked anyway), so reading the long ones (e.g. the word "1" of every
+    // trace id) would be wasted work.
+    let mut best: Option<(usize, u64)> = None;
     for k in keys {
-        let p = lookup(k)?;
-        acc = Some(match acc {
-            None => p,
-            Some(a) => sorted_intersect(&a, &p),
-        });
-        if acc.as_ref().is_some_and(Vec::is_empty) {
-            break;
+        let n = lookup.len(k)?;
+        if n == 0 {
+            return Ok(Some(Vec::new()));
+        }
+        if best.is_none_or(|(bn, _)| n < bn) {
+            best = Some((n, k));
         }
     }
-    Ok(acc)
+    match best {
+        Some((_, k)) => Ok(Some(lookup.get(k)?)),
+        None => Ok(None),
+    }
 }
 
 /// Literal byte strings every matching record must contain (a cheap pre-check before
@@ -450,8 +484,21 @@ impl Sealed {
         })
     }
 
-    /// Finds a key's posting list by binary search over the on-disk table.
+    /// A key's posting list.
     fn lookup(&self, idx: &File, key: u64) -> io::Result<Vec<u32>> {
+        let Some((start, len)) = self.find(idx, key)? else {
+            return Ok(Vec::new());
+        };
+        let mut raw = vec![0u8; len * 4];
+        idx.read_exact_at(&mut raw, self.table_off + self.n_keys * 16 + start * 4)?;
+        Ok(raw
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+            .collect())
+    }
+
+    /// Finds a key's (start, length) in the posting area by binary search over the table.
+    fn find(&self, idx: &File, key: u64) -> io::Result<Option<(u64, usize)>> {
         let (mut lo, mut hi) = (0u64, self.n_keys);
         let mut ent = [0u8; 16];
         while lo < hi {
@@ -464,20 +511,16 @@ impl Sealed {
                 std::cmp::Ordering::Equal => {
                     let start = u64::from(u32::from_le_bytes(ent[8..12].try_into().unwrap()));
                     let len = u32::from_le_bytes(ent[12..16].try_into().unwrap()) as usize;
-                    let mut raw = vec![0u8; len * 4];
-                    idx.read_exact_at(&mut raw, self.table_off + self.n_keys * 16 + start * 4)?;
-                    return Ok(raw
-                        .chunks_exact(4)
-                        .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
-                        .collect());
+                    return Ok(Some((start, len)));
                 }
             }
         }
-        Ok(Vec::new())
+        Ok(None)
     }
 }
 
-/// Writes the index file of a segment (atomically: temp file, fsync, rename).
+/// Writes the index file of a segment (atomically: temp file, fsync, rename). Sorts
+/// `entries` in place and streams the file out, so sealing needs no extra memory.
 #[allow(clippy::too_many_arguments)]
 fn write_index(
     dir: &Path,
@@ -487,52 +530,55 @@ fn write_index(
     min_time: i64,
     max_time: i64,
     unindexed: &HashSet<String>,
-    keys: &[u64],
-    offs: &[u32],
+    entries: &mut [(u64, u32)],
 ) -> io::Result<()> {
-    let mut pairs: Vec<(u64, u32)> = keys.iter().copied().zip(offs.iter().copied()).collect();
-    pairs.sort_unstable();
-    let mut table: Vec<u8> = Vec::new();
-    let mut post: Vec<u8> = Vec::with_capacity(pairs.len() * 4);
+    entries.sort_unstable();
     let mut n_keys = 0u64;
-    let mut i = 0;
-    let mut posted = 0u32;
-    while i < pairs.len() {
-        let k = pairs[i].0;
-        let start = posted;
-        let mut last = None;
-        while i < pairs.len() && pairs[i].0 == k {
-            if last != Some(pairs[i].1) {
-                post.extend_from_slice(&pairs[i].1.to_le_bytes());
-                posted += 1;
-                last = Some(pairs[i].1);
-            }
-            i += 1;
+    for i in 0..entries.len() {
+        if i == 0 || entries[i].0 != entries[i - 1].0 {
+            n_keys += 1;
         }
-        table.extend_from_slice(&k.to_le_bytes());
-        table.extend_from_slice(&start.to_le_bytes());
-        table.extend_from_slice(&(posted - start).to_le_bytes());
-        n_keys += 1;
     }
-    let mut out = Vec::with_capacity(64 + table.len() + post.len());
-    out.extend_from_slice(IDX_MAGIC);
-    for v in [log_len, count, min_time as u64, max_time as u64] {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    out.extend_from_slice(&(unindexed.len() as u32).to_le_bytes());
-    for name in unindexed {
-        let b = &name.as_bytes()[..name.len().min(u16::MAX as usize)];
-        out.extend_from_slice(&(b.len() as u16).to_le_bytes());
-        out.extend_from_slice(b);
-    }
-    out.extend_from_slice(&n_keys.to_le_bytes());
-    out.extend_from_slice(&table);
-    out.extend_from_slice(&post);
     let tmp = dir.join(format!("seg-{id:010}.idx.tmp"));
     {
-        let mut f = File::create(&tmp)?;
-        f.write_all(&out)?;
-        f.sync_all()?;
+        let mut out = io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        out.write_all(IDX_MAGIC)?;
+        for v in [log_len, count, min_time as u64, max_time as u64] {
+            out.write_all(&v.to_le_bytes())?;
+        }
+        out.write_all(&(unindexed.len() as u32).to_le_bytes())?;
+        for name in unindexed {
+            let b = &name.as_bytes()[..name.len().min(u16::MAX as usize)];
+            out.write_all(&(b.len() as u16).to_le_bytes())?;
+            out.write_all(b)?;
+        }
+        out.write_all(&n_keys.to_le_bytes())?;
+        // Key table: (key, first posting, posting count); a repeated (key, offset) pair
+        // counts once.
+        let mut posted = 0u32;
+        let mut i = 0;
+        while i < entries.len() {
+            let k = entries[i].0;
+            let start = posted;
+            let mut j = i;
+            while j < entries.len() && entries[j].0 == k {
+                if j == i || entries[j].1 != entries[j - 1].1 {
+                    posted += 1;
+                }
+                j += 1;
+            }
+            out.write_all(&k.to_le_bytes())?;
+            out.write_all(&start.to_le_bytes())?;
+            out.write_all(&(posted - start).to_le_bytes())?;
+            i = j;
+        }
+        // Postings, in key order, offsets ascending.
+        for i in 0..entries.len() {
+            if i == 0 || entries[i] != entries[i - 1] {
+                out.write_all(&entries[i].1.to_le_bytes())?;
+            }
+        }
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     }
     fs::rename(&tmp, idx_path(dir, id))?;
     sync_dir(dir);
@@ -560,15 +606,14 @@ impl Active {
             count: 0,
             min_time: i64::MAX,
             max_time: i64::MIN,
-            keys: Vec::new(),
-            offs: Vec::new(),
+            entries: Vec::new(),
             unindexed: HashSet::new(),
         };
-        let (mut keys, mut offs, mut unindexed) = (Vec::new(), Vec::new(), HashSet::new());
+        let (mut entries, mut unindexed) = (Vec::new(), HashSet::new());
         let (mut count, mut min_t, mut max_t) = (0u64, i64::MAX, i64::MIN);
         let valid = walk_frames(&path, |off, bytes| {
             if let Some(rec) = StoredRecord::decode(bytes) {
-                index_record(&rec, off, &mut keys, &mut offs, &mut unindexed);
+                index_record(&rec, off, &mut entries, &mut unindexed);
                 count += 1;
                 min_t = min_t.min(rec.time);
                 max_t = max_t.max(rec.time);
@@ -589,8 +634,7 @@ impl Active {
         a.count = count;
         a.min_time = min_t;
         a.max_time = max_t;
-        a.keys = keys;
-        a.offs = offs;
+        a.entries = entries;
         a.unindexed = unindexed;
         Ok(a)
     }
@@ -636,7 +680,7 @@ impl Store {
                 sealed.push(Arc::new(s));
                 continue;
             }
-            let a = Active::open(dir, id)?;
+            let mut a = Active::open(dir, id)?;
             if last {
                 active = Some(a);
             } else {
@@ -649,8 +693,7 @@ impl Store {
                     a.min_time,
                     a.max_time,
                     &a.unindexed,
-                    &a.keys,
-                    &a.offs,
+                    &mut a.entries,
                 )?;
                 sealed.push(Arc::new(
                     Sealed::load(dir, id)
@@ -737,8 +780,7 @@ impl Store {
             index_record(
                 r,
                 (base + off as u64) as u32,
-                &mut a.keys,
-                &mut a.offs,
+                &mut a.entries,
                 &mut a.unindexed,
             );
             a.min_time = a.min_time.min(r.time);
@@ -751,7 +793,7 @@ impl Store {
         self.bytes_total
             .fetch_add(frame.len() as u64, Ordering::Relaxed);
         if inner.active.len >= self.opts.segment_bytes
-            || inner.active.keys.len() >= self.opts.max_index_entries
+            || inner.active.entries.len() >= self.opts.max_index_entries
         {
             self.seal_locked(&mut inner)?;
         }
@@ -776,8 +818,7 @@ impl Store {
             a.min_time,
             a.max_time,
             &a.unindexed,
-            &a.keys,
-            &a.offs,
+            &mut a.entries,
         )?;
         let sealed = Sealed::load(&self.dir, a.id)
             .ok_or_else(|| io::Error::other("cannot reload a sealed index"))?;
@@ -904,15 +945,7 @@ impl Store {
             let inner = self.inner.lock().unwrap();
             let a = &inner.active;
             let cands = if a.count > 0 && a.max_time >= start && a.min_time < end {
-                let (keys, offs) = (&a.keys, &a.offs);
-                candidates(filter, &a.unindexed, &mut |k| {
-                    Ok(keys
-                        .iter()
-                        .zip(offs)
-                        .filter(|(kk, _)| **kk == k)
-                        .map(|(_, o)| *o)
-                        .collect())
-                })?
+                candidates(filter, &a.unindexed, &mut ActivePostings(&a.entries))?
             } else {
                 None
             };
@@ -965,7 +998,9 @@ impl Store {
             let cands = match src {
                 Src::Active(c) => c,
                 Src::Sealed(s) => match File::open(idx_path(&self.dir, id)) {
-                    Ok(idx) => candidates(filter, &s.unindexed, &mut |k| s.lookup(&idx, k))?,
+                    Ok(idx) => {
+                        candidates(filter, &s.unindexed, &mut SealedPostings { seg: &s, idx })?
+                    }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // dropped meanwhile
                     Err(e) => return Err(e),
                 },
