@@ -538,10 +538,19 @@ impl<'a> Parser<'a> {
         }
     }
 
+    fn ident(&self, s: String) -> Result<String> {
+        if is_reserved(&s) {
+            return Err(self.invalid(format!(
+                "Attribute name is a reserved keyword; reserved keyword: {s}"
+            )));
+        }
+        Ok(s)
+    }
+
     fn path(&mut self) -> Result<Path> {
         let mut elems = Vec::new();
         let first = match self.next() {
-            Tok::Ident(s) => s,
+            Tok::Ident(s) => self.ident(s)?,
             Tok::Name(n) => self.name(&n)?,
             _ => {
                 self.pos -= 1;
@@ -554,7 +563,7 @@ impl<'a> Parser<'a> {
                 Tok::Sym(".") => {
                     self.next();
                     let e = match self.next() {
-                        Tok::Ident(s) => s,
+                        Tok::Ident(s) => self.ident(s)?,
                         Tok::Name(n) => self.name(&n)?,
                         _ => {
                             self.pos -= 1;
@@ -941,6 +950,19 @@ impl<'a> Parser<'a> {
         check_overlaps(&refs, self.kind)?;
         Ok(paths)
     }
+}
+
+/// Whether a word is one of DynamoDB's reserved words (any case).
+pub fn is_reserved(word: &str) -> bool {
+    static WORDS: std::sync::OnceLock<std::collections::HashSet<&'static str>> =
+        std::sync::OnceLock::new();
+    let words = WORDS.get_or_init(|| {
+        include_str!("reserved_words.txt")
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .collect()
+    });
+    word.len() <= 16 && words.contains(word.to_ascii_uppercase().as_str())
 }
 
 fn is_function(f: &str) -> bool {
@@ -1571,7 +1593,7 @@ mod tests {
                    ":t": {"S": "N"}, ":l": {"N": "2"}}),
         );
         let it = item(json!({"x": {"N": "7"}, "status": {"S": "ok"},
-            "nested": {"M": {"list": {"L": [{"S": "a"}, {"N": "1"}]}}},
+            "nested": {"M": {"lst": {"L": [{"S": "a"}, {"N": "1"}]}}},
             "tags": {"SS": ["a", "b"]}}));
         for (src, want) in [
             ("x = :a", false),
@@ -1581,17 +1603,17 @@ mod tests {
             ("x < :a OR NOT #s = :s", false),
             ("NOT (x < :a OR #s <> :s)", true),
             ("x IN (:a, :b)", false),
-            ("attribute_exists(#n.list[1])", true),
-            ("attribute_not_exists(#n.list[2])", true),
+            ("attribute_exists(#n.lst[1])", true),
+            ("attribute_not_exists(#n.lst[2])", true),
             ("attribute_type(x, :t)", true),
             ("begins_with(#s, :p)", true),
             ("contains(#s, :p)", true),
             ("contains(tags, :p)", false),
-            ("size(#n.list) = :l", true),
+            ("size(#n.lst) = :l", true),
             ("size(tags) <= :l AND x >= :a", true),
-            ("missing <> :a", true),
-            ("missing = :a", false),
-            ("missing < :a", false),
+            ("nothere <> :a", true),
+            ("nothere = :a", false),
+            ("nothere < :a", false),
             ("x = :s", false),
         ] {
             let c = parse_condition(src, "ConditionExpression", &p)
@@ -1661,12 +1683,12 @@ mod tests {
         assert!(e.message.contains("overlap"), "{}", e.message);
         let u = parse_update(
             "SET #c = if_not_exists(#c, :one) + :one, lst = list_append(lst, :l), m.k = :v \
-             REMOVE gone ADD tags :ss DELETE other :d",
+             REMOVE gone ADD tags :ss DELETE extra :d",
             &p,
         )
         .unwrap();
         let mut it = item(json!({"lst": {"L": [{"S": "x"}]}, "m": {"M": {}},
-            "gone": {"S": "g"}, "tags": {"SS": ["a"]}, "other": {"SS": ["a"]}}));
+            "gone": {"S": "g"}, "tags": {"SS": ["a"]}, "extra": {"SS": ["a"]}}));
         apply_update(&u, &mut it).unwrap();
         assert_eq!(
             crate::value::item_to_json(&it),
@@ -1736,7 +1758,7 @@ mod tests {
             ("sk = :a", "missed key schema element: pk"),
             ("pk = :h OR sk = :a", "OR"),
             ("pk < :h", "not supported"),
-            ("pk = :h AND other = :a", "missed key schema element"),
+            ("pk = :h AND extra = :a", "missed key schema element"),
         ] {
             let e = parse_key_condition(src, &p, "pk", Some("sk")).unwrap_err();
             assert!(e.message.contains(msg), "{src}: {}", e.message);

@@ -220,6 +220,12 @@ async fn create_table(db: &Arc<Db>, req: Json) -> Result<Json> {
     .await
 }
 
+fn table_missing(name: &str) -> DdbError {
+    DdbError::not_found(format!(
+        "Requested resource not found: Table: {name} not found"
+    ))
+}
+
 fn describe(conn: &Connection, meta: &TableMeta, region: &str, status: &str) -> Result<Json> {
     let ((count, size), idx) = store::stats(conn, meta)?;
     Ok(meta.describe(region, status, count, size, &idx))
@@ -229,7 +235,7 @@ async fn describe_table(db: &Arc<Db>, req: Json) -> Result<Json> {
     let name = table_name(&req)?;
     let region = db.region.clone();
     db.read(move |conn, cat| {
-        let meta = cat.get(&name).ok_or_else(DdbError::table_not_found)?;
+        let meta = cat.get(&name).ok_or_else(|| table_missing(&name))?;
         Ok(json!({"Table": describe(conn, meta, &region, "ACTIVE")?}))
     })
     .await
@@ -271,7 +277,7 @@ async fn delete_table(db: &Arc<Db>, req: Json) -> Result<Json> {
     let name = table_name(&req)?;
     let region = db.region.clone();
     db.write(move |ctx| {
-        let meta = ctx.table(&name)?;
+        let meta = ctx.table(&name).map_err(|_| table_missing(&name))?;
         let desc = describe(ctx.conn, &meta, &region, "DELETING")?;
         store::drop_storage(ctx.conn, &meta)?;
         ctx.remove_table(&name)?;
@@ -284,7 +290,7 @@ async fn update_table(db: &Arc<Db>, req: Json) -> Result<Json> {
     let name = table_name(&req)?;
     let region = db.region.clone();
     db.write(move |ctx| {
-        let old = ctx.table(&name)?;
+        let old = ctx.table(&name).map_err(|_| table_missing(&name))?;
         let mut meta: TableMeta = (*old).clone();
         if let Some(defs) = present(&req, "AttributeDefinitions") {
             for a in table::parse_attribute_definitions(defs)? {
@@ -421,7 +427,7 @@ async fn update_ttl(db: &Arc<Db>, req: Json) -> Result<Json> {
         ));
     }
     db.write(move |ctx| {
-        let mut meta: TableMeta = (*ctx.table(&name)?).clone();
+        let mut meta: TableMeta = (*ctx.table(&name).map_err(|_| table_missing(&name))?).clone();
         match (&meta.ttl, enabled) {
             (Some(_), true) => return Err(DdbError::validation("TimeToLive is already enabled")),
             (None, false) => return Err(DdbError::validation("TimeToLive is already disabled")),
@@ -443,7 +449,7 @@ async fn update_ttl(db: &Arc<Db>, req: Json) -> Result<Json> {
 async fn describe_ttl(db: &Arc<Db>, req: Json) -> Result<Json> {
     let name = table_name(&req)?;
     let cat = db.catalog();
-    let meta = cat.get(&name).ok_or_else(DdbError::table_not_found)?;
+    let meta = cat.get(&name).ok_or_else(|| table_missing(&name))?;
     Ok(match &meta.ttl {
         Some(a) => {
             json!({"TimeToLiveDescription": {"TimeToLiveStatus": "ENABLED", "AttributeName": a}})

@@ -290,7 +290,11 @@ impl Number {
 
     /// Parses DynamoDB's number syntax (`-12.5`, `1e10`, `.5`…).
     pub fn parse(s: &str) -> Result<Number> {
-        let err = || DdbError::validation("A value provided cannot be converted into a number");
+        let err = || {
+            DdbError::validation(format!(
+                "The parameter cannot be converted to a numeric value: {s}"
+            ))
+        };
         let t = s.trim();
         let bytes = t.as_bytes();
         let mut i = 0;

@@ -42,3 +42,8 @@ fn concurrent_conditional_writes_one_winner() {
 fn aws_cli() {
     common::pytest("test_awscli.py");
 }
+
+#[test]
+fn differential_against_dynalite_golden() {
+    common::pytest("test_differential.py");
+}

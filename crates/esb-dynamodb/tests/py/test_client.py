@@ -154,7 +154,7 @@ def test_condition_expressions(client, make_table):
         ("attribute_type(v, :n)", {":n": {"S": "N"}}),
         ("contains(tags, :x) AND begins_with(s, :p)", {":x": {"S": "x"}, ":p": {"S": "prefix"}}),
         ("size(s) = :eight", {":eight": {"N": "8"}}),
-        ("NOT (v = :two) OR missing = :two", {":two": {"N": "2"}}),
+        ("NOT (v = :two) OR nothere = :two", {":two": {"N": "2"}}),
         ("(attribute_exists(v) AND attribute_not_exists(w))", None),
     ]
     for cond, values in ok:
@@ -230,8 +230,8 @@ def test_update_errors(client, make_table):
 
     assert "part of the key" in fails("SET pk = :v", {":v": {"S": "x"}})
     assert "incorrect data type" in fails("SET s = s + :one", {":one": {"N": "1"}})
-    assert "does not exist" in fails("SET x = missing + :one", {":one": {"N": "1"}})
-    assert "invalid for update" in fails("SET no.such = :one", {":one": {"N": "1"}})
+    assert "does not exist" in fails("SET x = nothere + :one", {":one": {"N": "1"}})
+    assert "invalid for update" in fails("SET nope.deeper = :one", {":one": {"N": "1"}})
     assert "overlap" in fails("SET a = :one, a.b = :one", {":one": {"N": "1"}})
     assert "Syntax error" in fails("SET = :one", {":one": {"N": "1"}})
     assert "unused" in fails("SET a = :one", {":one": {"N": "1"}, ":two": {"N": "2"}})

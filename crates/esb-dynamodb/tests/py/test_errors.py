@@ -103,3 +103,13 @@ def test_unsigned_and_unknown_operation():
         body = json.loads(e.read())
         assert e.code == 400
         assert body["__type"].endswith("#MissingAuthenticationTokenException")
+
+
+def test_reserved_words(client, make_table):
+    t = make_table()
+    with pytest.raises(ClientError) as e:
+        client.update_item(TableName=t, Key={"pk": {"S": "a"}}, UpdateExpression="SET status = :s",
+                           ExpressionAttributeValues={":s": {"S": "x"}})
+    assert error_message(e) == "Invalid UpdateExpression: Attribute name is a reserved keyword; reserved keyword: status"
+    client.update_item(TableName=t, Key={"pk": {"S": "a"}}, UpdateExpression="SET #s = :s",
+                       ExpressionAttributeNames={"#s": "status"}, ExpressionAttributeValues={":s": {"S": "x"}})
