@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
 use tokio::sync::watch;
 
 pub use client::{build_query, format_record, query as query_logs, tail as tail_logs, Record};
@@ -164,12 +165,18 @@ impl Server {
         ));
         tracing::info!(addr = %self.local_addr(), dir = %self.config.data_dir.display(), "log store listening");
         let stop_tx2 = stop_tx.clone();
-        let result = axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                let _ = stop_tx2.send(true);
-            })
-            .await;
+        let result = axum::serve(
+            self.listener.tap_io(|tcp| {
+                // Small responses (a query's few lines) must not wait for delayed ACKs.
+                let _ = tcp.set_nodelay(true);
+            }),
+            app,
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop_tx2.send(true);
+        })
+        .await;
         let _ = stop_tx.send(true);
         let _ = bg.await;
         let store = self.store.clone();
