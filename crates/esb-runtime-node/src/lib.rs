@@ -16,6 +16,7 @@ mod config;
 mod link;
 pub mod nat;
 
+use std::collections::BTreeSet;
 use std::io;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -283,6 +284,10 @@ impl RuntimeNode {
                 return Ok(existing);
             }
         }
+        // Mark the intent first: a crash from here on leaves a trace `reconcile` finds.
+        let pending = self.pending_path(name);
+        std::fs::write(&pending, b"")
+            .map_err(|e| NodeError::io(&format!("write {}", pending.display()), e))?;
         let (_, created) = NetNs::create(name)?;
         let path = NetNs::path_of(name);
         let attached = cni::add(&node, cfg, name, &path).and_then(|res| {
@@ -304,6 +309,7 @@ impl RuntimeNode {
             }
             let _ = std::fs::remove_file(&record);
         }
+        let _ = std::fs::remove_file(&pending);
         attached
     }
 
@@ -325,7 +331,54 @@ impl RuntimeNode {
         }
         NetNs::delete(name)?;
         remove_path(&record)?;
+        remove_path(&self.pending_path(name))?;
         Ok(existed)
+    }
+
+    /// Removes every worker attachment whose name is not in `keep`: complete ones, ones a
+    /// crash left half-made (namespace without record), and IPAM leases held for names
+    /// that no longer exist. Returns the names removed.
+    pub fn reconcile(&self, keep: &BTreeSet<String>) -> Result<Vec<String>, NodeError> {
+        let mut names: BTreeSet<String> = self.attachments().into_iter().map(|a| a.name).collect();
+        if let Ok(entries) = std::fs::read_dir(self.cfg.state_dir.join(ATTACHMENTS)) {
+            for e in entries.filter_map(|e| e.ok()) {
+                let file = e.file_name().to_string_lossy().into_owned();
+                if let Some(name) = file.strip_suffix(".pending") {
+                    names.insert(name.to_string());
+                }
+            }
+        }
+        names.extend(self.lease_owners());
+        let mut removed = Vec::new();
+        for name in names {
+            if !keep.contains(&name) && esb_netns::validate_name(&name).is_ok() {
+                self.detach(&name)?;
+                removed.push(name);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Container ids that hold an IPAM lease (host-local writes the id on the first line).
+    fn lease_owners(&self) -> BTreeSet<String> {
+        let dir = cni::ipam_dir(&self.cfg).join(self.cfg.cni_network_name());
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return BTreeSet::new();
+        };
+        entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().parse::<Ipv4Addr>().is_ok())
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .filter_map(|t| t.lines().next().map(|l| l.trim().to_string()))
+            .filter(|id| !id.is_empty())
+            .collect()
+    }
+
+    fn pending_path(&self, name: &str) -> PathBuf {
+        self.cfg
+            .state_dir
+            .join(ATTACHMENTS)
+            .join(format!("{name}.pending"))
     }
 
     /// Attached worker namespaces, by name.
