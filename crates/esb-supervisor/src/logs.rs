@@ -128,6 +128,22 @@ impl Logs {
         }
     }
 
+    /// Records several platform lines at once (one write on stdout).
+    pub fn platform_many(&self, ctx: &LogCtx, lines: Vec<(String, Vec<(&'static str, Value)>)>) {
+        match &self.inner.sink {
+            Sink::Stdout { json: false } => {
+                let text: Vec<&str> = lines.iter().map(|(m, _)| m.as_str()).collect();
+                print_line(&text.join("\n"));
+            }
+            _ => {
+                for (msg, fields) in lines {
+                    let rec = self.record(&msg, "platform", Some(ctx), false, fields);
+                    self.emit(rec);
+                }
+            }
+        }
+    }
+
     fn record(
         &self,
         text: &str,
@@ -207,9 +223,12 @@ impl Logs {
 
 fn print_line(s: &str) {
     use std::io::Write;
+    let mut line = String::with_capacity(s.len() + 1);
+    line.push_str(s);
+    line.push('\n');
+    // One write for the whole text (stdout's line buffering would split it per line).
     let mut out = std::io::stdout().lock();
-    let _ = out.write_all(s.as_bytes());
-    let _ = out.write_all(b"\n");
+    let _ = out.write_all(line.as_bytes());
     let _ = out.flush();
 }
 

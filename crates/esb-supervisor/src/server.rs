@@ -15,7 +15,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch, Notify};
+use tokio::sync::{watch, Notify};
 
 use crate::supervisor::{ApiError, FnError, Invocation, Outcome, Refusal, Supervisor};
 use crate::util;
@@ -342,17 +342,15 @@ pub async fn invoke_endpoint(sup: Arc<Supervisor>, req: Request<Incoming>) -> Re
         }
     };
 
+    let (accepted, outcome) = accepted;
+    // Driven by a task of its own: a caller that goes away does not cancel the deadline.
+    tokio::spawn(sup.clone().complete(accepted));
     let mut r = if is_event {
-        tokio::spawn(sup.clone().complete(accepted, |_| {}));
         let mut r = Response::new(Full::new(Bytes::new()));
         *r.status_mut() = StatusCode::ACCEPTED;
         r
     } else {
-        let (tx, rx) = oneshot::channel();
-        tokio::spawn(sup.clone().complete(accepted, move |o| {
-            let _ = tx.send(o);
-        }));
-        match rx.await {
+        match outcome.await {
             Ok(Outcome::Response(body)) => json_response(StatusCode::OK, body),
             Ok(Outcome::Error(e)) => {
                 let mut r = json_response(StatusCode::OK, e.body);
@@ -463,7 +461,11 @@ pub async fn runtime_api(sup: Arc<Supervisor>, req: Request<Incoming>) -> Resp {
         sup.fail(&id, FnError::from_runtime(error_type.as_deref(), body))
     };
     match result {
-        Ok(()) => accepted(),
+        Ok(()) => {
+            // Let the caller's response be written before this 202.
+            tokio::task::yield_now().await;
+            accepted()
+        }
         Err(e) => runtime_error(e),
     }
 }

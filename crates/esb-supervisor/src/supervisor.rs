@@ -161,6 +161,9 @@ struct Inflight {
     inv: Arc<Invocation>,
     accepted: Instant,
     delivered: Option<Instant>,
+    /// The caller waiting for the outcome (the :8080 request), answered first.
+    caller: oneshot::Sender<Outcome>,
+    /// The task that enforces the deadline and writes END / REPORT.
     tx: oneshot::Sender<Done>,
 }
 
@@ -183,6 +186,8 @@ struct State {
     waiter: Option<oneshot::Sender<Arc<Invocation>>>,
     answered: VecDeque<String>,
     peak_rss: u64,
+    /// `/proc/<runtime pid>/status`, kept open for REPORT's max memory.
+    proc_status: Option<std::fs::File>,
     pumps: Vec<JoinHandle<()>>,
     shutting_down: bool,
 }
@@ -218,6 +223,7 @@ impl Supervisor {
                 waiter: None,
                 answered: VecDeque::new(),
                 peak_rss: 0,
+                proc_status: None,
                 pumps: Vec::new(),
                 shutting_down: false,
             }),
@@ -284,6 +290,7 @@ impl Supervisor {
         match spawn_process(&self.cfg, self.runtime_api) {
             Ok((pid, out, err)) => {
                 st.pid = Some(pid);
+                st.proc_status = std::fs::File::open(format!("/proc/{pid}/status")).ok();
                 st.phase = Phase::Starting;
                 st.pumps.retain(|h| !h.is_finished());
                 st.pumps
@@ -321,6 +328,7 @@ impl Supervisor {
         let prev = st.phase;
         let lived = st.started_at.elapsed();
         st.pid = None;
+        st.proc_status = None;
         st.waiter = None;
         self.exited.notify_waiters();
         if st.shutting_down {
@@ -411,6 +419,7 @@ impl Supervisor {
         let now = Instant::now();
         let duration = now - f.delivered.unwrap_or(f.accepted);
         let init_duration = st.init_duration.take();
+        let _ = f.caller.send(outcome.clone());
         let _ = f.tx.send(Done {
             outcome,
             duration,
@@ -433,11 +442,16 @@ impl Supervisor {
         }
     }
 
-    /// Accepts an invocation; the returned receiver yields its outcome. The caller then
-    /// drives it with [`Supervisor::complete`] (which enforces the timeout).
-    pub fn accept(self: &Arc<Self>, inv: Invocation) -> Result<Accepted, Refusal> {
+    /// Accepts an invocation; the returned receiver yields its outcome. The caller must
+    /// then spawn [`Supervisor::complete`] for it (which enforces the timeout and writes
+    /// END / REPORT), and may drop the receiver (Event invocations).
+    pub fn accept(
+        self: &Arc<Self>,
+        inv: Invocation,
+    ) -> Result<(Accepted, oneshot::Receiver<Outcome>), Refusal> {
         let inv = Arc::new(inv);
         let (tx, rx) = oneshot::channel();
+        let (caller, outcome) = oneshot::channel();
         let mut st = self.lock();
         if st.shutting_down {
             return Err(Refusal::ShuttingDown);
@@ -458,6 +472,7 @@ impl Supervisor {
             inv: inv.clone(),
             accepted: Instant::now(),
             delivered: None,
+            caller,
             tx,
         });
         match st.phase {
@@ -471,13 +486,13 @@ impl Supervisor {
             }
             Phase::Killed | Phase::InitFailed => {}
         }
-        Ok(Accepted { inv, rx })
+        Ok((Accepted { inv, rx }, outcome))
     }
 
     /// Waits for the outcome of an accepted invocation, enforcing its deadline (a timed-out
-    /// invocation is answered and the runtime's process tree killed and restarted). Calls
-    /// `deliver` with the outcome as soon as it is known, then writes END and REPORT.
-    pub async fn complete(self: Arc<Self>, acc: Accepted, deliver: impl FnOnce(Outcome)) {
+    /// invocation is answered and the runtime's process tree killed and restarted), then
+    /// writes END and REPORT.
+    pub async fn complete(self: Arc<Self>, acc: Accepted) {
         let Accepted { inv, mut rx } = acc;
         let done = match tokio::time::timeout_at(inv.deadline.into(), &mut rx).await {
             Ok(r) => r.ok(),
@@ -511,7 +526,9 @@ impl Supervisor {
             Outcome::Error(e) if done.status.is_some() => Some(e.error_type.clone()),
             _ => None,
         };
-        deliver(done.outcome);
+        // Let the caller's response (and the runtime's 202) go out before the END / REPORT
+        // bookkeeping.
+        tokio::task::yield_now().await;
         self.report(
             &inv,
             done.duration,
@@ -531,7 +548,7 @@ impl Supervisor {
     ) {
         let peak = {
             let mut st = self.lock();
-            if let Some(p) = st.pid.and_then(util::peak_rss_bytes) {
+            if let Some(p) = st.proc_status.as_ref().and_then(util::peak_rss_bytes) {
                 st.peak_rss = st.peak_rss.max(p);
             }
             st.peak_rss
@@ -539,11 +556,6 @@ impl Supervisor {
         let ms = duration.as_secs_f64() * 1000.0;
         let billed = ms.ceil().max(1.0) as u64;
         let max_mb = peak.div_ceil(1024 * 1024);
-        self.logs.platform(
-            &inv.log_ctx,
-            &format!("END RequestId: {}", inv.id),
-            vec![("type", "platform.end".into())],
-        );
         let mut line = format!(
             "REPORT RequestId: {}\tDuration: {ms:.2} ms\tBilled Duration: {billed} ms\tMemory Size: {} MB\tMax Memory Used: {max_mb} MB",
             inv.id, self.cfg.memory_mb
@@ -568,7 +580,16 @@ impl Supervisor {
             line.push_str(&format!("\tError Type: {t}"));
             fields.push(("error_type", json!(t)));
         }
-        self.logs.platform(&inv.log_ctx, &line, fields);
+        self.logs.platform_many(
+            &inv.log_ctx,
+            vec![
+                (
+                    format!("END RequestId: {}", inv.id),
+                    vec![("type", "platform.end".into())],
+                ),
+                (line, fields),
+            ],
+        );
     }
 
     /// `GET /runtime/invocation/next`: the next invocation (long poll).

@@ -72,10 +72,38 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// Fast non-cryptographic random bytes (xoshiro256**, seeded once from the kernel): ids
+/// must be unique, not secret, and this saves a syscall per id on the hot path.
+fn fast_random(buf: &mut [u8]) {
+    use std::sync::Mutex;
+    static STATE: Mutex<Option<[u64; 4]>> = Mutex::new(None);
+    let mut guard = STATE.lock().unwrap_or_else(|p| p.into_inner());
+    let s = guard.get_or_insert_with(|| {
+        let mut seed = [0u8; 32];
+        random_bytes(&mut seed);
+        let mut s = [0u64; 4];
+        for (i, w) in s.iter_mut().enumerate() {
+            *w = u64::from_le_bytes(seed[i * 8..i * 8 + 8].try_into().unwrap()) | 1;
+        }
+        s
+    });
+    for chunk in buf.chunks_mut(8) {
+        let out = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = s[1] << 17;
+        s[2] ^= s[0];
+        s[3] ^= s[1];
+        s[1] ^= s[2];
+        s[0] ^= s[3];
+        s[2] ^= t;
+        s[3] = s[3].rotate_left(45);
+        chunk.copy_from_slice(&out.to_le_bytes()[..chunk.len()]);
+    }
+}
+
 /// A random version-4 UUID, the shape of Lambda request ids.
 pub fn request_id() -> String {
     let mut b = [0u8; 16];
-    random_bytes(&mut b);
+    fast_random(&mut b);
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = hex(&b);
@@ -92,7 +120,7 @@ pub fn request_id() -> String {
 /// A new X-Ray style trace header: `Root=1-{8 hex epoch}-{24 hex};Parent={16 hex};Sampled=0`.
 pub fn trace_id(now: SystemTime) -> String {
     let mut b = [0u8; 20];
-    random_bytes(&mut b);
+    fast_random(&mut b);
     let secs = now
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
@@ -135,11 +163,13 @@ pub fn describe_wait_status(status: libc::c_int) -> String {
     }
 }
 
-/// Peak resident memory (VmHWM) of a process in bytes, if it can be read.
-pub fn peak_rss_bytes(pid: i32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
+/// Peak resident memory (VmHWM) in bytes from an open `/proc/<pid>/status` (one pread).
+pub fn peak_rss_bytes(status: &std::fs::File) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 4096];
+    let n = status.read_at(&mut buf, 0).ok()?;
+    let text = std::str::from_utf8(&buf[..n]).ok()?;
+    text.lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|kb| kb.parse::<u64>().ok())
