@@ -506,3 +506,65 @@ fn sigterm_lets_a_short_invocation_finish() {
     let r = slow.join().unwrap();
     assert_eq!((r.status, r.json()), (200, json!("woke")));
 }
+
+#[test]
+fn log_shipping_retries_a_failing_endpoint_without_losing_records() {
+    let logs = LogEndpoint::start_failing(3);
+    let mut sup = py().env("VICTORIALOGS_URL", &logs.url).start();
+    let r = sup.invoke(&json!({"action": "log", "lines": 50}));
+    let id = r.header("x-amzn-requestid").unwrap().to_string();
+    assert_eq!(sup.terminate(), Some(0));
+    let recs = logs.records();
+    for i in 0..50 {
+        let want = format!("stdout line {i} of {id}");
+        assert!(recs.iter().any(|r| r["_msg"] == want), "missing {want:?}");
+    }
+    assert!(recs.iter().any(|r| r["type"] == "platform.report"));
+}
+
+#[test]
+fn an_unreachable_log_endpoint_bounds_memory_and_does_not_block_exit() {
+    // A port nobody listens on (bound, then closed).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut sup = py()
+        .env("VICTORIALOGS_URL", &format!("http://127.0.0.1:{port}"))
+        .env("ESB_LOG_BUFFER_BYTES", "65536")
+        .env("ESB_LOG_FLUSH_TIMEOUT_MS", "500")
+        .start();
+    let r = sup.invoke(&json!({"action": "log", "lines": 5000}));
+    assert_eq!((r.status, r.json()), (200, json!("logged")));
+    let rss_kib: u64 = std::fs::read_to_string(format!("/proc/{}/status", sup.pid()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next().map(|n| n.parse().unwrap()))
+        .unwrap();
+    assert!(rss_kib < 64 * 1024, "supervisor RSS {rss_kib} KiB");
+    assert_eq!(sup.terminate(), Some(0));
+    let stderr = sup.stderr.lock().unwrap().join("\n");
+    assert!(
+        stderr.contains("could not ship every log record"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn orphans_left_by_the_function_are_reaped() {
+    let sup = py().start();
+    let r = sup.invoke(&json!({"action": "orphan"}));
+    let pid = r.json()["orphan"].as_i64().expect("orphan pid") as i32;
+    // Not even a zombie: the supervisor (subreaper, or PID 1 in a worker) collects it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "orphan {pid} was never reaped"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(sup.invoke(&json!({"n": 1})).json(), json!({"n": 1}));
+}

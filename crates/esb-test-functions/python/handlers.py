@@ -73,7 +73,24 @@ def log(event, context):
     return "logged"
 
 
+def orphan(event, context):
+    """Leaves an orphan behind (double fork) that exits shortly: whoever reaps orphans
+    (PID 1, or the supervisor as child subreaper) must collect it."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        grandchild = os.fork()
+        if grandchild == 0:
+            time.sleep(0.2)
+            os._exit(0)
+        os.write(w, str(grandchild).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return {"orphan": int(os.read(r, 32))}
+
+
 _ACTIONS = {
+    "orphan": orphan,
     "echo": echo,
     "returned_error": returned_error,
     "raise": raise_exception,

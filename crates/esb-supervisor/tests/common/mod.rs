@@ -321,6 +321,12 @@ pub struct LogEndpoint {
 
 impl LogEndpoint {
     pub fn start() -> LogEndpoint {
+        LogEndpoint::start_failing(0)
+    }
+
+    /// An endpoint that answers the first `failures` requests with 503 (not recorded).
+    pub fn start_failing(failures: usize) -> LogEndpoint {
+        let failures = Arc::new(std::sync::atomic::AtomicUsize::new(failures));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let requests: Received = Arc::default();
@@ -329,7 +335,8 @@ impl LogEndpoint {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
                 let rec = rec.clone();
-                thread::spawn(move || serve_log_conn(conn, rec));
+                let failures = failures.clone();
+                thread::spawn(move || serve_log_conn(conn, rec, failures));
             }
         });
         LogEndpoint { url, requests }
@@ -352,7 +359,7 @@ impl LogEndpoint {
     }
 }
 
-fn serve_log_conn(conn: TcpStream, rec: Received) {
+fn serve_log_conn(conn: TcpStream, rec: Received, failures: Arc<std::sync::atomic::AtomicUsize>) {
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     let mut conn = conn;
     loop {
@@ -381,8 +388,17 @@ fn serve_log_conn(conn: TcpStream, rec: Received) {
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        rec.lock().unwrap().push((target, body));
-        if conn.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").is_err() {
+        use std::sync::atomic::Ordering;
+        let fail = failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        let answer: &[u8] = if fail {
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"
+        } else {
+            rec.lock().unwrap().push((target, body));
+            b"HTTP/1.1 204 No Content\r\n\r\n"
+        };
+        if conn.write_all(answer).is_err() {
             return;
         }
     }
