@@ -30,3 +30,31 @@ pub const LABEL_CREATED_AT: &str = "esb.created-at";
 pub const LABEL_BOX: &str = "esb.box";
 /// Container label holding the worker's address.
 pub const LABEL_IP: &str = "esb.ip";
+
+/// Connects a client to an agent at `endpoint`: `unix:///path/agent.sock`, a bare socket
+/// path, or `http://host:port`.
+pub async fn connect(
+    endpoint: &str,
+) -> Result<v1::agent_service_client::AgentServiceClient<tonic::transport::Channel>, tonic::transport::Error> {
+    use tonic::transport::Endpoint;
+    let unix = endpoint
+        .strip_prefix("unix://")
+        .or_else(|| endpoint.starts_with('/').then_some(endpoint));
+    let channel = match unix {
+        Some(path) => {
+            let path = std::path::PathBuf::from(path);
+            Endpoint::from_static("http://agent.invalid")
+                .connect_with_connector(tower::service_fn(move |_| {
+                    let path = path.clone();
+                    async move {
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                            tokio::net::UnixStream::connect(path).await?,
+                        ))
+                    }
+                }))
+                .await?
+        }
+        None => Endpoint::from_shared(endpoint.to_string())?.connect().await?,
+    };
+    Ok(v1::agent_service_client::AgentServiceClient::new(channel))
+}

@@ -1,6 +1,7 @@
 //! `esb`: the Edge Serverless Box command line. Thin: it parses arguments and settings,
 //! wires the component crates together and prints results.
 
+mod agent;
 mod daemon;
 mod doctor;
 mod node;
@@ -56,6 +57,8 @@ enum Command {
         #[command(flatten)]
         proxy: ProxyArgs,
     },
+    /// Run the agent (worker lifecycle over gRPC) in the foreground.
+    Agent(agent::AgentArgs),
     /// Check the box and print a hint for each problem; non-zero exit when a check fails.
     Doctor {
         #[command(flatten)]
@@ -147,6 +150,7 @@ fn main() -> ExitCode {
             [s3_port, db_port, logs_port],
             pid_file,
         ),
+        Command::Agent(args) => agent::run(state, &args),
         Command::Doctor { node, proxy } => doctor::run(state, &node, &proxy),
     };
     match result {

@@ -221,3 +221,63 @@ impl ProxyArgs {
         ]
     }
 }
+
+/// Settings of the box as a whole that workers see (system.md §5, §6).
+#[derive(Debug, Clone, Args)]
+pub struct BoxArgs {
+    /// Access key of the box's single credential pair (S3, DynamoDB, Lambda Invoke API).
+    #[arg(long = "access-key", env = "ESB_ACCESS_KEY_ID")]
+    pub access_key: Option<String>,
+    /// Secret key of the box's credential pair.
+    #[arg(
+        long = "secret-key",
+        env = "ESB_SECRET_ACCESS_KEY",
+        hide_env_values = true
+    )]
+    pub secret_key: Option<String>,
+    /// Region reported to clients and functions.
+    #[arg(long, env = "ESB_REGION", default_value = "ap-northeast-1")]
+    pub region: String,
+    /// URL workers use for the Lambda Invoke API (chain invokes).
+    #[arg(
+        long,
+        env = "GATEWAY_INTERNAL_URL",
+        default_value = "https://10.88.0.1:443"
+    )]
+    pub gateway_internal_url: String,
+    /// URL workers ship logs to.
+    #[arg(
+        long,
+        env = "VICTORIALOGS_URL",
+        default_value = "http://10.88.0.1:9428"
+    )]
+    pub victorialogs_url: String,
+}
+
+impl BoxArgs {
+    /// The environment every worker gets, for endpoints at the gateway address `gw`.
+    pub fn worker_env(
+        &self,
+        gw: Ipv4Addr,
+        db_dport: u16,
+    ) -> std::collections::BTreeMap<String, String> {
+        let mut env = std::collections::BTreeMap::new();
+        env.insert("AWS_ENDPOINT_URL_S3".into(), format!("http://{gw}:9000"));
+        env.insert(
+            "AWS_ENDPOINT_URL_DYNAMODB".into(),
+            format!("http://{gw}:{db_dport}"),
+        );
+        env.insert(
+            "AWS_ENDPOINT_URL_LAMBDA".into(),
+            self.gateway_internal_url.clone(),
+        );
+        env.insert("VICTORIALOGS_URL".into(), self.victorialogs_url.clone());
+        env.insert("AWS_REGION".into(), self.region.clone());
+        env.insert("AWS_DEFAULT_REGION".into(), self.region.clone());
+        if let (Some(a), Some(s)) = (&self.access_key, &self.secret_key) {
+            env.insert("AWS_ACCESS_KEY_ID".into(), a.clone());
+            env.insert("AWS_SECRET_ACCESS_KEY".into(), s.clone());
+        }
+        env
+    }
+}
