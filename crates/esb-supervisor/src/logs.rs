@@ -54,8 +54,13 @@ struct Inner {
     function_name: String,
     function_version: String,
     ctx: Mutex<Option<Arc<LogCtx>>>,
+    /// The log tail being captured for one invocation (X-Amz-Log-Type: Tail).
+    tail: Mutex<Option<(String, String)>>,
     sink: Sink,
 }
+
+/// Bytes of log returned as the tail (Lambda's 4 KB).
+pub const TAIL_BYTES: usize = 4096;
 
 impl Logs {
     /// Logs printed on the supervisor's stdout (raw lines, or JSON records with `json`).
@@ -93,6 +98,7 @@ impl Logs {
                 function_name: function_name.to_string(),
                 function_version: function_version.to_string(),
                 ctx: Mutex::new(None),
+                tail: Mutex::new(None),
                 sink,
             }),
         }
@@ -103,11 +109,46 @@ impl Logs {
         *self.inner.ctx.lock().unwrap() = Some(ctx);
     }
 
+    /// Starts capturing the log lines of invocation `id` for its tail.
+    pub fn start_tail(&self, id: &str) {
+        *self.inner.tail.lock().unwrap() = Some((id.to_string(), String::new()));
+    }
+
+    /// Stops capturing and returns the last [`TAIL_BYTES`] of invocation `id`'s log.
+    pub fn take_tail(&self, id: &str) -> Option<String> {
+        let mut tail = self.inner.tail.lock().unwrap();
+        match tail.take() {
+            Some((tid, text)) if tid == id => Some(text),
+            other => {
+                *tail = other;
+                None
+            }
+        }
+    }
+
+    fn capture(&self, id: Option<&str>, text: &str) {
+        let mut tail = self.inner.tail.lock().unwrap();
+        if let Some((tid, buf)) = tail.as_mut() {
+            if Some(tid.as_str()) == id {
+                buf.push_str(text);
+                buf.push('\n');
+                if buf.len() > 2 * TAIL_BYTES {
+                    let mut cut = buf.len() - TAIL_BYTES;
+                    while !buf.is_char_boundary(cut) {
+                        cut += 1;
+                    }
+                    buf.drain(..cut);
+                }
+            }
+        }
+    }
+
     /// Records one line the function wrote (`stream` is `stdout` or `stderr`).
     pub fn function_line(&self, stream: &'static str, line: &[u8]) {
         let ctx = self.inner.ctx.lock().unwrap().clone();
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end_matches(['\n', '\r']);
+        self.capture(ctx.as_ref().map(|c| c.request_id.as_str()), text);
         match &self.inner.sink {
             Sink::Stdout { json: false } => print_line(text),
             _ => {
@@ -119,6 +160,7 @@ impl Logs {
 
     /// Records a platform line (START / END / REPORT …) for the given invocation.
     pub fn platform(&self, ctx: &LogCtx, msg: &str, fields: Vec<(&'static str, Value)>) {
+        self.capture(Some(&ctx.request_id), msg);
         match &self.inner.sink {
             Sink::Stdout { json: false } => print_line(msg),
             _ => {
@@ -130,6 +172,9 @@ impl Logs {
 
     /// Records several platform lines at once (one write on stdout).
     pub fn platform_many(&self, ctx: &LogCtx, lines: Vec<(String, Vec<(&'static str, Value)>)>) {
+        for (msg, _) in &lines {
+            self.capture(Some(&ctx.request_id), msg);
+        }
         match &self.inner.sink {
             Sink::Stdout { json: false } => {
                 let text: Vec<&str> = lines.iter().map(|(m, _)| m.as_str()).collect();

@@ -253,6 +253,19 @@ pub async fn invoke_endpoint(sup: Arc<Supervisor>, req: Request<Incoming>) -> Re
             }
         }
     };
+    let log_tail = match header(&req, "x-amz-log-type") {
+        None | Some("None") => false,
+        Some("Tail") => !is_event,
+        Some(other) => {
+            return lambda_error(
+                StatusCode::BAD_REQUEST,
+                "InvalidParameterValueException",
+                &format!(
+                    "1 validation error detected: Value '{other}' at 'logType' failed to satisfy constraint: Member must satisfy enum value set: [Tail, None]"
+                ),
+            )
+        }
+    };
     let cognito_identity = header(&req, "x-amz-cognito-identity")
         .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
         .map(|c| c.to_string());
@@ -306,7 +319,7 @@ pub async fn invoke_endpoint(sup: Arc<Supervisor>, req: Request<Incoming>) -> Re
     }
 
     let id = util::request_id();
-    let inv = Invocation::new(
+    let mut inv = Invocation::new(
         id.clone(),
         trace_id.clone(),
         sup.config().timeout,
@@ -314,6 +327,7 @@ pub async fn invoke_endpoint(sup: Arc<Supervisor>, req: Request<Incoming>) -> Re
         cognito_identity,
         body,
     );
+    inv.log_tail = log_tail;
     let accepted = match sup.accept(inv) {
         Ok(a) => a,
         Err(Refusal::Busy) => {
@@ -351,12 +365,23 @@ pub async fn invoke_endpoint(sup: Arc<Supervisor>, req: Request<Incoming>) -> Re
         r
     } else {
         match outcome.await {
-            Ok(Outcome::Response(body)) => json_response(StatusCode::OK, body),
-            Ok(Outcome::Error(e)) => {
-                let mut r = json_response(StatusCode::OK, e.body);
-                let kind = if e.handled { "Handled" } else { "Unhandled" };
-                r.headers_mut()
-                    .insert("X-Amz-Function-Error", HeaderValue::from_static(kind));
+            Ok(answer) => {
+                let mut r = match answer.outcome {
+                    Outcome::Response(body) => json_response(StatusCode::OK, body),
+                    Outcome::Error(e) => {
+                        let mut r = json_response(StatusCode::OK, e.body);
+                        let kind = if e.handled { "Handled" } else { "Unhandled" };
+                        r.headers_mut()
+                            .insert("X-Amz-Function-Error", HeaderValue::from_static(kind));
+                        r
+                    }
+                };
+                if let Some(tail) = answer.log_tail {
+                    let b64 = base64::engine::general_purpose::STANDARD.encode(tail);
+                    if let Ok(v) = HeaderValue::from_str(&b64) {
+                        r.headers_mut().insert("X-Amz-Log-Result", v);
+                    }
+                }
                 r
             }
             Err(_) => lambda_error(

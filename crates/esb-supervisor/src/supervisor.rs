@@ -38,6 +38,8 @@ pub struct Invocation {
     pub cognito_identity: Option<String>,
     /// The event.
     pub body: Bytes,
+    /// Return the last 4 KB of the invocation's log with the outcome (X-Amz-Log-Type: Tail).
+    pub log_tail: bool,
     deadline: Instant,
     log_ctx: Arc<LogCtx>,
 }
@@ -64,6 +66,7 @@ impl Invocation {
             client_context,
             cognito_identity,
             body,
+            log_tail: false,
             deadline: Instant::now() + timeout,
             log_ctx,
         }
@@ -128,6 +131,15 @@ pub enum Outcome {
     Error(FnError),
 }
 
+/// What the caller gets: the outcome, and the log tail when it was asked for.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The function's result or error.
+    pub outcome: Outcome,
+    /// The last 4 KB of the invocation's log (with END and REPORT), if asked for.
+    pub log_tail: Option<String>,
+}
+
 /// Why an invocation was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -161,8 +173,9 @@ struct Inflight {
     inv: Arc<Invocation>,
     accepted: Instant,
     delivered: Option<Instant>,
-    /// The caller waiting for the outcome (the :8080 request), answered first.
-    caller: oneshot::Sender<Outcome>,
+    /// The caller waiting for the outcome (the :8080 request), answered first; `None` when
+    /// it wants the log tail (then [`Supervisor::complete`] answers it after REPORT).
+    caller: Option<oneshot::Sender<Answer>>,
     /// The task that enforces the deadline and writes END / REPORT.
     tx: oneshot::Sender<Done>,
 }
@@ -419,7 +432,12 @@ impl Supervisor {
         let now = Instant::now();
         let duration = now - f.delivered.unwrap_or(f.accepted);
         let init_duration = st.init_duration.take();
-        let _ = f.caller.send(outcome.clone());
+        if let Some(caller) = f.caller {
+            let _ = caller.send(Answer {
+                outcome: outcome.clone(),
+                log_tail: None,
+            });
+        }
         let _ = f.tx.send(Done {
             outcome,
             duration,
@@ -448,7 +466,7 @@ impl Supervisor {
     pub fn accept(
         self: &Arc<Self>,
         inv: Invocation,
-    ) -> Result<(Accepted, oneshot::Receiver<Outcome>), Refusal> {
+    ) -> Result<(Accepted, oneshot::Receiver<Answer>), Refusal> {
         let inv = Arc::new(inv);
         let (tx, rx) = oneshot::channel();
         let (caller, outcome) = oneshot::channel();
@@ -460,6 +478,12 @@ impl Supervisor {
             return Err(Refusal::Busy);
         }
         self.logs.set_context(inv.log_ctx.clone());
+        let (caller, tail_caller) = if inv.log_tail {
+            self.logs.start_tail(&inv.id);
+            (None, Some(caller))
+        } else {
+            (Some(caller), None)
+        };
         self.logs.platform(
             &inv.log_ctx,
             &format!(
@@ -486,14 +510,25 @@ impl Supervisor {
             }
             Phase::Killed | Phase::InitFailed => {}
         }
-        Ok((Accepted { inv, rx }, outcome))
+        Ok((
+            Accepted {
+                inv,
+                rx,
+                caller: tail_caller,
+            },
+            outcome,
+        ))
     }
 
     /// Waits for the outcome of an accepted invocation, enforcing its deadline (a timed-out
     /// invocation is answered and the runtime's process tree killed and restarted), then
     /// writes END and REPORT.
     pub async fn complete(self: Arc<Self>, acc: Accepted) {
-        let Accepted { inv, mut rx } = acc;
+        let Accepted {
+            inv,
+            mut rx,
+            caller,
+        } = acc;
         let done = match tokio::time::timeout_at(inv.deadline.into(), &mut rx).await {
             Ok(r) => r.ok(),
             Err(_) => {
@@ -526,9 +561,16 @@ impl Supervisor {
             Outcome::Error(e) if done.status.is_some() => Some(e.error_type.clone()),
             _ => None,
         };
-        // Let the caller's response (and the runtime's 202) go out before the END / REPORT
-        // bookkeeping.
-        tokio::task::yield_now().await;
+        if caller.is_some() {
+            // The tail should hold what the function wrote before answering: give the
+            // output pipes a moment to be read.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        } else {
+            // Let the caller's response (and the runtime's 202) go out before the END /
+            // REPORT bookkeeping.
+            tokio::task::yield_now().await;
+        }
+        let outcome = done.outcome.clone();
         self.report(
             &inv,
             done.duration,
@@ -536,6 +578,16 @@ impl Supervisor {
             done.status,
             error_type,
         );
+        if let Some(caller) = caller {
+            let log_tail = self.logs.take_tail(&inv.id).map(|t| {
+                let mut cut = t.len().saturating_sub(logs::TAIL_BYTES);
+                while !t.is_char_boundary(cut) {
+                    cut += 1;
+                }
+                t[cut..].to_string()
+            });
+            let _ = caller.send(Answer { outcome, log_tail });
+        }
     }
 
     fn report(
@@ -788,6 +840,7 @@ impl Supervisor {
 pub struct Accepted {
     inv: Arc<Invocation>,
     rx: oneshot::Receiver<Done>,
+    caller: Option<oneshot::Sender<Answer>>,
 }
 
 impl Accepted {

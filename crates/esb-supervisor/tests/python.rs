@@ -568,3 +568,46 @@ fn orphans_left_by_the_function_are_reaped() {
     }
     assert_eq!(sup.invoke(&json!({"n": 1})).json(), json!({"n": 1}));
 }
+
+#[test]
+fn boto3_invokes_through_the_endpoint_like_lambda() {
+    let sup = py().start();
+    // boto3's Lambda client pointed at the worker's endpoint: results, function errors,
+    // the log tail, Event and DryRun, and an error of the API itself.
+    let script = r#"
+import base64, json, sys
+import boto3, botocore
+c = boto3.client("lambda", endpoint_url=sys.argv[1], region_name="ap-northeast-1",
+                 aws_access_key_id="x", aws_secret_access_key="y",
+                 config=botocore.config.Config(retries={"max_attempts": 0}))
+r = c.invoke(FunctionName="function", Payload=json.dumps({"action": "log", "lines": 2}), LogType="Tail")
+assert r["StatusCode"] == 200, r
+assert json.loads(r["Payload"].read()) == "logged"
+tail = base64.b64decode(r["LogResult"]).decode()
+rid = r["ResponseMetadata"]["RequestId"]
+for want in ["START RequestId: " + rid, "stdout line 1 of " + rid, "END RequestId: " + rid, "REPORT RequestId: " + rid]:
+    assert want in tail, (want, tail)
+r = c.invoke(FunctionName="function", Payload=json.dumps({"action": "raise"}))
+assert r["FunctionError"] == "Unhandled", r
+assert json.loads(r["Payload"].read())["errorType"] == "ValueError"
+assert c.invoke(FunctionName="function", InvocationType="Event", Payload=b"{}")["StatusCode"] == 202
+assert c.invoke(FunctionName="function", InvocationType="DryRun", Payload=b"{}")["StatusCode"] == 204
+try:
+    c.invoke(FunctionName="function", Payload=b"{oops")
+    raise SystemExit("non-JSON payload accepted")
+except c.exceptions.InvalidRequestContentException as e:
+    assert e.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+print("boto3 ok")
+"#;
+    let out = std::process::Command::new(esb_testkit::python())
+        .args(["-c", script, &format!("http://{}", sup.addr)])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("boto3 ok"));
+}
