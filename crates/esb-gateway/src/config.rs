@@ -1,0 +1,416 @@
+//! The gateway's settings (system.md §5), with the seed's environment names.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+/// Smallest accepted `JWT_SECRET_KEY`, in bytes.
+pub const MIN_JWT_SECRET: usize = 32;
+
+/// One agent (one compute node).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentAddr {
+    /// Node id used in logs and metrics.
+    pub node_id: String,
+    /// `unix:/path/to/agent.sock` or `http://127.0.0.1:50051`.
+    pub endpoint: String,
+    /// Network namespace in which this node's workers are dialled (`None` = the
+    /// gateway's own namespace; single node: `esb-node`).
+    pub netns: Option<String>,
+    /// Most workers this node should hold (0 = no limit); the node with the most free
+    /// capacity gets each new worker.
+    pub max_workers: usize,
+}
+
+impl AgentAddr {
+    /// Parses `ENDPOINT[,netns=NAME][,node=ID][,max=N]`.
+    pub fn parse(spec: &str, index: usize) -> anyhow::Result<AgentAddr> {
+        let mut parts = spec.split(',');
+        let endpoint = parts.next().unwrap_or("").trim().to_string();
+        if !(endpoint.starts_with("unix:")
+            || endpoint.starts_with("http://")
+            || endpoint.starts_with("https://"))
+        {
+            bail!("agent address {spec:?}: expected unix:/path or http://host:port");
+        }
+        let mut a = AgentAddr {
+            node_id: format!("node-{index}"),
+            endpoint,
+            netns: None,
+            max_workers: 0,
+        };
+        for p in parts {
+            let (k, v) = p
+                .split_once('=')
+                .with_context(|| format!("agent address {spec:?}: option {p:?} is not k=v"))?;
+            match k.trim() {
+                "netns" => a.netns = Some(v.trim().to_string()).filter(|s| !s.is_empty()),
+                "node" => a.node_id = v.trim().to_string(),
+                "max" => {
+                    a.max_workers = v
+                        .trim()
+                        .parse()
+                        .with_context(|| format!("agent address {spec:?}: max={v:?}"))?
+                }
+                other => bail!("agent address {spec:?}: unknown option {other:?}"),
+            }
+        }
+        Ok(a)
+    }
+}
+
+/// Everything the gateway needs. [`Config::default`] gives the documented defaults;
+/// [`Config::from_env`] reads the environment names of the seed.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Client listener (`ESB_GATEWAY_LISTEN`, default `0.0.0.0:443`), host namespace.
+    pub listen: SocketAddr,
+    /// Internal listener for workers (chain invokes), derived from `GATEWAY_INTERNAL_URL`
+    /// (default `https://10.88.0.1:443` -> `10.88.0.1:443`); `None` = no internal listener.
+    pub internal_listen: Option<SocketAddr>,
+    /// Network namespace of the internal listener (`ESB_GATEWAY_INTERNAL_NETNS`, default
+    /// `esb-node`); `None` = the gateway's own namespace.
+    pub internal_netns: Option<String>,
+    /// `GATEWAY_INTERNAL_URL`: what workers use as `AWS_ENDPOINT_URL_LAMBDA`.
+    pub internal_url: String,
+    /// Directory for the box's CA and server certificate (`ESB_GATEWAY_DATA_DIR`,
+    /// default `/var/lib/esb/gateway`).
+    pub data_dir: PathBuf,
+    /// `SSL_CERT_PATH` / `SSL_KEY_PATH`: use this certificate instead of the box's own.
+    pub cert_path: Option<PathBuf>,
+    /// See [`Config::cert_path`].
+    pub key_path: Option<PathBuf>,
+    /// Extra subject alternative names for the generated certificate (`ESB_GATEWAY_SANS`,
+    /// comma-separated).
+    pub extra_sans: Vec<String>,
+    /// `JWT_SECRET_KEY`: HS256 key of the IdTokens; at least 32 bytes.
+    pub jwt_secret: String,
+    /// `X_API_KEY`: the API key the auth endpoint requires in `x-api-key`.
+    pub api_key: String,
+    /// `AUTH_USER`: the user name accepted by the auth endpoint.
+    pub auth_user: String,
+    /// `AUTH_PASS`: that user's password.
+    pub auth_pass: String,
+    /// `AUTH_ENDPOINT_PATH` (default `/user/auth/ver1.0`).
+    pub auth_path: String,
+    /// `JWT_EXPIRES_DELTA` in seconds (default 3600).
+    pub jwt_expires: Duration,
+    /// `LAMBDA_INVOKE_TIMEOUT` in seconds (default 900): upper bound of one invocation
+    /// on a worker; the function's own `Timeout` applies when smaller.
+    pub invoke_timeout: Duration,
+    /// `CIRCUIT_BREAKER_THRESHOLD` (default 5) consecutive failures open the breaker.
+    pub breaker_threshold: u32,
+    /// `CIRCUIT_BREAKER_RECOVERY_TIMEOUT` in seconds (default 30) before one trial.
+    pub breaker_recovery: Duration,
+    /// `GATEWAY_IDLE_TIMEOUT_SECONDS` (default 300): idle workers older than this are
+    /// destroyed (never below the provisioned count).
+    pub idle_timeout: Duration,
+    /// `HEARTBEAT_INTERVAL` in seconds (default 30): janitor period.
+    pub heartbeat: Duration,
+    /// `ORPHAN_GRACE_PERIOD_SECONDS` (default 60): unknown workers younger than this are
+    /// left alone by the janitor.
+    pub orphan_grace: Duration,
+    /// `POOL_ACQUIRE_TIMEOUT` in seconds (default 10): how long a request waits for a
+    /// worker of a full pool before 429.
+    pub pool_acquire_timeout: Duration,
+    /// `ESB_DEFAULT_CONCURRENCY` (default 10): pool capacity of functions without
+    /// `ReservedConcurrentExecutions`.
+    pub default_concurrency: u32,
+    /// `VICTORIALOGS_URL`: where structured logs are shipped (`/insert/jsonline`);
+    /// `None` = stderr only.
+    pub victorialogs_url: Option<String>,
+    /// `ESB_ACCESS_KEY_ID`: access key of SigV4 requests to the Invoke API.
+    pub access_key: String,
+    /// `ESB_SECRET_ACCESS_KEY`: its secret.
+    pub secret_key: String,
+    /// `ESB_REGION` (default `ap-northeast-1`).
+    pub region: String,
+    /// Account id in ARNs and events (`ESB_ACCOUNT_ID`, default `000000000000`).
+    pub account_id: String,
+    /// `ESB_AGENTS`: agents, `;`-separated [`AgentAddr::parse`] specs (default
+    /// `unix:/run/esb/agent.sock,netns=esb-node`).
+    pub agents: Vec<AgentAddr>,
+    /// Stage name of REST (`Api`) events (`ESB_API_STAGE`, default `Prod`).
+    pub stage: String,
+    /// Capacity of the async (`Event`) queue in invocations (`ESB_EVENT_QUEUE`, default 1000).
+    pub event_queue_len: usize,
+    /// Memory bound of the async queue in bytes (`ESB_EVENT_QUEUE_BYTES`, default 64 MiB).
+    pub event_queue_bytes: usize,
+    /// First retry delay of failed async invocations (`ESB_EVENT_RETRY_DELAY_MS`, default
+    /// 1000; doubled for the second retry).
+    pub event_retry_delay: Duration,
+    /// Largest request body (`ESB_MAX_BODY_BYTES`, default 10 MiB, API Gateway's limit).
+    pub max_body: usize,
+    /// How long SIGTERM waits for in-flight requests (`ESB_DRAIN_SECONDS`, default 30).
+    pub drain_timeout: Duration,
+    /// Timeout of agent calls (`ESB_AGENT_TIMEOUT`, seconds, default 60: creating a
+    /// worker can take a while).
+    pub agent_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "0.0.0.0:443".parse().unwrap(),
+            internal_listen: Some("10.88.0.1:443".parse().unwrap()),
+            internal_netns: Some("esb-node".into()),
+            internal_url: "https://10.88.0.1:443".into(),
+            data_dir: "/var/lib/esb/gateway".into(),
+            cert_path: None,
+            key_path: None,
+            extra_sans: Vec::new(),
+            jwt_secret: String::new(),
+            api_key: String::new(),
+            auth_user: String::new(),
+            auth_pass: String::new(),
+            auth_path: "/user/auth/ver1.0".into(),
+            jwt_expires: Duration::from_secs(3600),
+            invoke_timeout: Duration::from_secs(900),
+            breaker_threshold: 5,
+            breaker_recovery: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(300),
+            heartbeat: Duration::from_secs(30),
+            orphan_grace: Duration::from_secs(60),
+            pool_acquire_timeout: Duration::from_secs(10),
+            default_concurrency: 10,
+            victorialogs_url: None,
+            access_key: String::new(),
+            secret_key: String::new(),
+            region: "ap-northeast-1".into(),
+            account_id: "000000000000".into(),
+            agents: vec![AgentAddr {
+                node_id: "node-0".into(),
+                endpoint: "unix:/run/esb/agent.sock".into(),
+                netns: Some("esb-node".into()),
+                max_workers: 0,
+            }],
+            stage: "Prod".into(),
+            event_queue_len: 1000,
+            event_queue_bytes: 64 << 20,
+            event_retry_delay: Duration::from_millis(1000),
+            max_body: 10 << 20,
+            drain_timeout: Duration::from_secs(30),
+            agent_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the settings from the process environment over the defaults.
+    pub fn from_env() -> anyhow::Result<Config> {
+        Config::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// [`Config::from_env`] with a custom lookup.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
+        let var = |k: &str| {
+            get(k)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let mut c = Config::default();
+        let secs = |k: &str, d: Duration| -> anyhow::Result<Duration> {
+            match var(k) {
+                None => Ok(d),
+                Some(v) => {
+                    let s: f64 = v
+                        .parse()
+                        .ok()
+                        .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+                        .with_context(|| format!("{k}={v:?} is not a number of seconds"))?;
+                    Ok(Duration::from_secs_f64(s))
+                }
+            }
+        };
+        let num = |k: &str, d: u64| -> anyhow::Result<u64> {
+            match var(k) {
+                None => Ok(d),
+                Some(v) => v
+                    .parse()
+                    .with_context(|| format!("{k}={v:?} is not a number")),
+            }
+        };
+        if let Some(v) = var("ESB_GATEWAY_LISTEN") {
+            c.listen = v
+                .parse()
+                .with_context(|| format!("ESB_GATEWAY_LISTEN={v:?}"))?;
+        }
+        if let Some(v) = var("GATEWAY_INTERNAL_URL") {
+            c.internal_listen = Some(internal_addr(&v)?);
+            c.internal_url = v;
+        }
+        if let Some(v) = get("ESB_GATEWAY_INTERNAL_NETNS") {
+            c.internal_netns = Some(v.trim().to_string()).filter(|s| !s.is_empty());
+        }
+        if let Some(v) = var("ESB_GATEWAY_DATA_DIR") {
+            c.data_dir = v.into();
+        }
+        c.cert_path = var("SSL_CERT_PATH").map(Into::into);
+        c.key_path = var("SSL_KEY_PATH").map(Into::into);
+        if let Some(v) = var("ESB_GATEWAY_SANS") {
+            c.extra_sans = v
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
+        c.jwt_secret = get("JWT_SECRET_KEY").unwrap_or_default();
+        c.api_key = get("X_API_KEY").unwrap_or_default();
+        c.auth_user = get("AUTH_USER").unwrap_or_default();
+        c.auth_pass = get("AUTH_PASS").unwrap_or_default();
+        if let Some(v) = var("AUTH_ENDPOINT_PATH") {
+            c.auth_path = v;
+        }
+        c.jwt_expires = secs("JWT_EXPIRES_DELTA", c.jwt_expires)?;
+        c.invoke_timeout = secs("LAMBDA_INVOKE_TIMEOUT", c.invoke_timeout)?;
+        c.breaker_threshold = num("CIRCUIT_BREAKER_THRESHOLD", c.breaker_threshold.into())? as u32;
+        c.breaker_recovery = secs("CIRCUIT_BREAKER_RECOVERY_TIMEOUT", c.breaker_recovery)?;
+        c.idle_timeout = secs("GATEWAY_IDLE_TIMEOUT_SECONDS", c.idle_timeout)?;
+        c.heartbeat = secs("HEARTBEAT_INTERVAL", c.heartbeat)?;
+        c.orphan_grace = secs("ORPHAN_GRACE_PERIOD_SECONDS", c.orphan_grace)?;
+        c.pool_acquire_timeout = secs("POOL_ACQUIRE_TIMEOUT", c.pool_acquire_timeout)?;
+        c.default_concurrency =
+            num("ESB_DEFAULT_CONCURRENCY", c.default_concurrency.into())? as u32;
+        c.victorialogs_url = var("VICTORIALOGS_URL");
+        c.access_key = get("ESB_ACCESS_KEY_ID").unwrap_or_default();
+        c.secret_key = get("ESB_SECRET_ACCESS_KEY").unwrap_or_default();
+        if let Some(v) = var("ESB_REGION") {
+            c.region = v;
+        }
+        if let Some(v) = var("ESB_ACCOUNT_ID") {
+            c.account_id = v;
+        }
+        if let Some(v) = var("ESB_AGENTS") {
+            c.agents = v
+                .split(';')
+                .filter(|s| !s.trim().is_empty())
+                .enumerate()
+                .map(|(i, s)| AgentAddr::parse(s.trim(), i))
+                .collect::<anyhow::Result<_>>()?;
+        }
+        if let Some(v) = var("ESB_API_STAGE") {
+            c.stage = v;
+        }
+        c.event_queue_len = num("ESB_EVENT_QUEUE", c.event_queue_len as u64)? as usize;
+        c.event_queue_bytes = num("ESB_EVENT_QUEUE_BYTES", c.event_queue_bytes as u64)? as usize;
+        c.event_retry_delay = Duration::from_millis(num(
+            "ESB_EVENT_RETRY_DELAY_MS",
+            c.event_retry_delay.as_millis() as u64,
+        )?);
+        c.max_body = num("ESB_MAX_BODY_BYTES", c.max_body as u64)? as usize;
+        c.drain_timeout = secs("ESB_DRAIN_SECONDS", c.drain_timeout)?;
+        c.agent_timeout = secs("ESB_AGENT_TIMEOUT", c.agent_timeout)?;
+        Ok(c)
+    }
+
+    /// Checks the settings that must hold before serving.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.jwt_secret.len() < MIN_JWT_SECRET {
+            bail!(
+                "JWT_SECRET_KEY must be at least {MIN_JWT_SECRET} bytes (it has {})",
+                self.jwt_secret.len()
+            );
+        }
+        if self.api_key.is_empty() {
+            bail!("X_API_KEY must be set");
+        }
+        if self.auth_user.is_empty() || self.auth_pass.is_empty() {
+            bail!("AUTH_USER and AUTH_PASS must be set");
+        }
+        if !self.auth_path.starts_with('/') {
+            bail!("AUTH_ENDPOINT_PATH must start with '/'");
+        }
+        if self.access_key.is_empty() || self.secret_key.is_empty() {
+            bail!("ESB_ACCESS_KEY_ID and ESB_SECRET_ACCESS_KEY must be set");
+        }
+        if self.agents.is_empty() {
+            bail!("at least one agent is needed (ESB_AGENTS)");
+        }
+        if self.cert_path.is_some() != self.key_path.is_some() {
+            bail!("SSL_CERT_PATH and SSL_KEY_PATH go together");
+        }
+        if self.breaker_threshold == 0 {
+            bail!("CIRCUIT_BREAKER_THRESHOLD must be at least 1");
+        }
+        if self.heartbeat.is_zero() {
+            bail!("HEARTBEAT_INTERVAL must be positive");
+        }
+        if self.event_queue_len == 0 {
+            bail!("ESB_EVENT_QUEUE must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// `https://10.88.0.1:443` -> `10.88.0.1:443`.
+fn internal_addr(url: &str) -> anyhow::Result<SocketAddr> {
+    let rest = url
+        .strip_prefix("https://")
+        .with_context(|| format!("GATEWAY_INTERNAL_URL={url:?} must be https://IP:PORT"))?;
+    let host = rest.trim_end_matches('/');
+    let with_port = if host.contains(':') {
+        host.to_string()
+    } else {
+        format!("{host}:443")
+    };
+    with_port
+        .parse()
+        .with_context(|| format!("GATEWAY_INTERNAL_URL={url:?} must be https://IP:PORT"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_names() {
+        let env = [
+            ("JWT_SECRET_KEY", "0123456789abcdef0123456789abcdef"),
+            ("X_API_KEY", "k"),
+            ("AUTH_USER", "u"),
+            ("AUTH_PASS", "p"),
+            ("ESB_ACCESS_KEY_ID", "a"),
+            ("ESB_SECRET_ACCESS_KEY", "s"),
+            ("CIRCUIT_BREAKER_THRESHOLD", "3"),
+            ("POOL_ACQUIRE_TIMEOUT", "2.5"),
+            ("GATEWAY_INTERNAL_URL", "https://127.0.0.1:8443"),
+            (
+                "ESB_AGENTS",
+                "http://127.0.0.1:1,node=a;unix:/x.sock,netns=esb-node,max=4",
+            ),
+        ];
+        let c = Config::from_lookup(|k| {
+            env.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        })
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.breaker_threshold, 3);
+        assert_eq!(c.pool_acquire_timeout, Duration::from_millis(2500));
+        assert_eq!(c.internal_listen, Some("127.0.0.1:8443".parse().unwrap()));
+        assert_eq!(c.agents.len(), 2);
+        assert_eq!(c.agents[0].node_id, "a");
+        assert_eq!(c.agents[1].netns.as_deref(), Some("esb-node"));
+        assert_eq!(c.agents[1].max_workers, 4);
+    }
+
+    #[test]
+    fn short_secret_refused() {
+        let c = Config {
+            jwt_secret: "short".into(),
+            api_key: "k".into(),
+            auth_user: "u".into(),
+            auth_pass: "p".into(),
+            access_key: "a".into(),
+            secret_key: "s".into(),
+            ..Config::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("JWT_SECRET_KEY"), "{e}");
+        assert!(Config::from_lookup(|k| (k == "HEARTBEAT_INTERVAL").then(|| "x".into())).is_err());
+        assert!(AgentAddr::parse("tcp://x", 0).is_err());
+    }
+}

@@ -1,0 +1,26 @@
+//! The gateway of Edge Serverless Box: an HTTPS API Gateway for the template's `Api` and
+//! `HttpApi` routes (with the seed's JWT auth), the Lambda Invoke API, per-function worker
+//! pools on one or more agents (scale to zero, provisioned concurrency, fair waiting),
+//! circuit breakers, trace ids, Prometheus metrics and structured logs.
+//!
+//! The CLI builds a [`Config`] (see its fields for the environment names) and a list of
+//! [`FunctionSpec`]s, then calls [`serve`]; tests use [`Server::bind`] to learn the bound
+//! addresses first.
+
+pub mod agents;
+pub mod auth;
+pub mod breaker;
+pub mod config;
+pub mod events;
+mod gateway;
+pub mod ids;
+pub mod logs;
+pub mod metrics;
+pub mod pool;
+pub mod routes;
+mod server;
+pub mod tls;
+
+pub use config::{AgentAddr, Config};
+pub use gateway::FunctionSpec;
+pub use server::{serve, Server};
