@@ -56,7 +56,7 @@ def start_put(path, total, sent, query=""):
     host, port = urllib.parse.urlsplit(ENDPOINT).netloc.split(":")
     sock = socket.create_connection((host, int(port)))
     target = urllib.parse.urlsplit(url)
-    head = "PUT %s%s HTTP/1.1\r\n" % (target.path, ("?" + target.query) if target.query else "")
+    head = "PUT %s%s HTTP/1.1\r\nHost: %s\r\n" % (target.path, ("?" + target.query) if target.query else "", target.netloc)
     for k, v in req.headers.items():
         head += "%s: %s\r\n" % (k, v)
     sock.sendall(head.encode() + b"\r\n")
