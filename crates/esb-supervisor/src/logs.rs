@@ -404,6 +404,13 @@ impl Target {
     }
 }
 
+enum PostError {
+    /// Worth retrying (connection, timeout, 5xx, 408, 429).
+    Failed(String),
+    /// Refused for good (other 4xx).
+    Rejected(String),
+}
+
 #[derive(Default)]
 struct Queue {
     items: VecDeque<Vec<u8>>,
@@ -519,12 +526,31 @@ impl Shipper {
             };
             let body = Bytes::from(body);
             let mut backoff = Duration::from_millis(50);
+            let mut failures = 0u32;
+            let mut report_at = 1u32;
             loop {
                 match self.post(&mut conn, body.clone()).await {
-                    Ok(()) => break,
-                    Err(e) => {
+                    Ok(()) => {
+                        if failures > 0 {
+                            eprintln!("esb-supervisor: log shipping works again");
+                        }
+                        break;
+                    }
+                    Err(PostError::Rejected(e)) => {
+                        // The endpoint refuses this batch for good (4xx): retrying cannot
+                        // help and would block every later record.
+                        eprintln!("esb-supervisor: log endpoint rejected a batch ({e}); dropped");
+                        break;
+                    }
+                    Err(PostError::Failed(e)) => {
                         conn = None;
-                        eprintln!("esb-supervisor: log shipping failed ({e}); retrying");
+                        failures += 1;
+                        if failures >= report_at {
+                            report_at = failures + 30;
+                            eprintln!(
+                                "esb-supervisor: log shipping failed ({e}); retrying (attempt {failures})"
+                            );
+                        }
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(2));
                     }
@@ -539,27 +565,30 @@ impl Shipper {
         &self,
         conn: &mut Option<SendRequest<Full<Bytes>>>,
         body: Bytes,
-    ) -> Result<(), String> {
+    ) -> Result<(), PostError> {
         if conn.as_ref().is_none_or(|c| c.is_closed()) {
-            *conn = Some(self.connect().await?);
+            *conn = Some(self.connect().await.map_err(PostError::Failed)?);
         }
         let sender = conn.as_mut().expect("connected above");
-        sender.ready().await.map_err(|e| e.to_string())?;
+        let failed = |e: String| PostError::Failed(e);
+        sender.ready().await.map_err(|e| failed(e.to_string()))?;
         let req = hyper::Request::post(self.target.path.as_str())
             .header(hyper::header::HOST, self.target.authority.as_str())
             .header(hyper::header::CONTENT_TYPE, "application/stream+json")
             .body(Full::new(body))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| failed(e.to_string()))?;
         let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
             .await
-            .map_err(|_| "timed out".to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| failed("timed out".to_string()))?
+            .map_err(|e| failed(e.to_string()))?;
         let status = resp.status();
         let _ = resp.into_body().collect().await;
         if status.is_success() {
             Ok(())
+        } else if status.is_client_error() && status != 408 && status != 429 {
+            Err(PostError::Rejected(format!("endpoint answered {status}")))
         } else {
-            Err(format!("endpoint answered {status}"))
+            Err(PostError::Failed(format!("endpoint answered {status}")))
         }
     }
 

@@ -524,14 +524,11 @@ fn log_shipping_retries_a_failing_endpoint_without_losing_records() {
 
 #[test]
 fn an_unreachable_log_endpoint_bounds_memory_and_does_not_block_exit() {
-    // A port nobody listens on (bound, then closed).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // An endpoint that never accepts a batch (a closed port could be reused by a
+    // neighbouring test; this one stays ours).
+    let logs = LogEndpoint::start_failing(usize::MAX);
     let mut sup = py()
-        .env("VICTORIALOGS_URL", &format!("http://127.0.0.1:{port}"))
+        .env("VICTORIALOGS_URL", &logs.url)
         .env("ESB_LOG_BUFFER_BYTES", "65536")
         .env("ESB_LOG_FLUSH_TIMEOUT_MS", "500")
         .start();
