@@ -125,7 +125,7 @@ impl Server {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        tracing::info!(addr = %self.local_addr(), "dynamodb listening");
+        tracing::info!(addr = %self.local_addr(), sync = store::sync_mode(), "dynamodb listening");
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         let sweeper = {
@@ -250,7 +250,10 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Byte
         }
     };
     match ops::dispatch(&state.db, op, json).await {
-        Ok(out) => respond(StatusCode::OK, serde_json::to_vec(&out).unwrap_or_default()),
+        Ok(ops::Reply::Json(out)) => {
+            respond(StatusCode::OK, serde_json::to_vec(&out).unwrap_or_default())
+        }
+        Ok(ops::Reply::Raw(bytes)) => respond(StatusCode::OK, bytes),
         Err(e) => {
             if e.status >= 500 {
                 tracing::error!(op, error = %e, "request failed");

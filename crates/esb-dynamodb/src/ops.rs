@@ -28,8 +28,32 @@ pub const MAX_BATCH_WRITE: usize = 25;
 /// Most items per transaction.
 pub const MAX_TRANSACT: usize = 100;
 
+/// A response body: JSON to serialise, or bytes already serialised (items are stored in
+/// their wire format, so reads can often copy them out without parsing).
+pub enum Reply {
+    /// A JSON value.
+    Json(Json),
+    /// Serialised JSON.
+    Raw(Vec<u8>),
+}
+
+impl From<Json> for Reply {
+    fn from(j: Json) -> Reply {
+        Reply::Json(j)
+    }
+}
+
 /// Runs one operation by its name (the part of X-Amz-Target after the dot).
-pub async fn dispatch(db: &Arc<Db>, op: &str, req: Json) -> Result<Json> {
+pub async fn dispatch(db: &Arc<Db>, op: &str, req: Json) -> Result<Reply> {
+    match op {
+        "GetItem" => get_item(db, req),
+        "Query" => query(db, req, false),
+        "Scan" => query(db, req, true),
+        _ => dispatch_json(db, op, req).await.map(Reply::Json),
+    }
+}
+
+async fn dispatch_json(db: &Arc<Db>, op: &str, req: Json) -> Result<Json> {
     if !req.is_object() {
         return Err(DdbError::serialization(
             "Start of structure or map found where not expected",
@@ -44,11 +68,8 @@ pub async fn dispatch(db: &Arc<Db>, op: &str, req: Json) -> Result<Json> {
         "UpdateTimeToLive" => update_ttl(db, req).await,
         "DescribeTimeToLive" => describe_ttl(db, req).await,
         "PutItem" => put_item(db, req).await,
-        "GetItem" => get_item(db, req).await,
         "UpdateItem" => update_item(db, req).await,
         "DeleteItem" => delete_item(db, req).await,
-        "Query" => query(db, req, false).await,
-        "Scan" => query(db, req, true).await,
         "BatchGetItem" => batch_get(db, req).await,
         "BatchWriteItem" => batch_write(db, req).await,
         "TransactWriteItems" => transact_write(db, req).await,
@@ -234,11 +255,10 @@ fn describe(conn: &Connection, meta: &TableMeta, region: &str, status: &str) -> 
 async fn describe_table(db: &Arc<Db>, req: Json) -> Result<Json> {
     let name = table_name(&req)?;
     let region = db.region.clone();
-    db.read(move |conn, cat| {
+    db.read(|conn, cat| {
         let meta = cat.get(&name).ok_or_else(|| table_missing(&name))?;
         Ok(json!({"Table": describe(conn, meta, &region, "ACTIVE")?}))
     })
-    .await
 }
 
 async fn list_tables(db: &Arc<Db>, req: Json) -> Result<Json> {
@@ -563,7 +583,7 @@ async fn put_item(db: &Arc<Db>, req: Json) -> Result<Json> {
     .await
 }
 
-async fn get_item(db: &Arc<Db>, req: Json) -> Result<Json> {
+fn get_item(db: &Arc<Db>, req: Json) -> Result<Reply> {
     let name = table_name(&req)?;
     refuse_legacy(&req)?;
     let key = item_field(&req, "Key")?;
@@ -576,22 +596,26 @@ async fn get_item(db: &Arc<Db>, req: Json) -> Result<Json> {
     }
     ph.check_unused()?;
     let projection = ex.projection;
-    db.read(move |conn, cat| {
+    db.read(|conn, cat| {
         let meta = cat.get(&name).ok_or_else(DdbError::table_not_found)?;
         meta.validate_key(&key)?;
-        let item = store::get(conn, meta, &meta.key(&key))?;
-        Ok(match item {
-            Some(i) => {
-                let i = match &projection {
-                    Some(p) => project(p, &i),
-                    None => i,
-                };
-                json!({"Item": item_to_json(&i)})
+        let Some((raw, _)) = store::get_raw(conn, meta, &meta.key(&key))? else {
+            return Ok(Reply::Json(json!({})));
+        };
+        Ok(match &projection {
+            Some(p) => {
+                let item = store::decode_item(&raw)?;
+                Reply::Json(json!({"Item": item_to_json(&project(p, &item))}))
             }
-            None => json!({}),
+            None => {
+                let mut out = Vec::with_capacity(raw.len() + 10);
+                out.extend_from_slice(b"{\"Item\":");
+                out.extend_from_slice(&raw);
+                out.push(b'}');
+                Reply::Raw(out)
+            }
         })
     })
-    .await
 }
 
 fn update_paths(u: &Update) -> Vec<Path> {
@@ -948,15 +972,15 @@ fn parse_query(req: &Json, scan: bool) -> Result<QueryPlan> {
     })
 }
 
-async fn query(db: &Arc<Db>, req: Json, scan: bool) -> Result<Json> {
+fn query(db: &Arc<Db>, req: Json, scan: bool) -> Result<Reply> {
     let plan = parse_query(&req, scan)?;
     if plan.key_cond.is_none() {
         plan.ph.check_unused()?;
     }
-    db.read(move |conn, cat| run_query(conn, cat, plan)).await
+    db.read(|conn, cat| run_query(conn, cat, plan))
 }
 
-fn run_query(conn: &Connection, cat: &Catalog, plan: QueryPlan) -> Result<Json> {
+fn run_query(conn: &Connection, cat: &Catalog, plan: QueryPlan) -> Result<Reply> {
     let meta = cat.get(&plan.name).ok_or_else(DdbError::table_not_found)?;
     let index = match &plan.index {
         Some(n) => Some(meta.index(n)?),
@@ -1067,57 +1091,92 @@ fn run_query(conn: &Connection, cat: &Catalog, plan: QueryPlan) -> Result<Json> 
         }
     }
     let count_only = plan.select == "COUNT";
+    // Without filter, projection or fetch, stored items are copied out as they are.
+    let raw_copy = plan.filter.is_none() && plan.projection.is_none() && !fetch_from_table;
+    let mut raw_items: Vec<u8> = Vec::new();
     let mut items = Vec::new();
     let mut count = 0usize;
     let mut scanned = 0usize;
     let mut size = 0usize;
-    let mut last: Option<Item> = None;
+    let mut last: Option<Vec<u8>> = None;
     let mut stopped = false;
-    store::walk(conn, meta.id, index.map(|i| i.id), &r, |stored| {
-        let mut item = stored;
-        if fetch_from_table {
-            if let Some(full) = store::get(conn, meta, &meta.key(&item))? {
-                item = full;
-            }
-        }
+    store::walk(conn, meta.id, index.map(|i| i.id), &r, |raw, sz| {
         scanned += 1;
-        size += item_size(&item);
-        if plan.filter.as_ref().is_none_or(|f| eval(f, &item)) {
+        if raw_copy {
+            size += sz;
             count += 1;
             if !count_only {
-                items.push(match &plan.projection {
-                    Some(p) => item_to_json(&project(p, &item)),
-                    None => item_to_json(&item),
-                });
+                if count > 1 {
+                    raw_items.push(b',');
+                }
+                raw_items.extend_from_slice(raw);
             }
-        }
-        let mut key = meta.key_item(&item);
-        if let Some(i) = index {
-            for ka in std::iter::once(&i.hash).chain(i.range.as_ref()) {
-                if let Some(v) = item.get(&ka.name) {
-                    key.insert(ka.name.clone(), v.clone());
+        } else {
+            let mut item = store::decode_item(raw)?;
+            let mut item_sz = sz;
+            if fetch_from_table {
+                if let Some((full, full_sz)) = store::get_raw(conn, meta, &meta.key(&item))? {
+                    item = store::decode_item(&full)?;
+                    item_sz = full_sz;
+                }
+            }
+            size += item_sz;
+            if plan.filter.as_ref().is_none_or(|f| eval(f, &item)) {
+                count += 1;
+                if !count_only {
+                    items.push(match &plan.projection {
+                        Some(p) => item_to_json(&project(p, &item)),
+                        None => item_to_json(&item),
+                    });
                 }
             }
         }
-        last = Some(key);
         if plan.limit.is_some_and(|l| scanned >= l) || size >= MAX_PAGE_SIZE {
+            last = Some(raw.to_vec());
             stopped = true;
             return Ok(false);
         }
         Ok(true)
     })?;
-    let mut out = Map::new();
-    if !count_only {
-        out.insert("Items".into(), Json::Array(items));
-    }
-    out.insert("Count".into(), json!(count));
-    out.insert("ScannedCount".into(), json!(scanned));
-    if stopped {
-        if let Some(k) = last {
-            out.insert("LastEvaluatedKey".into(), item_to_json(&k));
+    let lek = match (stopped, last) {
+        (true, Some(raw)) => {
+            let item = store::decode_item(&raw)?;
+            let mut key = meta.key_item(&item);
+            if let Some(i) = index {
+                for ka in std::iter::once(&i.hash).chain(i.range.as_ref()) {
+                    if let Some(v) = item.get(&ka.name) {
+                        key.insert(ka.name.clone(), v.clone());
+                    }
+                }
+            }
+            Some(item_to_json(&key))
         }
+        _ => None,
+    };
+    let mut out = Vec::with_capacity(raw_items.len() + 128);
+    out.push(b'{');
+    if !count_only {
+        out.extend_from_slice(b"\"Items\":[");
+        if raw_copy {
+            out.extend_from_slice(&raw_items);
+        } else {
+            for (i, it) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                serde_json::to_writer(&mut out, it)
+                    .map_err(|e| DdbError::internal(e.to_string()))?;
+            }
+        }
+        out.extend_from_slice(b"],");
     }
-    Ok(Json::Object(out))
+    out.extend_from_slice(format!("\"Count\":{count},\"ScannedCount\":{scanned}").as_bytes());
+    if let Some(k) = lek {
+        out.extend_from_slice(b",\"LastEvaluatedKey\":");
+        serde_json::to_writer(&mut out, &k).map_err(|e| DdbError::internal(e.to_string()))?;
+    }
+    out.push(b'}');
+    Ok(Reply::Raw(out))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1179,7 +1238,7 @@ async fn batch_get(db: &Arc<Db>, req: Json) -> Result<Json> {
             "Too many items requested for the BatchGetItem call",
         ));
     }
-    db.read(move |conn, cat| {
+    db.read(|conn, cat| {
         let mut responses = Map::new();
         let mut unprocessed = Map::new();
         let mut size = 0usize;
@@ -1221,7 +1280,6 @@ async fn batch_get(db: &Arc<Db>, req: Json) -> Result<Json> {
         }
         Ok(json!({"Responses": responses, "UnprocessedKeys": unprocessed}))
     })
-    .await
 }
 
 enum WriteReq {
@@ -1519,7 +1577,7 @@ async fn transact_get(db: &Arc<Db>, req: Json) -> Result<Json> {
         ph.check_unused()?;
         gets.push((table, key, projection));
     }
-    db.read(move |conn, cat| {
+    db.read(|conn, cat| {
         let mut seen = BTreeSet::new();
         for (table, key, _) in &gets {
             let meta = cat.get(table).ok_or_else(DdbError::table_not_found)?;
@@ -1543,7 +1601,6 @@ async fn transact_get(db: &Arc<Db>, req: Json) -> Result<Json> {
         }
         Ok(json!({"Responses": out}))
     })
-    .await
 }
 
 // ---------------------------------------------------------------------------------------

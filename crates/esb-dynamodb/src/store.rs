@@ -114,11 +114,26 @@ fn open(path: &Path, read_only: bool) -> Result<Connection> {
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
     if !read_only {
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "synchronous", sync_mode())?;
     }
     conn.pragma_update(None, "cache_size", -8192)?; // 8 MiB per connection
     conn.pragma_update(None, "mmap_size", 0)?;
     Ok(conn)
+}
+
+/// `synchronous` setting of the writer: FULL (the default) makes every acknowledged write
+/// survive power loss; `ESB_DYNAMODB_SYNC=normal` only fsyncs at checkpoints, which still
+/// keeps acknowledged writes across a crash of the process (kill -9) but not of the machine.
+pub fn sync_mode() -> &'static str {
+    match std::env::var("ESB_DYNAMODB_SYNC")
+        .ok()
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("normal") => "NORMAL",
+        _ => "FULL",
+    }
 }
 
 impl Db {
@@ -169,30 +184,23 @@ impl Db {
             .map_err(|_| DdbError::internal("The storage writer stopped"))?
     }
 
-    /// Runs a read job on a pooled read-only connection in a blocking thread. The job
-    /// runs inside one read transaction (a consistent snapshot).
-    pub async fn read<F>(self: &Arc<Self>, f: F) -> Result<Json>
-    where
-        F: FnOnce(&Connection, &Catalog) -> Result<Json> + Send + 'static,
-    {
-        let db = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = match db.readers.lock().expect("reader pool lock").pop() {
-                Some(c) => c,
-                None => open(&db.path, true)?,
-            };
-            let catalog = db.catalog.read().expect("catalog lock").clone();
-            conn.execute_batch("BEGIN")?;
-            let r = f(&conn, &catalog);
-            let _ = conn.execute_batch("COMMIT");
-            let mut pool = db.readers.lock().expect("reader pool lock");
-            if pool.len() < 16 {
-                pool.push(conn);
-            }
-            r
-        })
-        .await
-        .map_err(|e| DdbError::internal(format!("read task failed: {e}")))?
+    /// Runs a read job on a pooled read-only connection, inside one read transaction (a
+    /// consistent snapshot of committed data). It runs on the calling thread: SQLite reads
+    /// from the page cache take microseconds, far less than a hop to a blocking thread.
+    pub fn read<T>(&self, f: impl FnOnce(&Connection, &Catalog) -> Result<T>) -> Result<T> {
+        let conn = match self.readers.lock().expect("reader pool lock").pop() {
+            Some(c) => c,
+            None => open(&self.path, true)?,
+        };
+        let catalog = self.catalog.read().expect("catalog lock").clone();
+        conn.execute_batch("BEGIN")?;
+        let r = f(&conn, &catalog);
+        let _ = conn.execute_batch("COMMIT");
+        let mut pool = self.readers.lock().expect("reader pool lock");
+        if pool.len() < 32 {
+            pool.push(conn);
+        }
+        r
     }
 
     /// The published catalog.
@@ -339,7 +347,8 @@ pub fn create_storage(conn: &Connection, meta: &TableMeta) -> Result<()> {
     let id = meta.id;
     conn.execute_batch(&format!(
         "CREATE TABLE t{id} (h INTEGER NOT NULL, hk BLOB NOT NULL, rk BLOB NOT NULL,
-           item BLOB NOT NULL, ttl INTEGER, PRIMARY KEY (h, hk, rk)) WITHOUT ROWID;
+           item BLOB NOT NULL, sz INTEGER NOT NULL, ttl INTEGER,
+           PRIMARY KEY (h, hk, rk)) WITHOUT ROWID;
          CREATE INDEX t{id}_ttl ON t{id} (ttl) WHERE ttl IS NOT NULL;"
     ))?;
     for idx in &meta.indexes {
@@ -353,6 +362,7 @@ pub fn create_index_storage(conn: &Connection, id: i64) -> Result<()> {
     conn.execute_batch(&format!(
         "CREATE TABLE x{id} (h INTEGER NOT NULL, hk BLOB NOT NULL, rk BLOB NOT NULL,
            th INTEGER NOT NULL, thk BLOB NOT NULL, trk BLOB NOT NULL, item BLOB NOT NULL,
+           sz INTEGER NOT NULL,
            PRIMARY KEY (h, hk, rk, th, thk, trk)) WITHOUT ROWID;"
     ))?;
     Ok(())
@@ -369,14 +379,26 @@ pub fn drop_storage(conn: &Connection, meta: &TableMeta) -> Result<()> {
 
 /// Reads one item by key.
 pub fn get(conn: &Connection, meta: &TableMeta, key: &StoredKey) -> Result<Option<Item>> {
+    get_raw(conn, meta, key)?
+        .map(|(b, _)| decode_item(&b))
+        .transpose()
+}
+
+/// Reads one item by key as stored: its wire-format JSON and its DynamoDB size.
+pub fn get_raw(
+    conn: &Connection,
+    meta: &TableMeta,
+    key: &StoredKey,
+) -> Result<Option<(Vec<u8>, usize)>> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT item FROM t{} WHERE h = ?1 AND hk = ?2 AND rk = ?3",
+        "SELECT item, sz FROM t{} WHERE h = ?1 AND hk = ?2 AND rk = ?3",
         meta.id
     ))?;
-    let bytes: Option<Vec<u8>> = stmt
-        .query_row(params![key.h, key.hk, key.rk], |r| r.get(0))
-        .optional()?;
-    bytes.map(|b| decode_item(&b)).transpose()
+    Ok(stmt
+        .query_row(params![key.h, key.hk, key.rk], |r| {
+            Ok((r.get(0)?, r.get::<_, i64>(1)? as usize))
+        })
+        .optional()?)
 }
 
 fn ttl_of(meta: &TableMeta, item: &Item) -> Option<i64> {
@@ -392,7 +414,7 @@ fn ttl_of(meta: &TableMeta, item: &Item) -> Option<i64> {
 pub fn put(conn: &Connection, meta: &TableMeta, item: &Item, old: Option<&Item>) -> Result<()> {
     let key = meta.key(item);
     let mut stmt = conn.prepare_cached(&format!(
-        "INSERT OR REPLACE INTO t{} (h, hk, rk, item, ttl) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT OR REPLACE INTO t{} (h, hk, rk, item, sz, ttl) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         meta.id
     ))?;
     stmt.execute(params![
@@ -400,6 +422,7 @@ pub fn put(conn: &Connection, meta: &TableMeta, item: &Item, old: Option<&Item>)
         key.hk,
         key.rk,
         encode_item(item),
+        crate::value::item_size(item) as i64,
         ttl_of(meta, item)
     ])?;
     for idx in &meta.indexes {
@@ -425,7 +448,7 @@ pub fn insert_index_row(
     item: &Item,
 ) -> Result<()> {
     let mut stmt = conn.prepare_cached(&format!(
-        "INSERT OR REPLACE INTO x{id} (h, hk, rk, th, thk, trk, item) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+        "INSERT OR REPLACE INTO x{id} (h, hk, rk, th, thk, trk, item, sz) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
     ))?;
     stmt.execute(params![
         ik.h,
@@ -434,7 +457,8 @@ pub fn insert_index_row(
         tk.h,
         tk.hk,
         tk.rk,
-        encode_item(item)
+        encode_item(item),
+        crate::value::item_size(item) as i64
     ])?;
     Ok(())
 }
@@ -517,13 +541,13 @@ pub struct Range {
 }
 
 /// Walks the rows of a table (`index` None) or index in order, calling `f` with each
-/// stored item until it returns false.
+/// stored item (wire-format JSON) and its size until it returns false.
 pub fn walk(
     conn: &Connection,
     table_id: i64,
     index: Option<i64>,
     range: &Range,
-    mut f: impl FnMut(Item) -> Result<bool>,
+    mut f: impl FnMut(&[u8], usize) -> Result<bool>,
 ) -> Result<()> {
     let mut sql = String::with_capacity(200);
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
@@ -533,7 +557,7 @@ pub fn walk(
         Some(i) => format!("x{i}"),
         None => format!("t{table_id}"),
     };
-    sql.push_str(&format!("SELECT item FROM {tname} WHERE 1"));
+    sql.push_str(&format!("SELECT item, sz FROM {tname} WHERE 1"));
     let arg = |v: rusqlite::types::Value, args: &mut Vec<rusqlite::types::Value>| -> String {
         args.push(v);
         format!("?{}", args.len())
@@ -610,8 +634,9 @@ pub fn walk(
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
     while let Some(row) = rows.next()? {
-        let bytes: Vec<u8> = row.get(0)?;
-        if !f(decode_item(&bytes)?)? {
+        let bytes = row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?;
+        let size: i64 = row.get(1)?;
+        if !f(bytes, size as usize)? {
             break;
         }
     }
