@@ -212,24 +212,132 @@ fn trim_ascii(b: &[u8]) -> &[u8] {
     &b[start..end]
 }
 
-fn flatten(prefix: &str, v: Value, out: &mut Vec<(String, String)>) {
-    match v {
-        Value::Object(m) => {
-            for (k, v) in m {
-                let key = if prefix.is_empty() {
-                    k
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&key, v, out);
-            }
-        }
-        Value::Null => {}
-        Value::String(s) => out.push((prefix.to_string(), s)),
-        Value::Array(_) => out.push((prefix.to_string(), v.to_string())),
-        Value::Bool(b) => out.push((prefix.to_string(), b.to_string())),
-        Value::Number(n) => out.push((prefix.to_string(), n.to_string())),
+/// Deserialises a JSON value straight into flattened (name, value) pairs: nested objects
+/// join names with `.`, arrays stay JSON text, numbers and booleans become strings, nulls
+/// are dropped. No intermediate `serde_json::Value` tree.
+struct Flat<'a> {
+    prefix: &'a str,
+    out: &'a mut Vec<(String, String)>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Flat<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
     }
+}
+
+impl Flat<'_> {
+    fn push(self, v: String) {
+        self.out.push((self.prefix.to_string(), v));
+    }
+}
+
+/// A map key, borrowed from the input when it holds no escapes.
+struct Key;
+
+impl<'de> serde::de::DeserializeSeed<'de> for Key {
+    type Value = std::borrow::Cow<'de, str>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Key {
+    type Value = std::borrow::Cow<'de, str>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a string key")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Borrowed(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Owned(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Owned(v))
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Flat<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        self.push(v.to_string());
+        Ok(())
+    }
+    fn visit_string<E>(self, v: String) -> Result<(), E> {
+        self.push(v);
+        Ok(())
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+        self.push(v.to_string());
+        Ok(())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        self.push(v.to_string());
+        Ok(())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        self.push(v.to_string());
+        Ok(())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+        self.push(
+            serde_json::Number::from_f64(v)
+                .map(|n| n.to_string())
+                .unwrap_or_default(),
+        );
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_none<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut items = Vec::new();
+        while let Some(v) = seq.next_element::<Value>()? {
+            items.push(v);
+        }
+        self.push(Value::Array(items).to_string());
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(k) = map.next_key_seed(Key)? {
+            let name = if self.prefix.is_empty() {
+                k.into_owned()
+            } else {
+                format!("{}.{k}", self.prefix)
+            };
+            map.next_value_seed(Flat {
+                prefix: &name,
+                out: self.out,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses one JSON object into flattened fields.
+fn parse_object(line: &[u8]) -> Result<Vec<(String, String)>, String> {
+    use serde::de::Deserializer as _;
+    if line.first() != Some(&b'{') {
+        return Err("expected a JSON object".into());
+    }
+    let mut fields = Vec::with_capacity(16);
+    let mut de = serde_json::Deserializer::from_slice(line);
+    (&mut de)
+        .deserialize_map(Flat {
+            prefix: "",
+            out: &mut fields,
+        })
+        .and_then(|_| de.end())
+        .map_err(|e| format!("cannot parse JSON: {e}"))?;
+    Ok(fields)
 }
 
 fn name_matches(pattern: &str, name: &str) -> bool {
@@ -246,12 +354,7 @@ pub fn parse_line(
     now: i64,
     format: Format,
 ) -> Result<StoredRecord, String> {
-    let v: Value = serde_json::from_slice(line).map_err(|e| format!("cannot parse JSON: {e}"))?;
-    let Value::Object(_) = v else {
-        return Err("expected a JSON object".into());
-    };
-    let mut fields = Vec::new();
-    flatten("", v, &mut fields);
+    let mut fields = parse_object(line)?;
     fields.retain(|(k, v)| !v.is_empty() && !k.is_empty());
     if !params.ignore_fields.is_empty() {
         fields.retain(|(k, _)| !params.ignore_fields.iter().any(|p| name_matches(p, k)));
@@ -350,6 +453,20 @@ mod tests {
         assert_eq!(recs[0].get("_time"), "2024-01-01T00:00:00.000000000Z");
         assert_eq!(recs[1].get("_msg"), "b");
         assert_eq!(recs[1].get("arr"), "[1,2]");
+        let f =
+            parse_object(br#"{"a":{"b":{"c":"x\"y"},"n":null,"f":1.5,"t":true},"e\u0041":"z"}"#)
+                .unwrap();
+        assert_eq!(
+            f,
+            [
+                ("a.b.c".to_string(), "x\"y".to_string()),
+                ("a.f".into(), "1.5".into()),
+                ("a.t".into(), "true".into()),
+                ("eA".into(), "z".into())
+            ]
+        );
+        assert!(parse_object(b"[1]").is_err());
+        assert!(parse_object(b"{\"a\":1} x").is_err());
     }
 
     #[test]

@@ -24,11 +24,11 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
 use crate::logsql::Filter;
-use crate::record::{token_key, tokens, StoredRecord};
+use crate::record::{for_each_token, token_key, tokens, StoredRecord};
 
 const FRAME_MAGIC: u32 = 0x4553_4231; // "ESB1"
 const FRAME_HEADER: usize = 16;
-const IDX_MAGIC: &[u8; 8] = b"ESBIDX01";
+const IDX_MAGIC: &[u8; 8] = b"ESBIDX02";
 /// Values longer than this are not indexed (their field is then scanned in that segment).
 pub const MAX_INDEXED_VALUE: usize = 256;
 /// Largest accepted frame payload (a guard against reading garbage as a length).
@@ -201,12 +201,12 @@ fn index_record(
             }
             continue;
         }
-        for t in tokens(v) {
+        for_each_token(v, |t| {
             let key = token_key(k, t);
             if !entries[start..].iter().any(|e| e.0 == key) {
                 entries.push((key, off));
             }
-        }
+        });
     }
 }
 
