@@ -1,0 +1,802 @@
+//! Integration tests of the gateway with real functions (Python on awslambdaric, Rust on
+//! lambda_runtime) under real `esb-supervisor` processes on 127.0.0.1, started by the
+//! test scaffolding agent of `common` (stands in for the containerd agent), and real
+//! clients (boto3, an HTTPS client over HTTP/1.1 and HTTP/2).
+
+mod common;
+
+use std::time::Duration;
+
+use base64::Engine;
+use common::*;
+use esb_template::EventKind;
+use serde_json::{json, Value};
+
+fn echo_fn() -> esb_gateway::FunctionSpec {
+    let mut f = spec("echo", "python:gwfn.echo");
+    f.events = vec![
+        event(EventKind::Api, "GET", "/items/{id}", false),
+        event(EventKind::Api, "POST", "/items/{id}", false),
+        event(EventKind::Api, "ANY", "/open/{proxy+}", true),
+    ];
+    f
+}
+
+fn echo_v2_fn() -> esb_gateway::FunctionSpec {
+    let mut f = spec("echo2", "python:gwfn.echo");
+    f.events = vec![event(EventKind::HttpApi, "ANY", "/v2/{thing}", false)];
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_flow_and_errors() {
+    let b = TestBox::start(vec![echo_fn()], |_| {}).await;
+    let c = b.client();
+    let h = c.get("/health", &[]).await;
+    assert_eq!(h.status, 200);
+    assert_eq!(h.json(), json!({"status": "healthy"}));
+    assert!(h.header("x-amzn-requestid").is_some());
+    let trace = h.header("x-amzn-trace-id").unwrap();
+    assert!(
+        trace.starts_with("Root=1-") && trace.ends_with(";Sampled=1"),
+        "{trace}"
+    );
+
+    let login = |key: &'static str, pass: &'static str| {
+        let c = c.clone();
+        async move {
+            c.send(
+                "POST",
+                "/user/auth/ver1.0",
+                &[("x-api-key", key)],
+                json!({"AuthParameters": {"USERNAME": USER, "PASSWORD": pass}})
+                    .to_string()
+                    .into_bytes(),
+            )
+            .await
+        }
+    };
+    // Wrong API key: 401 without PADMA_USER_AUTHORIZED.
+    let r = login("wrong", PASS).await;
+    assert_eq!(r.status, 401);
+    assert!(r.header("padma_user_authorized").is_none());
+    // Wrong password: 401 with PADMA_USER_AUTHORIZED: true.
+    let r = login(API_KEY, "wrong").await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("padma_user_authorized").as_deref(), Some("true"));
+    // Right: an IdToken with cognito:username.
+    let token = b.token().await;
+    let claims_b64 = token.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(claims_b64)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["cognito:username"], USER);
+
+    // Routes need the token.
+    let r = c.get("/items/1", &[]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json(), json!({"message": "Unauthorized"}));
+    let r = c
+        .get("/items/1", &[("authorization", "Bearer not.a.jwt")])
+        .await;
+    assert_eq!(r.status, 401);
+    // A token signed with another key, and an expired one.
+    let other = esb_gateway::auth::Auth::new(
+        "another-secret-another-secret-another",
+        API_KEY,
+        USER,
+        PASS,
+        Duration::from_secs(60),
+    );
+    let now = now_secs() as u64;
+    let forged = format!("Bearer {}", other.issue(USER, now));
+    assert_eq!(
+        c.get("/items/1", &[("authorization", &forged)])
+            .await
+            .status,
+        401
+    );
+    let same_key =
+        esb_gateway::auth::Auth::new(JWT_SECRET, API_KEY, USER, PASS, Duration::from_secs(60));
+    let expired = format!("Bearer {}", same_key.issue(USER, now - 3600));
+    assert_eq!(
+        c.get("/items/1", &[("authorization", &expired)])
+            .await
+            .status,
+        401
+    );
+    // No worker was started for any of these.
+    assert_eq!(*b.agent.created.lock().unwrap(), 0);
+
+    let bearer = format!("Bearer {token}");
+    let r = c.get("/items/1", &[("authorization", &bearer)]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Unknown path: 404 like API Gateway; known path, other method: 405.
+    let r = c.get("/nothing/here", &[("authorization", &bearer)]).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json(), json!({"message": "Not Found"}));
+    let r = c
+        .send(
+            "DELETE",
+            "/items/1",
+            &[("authorization", &bearer)],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow").as_deref(), Some("GET, POST"));
+    // An open route needs no token.
+    let r = c.get("/open/a/b", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // Metrics and the authenticated container list.
+    let m = c.get("/metrics", &[]).await;
+    assert_eq!(m.status, 200);
+    let text = m.text();
+    assert!(
+        text.contains("esb_gateway_requests_total{function=\"echo\",status=\"200\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("esb_gateway_cold_starts_total{function=\"echo\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("esb_gateway_pool_workers{function=\"echo\",state=\"idle\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("esb_gateway_breaker_state{function=\"echo\"} 0"),
+        "{text}"
+    );
+    assert_eq!(c.get("/metrics/containers", &[]).await.status, 401);
+    let r = c
+        .get("/metrics/containers", &[("authorization", &bearer)])
+        .await;
+    assert_eq!(r.status, 200);
+    let list = r.json();
+    assert_eq!(list["containers"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list["containers"][0]["function_name"], "echo");
+    assert_eq!(list["containers"][0]["managed"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_event_field_by_field() {
+    let b = TestBox::start(vec![echo_fn()], |c| c.stage = "Prod".into()).await;
+    let token = b.token().await;
+    let bearer = format!("Bearer {token}");
+    let trace_in = "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1";
+    let r = b
+        .client()
+        .send(
+            "POST",
+            "/items/a%20b?x=1&x=2&y=%2F",
+            &[
+                ("authorization", &bearer),
+                ("x-custom", "one"),
+                ("x-custom", "two"),
+                ("user-agent", "esb-test/1"),
+                ("content-type", "application/json"),
+                ("x-amzn-trace-id", trace_in),
+            ],
+            b"{\"hello\":\"world\"}".to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The function's headers and multiValueHeaders come back.
+    assert_eq!(r.header("x-echo").as_deref(), Some("1"));
+    let multi: Vec<_> = r.headers.get_all("x-multi").iter().collect();
+    assert_eq!(multi, ["a", "b"]);
+    assert_eq!(r.header("x-amzn-trace-id").as_deref(), Some(trace_in));
+    let out = r.json();
+    let e = &out["event"];
+    assert_eq!(e["resource"], "/items/{id}");
+    assert_eq!(e["path"], "/items/a b");
+    assert_eq!(e["httpMethod"], "POST");
+    assert_eq!(e["headers"]["x-custom"], "two");
+    assert_eq!(e["multiValueHeaders"]["x-custom"], json!(["one", "two"]));
+    assert_eq!(e["headers"]["user-agent"], "esb-test/1");
+    assert_eq!(e["queryStringParameters"], json!({"x": "2", "y": "/"}));
+    assert_eq!(
+        e["multiValueQueryStringParameters"],
+        json!({"x": ["1", "2"], "y": ["/"]})
+    );
+    assert_eq!(e["pathParameters"], json!({"id": "a b"}));
+    assert_eq!(e["stageVariables"], Value::Null);
+    assert_eq!(e["body"], "{\"hello\":\"world\"}");
+    assert_eq!(e["isBase64Encoded"], false);
+    let ctx = &e["requestContext"];
+    assert_eq!(
+        ctx["requestId"],
+        r.header("x-amzn-requestid").unwrap().as_str()
+    );
+    assert_eq!(ctx["stage"], "Prod");
+    assert_eq!(ctx["resourcePath"], "/items/{id}");
+    assert_eq!(ctx["httpMethod"], "POST");
+    assert_eq!(ctx["identity"]["sourceIp"], "127.0.0.1");
+    assert_eq!(ctx["identity"]["userAgent"], "esb-test/1");
+    assert_eq!(ctx["authorizer"]["claims"]["cognito:username"], USER);
+    assert_eq!(ctx["protocol"], "HTTP/1.1");
+    let rt = ctx["requestTime"].as_str().unwrap();
+    assert_eq!(rt.len(), 26, "{rt}");
+    assert!(rt.ends_with(" +0000"));
+    assert!(ctx["requestTimeEpoch"].as_u64().unwrap() > 1_600_000_000_000);
+    // The trace reaches the function.
+    assert!(out["trace_env"]
+        .as_str()
+        .unwrap()
+        .contains("Root=1-5759e988-bd862e3fe1be46a994272793"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_event_field_by_field_over_http2() {
+    let b = TestBox::start(vec![echo_v2_fn()], |_| {}).await;
+    let token = b.token().await;
+    let bearer = format!("Bearer {token}");
+    let c = Client::with_alpn(b.addr, &b.ca, true);
+    let r = c
+        .send(
+            "PUT",
+            "/v2/thing%201?a=1&a=2&b=x",
+            &[
+                ("authorization", &bearer),
+                ("cookie", "c1=v1; c2=v2"),
+                ("x-custom", "one"),
+                ("x-custom", "two"),
+                ("user-agent", "esb-test/2"),
+            ],
+            b"plain text".to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let out = r.json();
+    let e = &out["event"];
+    assert_eq!(e["version"], "2.0");
+    assert_eq!(e["routeKey"], "ANY /v2/{thing}");
+    assert_eq!(e["rawPath"], "/v2/thing%201");
+    assert_eq!(e["rawQueryString"], "a=1&a=2&b=x");
+    assert_eq!(e["cookies"], json!(["c1=v1", "c2=v2"]));
+    assert_eq!(e["headers"]["x-custom"], "one,two");
+    assert_eq!(e["queryStringParameters"], json!({"a": "1,2", "b": "x"}));
+    assert_eq!(e["pathParameters"], json!({"thing": "thing 1"}));
+    assert_eq!(e["body"], "plain text");
+    assert_eq!(e["isBase64Encoded"], false);
+    let ctx = &e["requestContext"];
+    assert_eq!(ctx["http"]["method"], "PUT");
+    assert_eq!(ctx["http"]["path"], "/v2/thing 1");
+    assert_eq!(ctx["http"]["protocol"], "HTTP/2.0");
+    assert_eq!(ctx["http"]["sourceIp"], "127.0.0.1");
+    assert_eq!(ctx["http"]["userAgent"], "esb-test/2");
+    assert_eq!(
+        ctx["requestId"],
+        r.header("x-amzn-requestid").unwrap().as_str()
+    );
+    assert_eq!(ctx["routeKey"], "ANY /v2/{thing}");
+    assert_eq!(ctx["stage"], "$default");
+    assert_eq!(ctx["authorizer"]["jwt"]["claims"]["cognito:username"], USER);
+    assert!(ctx["timeEpoch"].as_u64().unwrap() > 1_600_000_000_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_bodies_round_trip() {
+    let mut f = spec("bin", "python:gwfn.binary");
+    f.events = vec![
+        event(EventKind::Api, "POST", "/bin", true),
+        event(EventKind::HttpApi, "POST", "/bin2", true),
+    ];
+    let b = TestBox::start(vec![f], |_| {}).await;
+    let data: Vec<u8> = (0..70_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    for path in ["/bin", "/bin2"] {
+        let r = b
+            .client()
+            .send(
+                "POST",
+                path,
+                &[("content-type", "application/octet-stream")],
+                data.clone(),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        assert_eq!(
+            r.header("content-type").as_deref(),
+            Some("application/octet-stream")
+        );
+        assert!(
+            r.body == data,
+            "{path}: body differs ({} bytes back)",
+            r.body.len()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_function_answer_is_502() {
+    let mut f = spec("bad", "python:gwfn.malformed");
+    f.events = vec![event(EventKind::Api, "GET", "/bad", true)];
+    let b = TestBox::start(vec![f], |_| {}).await;
+    let r = b.client().get("/bad", &[]).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.json(), json!({"message": "Internal server error"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoke_api_with_boto3_and_errors() {
+    let b = TestBox::start(vec![spec("rust-echo", "rust")], |_| {}).await;
+    let out = b.python(
+        r#"
+import base64, json, sys, boto3, botocore
+c = boto3.client("lambda")
+r = c.invoke(FunctionName="rust-echo", Payload=json.dumps({"k": [1, 2]}).encode())
+sync = {"status": r["StatusCode"], "payload": json.loads(r["Payload"].read()),
+        "version": r.get("ExecutedVersion"), "error": r.get("FunctionError")}
+ctx = base64.b64encode(json.dumps({"custom": {"who": "test"}}).encode()).decode()
+r = c.invoke(FunctionName="rust-echo", ClientContext=ctx, Payload=json.dumps({"action": "env"}).encode())
+env = json.loads(r["Payload"].read())
+r = c.invoke(FunctionName="rust-echo", Payload=json.dumps({"action": "error", "message": "bad"}).encode())
+err = {"error": r.get("FunctionError"), "payload": json.loads(r["Payload"].read())}
+dry = c.invoke(FunctionName="rust-echo", InvocationType="DryRun")["StatusCode"]
+ev = c.invoke(FunctionName="rust-echo", InvocationType="Event", Payload=b"{}")["StatusCode"]
+try:
+    c.invoke(FunctionName="nope", Payload=b"{}")
+    missing = None
+except botocore.exceptions.ClientError as e:
+    missing = {"code": e.response["Error"]["Code"], "status": e.response["ResponseMetadata"]["HTTPStatusCode"]}
+try:
+    c.invoke(FunctionName="rust-echo", Payload=b"{not json")
+    badjson = None
+except botocore.exceptions.ClientError as e:
+    badjson = {"code": e.response["Error"]["Code"], "status": e.response["ResponseMetadata"]["HTTPStatusCode"]}
+bad = boto3.client("lambda", aws_access_key_id="AKIAWRONG", aws_secret_access_key="x")
+try:
+    bad.invoke(FunctionName="rust-echo", Payload=b"{}")
+    wrongkey = None
+except botocore.exceptions.ClientError as e:
+    wrongkey = {"code": e.response["Error"]["Code"], "status": e.response["ResponseMetadata"]["HTTPStatusCode"]}
+print(json.dumps({"sync": sync, "env": env, "err": err, "dry": dry, "event": ev,
+                  "missing": missing, "badjson": badjson, "wrongkey": wrongkey}))
+"#,
+        &[],
+    );
+    assert_eq!(out["sync"]["status"], 200);
+    assert_eq!(out["sync"]["payload"], json!({"k": [1, 2]}));
+    assert_eq!(out["sync"]["version"], "$LATEST");
+    assert_eq!(out["sync"]["error"], Value::Null);
+    assert_eq!(out["env"]["client_context"]["custom"]["who"], "test");
+    assert!(out["env"]["trace_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("Root=1-"));
+    assert_eq!(out["err"]["error"], "Unhandled");
+    assert_eq!(out["err"]["payload"]["errorMessage"], "bad");
+    assert_eq!(out["dry"], 204);
+    assert_eq!(out["event"], 202);
+    assert_eq!(
+        out["missing"],
+        json!({"code": "ResourceNotFoundException", "status": 404})
+    );
+    assert_eq!(
+        out["badjson"],
+        json!({"code": "InvalidRequestContentException", "status": 400})
+    );
+    assert_eq!(out["wrongkey"]["code"], "UnrecognizedClientException");
+    assert_eq!(out["wrongkey"]["status"], 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_invoke_keeps_one_trace_root() {
+    let mut chain = spec("chain", "python:gwfn.chain");
+    chain.events = vec![event(EventKind::Api, "POST", "/chain", true)];
+    let target = spec("target", "python:gwfn.invoked");
+    let b = TestBox::start(vec![chain, target], |_| {}).await;
+    let record = b.dir.path().join("async-record.json");
+    let trace_in = "Root=1-65000000-0123456789abcdef01234567;Sampled=1";
+    let r = b
+        .client()
+        .send(
+            "POST",
+            "/chain",
+            &[("x-amzn-trace-id", trace_in)],
+            json!({"target": "target", "record": record.to_str().unwrap()})
+                .to_string()
+                .into_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let out = r.json();
+    let root = "Root=1-65000000-0123456789abcdef01234567";
+    assert!(out["trace_env"].as_str().unwrap().contains(root), "{out}");
+    assert_eq!(out["sync_status"], 200);
+    assert_eq!(out["async_status"], 202);
+    assert!(
+        out["sync"]["trace_env"].as_str().unwrap().contains(root),
+        "sync chain lost the trace: {out}"
+    );
+    // The async invocation runs from the gateway's queue with the same root.
+    wait_until("the async invocation", Duration::from_secs(120), || {
+        record.exists()
+    })
+    .await;
+    let rec: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    assert!(
+        rec["trace_env"].as_str().unwrap().contains(root),
+        "async chain lost the trace: {rec}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_invocations_are_retried_twice() {
+    let b = TestBox::start(vec![spec("target", "python:gwfn.invoked")], |c| {
+        c.event_retry_delay = Duration::from_millis(100);
+    })
+    .await;
+    let record = b.dir.path().join("fail-record.json");
+    let r = b
+        .client()
+        .invoke(
+            "target",
+            json!({"record": record.to_str().unwrap(), "fail": true})
+                .to_string()
+                .as_bytes(),
+            &[("x-amz-invocation-type", "Event")],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let metrics = || async { b.client().get("/metrics", &[]).await.text() };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let m = metrics().await;
+        if m.contains("esb_gateway_async_failures_total{function=\"target\"} 1") {
+            assert!(m.contains("esb_gateway_event_queue_depth 0"), "{m}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no async failure recorded: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // 1 attempt + 2 retries; every failed (Unhandled) attempt evicts its worker.
+    assert_eq!(*b.agent.created.lock().unwrap(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserved_concurrency_holds_exactly_n_workers() {
+    const N: usize = 2;
+    let mut f = spec("rust-echo", "rust");
+    f.reserved = Some(N as u32);
+    let b = TestBox::start(vec![f], |c| {
+        c.pool_acquire_timeout = Duration::from_secs(60)
+    })
+    .await;
+    let c = b.client();
+    let mut tasks = Vec::new();
+    for i in 0..4 * N {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            c.invoke(
+                "rust-echo",
+                json!({"action": "sleep", "ms": 300, "i": i})
+                    .to_string()
+                    .as_bytes(),
+                &[],
+            )
+            .await
+        }));
+    }
+    let mut max_running = 0;
+    while !tasks.iter().all(|t| t.is_finished()) {
+        max_running = max_running.max(b.agent.running_of("rust-echo"));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json(), json!("woke"));
+    }
+    assert_eq!(*b.agent.created.lock().unwrap(), N);
+    assert!(max_running <= N);
+    assert_eq!(b.agent.running_of("rust-echo"), N);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_pool_answers_429_after_the_acquire_timeout() {
+    let mut f = spec("rust-echo", "rust");
+    f.reserved = Some(1);
+    let b = TestBox::start(vec![f], |c| {
+        c.pool_acquire_timeout = Duration::from_millis(200)
+    })
+    .await;
+    let c = b.client();
+    let slow = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            c.invoke("rust-echo", br#"{"action":"sleep","ms":5000}"#, &[])
+                .await
+        })
+    };
+    wait_until("the first worker", Duration::from_secs(60), || {
+        b.agent.running_of("rust-echo") == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = c.invoke("rust-echo", b"{}", &[]).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(
+        r.header("x-amzn-errortype").as_deref(),
+        Some("TooManyRequestsException")
+    );
+    assert_eq!(slow.await.unwrap().status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_workers_scale_to_zero_and_cold_start_again() {
+    let mut f = spec("rust-echo", "rust");
+    f.events = vec![event(EventKind::HttpApi, "GET", "/hi", true)];
+    let b = TestBox::start(vec![f], |c| {
+        c.idle_timeout = Duration::from_secs(1);
+        c.heartbeat = Duration::from_millis(300);
+    })
+    .await;
+    let c = b.client();
+    assert_eq!(c.get("/hi", &[]).await.status, 200);
+    assert_eq!(b.agent.running_of("rust-echo"), 1);
+    wait_until("scale to zero", Duration::from_secs(60), || {
+        b.agent.running_of("rust-echo") == 0
+    })
+    .await;
+    let r = c.get("/hi", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(*b.agent.created.lock().unwrap(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisioned_workers_start_at_boot_and_stay() {
+    let mut f = spec("rust-echo", "rust");
+    f.provisioned = 2;
+    f.reserved = Some(3);
+    let b = TestBox::start(vec![f], |c| {
+        c.idle_timeout = Duration::from_millis(200);
+        c.heartbeat = Duration::from_millis(200);
+    })
+    .await;
+    wait_until("provisioned workers", Duration::from_secs(60), || {
+        b.agent.running_of("rust-echo") == 2
+    })
+    .await;
+    // Warm: no cold start for a request; and the janitor never goes below 2.
+    let r = b.client().invoke("rust-echo", b"{}", &[]).await;
+    assert_eq!(r.status, 200);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(b.agent.running_of("rust-echo"), 2);
+    assert_eq!(*b.agent.created.lock().unwrap(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_opens_answers_503_and_recovers() {
+    let b = TestBox::start(vec![spec("rust-echo", "rust")], |c| {
+        c.breaker_threshold = 2;
+        c.breaker_recovery = Duration::from_secs(2);
+    })
+    .await;
+    let c = b.client();
+    for _ in 0..2 {
+        let r = c.invoke("rust-echo", br#"{"action":"error"}"#, &[]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.header("x-amz-function-error").as_deref(),
+            Some("Unhandled")
+        );
+    }
+    let created = *b.agent.created.lock().unwrap();
+    let r = c.invoke("rust-echo", b"{}", &[]).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    // Open: refused without touching any worker.
+    assert_eq!(*b.agent.created.lock().unwrap(), created);
+    assert!(c
+        .get("/metrics", &[])
+        .await
+        .text()
+        .contains("esb_gateway_breaker_state{function=\"rust-echo\"} 1"));
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let r = c.invoke("rust-echo", b"{\"ok\":1}", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), json!({"ok": 1}));
+    let r = c.invoke("rust-echo", b"{}", &[]).await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn function_timeout_is_504_and_the_worker_is_replaced() {
+    let mut f = spec("sleepy", "python:gwfn.sleepy");
+    f.timeout = Duration::from_secs(1);
+    f.events = vec![event(EventKind::Api, "GET", "/sleep", true)];
+    let b = TestBox::start(vec![f], |_| {}).await;
+    let c = b.client();
+    assert_eq!(c.get("/sleep?s=0", &[]).await.status, 200);
+    let r = c.get("/sleep?s=5", &[]).await;
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(r.json(), json!({"message": "Endpoint request timed out"}));
+    let r = c.get("/sleep?s=0", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(*b.agent.created.lock().unwrap(), 2);
+    wait_until(
+        "the timed-out worker to go",
+        Duration::from_secs(60),
+        || b.agent.running_of("sleepy") == 1,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_leaves_no_orphan_workers() {
+    let mut b = TestBox::start(vec![spec("rust-echo", "rust")], |c| {
+        c.orphan_grace = Duration::from_secs(30);
+        c.heartbeat = Duration::from_millis(300);
+    })
+    .await;
+    let c = b.client();
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            c.invoke("rust-echo", br#"{"action":"sleep","ms":300}"#, &[])
+                .await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().status, 200);
+    }
+    assert_eq!(b.agent.running_of("rust-echo"), 3);
+    // A crash leaves workers behind; the next start removes them.
+    b.crash_gateway().await;
+    assert_eq!(b.agent.running_of("rust-echo"), 3);
+    b.start_gateway(vec![spec("rust-echo", "rust")], |c| {
+        c.orphan_grace = Duration::from_secs(30);
+        c.heartbeat = Duration::from_millis(300);
+    })
+    .await;
+    wait_until("leftovers removed", Duration::from_secs(60), || {
+        b.agent.running_of("rust-echo") == 0
+    })
+    .await;
+    // Orphans appearing later: old ones go, young ones are left to their grace period.
+    let old = b.agent.spawn_orphan("rust-echo", "rust", now_secs() - 3600);
+    let young = b.agent.spawn_orphan("rust-echo", "rust", now_secs());
+    wait_until("old orphan removed", Duration::from_secs(60), || {
+        !b.agent.running().contains(&old)
+    })
+    .await;
+    assert!(b.agent.running().contains(&young));
+    // A clean stop destroys the gateway's own workers.
+    let r = b.client().invoke("rust-echo", b"{}", &[]).await;
+    assert_eq!(r.status, 200);
+    b.stop_gateway().await;
+    assert_eq!(b.agent.running(), vec![young]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_errors() {
+    let mut f = echo_fn();
+    f.events
+        .push(event(EventKind::Api, "POST", "/upload", true));
+    let b = TestBox::start(vec![f, spec("rust-echo", "rust")], |_| {}).await;
+    let c = b.client();
+    // A body over API Gateway's 10 MB limit.
+    let big = vec![b'a'; 10 * 1024 * 1024 + 1];
+    let r = c.send("POST", "/upload", &[], big).await;
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json(), json!({"message": "Request Too Long"}));
+    // The Invoke API: bad JSON, unknown function, bad invocation type, bad client context,
+    // unsigned, too large.
+    let r = c.invoke("rust-echo", b"{nope", &[]).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.header("x-amzn-errortype").as_deref(),
+        Some("InvalidRequestContentException")
+    );
+    let r = c.invoke("ghost", b"{}", &[]).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        r.header("x-amzn-errortype").as_deref(),
+        Some("ResourceNotFoundException")
+    );
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("function:ghost"));
+    let r = c
+        .invoke(
+            "rust-echo",
+            b"{}",
+            &[("x-amz-invocation-type", "Sometimes")],
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.header("x-amzn-errortype").as_deref(),
+        Some("InvalidParameterValueException")
+    );
+    let r = c
+        .invoke("rust-echo", b"{}", &[("x-amz-client-context", "%%%")])
+        .await;
+    assert_eq!(r.status, 400);
+    let r = c
+        .send(
+            "POST",
+            "/2015-03-31/functions/rust-echo/invocations",
+            &[],
+            b"{}".to_vec(),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.header("x-amzn-errortype").as_deref(),
+        Some("MissingAuthenticationTokenException")
+    );
+    let r = c
+        .invoke_as("rust-echo", b"{}", &[], ACCESS_KEY, "wrong-secret")
+        .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.header("x-amzn-errortype").as_deref(),
+        Some("InvalidSignatureException")
+    );
+    let huge = format!("\"{}\"", "x".repeat(6 * 1024 * 1024));
+    let r = c.invoke("rust-echo", huge.as_bytes(), &[]).await;
+    assert_eq!(r.status, 413);
+    assert_eq!(
+        r.header("x-amzn-errortype").as_deref(),
+        Some("RequestTooLargeException")
+    );
+    // No worker was needed for any of that.
+    assert_eq!(*b.agent.created.lock().unwrap(), 0);
+    // Malformed HTTP on the TLS connection: 400, and the gateway carries on.
+    let raw = raw_tls(&b, b"GARBAGE / NOT-HTTP\r\n\r\n").await;
+    assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
+    let raw = raw_tls(
+        &b,
+        b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: zz\r\n\r\n",
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
+    // Plain HTTP on the TLS port is refused.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await;
+        assert!(!String::from_utf8_lossy(&buf).contains("healthy"));
+    }
+    assert_eq!(c.get("/health", &[]).await.status, 200);
+}
+
+async fn raw_tls(b: &TestBox, bytes: &[u8]) -> String {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(&b.ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
