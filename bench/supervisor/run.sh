@@ -4,8 +4,9 @@
 # for a Rust handler (lambda_runtime) and a Python handler (awslambdaric); plus the
 # supervisor's resident memory against the function processes' own.
 #
-#   bench/supervisor/run.sh            # N=10000 timed invocations per case, 1000 warm-up
-#   N=20000 bench/supervisor/run.sh
+#   bench/supervisor/run.sh            # N=10000 timed invocations per case, 1000 warm-up,
+#                                      # ROUNDS=3 rounds alternating the cases, medians
+#   N=20000 ROUNDS=5 bench/supervisor/run.sh
 #
 # Everything listens on 127.0.0.1 only; every process started here is stopped by PID.
 set -euo pipefail
@@ -13,6 +14,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 N=${N:-10000}
 WARMUP=${WARMUP:-1000}
+ROUNDS=${ROUNDS:-3}
 BODY=${BODY:-'{"hello":"world","items":[1,2,3],"nested":{"k":"v"}}'}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
 venv=${ESB_VENV:-/var/cache/esb/venv}
@@ -61,56 +63,54 @@ run_case() {
   local sup_rss sup_hwm fn_rss
   sup_rss=$(kib "$pid" VmRSS); sup_hwm=$(kib "$pid" VmHWM); fn_rss=$(kib "$child" VmRSS)
   kill -TERM "$pid"; wait "$pid" || true; pid=
-  echo "$res" > "$tmp/$name.json"
-  printf '%s %s %s %s %s\n' "$idle_rss" "$sup_rss" "$sup_hwm" "$fn_rss" "$res" > "$tmp/$name.mem"
+  echo "$res" > "$tmp/$name"
+  printf '%s %s %s %s\n' "$idle_rss" "$sup_rss" "$sup_hwm" "$fn_rss" > "$tmp/$name.mem"
 }
 
-echo "==> floors (handler in a loop in its own process)" >&2
-rust_floor=$("$rel/examples/floor" "$N" "$BODY")
-py_floor=$(cd crates/esb-test-functions/python && "$py" floor.py "$N" "$BODY")
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-echo "==> one loopback HTTP exchange (hyper echo server, same stack)" >&2
-"$rel/examples/http_echo" > "$tmp/echo.out" &
-pid=$!
-for _ in $(seq 100); do grep -q listening "$tmp/echo.out" && break; sleep 0.05; done
-echo_addr=$(awk '{print $2}' "$tmp/echo.out")
-http_hop=$("$rel/examples/bench_client" "$echo_addr" "$N" "$WARMUP" "$BODY")
-kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
+for round in $(seq "$ROUNDS"); do
+  echo "==> round $round/$ROUNDS" >&2
+  "$rel/examples/floor" "$N" "$BODY" > "$tmp/rust_floor.$round"
+  (cd crates/esb-test-functions/python && "$py" floor.py "$N" "$BODY") > "$tmp/python_floor.$round"
 
-echo "==> Rust handler (lambda_runtime) through the supervisor" >&2
-mkdir -p "$tmp/rust" && cp "$rel/esb-test-function" "$tmp/rust/bootstrap"
-run_case rust ESB_RUNTIME=provided.al2023 LAMBDA_TASK_ROOT="$tmp/rust"
-echo "==> Python handler (awslambdaric) through the supervisor" >&2
-run_case python ESB_RUNTIME=python3 _HANDLER=handlers.echo ESB_PYTHON="$py" \
-  LAMBDA_TASK_ROOT="$root/crates/esb-test-functions/python"
+  # One loopback HTTP exchange on the same stack (hyper echo server), for scale.
+  "$rel/examples/http_echo" > "$tmp/echo.out" &
+  pid=$!
+  for _ in $(seq 100); do grep -q listening "$tmp/echo.out" && break; sleep 0.05; done
+  echo_addr=$(awk '{print $2}' "$tmp/echo.out")
+  "$rel/examples/bench_client" "$echo_addr" "$N" "$WARMUP" "$BODY" > "$tmp/http.$round"
+  kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
 
-report() {
-  local name=$1 floor=$2
-  read -r idle rss hwm fn res < "$tmp/$name.mem"
-  local p50 p99 f50 f99
-  p50=$(field "$res" p50_us); p99=$(field "$res" p99_us)
-  f50=$(field "$floor" p50_us); f99=$(field "$floor" p99_us)
-  awk -v n="$name" -v p50="$p50" -v p99="$p99" -v f50="$f50" -v f99="$f99" 'BEGIN {
-    printf "| %s | %.1f | %.1f | %.2f | %.2f | %.1f | %.1fx |\n", n, p50, p99, f50, f99, p50 - f50, p50 / f50 }'
-  echo "$idle $rss $hwm $fn" > "$tmp/$name.rss"
-}
+  mkdir -p "$tmp/rust" && cp "$rel/esb-test-function" "$tmp/rust/bootstrap"
+  run_case "rust.$round" ESB_RUNTIME=provided.al2023 LAMBDA_TASK_ROOT="$tmp/rust"
+  run_case "python.$round" ESB_RUNTIME=python3 _HANDLER=handlers.echo ESB_PYTHON="$py" \
+    LAMBDA_TASK_ROOT="$root/crates/esb-test-functions/python"
+done
+
+# med FILE-PREFIX FIELD: median over rounds of a JSON field.
+med() { for r in $(seq "$ROUNDS"); do field "$(cat "$tmp/$1.$r")" "$2"; done | median; }
+# memcol NAME COLUMN: median over rounds of a column of NAME.ROUND.mem
+memcol() { for r in $(seq "$ROUNDS"); do awk -v c="$2" '{print $c}' "$tmp/$1.$r.mem"; done | median; }
 
 echo
-echo "N=$N timed warm invocations per case (after $WARMUP), body $(printf %s "$BODY" | wc -c) bytes, $(nproc) CPUs"
+echo "N=$N timed warm invocations per case (after $WARMUP), body $(printf %s "$BODY" | wc -c) bytes," \
+  "median of $ROUNDS rounds, $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "| handler | round trip p50 µs | p99 µs | floor p50 µs | floor p99 µs | added p50 µs | p50 / floor |"
 echo "|---|---|---|---|---|---|---|"
-report rust "$rust_floor"
-report python "$py_floor"
-awk -v p50="$(field "$http_hop" p50_us)" -v p99="$(field "$http_hop" p99_us)" 'BEGIN {
-  printf "| one HTTP exchange (hyper echo, no function) | %.1f | %.1f | | | | |\n", p50, p99 }'
+for name in rust python; do
+  awk -v n="$name" -v p50="$(med "$name" p50_us)" -v p99="$(med "$name" p99_us)" \
+    -v f50="$(med "${name}_floor" p50_us)" -v f99="$(med "${name}_floor" p99_us)" 'BEGIN {
+    printf "| %s | %.1f | %.1f | %.2f | %.2f | %.1f | %.0fx |\n", n, p50, p99, f50, f99, p50 - f50, p50 / f50 }'
+done
+awk -v p50="$(med http p50_us)" -v p99="$(med http p99_us)" 'BEGIN {
+  printf "| (scale) one HTTP exchange, hyper echo server, no function | %.1f | %.1f | | | | |\n", p50, p99 }'
 echo
-echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo
-echo "| case | supervisor RSS idle KiB | after bench KiB | peak KiB | function process RSS KiB | supervisor / function |"
+echo "| case | supervisor RSS idle KiB | after bench KiB | peak KiB | function process RSS KiB | supervisor peak / function |"
 echo "|---|---|---|---|---|---|"
 for name in rust python; do
-  read -r idle rss hwm fn < "$tmp/$name.rss"
-  awk -v n="$name" -v i="$idle" -v r="$rss" -v h="$hwm" -v f="$fn" 'BEGIN {
+  awk -v n="$name" -v i="$(memcol "$name" 1)" -v r="$(memcol "$name" 2)" -v h="$(memcol "$name" 3)" \
+    -v f="$(memcol "$name" 4)" 'BEGIN {
     printf "| %s | %d | %d | %d | %d | %.2f |\n", n, i, r, h, f, h / f }'
 done
