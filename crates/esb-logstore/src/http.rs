@@ -156,6 +156,9 @@ fn parse_limit(args: &Args, name: &str) -> Result<Option<usize>, Response> {
 }
 
 fn io_error(e: std::io::Error) -> Response {
+    if e.kind() == std::io::ErrorKind::InvalidInput {
+        return text(StatusCode::BAD_REQUEST, e.to_string());
+    }
     tracing::error!(error = %e, "log store I/O error");
     text(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -417,9 +420,21 @@ async fn select_query(State(state): State<AppState>, req: Request) -> Response {
             }
         }
     });
+    // Wait for the first chunk, so an error before any output gets a proper status.
+    let mut rx = rx;
+    let first = match rx.recv().await {
+        None => Bytes::new(),
+        Some(Ok(b)) => b,
+        Some(Err(e)) => return io_error(e),
+    };
+    let rest = streaming_body(rx).into_data_stream();
+    let body = futures::StreamExt::chain(
+        futures::stream::once(async move { Ok::<_, axum::Error>(first) }),
+        rest,
+    );
     Response::builder()
         .header(header::CONTENT_TYPE, "application/stream+json")
-        .body(streaming_body(rx))
+        .body(Body::from_stream(body))
         .unwrap()
 }
 

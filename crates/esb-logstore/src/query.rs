@@ -154,6 +154,7 @@ fn project(row: Row, names: &[String]) -> Row {
 /// A pipeline of stages that rows flow through.
 pub struct Pipeline {
     stages: Vec<Stage>,
+    error: Option<String>,
 }
 
 impl Pipeline {
@@ -177,21 +178,48 @@ impl Pipeline {
                 },
             })
             .collect();
-        Pipeline { stages }
+        Pipeline {
+            stages,
+            error: None,
+        }
     }
 
     /// Pushes a row in; false once no more input is wanted.
     pub fn push(&mut self, row: Row, out: &mut dyn FnMut(Row) -> bool) -> bool {
-        push(&mut self.stages, row, out)
+        push(&mut self.stages, row, out, &mut self.error)
     }
 
     /// Flushes accumulating stages (sort, stats) at the end of input.
     pub fn finish(&mut self, out: &mut dyn FnMut(Row) -> bool) {
-        finish(&mut self.stages, out)
+        finish(&mut self.stages, out, &mut self.error)
     }
 }
 
-fn push(stages: &mut [Stage], row: Row, out: &mut dyn FnMut(Row) -> bool) -> bool {
+/// Rows a `sort` without `limit` may hold, and groups a `stats` may hold: past these the
+/// query fails with a clear message instead of exhausting memory.
+pub const MAX_SORT_ROWS: usize = 1_000_000;
+/// See [`MAX_SORT_ROWS`].
+pub const MAX_STATS_GROUPS: usize = 1_000_000;
+
+fn sort_rows(rows: &mut [Row], keys: &[(String, bool)]) {
+    rows.sort_by(|a, b| {
+        for (k, desc) in keys.iter() {
+            let o = cmp_values(&a.field(k), &b.field(k));
+            let o = if *desc { o.reverse() } else { o };
+            if o != CmpOrdering::Equal {
+                return o;
+            }
+        }
+        CmpOrdering::Equal
+    });
+}
+
+fn push(
+    stages: &mut [Stage],
+    row: Row,
+    out: &mut dyn FnMut(Row) -> bool,
+    err: &mut Option<String>,
+) -> bool {
     let Some((first, rest)) = stages.split_first_mut() else {
         return out(row);
     };
@@ -201,19 +229,33 @@ fn push(stages: &mut [Stage], row: Row, out: &mut dyn FnMut(Row) -> bool) -> boo
                 return false;
             }
             *seen += 1;
-            let more = push(rest, row, out);
+            let more = push(rest, row, out, err);
             more && *seen < *n
         }
-        Stage::Fields(names) => push(rest, project(row, names), out),
+        Stage::Fields(names) => push(rest, project(row, names), out, err),
         Stage::Filter(f) => {
             if f.matches(&row) {
-                push(rest, row, out)
+                push(rest, row, out, err)
             } else {
                 true
             }
         }
-        Stage::Sort { rows, .. } => {
+        Stage::Sort { keys, limit, rows } => {
             rows.push(row);
+            match *limit {
+                // With a limit only the best `l` rows matter: trim now and then.
+                Some(l) if rows.len() >= 2 * l + 1024 => {
+                    sort_rows(rows, keys);
+                    rows.truncate(l);
+                }
+                None if rows.len() > MAX_SORT_ROWS => {
+                    *err = Some(format!(
+                        "sort needs more than {MAX_SORT_ROWS} rows; narrow the query or add `limit N` to the sort pipe"
+                    ));
+                    return false;
+                }
+                _ => {}
+            }
             true
         }
         Stage::Stats { by, funcs, groups } => {
@@ -224,28 +266,28 @@ fn push(stages: &mut [Stage], row: Row, out: &mut dyn FnMut(Row) -> bool) -> boo
             for (acc, f) in accs.iter_mut().zip(funcs.iter()) {
                 acc.add(f, &row);
             }
+            if groups.len() > MAX_STATS_GROUPS {
+                *err = Some(format!(
+                    "stats has more than {MAX_STATS_GROUPS} groups; group by fewer values"
+                ));
+                return false;
+            }
             true
         }
     }
 }
 
-fn finish(stages: &mut [Stage], out: &mut dyn FnMut(Row) -> bool) {
+fn finish(stages: &mut [Stage], out: &mut dyn FnMut(Row) -> bool, err: &mut Option<String>) {
+    if err.is_some() {
+        return;
+    }
     let Some((first, rest)) = stages.split_first_mut() else {
         return;
     };
     let drained: Option<Vec<Row>> = match first {
         Stage::Sort { keys, limit, rows } => {
             let mut rows = std::mem::take(rows);
-            rows.sort_by(|a, b| {
-                for (k, desc) in keys.iter() {
-                    let o = cmp_values(&a.field(k), &b.field(k));
-                    let o = if *desc { o.reverse() } else { o };
-                    if o != CmpOrdering::Equal {
-                        return o;
-                    }
-                }
-                CmpOrdering::Equal
-            });
+            sort_rows(&mut rows, keys);
             if let Some(l) = limit {
                 rows.truncate(*l);
             }
@@ -276,12 +318,12 @@ fn finish(stages: &mut [Stage], out: &mut dyn FnMut(Row) -> bool) {
     };
     if let Some(rows) = drained {
         for r in rows {
-            if !push(rest, r, out) {
+            if !push(rest, r, out, err) {
                 break;
             }
         }
     }
-    finish(rest, out)
+    finish(rest, out, err)
 }
 
 /// Runs a query, handing output rows to `out` (which returns false to stop early).
@@ -373,6 +415,9 @@ pub fn run(
         };
         let mut visit = |rec: StoredRecord| pipeline.push(rec.to_row(), &mut sink);
         store.scan(&q.filter, start, end, Order::OldestFirst, &mut visit)?;
+    }
+    if let Some(e) = pipeline.error.take() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, e));
     }
     if !stopped {
         let mut sink = |row: Row| {
@@ -584,4 +629,99 @@ pub fn hits(
             }
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logsql::parse;
+
+    fn run_rows(q: &str, rows: Vec<Row>) -> Vec<Row> {
+        let q = parse(q, 0).unwrap();
+        let mut p = Pipeline::new(&q.pipes);
+        let mut out = Vec::new();
+        for r in rows {
+            if !p.push(r, &mut |r| {
+                out.push(r);
+                true
+            }) {
+                break;
+            }
+        }
+        p.finish(&mut |r| {
+            out.push(r);
+            true
+        });
+        out
+    }
+
+    fn row(pairs: &[(&str, String)]) -> Row {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn sort_with_limit_keeps_the_best_rows_while_trimming() {
+        let rows: Vec<Row> = (0..10_000)
+            .map(|i| row(&[("n", ((i * 7919) % 10_000).to_string())]))
+            .collect();
+        let out = run_rows("* | sort by (n desc) limit 3 | fields n", rows);
+        assert_eq!(
+            out,
+            vec![
+                row(&[("n", "9999".into())]),
+                row(&[("n", "9998".into())]),
+                row(&[("n", "9997".into())])
+            ]
+        );
+    }
+
+    #[test]
+    fn stats_functions() {
+        let rows: Vec<Row> = (1..=4)
+            .map(|i| {
+                row(&[
+                    ("g", if i % 2 == 0 { "even" } else { "odd" }.into()),
+                    ("v", i.to_string()),
+                ])
+            })
+            .collect();
+        let out = run_rows(
+            "* | stats by (g) count() c, sum(v) s, min(v) lo, max(v) hi, avg(v) a, count_uniq(v) u",
+            rows,
+        );
+        assert_eq!(
+            out,
+            vec![
+                row(&[
+                    ("g", "even".into()),
+                    ("c", "2".into()),
+                    ("s", "6".into()),
+                    ("lo", "2".into()),
+                    ("hi", "4".into()),
+                    ("a", "3".into()),
+                    ("u", "2".into())
+                ]),
+                row(&[
+                    ("g", "odd".into()),
+                    ("c", "2".into()),
+                    ("s", "4".into()),
+                    ("lo", "1".into()),
+                    ("hi", "3".into()),
+                    ("a", "2".into()),
+                    ("u", "2".into())
+                ]),
+            ]
+        );
+        assert_eq!(
+            run_rows("* | stats count() n", vec![]),
+            vec![row(&[("n", "0".into())])]
+        );
+        assert_eq!(
+            run_rows("* | limit 2", vec![row(&[]), row(&[]), row(&[])]).len(),
+            2
+        );
+    }
 }

@@ -188,6 +188,21 @@ async fn retention_by_size_drops_the_oldest_first() {
     server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_by_age_drops_expired_segments() {
+    let server = TestServer::start(|c| {
+        c.segment_bytes = 4096;
+        c.retention = Retention {
+            max_age: Some(Duration::from_secs(3600)),
+            max_bytes: None,
+            check_interval: Duration::from_millis(200),
+        };
+    })
+    .await;
+    server.scenario("age_retention", &[]).await;
+    server.stop().await;
+}
+
 // ---------- kill -9 during ingestion ----------
 
 const CHILD_ENV: &str = "ESB_LOGSTORE_TEST_CHILD_DIR";

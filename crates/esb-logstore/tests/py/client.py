@@ -195,6 +195,10 @@ def scenario_ingest_and_query():
     assert rows == [{"app": "api", "hosts": "3", "levels": "2"}, {"app": "worker", "hosts": "1", "levels": "2"}], rows
     rows = q("* | limit 2")
     assert len(rows) == 2, rows
+    rows = q("level:* | sort by (_time) limit 2 | fields _msg")
+    assert rows == [{"_msg": R1}, {"_msg": R2}], rows
+    rows = q("* | stats by (level) count() n | sort by (n desc, level) | limit 2")
+    assert rows == [{"level": "info", "n": "4"}, {"level": "error", "n": "3"}], rows
 
     # hits
     r = requests.get(f"{BASE}/select/logsql/hits", params={
@@ -355,6 +359,22 @@ def scenario_retention_check():
     assert present == list(range(present[0], n)), present
     assert all(int(r["n"]) == 10 or int(r["batch"]) == present[0] for r in rows), rows
     print(f"ok kept={len(present)} of {n}")
+
+
+def scenario_age_retention():
+    """Server with max_age=1h: a batch stamped two days ago is dropped, today's stays."""
+    old = [{"_msg": f"old {i} " + "z" * 500, "k": "age"} for i in range(20)]
+    for r in old:
+        r["_time"] = "2024-01-01T00:00:00Z"
+    r = requests.post(f"{BASE}/insert/jsonline", data=jsonl(old), timeout=30)
+    assert r.status_code == 200, r.text
+    r = requests.post(f"{BASE}/insert/jsonline", data=jsonl([{"_msg": "new", "k": "age"}]), timeout=30)
+    assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 60
+    while msgs("k:age") != ["new"]:
+        assert time.monotonic() < deadline, f"old records still there: {len(msgs('k:age'))}"
+        time.sleep(0.2)
+    print("ok")
 
 
 def scenario_crash_writer():
