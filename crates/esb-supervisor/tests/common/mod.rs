@@ -28,6 +28,7 @@ pub struct Sup {
 pub struct SupBuilder {
     env: Vec<(String, String)>,
     task_root: Option<tempfile::TempDir>,
+    wrapper: Vec<String>,
 }
 
 impl SupBuilder {
@@ -47,6 +48,7 @@ impl SupBuilder {
                 ),
             ],
             task_root: None,
+            wrapper: Vec::new(),
         }
         .common()
     }
@@ -66,6 +68,7 @@ impl SupBuilder {
                 ),
             ],
             task_root: Some(dir),
+            wrapper: Vec::new(),
         }
         .common()
     }
@@ -85,9 +88,23 @@ impl SupBuilder {
         self
     }
 
+    /// Runs the supervisor under a wrapper command (e.g. `unshare --pid --fork`).
+    pub fn wrap(mut self, wrapper: &[&str]) -> SupBuilder {
+        self.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
     /// Starts the supervisor and waits until both endpoints listen.
     pub fn spawn(self) -> Sup {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_esb-supervisor"));
+        let bin = env!("CARGO_BIN_EXE_esb-supervisor");
+        let mut cmd = match self.wrapper.split_first() {
+            None => Command::new(bin),
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+        };
         cmd.env_remove("VICTORIALOGS_URL")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -150,6 +167,15 @@ impl SupBuilder {
 impl Sup {
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
+    }
+
+    /// Host pids of the children of process `pid`.
+    pub fn children_of(pid: i32) -> Vec<i32> {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
     }
 
     /// Polls `GET /health` until it reports `want` (generous deadline).
