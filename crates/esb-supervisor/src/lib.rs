@@ -43,7 +43,9 @@ pub struct Running {
 }
 
 /// Binds both endpoints and starts the runtime. Must run inside a tokio runtime with IO
-/// and time enabled (the binary uses a current-thread runtime).
+/// and time enabled (the binary uses a current-thread runtime) whose threads live as long
+/// as the supervisor: the runtime process gets `PR_SET_PDEATHSIG`, which fires when the
+/// thread that spawned it exits.
 pub async fn start(cfg: Config) -> io::Result<Running> {
     let invoke = TcpListener::bind(cfg.listen)
         .await
