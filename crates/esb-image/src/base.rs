@@ -97,6 +97,15 @@ pub fn ensure(
         return Ok(b);
     }
     fs::create_dir_all(cache_dir.join("base-images")).map_err(|e| Error::io(cache_dir, e))?;
+    // One builder at a time per base (other processes and threads wait, then reuse it).
+    let lock_path = cache_dir
+        .join("base-images")
+        .join(format!("{}.lock", kind.key()));
+    let lock = fs::File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
+    lock.lock().map_err(|e| Error::io(&lock_path, e))?;
+    if let Some(b) = cached(&dir)? {
+        return Ok(b);
+    }
     let work = tmp_path(&cache_dir.join("base-images"), &kind.key());
     let _cleanup = RemoveOnDrop(work.clone());
     fs::create_dir_all(&work).map_err(|e| Error::io(&work, e))?;

@@ -51,6 +51,9 @@ pub enum Error {
     /// An image to import is not in a supported format.
     #[error("import: {0}")]
     Import(String),
+    /// containerd refused or failed.
+    #[error(transparent)]
+    Containerd(#[from] esb_containerd::Error),
 }
 
 impl Error {
@@ -60,6 +63,36 @@ impl Error {
             source,
         }
     }
+}
+
+/// Imports images of the layout at `layout_dir` (by reference, as [`build`] named them)
+/// into the containerd at `socket`, namespace `esb-runtime`, unpacked for the overlayfs
+/// snapshotter.
+pub async fn import_to_containerd(
+    layout_dir: &Path,
+    references: &[String],
+    socket: &Path,
+) -> Result<Vec<esb_containerd::ImportedImage>, Error> {
+    let client = esb_containerd::connect(socket).await?;
+    let mut out = Vec::new();
+    for r in references {
+        let image = esb_containerd::OciImage::from_layout(layout_dir, r)?;
+        out.push(client.import(&image, r).await?);
+    }
+    Ok(out)
+}
+
+/// [`import_to_containerd`] for callers outside an async runtime.
+pub fn import_to_containerd_blocking(
+    layout_dir: &Path,
+    references: &[String],
+    socket: &Path,
+) -> Result<Vec<esb_containerd::ImportedImage>, Error> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io(socket, e))?;
+    rt.block_on(import_to_containerd(layout_dir, references, socket))
 }
 
 /// `$ESB_CACHE_DIR`, default `/var/cache/esb`: where base images are cached.
