@@ -28,6 +28,8 @@ pub(crate) struct AppState {
     pub store: Arc<Store>,
     pub config: Arc<Config>,
     pub shutdown: watch::Receiver<bool>,
+    /// Bounds how many request bodies are held in memory at once.
+    pub ingest_slots: Arc<tokio::sync::Semaphore>,
 }
 
 pub(crate) fn router(state: AppState) -> Router {
@@ -238,6 +240,12 @@ async fn do_ingest(
             "use POST to ingest logs",
         ));
     }
+    let _slot = state
+        .ingest_slots
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("semaphore never closed");
     let started = Instant::now();
     let params = ingest_params(&req);
     let encoding = req

@@ -75,6 +75,9 @@ pub struct Config {
     /// request is acknowledged, so a crash of the process loses nothing; this bounds what a
     /// power loss can take.
     pub fsync_interval: Duration,
+    /// Ingestion requests processed at once (each holds its body in memory, up to
+    /// `max_request_bytes`); more wait their turn (default 4).
+    pub max_concurrent_inserts: usize,
 }
 
 impl Default for Config {
@@ -87,6 +90,7 @@ impl Default for Config {
             max_request_bytes: 64 << 20,
             segment_bytes: 64 << 20,
             fsync_interval: Duration::from_secs(1),
+            max_concurrent_inserts: 4,
         }
     }
 }
@@ -156,6 +160,9 @@ impl Server {
             store: self.store.clone(),
             config: self.config.clone(),
             shutdown: stop_rx.clone(),
+            ingest_slots: Arc::new(tokio::sync::Semaphore::new(
+                self.config.max_concurrent_inserts.max(1),
+            )),
         };
         let app = http::router(state);
         let bg = tokio::spawn(background(
