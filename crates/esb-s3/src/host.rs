@@ -29,6 +29,9 @@ impl BoxHost {
     /// The bucket named by `host`, if it is virtual-host style.
     pub fn bucket_of<'a>(&self, host: &'a str) -> Option<&'a str> {
         let name = strip_port(host);
+        if self.bases.iter().any(|b| b == name) {
+            return None; // the endpoint itself
+        }
         for base in &self.bases {
             if let Some(bucket) = name
                 .strip_suffix(base.as_str())

@@ -374,13 +374,17 @@ where
 /// inline buffer, computing its digests: used by CopyObject and UploadPartCopy.
 pub async fn copy_range(
     store: &Arc<Store>,
-    inline: Option<Bytes>,
-    segments: Vec<Segment>,
+    data: OpenedData,
     range: std::ops::Range<u64>,
     algo: Option<Algo>,
+    to_file: bool,
 ) -> Result<Ingested, S3Error> {
-    let stream = read_stream(store.clone(), inline, segments, range);
-    ingest(store, stream, algo).await
+    let stream = read_stream(data, range);
+    if to_file {
+        ingest_file(store, stream, algo).await
+    } else {
+        ingest(store, stream, algo).await
+    }
 }
 
 /// A response body streaming `range` of the object data.
@@ -395,15 +399,60 @@ impl Stream for ChannelStream {
     }
 }
 
-/// Streams `range` of the object formed by `inline` or `segments`.
-pub fn read_stream(
-    store: Arc<Store>,
+/// Segments opened up front: once a reader holds the file descriptors, a concurrent
+/// overwrite or delete (which unlinks the files) cannot cut its stream short.
+pub struct OpenedData {
     inline: Option<Bytes>,
-    segments: Vec<Segment>,
-    range: std::ops::Range<u64>,
-) -> ChannelStream {
+    files: Vec<(Source, u64)>,
+}
+
+enum Source {
+    Open(std::fs::File),
+    /// Beyond [`MAX_OPEN_SEGMENTS`], files are opened as the stream reaches them.
+    Path(PathBuf),
+}
+
+const MAX_OPEN_SEGMENTS: usize = 256;
+
+/// Opens the data of an object for reading. `Err(NotFound)` means a concurrent writer
+/// replaced the object: reload its record and try again.
+pub async fn open_data(
+    store: &Arc<Store>,
+    inline: Option<Bytes>,
+    segments: &[Segment],
+) -> std::io::Result<OpenedData> {
+    if inline.is_some() || segments.is_empty() {
+        return Ok(OpenedData {
+            inline: Some(inline.unwrap_or_default()),
+            files: Vec::new(),
+        });
+    }
+    let list: Vec<(PathBuf, u64)> = segments
+        .iter()
+        .map(|s| (store.data_path(&s.id), s.len))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let mut files = Vec::with_capacity(list.len());
+        for (i, (path, len)) in list.into_iter().enumerate() {
+            if i < MAX_OPEN_SEGMENTS {
+                files.push((Source::Open(std::fs::File::open(&path)?), len));
+            } else {
+                files.push((Source::Path(path), len));
+            }
+        }
+        Ok(OpenedData {
+            inline: None,
+            files,
+        })
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// Streams `range` of opened object data.
+pub fn read_stream(data: OpenedData, range: std::ops::Range<u64>) -> ChannelStream {
     let (tx, rx) = mpsc::channel(4);
-    if let Some(data) = inline {
+    if let Some(data) = data.inline {
         let start = usize::try_from(range.start)
             .unwrap_or(usize::MAX)
             .min(data.len());
@@ -416,13 +465,10 @@ pub fn read_stream(
         }
         return ChannelStream { rx };
     }
-    let paths: Vec<(PathBuf, u64)> = segments
-        .iter()
-        .map(|s| (store.data_path(&s.id), s.len))
-        .collect();
+    let files = data.files;
     tokio::task::spawn_blocking(move || {
         let mut offset = 0u64; // start of the current segment within the object
-        for (path, len) in paths {
+        for (source, len) in files {
             let seg_start = offset;
             let seg_end = offset + len;
             offset = seg_end;
@@ -431,12 +477,15 @@ pub fn read_stream(
             }
             let from = range.start.max(seg_start) - seg_start;
             let to = range.end.min(seg_end) - seg_start;
-            let mut file = match std::fs::File::open(&path) {
-                Ok(f) => f,
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
-                    return;
-                }
+            let mut file = match source {
+                Source::Open(f) => f,
+                Source::Path(p) => match std::fs::File::open(&p) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                },
             };
             if from > 0 {
                 if let Err(e) = file.seek(std::io::SeekFrom::Start(from)) {

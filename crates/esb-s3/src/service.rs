@@ -66,6 +66,20 @@ impl EsbS3 {
             .await
             .map_err(|e| map_err(e, bucket, key))
     }
+
+    /// Loads an object and opens its data files. A concurrent overwrite may unlink the
+    /// files between the two steps; then the newer version is loaded instead.
+    async fn load_open(&self, bucket: &str, key: &str) -> S3Result<(StoredObject, io::OpenedData)> {
+        for _ in 0..8 {
+            let obj = self.load(bucket, key).await?;
+            match io::open_data(&self.store, obj.inline.clone(), &obj.record.segments).await {
+                Ok(data) => return Ok((obj, data)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io::internal(format!("opening object data: {e}"))),
+            }
+        }
+        Err(io::internal("the object kept changing while being opened"))
+    }
 }
 
 // ----- helpers ---------------------------------------------------------------------------
@@ -762,7 +776,7 @@ impl S3 for EsbS3 {
                 "Object versions are not supported"
             ));
         }
-        let obj = self.load(&input.bucket, &input.key).await?;
+        let (obj, opened) = self.load_open(&input.bucket, &input.key).await?;
         let rec = &obj.record;
         check_read_conditions(
             rec,
@@ -803,12 +817,7 @@ impl S3 for EsbS3 {
             )
         });
         let len = range.end - range.start;
-        let body = io::read_stream(
-            self.store.clone(),
-            obj.inline.clone(),
-            rec.segments.clone(),
-            range,
-        );
+        let body = io::read_stream(opened, range);
         let checksum_on = input
             .checksum_mode
             .as_ref()
@@ -1054,7 +1063,7 @@ impl S3 for EsbS3 {
         let input = req.input;
         let (src_bucket, src_key) = parse_copy_source(&input.copy_source)?;
         self.require_bucket(&input.bucket).await?;
-        let src = self.load(&src_bucket, &src_key).await?;
+        let (src, opened) = self.load_open(&src_bucket, &src_key).await?;
         check_read_conditions(
             &src.record,
             input.copy_source_if_match.as_ref(),
@@ -1108,14 +1117,7 @@ impl S3 for EsbS3 {
                 .and_then(|c| Algo::parse(&c.algorithm)),
         };
         let size = src.record.size;
-        let data = io::copy_range(
-            &self.store,
-            src.inline.clone(),
-            src.record.segments.clone(),
-            0..size,
-            algo,
-        )
-        .await?;
+        let data = io::copy_range(&self.store, opened, 0..size, algo, false).await?;
         let mut record = src.record.clone();
         record.last_modified_ms = now_ms();
         record.segments = data.segments();
@@ -1509,7 +1511,7 @@ impl S3 for EsbS3 {
             .blocking(move |s| s.get_upload(&b, &k, &i))
             .await
             .map_err(|e| map_err(e, &input.bucket, &input.key))?;
-        let src = self.load(&src_bucket, &src_key).await?;
+        let (src, opened) = self.load_open(&src_bucket, &src_key).await?;
         check_read_conditions(
             &src.record,
             input.copy_source_if_match.as_ref(),
@@ -1523,13 +1525,7 @@ impl S3 for EsbS3 {
             None => 0..src.record.size,
         };
         let algo = up.checksum_algorithm.as_deref().and_then(Algo::parse);
-        let stream = io::read_stream(
-            self.store.clone(),
-            src.inline.clone(),
-            src.record.segments.clone(),
-            range,
-        );
-        let data = ingest_to_file(&self.store, stream, algo).await?;
+        let data = io::copy_range(&self.store, opened, range, algo, true).await?;
         let part = PartRecord {
             size: data.size,
             etag: hex::encode(data.digests.md5),
@@ -1619,7 +1615,7 @@ impl S3 for EsbS3 {
         let build_err2 = build_err.clone();
         let result = self
             .blocking(move |s| {
-                s.complete_upload(&b, &k, &i, &cond, |up| {
+                s.complete_upload(&b, &k, &i, &cond, move |up| {
                     build_object(up, &requested).map_err(|e| {
                         *build_err2.lock().expect("lock") = Some(e);
                         StoreError::PreconditionFailed

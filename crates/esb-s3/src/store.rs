@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use redb::{
@@ -238,7 +239,63 @@ impl WriteCondition {
 
 pub struct Store {
     root: PathBuf,
-    db: Database,
+    db: Arc<Database>,
+    writer: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
+}
+
+/// Called once the batch holding a job committed (`None`) or failed (`Some(error)`).
+type Done = Box<dyn FnOnce(Option<&str>) + Send>;
+/// A write: runs inside the batch transaction; returns whether it failed fatally (an
+/// index I/O error, which aborts the whole batch) and its completion.
+type Job = Box<dyn FnOnce(&WriteTransaction) -> (bool, Done) + Send>;
+
+const MAX_BATCH: usize = 512;
+
+/// Group commit: concurrent writes share one transaction and one durable commit. Every
+/// job validates before it mutates, so a job that fails (say, NoSuchKey) leaves nothing
+/// behind in the shared transaction.
+fn writer_loop(db: Arc<Database>, jobs: std::sync::mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let txn = match db.begin_write() {
+            Ok(t) => t,
+            Err(e) => {
+                // Dropping the jobs drops their reply channels: each caller sees an error.
+                tracing::error!(%e, "index: cannot begin a write transaction");
+                continue;
+            }
+        };
+        let mut dones = Vec::with_capacity(batch.len());
+        let mut fatal = false;
+        for job in batch {
+            if fatal {
+                break; // remaining jobs are dropped: their callers get an error
+            }
+            let (f, done) = job(&txn);
+            fatal |= f;
+            dones.push(done);
+        }
+        let outcome = if fatal {
+            let _ = txn.abort();
+            Some("index write failed; the batch was rolled back".to_owned())
+        } else {
+            txn.commit()
+                .err()
+                .map(|e| format!("index commit failed: {e}"))
+        };
+        if let Some(e) = &outcome {
+            tracing::error!(error = %e, "index write batch failed");
+        }
+        for done in dones {
+            done(outcome.as_deref());
+        }
+    }
 }
 
 impl Store {
@@ -262,9 +319,17 @@ impl Store {
             txn.open_table(BUCKETS)?;
             txn.commit()?;
         }
+        let db = Arc::new(db);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let writer_db = db.clone();
+        std::thread::Builder::new()
+            .name("esb-s3-index-writer".into())
+            .spawn(move || writer_loop(writer_db, rx))
+            .context("starting the index writer thread")?;
         let store = Store {
             root: root.to_owned(),
             db,
+            writer: std::sync::Mutex::new(tx),
         };
         let removed = store
             .collect_garbage()
@@ -342,24 +407,40 @@ impl Store {
         }
     }
 
-    fn write<T>(&self, f: impl FnOnce(&WriteTransaction) -> StoreResult<T>) -> StoreResult<T> {
-        let txn = self.db.begin_write()?;
-        match f(&txn) {
-            Ok(v) => {
-                txn.commit()?;
-                Ok(v)
-            }
-            Err(e) => {
-                txn.abort()?;
-                Err(e)
-            }
-        }
+    /// Runs `f` in the next group-commit batch and waits until that batch is durable.
+    fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<StoreResult<T>>(1);
+        let job: Job = Box::new(move |txn| {
+            let result = f(txn);
+            let fatal = matches!(result, Err(StoreError::Internal(_)));
+            let done: Done = Box::new(move |batch_error| {
+                let out = match batch_error {
+                    Some(e) => Err(StoreError::Internal(anyhow::anyhow!("{e}"))),
+                    None => result,
+                };
+                let _ = tx.send(out);
+            });
+            (fatal, done)
+        });
+        let sent = self
+            .writer
+            .lock()
+            .map_err(|_| internal_err("writer lock poisoned"))?
+            .send(job);
+        sent.map_err(|_| internal_err("the index writer stopped"))?;
+        rx.recv()
+            .map_err(|_| internal_err("the index write batch failed"))?
     }
 
     // ----- buckets -----------------------------------------------------------------
 
     pub fn create_bucket(&self, name: &str, region: &str, now_ms: i64) -> StoreResult<()> {
-        self.write(|txn| {
+        let (name, region) = (name.to_owned(), region.to_owned());
+        self.write(move |txn| {
+            let (name, region) = (name.as_str(), region.as_str());
             let mut t = txn.open_table(BUCKETS)?;
             if t.get(name)?.is_some() {
                 return Err(StoreError::BucketExists);
@@ -397,7 +478,9 @@ impl Store {
 
     /// Deletes an empty bucket; its unfinished multipart uploads go with it.
     pub fn delete_bucket(&self, name: &str) -> StoreResult<()> {
-        let dropped = self.write(|txn| {
+        let name = name.to_owned();
+        let dropped = self.write(move |txn| {
+            let name = name.as_str();
             let mut t = txn.open_table(BUCKETS)?;
             if t.get(name)?.is_none() {
                 return Err(StoreError::NoSuchBucket);
@@ -453,7 +536,9 @@ impl Store {
         cond: &WriteCondition,
     ) -> StoreResult<Vec<Segment>> {
         let value = encode_object(record, inline)?;
-        let old = self.write(|txn| {
+        let (bucket, key, cond) = (bucket.to_owned(), key.to_owned(), cond.clone());
+        let old = self.write(move |txn| {
+            let (bucket, key) = (bucket.as_str(), key.as_str());
             let name = obj_table(bucket);
             require_bucket(txn, bucket)?;
             let mut t = txn.open_table(TableDefinition::<&str, &[u8]>::new(&name))?;
@@ -475,7 +560,9 @@ impl Store {
         key: &str,
         tags: Vec<(String, String)>,
     ) -> StoreResult<()> {
-        self.write(|txn| {
+        let (bucket, key) = (bucket.to_owned(), key.to_owned());
+        self.write(move |txn| {
+            let (bucket, key) = (bucket.as_str(), key.as_str());
             require_bucket(txn, bucket)?;
             let name = obj_table(bucket);
             let mut t = txn.open_table(TableDefinition::<&str, &[u8]>::new(&name))?;
@@ -497,7 +584,13 @@ impl Store {
         key: &str,
         if_match: Option<&str>,
     ) -> StoreResult<Vec<Segment>> {
-        self.write(|txn| {
+        let (bucket, key, if_match) = (
+            bucket.to_owned(),
+            key.to_owned(),
+            if_match.map(str::to_owned),
+        );
+        self.write(move |txn| {
+            let (bucket, key, if_match) = (bucket.as_str(), key.as_str(), if_match.as_deref());
             require_bucket(txn, bucket)?;
             let name = obj_table(bucket);
             let mut t = txn.open_table(TableDefinition::<&str, &[u8]>::new(&name))?;
@@ -587,7 +680,9 @@ impl Store {
         rec: &UploadRecord,
     ) -> StoreResult<()> {
         let value = to_json(rec)?;
-        self.write(|txn| {
+        let (bucket, key, upload_id) = (bucket.to_owned(), key.to_owned(), upload_id.to_owned());
+        self.write(move |txn| {
+            let (bucket, key, upload_id) = (bucket.as_str(), key.as_str(), upload_id.as_str());
             require_bucket(txn, bucket)?;
             let name = mpu_table(bucket);
             let mut t = txn.open_table(TableDefinition::<(&str, &str), &[u8]>::new(&name))?;
@@ -619,7 +714,9 @@ impl Store {
         number: u32,
         part: PartRecord,
     ) -> StoreResult<Option<Segment>> {
-        self.write(|txn| {
+        let (bucket, key, upload_id) = (bucket.to_owned(), key.to_owned(), upload_id.to_owned());
+        self.write(move |txn| {
+            let (bucket, key, upload_id) = (bucket.as_str(), key.as_str(), upload_id.as_str());
             require_bucket(txn, bucket)?;
             let name = mpu_table(bucket);
             let mut t = txn.open_table(TableDefinition::<(&str, &str), &[u8]>::new(&name))?;
@@ -640,7 +737,9 @@ impl Store {
         key: &str,
         upload_id: &str,
     ) -> StoreResult<Vec<Segment>> {
-        self.write(|txn| {
+        let (bucket, key, upload_id) = (bucket.to_owned(), key.to_owned(), upload_id.to_owned());
+        self.write(move |txn| {
+            let (bucket, key, upload_id) = (bucket.as_str(), key.as_str(), upload_id.as_str());
             require_bucket(txn, bucket)?;
             let name = mpu_table(bucket);
             let mut t = txn.open_table(TableDefinition::<(&str, &str), &[u8]>::new(&name))?;
@@ -661,22 +760,30 @@ impl Store {
         key: &str,
         upload_id: &str,
         cond: &WriteCondition,
-        build: impl FnOnce(&UploadRecord) -> StoreResult<ObjectRecord>,
+        build: impl FnOnce(&UploadRecord) -> StoreResult<ObjectRecord> + Send + 'static,
     ) -> StoreResult<(ObjectRecord, Vec<Segment>)> {
-        self.write(|txn| {
+        let (bucket, key, upload_id, cond) = (
+            bucket.to_owned(),
+            key.to_owned(),
+            upload_id.to_owned(),
+            cond.clone(),
+        );
+        self.write(move |txn| {
+            let (bucket, key, upload_id) = (bucket.as_str(), key.as_str(), upload_id.as_str());
             require_bucket(txn, bucket)?;
-            let up: UploadRecord = {
-                let name = mpu_table(bucket);
-                let mut t = txn.open_table(TableDefinition::<(&str, &str), &[u8]>::new(&name))?;
-                let removed = t
-                    .remove((key, upload_id))?
-                    .map(|v| from_json::<UploadRecord>(v.value()));
-                match removed {
-                    Some(up) => up?,
-                    None => return Err(StoreError::NoSuchUpload),
-                }
+            // Validate everything first: a failure must leave the batch transaction untouched.
+            let mpu_name = mpu_table(bucket);
+            let mut uploads =
+                txn.open_table(TableDefinition::<(&str, &str), &[u8]>::new(&mpu_name))?;
+            let found = uploads
+                .get((key, upload_id))?
+                .map(|v| from_json::<UploadRecord>(v.value()));
+            let up = match found {
+                Some(up) => up?,
+                None => return Err(StoreError::NoSuchUpload),
             };
             let record = build(&up)?;
+            let value = encode_object(&record, &[])?;
             let name = obj_table(bucket);
             let mut t = txn.open_table(TableDefinition::<&str, &[u8]>::new(&name))?;
             let current = match t.get(key)? {
@@ -684,7 +791,8 @@ impl Store {
                 None => None,
             };
             cond.check(current.as_ref().map(|c| &c.record))?;
-            t.insert(key, encode_object(&record, &[])?.as_slice())?;
+            uploads.remove((key, upload_id))?;
+            t.insert(key, value.as_slice())?;
             let used: HashSet<&str> = record.segments.iter().map(|s| s.id.as_str()).collect();
             let mut unused: Vec<Segment> = up
                 .parts
@@ -747,6 +855,10 @@ fn require_bucket_read(txn: &redb::ReadTransaction, bucket: &str) -> StoreResult
         return Err(StoreError::NoSuchBucket);
     }
     Ok(())
+}
+
+fn internal_err(msg: &str) -> StoreError {
+    StoreError::Internal(anyhow::anyhow!("{msg}"))
 }
 
 fn store_anyhow(e: StoreError) -> anyhow::Error {
