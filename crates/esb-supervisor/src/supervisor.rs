@@ -484,14 +484,6 @@ impl Supervisor {
         } else {
             (Some(caller), None)
         };
-        self.logs.platform(
-            &inv.log_ctx,
-            &format!(
-                "START RequestId: {} Version: {}",
-                inv.id, self.cfg.function_version
-            ),
-            vec![("type", "platform.start".into())],
-        );
         st.inflight = Some(Inflight {
             inv: inv.clone(),
             accepted: Instant::now(),
@@ -529,6 +521,16 @@ impl Supervisor {
             mut rx,
             caller,
         } = acc;
+        // Written here rather than in `accept`: this task runs after the event has gone
+        // to the runtime, so the line is off the invocation's critical path.
+        self.logs.platform(
+            &inv.log_ctx,
+            &format!(
+                "START RequestId: {} Version: {}",
+                inv.id, self.cfg.function_version
+            ),
+            vec![("type", "platform.start".into())],
+        );
         let done = match tokio::time::timeout_at(inv.deadline.into(), &mut rx).await {
             Ok(r) => r.ok(),
             Err(_) => {
