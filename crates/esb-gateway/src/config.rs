@@ -121,6 +121,9 @@ pub struct Config {
     /// `VICTORIALOGS_URL`: where structured logs are shipped (`/insert/jsonline`);
     /// `None` = stderr only.
     pub victorialogs_url: Option<String>,
+    /// Whether log records are also written to stderr (`ESB_GATEWAY_LOG_STDERR`, default
+    /// true; `0` turns it off).
+    pub log_stderr: bool,
     /// `ESB_ACCESS_KEY_ID`: access key of SigV4 requests to the Invoke API.
     pub access_key: String,
     /// `ESB_SECRET_ACCESS_KEY`: its secret.
@@ -176,6 +179,7 @@ impl Default for Config {
             pool_acquire_timeout: Duration::from_secs(10),
             default_concurrency: 10,
             victorialogs_url: None,
+            log_stderr: true,
             access_key: String::new(),
             secret_key: String::new(),
             region: "ap-northeast-1".into(),
@@ -274,6 +278,9 @@ impl Config {
         c.default_concurrency =
             num("ESB_DEFAULT_CONCURRENCY", c.default_concurrency.into())? as u32;
         c.victorialogs_url = var("VICTORIALOGS_URL");
+        if let Some(v) = var("ESB_GATEWAY_LOG_STDERR") {
+            c.log_stderr = !matches!(v.as_str(), "0" | "false" | "no");
+        }
         c.access_key = get("ESB_ACCESS_KEY_ID").unwrap_or_default();
         c.secret_key = get("ESB_SECRET_ACCESS_KEY").unwrap_or_default();
         if let Some(v) = var("ESB_REGION") {

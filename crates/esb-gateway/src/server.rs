@@ -124,7 +124,7 @@ impl Server {
             }
         };
         let metrics = Metrics::new();
-        let stderr = std::env::var_os("ESB_GATEWAY_QUIET").is_none();
+        let stderr = config.log_stderr;
         let (logger, log_task) = Logger::new(
             config.victorialogs_url.clone(),
             stderr,

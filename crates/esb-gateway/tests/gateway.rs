@@ -800,3 +800,105 @@ async fn raw_tls(b: &TestBox, bytes: &[u8]) -> String {
     let _ = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await;
     String::from_utf8_lossy(&buf).into_owned()
 }
+
+/// A stand-in log store that records what is POSTed to `/insert/jsonline`.
+async fn capture_server() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use http_body_util::BodyExt;
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let store = lines.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                return;
+            };
+            let store = store.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let store = store.clone();
+                        async move {
+                            let ok = req.uri().path() == "/insert/jsonline";
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            if ok {
+                                for l in String::from_utf8_lossy(&body).lines() {
+                                    store.lock().unwrap().push(l.to_string());
+                                }
+                            }
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::new()),
+                            ))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, lines)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_shipped_and_shutdown_drains_in_flight_requests() {
+    let (log_addr, lines) = capture_server().await;
+    let mut b = TestBox::start(vec![spec("rust-echo", "rust")], |c| {
+        c.victorialogs_url = Some(format!("http://{log_addr}"));
+    })
+    .await;
+    let c = b.client();
+    let r = c.invoke("rust-echo", b"{}", &[]).await;
+    assert_eq!(r.status, 200);
+    let rid = r.header("x-amzn-requestid").unwrap();
+    let trace = r.header("x-amzn-trace-id").unwrap();
+    let root = trace
+        .split(';')
+        .next()
+        .unwrap()
+        .trim_start_matches("Root=")
+        .to_string();
+    wait_until("the access record", Duration::from_secs(60), || {
+        lines.lock().unwrap().iter().any(|l| l.contains(&rid))
+    })
+    .await;
+    let rec: Value = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|v| v["request_id"] == rid.as_str())
+        .unwrap();
+    assert_eq!(rec["kind"], "access");
+    assert_eq!(rec["trace_id"], root.as_str());
+    assert_eq!(rec["function"], "rust-echo");
+    assert_eq!(rec["status"], 200);
+    assert_eq!(rec["service"], "esb-gateway");
+    assert!(rec["_time"].as_str().unwrap().ends_with('Z'));
+
+    // SIGTERM-like stop while a request runs: it completes, then the workers go.
+    let slow = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            c.invoke("rust-echo", br#"{"action":"sleep","ms":1500}"#, &[])
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    b.stop_gateway().await;
+    let r = slow.await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), json!("woke"));
+    assert!(b.agent.running().is_empty(), "{:?}", b.agent.running());
+    wait_until("the stop record", Duration::from_secs(30), || {
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("gateway stopped"))
+    })
+    .await;
+}

@@ -431,6 +431,7 @@ pub fn base_config(dir: &Path, agent: SocketAddr) -> Config {
             max_workers: 0,
         }],
         event_retry_delay: Duration::from_millis(200),
+        log_stderr: std::env::var_os("ESB_TEST_VERBOSE").is_some(),
         ..Config::default()
     }
 }
