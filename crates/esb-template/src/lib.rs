@@ -257,3 +257,74 @@ mod tests {
         assert!(parse_parameter_overrides("novalue").is_err());
     }
 }
+
+/// A template parameter as declared (for `esb init`, which asks for each value).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ParameterSpec {
+    /// Name.
+    pub name: String,
+    /// `Type`.
+    pub param_type: String,
+    /// `Default`, as text (lists joined with commas).
+    pub default: Option<String>,
+    /// `Description`.
+    pub description: Option<String>,
+    /// `AllowedValues`.
+    pub allowed_values: Vec<String>,
+}
+
+/// The parameters declared by the template at `path`, in order.
+pub fn parameter_specs(path: &Path) -> Result<Vec<ParameterSpec>, Error> {
+    let src = std::fs::read_to_string(path)
+        .map_err(|e| Error::plain(0, format!("cannot read the template: {e}")).in_file(path))?;
+    let root = yaml::parse(&src)
+        .map_err(|e| Error::plain(e.line, format!("syntax error: {}", e.message)).in_file(path))?;
+    let mut out = Vec::new();
+    for (name, def) in root
+        .get("Parameters")
+        .and_then(yaml::Node::as_map)
+        .unwrap_or_default()
+    {
+        let text = |k: &str| {
+            def.get(k).and_then(|n| match &n.value {
+                yaml::Value::Seq(items) => Some(
+                    items
+                        .iter()
+                        .filter_map(yaml::Node::scalar_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
+                _ => n.scalar_string(),
+            })
+        };
+        out.push(ParameterSpec {
+            name: name.clone(),
+            param_type: text("Type").unwrap_or_else(|| "String".into()),
+            default: text("Default"),
+            description: text("Description"),
+            allowed_values: def
+                .get("AllowedValues")
+                .and_then(yaml::Node::as_seq)
+                .map(|s| s.iter().filter_map(yaml::Node::scalar_string).collect())
+                .unwrap_or_default(),
+        });
+    }
+    Ok(out)
+}
+
+/// Renders a `generator.yml` that [`load_generator`] reads back: `stack_name` and the
+/// `parameters:` map (values quoted as YAML strings).
+pub fn render_generator(stack_name: &str, parameters: &IndexMap<String, String>) -> String {
+    let q = |s: &str| serde_json::to_string(s).expect("a string serialises");
+    let mut out = String::from("# Written by `esb init`: values for the template's parameters.\n");
+    out.push_str(&format!("stack_name: {}\n", q(stack_name)));
+    if parameters.is_empty() {
+        out.push_str("parameters: {}\n");
+    } else {
+        out.push_str("parameters:\n");
+        for (k, v) in parameters {
+            out.push_str(&format!("  {k}: {}\n", q(v)));
+        }
+    }
+    out
+}

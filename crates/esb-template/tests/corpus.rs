@@ -135,3 +135,30 @@ fn command_line_overrides_win_over_generator() {
         t.warnings
     );
 }
+
+#[test]
+fn init_helpers_round_trip_through_generator_yml() {
+    let dir = corpus_dir().join("conditions-mappings");
+    let specs = esb_template::parameter_specs(&dir.join("template.yaml")).unwrap();
+    let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["Env", "EnableReports", "Subnets", "WorkerMemory"]);
+    assert_eq!(specs[0].allowed_values, ["staging", "production"]);
+    assert_eq!(specs[2].param_type, "CommaDelimitedList");
+    assert_eq!(specs[3].default.as_deref(), Some("384"));
+
+    // Defaults (what a non-interactive `esb init` writes), one changed, read back.
+    let mut values: indexmap::IndexMap<String, String> = specs
+        .iter()
+        .map(|s| (s.name.clone(), s.default.clone().unwrap_or_default()))
+        .collect();
+    values.insert("Env".into(), "production".into());
+    let text = esb_template::render_generator("my-app", &values);
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("generator.yml"), &text).unwrap();
+    let o = esb_template::load_generator(&tmp.path().join("generator.yml")).unwrap();
+    assert_eq!(o.stack_name.as_deref(), Some("my-app"));
+    assert_eq!(o.parameters, values);
+    let t = esb_template::load(&dir.join("template.yaml"), &o).unwrap();
+    assert_eq!(t.functions[0].name, "acme-ingest-production");
+    assert!(t.buckets.iter().any(|b| b.name == "data-production"));
+}
