@@ -234,3 +234,44 @@ fn provided_runtime_dry_run_and_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn python_requirements_go_to_their_own_layer() {
+    esb_testkit::require_root();
+    let app = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(app.path().join("fn")).unwrap();
+    std::fs::write(
+        app.path().join("fn/app.py"),
+        "import six\n\ndef handler(e, c):\n    return six.PY3\n",
+    )
+    .unwrap();
+    std::fs::write(app.path().join("fn/requirements.txt"), "six==1.16.0\n").unwrap();
+    std::fs::write(
+        app.path().join("template.yaml"),
+        "Resources:\n  Fn:\n    Type: AWS::Serverless::Function\n    Properties:\n      CodeUri: fn\n      Handler: app.handler\n      Runtime: python3.11\n",
+    )
+    .unwrap();
+    let t = load(app.path());
+    let out = tempfile::tempdir().unwrap();
+    let opts = options(&t, out.path(), &fake_supervisor(app.path()));
+    let (r, _) = build(&t, &opts);
+    let whats: Vec<&str> = r.images[0].layers.iter().map(|l| l.what.as_str()).collect();
+    assert_eq!(&whats[1..], ["deps Fn", "code Fn", "supervisor"]);
+    let deps = layer_entries(out.path(), &r.images[0].layers[1].digest);
+    assert!(deps.iter().any(|(p, _)| p == "var/task/six.py"), "{deps:?}");
+
+    // A code change leaves the dependencies alone.
+    std::fs::write(
+        app.path().join("fn/app.py"),
+        "def handler(e, c):\n    return 1\n",
+    )
+    .unwrap();
+    let (r2, _) = build(&t, &opts);
+    let rebuilt: Vec<&str> = r2.images[0]
+        .layers
+        .iter()
+        .filter(|l| l.rebuilt)
+        .map(|l| l.what.as_str())
+        .collect();
+    assert_eq!(rebuilt, ["code Fn"]);
+}
