@@ -80,18 +80,26 @@ impl Conn {
         Conn { sender }
     }
 
+    /// One request; a transport error counts as status 0 and reconnects.
     async fn call(&mut self, t: &Target, op: &str, body: &Value) -> (u16, Value) {
-        let resp = self
-            .sender
-            .send_request(t.request(op, body))
-            .await
-            .expect("request");
-        let status = resp.status().as_u16();
-        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
+        let result = async {
+            self.sender.ready().await?;
+            let resp = self.sender.send_request(t.request(op, body)).await?;
+            let status = resp.status().as_u16();
+            let bytes = resp.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((
+                status,
+                serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            ))
+        }
+        .await;
+        match result {
+            Ok(r) => r,
+            Err(e) => {
+                *self = Conn::open(&t.host).await;
+                (0, Value::String(e.to_string()))
+            }
+        }
     }
 }
 

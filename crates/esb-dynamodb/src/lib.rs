@@ -177,6 +177,18 @@ impl Server {
     }
 }
 
+/// A unique request id: a random per-process prefix and a counter (cheaper than a UUID per
+/// request).
+fn request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix =
+        PREFIX.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..20].to_uppercase());
+    format!("{prefix}{:016X}", COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
 fn respond(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
@@ -185,9 +197,7 @@ fn respond(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
         "content-type",
         http::HeaderValue::from_static("application/x-amz-json-1.0"),
     );
-    if let Ok(v) =
-        http::HeaderValue::from_str(&uuid::Uuid::new_v4().simple().to_string().to_uppercase())
-    {
+    if let Ok(v) = http::HeaderValue::from_str(&request_id()) {
         h.insert("x-amzn-requestid", v);
     }
     r

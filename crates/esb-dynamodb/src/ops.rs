@@ -567,7 +567,12 @@ async fn put_item(db: &Arc<Db>, req: Json) -> Result<Json> {
     db.write(move |ctx| {
         let meta = ctx.table(&name)?;
         meta.validate_item_key(&item)?;
-        let old = store::get(ctx.conn, &meta, &meta.key(&item))?;
+        // The old item is needed only for a condition, ReturnValues or index maintenance.
+        let old = if cond.is_none() && !return_old && meta.indexes.is_empty() {
+            None
+        } else {
+            store::get(ctx.conn, &meta, &meta.key(&item))?
+        };
         if let Some(c) = &cond {
             if !eval(c, old.as_ref().unwrap_or(&Item::new())) {
                 return Err(condition_failed(old.as_ref(), rvcf));
@@ -596,7 +601,7 @@ fn get_item(db: &Arc<Db>, req: Json) -> Result<Reply> {
     }
     ph.check_unused()?;
     let projection = ex.projection;
-    db.read(|conn, cat| {
+    db.read_one(|conn, cat| {
         let meta = cat.get(&name).ok_or_else(DdbError::table_not_found)?;
         meta.validate_key(&key)?;
         let Some((raw, _)) = store::get_raw(conn, meta, &meta.key(&key))? else {

@@ -188,14 +188,34 @@ impl Db {
     /// consistent snapshot of committed data). It runs on the calling thread: SQLite reads
     /// from the page cache take microseconds, far less than a hop to a blocking thread.
     pub fn read<T>(&self, f: impl FnOnce(&Connection, &Catalog) -> Result<T>) -> Result<T> {
+        self.read_with(true, f)
+    }
+
+    /// [`Db::read`] for jobs that run a single statement, which sees a consistent snapshot
+    /// on its own (no explicit transaction).
+    pub fn read_one<T>(&self, f: impl FnOnce(&Connection, &Catalog) -> Result<T>) -> Result<T> {
+        self.read_with(false, f)
+    }
+
+    fn read_with<T>(
+        &self,
+        transaction: bool,
+        f: impl FnOnce(&Connection, &Catalog) -> Result<T>,
+    ) -> Result<T> {
         let conn = match self.readers.lock().expect("reader pool lock").pop() {
             Some(c) => c,
             None => open(&self.path, true)?,
         };
         let catalog = self.catalog.read().expect("catalog lock").clone();
-        conn.execute_batch("BEGIN")?;
+        if transaction {
+            conn.prepare_cached("BEGIN")?.execute([])?;
+        }
         let r = f(&conn, &catalog);
-        let _ = conn.execute_batch("COMMIT");
+        if transaction {
+            let _ = conn
+                .prepare_cached("COMMIT")
+                .and_then(|mut s| s.execute([]));
+        }
         let mut pool = self.readers.lock().expect("reader pool lock");
         if pool.len() < 32 {
             pool.push(conn);

@@ -278,7 +278,10 @@ fn parsers_never_panic_on_generated_input() {
         accepted[0] > CASES / 20,
         "few conditions parsed: {accepted:?}"
     );
-    assert!(accepted[1] > CASES / 100, "few updates parsed: {accepted:?}");
+    assert!(
+        accepted[1] > CASES / 100,
+        "few updates parsed: {accepted:?}"
+    );
     assert!(accepted[2] > 0, "no projection parsed: {accepted:?}");
 }
 
