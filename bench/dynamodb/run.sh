@@ -47,7 +47,7 @@ n=$((big_mb * 1024 / 4))   # 4 KiB items
 "$loadgen" 127.0.0.1:18104 load big "$n" 4000 64 >"$work/load.json"
 pid=${pids[-1]}
 peak=0
-"$loadgen" 127.0.0.1:18104 get big 16 "$secs" "$((n / 64))" >/dev/null &
+"$loadgen" 127.0.0.1:18104 get big 16 "$secs" "$n" 64 >"$work/big-get.json" &
 lg=$!
 while kill -0 "$lg" 2>/dev/null; do
   rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
@@ -55,7 +55,7 @@ while kill -0 "$lg" 2>/dev/null; do
   sleep 0.2
 done
 wait "$lg" || true
-"$loadgen" 127.0.0.1:18104 query big 16 "$secs" "$((n / 64))" >/dev/null &
+"$loadgen" 127.0.0.1:18104 query big 16 "$secs" "$n" 64 >"$work/big-query.json" &
 lg=$!
 while kill -0 "$lg" 2>/dev/null; do
   rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")

@@ -5,7 +5,7 @@
 //! ```text
 //! loadgen ENDPOINT setup TABLE                         create the table (pk S, sk N)
 //! loadgen ENDPOINT load TABLE ITEMS ITEM_BYTES [PARTS] BatchWriteItem ITEMS items
-//! loadgen ENDPOINT put|get|query TABLE CLIENTS SECONDS ITEMS
+//! loadgen ENDPOINT put|get|query TABLE CLIENTS SECONDS ITEMS [PARTS]
 //! ```
 //! Prints one JSON line per run with the operation count and ops/s.
 
@@ -190,6 +190,7 @@ async fn main() {
             let clients: u64 = args[3].parse().unwrap();
             let seconds: f64 = args[4].parse().unwrap();
             let items: u64 = args[5].parse().unwrap();
+            let parts: u64 = args.get(6).map(|s| s.parse().unwrap()).unwrap_or(1);
             let stop = Arc::new(AtomicBool::new(false));
             let count = Arc::new(AtomicU64::new(0));
             let errors = Arc::new(AtomicU64::new(0));
@@ -214,14 +215,17 @@ async fn main() {
                                 ("PutItem", json!({"TableName": table, "Item": it}))
                             }
                             "get" => {
+                                // Items were loaded with sk = i in partition p{i % PARTS}.
                                 let i = x % items;
-                                ("GetItem", json!({"TableName": table, "Key": {"pk": {"S": "p0"}, "sk": {"N": i.to_string()}}}))
+                                let pk = format!("p{}", i % parts);
+                                ("GetItem", json!({"TableName": table, "Key": {"pk": {"S": pk}, "sk": {"N": i.to_string()}}}))
                             }
                             _ => {
-                                let start = x % items.saturating_sub(100).max(1);
+                                let pk = format!("p{}", x % parts);
+                                let start = (x >> 8) % items.saturating_sub(100 * parts).max(1);
                                 ("Query", json!({"TableName": table, "Limit": 100,
                                     "KeyConditionExpression": "pk = :p AND sk >= :s",
-                                    "ExpressionAttributeValues": {":p": {"S": "p0"}, ":s": {"N": start.to_string()}}}))
+                                    "ExpressionAttributeValues": {":p": {"S": pk}, ":s": {"N": start.to_string()}}}))
                             }
                         };
                         let (s, out) = c.call(&t, name, &body).await;

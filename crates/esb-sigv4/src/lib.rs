@@ -95,6 +95,9 @@ impl fmt::Display for AuthError {
 
 impl std::error::Error for AuthError {}
 
+/// A derived signing key and the credential scope it belongs to.
+type CachedKey = (String, Vec<u8>);
+
 /// Checks requests against one credential pair.
 #[derive(Clone)]
 pub struct Verifier {
@@ -104,6 +107,8 @@ pub struct Verifier {
     service: Option<String>,
     max_skew: Duration,
     double_encode_path: bool,
+    /// The last derived signing key, by credential scope (it changes once a day).
+    key_cache: std::sync::Arc<std::sync::Mutex<Option<CachedKey>>>,
 }
 
 impl fmt::Debug for Verifier {
@@ -144,6 +149,7 @@ impl Verifier {
             service: None,
             max_skew: Duration::from_secs(15 * 60),
             double_encode_path: true,
+            key_cache: Default::default(),
         }
     }
 
@@ -297,7 +303,7 @@ impl Verifier {
             "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
             hex::encode(Sha256::digest(canonical.as_bytes()))
         );
-        let key = signing_key(&self.secret_key, &auth.date, &auth.region, &auth.service);
+        let key = self.cached_key(&scope, &auth);
         let expected = hex::encode(hmac(&key, string_to_sign.as_bytes()));
         if constant_time_eq(
             expected.as_bytes(),
@@ -307,6 +313,20 @@ impl Verifier {
         } else {
             Err(AuthError::SignatureDoesNotMatch)
         }
+    }
+}
+
+impl Verifier {
+    fn cached_key(&self, scope: &str, auth: &ParsedAuthorization) -> Vec<u8> {
+        let mut cache = self.key_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((s, k)) = cache.as_ref() {
+            if s == scope {
+                return k.clone();
+            }
+        }
+        let key = signing_key(&self.secret_key, &auth.date, &auth.region, &auth.service);
+        *cache = Some((scope.to_owned(), key.clone()));
+        key
     }
 }
 
