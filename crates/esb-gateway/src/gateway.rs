@@ -768,6 +768,23 @@ impl Gateway {
             match failure {
                 None => {
                     self.metrics.queue_depth.dec();
+                    self.logger.log(
+                        "info",
+                        "async invocation",
+                        [
+                            ("kind".to_string(), json!("async")),
+                            ("status".to_string(), json!("ok")),
+                            ("function".to_string(), json!(f.spec.name)),
+                            ("request_id".to_string(), json!(job.request_id)),
+                            (
+                                "trace_id".to_string(),
+                                json!(crate::ids::trace_root(&job.trace)),
+                            ),
+                            ("attempt".to_string(), json!(attempt + 1)),
+                        ]
+                        .into_iter()
+                        .collect(),
+                    );
                     return;
                 }
                 Some(e) => {
@@ -776,9 +793,13 @@ impl Gateway {
                         "async invocation failed",
                         [
                             ("kind".to_string(), json!("async")),
+                            ("status".to_string(), json!("error")),
                             ("function".to_string(), json!(f.spec.name)),
                             ("request_id".to_string(), json!(job.request_id)),
-                            ("trace_id".to_string(), json!(job.trace)),
+                            (
+                                "trace_id".to_string(),
+                                json!(crate::ids::trace_root(&job.trace)),
+                            ),
                             ("attempt".to_string(), json!(attempt + 1)),
                             ("error".to_string(), json!(e)),
                         ]
