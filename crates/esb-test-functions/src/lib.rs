@@ -5,8 +5,9 @@
 //!   is the `bootstrap` of a `provided.*` function.
 //! - `python/handlers.py`: Python handlers for awslambdaric (`handlers.echo`,
 //!   `handlers.raise_exception`, …) and `python/init_error.py`, whose import fails.
+//! - `shell/bootstrap`: a custom runtime in shell with curl, as in AWS's tutorial.
 //!
-//! [`rust_function`] and [`python_dir`] locate them from a test.
+//! [`rust_function`], [`python_dir`] and [`shell_dir`] locate them from a test.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -79,6 +80,11 @@ pub fn echo(event: Value) -> Value {
 /// Directory of the Python handlers (the `LAMBDA_TASK_ROOT` of Python test functions).
 pub fn python_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("python")
+}
+
+/// Directory holding the shell custom runtime's `bootstrap` (a `LAMBDA_TASK_ROOT`).
+pub fn shell_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("shell")
 }
 
 /// Path of the built `esb-test-function` binary, next to the calling test's executable

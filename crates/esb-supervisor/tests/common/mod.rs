@@ -21,6 +21,8 @@ pub struct Sup {
     pub api: SocketAddr,
     pub stdout: Arc<Mutex<Vec<String>>>,
     pub stderr: Arc<Mutex<Vec<String>>>,
+    /// One message per output pipe at its end of file.
+    eof: mpsc::Receiver<()>,
     _task_root: Option<tempfile::TempDir>,
 }
 
@@ -45,6 +47,23 @@ impl SupBuilder {
                     esb_test_functions::python_dir()
                         .to_string_lossy()
                         .into_owned(),
+                ),
+            ],
+            task_root: None,
+            wrapper: Vec::new(),
+        }
+        .common()
+    }
+
+    /// A custom runtime whose `bootstrap` is in `task_root`.
+    pub fn provided(task_root: &Path) -> SupBuilder {
+        SupBuilder {
+            env: vec![
+                ("ESB_RUNTIME".into(), "provided.al2023".into()),
+                ("_HANDLER".into(), "function.handler".into()),
+                (
+                    "LAMBDA_TASK_ROOT".into(),
+                    task_root.to_string_lossy().into_owned(),
                 ),
             ],
             task_root: None,
@@ -114,12 +133,15 @@ impl SupBuilder {
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
+        let (eof_tx, eof) = mpsc::channel();
         let out = child.stdout.take().unwrap();
         let lines = stdout.clone();
+        let eof_out = eof_tx.clone();
         thread::spawn(move || {
             for l in BufReader::new(out).lines().map_while(Result::ok) {
                 lines.lock().unwrap().push(l);
             }
+            let _ = eof_out.send(());
         });
         let err = child.stderr.take().unwrap();
         let lines = stderr.clone();
@@ -138,6 +160,7 @@ impl SupBuilder {
                 }
                 lines.lock().unwrap().push(l);
             }
+            let _ = eof_tx.send(());
         });
         let (addr, api) = match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(a) => a,
@@ -152,6 +175,7 @@ impl SupBuilder {
             api,
             stdout,
             stderr,
+            eof,
             _task_root: self.task_root,
         }
     }
@@ -211,10 +235,17 @@ impl Sup {
         self.wait_exit(Duration::from_secs(30))
     }
 
+    /// Waits for the process to exit and for its output to be read to the end.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if let Some(st) = self.child.try_wait().unwrap() {
+                for _ in 0..2 {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    self.eof
+                        .recv_timeout(left.max(Duration::from_secs(1)))
+                        .expect("the supervisor's output never ended");
+                }
                 return st.code();
             }
             thread::sleep(Duration::from_millis(10));
