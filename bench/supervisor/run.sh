@@ -21,6 +21,9 @@ venv=${ESB_VENV:-/var/cache/esb/venv}
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/python" -c 'import awslambdaric' 2>/dev/null || "$venv/bin/pip" install -q awslambdaric
 py=$venv/bin/python
+# The runtime name matches the interpreter (python3.12+ makes awslambdaric poll in a thread,
+# as on Lambda).
+pyrt=python$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 
 echo "==> building (release; the supervisor as shipped: static, stripped)" >&2
 RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_DEBUG=false \
@@ -84,7 +87,7 @@ for round in $(seq "$ROUNDS"); do
 
   mkdir -p "$tmp/rust" && cp "$rel/esb-test-function" "$tmp/rust/bootstrap"
   run_case "rust.$round" ESB_RUNTIME=provided.al2023 LAMBDA_TASK_ROOT="$tmp/rust"
-  run_case "python.$round" ESB_RUNTIME=python3 _HANDLER=handlers.echo ESB_PYTHON="$py" \
+  run_case "python.$round" ESB_RUNTIME="$pyrt" _HANDLER=handlers.echo ESB_PYTHON="$py" \
     LAMBDA_TASK_ROOT="$root/crates/esb-test-functions/python"
 done
 
