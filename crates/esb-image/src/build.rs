@@ -273,7 +273,9 @@ pub fn build(
             progress(&Progress::Warning(w.clone()));
             warnings.push(w);
         }
-        let mut tasks = vec![Task::Base(base.key())];
+        // Bottom to top by how rarely they change, so that a code change alters only the
+        // top layer's chain id (one layer to unpack in containerd).
+        let mut tasks = vec![Task::Base(base.key()), Task::Supervisor];
         for l in &f.layers {
             match l {
                 LayerRef::Resource(id) => tasks.push(Task::Layer(id.clone())),
@@ -301,7 +303,6 @@ pub fn build(
             }
         }
         tasks.push(Task::Code(f.logical_id.clone()));
-        tasks.push(Task::Supervisor);
         plans.push(Plan {
             function: f,
             runtime,

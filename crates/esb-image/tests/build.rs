@@ -34,7 +34,7 @@ fn python_function_with_layer_image_layout_and_config() {
     assert!(whats[0].starts_with("base python3.11"), "{whats:?}");
     assert_eq!(
         &whats[1..],
-        ["layer GreetingLayer", "code HelloFunction", "supervisor"]
+        ["supervisor", "layer GreetingLayer", "code HelloFunction"]
     );
 
     // index.json names both images; the manifest and config are what the runtime needs.
@@ -68,14 +68,14 @@ fn python_function_with_layer_image_layout_and_config() {
     assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), 4);
 
     // Layer contents: the layer under /opt, the code under /var/task, the supervisor.
-    let layer = layer_entries(out.path(), &hello.layers[1].digest);
+    let layer = layer_entries(out.path(), &hello.layers[2].digest);
     assert!(
         layer.iter().any(|(p, _)| p == "opt/python/greeting.py"),
         "{layer:?}"
     );
-    let code = layer_entries(out.path(), &hello.layers[2].digest);
+    let code = layer_entries(out.path(), &hello.layers[3].digest);
     assert!(code.iter().any(|(p, _)| p == "var/task/app.py"), "{code:?}");
-    let sup_layer = layer_entries(out.path(), &hello.layers[3].digest);
+    let sup_layer = layer_entries(out.path(), &hello.layers[1].digest);
     assert!(
         sup_layer.contains(&("usr/local/bin/esb-supervisor".to_string(), 0o755)),
         "{sup_layer:?}"
@@ -153,7 +153,7 @@ fn no_change_rebuilds_nothing_and_one_file_rebuilds_one_layer_of_one_image() {
     );
 
     // Touching a file without changing it rebuilds the layer to the same digest.
-    let before = hello.layers[2].digest.clone();
+    let before = hello.layers[3].digest.clone();
     std::thread::sleep(std::time::Duration::from_millis(20));
     std::fs::write(
         app.path().join("src/app.py"),
@@ -166,7 +166,7 @@ fn no_change_rebuilds_nothing_and_one_file_rebuilds_one_layer_of_one_image() {
         .iter()
         .find(|i| i.function == "HelloFunction")
         .unwrap();
-    assert_eq!(hello2.layers[2].digest, before);
+    assert_eq!(hello2.layers[3].digest, before);
     assert!(!hello2.changed);
 
     // --no-cache rebuilds every layer but the base, to the same digests.
@@ -201,7 +201,7 @@ fn provided_runtime_dry_run_and_errors() {
         base.iter().any(|(p, _)| p.ends_with("libc.so.6")),
         "{base:?}"
     );
-    let code = layer_entries(&out.path().join("layout"), &img.layers[1].digest);
+    let code = layer_entries(&out.path().join("layout"), &img.layers[2].digest);
     assert!(
         code.contains(&("var/task/bootstrap".to_string(), 0o644))
             || code.iter().any(|(p, _)| p == "var/task/bootstrap")
@@ -256,8 +256,8 @@ fn python_requirements_go_to_their_own_layer() {
     let opts = options(&t, out.path(), &fake_supervisor(app.path()));
     let (r, _) = build(&t, &opts);
     let whats: Vec<&str> = r.images[0].layers.iter().map(|l| l.what.as_str()).collect();
-    assert_eq!(&whats[1..], ["deps Fn", "code Fn", "supervisor"]);
-    let deps = layer_entries(out.path(), &r.images[0].layers[1].digest);
+    assert_eq!(&whats[1..], ["supervisor", "deps Fn", "code Fn"]);
+    let deps = layer_entries(out.path(), &r.images[0].layers[2].digest);
     assert!(deps.iter().any(|(p, _)| p == "var/task/six.py"), "{deps:?}");
 
     // A code change leaves the dependencies alone.

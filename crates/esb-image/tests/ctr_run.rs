@@ -239,5 +239,24 @@ fn built_images_run_under_ctr_and_answer_invocations() {
             serde_json::json!({"hello": "rust"})
         );
     }
+
+    // Editing the Python function's code: one layer rebuilt, one blob set written, one
+    // layer unpacked on re-import (the code layer is on top).
+    std::fs::write(
+        py.path().join("src/app.py"),
+        std::fs::read_to_string(py.path().join("src/app.py")).unwrap() + "\n# edited\n",
+    )
+    .unwrap();
+    let (py_again, _) = build(&py_t, &options(&py_t, layout.path(), &supervisor));
+    assert_eq!(py_again.layers_built, 1);
+    let again = rt
+        .block_on(esb_image::import_to_containerd(
+            layout.path(),
+            std::slice::from_ref(&py_ref),
+            &socket,
+        ))
+        .expect("re-import");
+    assert_eq!(again[0].layers_unpacked, 1, "{again:?}");
+    assert_eq!(again[0].blobs_written, 3, "{again:?}"); // code layer, config, manifest
     containerd.stop().unwrap();
 }
