@@ -217,7 +217,7 @@ async fn lookup(url: &str, ids: &[String]) -> anyhow::Result<()> {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut times = Vec::new();
     for id in ids {
-        for round in 0..3 {
+        for round in 0..11 {
             let body = form_urlencoded::Serializer::new(String::new())
                 .append_pair("query", &format!("trace_id:=\"{id}\""))
                 .finish();

@@ -50,6 +50,11 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/select/logsql/field_values", any(select_field_values))
         .route("/select/logsql/streams", any(select_streams))
         .route("/select/logsql/tail", any(select_tail))
+        .route("/select/logsql/stats_query", any(select_stats_query))
+        .route(
+            "/select/logsql/stats_query_range",
+            any(select_stats_query_range),
+        )
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }
@@ -580,6 +585,84 @@ async fn select_field_values(State(state): State<AppState>, req: Request) -> Res
 
 async fn select_streams(State(state): State<AppState>, req: Request) -> Response {
     values_endpoint(state, req, Some("_stream")).await
+}
+
+fn prom(result_type: &str, result: Vec<query::Series>) -> Response {
+    json(
+        StatusCode::OK,
+        &serde_json::json!({"status": "success", "data": {"resultType": result_type, "result": result}}),
+    )
+}
+
+async fn select_stats_query(State(state): State<AppState>, req: Request) -> Response {
+    let args = match select_args(req, state.config.max_request_bytes).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let now = now_nanos();
+    let time = match args.get("time").map(|t| (t, parse_time_arg(t, now))) {
+        None => now,
+        Some((_, Some(t))) => t,
+        Some((t, None)) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("cannot parse time arg {t:?}"),
+            )
+        }
+    };
+    // Relative times in the query (`_time:1h`) count back from `time`.
+    let query = match logsql::parse(args.get("query").unwrap_or("*"), time) {
+        Ok(q) => q,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let start = match args.get("start").map(|v| (v, parse_time_arg(v, now))) {
+        None => i64::MIN,
+        Some((_, Some(t))) => t,
+        Some((v, None)) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("cannot parse start arg {v:?}"),
+            )
+        }
+    };
+    let store = state.store.clone();
+    match blocking(move || query::stats_query(&store, &query, start, time.saturating_add(1))).await
+    {
+        Ok(r) => prom("vector", r),
+        Err(r) => r,
+    }
+}
+
+async fn select_stats_query_range(State(state): State<AppState>, req: Request) -> Response {
+    let args = match select_args(req, state.config.max_request_bytes).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let sel = match parse_select(&args) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let step = match args.get("step").map(|s| (s, parse_duration(s))) {
+        None => 86_400_000_000_000,
+        Some((_, Some(d))) if d > 0 => d,
+        Some((s, _)) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("cannot parse step arg {s:?}: want a positive duration such as 1m"),
+            )
+        }
+    };
+    let end = if sel.end == i64::MAX {
+        sel.now.saturating_add(1)
+    } else {
+        sel.end
+    };
+    let store = state.store.clone();
+    match blocking(move || query::stats_query_range(&store, &sel.query, sel.start, end, step)).await
+    {
+        Ok(r) => prom("matrix", r),
+        Err(r) => r,
+    }
 }
 
 async fn select_tail(State(state): State<AppState>, req: Request) -> Response {

@@ -631,6 +631,137 @@ pub fn hits(
         .collect())
 }
 
+/// One series of `/select/logsql/stats_query{,_range}` (Prometheus data format).
+#[derive(Debug, serde::Serialize, PartialEq)]
+pub struct Series {
+    /// `__name__` (the stats result name) and the `by (...)` labels.
+    pub metric: BTreeMap<String, String>,
+    /// Instant queries: `[unix_seconds, "value"]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<(serde_json::Value, String)>,
+    /// Range queries: `[[unix_seconds, "value"], ...]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub values: Option<Vec<(serde_json::Value, String)>>,
+}
+
+/// Unix seconds as Prometheus prints them: an integer when whole, else a fraction.
+fn unix_seconds(nanos: i64) -> serde_json::Value {
+    if nanos % 1_000_000_000 == 0 {
+        serde_json::Value::from(nanos / 1_000_000_000)
+    } else {
+        serde_json::Value::from(nanos as f64 / 1e9)
+    }
+}
+
+/// The labels and result names of a query's last `stats` pipe, if it has one.
+pub fn stats_shape(q: &Query) -> Option<(Vec<String>, Vec<String>)> {
+    q.pipes.iter().rev().find_map(|p| match p {
+        Pipe::Stats { by, funcs } => {
+            Some((by.clone(), funcs.iter().map(|f| f.name.clone()).collect()))
+        }
+        _ => None,
+    })
+}
+
+fn series_of(
+    row: &Row,
+    by: &[String],
+    names: &[String],
+) -> Vec<(BTreeMap<String, String>, String)> {
+    names
+        .iter()
+        .filter(|n| row.iter().any(|(k, _)| k == *n))
+        .map(|n| {
+            let mut m: BTreeMap<String, String> = by
+                .iter()
+                .map(|b| (b.clone(), row.field(b).into_owned()))
+                .filter(|(_, v)| !v.is_empty())
+                .collect();
+            m.insert("__name__".into(), n.clone());
+            (m, row.field(n).into_owned())
+        })
+        .collect()
+}
+
+/// `/select/logsql/stats_query`: the stats of `q` over `[start, time)`, as an instant vector.
+pub fn stats_query(store: &Store, q: &Query, start: i64, time: i64) -> io::Result<Vec<Series>> {
+    let (by, names) = stats_shape(q).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the query must contain a `stats` pipe",
+        )
+    })?;
+    let mut out = Vec::new();
+    run(store, q, start, time, None, &mut |row| {
+        for (metric, v) in series_of(&row, &by, &names) {
+            out.push(Series {
+                metric,
+                value: Some((unix_seconds(time), v)),
+                values: None,
+            });
+        }
+        true
+    })?;
+    Ok(out)
+}
+
+/// `/select/logsql/stats_query_range`: the stats of `q` per `step` bucket of `[start, end)`,
+/// as a range matrix.
+pub fn stats_query_range(
+    store: &Store,
+    q: &Query,
+    start: i64,
+    end: i64,
+    step: i64,
+) -> io::Result<Vec<Series>> {
+    let (by, names) = stats_shape(q).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the query must contain a `stats` pipe",
+        )
+    })?;
+    let step = step.max(1);
+    let origin = if start == i64::MIN { 0 } else { start };
+    let mut buckets: BTreeMap<i64, Pipeline> = BTreeMap::new();
+    let mut error = None;
+    let mut visit = |rec: StoredRecord| {
+        let b = (rec.time - origin).div_euclid(step) * step + origin;
+        let p = buckets.entry(b).or_insert_with(|| Pipeline::new(&q.pipes));
+        p.push(rec.to_row(), &mut |_| true);
+        if let Some(e) = p.error.take() {
+            error = Some(e);
+            return false;
+        }
+        if buckets.len() > 11_000 {
+            error = Some("more than 11000 steps in the range; use a bigger step".to_string());
+            return false;
+        }
+        true
+    };
+    store.scan(&q.filter, start, end, Order::OldestFirst, &mut visit)?;
+    if let Some(e) = error {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, e));
+    }
+    let mut series: BTreeMap<BTreeMap<String, String>, Vec<(serde_json::Value, String)>> =
+        BTreeMap::new();
+    for (t, mut p) in buckets {
+        p.finish(&mut |row| {
+            for (metric, v) in series_of(&row, &by, &names) {
+                series.entry(metric).or_default().push((unix_seconds(t), v));
+            }
+            true
+        });
+    }
+    Ok(series
+        .into_iter()
+        .map(|(metric, values)| Series {
+            metric,
+            value: None,
+            values: Some(values),
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -676,6 +807,22 @@ mod tests {
                 row(&[("n", "9997".into())])
             ]
         );
+    }
+
+    #[test]
+    fn stats_series() {
+        let q = parse("* | stats by (level) count() as n", 0).unwrap();
+        let (by, names) = stats_shape(&q).unwrap();
+        let s = series_of(
+            &row(&[("level", "info".into()), ("n", "3".into())]),
+            &by,
+            &names,
+        );
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].0.get("__name__").map(String::as_str), Some("n"));
+        assert_eq!(s[0].0.get("level").map(String::as_str), Some("info"));
+        assert_eq!(s[0].1, "3");
+        assert!(stats_shape(&parse("*", 0).unwrap()).is_none());
     }
 
     #[test]

@@ -28,7 +28,9 @@ use crate::record::{for_each_token, token_key, tokens, StoredRecord};
 
 const FRAME_MAGIC: u32 = 0x4553_4231; // "ESB1"
 const FRAME_HEADER: usize = 16;
-const IDX_MAGIC: &[u8; 8] = b"ESBIDX02";
+const IDX_MAGIC: &[u8; 8] = b"ESBIDX03";
+/// Every this many keys of an index table, one goes into the in-memory sparse index.
+const SPARSE: u64 = 256;
 /// Values longer than this are not indexed (their field is then scanned in that segment).
 pub const MAX_INDEXED_VALUE: usize = 256;
 /// Largest accepted frame payload (a guard against reading garbage as a length).
@@ -64,6 +66,10 @@ struct Sealed {
     unindexed: HashSet<String>,
     n_keys: u64,
     table_off: u64,
+    /// Every [`SPARSE`]th key of the table: a lookup reads one table block.
+    sparse: Vec<u64>,
+    /// The open index file.
+    idx: File,
 }
 
 /// The segment being appended to.
@@ -252,6 +258,9 @@ fn leaf_keys(field: &str, text: &str, last_is_prefix: bool) -> Option<Vec<u64>> 
     if toks.is_empty() {
         return None;
     }
+    // Longest words first: they are the likeliest to be rare, and an absent word ends the
+    // lookup at once.
+    toks.sort_by_key(|t| std::cmp::Reverse(t.len()));
     Some(toks.into_iter().map(|t| token_key(field, t)).collect())
 }
 
@@ -272,17 +281,14 @@ impl Postings for ActivePostings<'_> {
     }
 }
 
-struct SealedPostings<'a> {
-    seg: &'a Sealed,
-    idx: File,
-}
+struct SealedPostings<'a>(&'a Sealed);
 
 impl Postings for SealedPostings<'_> {
     fn len(&mut self, key: u64) -> io::Result<usize> {
-        Ok(self.seg.find(&self.idx, key)?.map_or(0, |(_, len)| len))
+        Ok(self.0.find(key)?.map_or(0, |(_, len)| len))
     }
     fn get(&mut self, key: u64) -> io::Result<Vec<u32>> {
-        self.seg.lookup(&self.idx, key)
+        self.0.lookup(key)
     }
 }
 
@@ -468,9 +474,16 @@ impl Sealed {
         f.read_exact(&mut nk).ok()?;
         let n_keys = u64::from_le_bytes(nk);
         let table_off = pos + 8;
-        if table_off + n_keys * 16 > idx_len {
+        let n_sparse = n_keys.div_ceil(SPARSE);
+        if table_off + n_keys * 16 + n_sparse * 8 > idx_len {
             return None;
         }
+        let mut raw = vec![0u8; (n_sparse * 8) as usize];
+        f.read_exact_at(&mut raw, idx_len - n_sparse * 8).ok()?;
+        let sparse = raw
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         Some(Sealed {
             id,
             log_len,
@@ -481,12 +494,15 @@ impl Sealed {
             unindexed,
             n_keys,
             table_off,
+            sparse,
+            idx: f,
         })
     }
 
     /// A key's posting list.
-    fn lookup(&self, idx: &File, key: u64) -> io::Result<Vec<u32>> {
-        let Some((start, len)) = self.find(idx, key)? else {
+    fn lookup(&self, key: u64) -> io::Result<Vec<u32>> {
+        let idx = &self.idx;
+        let Some((start, len)) = self.find(key)? else {
             return Ok(Vec::new());
         };
         let mut raw = vec![0u8; len * 4];
@@ -497,20 +513,30 @@ impl Sealed {
             .collect())
     }
 
-    /// Finds a key's (start, length) in the posting area by binary search over the table.
-    fn find(&self, idx: &File, key: u64) -> io::Result<Option<(u64, usize)>> {
-        let (mut lo, mut hi) = (0u64, self.n_keys);
-        let mut ent = [0u8; 16];
+    /// Finds a key's (start, length) in the posting area: the sparse index names the table
+    /// block, one read fetches it, a binary search finds the key.
+    fn find(&self, key: u64) -> io::Result<Option<(u64, usize)>> {
+        let block = self.sparse.partition_point(|&k| k <= key);
+        if block == 0 {
+            return Ok(None);
+        }
+        let first = (block as u64 - 1) * SPARSE;
+        let n = SPARSE.min(self.n_keys - first) as usize;
+        let mut raw = vec![0u8; n * 16];
+        self.idx
+            .read_exact_at(&mut raw, self.table_off + first * 16)?;
+        let ent = |i: usize| &raw[i * 16..i * 16 + 16];
+        let (mut lo, mut hi) = (0usize, n);
         while lo < hi {
             let mid = (lo + hi) / 2;
-            idx.read_exact_at(&mut ent, self.table_off + mid * 16)?;
-            let k = u64::from_le_bytes(ent[0..8].try_into().unwrap());
+            let e = ent(mid);
+            let k = u64::from_le_bytes(e[0..8].try_into().unwrap());
             match k.cmp(&key) {
                 std::cmp::Ordering::Less => lo = mid + 1,
                 std::cmp::Ordering::Greater => hi = mid,
                 std::cmp::Ordering::Equal => {
-                    let start = u64::from(u32::from_le_bytes(ent[8..12].try_into().unwrap()));
-                    let len = u32::from_le_bytes(ent[12..16].try_into().unwrap()) as usize;
+                    let start = u64::from(u32::from_le_bytes(e[8..12].try_into().unwrap()));
+                    let len = u32::from_le_bytes(e[12..16].try_into().unwrap()) as usize;
                     return Ok(Some((start, len)));
                 }
             }
@@ -576,6 +602,16 @@ fn write_index(
         for i in 0..entries.len() {
             if i == 0 || entries[i] != entries[i - 1] {
                 out.write_all(&entries[i].1.to_le_bytes())?;
+            }
+        }
+        // Sparse index: every SPARSE-th key of the table.
+        let mut n = 0u64;
+        for i in 0..entries.len() {
+            if i == 0 || entries[i].0 != entries[i - 1].0 {
+                if n.is_multiple_of(SPARSE) {
+                    out.write_all(&entries[i].0.to_le_bytes())?;
+                }
+                n += 1;
             }
         }
         out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
@@ -997,14 +1033,11 @@ impl Store {
             }
             let cands = match src {
                 Src::Active(c) => c,
-                Src::Sealed(s) => match File::open(idx_path(&self.dir, id)) {
-                    Ok(idx) => {
-                        candidates(filter, &s.unindexed, &mut SealedPostings { seg: &s, idx })?
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // dropped meanwhile
-                    Err(e) => return Err(e),
-                },
+                Src::Sealed(s) => candidates(filter, &s.unindexed, &mut SealedPostings(&s))?,
             };
+            if cands.as_ref().is_some_and(Vec::is_empty) {
+                continue;
+            }
             let log = match File::open(log_path(&self.dir, id)) {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -1152,6 +1185,29 @@ mod tests {
         assert_eq!(s.stats().records, 20);
         s.append(vec![rec(100, "after", &[])]).unwrap();
         assert_eq!(find(&s, "after"), ["after"]);
+    }
+
+    #[test]
+    fn sealed_lookup_over_many_table_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let recs: Vec<StoredRecord> = (0..3000)
+            .map(|i| {
+                rec(
+                    i,
+                    &format!("m{i}"),
+                    &[("trace_id", &format!("t{i:05}x")), ("n", &i.to_string())],
+                )
+            })
+            .collect();
+        s.append(recs).unwrap();
+        s.seal().unwrap();
+        for i in [0, 1, 255, 256, 1500, 2999] {
+            assert_eq!(find(&s, &format!("trace_id:t{i:05}x")), [format!("m{i}")]);
+            assert_eq!(find(&s, &format!("n:={i}")), [format!("m{i}")]);
+        }
+        assert!(find(&s, "trace_id:t99999x").is_empty());
+        assert_eq!(find(&s, "trace_id:t0000*").len(), 10);
     }
 
     #[test]

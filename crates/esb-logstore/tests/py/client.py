@@ -216,6 +216,24 @@ def scenario_ingest_and_query():
         {"fields": {"level": "warn"}, "timestamps": ["2024-05-01T00:00:00.000000000Z"], "values": [1], "total": 1},
     ]}, r.text
 
+    # stats_query / stats_query_range (Prometheus data format, as vmalert and Grafana use)
+    r = requests.get(f"{BASE}/select/logsql/stats_query", params={
+        "query": "level:* | stats by (level) count() as n", "time": "2024-05-01T00:00:10Z"}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": {"__name__": "n", "level": "error"}, "value": [1714521610, "3"]},
+        {"metric": {"__name__": "n", "level": "info"}, "value": [1714521610, "4"]},
+        {"metric": {"__name__": "n", "level": "warn"}, "value": [1714521610, "1"]},
+    ]}}, r.text
+    r = requests.get(f"{BASE}/select/logsql/stats_query_range", params={
+        "query": "level:error | stats count()", "start": "2024-05-01T00:00:00Z",
+        "end": "2024-05-01T00:00:10Z", "step": "5s"}, timeout=30)
+    assert r.json() == {"status": "success", "data": {"resultType": "matrix", "result": [
+        {"metric": {"__name__": "count(*)"}, "values": [[1714521600, "1"], [1714521605, "2"]]},
+    ]}}, r.text
+    r = requests.get(f"{BASE}/select/logsql/stats_query", params={"query": "error"}, timeout=30)
+    assert r.status_code == 400 and "stats" in r.text, r.text
+
     # field_names / field_values / streams
     r = requests.get(f"{BASE}/select/logsql/field_names", params={"query": "app:api"}, timeout=30)
     assert r.json() == {"values": [
