@@ -68,7 +68,12 @@ pub async fn start(cfg: Config) -> io::Result<Running> {
             cfg.log_buffer_bytes,
         )
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
-        None => Logs::stdout(&cfg.function_name, &cfg.function_version, cfg.stdout_json),
+        None => Logs::stdout(
+            &cfg.function_name,
+            &cfg.function_version,
+            cfg.stdout_json,
+            cfg.log_buffer_bytes,
+        ),
     };
     let sup = Supervisor::new(Arc::new(cfg), logs, runtime_api_addr);
     let (stop_invoke, stop_rx) = watch::channel(false);

@@ -40,7 +40,7 @@ pub struct LogCtx {
 
 /// Where records go.
 enum Sink {
-    Stdout { json: bool },
+    Stdout { json: bool, out: Arc<StdoutWriter> },
     Ship(Arc<Shipper>),
 }
 
@@ -63,9 +63,18 @@ struct Inner {
 pub const TAIL_BYTES: usize = 4096;
 
 impl Logs {
-    /// Logs printed on the supervisor's stdout (raw lines, or JSON records with `json`).
-    pub fn stdout(function_name: &str, function_version: &str, json: bool) -> Logs {
-        Logs::new(function_name, function_version, Sink::Stdout { json })
+    /// Logs printed on the supervisor's stdout (raw lines, or JSON records with `json`), by
+    /// a writer thread behind a queue of at most `buffer_bytes`: a stdout that blocks (a
+    /// slow log collector) never stalls invocations; lines that do not fit are dropped and
+    /// counted.
+    pub fn stdout(
+        function_name: &str,
+        function_version: &str,
+        json: bool,
+        buffer_bytes: usize,
+    ) -> Logs {
+        let out = StdoutWriter::start(buffer_bytes.max(64 * 1024));
+        Logs::new(function_name, function_version, Sink::Stdout { json, out })
     }
 
     /// Logs shipped to a VictoriaLogs-compatible endpoint; starts the shipping task.
@@ -150,7 +159,7 @@ impl Logs {
         let text = text.trim_end_matches(['\n', '\r']);
         self.capture(ctx.as_ref().map(|c| c.request_id.as_str()), text);
         match &self.inner.sink {
-            Sink::Stdout { json: false } => print_line(text),
+            Sink::Stdout { json: false, out } => out.push(text),
             _ => {
                 let rec = self.record(text, stream, ctx.as_deref(), true, Vec::new());
                 self.emit(rec);
@@ -162,7 +171,7 @@ impl Logs {
     pub fn platform(&self, ctx: &LogCtx, msg: &str, fields: Vec<(&'static str, Value)>) {
         self.capture(Some(&ctx.request_id), msg);
         match &self.inner.sink {
-            Sink::Stdout { json: false } => print_line(msg),
+            Sink::Stdout { json: false, out } => out.push(msg),
             _ => {
                 let rec = self.record(msg, "platform", Some(ctx), false, fields);
                 self.emit(rec);
@@ -176,9 +185,9 @@ impl Logs {
             self.capture(Some(&ctx.request_id), msg);
         }
         match &self.inner.sink {
-            Sink::Stdout { json: false } => {
+            Sink::Stdout { json: false, out } => {
                 let text: Vec<&str> = lines.iter().map(|(m, _)| m.as_str()).collect();
-                print_line(&text.join("\n"));
+                out.push(&text.join("\n"));
             }
             _ => {
                 for (msg, fields) in lines {
@@ -245,8 +254,8 @@ impl Logs {
 
     fn emit(&self, rec: Map<String, Value>) {
         match &self.inner.sink {
-            Sink::Stdout { .. } => {
-                print_line(&Value::Object(rec).to_string());
+            Sink::Stdout { out, .. } => {
+                out.push(&Value::Object(rec).to_string());
             }
             Sink::Ship(s) => {
                 let mut line = serde_json::to_vec(&rec).unwrap_or_default();
@@ -260,21 +269,109 @@ impl Logs {
     /// the queue was emptied.
     pub async fn flush(&self, deadline: Instant) -> bool {
         match &self.inner.sink {
-            Sink::Stdout { .. } => true,
+            Sink::Stdout { out, .. } => out.flush(deadline).await,
             Sink::Ship(s) => s.flush(deadline).await,
         }
     }
 }
 
-fn print_line(s: &str) {
-    use std::io::Write;
-    let mut line = String::with_capacity(s.len() + 1);
-    line.push_str(s);
-    line.push('\n');
-    // One write for the whole text (stdout's line buffering would split it per line).
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(line.as_bytes());
-    let _ = out.flush();
+/// Writes log lines on stdout from a thread of its own.
+struct StdoutWriter {
+    tx: std::sync::mpsc::Sender<WriterMsg>,
+    queued: std::sync::atomic::AtomicUsize,
+    dropped: std::sync::atomic::AtomicU64,
+    limit: usize,
+}
+
+enum WriterMsg {
+    Line(String),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+impl StdoutWriter {
+    fn start(limit: usize) -> Arc<StdoutWriter> {
+        let (tx, rx) = std::sync::mpsc::channel::<WriterMsg>();
+        let w = Arc::new(StdoutWriter {
+            tx,
+            queued: Default::default(),
+            dropped: Default::default(),
+            limit,
+        });
+        let me = w.clone();
+        let spawned = std::thread::Builder::new()
+            .name("esb-log-stdout".into())
+            .stack_size(64 * 1024)
+            .spawn(move || me.run(rx));
+        if let Err(e) = spawned {
+            eprintln!("esb-supervisor: cannot start the stdout log writer: {e}");
+        }
+        w
+    }
+
+    fn push(&self, text: &str) {
+        let n = text.len() + 1;
+        if self.queued.fetch_add(n, Ordering::SeqCst) + n > self.limit {
+            self.queued.fetch_sub(n, Ordering::SeqCst);
+            self.dropped.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
+        let mut line = String::with_capacity(n);
+        line.push_str(text);
+        line.push('\n');
+        if self.tx.send(WriterMsg::Line(line)).is_err() {
+            self.queued.fetch_sub(n, Ordering::SeqCst);
+        }
+    }
+
+    async fn flush(&self, deadline: Instant) -> bool {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(WriterMsg::Flush(tx)).is_err() {
+            return false;
+        }
+        matches!(
+            tokio::time::timeout_at(deadline.into(), rx).await,
+            Ok(Ok(()))
+        )
+    }
+
+    fn run(&self, rx: std::sync::mpsc::Receiver<WriterMsg>) {
+        use std::io::Write;
+        let stdout = std::io::stdout();
+        let mut buf = Vec::with_capacity(64 * 1024);
+        while let Ok(first) = rx.recv() {
+            let mut flushes = Vec::new();
+            let mut next = Some(first);
+            // Everything already queued goes out in one write.
+            while let Some(msg) = next {
+                match msg {
+                    WriterMsg::Line(l) => {
+                        self.queued.fetch_sub(l.len(), Ordering::SeqCst);
+                        buf.extend_from_slice(l.as_bytes());
+                    }
+                    WriterMsg::Flush(done) => flushes.push(done),
+                }
+                next = if buf.len() < 1 << 20 {
+                    rx.try_recv().ok()
+                } else {
+                    None
+                };
+            }
+            let dropped = self.dropped.swap(0, Ordering::SeqCst);
+            if dropped > 0 {
+                let notice =
+                    format!("esb-supervisor: dropped {dropped} log lines (stdout too slow)\n");
+                buf.extend_from_slice(notice.as_bytes());
+            }
+            let mut out = stdout.lock();
+            let _ = out.write_all(&buf);
+            let _ = out.flush();
+            drop(out);
+            buf.clear();
+            for done in flushes {
+                let _ = done.send(());
+            }
+        }
+    }
 }
 
 /// The level of a plain text line: awslambdaric's `[LEVEL]` prefix, a leading level word
@@ -659,7 +756,7 @@ mod tests {
 
     #[test]
     fn json_lines_keep_their_fields() {
-        let logs = Logs::stdout("f", "$LATEST", true);
+        let logs = Logs::stdout("f", "$LATEST", true, 1 << 20);
         let ctx = LogCtx {
             request_id: "r".into(),
             trace_id: "t".into(),

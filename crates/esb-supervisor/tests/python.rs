@@ -608,3 +608,21 @@ print("boto3 ok")
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("boto3 ok"));
 }
+
+#[test]
+fn a_stuck_stdout_does_not_stall_invocations() {
+    // Nobody reads the supervisor's stdout: the pipe fills up after 64 KiB.
+    let mut sup = py()
+        .env("ESB_LOG_FLUSH_TIMEOUT_MS", "300")
+        .hold_stdout()
+        .start();
+    for _ in 0..3 {
+        let r = sup.invoke(&json!({"action": "log", "lines": 2000}));
+        assert_eq!((r.status, r.json()), (200, json!("logged")));
+    }
+    assert_eq!(
+        sup.invoke(&json!({"still": "serving"})).json(),
+        json!({"still": "serving"})
+    );
+    assert_eq!(sup.terminate(), Some(0));
+}

@@ -23,6 +23,7 @@ pub struct Sup {
     pub stderr: Arc<Mutex<Vec<String>>>,
     /// One message per output pipe at its end of file.
     eof: mpsc::Receiver<()>,
+    release_stdout: mpsc::Sender<()>,
     _task_root: Option<tempfile::TempDir>,
 }
 
@@ -31,6 +32,7 @@ pub struct SupBuilder {
     env: Vec<(String, String)>,
     task_root: Option<tempfile::TempDir>,
     wrapper: Vec<String>,
+    hold_stdout: bool,
 }
 
 impl SupBuilder {
@@ -51,6 +53,7 @@ impl SupBuilder {
             ],
             task_root: None,
             wrapper: Vec::new(),
+            hold_stdout: false,
         }
         .common()
     }
@@ -68,6 +71,7 @@ impl SupBuilder {
             ],
             task_root: None,
             wrapper: Vec::new(),
+            hold_stdout: false,
         }
         .common()
     }
@@ -88,6 +92,7 @@ impl SupBuilder {
             ],
             task_root: Some(dir),
             wrapper: Vec::new(),
+            hold_stdout: false,
         }
         .common()
     }
@@ -110,6 +115,12 @@ impl SupBuilder {
     /// Runs the supervisor under a wrapper command (e.g. `unshare --pid --fork`).
     pub fn wrap(mut self, wrapper: &[&str]) -> SupBuilder {
         self.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// Leaves the supervisor's stdout unread (a stuck log collector) until it exits.
+    pub fn hold_stdout(mut self) -> SupBuilder {
+        self.hold_stdout = true;
         self
     }
 
@@ -137,7 +148,12 @@ impl SupBuilder {
         let out = child.stdout.take().unwrap();
         let lines = stdout.clone();
         let eof_out = eof_tx.clone();
+        let (release, released) = mpsc::channel::<()>();
+        if !self.hold_stdout {
+            let _ = release.send(());
+        }
         thread::spawn(move || {
+            let _ = released.recv();
             for l in BufReader::new(out).lines().map_while(Result::ok) {
                 lines.lock().unwrap().push(l);
             }
@@ -176,6 +192,7 @@ impl SupBuilder {
             stdout,
             stderr,
             eof,
+            release_stdout: release,
             _task_root: self.task_root,
         }
     }
@@ -240,6 +257,7 @@ impl Sup {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if let Some(st) = self.child.try_wait().unwrap() {
+                let _ = self.release_stdout.send(());
                 for _ in 0..2 {
                     let left = deadline.saturating_duration_since(Instant::now());
                     self.eof
