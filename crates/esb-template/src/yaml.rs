@@ -419,3 +419,12 @@ mod tests {
         assert!(parse("A: !Nope x\n").unwrap_err().message.contains("!Nope"));
     }
 }
+
+#[cfg(test)]
+mod json_tests {
+    #[test]
+    fn json_with_tabs() {
+        let doc = super::parse("{\n\t\"A\": {\n\t\t\"B\": [1, \"x\"]\n\t}\n}\n").unwrap();
+        assert_eq!(doc.to_json(), serde_json::json!({"A": {"B": [1, "x"]}}));
+    }
+}
