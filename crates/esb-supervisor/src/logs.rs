@@ -275,6 +275,9 @@ impl Logs {
     }
 }
 
+/// How long the stdout writer waits for more lines before a write.
+const STDOUT_LINGER: Duration = Duration::from_millis(5);
+
 /// Writes log lines on stdout from a thread of its own.
 struct StdoutWriter {
     tx: std::sync::mpsc::Sender<WriterMsg>,
@@ -339,6 +342,11 @@ impl StdoutWriter {
         let stdout = std::io::stdout();
         let mut buf = Vec::with_capacity(64 * 1024);
         while let Ok(first) = rx.recv() {
+            // Let more lines arrive before writing: fewer writes, and senders do not have to
+            // wake this thread for every line (it is not parked in recv meanwhile).
+            if matches!(first, WriterMsg::Line(_)) {
+                std::thread::sleep(STDOUT_LINGER);
+            }
             let mut flushes = Vec::new();
             let mut next = Some(first);
             // Everything already queued goes out in one write.
