@@ -86,9 +86,17 @@ impl DdbError {
             "__type": format!("com.amazonaws.dynamodb.v20120810#{}", self.kind),
             "message": self.message,
         });
-        if self.kind == "SerializationException"
-            || self.kind.ends_with("Exception") && self.kind.starts_with("Unrecognized")
-        {
+        // Protocol-level errors come from the service framework, not from DynamoDB itself.
+        const CORAL: [&str; 7] = [
+            "SerializationException",
+            "UnrecognizedClientException",
+            "MissingAuthenticationTokenException",
+            "InvalidSignatureException",
+            "IncompleteSignatureException",
+            "UnknownOperationException",
+            "RequestEntityTooLarge",
+        ];
+        if CORAL.contains(&self.kind) {
             body["__type"] = json!(format!("com.amazon.coral.service#{}", self.kind));
         }
         if let Some(Json::Object(extra)) = &self.extra {
@@ -102,6 +110,10 @@ impl DdbError {
 
 impl From<rusqlite::Error> for DdbError {
     fn from(e: rusqlite::Error) -> DdbError {
+        // A table dropped by a concurrent DeleteTable after the request looked it up.
+        if e.to_string().contains("no such table") {
+            return DdbError::table_not_found();
+        }
         tracing::error!(error = %e, "storage error");
         DdbError::internal(format!("Internal server error: storage: {e}"))
     }
