@@ -626,3 +626,23 @@ fn a_stuck_stdout_does_not_stall_invocations() {
     );
     assert_eq!(sup.terminate(), Some(0));
 }
+
+#[test]
+fn a_runtime_command_on_the_command_line_replaces_esb_runtime() {
+    let python = esb_testkit::python();
+    let sup = py()
+        .env("ESB_RUNTIME", "")
+        .env("_HANDLER", "")
+        .args(&[
+            "--",
+            python.to_str().unwrap(),
+            "-m",
+            "awslambdaric",
+            "handlers.echo",
+        ])
+        .start();
+    assert_eq!(
+        sup.invoke(&json!({"via": "args"})).json(),
+        json!({"via": "args"})
+    );
+}

@@ -32,6 +32,7 @@ pub struct SupBuilder {
     env: Vec<(String, String)>,
     task_root: Option<tempfile::TempDir>,
     wrapper: Vec<String>,
+    args: Vec<String>,
     hold_stdout: bool,
 }
 
@@ -53,6 +54,7 @@ impl SupBuilder {
             ],
             task_root: None,
             wrapper: Vec::new(),
+            args: Vec::new(),
             hold_stdout: false,
         }
         .common()
@@ -71,6 +73,7 @@ impl SupBuilder {
             ],
             task_root: None,
             wrapper: Vec::new(),
+            args: Vec::new(),
             hold_stdout: false,
         }
         .common()
@@ -92,6 +95,7 @@ impl SupBuilder {
             ],
             task_root: Some(dir),
             wrapper: Vec::new(),
+            args: Vec::new(),
             hold_stdout: false,
         }
         .common()
@@ -118,6 +122,12 @@ impl SupBuilder {
         self
     }
 
+    /// Command-line arguments for the supervisor (a runtime command after `--`).
+    pub fn args(mut self, args: &[&str]) -> SupBuilder {
+        self.args = args.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
     /// Leaves the supervisor's stdout unread (a stuck log collector) until it exits.
     pub fn hold_stdout(mut self) -> SupBuilder {
         self.hold_stdout = true;
@@ -135,7 +145,8 @@ impl SupBuilder {
                 c
             }
         };
-        cmd.env_remove("VICTORIALOGS_URL")
+        cmd.args(&self.args)
+            .env_remove("VICTORIALOGS_URL")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
