@@ -8,6 +8,9 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt;
 
+/// Deepest nesting of maps and lists DynamoDB accepts.
+const MAX_NESTING: usize = 32;
+
 /// An item: attribute name to value.
 pub type Item = BTreeMap<String, Value>;
 
@@ -70,6 +73,15 @@ impl Value {
 
     /// Parses a wire-format attribute value (`{"S": "x"}`), validating it as DynamoDB does.
     pub fn from_json(json: &Json) -> Result<Value> {
+        Value::from_json_at(json, 0)
+    }
+
+    fn from_json_at(json: &Json, depth: usize) -> Result<Value> {
+        if depth > MAX_NESTING {
+            return Err(DdbError::validation(
+                "Nesting Levels have exceeded supported limits: Attribute value nesting exceeds the maximum of 32 levels",
+            ));
+        }
         let obj = json.as_object().ok_or_else(|| {
             DdbError::serialization(
                 "Unexpected value type in payload, an AttributeValue must be a map",
@@ -105,13 +117,17 @@ impl Value {
                 let m = v.as_object().ok_or_else(|| bad("M"))?;
                 let mut out = Item::new();
                 for (k, v) in m {
-                    out.insert(k.clone(), Value::from_json(v)?);
+                    out.insert(k.clone(), Value::from_json_at(v, depth + 1)?);
                 }
                 Value::M(out)
             }
             "L" => {
                 let l = v.as_array().ok_or_else(|| bad("L"))?;
-                Value::L(l.iter().map(Value::from_json).collect::<Result<_>>()?)
+                Value::L(
+                    l.iter()
+                        .map(|v| Value::from_json_at(v, depth + 1))
+                        .collect::<Result<_>>()?,
+                )
             }
             "SS" => {
                 let l = v.as_array().ok_or_else(|| bad("SS"))?;

@@ -113,3 +113,14 @@ def test_reserved_words(client, make_table):
     assert error_message(e) == "Invalid UpdateExpression: Attribute name is a reserved keyword; reserved keyword: status"
     client.update_item(TableName=t, Key={"pk": {"S": "a"}}, UpdateExpression="SET #s = :s",
                        ExpressionAttributeNames={"#s": "status"}, ExpressionAttributeValues={":s": {"S": "x"}})
+
+
+def test_nesting_limit(client, make_table):
+    t = make_table()
+    v = {"S": "leaf"}
+    for _ in range(32):
+        v = {"M": {"x": v}}
+    client.put_item(TableName=t, Item={"pk": {"S": "ok"}, "deep": v})
+    with pytest.raises(ClientError) as e:
+        client.put_item(TableName=t, Item={"pk": {"S": "no"}, "deep": {"L": [v]}})
+    assert error_code(e) == "ValidationException" and "Nesting" in error_message(e)
