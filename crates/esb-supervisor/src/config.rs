@@ -42,6 +42,9 @@ pub struct Config {
     pub victorialogs_url: Option<String>,
     /// `ESB_LOG_STDOUT_FORMAT=json` prints the structured records instead of raw lines.
     pub stdout_json: bool,
+    /// `ESB_INIT_TIMEOUT_MS` (default 10000, Lambda's init limit): how long an invocation may
+    /// wait for the runtime's init before its own timeout starts.
+    pub init_timeout: Duration,
     /// `ESB_SHUTDOWN_GRACE_MS` (default 2000): how long SIGTERM waits for a running invocation.
     pub shutdown_grace: Duration,
     /// `ESB_LOG_FLUSH_TIMEOUT_MS` (default 3000): how long the final log flush may take.
@@ -177,6 +180,7 @@ impl Config {
             victorialogs_url,
             stdout_json: var("ESB_LOG_STDOUT_FORMAT")
                 .is_some_and(|v| v.eq_ignore_ascii_case("json")),
+            init_timeout: millis("ESB_INIT_TIMEOUT_MS", 10_000)?,
             shutdown_grace: millis("ESB_SHUTDOWN_GRACE_MS", 2000)?,
             log_flush_timeout: millis("ESB_LOG_FLUSH_TIMEOUT_MS", 3000)?,
             log_buffer_bytes: match var("ESB_LOG_BUFFER_BYTES") {

@@ -508,7 +508,7 @@ fn next_response(sup: &Supervisor, inv: &Invocation) -> Resp {
         }
     };
     set("Lambda-Runtime-Aws-Request-Id", &inv.id);
-    set("Lambda-Runtime-Deadline-Ms", &inv.deadline_ms.to_string());
+    set("Lambda-Runtime-Deadline-Ms", &inv.deadline_ms().to_string());
     set("Lambda-Runtime-Invoked-Function-Arn", sup.arn());
     set("Lambda-Runtime-Trace-Id", &inv.trace_id);
     if let Some(c) = &inv.client_context {

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -30,8 +31,9 @@ pub struct Invocation {
     pub id: String,
     /// X-Ray trace header (Lambda-Runtime-Trace-Id).
     pub trace_id: String,
-    /// Deadline in epoch milliseconds (Lambda-Runtime-Deadline-Ms).
-    pub deadline_ms: u64,
+    /// Deadline in epoch milliseconds (Lambda-Runtime-Deadline-Ms), set when the event is
+    /// handed to the runtime.
+    deadline_ms: AtomicU64,
     /// Client context JSON (decoded from X-Amz-Client-Context), if any.
     pub client_context: Option<String>,
     /// Cognito identity JSON, if any.
@@ -40,7 +42,9 @@ pub struct Invocation {
     pub body: Bytes,
     /// Return the last 4 KB of the invocation's log with the outcome (X-Amz-Log-Type: Tail).
     pub log_tail: bool,
-    deadline: Instant,
+    timeout: Duration,
+    /// Signalled when the deadline moves (the event reached the runtime).
+    redeadline: Notify,
     log_ctx: Arc<LogCtx>,
 }
 
@@ -62,14 +66,20 @@ impl Invocation {
         Invocation {
             id,
             trace_id,
-            deadline_ms: util::epoch_ms(now + timeout),
+            deadline_ms: AtomicU64::new(util::epoch_ms(now + timeout)),
             client_context,
             cognito_identity,
             body,
             log_tail: false,
-            deadline: Instant::now() + timeout,
+            timeout,
+            redeadline: Notify::new(),
             log_ctx,
         }
+    }
+
+    /// Lambda-Runtime-Deadline-Ms: epoch milliseconds.
+    pub fn deadline_ms(&self) -> u64 {
+        self.deadline_ms.load(Ordering::SeqCst)
     }
 }
 
@@ -173,6 +183,9 @@ struct Inflight {
     inv: Arc<Invocation>,
     accepted: Instant,
     delivered: Option<Instant>,
+    /// When it times out: the function's timeout after delivery; before it, the init
+    /// timeout plus the function's timeout after acceptance.
+    deadline: Instant,
     /// The caller waiting for the outcome (the :8080 request), answered first; `None` when
     /// it wants the log tail (then [`Supervisor::complete`] answers it after REPORT).
     caller: Option<oneshot::Sender<Answer>>,
@@ -456,7 +469,7 @@ impl Supervisor {
         }
         let Some(w) = st.waiter.take() else { return };
         if w.send(f.inv.clone()).is_ok() {
-            f.delivered = Some(Instant::now());
+            mark_delivered(f);
         }
     }
 
@@ -484,10 +497,12 @@ impl Supervisor {
         } else {
             (Some(caller), None)
         };
+        let now = Instant::now();
         st.inflight = Some(Inflight {
             inv: inv.clone(),
-            accepted: Instant::now(),
+            accepted: now,
             delivered: None,
+            deadline: now + self.cfg.init_timeout + inv.timeout,
             caller,
             tx,
         });
@@ -531,12 +546,25 @@ impl Supervisor {
             ),
             vec![("type", "platform.start".into())],
         );
-        let done = match tokio::time::timeout_at(inv.deadline.into(), &mut rx).await {
-            Ok(r) => r.ok(),
-            Err(_) => {
-                {
+        let mut done = None;
+        loop {
+            let deadline = match &self.lock().inflight {
+                Some(f) if f.inv.id == inv.id => f.deadline,
+                _ => break, // answered: the outcome is in `rx`
+            };
+            tokio::select! {
+                r = &mut rx => {
+                    done = Some(r.ok());
+                    break;
+                }
+                _ = inv.redeadline.notified() => {}
+                _ = tokio::time::sleep_until(deadline.into()) => {
                     let mut st = self.lock();
-                    if st.inflight.as_ref().is_some_and(|f| f.inv.id == inv.id) {
+                    let due = st
+                        .inflight
+                        .as_ref()
+                        .is_some_and(|f| f.inv.id == inv.id && Instant::now() >= f.deadline);
+                    if due {
                         if let Some(pid) = st.pid {
                             kill_group(pid, libc::SIGKILL);
                             st.phase = Phase::Killed;
@@ -550,8 +578,11 @@ impl Supervisor {
                         self.answer(&mut st, Outcome::Error(err), Some("timeout"));
                     }
                 }
-                rx.await.ok()
             }
+        }
+        let done = match done {
+            Some(d) => d,
+            None => rx.await.ok(),
         };
         let done = done.unwrap_or_else(|| Done {
             outcome: Outcome::Error(FnError::new("Runtime.Unknown", "invocation lost".into())),
@@ -669,7 +700,7 @@ impl Supervisor {
                         f.inv.id
                     )));
                 }
-                f.delivered = Some(Instant::now());
+                mark_delivered(f);
                 return Ok(f.inv.clone());
             }
             let (tx, rx) = oneshot::channel();
@@ -850,6 +881,18 @@ impl Accepted {
     pub fn invocation(&self) -> &Invocation {
         &self.inv
     }
+}
+
+/// The event is in the runtime's hands: the function's timeout starts now.
+fn mark_delivered(f: &mut Inflight) {
+    let now = Instant::now();
+    f.delivered = Some(now);
+    f.deadline = now + f.inv.timeout;
+    f.inv.deadline_ms.store(
+        util::epoch_ms(SystemTime::now() + f.inv.timeout),
+        Ordering::SeqCst,
+    );
+    f.inv.redeadline.notify_one();
 }
 
 fn invalid_state(msg: &str) -> ApiError {

@@ -646,3 +646,32 @@ fn a_runtime_command_on_the_command_line_replaces_esb_runtime() {
         json!({"via": "args"})
     );
 }
+
+#[test]
+fn init_time_does_not_count_against_the_function_timeout() {
+    // Init takes 1.5 s, the function may run 1 s: as on Lambda, a cold invocation still
+    // gets its whole timeout once the runtime has finished init.
+    let sup = SupBuilder::python("slow_init.handler")
+        .env("SLOW_INIT_SECONDS", "1.5")
+        .env("AWS_LAMBDA_FUNCTION_TIMEOUT", "1")
+        .spawn();
+    let r = sup.invoke(&json!({}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-amz-function-error"), None, "{}", r.text());
+    let remaining = r.json()["remaining_ms"].as_i64().unwrap();
+    assert!(remaining > 0 && remaining <= 1000, "remaining {remaining}");
+    let report = sup.wait_stdout("REPORT", |l| l.starts_with("REPORT RequestId:"));
+    assert!(report.contains("Init Duration: "), "{report}");
+}
+
+#[test]
+fn an_init_longer_than_the_init_timeout_times_the_invocation_out() {
+    let sup = SupBuilder::python("slow_init.handler")
+        .env("SLOW_INIT_SECONDS", "30")
+        .env("ESB_INIT_TIMEOUT_MS", "300")
+        .env("AWS_LAMBDA_FUNCTION_TIMEOUT", "1")
+        .spawn();
+    let r = sup.invoke(&json!({}));
+    assert_eq!(r.header("x-amz-function-error"), Some("Unhandled"));
+    assert_eq!(r.json()["errorType"], "Sandbox.Timedout", "{}", r.text());
+}
