@@ -5,7 +5,8 @@
 #   2. peak RSS of the store process while ingesting
 #   3. trace_id lookup over LOOKUP_N records (default 10 million) vs `grep -F` on the same
 #      JSON lines (page cache warm for both)
-# Environment: INGEST_N (200000), LOOKUP_N (10000000), WORK (a temp dir), CONC (2).
+# Environment: INGEST_N (200000), LOOKUP_N (10000000), WORK (a temp dir), CONC (2),
+# ROUNDS (3: ingest rounds alternating floor and esb; medians reported).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 INGEST_N=${INGEST_N:-200000}
@@ -42,7 +43,7 @@ echo "rss peak_MiB=$((hwm / 1024)) (ingest run)"
 echo "== lookup: $LOOKUP_N records"
 "$bin" gen "$WORK/lookup.jsonl" "$LOOKUP_N" 200
 start_server "$WORK/data-lookup"
-"$bin" ingest "$url" "$WORK/lookup.jsonl" 5000 "$CONC"
+ROUNDS=1 "$bin" ingest "$url" "$WORK/lookup.jsonl" 5000 "$CONC"
 ids=()
 for i in 17 $((LOOKUP_N / 10)) $((LOOKUP_N / 2)) $((LOOKUP_N * 9 / 10)) $((LOOKUP_N - 100)); do ids+=("$("$bin" trace "$i")"); done
 "$bin" lookup "$url" "${ids[@]}"

@@ -428,7 +428,9 @@ async fn select_query(State(state): State<AppState>, req: Request) -> Response {
             }
             Ok(()) => {}
             Err(e) => {
-                tracing::error!(error = %e, "query failed while streaming");
+                if e.kind() != std::io::ErrorKind::InvalidInput {
+                    tracing::error!(error = %e, "query failed while streaming");
+                }
                 let _ = tx.blocking_send(Err(e));
             }
         }
@@ -696,6 +698,7 @@ async fn select_tail(State(state): State<AppState>, req: Request) -> Response {
     let store = state.store.clone();
     let mut shutdown = state.shutdown.clone();
     let q = Arc::new(sel.query);
+    let query_text = args.get("query").unwrap_or("*").to_string();
     tokio::spawn(async move {
         // History first (oldest first), remembering the last batch it saw.
         let mut seen_seq = 0u64;
@@ -756,8 +759,11 @@ async fn select_tail(State(state): State<AppState>, req: Request) -> Response {
                             continue;
                         }
                         let mut buf = String::new();
+                        // Relative times (`_time:10m`) count back from each batch's arrival,
+                        // so a tail of "the last ten minutes" keeps showing new records.
+                        let live = logsql::parse(&query_text, now_nanos()).map(|q| q.filter).unwrap_or_else(|_| q.filter.clone());
                         for rec in recs {
-                            if rec.time < sel.start || rec.time >= sel.end || !q.filter.matches(rec) {
+                            if rec.time < sel.start || rec.time >= sel.end || !live.matches(rec) {
                                 continue;
                             }
                             pipeline.push(rec.to_row(), &mut |r| {

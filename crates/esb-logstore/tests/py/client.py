@@ -323,7 +323,7 @@ def scenario_tail():
     ready = threading.Event()
 
     def follow():
-        with requests.post(f"{BASE}/select/logsql/tail", data={"query": "app:tailme", "start_offset": "1h"},
+        with requests.post(f"{BASE}/select/logsql/tail", data={"query": "app:tailme _time:10m", "start_offset": "1h"},
                            stream=True, timeout=60) as r:
             assert r.status_code == 200, r.text
             ready.set()
