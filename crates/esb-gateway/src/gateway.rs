@@ -372,12 +372,8 @@ impl Gateway {
             env: f.spec.env.iter().cloned().collect(),
             memory_mb: f.spec.memory_mb,
             timeout_seconds: f.spec.timeout.as_secs() as u32,
-            labels: [(
-                esb_agent_api::LABEL_FUNCTION.to_string(),
-                f.spec.name.clone(),
-            )]
-            .into_iter()
-            .collect(),
+            // The agent labels workers with the function itself (`esb.` labels are its own).
+            labels: Default::default(),
         };
         let mut client = agent.client.clone();
         let info = match client.ensure_container(req).await {

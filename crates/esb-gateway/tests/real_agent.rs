@@ -40,13 +40,19 @@ Resources:
       Events:
         Get:
           Type: Api
-          Properties: { Path: /items/{id}, Method: get }
+          Properties:
+            Path: '/items/{id}'
+            Method: get
         Post:
           Type: Api
-          Properties: { Path: /items/{id}, Method: post }
+          Properties:
+            Path: '/items/{id}'
+            Method: post
         V2:
           Type: HttpApi
-          Properties: { Path: /v2/{thing}, Method: ANY }
+          Properties:
+            Path: '/v2/{thing}'
+            Method: ANY
   Bin:
     Type: AWS::Serverless::Function
     Properties:
@@ -55,7 +61,11 @@ Resources:
       Events:
         Bin:
           Type: Api
-          Properties: { Path: /bin, Method: post, Auth: { Authorizer: NONE } }
+          Properties:
+            Path: /bin
+            Method: post
+            Auth:
+              Authorizer: NONE
   Chain:
     Type: AWS::Serverless::Function
     Properties:
@@ -64,7 +74,11 @@ Resources:
       Events:
         Chain:
           Type: Api
-          Properties: { Path: /chain, Method: post, Auth: { Authorizer: NONE } }
+          Properties:
+            Path: /chain
+            Method: post
+            Auth:
+              Authorizer: NONE
   Target:
     Type: AWS::Serverless::Function
     Properties:
@@ -80,7 +94,11 @@ Resources:
       Events:
         Sleep:
           Type: Api
-          Properties: { Path: /sleep, Method: get, Auth: { Authorizer: NONE } }
+          Properties:
+            Path: /sleep
+            Method: get
+            Auth:
+              Authorizer: NONE
 "#;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
