@@ -146,6 +146,15 @@ fn timeout_kills_the_process_tree_and_crash_restarts() {
 #[test]
 fn oversized_response_and_concurrent_invocation() {
     let sup = SupBuilder::rust().start();
+    // Over the 6 MiB request limit: refused before the function sees it.
+    let event = format!("\"{}\"", "a".repeat(6 * 1024 * 1024));
+    let r = sup.invoke_raw(&[], event.as_bytes());
+    assert_eq!(r.status, 413);
+    assert_eq!(
+        r.header("x-amzn-errortype"),
+        Some("RequestTooLargeException")
+    );
+
     let r = sup.invoke(&json!({"action": "big", "size": 7 * 1024 * 1024}));
     assert_eq!(r.header("x-amz-function-error"), Some("Unhandled"));
     assert_eq!(r.json()["errorType"], "Function.ResponseSizeTooLarge");
