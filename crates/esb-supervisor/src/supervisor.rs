@@ -359,17 +359,7 @@ impl Supervisor {
         self.exited.notify_waiters();
         if st.shutting_down {
             st.phase = Phase::Stopped;
-            if let Some(f) = &st.inflight {
-                let msg = format!(
-                    "RequestId: {} Error: Runtime exited with error: {text}",
-                    f.inv.id
-                );
-                self.answer(
-                    st,
-                    Outcome::Error(FnError::new("Runtime.ExitError", msg)),
-                    Some("error"),
-                );
-            }
+            self.answer_exit(st, &text);
             return;
         }
         match prev {
