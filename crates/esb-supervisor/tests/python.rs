@@ -675,3 +675,30 @@ fn an_init_longer_than_the_init_timeout_times_the_invocation_out() {
     assert_eq!(r.header("x-amz-function-error"), Some("Unhandled"));
     assert_eq!(r.json()["errorType"], "Sandbox.Timedout", "{}", r.text());
 }
+
+#[test]
+fn next_while_an_invocation_is_running_is_a_wrong_state() {
+    let sup = py().start();
+    let addr = sup.addr;
+    let slow = thread::spawn(move || {
+        request(
+            addr,
+            "POST",
+            INVOKE_PATH,
+            &[],
+            br#"{"action":"sleep","seconds":1}"#,
+        )
+    });
+    // Busy means the event is with the (idle, polling) runtime already.
+    sup.wait_status("busy");
+    let r = request(
+        sup.api,
+        "GET",
+        "/2018-06-01/runtime/invocation/next",
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.json()["errorType"], "InvalidStateTransition");
+    assert_eq!(slow.join().unwrap().json(), json!("woke"));
+}
