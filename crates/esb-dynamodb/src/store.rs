@@ -88,15 +88,34 @@ impl WriteCtx<'_> {
     }
 }
 
-/// The database: a writer thread, a pool of readers and the published catalog.
+/// The database: the writer, a pool of readers and the published catalog.
 pub struct Db {
-    tx: Mutex<Option<mpsc::Sender<Job>>>,
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    writer: Arc<Writer>,
+    wake: Mutex<Option<mpsc::Sender<()>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     catalog: Arc<RwLock<Arc<Catalog>>>,
     readers: Mutex<Vec<Connection>>,
     path: PathBuf,
     /// Region reported in ARNs.
     pub region: String,
+}
+
+/// The single writer: its connection and catalog behind a lock, and the queue of jobs
+/// waiting for the next group commit.
+struct Writer {
+    state: Mutex<WriterState>,
+    queue: Mutex<Vec<Job>>,
+    publish: Arc<RwLock<Arc<Catalog>>>,
+    /// Run a job on the requesting thread when the writer is idle (only when commits do
+    /// not fsync: an fsync must not block an async worker).
+    inline: bool,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+struct WriterState {
+    conn: Connection,
+    catalog: Catalog,
+    next_id: i64,
 }
 
 const DB_FILE: &str = "dynamodb.sqlite3";
@@ -148,14 +167,26 @@ impl Db {
         )?;
         let (catalog, next_id) = load_catalog(&conn)?;
         let shared = Arc::new(RwLock::new(Arc::new(catalog.clone())));
-        let (tx, rx) = mpsc::channel::<Job>();
-        let publish = shared.clone();
-        let writer = std::thread::Builder::new()
+        let writer = Arc::new(Writer {
+            state: Mutex::new(WriterState {
+                conn,
+                catalog,
+                next_id,
+            }),
+            queue: Mutex::new(Vec::new()),
+            publish: shared.clone(),
+            inline: sync_mode() == "NORMAL",
+            closed: std::sync::atomic::AtomicBool::new(false),
+        });
+        let (wake, rx) = mpsc::channel::<()>();
+        let w = writer.clone();
+        let thread = std::thread::Builder::new()
             .name("esb-dynamodb-writer".into())
-            .spawn(move || writer_loop(conn, rx, catalog, next_id, publish))?;
+            .spawn(move || writer_thread(&w, rx))?;
         Ok(Arc::new(Db {
-            tx: Mutex::new(Some(tx)),
-            writer: Mutex::new(Some(writer)),
+            writer,
+            wake: Mutex::new(Some(wake)),
+            thread: Mutex::new(Some(thread)),
             catalog: shared,
             readers: Mutex::new(Vec::new()),
             path,
@@ -163,22 +194,34 @@ impl Db {
         }))
     }
 
-    /// Runs a write job in the writer thread; resolves once its transaction committed.
+    /// Runs a write job; resolves once its transaction committed. Jobs queue for the
+    /// writer thread, which commits whatever is queued as one group; when commits do not
+    /// fsync and the writer is idle, the job runs right here instead.
     pub async fn write<F>(&self, f: F) -> Result<Json>
     where
         F: FnOnce(&mut WriteCtx<'_>) -> Result<Json> + Send + 'static,
     {
+        use std::sync::atomic::Ordering;
+        if self.writer.closed.load(Ordering::Acquire) {
+            return Err(DdbError::internal("The server is shutting down"));
+        }
         let (reply, rx) = tokio::sync::oneshot::channel();
-        {
-            let tx = self.tx.lock().expect("writer channel lock");
-            let tx = tx
-                .as_ref()
-                .ok_or_else(|| DdbError::internal("The server is shutting down"))?;
-            tx.send(Job {
-                f: Box::new(f),
-                reply,
-            })
-            .map_err(|_| DdbError::internal("The storage writer stopped"))?;
+        lock(&self.writer.queue).push(Job {
+            f: Box::new(f),
+            reply,
+        });
+        let mut wake = true;
+        if self.writer.inline {
+            if let Ok(mut state) = self.writer.state.try_lock() {
+                self.writer.run_pending(&mut state);
+                drop(state);
+                wake = !lock(&self.writer.queue).is_empty();
+            }
+        }
+        if wake {
+            if let Some(tx) = lock(&self.wake).as_ref() {
+                let _ = tx.send(());
+            }
         }
         rx.await
             .map_err(|_| DdbError::internal("The storage writer stopped"))?
@@ -230,11 +273,17 @@ impl Db {
 
     /// Stops the writer after the jobs already queued, and waits for it.
     pub fn close(&self) {
-        self.tx.lock().expect("writer channel lock").take();
-        if let Some(h) = self.writer.lock().expect("writer handle lock").take() {
+        use std::sync::atomic::Ordering;
+        self.writer.closed.store(true, Ordering::Release);
+        lock(&self.wake).take();
+        if let Some(h) = lock(&self.thread).take() {
             let _ = h.join();
         }
-        self.readers.lock().expect("reader pool lock").clear();
+        // Anything queued by a request that raced the shutdown.
+        let mut state = lock(&self.writer.state);
+        while self.writer.run_pending(&mut state) > 0 {}
+        drop(state);
+        lock(&self.readers).clear();
     }
 }
 
@@ -269,43 +318,70 @@ fn load_catalog(conn: &Connection) -> Result<(Catalog, i64)> {
     Ok((catalog, next_id))
 }
 
-fn writer_loop(
-    conn: Connection,
-    rx: mpsc::Receiver<Job>,
-    mut catalog: Catalog,
-    mut next_id: i64,
-    publish: Arc<RwLock<Arc<Catalog>>>,
-) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn writer_thread(writer: &Writer, wake: mpsc::Receiver<()>) {
+    while wake.recv().is_ok() {
+        while wake.try_recv().is_ok() {}
+        loop {
+            let mut state = lock(&writer.state);
+            let n = writer.run_pending(&mut state);
+            drop(state);
+            if n == 0 {
+                break;
             }
         }
-        let start_id = next_id;
-        let mut results: Vec<Result<Json>> = Vec::with_capacity(batch.len());
-        let mut replies = Vec::with_capacity(batch.len());
+    }
+}
+
+impl Writer {
+    /// Commits the jobs queued now (at most MAX_GROUP) as one transaction, each in its own
+    /// savepoint, and answers them. Returns how many there were.
+    fn run_pending(&self, state: &mut WriterState) -> usize {
+        let batch: Vec<Job> = {
+            let mut q = lock(&self.queue);
+            let n = q.len().min(MAX_GROUP);
+            q.drain(..n).collect()
+        };
+        if batch.is_empty() {
+            return 0;
+        }
+        let n = batch.len();
+        let WriterState {
+            conn,
+            catalog,
+            next_id,
+        } = state;
+        let start_id = *next_id;
+        let mut results: Vec<Result<Json>> = Vec::with_capacity(n);
+        let mut replies = Vec::with_capacity(n);
         let mut dirty = false;
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(e) = conn
+            .prepare_cached("BEGIN IMMEDIATE")
+            .and_then(|mut s| s.execute([]))
+        {
             let err = DdbError::from(e);
             for job in batch {
                 let _ = job.reply.send(Err(err.clone()));
             }
-            continue;
+            return n;
         }
         for job in batch {
             replies.push(job.reply);
-            if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+            if let Err(e) = conn
+                .prepare_cached("SAVEPOINT job")
+                .and_then(|mut s| s.execute([]))
+            {
                 results.push(Err(e.into()));
                 continue;
             }
             let mut ctx = WriteCtx {
-                conn: &conn,
-                catalog: &mut catalog,
+                conn,
+                catalog,
                 dirty: false,
-                next_id: &mut next_id,
+                next_id,
             };
             let f = job.f;
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut ctx)))
@@ -318,32 +394,38 @@ fn writer_loop(
             if r.is_err() {
                 let _ = conn.execute_batch("ROLLBACK TO job");
             }
-            let _ = conn.execute_batch("RELEASE job");
+            let _ = conn
+                .prepare_cached("RELEASE job")
+                .and_then(|mut s| s.execute([]));
             results.push(r);
         }
-        if next_id != start_id {
+        if *next_id != start_id {
             let _ = conn.execute(
                 "INSERT OR REPLACE INTO settings (k, v) VALUES ('next_id', ?1)",
-                params![next_id],
+                params![*next_id],
             );
         }
-        if let Err(e) = conn.execute_batch("COMMIT") {
+        if let Err(e) = conn
+            .prepare_cached("COMMIT")
+            .and_then(|mut s| s.execute([]))
+        {
             tracing::error!(error = %e, "commit failed");
             let _ = conn.execute_batch("ROLLBACK");
             let err = DdbError::from(e);
             results = results.into_iter().map(|_| Err(err.clone())).collect();
-            if let Ok((c, n)) = load_catalog(&conn) {
-                catalog = c;
-                next_id = n;
+            if let Ok((c, id)) = load_catalog(conn) {
+                *catalog = c;
+                *next_id = id;
             }
             dirty = true;
         }
         if dirty {
-            *publish.write().expect("catalog lock") = Arc::new(catalog.clone());
+            *self.publish.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(catalog.clone());
         }
         for (reply, r) in replies.into_iter().zip(results) {
             let _ = reply.send(r);
         }
+        n
     }
 }
 

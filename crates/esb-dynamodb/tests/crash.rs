@@ -44,7 +44,7 @@ struct ChildServer {
 }
 
 impl ChildServer {
-    fn start(dir: &Path) -> ChildServer {
+    fn start(dir: &Path, sync: &str) -> ChildServer {
         let _ = std::fs::remove_file(dir.join("addr"));
         let child = Command::new(std::env::current_exe().unwrap())
             .args([
@@ -55,6 +55,7 @@ impl ChildServer {
                 "1",
             ])
             .env(CHILD_ENV, dir)
+            .env("ESB_DYNAMODB_SYNC", sync)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -97,11 +98,23 @@ fn ok(addr: SocketAddr, op: &str, body: serde_json::Value) -> serde_json::Value 
     out
 }
 
+/// The default mode: every acknowledged write fsynced (group commit).
 #[test]
 fn acknowledged_writes_survive_kill_9() {
+    crash_and_restart("full");
+}
+
+/// `ESB_DYNAMODB_SYNC=normal`: commits not fsynced, writes run inline when the writer is
+/// idle; a killed process still loses nothing acknowledged.
+#[test]
+fn acknowledged_writes_survive_kill_9_sync_normal() {
+    crash_and_restart("normal");
+}
+
+fn crash_and_restart(sync: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let server = ChildServer::start(dir);
+    let server = ChildServer::start(dir, sync);
     let addr = server.addr;
     ok(
         addr,
@@ -173,7 +186,7 @@ fn acknowledged_writes_survive_kill_9() {
     );
 
     // Restart on the same directory.
-    let server = ChildServer::start(dir);
+    let server = ChildServer::start(dir, sync);
     let addr = server.addr;
     let mut present = BTreeSet::new();
     let mut start: Option<serde_json::Value> = None;
