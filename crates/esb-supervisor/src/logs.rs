@@ -179,6 +179,17 @@ impl Logs {
         }
     }
 
+    /// Records a platform line that belongs to no invocation (INIT_START, runtime exits).
+    pub fn platform_plain(&self, msg: &str, fields: Vec<(&'static str, Value)>) {
+        match &self.inner.sink {
+            Sink::Stdout { json: false, out } => out.push(msg),
+            _ => {
+                let rec = self.record(msg, "platform", None, false, fields);
+                self.emit(rec);
+            }
+        }
+    }
+
     /// Records several platform lines at once (one write on stdout).
     pub fn platform_many(&self, ctx: &LogCtx, lines: Vec<(String, Vec<(&'static str, Value)>)>) {
         for (msg, _) in &lines {

@@ -315,6 +315,15 @@ impl Supervisor {
         st.peak_rss = 0;
         match spawn_process(&self.cfg, self.runtime_api) {
             Ok((pid, out, err)) => {
+                let version = if self.cfg.runtime.is_empty() {
+                    "custom"
+                } else {
+                    self.cfg.runtime.as_str()
+                };
+                self.logs.platform_plain(
+                    &format!("INIT_START Runtime Version: {version}"),
+                    vec![("type", "platform.initStart".into())],
+                );
                 st.pid = Some(pid);
                 st.proc_status = std::fs::File::open(format!("/proc/{pid}/status")).ok();
                 st.phase = Phase::Starting;
@@ -362,6 +371,14 @@ impl Supervisor {
             self.answer_exit(st, &text);
             return;
         }
+        if prev == Phase::Starting {
+            self.init_report(lived, "Runtime.ExitError");
+        } else if prev == Phase::Ready && st.inflight.is_none() {
+            self.logs.platform_plain(
+                &format!("esb-supervisor: the runtime exited between invocations ({text}); restarting it"),
+                vec![("type", "platform.runtimeExit".into())],
+            );
+        }
         match prev {
             Phase::Starting | Phase::Ready => {
                 let delivered = st.inflight.as_ref().map(|f| f.delivered.is_some());
@@ -408,6 +425,22 @@ impl Supervisor {
             }
             Phase::Stopped | Phase::Failed => {}
         }
+    }
+
+    /// INIT_REPORT for a failed init, like Lambda's.
+    fn init_report(&self, took: Duration, error_type: &str) {
+        let ms = took.as_secs_f64() * 1000.0;
+        self.logs.platform_plain(
+            &format!(
+                "INIT_REPORT Init Duration: {ms:.2} ms\tPhase: init\tStatus: error\tError Type: {error_type}"
+            ),
+            vec![
+                ("type", "platform.initReport".into()),
+                ("init_duration_ms", json!((ms * 100.0).round() / 100.0)),
+                ("status", json!("error")),
+                ("error_type", json!(error_type)),
+            ],
+        );
     }
 
     /// Answers the invocation in flight (if any) with Runtime.ExitError.
@@ -760,6 +793,7 @@ impl Supervisor {
             return Err(invalid_state("init has already completed"));
         }
         st.phase = Phase::InitFailed;
+        self.init_report(st.started_at.elapsed(), &error.error_type);
         let waiting = st.inflight.as_ref().is_some_and(|f| f.delivered.is_none());
         if waiting {
             self.answer(&mut st, Outcome::Error(error), Some("error"));

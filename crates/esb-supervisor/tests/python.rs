@@ -34,6 +34,9 @@ fn success_returns_the_result_with_lambda_headers_and_platform_lines() {
     let r = sup.invoke_raw(&[], b"");
     assert_eq!((r.status, r.json()), (200, json!({})));
 
+    sup.wait_stdout("INIT_START", |l| {
+        l == "INIT_START Runtime Version: python3.11"
+    });
     sup.wait_stdout("START", |l| {
         l == format!("START RequestId: {id} Version: $LATEST")
     });
@@ -91,6 +94,10 @@ fn init_error_surfaces_on_the_first_invocation() {
         body["stackTrace"].to_string().contains("init_error.py"),
         "{body}"
     );
+    sup.wait_stdout("INIT_REPORT", |l| {
+        l.starts_with("INIT_REPORT Init Duration: ")
+            && l.ends_with("Phase: init\tStatus: error\tError Type: RuntimeError")
+    });
     // The next invocation retries init (which fails again) and gets the error too; the
     // supervisor keeps serving.
     let r = sup.invoke(&json!({}));

@@ -83,6 +83,9 @@ fn init_failure_surfaces_on_the_first_invocation() {
             .contains("exit status 1"),
         "{body}"
     );
+    sup.wait_stdout("INIT_REPORT", |l| {
+        l.starts_with("INIT_REPORT") && l.ends_with("Error Type: Runtime.ExitError")
+    });
     // Still serving (and still failing the same way).
     let r = sup.invoke(&json!({}));
     assert_eq!(r.json()["errorType"], "Runtime.ExitError");
