@@ -776,29 +776,35 @@ impl Store {
         if recs.is_empty() {
             return Ok(());
         }
-        let mut payload = Vec::with_capacity(recs.len() * 256);
-        let mut offsets = Vec::with_capacity(recs.len());
+        // Build the frame and the index entries (offsets relative to the frame's payload)
+        // outside the lock, so concurrent requests encode and tokenize in parallel.
+        let mut frame = Vec::with_capacity(FRAME_HEADER + recs.len() * 256);
+        frame.extend_from_slice(&[0; FRAME_HEADER]);
+        let mut entries = Vec::with_capacity(recs.len() * 8);
+        let mut unindexed = HashSet::new();
+        let (mut min_t, mut max_t) = (i64::MAX, i64::MIN);
         for r in &recs {
-            let at = payload.len();
-            payload.extend_from_slice(&[0; 4]);
-            r.encode(&mut payload);
-            let len = (payload.len() - at - 4) as u32;
-            payload[at..at + 4].copy_from_slice(&len.to_le_bytes());
-            offsets.push(at);
+            let at = frame.len();
+            frame.extend_from_slice(&[0; 4]);
+            r.encode(&mut frame);
+            let len = (frame.len() - at - 4) as u32;
+            frame[at..at + 4].copy_from_slice(&len.to_le_bytes());
+            index_record(r, (at - FRAME_HEADER) as u32, &mut entries, &mut unindexed);
+            min_t = min_t.min(r.time);
+            max_t = max_t.max(r.time);
         }
-        if payload.len() > MAX_FRAME {
+        let plen = frame.len() - FRAME_HEADER;
+        if plen > MAX_FRAME {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "batch too large",
             ));
         }
-        let mut frame = Vec::with_capacity(FRAME_HEADER + payload.len());
-        frame.extend_from_slice(&FRAME_MAGIC.to_le_bytes());
-        frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&(recs.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        frame.extend_from_slice(&payload);
-        drop(payload);
+        let crc = crc32fast::hash(&frame[FRAME_HEADER..]);
+        frame[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
+        frame[4..8].copy_from_slice(&(plen as u32).to_le_bytes());
+        frame[8..12].copy_from_slice(&(recs.len() as u32).to_le_bytes());
+        frame[12..16].copy_from_slice(&crc.to_le_bytes());
 
         let mut inner = self.inner.lock().unwrap();
         if inner.active.len + frame.len() as u64 > u64::from(u32::MAX) {
@@ -812,16 +818,14 @@ impl Store {
             return Err(e);
         }
         a.len += frame.len() as u64;
-        for (r, off) in recs.iter().zip(offsets) {
-            index_record(
-                r,
-                (base + off as u64) as u32,
-                &mut a.entries,
-                &mut a.unindexed,
-            );
-            a.min_time = a.min_time.min(r.time);
-            a.max_time = a.max_time.max(r.time);
-        }
+        a.entries.extend(
+            entries
+                .into_iter()
+                .map(|(k, off)| (k, (base + u64::from(off)) as u32)),
+        );
+        a.unindexed.extend(unindexed);
+        a.min_time = a.min_time.min(min_t);
+        a.max_time = a.max_time.max(max_t);
         a.count += recs.len() as u64;
         inner.seq += 1;
         let seq = inner.seq;
