@@ -480,7 +480,7 @@ impl Ctx<'_> {
             let b = base::ensure(kind, &self.opts.cache_dir, &log)?;
             let layout = self.layout.expect("layout when not a dry run");
             let rebuilt = !layout.has_blob(&b.digest);
-            layout.put_file(&b.path, &b.digest)?;
+            layout.put_file_checked(&b.path, &b.digest, false)?;
             return Ok(Built {
                 digest: b.digest,
                 diff_id: b.diff_id,
