@@ -40,7 +40,11 @@ for op in put get query; do
   done
 done
 
-# RSS with a big table: load BIG_MB of items into a fresh store, then serve reads.
+# RSS with a big table: load BIG_MB of items into a fresh store, then serve reads
+# (BIG_MB=0 skips it).
+peak=0 db_bytes=0
+echo '{"items": 0, "secs": 0}' >"$work/load.json"
+if [ "$big_mb" -gt 0 ]; then
 start_ours 18104 full
 "$loadgen" 127.0.0.1:18104 setup big
 n=$((big_mb * 1024 / 4))   # 4 KiB items
@@ -64,6 +68,7 @@ while kill -0 "$lg" 2>/dev/null; do
 done
 wait "$lg" || true
 db_bytes=$(du -sb "$work/ours-18104" | cut -f1)
+fi
 
 python3 - "$results" "$peak" "$db_bytes" "$work/load.json" <<'PY'
 import json, statistics, sys
@@ -84,6 +89,7 @@ for op, label in [("put", "PutItem"), ("get", "GetItem"), ("query", "Query (100 
         d = med[("dynalite", op, c)]
         print(f"| {label} | {c} | {f:.0f} | {n:.0f} | {d:.0f} | {f / d:.1f}x | {n / d:.1f}x |")
 print()
-print(f"RSS of the store serving a {db_bytes / 2**30:.2f} GiB database (GetItem then Query, 16 clients): "
-      f"peak {peak_kib / 1024:.1f} MiB; load of {load['items']} items took {load['secs']:.0f} s")
+if db_bytes:
+        print(f"RSS of the store serving a {db_bytes / 2**30:.2f} GiB database (GetItem then Query, 16 clients): "
+          f"peak {peak_kib / 1024:.1f} MiB; load of {load['items']} items took {load['secs']:.0f} s")
 PY
