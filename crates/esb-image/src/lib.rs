@@ -15,12 +15,14 @@ pub mod base;
 mod build;
 mod import;
 pub mod layer;
+mod registry;
 pub mod store;
 
 use std::path::{Path, PathBuf};
 
 pub use build::{build, BuildOptions, BuildReport, ImageReport, LayerReport, Progress};
 pub use import::{import, ImportReport};
+pub use registry::{push, PushReport, Registry};
 pub use store::{Blob, Layout};
 
 /// Errors of the image builder.
@@ -51,6 +53,9 @@ pub enum Error {
     /// An image to import is not in a supported format.
     #[error("import: {0}")]
     Import(String),
+    /// The registry refused or could not be reached.
+    #[error("registry: {0}")]
+    Registry(String),
     /// containerd refused or failed.
     #[error(transparent)]
     Containerd(#[from] esb_containerd::Error),

@@ -1,0 +1,256 @@
+//! Pushing built images to a real registry (the CNCF distribution server, Debian package
+//! docker-registry) on 127.0.0.1: plain HTTP, then HTTPS with a CA the test makes; the
+//! pushed image is pulled back by containerd, and a second push sends no blob.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A registry process on 127.0.0.1, killed (by PID) on drop.
+struct RegistryProcess {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for RegistryProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_registry(dir: &Path, tls: Option<(&Path, &Path)>) -> RegistryProcess {
+    let bin = ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("docker-registry is not installed (crates/esb-image/deps/apt.txt): run scripts/prereqs.sh");
+    let port = free_port();
+    let tls_conf = match tls {
+        Some((cert, key)) => format!(
+            "  tls:\n    certificate: {}\n    key: {}\n",
+            cert.display(),
+            key.display()
+        ),
+        None => String::new(),
+    };
+    let config = format!(
+        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{tls_conf}",
+        dir.join("data").display()
+    );
+    let config_path = dir.join("config.yml");
+    std::fs::write(&config_path, config).unwrap();
+    let child = Command::new(bin)
+        .arg("serve")
+        .arg(&config_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start docker-registry");
+    let reg = RegistryProcess { child, port };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the registry did not listen on 127.0.0.1:{port}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    reg
+}
+
+fn built_image(app: &Path, out: &Path) -> String {
+    std::fs::create_dir_all(app.join("bootstrap-dir")).unwrap();
+    std::fs::write(app.join("bootstrap-dir/bootstrap"), "#!/bin/sh\necho hi\n").unwrap();
+    let t = esb_template::load(&app.join("template.yaml"), &Default::default()).unwrap();
+    let (r, _) = build(&t, &options(&t, out, &fake_supervisor(app)));
+    r.images[0].reference.clone()
+}
+
+#[test]
+fn push_over_http_then_pull_with_containerd() {
+    esb_testkit::require_root();
+    let app = fixture("rust-fn");
+    let out = tempfile::tempdir().unwrap();
+    let local = built_image(app.path(), out.path());
+    let layout = esb_image::Layout::open(out.path()).unwrap();
+    let regdir = tempfile::tempdir().unwrap();
+    let registry = start_registry(regdir.path(), None);
+    let target =
+        esb_image::Registry::from_setting(&format!("http://127.0.0.1:{}", registry.port)).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    let first = rt
+        .block_on(esb_image::push(
+            &layout,
+            &local,
+            &target,
+            "esb/functions/hello-rust",
+            "v1",
+        ))
+        .unwrap();
+    assert_eq!(
+        (first.blobs_uploaded, first.blobs_present),
+        (4, 0),
+        "{first:?}"
+    );
+    assert_eq!(
+        first.reference,
+        format!("127.0.0.1:{}/esb/functions/hello-rust:v1", registry.port)
+    );
+    let again = rt
+        .block_on(esb_image::push(
+            &layout,
+            &local,
+            &target,
+            "esb/functions/hello-rust",
+            "v1",
+        ))
+        .unwrap();
+    assert_eq!((again.blobs_uploaded, again.blobs_present), (0, 4));
+    assert_eq!(again.digest, first.digest);
+
+    // The registry serves the manifest under its digest (checked with curl).
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-I",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+        ])
+        .arg(format!(
+            "http://127.0.0.1:{}/v2/esb/functions/hello-rust/manifests/v1",
+            registry.port
+        ))
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(
+        head.contains(&format!("docker-content-digest: {}", first.digest)),
+        "{head}"
+    );
+
+    // containerd pulls and unpacks it from the registry.
+    let state = tempfile::Builder::new()
+        .prefix("esb-reg-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let mut ctd = rt
+        .block_on(esb_containerd::Containerd::start(state.path()))
+        .unwrap();
+    let out = Command::new("ctr")
+        .arg("--address")
+        .arg(ctd.socket())
+        .args([
+            "--namespace",
+            esb_containerd::NAMESPACE,
+            "image",
+            "pull",
+            "--plain-http",
+        ])
+        .arg(&first.reference)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ctr pull: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let client = rt.block_on(esb_containerd::connect(ctd.socket())).unwrap();
+    assert!(rt.block_on(client.image_exists(&first.reference)).unwrap());
+    ctd.stop().unwrap();
+
+    // Bad input.
+    let err = rt
+        .block_on(esb_image::push(
+            &layout,
+            "esb.local/functions/nope:latest",
+            &target,
+            "x",
+            "v1",
+        ))
+        .unwrap_err();
+    assert!(err.to_string().contains("nope"), "{err}");
+    let err = rt
+        .block_on(esb_image::push(
+            &layout,
+            &local,
+            &target,
+            "Upper/Case",
+            "v1",
+        ))
+        .unwrap_err();
+    assert!(err.to_string().contains("repository name"), "{err}");
+}
+
+#[test]
+fn push_over_https_with_the_box_ca() {
+    esb_testkit::require_root();
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    let certs = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let key = KeyPair::generate().unwrap();
+    let cert = p.signed_by(&key, &issuer).unwrap();
+    let (ca_path, cert_path, key_path) = (
+        certs.path().join("ca.pem"),
+        certs.path().join("cert.pem"),
+        certs.path().join("key.pem"),
+    );
+    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+
+    let app = fixture("rust-fn");
+    let out = tempfile::tempdir().unwrap();
+    let local = built_image(app.path(), out.path());
+    let layout = esb_image::Layout::open(out.path()).unwrap();
+    let regdir = tempfile::tempdir().unwrap();
+    let registry = start_registry(regdir.path(), Some((&cert_path, &key_path)));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    // CONTAINER_REGISTRY=host:port means HTTPS; the system roots do not trust the box's CA.
+    let mut target =
+        esb_image::Registry::from_setting(&format!("127.0.0.1:{}", registry.port)).unwrap();
+    let err = rt
+        .block_on(esb_image::push(
+            &layout,
+            &local,
+            &target,
+            "esb/hello",
+            "latest",
+        ))
+        .unwrap_err();
+    assert!(err.to_string().contains("TLS"), "{err}");
+    target.ca_file = Some(ca_path);
+    let r = rt
+        .block_on(esb_image::push(
+            &layout,
+            &local,
+            &target,
+            "esb/hello",
+            "latest",
+        ))
+        .unwrap();
+    assert_eq!(r.blobs_uploaded, 4);
+}
