@@ -167,6 +167,32 @@ impl Logs {
         }
     }
 
+    /// Records one message the runtime sent as a telemetry frame (`_LAMBDA_TELEMETRY_LOG_FD`,
+    /// awslambdaric's and the Node client's framing): one record even when it spans lines
+    /// (a traceback), with the frame's level and timestamp.
+    pub fn function_frame(&self, frame_type: u32, timestamp_us: u64, message: &[u8]) {
+        let ctx = self.inner.ctx.lock().unwrap().clone();
+        let text = String::from_utf8_lossy(message);
+        let text = text.trim_end_matches(['\n', '\r']);
+        self.capture(ctx.as_ref().map(|c| c.request_id.as_str()), text);
+        match &self.inner.sink {
+            Sink::Stdout { json: false, out } => out.push(text),
+            _ => {
+                let is_json = frame_type & 1 == 0;
+                let mut fields = Vec::new();
+                if !is_json {
+                    if let Some(level) = frame_level(frame_type) {
+                        fields.push(("level", Value::String(level.into())));
+                    }
+                }
+                let time = std::time::UNIX_EPOCH + Duration::from_micros(timestamp_us);
+                fields.push(("_time", Value::String(rfc3339(time))));
+                let rec = self.record(text, "stdout", ctx.as_deref(), is_json, fields);
+                self.emit(rec);
+            }
+        }
+    }
+
     /// Records a platform line (START / END / REPORT …) for the given invocation.
     pub fn platform(&self, ctx: &LogCtx, msg: &str, fields: Vec<(&'static str, Value)>) {
         self.capture(Some(&ctx.request_id), msg);
@@ -423,6 +449,65 @@ fn level_of(word: &str) -> Option<&'static str> {
         "CRITICAL" | "FATAL" => "fatal",
         _ => return None,
     })
+}
+
+/// The level a telemetry frame type carries (`0xA55A00xx`: even = JSON, odd = text).
+fn frame_level(frame_type: u32) -> Option<&'static str> {
+    Some(match frame_type & 0xfe {
+        0x0a => "debug",
+        0x0e => "info",
+        0x12 => "warn",
+        0x16 => "error",
+        0x1a => "fatal",
+        _ => return None,
+    })
+}
+
+/// Magic of telemetry log frames (high half of the frame type).
+const FRAME_MAGIC: u32 = 0xA55A;
+/// Largest frame message kept whole; longer ones are cut (their rest is read and dropped).
+const MAX_FRAME: usize = 1 << 20;
+
+/// Reads telemetry log frames (`type: u32 BE | length: u32 BE | timestamp µs: u64 BE |
+/// message`) from the runtime's `_LAMBDA_TELEMETRY_LOG_FD` pipe until EOF.
+pub async fn pump_frames(logs: Logs, fd: OwnedFd) {
+    let mut rx = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+        Ok(rx) => rx,
+        Err(e) => {
+            eprintln!("esb-supervisor: cannot read the runtime's telemetry log pipe: {e}");
+            return;
+        }
+    };
+    let mut head = [0u8; 16];
+    loop {
+        if rx.read_exact(&mut head).await.is_err() {
+            return;
+        }
+        let frame_type = u32::from_be_bytes(head[0..4].try_into().unwrap());
+        let len = u32::from_be_bytes(head[4..8].try_into().unwrap()) as usize;
+        let timestamp_us = u64::from_be_bytes(head[8..16].try_into().unwrap());
+        if frame_type >> 16 != FRAME_MAGIC {
+            eprintln!(
+                "esb-supervisor: bad telemetry log frame {frame_type:#x}; ignoring that pipe"
+            );
+            let mut sink = [0u8; 4096];
+            while matches!(rx.read(&mut sink).await, Ok(n) if n > 0) {}
+            return;
+        }
+        let mut message = vec![0u8; len.min(MAX_FRAME)];
+        if rx.read_exact(&mut message).await.is_err() {
+            return;
+        }
+        let mut rest = len - message.len();
+        let mut sink = [0u8; 4096];
+        while rest > 0 {
+            match rx.read(&mut sink[..rest.min(4096)]).await {
+                Ok(n) if n > 0 => rest -= n,
+                _ => return,
+            }
+        }
+        logs.function_frame(frame_type, timestamp_us, &message);
+    }
 }
 
 /// Reads lines from one of the runtime's output pipes until EOF and records them.

@@ -314,7 +314,7 @@ impl Supervisor {
         st.init_duration = None;
         st.peak_rss = 0;
         match spawn_process(&self.cfg, self.runtime_api) {
-            Ok((pid, out, err)) => {
+            Ok((pid, out, err, telemetry)) => {
                 let version = if self.cfg.runtime.is_empty() {
                     "custom"
                 } else {
@@ -332,6 +332,10 @@ impl Supervisor {
                     .push(tokio::spawn(logs::pump(self.logs.clone(), "stdout", out)));
                 st.pumps
                     .push(tokio::spawn(logs::pump(self.logs.clone(), "stderr", err)));
+                if let Some(t) = telemetry {
+                    st.pumps
+                        .push(tokio::spawn(logs::pump_frames(self.logs.clone(), t)));
+                }
             }
             Err(e) => {
                 let cmd = self
@@ -938,7 +942,10 @@ fn kill_group(pid: i32, sig: libc::c_int) {
 
 /// Spawns the runtime in its own process group with the Lambda environment; returns its
 /// pid and its stdout / stderr pipes. The child is reaped by [`Supervisor::reap`].
-fn spawn_process(cfg: &Config, runtime_api: SocketAddr) -> io::Result<(i32, OwnedFd, OwnedFd)> {
+/// A started runtime process: pid, stdout, stderr, and the telemetry log pipe if any.
+type Spawned = (i32, OwnedFd, OwnedFd, Option<OwnedFd>);
+
+fn spawn_process(cfg: &Config, runtime_api: SocketAddr) -> io::Result<Spawned> {
     let program = cfg
         .command
         .first()
@@ -952,11 +959,39 @@ fn spawn_process(cfg: &Config, runtime_api: SocketAddr) -> io::Result<(i32, Owne
     if cfg.task_root.is_dir() {
         cmd.current_dir(&cfg.task_root);
     }
+    // Managed runtimes (awslambdaric, the Node client) send their log records framed on
+    // the descriptor named by _LAMBDA_TELEMETRY_LOG_FD, as on Lambda: a multi-line record
+    // (a traceback) stays one record. Custom runtimes (provided.*) do not get it, as on
+    // Lambda.
+    let telemetry = if cfg.runtime.is_empty() || cfg.runtime.starts_with("provided") {
+        None
+    } else {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: pipe2 fills the two descriptors, which we then own.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        use std::os::fd::FromRawFd;
+        // SAFETY: both descriptors were just created and are owned by nobody else.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        cmd.env("_LAMBDA_TELEMETRY_LOG_FD", fds[1].to_string());
+        Some((r, w))
+    };
+    let telemetry_w = telemetry.as_ref().map(|(_, w)| {
+        use std::os::fd::AsRawFd;
+        w.as_raw_fd()
+    });
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::setpgid(0, 0) != 0 {
                 return Err(io::Error::last_os_error());
+            }
+            if let Some(w) = telemetry_w {
+                // Inherit the telemetry pipe's write end across exec.
+                if libc::fcntl(w, libc::F_SETFD, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             // Die with the supervisor even when it is not PID 1 (tests, local runs).
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
@@ -966,5 +1001,12 @@ fn spawn_process(cfg: &Config, runtime_api: SocketAddr) -> io::Result<(i32, Owne
     let mut child = cmd.spawn()?;
     let out = child.stdout.take().expect("piped stdout");
     let err = child.stderr.take().expect("piped stderr");
-    Ok((child.id() as i32, OwnedFd::from(out), OwnedFd::from(err)))
+    // Our copy of the write end goes away here, so the read end sees EOF with the runtime.
+    let telemetry = telemetry.map(|(r, _w)| r);
+    Ok((
+        child.id() as i32,
+        OwnedFd::from(out),
+        OwnedFd::from(err),
+        telemetry,
+    ))
 }

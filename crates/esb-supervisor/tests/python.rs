@@ -403,6 +403,8 @@ fn logs_reach_the_endpoint_with_ids_and_nothing_is_lost_on_sigterm() {
     );
     assert_eq!((r.status, r.json()), (200, json!("logged")));
     let id = r.header("x-amzn-requestid").unwrap().to_string();
+    let raised = sup.invoke(&json!({"action": "raise", "why": "traced"}));
+    let raised_id = raised.header("x-amzn-requestid").unwrap().to_string();
     // Stopped right after the response: everything must still arrive.
     assert_eq!(sup.terminate(), Some(0));
 
@@ -450,6 +452,23 @@ fn logs_reach_the_endpoint_with_ids_and_nothing_is_lost_on_sigterm() {
         })
         .expect("the logging line");
     assert_eq!(logged["level"], "info");
+    // awslambdaric's error log comes framed on _LAMBDA_TELEMETRY_LOG_FD: the traceback is
+    // one record, at level error.
+    let traceback = recs
+        .iter()
+        .find(|r| {
+            r["_msg"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("[ERROR] ValueError: boom: traced"))
+        })
+        .expect("the error record");
+    let text = traceback["_msg"].as_str().unwrap();
+    assert!(
+        text.contains("\nTraceback (most recent call last):"),
+        "{text}"
+    );
+    assert_eq!(traceback["level"], "error");
+    assert_eq!(traceback["request_id"], raised_id);
     // START / END / REPORT like Lambda's.
     for (kind, prefix) in [
         ("platform.start", format!("START RequestId: {id}")),
