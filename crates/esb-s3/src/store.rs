@@ -183,6 +183,19 @@ fn encode_object(record: &ObjectRecord, inline: &[u8]) -> StoreResult<Vec<u8>> {
     Ok(out)
 }
 
+/// The record alone (listings, recovery): skips copying inline data.
+fn decode_record(raw: &[u8]) -> StoreResult<ObjectRecord> {
+    let bad = || StoreError::Internal(anyhow::anyhow!("corrupt object record"));
+    let len_bytes: [u8; 4] = raw
+        .get(..4)
+        .ok_or_else(bad)?
+        .try_into()
+        .map_err(|_| bad())?;
+    let len = u32::from_le_bytes(len_bytes) as usize;
+    let json = raw.get(4..4 + len).ok_or_else(bad)?;
+    serde_json::from_slice(json).map_err(|e| StoreError::Internal(e.into()))
+}
+
 fn decode_object(raw: &[u8]) -> StoreResult<StoredObject> {
     let bad = || StoreError::Internal(anyhow::anyhow!("corrupt object record"));
     let len_bytes: [u8; 4] = raw
@@ -361,8 +374,8 @@ impl Store {
             if let Ok(t) = txn.open_table(TableDefinition::<&str, &[u8]>::new(&obj_table(&name))) {
                 for item in t.iter()? {
                     let (_, v) = item?;
-                    let obj = decode_object(v.value()).map_err(store_anyhow)?;
-                    live.extend(obj.record.segments.into_iter().map(|s| s.id));
+                    let rec = decode_record(v.value()).map_err(store_anyhow)?;
+                    live.extend(rec.segments.into_iter().map(|s| s.id));
                 }
             }
             if let Ok(t) = txn.open_table(TableDefinition::<(&str, &str), &[u8]>::new(&mpu_table(
@@ -645,22 +658,19 @@ impl Store {
             if !key.starts_with(prefix) {
                 break;
             }
-            let entry = match delimiter
-                .and_then(|d| key[prefix.len()..].find(d).map(|i| (i, d.len())))
-            {
-                Some((i, dlen)) => {
-                    let cp = &key[..prefix.len() + i + dlen];
-                    // Already returned, or at/before the marker: skip the whole group.
-                    if last_prefix.as_deref() == Some(cp) || after.is_some_and(|a| cp <= a) {
-                        continue;
+            let entry =
+                match delimiter.and_then(|d| key[prefix.len()..].find(d).map(|i| (i, d.len()))) {
+                    Some((i, dlen)) => {
+                        let cp = &key[..prefix.len() + i + dlen];
+                        // Already returned, or at/before the marker: skip the whole group.
+                        if last_prefix.as_deref() == Some(cp) || after.is_some_and(|a| cp <= a) {
+                            continue;
+                        }
+                        last_prefix = Some(cp.to_owned());
+                        ListEntry::Prefix(cp.to_owned())
                     }
-                    last_prefix = Some(cp.to_owned());
-                    ListEntry::Prefix(cp.to_owned())
-                }
-                None => {
-                    ListEntry::Object(key.to_owned(), Box::new(decode_object(v.value())?.record))
-                }
-            };
+                    None => ListEntry::Object(key.to_owned(), Box::new(decode_record(v.value())?)),
+                };
             if entries.len() == max {
                 truncated = true;
                 break;
