@@ -844,6 +844,15 @@ mod tests {
     }
 
     #[test]
+    fn levels_from_frame_types() {
+        assert_eq!(frame_level(0xA55A_0003), None);
+        assert_eq!(frame_level(0xA55A_000F), Some("info"));
+        assert_eq!(frame_level(0xA55A_0016), Some("error"));
+        assert_eq!(frame_level(0xA55A_0017), Some("error"));
+        assert_eq!(frame_level(0xA55A_001B), Some("fatal"));
+    }
+
+    #[test]
     fn levels_from_text() {
         assert_eq!(
             text_level("[ERROR]\t2024-01-01T00:00:00.000Z\tid\tboom", "stdout"),
