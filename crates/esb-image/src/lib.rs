@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 pub use build::{build, BuildOptions, BuildReport, ImageReport, LayerReport, Progress};
 pub use import::{import, ImportReport};
-pub use registry::{push, PushReport, Registry};
+pub use registry::{pull, push, PullReport, PushReport, Registry};
 pub use store::{Blob, Layout};
 
 /// Errors of the image builder.

@@ -390,6 +390,143 @@ pub async fn push(
     })
 }
 
+/// What [`pull`] did.
+#[derive(Debug, Clone, Serialize)]
+pub struct PullReport {
+    /// The local reference it is stored under.
+    pub reference: String,
+    /// Manifest digest.
+    pub digest: String,
+    /// Blobs fetched.
+    pub blobs_fetched: usize,
+    /// Blobs already in the layout.
+    pub blobs_present: usize,
+}
+
+const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.manifest.v1+json, \
+application/vnd.oci.image.index.v1+json, \
+application/vnd.docker.distribution.manifest.v2+json, \
+application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// Fetches `repository:tag` (or `repository@sha256:…`) from `registry` into `layout`,
+/// choosing this machine's platform from a multi-platform index, verifying every digest,
+/// and names it `local_ref`.
+pub async fn pull(
+    layout: &Layout,
+    registry: &Registry,
+    repository: &str,
+    reference: &str,
+    local_ref: &str,
+) -> Result<PullReport, Error> {
+    check_repository(repository)?;
+    let http = Http::new(registry)?;
+    let get_manifest = |r: String| {
+        let http = &http;
+        async move {
+            let (status, headers, body) = http
+                .send(
+                    Method::GET,
+                    &format!("/v2/{repository}/manifests/{r}"),
+                    &[("accept", ACCEPT_MANIFESTS.into())],
+                    Bytes::new(),
+                )
+                .await?;
+            if !status.is_success() {
+                return Err(reg(format!(
+                    "{repository}:{r}: {status} {}",
+                    String::from_utf8_lossy(&body)
+                )));
+            }
+            let media = headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            Ok::<_, Error>((media, body))
+        }
+    };
+    let (media, first) = get_manifest(reference.to_string()).await?;
+    let first_doc: serde_json::Value =
+        serde_json::from_slice(&first).map_err(|e| reg(format!("manifest: {e}")))?;
+    let is_index = media.contains("index")
+        || media.contains("manifest.list")
+        || first_doc["manifests"].is_array();
+    let (body, doc) = if is_index {
+        let arch = match std::env::consts::ARCH {
+            "aarch64" => "arm64",
+            _ => "amd64",
+        };
+        let chosen = first_doc["manifests"]
+            .as_array()
+            .and_then(|ms| {
+                ms.iter().find(|m| {
+                    m["platform"]["os"] == "linux" && m["platform"]["architecture"] == arch
+                })
+            })
+            .and_then(|m| m["digest"].as_str())
+            .ok_or_else(|| {
+                reg(format!(
+                    "{repository}:{reference} has no linux/{arch} image"
+                ))
+            })?
+            .to_string();
+        let (_, body) = get_manifest(chosen).await?;
+        let doc = serde_json::from_slice(&body).map_err(|e| reg(format!("manifest: {e}")))?;
+        (body, doc)
+    } else {
+        (first, first_doc)
+    };
+    let mut digests = Vec::new();
+    if let Some(d) = doc["config"]["digest"].as_str() {
+        digests.push(d.to_string());
+    }
+    for l in doc["layers"].as_array().into_iter().flatten() {
+        if let Some(d) = l["digest"].as_str() {
+            digests.push(d.to_string());
+        }
+    }
+    let (mut fetched, mut present) = (0, 0);
+    for d in &digests {
+        if layout.has_blob(d) {
+            present += 1;
+            continue;
+        }
+        let (status, _, data) = http
+            .send(
+                Method::GET,
+                &format!("/v2/{repository}/blobs/{d}"),
+                &[],
+                Bytes::new(),
+            )
+            .await?;
+        if !status.is_success() {
+            return Err(reg(format!("blob {d}: {status}")));
+        }
+        let stored = layout.put_bytes(&data)?;
+        if stored.digest != *d {
+            return Err(Error::Corrupt(format!(
+                "blob {d} from the registry has digest {}",
+                stored.digest
+            )));
+        }
+        fetched += 1;
+    }
+    let manifest = layout.put_bytes(&body)?;
+    if reference.starts_with("sha256:") && manifest.digest != reference {
+        return Err(Error::Corrupt(format!(
+            "manifest {reference} from the registry has digest {}",
+            manifest.digest
+        )));
+    }
+    layout.set_refs(&[(local_ref.to_string(), manifest.clone())])?;
+    Ok(PullReport {
+        reference: local_ref.to_string(),
+        digest: manifest.digest,
+        blobs_fetched: fetched,
+        blobs_present: present,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -143,6 +143,39 @@ fn push_over_http_then_pull_with_containerd() {
         "{head}"
     );
 
+    // esb pulls it back into another layout: same manifest, every blob fetched once.
+    let other = tempfile::tempdir().unwrap();
+    let other_layout = esb_image::Layout::open(other.path()).unwrap();
+    let pulled = rt
+        .block_on(esb_image::pull(
+            &other_layout,
+            &target,
+            "esb/functions/hello-rust",
+            "v1",
+            "esb.local/pulled/hello:v1",
+        ))
+        .unwrap();
+    assert_eq!(pulled.digest, first.digest);
+    assert_eq!((pulled.blobs_fetched, pulled.blobs_present), (4, 0));
+    let by_digest = rt
+        .block_on(esb_image::pull(
+            &other_layout,
+            &target,
+            "esb/functions/hello-rust",
+            &first.digest,
+            "esb.local/pulled/hello:v1",
+        ))
+        .unwrap();
+    assert_eq!((by_digest.blobs_fetched, by_digest.blobs_present), (0, 4));
+    let missing = rt.block_on(esb_image::pull(
+        &other_layout,
+        &target,
+        "esb/functions/hello-rust",
+        "nope",
+        "x:y",
+    ));
+    assert!(missing.is_err());
+
     // containerd pulls and unpacks it from the registry.
     let state = tempfile::Builder::new()
         .prefix("esb-reg-")
