@@ -46,6 +46,28 @@ def test_cli_roundtrip():
     aws("delete-item", "--table-name", t, "--key", json.dumps({"pk": {"S": "k"}, "sk": {"N": "1"}}))
     aws("batch-write-item", "--request-items", json.dumps({t: [{"DeleteRequest": {"Key": {"pk": {"S": "k"}, "sk": {"N": "2"}}}}]}))
     assert aws("describe-table", "--table-name", t)["Table"]["ItemCount"] == 10
+    out = aws("batch-get-item", "--request-items",
+              json.dumps({t: {"Keys": [{"pk": {"S": "k"}, "sk": {"N": "3"}}, {"pk": {"S": "k"}, "sk": {"N": "4"}}]}}))
+    assert len(out["Responses"][t]) == 2
+    aws("transact-write-items", "--transact-items", json.dumps([
+        {"Put": {"TableName": t, "Item": {"pk": {"S": "tx"}, "sk": {"N": "1"}, "g": {"S": "grp"}}}},
+        {"Update": {"TableName": t, "Key": {"pk": {"S": "k"}, "sk": {"N": "3"}}, "UpdateExpression": "SET g = :g",
+                    "ExpressionAttributeValues": {":g": {"S": "grp"}}}}]))
+    p = aws("transact-write-items", "--transact-items", json.dumps([
+        {"ConditionCheck": {"TableName": t, "Key": {"pk": {"S": "tx"}, "sk": {"N": "1"}},
+                            "ConditionExpression": "attribute_not_exists(pk)"}},
+        {"Delete": {"TableName": t, "Key": {"pk": {"S": "k"}, "sk": {"N": "3"}}}}]), check=False)
+    assert p.returncode != 0 and "TransactionCanceledException" in p.stderr
+    out = aws("transact-get-items", "--transact-items", json.dumps([
+        {"Get": {"TableName": t, "Key": {"pk": {"S": "k"}, "sk": {"N": "3"}}}}]))
+    assert out["Responses"][0]["Item"]["g"] == {"S": "grp"}
+    aws("update-table", "--table-name", t, "--attribute-definitions", "AttributeName=g,AttributeType=S",
+        "--global-secondary-index-updates",
+        json.dumps([{"Create": {"IndexName": "by-g", "KeySchema": [{"AttributeName": "g", "KeyType": "HASH"}],
+                                "Projection": {"ProjectionType": "ALL"}}}]))
+    out = aws("query", "--table-name", t, "--index-name", "by-g", "--key-condition-expression", "g = :g",
+              "--expression-attribute-values", json.dumps({":g": {"S": "grp"}}))
+    assert out["Count"] == 2
     aws("update-time-to-live", "--table-name", t, "--time-to-live-specification", "Enabled=true,AttributeName=exp")
     assert aws("describe-time-to-live", "--table-name", t)["TimeToLiveDescription"]["TimeToLiveStatus"] == "ENABLED"
     aws("delete-table", "--table-name", t)
