@@ -446,6 +446,11 @@ pub async fn pull(
         }
     };
     let (media, first) = get_manifest(reference.to_string()).await?;
+    if reference.starts_with("sha256:") && crate::store::sha256_digest(&first) != reference {
+        return Err(Error::Corrupt(format!(
+            "manifest {reference} from the registry does not match its digest"
+        )));
+    }
     let first_doc: serde_json::Value =
         serde_json::from_slice(&first).map_err(|e| reg(format!("manifest: {e}")))?;
     let is_index = media.contains("index")
@@ -512,12 +517,6 @@ pub async fn pull(
         fetched += 1;
     }
     let manifest = layout.put_bytes(&body)?;
-    if reference.starts_with("sha256:") && manifest.digest != reference {
-        return Err(Error::Corrupt(format!(
-            "manifest {reference} from the registry has digest {}",
-            manifest.digest
-        )));
-    }
     layout.set_refs(&[(local_ref.to_string(), manifest.clone())])?;
     Ok(PullReport {
         reference: local_ref.to_string(),
