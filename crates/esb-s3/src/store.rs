@@ -253,7 +253,21 @@ impl WriteCondition {
 pub struct Store {
     root: PathBuf,
     db: Arc<Database>,
-    writer: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
+    writer: std::sync::Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Store {
+    /// Stops the writer thread (after its last batch) so that the index file is closed
+    /// when the store is gone and can be reopened at once.
+    fn drop(&mut self) {
+        if let Ok(mut w) = self.writer.lock() {
+            w.take();
+        }
+        if let Some(t) = self.writer_thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Called once the batch holding a job committed (`None`) or failed (`Some(error)`).
@@ -335,14 +349,15 @@ impl Store {
         let db = Arc::new(db);
         let (tx, rx) = std::sync::mpsc::channel();
         let writer_db = db.clone();
-        std::thread::Builder::new()
+        let writer_thread = std::thread::Builder::new()
             .name("esb-s3-index-writer".into())
             .spawn(move || writer_loop(writer_db, rx))
             .context("starting the index writer thread")?;
         let store = Store {
             root: root.to_owned(),
             db,
-            writer: std::sync::Mutex::new(tx),
+            writer: std::sync::Mutex::new(Some(tx)),
+            writer_thread: Some(writer_thread),
         };
         let removed = store
             .collect_garbage()
@@ -442,6 +457,8 @@ impl Store {
             .writer
             .lock()
             .map_err(|_| internal_err("writer lock poisoned"))?
+            .as_ref()
+            .ok_or_else(|| internal_err("the store is closing"))?
             .send(job);
         sent.map_err(|_| internal_err("the index writer stopped"))?;
         rx.recv()
@@ -881,4 +898,146 @@ fn store_anyhow(e: StoreError) -> anyhow::Error {
 /// fsync a directory so that entries created in it survive a crash.
 pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(etag: &str) -> ObjectRecord {
+        ObjectRecord {
+            size: 1,
+            etag: etag.into(),
+            last_modified_ms: 0,
+            headers: StdHeaders::default(),
+            metadata: BTreeMap::new(),
+            tags: Vec::new(),
+            checksum: None,
+            part_sizes: Vec::new(),
+            segments: Vec::new(),
+        }
+    }
+
+    fn keys(r: &ListResult) -> Vec<String> {
+        r.entries
+            .iter()
+            .map(|e| match e {
+                ListEntry::Object(k, _) => k.clone(),
+                ListEntry::Prefix(p) => format!("{p}*"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn failing_writes_in_a_batch_leave_the_others_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        store.create_bucket("bkt", "r", 0).unwrap();
+        store
+            .put_object(
+                "bkt",
+                "exists",
+                &record("e0"),
+                b"x",
+                &WriteCondition::default(),
+            )
+            .unwrap();
+        // Many concurrent writers: successes and precondition failures share batches.
+        let handles: Vec<_> = (0..64)
+            .map(|i| {
+                let s = store.clone();
+                std::thread::spawn(move || {
+                    let cond = WriteCondition {
+                        if_none_match_any: i % 2 == 0,
+                        if_match: None,
+                    };
+                    let key = if i % 2 == 0 {
+                        "exists".to_owned()
+                    } else {
+                        format!("k{i:02}")
+                    };
+                    s.put_object("bkt", &key, &record("e1"), b"y", &cond)
+                })
+            })
+            .collect();
+        for (i, h) in handles.into_iter().enumerate() {
+            let r = h.join().unwrap();
+            if i % 2 == 0 {
+                assert!(
+                    matches!(r, Err(StoreError::PreconditionFailed)),
+                    "{i}: {r:?}"
+                );
+            } else {
+                assert!(r.is_ok(), "{i}: {r:?}");
+            }
+        }
+        assert_eq!(store.get_object("bkt", "exists").unwrap().record.etag, "e0");
+        let all = store.list_objects("bkt", "", None, None, 1000).unwrap();
+        assert_eq!(all.entries.len(), 33);
+        assert!(matches!(
+            store.put_object("nope", "k", &record("e"), b"", &WriteCondition::default()),
+            Err(StoreError::NoSuchBucket)
+        ));
+        assert!(matches!(
+            store.delete_bucket("bkt"),
+            Err(StoreError::BucketNotEmpty)
+        ));
+    }
+
+    #[test]
+    fn listing_groups_prefixes_and_resumes_after_markers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.create_bucket("bkt", "r", 0).unwrap();
+        for k in ["a", "a/1", "a/2", "a/b/3", "b", "c/x", "c/y", "d"] {
+            store
+                .put_object("bkt", k, &record("e"), b"", &WriteCondition::default())
+                .unwrap();
+        }
+        let r = store
+            .list_objects("bkt", "", Some("/"), None, 1000)
+            .unwrap();
+        assert_eq!(keys(&r), ["a", "a/*", "b", "c/*", "d"]);
+        let r = store.list_objects("bkt", "", Some("/"), None, 2).unwrap();
+        assert_eq!(keys(&r), ["a", "a/*"]);
+        assert!(r.truncated);
+        // Resuming after a common prefix skips the whole group.
+        let r = store
+            .list_objects("bkt", "", Some("/"), Some("a/"), 2)
+            .unwrap();
+        assert_eq!(keys(&r), ["b", "c/*"]);
+        let r = store
+            .list_objects("bkt", "a/", Some("/"), None, 1000)
+            .unwrap();
+        assert_eq!(keys(&r), ["a/1", "a/2", "a/b/*"]);
+        let r = store.list_objects("bkt", "", None, Some("a/2"), 3).unwrap();
+        assert_eq!(keys(&r), ["a/b/3", "b", "c/x"]);
+        let r = store.list_objects("bkt", "zzz", None, None, 10).unwrap();
+        assert!(r.entries.is_empty() && !r.truncated);
+    }
+
+    #[test]
+    fn reopening_removes_unreferenced_data_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = {
+            let store = Store::open(dir.path()).unwrap();
+            store.create_bucket("bkt", "r", 0).unwrap();
+            let kept = Store::new_data_id();
+            std::fs::write(store.data_path(&kept), b"kept").unwrap();
+            let mut rec = record("e");
+            rec.segments = vec![Segment {
+                id: kept.clone(),
+                len: 4,
+            }];
+            store
+                .put_object("bkt", "k", &rec, b"", &WriteCondition::default())
+                .unwrap();
+            let orphan = Store::new_data_id();
+            std::fs::write(store.data_path(&orphan), b"orphan").unwrap();
+            (kept, orphan)
+        };
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.data_path(&id.0).exists());
+        assert!(!store.data_path(&id.1).exists());
+    }
 }

@@ -696,3 +696,36 @@ def test_parallel_writers_of_one_key(s3, bucket):
     data = got["Body"].read()
     assert data in bodies
     assert got["ETag"] == '"%s"' % md5_hex(data)
+
+
+def test_parallel_readers_during_overwrites(s3, bucket):
+    versions = [bytes([65 + i]) * (2 * 1024 * 1024 + i) for i in range(3)]
+    s3.put_object(Bucket=bucket, Key="hot", Body=versions[0])
+    stop = threading.Event()
+    problems = []
+
+    def writer():
+        c = make_client()
+        i = 0
+        while not stop.is_set():
+            i += 1
+            c.put_object(Bucket=bucket, Key="hot", Body=versions[i % 3])
+
+    def reader():
+        c = make_client()
+        for _ in range(15):
+            r = c.get_object(Bucket=bucket, Key="hot")
+            data = r["Body"].read()
+            if data not in versions or r["ETag"] != '"%s"' % md5_hex(data):
+                problems.append((len(data), r["ETag"]))
+
+    w = threading.Thread(target=writer)
+    readers = [threading.Thread(target=reader) for _ in range(3)]
+    w.start()
+    for t in readers:
+        t.start()
+    for t in readers:
+        t.join()
+    stop.set()
+    w.join()
+    assert not problems, problems
