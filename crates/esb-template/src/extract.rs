@@ -591,7 +591,21 @@ fn function(p: &Props, base_dir: &Path, warnings: &mut Vec<String>) -> Result<Fu
                 Some(id) => layers.push(LayerRef::Resource(id.to_string())),
                 None => {
                     if let Some(v) = p.rv.resolve(item, &loc)? {
-                        layers.push(LayerRef::Arn(string_of(&v, &loc)?));
+                        let arn = string_of(&v, &loc)?;
+                        // `!If [C, !Ref Layer, …]` resolves to the layer's ARN: map it back.
+                        let own = p.rv.resources.iter().find(|(id, r)| {
+                            r.rtype == "AWS::Serverless::LayerVersion"
+                                && p.rv
+                                    .reference(id, item.line, &loc)
+                                    .ok()
+                                    .flatten()
+                                    .and_then(|n| n.scalar_string())
+                                    == Some(arn.clone())
+                        });
+                        match own {
+                            Some((id, _)) => layers.push(LayerRef::Resource(id.clone())),
+                            None => layers.push(LayerRef::Arn(arn)),
+                        }
                     }
                 }
             }

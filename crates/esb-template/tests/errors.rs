@@ -275,3 +275,20 @@ fn unknown_types_are_listed_not_fatal() {
         .collect();
     assert_eq!(ids, [("Q", "AWS::SQS::Queue"), ("S", "Custom::Thing")]);
 }
+
+#[test]
+fn a_layer_chosen_by_if_is_still_a_template_layer() {
+    let t = parse_str(
+        "Conditions:\n  Yes: !Equals [a, a]\nResources:\n  L:\n    Type: AWS::Serverless::LayerVersion\n    Properties:\n      ContentUri: l\n  F:\n    Type: AWS::Serverless::Function\n    Properties:\n      CodeUri: f\n      Handler: a.b\n      Runtime: python3.12\n      Layers:\n        - !If [Yes, !Ref L, !Ref AWS::NoValue]\n        - arn:aws:lambda:us-east-1:1:layer:x:2\n",
+        Path::new("/tmp"),
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        t.functions[0].layers,
+        [
+            esb_template::LayerRef::Resource("L".into()),
+            esb_template::LayerRef::Arn("arn:aws:lambda:us-east-1:1:layer:x:2".into())
+        ]
+    );
+}
