@@ -255,10 +255,16 @@ fn describe(conn: &Connection, meta: &TableMeta, region: &str, status: &str) -> 
 async fn describe_table(db: &Arc<Db>, req: Json) -> Result<Json> {
     let name = table_name(&req)?;
     let region = db.region.clone();
-    db.read(|conn, cat| {
-        let meta = cat.get(&name).ok_or_else(|| table_missing(&name))?;
-        Ok(json!({"Table": describe(conn, meta, &region, "ACTIVE")?}))
+    let db = db.clone();
+    // Counting a large table reads all of it: keep that off the async workers.
+    tokio::task::spawn_blocking(move || {
+        db.read(|conn, cat| {
+            let meta = cat.get(&name).ok_or_else(|| table_missing(&name))?;
+            Ok(json!({"Table": describe(conn, meta, &region, "ACTIVE")?}))
+        })
     })
+    .await
+    .map_err(|e| DdbError::internal(format!("DescribeTable task failed: {e}")))?
 }
 
 async fn list_tables(db: &Arc<Db>, req: Json) -> Result<Json> {
