@@ -1192,6 +1192,68 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_appends_seals_and_queries() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(
+            Store::open(
+                dir.path(),
+                StoreOptions {
+                    segment_bytes: 8 << 10,
+                    max_index_entries: 1000,
+                },
+            )
+            .unwrap(),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (s, stop) = (s.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut rounds = 0;
+                while !stop.load(Ordering::Relaxed) || rounds == 0 {
+                    let n = find(&s, "w:*").len();
+                    assert!(n <= 4000);
+                    rounds += 1;
+                }
+            })
+        };
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for b in 0..50 {
+                        let recs = (0..20)
+                            .map(|r| {
+                                let tid = format!("t-{w}-{b}-{r}");
+                                rec(
+                                    b * 100 + r,
+                                    &format!("w{w}"),
+                                    &[("w", &w.to_string()), ("trace_id", &tid)],
+                                )
+                            })
+                            .collect();
+                        s.append(recs).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        reader.join().unwrap();
+        assert!(s.stats().segments > 10);
+        assert_eq!(find(&s, "w:*").len(), 4000);
+        assert_eq!(find(&s, "w:=2").len(), 1000);
+        assert_eq!(find(&s, "trace_id:=t-3-49-19"), ["w3"]);
+        assert_eq!(find(&s, "trace_id:=t-0-0-0"), ["w0"]);
+        // And after a restart.
+        drop(s);
+        let s = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(find(&s, "w:*").len(), 4000);
+        assert_eq!(find(&s, "trace_id:=t-1-25-7"), ["w1"]);
+    }
+
+    #[test]
     fn sealed_lookup_over_many_table_blocks() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path(), StoreOptions::default()).unwrap();
