@@ -5,6 +5,7 @@ mod agent;
 mod daemon;
 mod doctor;
 mod node;
+mod services;
 mod settings;
 
 use std::net::IpAddr;
@@ -59,6 +60,27 @@ enum Command {
     },
     /// Run the agent (worker lifecycle over gRPC) in the foreground.
     Agent(agent::AgentArgs),
+    /// Run the embedded S3 service alone (default 127.0.0.1:9000).
+    S3 {
+        #[command(flatten)]
+        svc: services::ServiceArgs,
+        #[command(flatten)]
+        creds: services::Credentials,
+    },
+    /// Run the embedded DynamoDB-compatible service alone (default 127.0.0.1:8000).
+    Dynamodb {
+        #[command(flatten)]
+        svc: services::ServiceArgs,
+        #[command(flatten)]
+        creds: services::Credentials,
+    },
+    /// Run the embedded log store alone (default 127.0.0.1:9428).
+    Logstore {
+        #[command(flatten)]
+        svc: services::ServiceArgs,
+    },
+    /// Show records from the log store.
+    Logs(services::LogsArgs),
     /// Check the box and print a hint for each problem; non-zero exit when a check fails.
     Doctor {
         #[command(flatten)]
@@ -151,6 +173,10 @@ fn main() -> ExitCode {
             pid_file,
         ),
         Command::Agent(args) => agent::run(state, &args),
+        Command::S3 { svc, creds } => services::s3(state, &svc, &creds),
+        Command::Dynamodb { svc, creds } => services::dynamodb(state, &svc, &creds),
+        Command::Logstore { svc } => services::logstore(state, &svc),
+        Command::Logs(args) => services::logs(&args),
         Command::Doctor { node, proxy } => doctor::run(state, &node, &proxy),
     };
     match result {

@@ -1,0 +1,179 @@
+//! `esb s3`, `esb dynamodb`, `esb logstore` (each service alone, in the foreground) and
+//! `esb logs` (a client of the log store).
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use crate::agent::shutdown_signal;
+use crate::settings::StateArgs;
+
+/// Where a service listens and keeps its data.
+#[derive(Debug, Clone, Args)]
+pub struct ServiceArgs {
+    /// Address to serve on.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Directory of the service's data (default STATE_DIR/<service>).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// The box's credential pair, required by the AWS-compatible services.
+#[derive(Debug, Clone, Args)]
+pub struct Credentials {
+    /// Access key of the box's credential pair.
+    #[arg(long = "access-key", env = "ESB_ACCESS_KEY_ID")]
+    pub access_key: Option<String>,
+    /// Secret key of the box's credential pair.
+    #[arg(
+        long = "secret-key",
+        env = "ESB_SECRET_ACCESS_KEY",
+        hide_env_values = true
+    )]
+    pub secret_key: Option<String>,
+    /// Region the services report.
+    #[arg(long, env = "ESB_REGION", default_value = "ap-northeast-1")]
+    pub region: String,
+}
+
+impl Credentials {
+    fn pair(&self) -> Result<(String, String)> {
+        match (&self.access_key, &self.secret_key) {
+            (Some(a), Some(s)) if !a.is_empty() && !s.is_empty() => Ok((a.clone(), s.clone())),
+            _ => anyhow::bail!(
+                "ESB_ACCESS_KEY_ID and ESB_SECRET_ACCESS_KEY (or --access-key/--secret-key) must both be set"
+            ),
+        }
+    }
+}
+
+impl ServiceArgs {
+    fn resolve(
+        &self,
+        state: &StateArgs,
+        name: &str,
+        default: &str,
+    ) -> Result<(SocketAddr, PathBuf)> {
+        let listen = self
+            .listen
+            .unwrap_or_else(|| default.parse().expect("default address"));
+        let dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| state.state_dir.join(name));
+        std::fs::create_dir_all(&dir).with_context(|| format!("--data-dir {}", dir.display()))?;
+        Ok((listen, dir))
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// `esb s3`.
+pub fn s3(state: &StateArgs, args: &ServiceArgs, creds: &Credentials) -> Result<()> {
+    let (listen, data_dir) = args.resolve(state, "s3", "127.0.0.1:9000")?;
+    let (access_key, secret_key) = creds.pair()?;
+    let cfg = esb_s3::Config {
+        listen,
+        data_dir,
+        access_key,
+        secret_key,
+        region: creds.region.clone(),
+    };
+    tracing::info!(%listen, "S3 serving");
+    runtime()?.block_on(esb_s3::serve(cfg, shutdown_signal()))
+}
+
+/// `esb dynamodb`.
+pub fn dynamodb(state: &StateArgs, args: &ServiceArgs, creds: &Credentials) -> Result<()> {
+    let (listen, data_dir) = args.resolve(state, "dynamodb", "127.0.0.1:8000")?;
+    let (access_key, secret_key) = creds.pair()?;
+    let cfg = esb_dynamodb::Config {
+        region: creds.region.clone(),
+        ..esb_dynamodb::Config::new(listen, data_dir, access_key, secret_key)
+    };
+    tracing::info!(%listen, "DynamoDB serving");
+    runtime()?.block_on(esb_dynamodb::serve(cfg, shutdown_signal()))
+}
+
+/// `esb logstore`.
+pub fn logstore(state: &StateArgs, args: &ServiceArgs) -> Result<()> {
+    let (listen, data_dir) = args.resolve(state, "logstore", "127.0.0.1:9428")?;
+    let cfg = esb_logstore::Config {
+        listen,
+        data_dir,
+        ..Default::default()
+    };
+    tracing::info!(%listen, "log store serving");
+    runtime()?.block_on(esb_logstore::serve(cfg, shutdown_signal()))
+}
+
+/// Arguments of `esb logs`.
+#[derive(Debug, Clone, Args)]
+pub struct LogsArgs {
+    /// Follow: print new records as they arrive.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only this function's records.
+    #[arg(long)]
+    pub function: Option<String>,
+    /// Only records of this trace id.
+    #[arg(long)]
+    pub trace: Option<String>,
+    /// How far back to look (LogsQL duration: 10m, 2h, 1d).
+    #[arg(long, default_value = "1h")]
+    pub since: String,
+    /// At most this many records (newest first from the store, printed oldest first).
+    #[arg(short = 'n', long, default_value_t = 200)]
+    pub limit: usize,
+    /// Log store URL.
+    #[arg(long, env = "ESB_LOGS_URL", default_value = "http://127.0.0.1:9428")]
+    pub url: String,
+    /// Extra LogsQL filter.
+    pub query: Option<String>,
+}
+
+/// `esb logs`.
+pub fn logs(a: &LogsArgs) -> Result<()> {
+    let color = std::io::stdout().is_terminal();
+    let since = Some(a.since.as_str());
+    runtime()?
+        .block_on(async {
+            if a.follow {
+                let q = esb_logstore::client::build_query(
+                    a.function.as_deref(),
+                    a.trace.as_deref(),
+                    None,
+                    a.query.as_deref(),
+                );
+                esb_logstore::client::tail(&a.url, &q, since, |r| {
+                    println!("{}", esb_logstore::client::format_record(&r, color));
+                    true
+                })
+                .await
+            } else {
+                let q = esb_logstore::client::build_query(
+                    a.function.as_deref(),
+                    a.trace.as_deref(),
+                    since,
+                    a.query.as_deref(),
+                );
+                let mut records =
+                    esb_logstore::client::query(&a.url, &q, Some(a.limit), None, None).await?;
+                records.reverse();
+                for r in &records {
+                    println!("{}", esb_logstore::client::format_record(r, color));
+                }
+                Ok(())
+            }
+        })
+        .with_context(|| format!("log store at {}", a.url))
+}
