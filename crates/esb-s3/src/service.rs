@@ -235,13 +235,23 @@ fn expires_ts(s: Option<&str>) -> Option<Timestamp> {
     Timestamp::parse(TimestampFormat::HttpDate, s?).ok()
 }
 
-fn metadata_map(m: Option<Metadata>) -> BTreeMap<String, String> {
-    m.map(|m| {
-        m.into_iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v))
-            .collect()
-    })
-    .unwrap_or_default()
+/// User metadata, keys lower-cased; at most 2 KiB in total, as on S3.
+fn metadata_map(m: Option<Metadata>) -> S3Result<BTreeMap<String, String>> {
+    let map: BTreeMap<String, String> = m
+        .map(|m| {
+            m.into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect()
+        })
+        .unwrap_or_default();
+    let size: usize = map.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if size > 2048 {
+        return Err(S3Error::with_message(
+            S3ErrorCode::MetadataTooLarge,
+            "Your metadata headers exceed the maximum allowed metadata size (2 KiB).",
+        ));
+    }
+    Ok(map)
 }
 
 fn metadata_out(m: &BTreeMap<String, String>) -> Option<Metadata> {
@@ -652,7 +662,7 @@ impl S3 for EsbS3 {
         &self,
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
-        let input = req.input;
+        let mut input = req.input;
         if input.write_offset_bytes.is_some() {
             return Err(s3_error!(
                 NotImplemented,
@@ -664,6 +674,7 @@ impl S3 for EsbS3 {
         }
         self.require_bucket(&input.bucket).await?;
         let tags = parse_tag_header(input.tagging.as_deref())?;
+        let metadata = metadata_map(input.metadata.take())?;
         let from_header = header_checksum(
             &input.checksum_crc32,
             &input.checksum_crc32c,
@@ -728,7 +739,7 @@ impl S3 for EsbS3 {
                 input.website_redirect_location,
                 input.storage_class.as_ref(),
             ),
-            metadata: metadata_map(input.metadata),
+            metadata,
             tags,
             checksum: checksum.clone(),
             part_sizes: Vec::new(),
@@ -1060,7 +1071,7 @@ impl S3 for EsbS3 {
         &self,
         req: S3Request<CopyObjectInput>,
     ) -> S3Result<S3Response<CopyObjectOutput>> {
-        let input = req.input;
+        let mut input = req.input;
         let (src_bucket, src_key) = parse_copy_source(&input.copy_source)?;
         self.require_bucket(&input.bucket).await?;
         let (src, opened) = self.load_open(&src_bucket, &src_key).await?;
@@ -1117,6 +1128,17 @@ impl S3 for EsbS3 {
                 .and_then(|c| Algo::parse(&c.algorithm)),
         };
         let size = src.record.size;
+        // Validate the replacement metadata and tags before copying any data.
+        let new_metadata = if replace_meta {
+            Some(metadata_map(input.metadata.take())?)
+        } else {
+            None
+        };
+        let new_tags = if replace_tags {
+            Some(parse_tag_header(input.tagging.as_deref())?)
+        } else {
+            None
+        };
         let data = io::copy_range(&self.store, opened, 0..size, algo, false).await?;
         let mut record = src.record.clone();
         record.last_modified_ms = now_ms();
@@ -1137,12 +1159,12 @@ impl S3 for EsbS3 {
                 input.website_redirect_location,
                 input.storage_class.as_ref(),
             );
-            record.metadata = metadata_map(input.metadata);
+            record.metadata = new_metadata.unwrap_or_default();
         } else if let Some(sc) = input.storage_class.as_ref() {
             record.headers.storage_class = Some(sc.as_str().to_owned()).filter(|s| s != "STANDARD");
         }
-        if replace_tags {
-            record.tags = parse_tag_header(input.tagging.as_deref())?;
+        if let Some(tags) = new_tags {
+            record.tags = tags;
         }
         let (bucket, key) = (input.bucket.clone(), input.key.clone());
         let inline = data.inline().to_vec();
@@ -1388,7 +1410,7 @@ impl S3 for EsbS3 {
                 input.website_redirect_location,
                 input.storage_class.as_ref(),
             ),
-            metadata: metadata_map(input.metadata),
+            metadata: metadata_map(input.metadata)?,
             tags,
             checksum: None,
             part_sizes: Vec::new(),

@@ -122,6 +122,13 @@ def test_put_get_head_with_headers_and_metadata(s3, bucket):
     assert s3.get_object(Bucket=bucket, Key="dir/file.txt")["Body"].read() == body
 
 
+def test_metadata_too_large_writes_nothing(s3, bucket):
+    with pytest.raises(ClientError) as e:
+        s3.put_object(Bucket=bucket, Key="meta", Body=b"x" * 100000, Metadata={"big": "v" * 2100})
+    assert err(e) == ("MetadataTooLarge", 400)
+    assert s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
+
+
 def test_empty_and_overwrite(s3, bucket):
     s3.put_object(Bucket=bucket, Key="empty", Body=b"")
     r = s3.get_object(Bucket=bucket, Key="empty")
