@@ -141,3 +141,69 @@ pub fn tail(path: &Path, n: usize) -> String {
 pub fn proxy_pid_file(node_state: &Path) -> PathBuf {
     node_state.join("proxy.pid")
 }
+
+/// Starts an external program detached (new session, output appended to `log`), records
+/// its PID and start time in `pid_file`, and waits until `ready()` holds or it exits.
+pub fn spawn_program(
+    program: &str,
+    args: &[String],
+    pid_file: &Path,
+    log: &Path,
+    timeout: Duration,
+    ready: impl Fn() -> bool,
+) -> Result<Tracked> {
+    use std::os::unix::process::CommandExt;
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("open {}", log.display()))?;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    // SAFETY: setsid(2) is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().with_context(|| format!("run {program}"))?;
+    let pid = child.id() as i32;
+    let st = start_time(pid).context("read the new process's start time")?;
+    let tmp = pid_file.with_extension("tmp");
+    std::fs::write(&tmp, format!("{pid} {st}\n"))?;
+    std::fs::rename(&tmp, pid_file)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if ready() {
+            return Ok(Tracked {
+                pid,
+                start_time: st,
+            });
+        }
+        if let Some(status) = child.try_wait()? {
+            let _ = std::fs::remove_file(pid_file);
+            bail!(
+                "{program} exited ({status}); last log lines:\n{}",
+                tail(log, 10)
+            );
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_file(pid_file);
+            bail!(
+                "{program} not ready after {}s; last log lines:\n{}",
+                timeout.as_secs(),
+                tail(log, 10)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

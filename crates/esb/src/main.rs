@@ -101,6 +101,9 @@ enum NodeCommand {
         /// Do not start the local proxy.
         #[arg(long)]
         no_proxy: bool,
+        /// Do not start the private containerd (workers then need --containerd-socket).
+        #[arg(long)]
+        no_containerd: bool,
     },
     /// Stop the proxy and remove the node network, its attachments and leases.
     Down {
@@ -135,6 +138,11 @@ enum NodeCommand {
 }
 
 fn main() -> ExitCode {
+    // Like other Unix tools, end quietly when the reader of our output goes away.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -150,7 +158,8 @@ fn main() -> ExitCode {
                 node,
                 proxy,
                 no_proxy,
-            } => node::up(state, &node, &proxy, no_proxy),
+                no_containerd,
+            } => node::up(state, &node, &proxy, no_proxy, no_containerd),
             NodeCommand::Down { node } => node::down(state, &node),
             NodeCommand::Status { node, json } => node::status(state, &node, json),
             NodeCommand::Attach { name, node, json } => node::attach(state, &node, &name, json),

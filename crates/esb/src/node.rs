@@ -31,8 +31,114 @@ fn proxy_ports(cfg: &NodeConfig) -> [u16; 3] {
     ]
 }
 
+/// The box's private containerd: directory, socket and pid file.
+pub struct PrivateContainerd {
+    /// Its directory (config, root, state, socket, log).
+    pub dir: std::path::PathBuf,
+}
+
+impl PrivateContainerd {
+    /// The private containerd of the box at `state`.
+    pub fn of(state: &StateArgs) -> PrivateContainerd {
+        PrivateContainerd {
+            dir: state.state_dir.join("containerd"),
+        }
+    }
+    /// Its gRPC socket.
+    pub fn socket(&self) -> std::path::PathBuf {
+        self.dir.join("containerd.sock")
+    }
+    fn pid_file(&self) -> std::path::PathBuf {
+        self.dir.join("containerd.pid")
+    }
+    /// The running instance, if any.
+    pub fn running(&self) -> Option<daemon::Tracked> {
+        daemon::read_live(&self.pid_file())
+    }
+
+    /// Starts it in the background unless it runs; returns its PID.
+    pub fn start(&self) -> Result<i32> {
+        if let Some(t) = self.running() {
+            return Ok(t.pid);
+        }
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("create {}", self.dir.display()))?;
+        let dir = std::fs::canonicalize(&self.dir)?;
+        if dir.join("containerd.sock.ttrpc").as_os_str().len() > 107 {
+            anyhow::bail!(
+                "ESB_STATE_DIR {} is too long for containerd's socket paths",
+                dir.display()
+            );
+        }
+        for stale in ["containerd.sock", "containerd.sock.ttrpc"] {
+            let _ = std::fs::remove_file(dir.join(stale));
+        }
+        let config = dir.join("config.toml");
+        std::fs::write(&config, esb_containerd::config_toml(&dir))
+            .with_context(|| format!("write {}", config.display()))?;
+        let socket = self.socket();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let ready = || {
+            socket.exists()
+                && rt.block_on(async {
+                    match esb_containerd::connect(&socket).await {
+                        Ok(c) => c.version().await.is_ok(),
+                        Err(_) => false,
+                    }
+                })
+        };
+        let bin = std::env::var("ESB_CONTAINERD").unwrap_or_else(|_| "containerd".into());
+        let t = daemon::spawn_program(
+            &bin,
+            &["--config".into(), config.display().to_string()],
+            &self.pid_file(),
+            &dir.join("containerd.log"),
+            Duration::from_secs(30),
+            ready,
+        )
+        .context("the private containerd did not start (Debian package containerd)")?;
+        Ok(t.pid)
+    }
+
+    /// Stops it (SIGTERM, then SIGKILL) if it runs; returns the PID it had.
+    pub fn stop(&self) -> Result<Option<i32>> {
+        daemon::stop(&self.pid_file(), Duration::from_secs(10))
+    }
+}
+
+/// Destroys every worker of the box through the agent library (used by `down`), so that
+/// no task, snapshot or namespace outlives the node.
+fn destroy_workers(
+    state: &StateArgs,
+    cfg: &NodeConfig,
+    socket: std::path::PathBuf,
+) -> Result<usize> {
+    let acfg =
+        esb_agent::AgentConfig::with_defaults(state.state_dir.join("agent"), cfg.clone(), socket);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let agent = esb_agent::Agent::connect(acfg).await?;
+        let workers = agent.list().await?;
+        for w in &workers {
+            agent.destroy(&w.id).await?;
+        }
+        Ok::<_, esb_agent::AgentError>(workers.len())
+    })
+    .context("remove the workers")
+}
+
 /// `esb node up`: the network, then the proxy in the background.
-pub fn up(state: &StateArgs, node: &NodeArgs, proxy: &ProxyArgs, no_proxy: bool) -> Result<()> {
+pub fn up(
+    state: &StateArgs,
+    node: &NodeArgs,
+    proxy: &ProxyArgs,
+    no_proxy: bool,
+    no_containerd: bool,
+) -> Result<()> {
     let cfg = node.node_config(state);
     let rn = RuntimeNode::new(cfg.clone())?;
     // Check the proxy's settings before anything is created.
@@ -74,8 +180,22 @@ pub fn up(state: &StateArgs, node: &NodeArgs, proxy: &ProxyArgs, no_proxy: bool)
             }
         }
     };
+    let containerd_pid = if no_containerd {
+        None
+    } else {
+        match PrivateContainerd::of(state).start() {
+            Ok(pid) => Some(pid),
+            Err(e) => {
+                if report.created {
+                    let _ = daemon::stop(&pid_file, Duration::from_secs(5));
+                    let _ = rn.down();
+                }
+                return Err(e);
+            }
+        }
+    };
     println!(
-        "runtime-node {} is up{}: bridge {} {} (workers from {}), NAT {}{}",
+        "runtime-node {} is up{}: bridge {} {} (workers from {}), NAT {}{}{}",
         cfg.netns,
         if report.created { "" } else { " (already)" },
         cfg.bridge,
@@ -89,6 +209,9 @@ pub fn up(state: &StateArgs, node: &NodeArgs, proxy: &ProxyArgs, no_proxy: bool)
         proxy_pid
             .map(|p| format!(", local proxy pid {p}"))
             .unwrap_or_default(),
+        containerd_pid
+            .map(|p| format!(", containerd pid {p}"))
+            .unwrap_or_default(),
     );
     Ok(())
 }
@@ -100,6 +223,16 @@ fn saved_node(state: &StateArgs, node: &NodeArgs) -> Result<RuntimeNode> {
 /// `esb node down`: the proxy, every attachment, the network, the state.
 pub fn down(state: &StateArgs, node: &NodeArgs) -> Result<()> {
     let rn = saved_node(state, node)?;
+    let ctd = PrivateContainerd::of(state);
+    if ctd.running().is_some() && rn.status()?.up {
+        let n = destroy_workers(state, rn.config(), ctd.socket())?;
+        if n > 0 {
+            println!("removed {n} worker(s)");
+        }
+    }
+    if let Some(pid) = ctd.stop()? {
+        println!("stopped containerd pid {pid}");
+    }
     let stopped = daemon::stop(
         &daemon::proxy_pid_file(&rn.config().state_dir),
         Duration::from_secs(5),
@@ -155,6 +288,14 @@ pub fn status(state: &StateArgs, node: &NodeArgs, json: bool) -> Result<()> {
     match proxy {
         Some(t) => println!("  local proxy running, pid {}", t.pid),
         None => println!("  local proxy NOT RUNNING"),
+    }
+    match PrivateContainerd::of(state).running() {
+        Some(t) => println!(
+            "  containerd  running, pid {} ({})",
+            t.pid,
+            PrivateContainerd::of(state).socket().display()
+        ),
+        None => println!("  containerd  not running"),
     }
     println!("  NAT rules (nft table ip esb):");
     for line in st.nat_rules.as_deref().unwrap_or("    (none)").lines() {
