@@ -35,7 +35,10 @@ pub const LABEL_IP: &str = "esb.ip";
 /// path, or `http://host:port`.
 pub async fn connect(
     endpoint: &str,
-) -> Result<v1::agent_service_client::AgentServiceClient<tonic::transport::Channel>, tonic::transport::Error> {
+) -> Result<
+    v1::agent_service_client::AgentServiceClient<tonic::transport::Channel>,
+    tonic::transport::Error,
+> {
     use tonic::transport::Endpoint;
     let unix = endpoint
         .strip_prefix("unix://")
@@ -54,7 +57,11 @@ pub async fn connect(
                 }))
                 .await?
         }
-        None => Endpoint::from_shared(endpoint.to_string())?.connect().await?,
+        None => {
+            Endpoint::from_shared(endpoint.to_string())?
+                .connect()
+                .await?
+        }
     };
     Ok(v1::agent_service_client::AgentServiceClient::new(channel))
 }

@@ -26,7 +26,11 @@ pub fn venv() -> PathBuf {
 /// Path of an executable in the virtualenv (`python`, `aws`, `pytest`, …).
 pub fn venv_bin(name: &str) -> PathBuf {
     let path = venv().join("bin").join(name);
-    assert!(path.exists(), "{} is missing: run scripts/prereqs.sh", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/prereqs.sh",
+        path.display()
+    );
     path
 }
 
