@@ -197,32 +197,48 @@ impl FileWriter {
         let path = store.data_path(&id);
         let (tx, mut rx) = mpsc::channel::<Msg>(CHANNEL_DEPTH);
         let done = tokio::task::spawn_blocking(move || {
-            let mut hasher = hasher;
-            let result = (|| {
-                let file = std::fs::File::create(&path)?;
-                let mut w = std::io::BufWriter::with_capacity(1024 * 1024, file);
-                loop {
-                    match rx.blocking_recv() {
-                        Some(Msg::Data(chunk)) => {
-                            hasher.update(&chunk);
-                            w.write_all(&chunk)?;
+            // Hashing (MD5 + checksum) and writing run on two threads, so a large upload
+            // is bounded by the slower of the two rather than by their sum.
+            std::thread::scope(|scope| {
+                let (htx, hrx) = std::sync::mpsc::sync_channel::<Bytes>(CHANNEL_DEPTH);
+                let hashing = scope.spawn(move || {
+                    let mut hasher = hasher;
+                    for chunk in hrx {
+                        hasher.update(&chunk);
+                    }
+                    hasher
+                });
+                let result = (|| {
+                    let file = std::fs::File::create(&path)?;
+                    let mut w = std::io::BufWriter::with_capacity(1024 * 1024, file);
+                    loop {
+                        match rx.blocking_recv() {
+                            Some(Msg::Data(chunk)) => {
+                                htx.send(chunk.clone())
+                                    .map_err(|_| std::io::Error::other("hashing thread stopped"))?;
+                                w.write_all(&chunk)?;
+                            }
+                            Some(Msg::Finish) => break,
+                            None => return Err(std::io::Error::other("upload interrupted")),
                         }
-                        Some(Msg::Finish) => break,
-                        None => return Err(std::io::Error::other("upload interrupted")),
+                    }
+                    let file = w.into_inner().map_err(|e| e.into_error())?;
+                    file.sync_all()?;
+                    fsync_dir(path.parent().expect("data files live in a directory"))?;
+                    Ok(())
+                })();
+                drop(htx);
+                let hasher = hashing
+                    .join()
+                    .map_err(|_| std::io::Error::other("hashing thread panicked"));
+                match result.and(hasher) {
+                    Ok(hasher) => Ok(hasher),
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&path);
+                        Err(e)
                     }
                 }
-                let file = w.into_inner().map_err(|e| e.into_error())?;
-                file.sync_all()?;
-                fsync_dir(path.parent().expect("data files live in a directory"))?;
-                Ok(())
-            })();
-            match result {
-                Ok(()) => Ok(hasher),
-                Err(e) => {
-                    let _ = std::fs::remove_file(&path);
-                    Err(e)
-                }
-            }
+            })
         });
         FileWriter { tx, done, id }
     }
