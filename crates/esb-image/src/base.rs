@@ -459,3 +459,36 @@ pub fn verify(b: &BaseLayer) -> Result<(), Error> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_map_is_explicit_and_warns_on_mismatch() {
+        assert_eq!(
+            base_for_runtime("python3.11").unwrap(),
+            (BaseKind::Python, None)
+        );
+        for v in ["python3.9", "python3.10", "python3.12", "python3.13"] {
+            let (kind, warn) = base_for_runtime(v).unwrap();
+            assert_eq!(kind, BaseKind::Python);
+            assert!(warn.unwrap().contains("Python 3.11"), "{v}");
+        }
+        assert!(base_for_runtime("python3.8").is_err());
+        assert!(base_for_runtime("python2.7").is_err());
+        for v in ["provided", "provided.al2", "provided.al2023"] {
+            assert_eq!(base_for_runtime(v).unwrap(), (BaseKind::Provided, None));
+        }
+        assert!(base_for_runtime("nodejs20.x")
+            .unwrap_err()
+            .contains("esb image import"));
+    }
+
+    #[test]
+    fn mirror_comes_from_this_machine() {
+        let (uri, suite) = apt_mirror();
+        assert!(uri.starts_with("http"), "{uri}");
+        assert!(!suite.is_empty());
+    }
+}
