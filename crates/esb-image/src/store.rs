@@ -249,6 +249,10 @@ impl Layout {
     /// Points the references at the given manifests (replacing earlier entries with the
     /// same names, keeping the others) and writes `index.json` atomically.
     pub fn set_refs(&self, refs: &[(String, Blob)]) -> Result<(), Error> {
+        // Concurrent builds into one layout: read-modify-write under an exclusive lock.
+        let lock_path = self.root.join(".index.lock");
+        let lock = File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
+        lock.lock().map_err(|e| Error::io(&lock_path, e))?;
         let mut index = self.index()?;
         let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
         let mut kept: Vec<serde_json::Value> = manifests
@@ -303,3 +307,52 @@ pub const MEDIA_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 pub const ANNOTATION_REF: &str = "org.opencontainers.image.ref.name";
 /// The annotation containerd's importer reads for the full image name.
 pub const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_set_refs_keep_every_reference() {
+        let d = tempfile::tempdir().unwrap();
+        let layout = Layout::open(d.path()).unwrap();
+        std::thread::scope(|s| {
+            for i in 0..8 {
+                let layout = layout.clone();
+                s.spawn(move || {
+                    let blob = layout
+                        .put_bytes(format!("manifest {i}").as_bytes())
+                        .unwrap();
+                    layout
+                        .set_refs(&[(format!("esb.local/t/f{i}:latest"), blob)])
+                        .unwrap();
+                });
+            }
+        });
+        for i in 0..8 {
+            assert!(
+                layout
+                    .lookup(&format!("esb.local/t/f{i}:latest"))
+                    .unwrap()
+                    .is_some(),
+                "f{i} lost"
+            );
+        }
+        // Re-pointing a reference replaces its entry.
+        let b = layout.put_bytes(b"new").unwrap();
+        layout
+            .set_refs(&[("esb.local/t/f0:latest".into(), b.clone())])
+            .unwrap();
+        assert_eq!(
+            layout.lookup("esb.local/t/f0:latest").unwrap().unwrap()["digest"],
+            b.digest.as_str()
+        );
+        assert_eq!(
+            layout.index().unwrap()["manifests"]
+                .as_array()
+                .unwrap()
+                .len(),
+            8
+        );
+    }
+}
