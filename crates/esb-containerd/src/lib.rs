@@ -101,6 +101,16 @@ impl Containerd {
                 state_dir.display()
             )));
         }
+        if socket.exists() {
+            if let Ok(c) = connect(&socket).await {
+                if c.version().await.is_ok() {
+                    return Err(Error::Start(format!(
+                        "a containerd already serves {} (stop it first)",
+                        socket.display()
+                    )));
+                }
+            }
+        }
         for leftover in [socket.clone(), state_dir.join("containerd.sock.ttrpc")] {
             let _ = std::fs::remove_file(leftover);
         }

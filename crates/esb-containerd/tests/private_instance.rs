@@ -78,6 +78,11 @@ async fn start_import_unpack_stop() {
     assert!(std::fs::read_to_string(state.path().join("config.toml"))
         .unwrap()
         .contains("containerd.sock"));
+    // A second instance on the same state directory is refused, the first one untouched.
+    let err = esb_containerd::Containerd::start(state.path())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("already serves"), "{err}");
     let client = esb_containerd::connect(ctd.socket()).await.unwrap();
     let version = client.version().await.unwrap();
     assert!(!version.is_empty());
