@@ -14,6 +14,9 @@ start_ours 18111
 start_dynalite 18112
 cd "$root/crates/esb-dynamodb/tests/py"
 if [ "${1:-}" = "--record" ]; then
+  # Record from the fresh dynalite, then compare against what was recorded.
   "$py" differential.py --endpoint http://127.0.0.1:18112 --record dynalite_golden.json
+  "$py" differential.py --endpoint http://127.0.0.1:18111 --compare dynalite_golden.json
+else
+  "$py" differential.py --endpoint http://127.0.0.1:18111 --against http://127.0.0.1:18112
 fi
-"$py" differential.py --endpoint http://127.0.0.1:18111 --against http://127.0.0.1:18112

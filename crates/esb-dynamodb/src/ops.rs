@@ -709,11 +709,13 @@ async fn update_item(db: &Arc<Db>, req: Json) -> Result<Json> {
         let new = updated_item(&meta, &key, old.as_ref(), update.as_ref())?;
         store::put(ctx.conn, &meta, &new, old.as_ref())?;
         let paths = update.as_ref().map(update_paths).unwrap_or_default();
-        Ok(match rv.as_str() {
-            "ALL_OLD" => attrs_response(old.as_ref()),
-            "ALL_NEW" => attrs_response(Some(&new)),
-            "UPDATED_OLD" => attrs_response(old.as_ref().map(|o| project(&paths, o)).as_ref()),
-            "UPDATED_NEW" => attrs_response(Some(&project(&paths, &new))),
+        // UPDATED_* answer with the (possibly empty) updated attributes whenever there is an
+        // item to take them from, as DynamoDB does.
+        Ok(match (rv.as_str(), &old) {
+            ("ALL_OLD", _) => attrs_response(old.as_ref()),
+            ("ALL_NEW", _) => attrs_response(Some(&new)),
+            ("UPDATED_OLD", Some(o)) => json!({"Attributes": item_to_json(&project(&paths, o))}),
+            ("UPDATED_NEW", _) => json!({"Attributes": item_to_json(&project(&paths, &new))}),
             _ => json!({}),
         })
     })
