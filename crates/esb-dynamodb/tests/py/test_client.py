@@ -257,3 +257,17 @@ def test_numbers_precision_and_order(client, make_table):
     with pytest.raises(ClientError) as e:
         client.put_item(TableName=t, Item={"pk": {"S": "n"}, "sk": {"N": "1"}, "x": {"N": "1" * 39}})
     assert error_code(e) == "ValidationException"
+
+
+def test_return_consumed_capacity(client, make_table):
+    t = make_table()
+    out = client.put_item(TableName=t, Item={"pk": {"S": "c"}}, ReturnConsumedCapacity="TOTAL")
+    assert out["ConsumedCapacity"]["TableName"] == t
+    out = client.get_item(TableName=t, Key={"pk": {"S": "c"}}, ReturnConsumedCapacity="TOTAL")
+    assert out["Item"] == {"pk": {"S": "c"}} and out["ConsumedCapacity"]["CapacityUnits"] > 0
+    out = client.query(TableName=t, KeyConditionExpression="pk = :p", ExpressionAttributeValues={":p": {"S": "c"}},
+                       ReturnConsumedCapacity="INDEXES")
+    assert out["Count"] == 1 and out["ConsumedCapacity"]["TableName"] == t
+    out = client.batch_get_item(RequestItems={t: {"Keys": [{"pk": {"S": "c"}}]}}, ReturnConsumedCapacity="TOTAL")
+    assert out["ConsumedCapacity"][0]["TableName"] == t
+    assert "ConsumedCapacity" not in client.get_item(TableName=t, Key={"pk": {"S": "c"}})
