@@ -20,6 +20,7 @@
 
 pub mod error;
 pub mod expr;
+mod legacy;
 mod ops;
 pub mod store;
 pub mod table;

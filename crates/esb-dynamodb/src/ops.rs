@@ -5,6 +5,7 @@ use crate::expr::{
     self, apply_update, eval, parse_condition, parse_key_condition, parse_projection, parse_update,
     project, Cond, Path, Placeholders, RangeCond, Update,
 };
+use crate::legacy;
 use crate::store::{self, Catalog, Db, Range, WriteCtx};
 use crate::table::{self, partition_hash, IndexMeta, Projection, StoredKey, TableMeta};
 use crate::value::{
@@ -218,27 +219,6 @@ fn check_item_size(item: &Item) -> Result<()> {
     Ok(())
 }
 
-const LEGACY: [(&str, &str); 7] = [
-    ("Expected", "ConditionExpression"),
-    ("AttributeUpdates", "UpdateExpression"),
-    ("KeyConditions", "KeyConditionExpression"),
-    ("QueryFilter", "FilterExpression"),
-    ("ScanFilter", "FilterExpression"),
-    ("ConditionalOperator", "ConditionExpression"),
-    ("AttributesToGet", "ProjectionExpression"),
-];
-
-fn refuse_legacy(req: &Json) -> Result<()> {
-    for (legacy, modern) in LEGACY {
-        if present(req, legacy).is_some() {
-            return Err(DdbError::validation(format!(
-                "The legacy parameter {legacy} is not supported by this server; use {modern} instead"
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// The expressions of one item-level request, parsed.
 struct Exprs {
     cond: Option<Cond>,
@@ -246,13 +226,20 @@ struct Exprs {
 }
 
 fn parse_exprs(req: &Json, ph: &Placeholders, cond_field: &'static str) -> Result<Exprs> {
-    let cond = opt_str(req, cond_field)?
-        .map(|s| parse_condition(s, cond_field, ph))
-        .transpose()?;
-    let projection = opt_str(req, "ProjectionExpression")?
-        .map(|s| parse_projection(s, ph))
-        .transpose()?;
+    let cond = match opt_str(req, cond_field)? {
+        Some(s) => Some(parse_condition(s, cond_field, ph)?),
+        None => legacy::expected(req)?,
+    };
+    let projection = projection_of(req, ph)?;
     Ok(Exprs { cond, projection })
+}
+
+/// ProjectionExpression, or the legacy AttributesToGet.
+fn projection_of(req: &Json, ph: &Placeholders) -> Result<Option<Vec<Path>>> {
+    match opt_str(req, "ProjectionExpression")? {
+        Some(s) => Ok(Some(parse_projection(s, ph)?)),
+        None => legacy::attributes_to_get(req),
+    }
 }
 
 fn attrs_response(item: Option<&Item>) -> Json {
@@ -595,7 +582,7 @@ async fn list_tags(db: &Arc<Db>, req: Json) -> Result<Json> {
 
 async fn put_item(db: &Arc<Db>, req: Json) -> Result<Json> {
     let name = table_name(&req)?;
-    refuse_legacy(&req)?;
+    legacy::check_mixing(&req)?;
     let item = item_field(&req, "Item")?;
     check_item_size(&item)?;
     let rv = enum_field(
@@ -651,7 +638,7 @@ async fn put_item(db: &Arc<Db>, req: Json) -> Result<Json> {
 
 fn get_item(db: &Arc<Db>, req: Json) -> Result<Reply> {
     let name = table_name(&req)?;
-    refuse_legacy(&req)?;
+    legacy::check_mixing(&req)?;
     let key = item_field(&req, "Key")?;
     let ph = Placeholders::from_request(&req)?;
     let ex = parse_exprs(&req, &ph, "ConditionExpression")?;
@@ -722,7 +709,7 @@ fn updated_item(
 
 async fn update_item(db: &Arc<Db>, req: Json) -> Result<Json> {
     let name = table_name(&req)?;
-    refuse_legacy(&req)?;
+    legacy::check_mixing(&req)?;
     let key = item_field(&req, "Key")?;
     let rv = enum_field(
         &req,
@@ -738,9 +725,10 @@ async fn update_item(db: &Arc<Db>, req: Json) -> Result<Json> {
         "NONE",
     )? == "ALL_OLD";
     let ph = Placeholders::from_request(&req)?;
-    let update = opt_str(&req, "UpdateExpression")?
-        .map(|s| parse_update(s, &ph))
-        .transpose()?;
+    let update = match opt_str(&req, "UpdateExpression")? {
+        Some(s) => Some(parse_update(s, &ph)?),
+        None => legacy::attribute_updates(&req)?,
+    };
     let ex = parse_exprs(&req, &ph, "ConditionExpression")?;
     if ex.projection.is_some() {
         return Err(DdbError::validation(
@@ -779,7 +767,7 @@ async fn update_item(db: &Arc<Db>, req: Json) -> Result<Json> {
 
 async fn delete_item(db: &Arc<Db>, req: Json) -> Result<Json> {
     let name = table_name(&req)?;
-    refuse_legacy(&req)?;
+    legacy::check_mixing(&req)?;
     let key = item_field(&req, "Key")?;
     let rv = enum_field(
         &req,
@@ -880,10 +868,18 @@ fn start_key(
     Ok((ik, tk))
 }
 
+/// Where a Query's key condition comes from.
+enum KeySource {
+    /// KeyConditionExpression.
+    Expr(String),
+    /// The request, holding the legacy KeyConditions.
+    Legacy(Json),
+}
+
 struct QueryPlan {
     name: String,
     index: Option<String>,
-    key_cond: Option<String>,
+    key_cond: Option<KeySource>,
     filter: Option<Cond>,
     projection: Option<Vec<Path>>,
     select: String,
@@ -896,7 +892,7 @@ struct QueryPlan {
 
 fn parse_query(req: &Json, scan: bool) -> Result<QueryPlan> {
     let name = table_name(req)?;
-    refuse_legacy(req)?;
+    legacy::check_mixing(req)?;
     let index = opt_str(req, "IndexName")?.map(str::to_owned);
     if let Some(i) = &index {
         table::validate_name(i, "indexName")?;
@@ -904,23 +900,20 @@ fn parse_query(req: &Json, scan: bool) -> Result<QueryPlan> {
     let ph = Placeholders::from_request(req)?;
     let key_cond = if scan {
         None
+    } else if let Some(src) = opt_str(req, "KeyConditionExpression")? {
+        Some(KeySource::Expr(src.to_owned()))
+    } else if present(req, "KeyConditions").is_some() {
+        Some(KeySource::Legacy(req.clone()))
     } else {
-        Some(
-            opt_str(req, "KeyConditionExpression")?
-                .ok_or_else(|| {
-                    DdbError::validation(
-                        "Either the KeyConditions or KeyConditionExpression parameter must be specified in the request.",
-                    )
-                })?
-                .to_owned(),
-        )
+        return Err(DdbError::validation(
+            "Either the KeyConditions or KeyConditionExpression parameter must be specified in the request.",
+        ));
     };
-    let filter = opt_str(req, "FilterExpression")?
-        .map(|s| parse_condition(s, "FilterExpression", &ph))
-        .transpose()?;
-    let projection = opt_str(req, "ProjectionExpression")?
-        .map(|s| parse_projection(s, &ph))
-        .transpose()?;
+    let filter = match opt_str(req, "FilterExpression")? {
+        Some(s) => Some(parse_condition(s, "FilterExpression", &ph)?),
+        None => legacy::filter(req, if scan { "ScanFilter" } else { "QueryFilter" })?,
+    };
+    let projection = projection_of(req, &ph)?;
     let select = enum_field(
         req,
         "Select",
@@ -1042,7 +1035,7 @@ fn parse_query(req: &Json, scan: bool) -> Result<QueryPlan> {
 
 fn query(db: &Arc<Db>, req: Json, scan: bool) -> Result<Reply> {
     let plan = parse_query(&req, scan)?;
-    if plan.key_cond.is_none() {
+    if !matches!(plan.key_cond, Some(KeySource::Expr(_))) {
         plan.ph.check_unused()?;
     }
     db.read(|conn, cat| run_query(conn, cat, plan))
@@ -1063,9 +1056,21 @@ fn run_query(conn: &Connection, cat: &Catalog, plan: QueryPlan) -> Result<Reply>
         segment: plan.segment,
         ..Default::default()
     };
-    if let Some(src) = &plan.key_cond {
-        let kc = parse_key_condition(src, &plan.ph, &hash.name, range.map(|r| r.name.as_str()))?;
-        plan.ph.check_unused()?;
+    let key_cond = match &plan.key_cond {
+        Some(KeySource::Expr(src)) => {
+            let kc =
+                parse_key_condition(src, &plan.ph, &hash.name, range.map(|r| r.name.as_str()))?;
+            plan.ph.check_unused()?;
+            Some(kc)
+        }
+        Some(KeySource::Legacy(req)) => Some(legacy::key_conditions(
+            req,
+            &hash.name,
+            range.map(|r| r.name.as_str()),
+        )?),
+        None => None,
+    };
+    if let Some(kc) = key_cond {
         key_type_matches(hash.ty, &kc.hash)?;
         let hk = encode_key_value(&kc.hash);
         r.partition = Some((partition_hash(&hk), hk));
@@ -1278,7 +1283,7 @@ async fn batch_get(db: &Arc<Db>, req: Json) -> Result<Json> {
     let mut total = 0;
     for (name, spec) in ri {
         table::validate_name(name, "requestItems")?;
-        refuse_legacy(spec)?;
+        legacy::check_mixing(spec)?;
         let keys = spec["Keys"]
             .as_array()
             .ok_or_else(|| DdbError::validation("1 validation error detected: Value null at 'requestItems.keys' failed to satisfy constraint: Member must not be null"))?;
@@ -1290,9 +1295,7 @@ async fn batch_get(db: &Arc<Db>, req: Json) -> Result<Json> {
         total += keys.len();
         let keys: Vec<Item> = keys.iter().map(item_from_json).collect::<Result<_>>()?;
         let ph = Placeholders::from_request(spec)?;
-        let projection = opt_str(spec, "ProjectionExpression")?
-            .map(|s| parse_projection(s, &ph))
-            .transpose()?;
+        let projection = projection_of(spec, &ph)?;
         ph.check_unused()?;
         tables.push(BatchGetTable {
             name: name.clone(),

@@ -47,3 +47,8 @@ fn aws_cli() {
 fn differential_against_dynalite_golden() {
     common::pytest("test_differential.py");
 }
+
+#[test]
+fn boto3_legacy_parameters() {
+    common::pytest("test_legacy.py");
+}
