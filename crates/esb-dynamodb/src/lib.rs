@@ -48,7 +48,7 @@ const MAX_BODY: usize = 17 * 1024 * 1024;
 const TTL_SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Where and how the store serves.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     /// Listen address (default for `esb up`: 127.0.0.1:8000).
     pub listen: SocketAddr,
@@ -60,6 +60,18 @@ pub struct Config {
     pub secret_key: String,
     /// Region reported in ARNs (requests signed for any region are accepted).
     pub region: String,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("access_key", &self.access_key)
+            .field("secret_key", &"<redacted>")
+            .field("region", &self.region)
+            .finish()
+    }
 }
 
 impl Config {
