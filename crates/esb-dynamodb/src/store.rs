@@ -135,6 +135,8 @@ fn open(path: &Path, read_only: bool) -> Result<Connection> {
     if !read_only {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", sync_mode())?;
+        // Give the WAL file back to the disk after checkpoints (it grows under bursts).
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     }
     conn.pragma_update(None, "cache_size", -8192)?; // 8 MiB per connection
     conn.pragma_update(None, "mmap_size", 0)?;
