@@ -30,6 +30,53 @@ pub(crate) struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Bounds how many request bodies are held in memory at once.
     pub ingest_slots: Arc<tokio::sync::Semaphore>,
+    /// Threads that parse and store ingested bodies.
+    pub ingest_pool: Arc<WorkPool>,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A few long-lived threads for ingestion. Parsing allocates a lot of short-lived memory;
+/// keeping it on the same few threads (rather than tokio's growing blocking pool) keeps
+/// the allocator from spreading it over many per-thread arenas, so RSS stays low.
+pub(crate) struct WorkPool {
+    tx: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
+}
+
+impl WorkPool {
+    pub(crate) fn new(threads: usize) -> WorkPool {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("logstore-ingest-{i}"))
+                .spawn(move || loop {
+                    let job = match rx.lock().unwrap().recv() {
+                        Ok(job) => job,
+                        Err(_) => return, // the server is gone
+                    };
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                })
+                .expect("spawn an ingestion thread");
+        }
+        WorkPool {
+            tx: std::sync::Mutex::new(tx),
+        }
+    }
+
+    /// Runs `f` on the pool; `None` if it panicked.
+    pub(crate) async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let (otx, orx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = otx.send(f());
+        });
+        self.tx.lock().unwrap().send(job).ok()?;
+        orx.await.ok()
+    }
 }
 
 pub(crate) fn router(state: AppState) -> Router {
@@ -285,28 +332,35 @@ async fn do_ingest(
     let max_line = state.config.max_line_bytes;
     let stored = Arc::new(AtomicUsize::new(0));
     let stored2 = stored.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let reader: Box<dyn BufRead> = if gzip {
-            Box::new(std::io::BufReader::with_capacity(
-                256 << 10,
-                flate2::read::MultiGzDecoder::new(&body[..]),
-            ))
-        } else {
-            Box::new(&body[..])
-        };
-        let mut store_err = None;
-        let report = ingest(reader, format, &params, max_line, &mut |batch| {
-            let n = batch.len();
-            store
-                .append(batch)
-                .inspect_err(|e| store_err = Some(e.to_string()))?;
-            stored2.fetch_add(n, Ordering::Relaxed);
-            Ok(())
-        });
-        (report, store_err)
-    })
-    .await
-    .map_err(join_error)?;
+    let result = state
+        .ingest_pool
+        .run(move || {
+            let reader: Box<dyn BufRead> = if gzip {
+                Box::new(std::io::BufReader::with_capacity(
+                    256 << 10,
+                    flate2::read::MultiGzDecoder::new(&body[..]),
+                ))
+            } else {
+                Box::new(&body[..])
+            };
+            let mut store_err = None;
+            let report = ingest(reader, format, &params, max_line, &mut |batch| {
+                let n = batch.len();
+                store
+                    .append(batch)
+                    .inspect_err(|e| store_err = Some(e.to_string()))?;
+                stored2.fetch_add(n, Ordering::Relaxed);
+                Ok(())
+            });
+            (report, store_err)
+        })
+        .await
+        .ok_or_else(|| {
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error: the ingestion worker failed",
+            )
+        })?;
     match result {
         (Ok(report), _) => {
             if report.rejected > 0 {

@@ -181,7 +181,7 @@ pub fn ingest<R: BufRead>(
                 if was_doc {
                     report.bulk_items.push((201, None));
                 }
-                if batch_bytes >= 4 << 20 {
+                if batch_bytes >= 1 << 20 {
                     sink(std::mem::take(&mut batch))?;
                     batch_bytes = 0;
                 }

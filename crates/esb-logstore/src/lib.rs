@@ -160,6 +160,12 @@ impl Server {
             store: self.store.clone(),
             config: self.config.clone(),
             shutdown: stop_rx.clone(),
+            ingest_pool: Arc::new(http::WorkPool::new(
+                self.config
+                    .max_concurrent_inserts
+                    .min(std::thread::available_parallelism().map_or(2, |n| n.get()))
+                    .max(1),
+            )),
             ingest_slots: Arc::new(tokio::sync::Semaphore::new(
                 self.config.max_concurrent_inserts.max(1),
             )),

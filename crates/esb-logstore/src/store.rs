@@ -49,7 +49,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             segment_bytes: 64 << 20,
-            max_index_entries: 2_000_000,
+            max_index_entries: 1_000_000,
         }
     }
 }
