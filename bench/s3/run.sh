@@ -5,7 +5,8 @@
 #
 #   bench/s3/run.sh            # prints a markdown section for bench/RESULTS.md
 #
-# Environment: SECONDS_PER_OP (default 10), CLIENTS (default 16), BENCH_DIR (scratch space,
+# Environment: SECONDS_PER_OP (default 10), CLIENTS (default 16), ROUNDS (1 GiB transfers
+# and floor copies per server, median reported; default 3), BENCH_DIR (scratch space,
 # default /var/tmp/esb-s3-bench), ESB_CACHE_DIR (where moto and s3rver get installed).
 # Every server listens on 127.0.0.1 only.
 set -euo pipefail
@@ -14,6 +15,7 @@ cache=${ESB_CACHE_DIR:-/var/cache/esb}/bench-s3
 scratch=${BENCH_DIR:-/var/tmp/esb-s3-bench}
 secs=${SECONDS_PER_OP:-10}
 clients=${CLIENTS:-16}
+rounds=${ROUNDS:-3}
 export RUST_BACKTRACE=0
 say() { printf '==> %s\n' "$*" >&2; }
 mkdir -p "$cache" "$scratch"
@@ -51,49 +53,79 @@ wait_port() {
 # run_peer NAME PORT ACCESS SECRET -- command...
 results=$scratch/results.jsonl
 : > "$results"
+# Each phase runs against a fresh server process, so the RSS sampled during the 1 GiB
+# transfers is not inflated by what the 4 KiB phase left resident.
 run_peer() {
-  local name=$1 port=$2 access=$3 secret=$4
-  shift 5
+  local name=$1 port=$2 access=$3 secret=$4 phase=$5
+  shift 6
   say "$name: starting"
   "$@" >"$scratch/$name.log" 2>&1 &
   local pid=$!
   pids+=("$pid")
   wait_port "$port"
-  for mode in small large; do
-    say "$name: $mode"
-    "$bin/s3_bench" "http://127.0.0.1:$port" "$access" "$secret" "$mode" "$clients" "$secs" |
+  if [ "$phase" = small ]; then
+    say "$name: small"
+    "$bin/s3_bench" "http://127.0.0.1:$port" "$access" "$secret" small "$clients" "$secs" |
+      sed "s/^{/{\"server\":\"$name\",/" >> "$results"
+    if [ "$name" = esb-s3 ]; then
+      hwm=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
+      echo "{\"server\":\"$name\",\"measure\":\"peak_rss\",\"value\":$((hwm / 1024)),\"unit\":\"MiB\"}" >> "$results"
+    fi
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+    return
+  fi
+  # Sample the server's RSS every 100 ms during the 1 GiB transfers.
+  echo 0 > "$scratch/rss-$name"
+  (max=0; while kill -0 "$pid" 2>/dev/null; do
+     r=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+     if [ "${r:-0}" -gt "$max" ]; then max=$r; echo "$max" > "$scratch/rss-$name"; fi
+     sleep 0.1
+   done) &
+  local sampler=$!
+  for _ in $(seq 1 "$rounds"); do
+    say "$name: large"
+    "$bin/s3_bench" "http://127.0.0.1:$port" "$access" "$secret" large "$clients" "$secs" |
       sed "s/^{/{\"server\":\"$name\",/" >> "$results"
   done
-  if [ "$name" = esb-s3 ]; then
-    hwm=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
-    echo "{\"server\":\"$name\",\"measure\":\"peak_rss\",\"value\":$((hwm / 1024)),\"unit\":\"MiB\"}" >> "$results"
-  fi
+  kill "$sampler" 2>/dev/null || true
+  wait "$sampler" 2>/dev/null || true
+  echo "{\"server\":\"$name\",\"measure\":\"rss_during_1g\",\"value\":$(( $(cat "$scratch/rss-$name") / 1024 )),\"unit\":\"MiB\"}" >> "$results"
   kill "$pid"
   wait "$pid" 2>/dev/null || true
 }
 
 rm -rf "$scratch"/data-*
-ESB_ACCESS_KEY_ID=bench ESB_SECRET_ACCESS_KEY=bench-secret \
-  run_peer esb-s3 19100 bench bench-secret -- "$bin/s3_server" 127.0.0.1:19100 "$scratch/data-esb"
-run_peer moto 19101 bench bench-secret -- "$cache/venv/bin/moto_server" -H 127.0.0.1 -p 19101
-run_peer s3rver 19102 S3RVER S3RVER -- node "$cache/npm/node_modules/.bin/s3rver" \
-  --address 127.0.0.1 --port 19102 --directory "$scratch/data-s3rver" --silent
+for phase in small large; do
+  ESB_ACCESS_KEY_ID=bench ESB_SECRET_ACCESS_KEY=bench-secret \
+    run_peer esb-s3 19100 bench bench-secret "$phase" -- "$bin/s3_server" 127.0.0.1:19100 "$scratch/data-esb"
+  run_peer moto 19101 bench bench-secret "$phase" -- "$cache/venv/bin/moto_server" -H 127.0.0.1 -p 19101
+  run_peer s3rver 19102 S3RVER S3RVER "$phase" -- node "$cache/npm/node_modules/.bin/s3rver" \
+    --address 127.0.0.1 --port 19102 --directory "$scratch/data-s3rver" --silent
+done
 
 # --- the floor: copy a 1 GiB file on the same disk, fsync included ----------------------
 say "floor: cp 1 GiB + fsync"
 mkdir -p "$scratch/data-floor"
 head -c $((1 << 30)) /dev/zero | tr '\0' 'x' > "$scratch/data-floor/src"
 sync "$scratch/data-floor/src"
-t0=$(date +%s.%N)
-cp "$scratch/data-floor/src" "$scratch/data-floor/dst"
-sync "$scratch/data-floor/dst"
-t1=$(date +%s.%N)
-echo "{\"server\":\"floor\",\"measure\":\"copy_1g\",\"value\":$(echo "1073.741824 / ($t1 - $t0)" | bc -l),\"unit\":\"MB/s\"}" >> "$results"
+for _ in $(seq 1 "$rounds"); do
+  rm -f "$scratch/data-floor/dst"
+  t0=$(date +%s.%N)
+  cp "$scratch/data-floor/src" "$scratch/data-floor/dst"
+  sync "$scratch/data-floor/dst"
+  t1=$(date +%s.%N)
+  echo "{\"server\":\"floor\",\"measure\":\"copy_1g\",\"value\":$(echo "1073.741824 / ($t1 - $t0)" | bc -l),\"unit\":\"MB/s\"}" >> "$results"
+done
+rm -rf "$scratch/data-floor"
 
 python3 - "$results" "$clients" "$secs" <<'PY'
-import json, sys
+import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-v = {(r["server"], r["measure"]): r["value"] for r in rows}
+samples = {}
+for r in rows:
+    samples.setdefault((r["server"], r["measure"]), []).append(r["value"])
+v = {k: statistics.median(x) for k, x in samples.items()}
 clients, secs = sys.argv[2], sys.argv[3]
 print("| measure | esb-s3 | moto | s3rver | esb-s3 / faster peer |")
 print("|---|---|---|---|---|")
@@ -108,7 +140,9 @@ print("|---|---|")
 for m in ("put_1g", "get_1g"):
     print("| %s | %.2fx |" % (m, v[("esb-s3", m)] / floor))
 print()
-print("esb-s3 peak RSS over the whole run (VmHWM): %d MiB" % v[("esb-s3", "peak_rss")])
+print("Server RSS during the 1 GiB transfers (max of 100 ms samples): esb-s3 %d MiB, moto %d MiB, s3rver %d MiB" % (
+    v[("esb-s3", "rss_during_1g")], v[("moto", "rss_during_1g")], v[("s3rver", "rss_during_1g")]))
+print("esb-s3 peak RSS during the 4 KiB phase, 16 clients (VmHWM): %d MiB" % v[("esb-s3", "peak_rss")])
 print()
-print("4 KiB figures: %s clients, %s s per operation." % (clients, secs))
+print("4 KiB figures: %s clients, %s s per operation; 1 GiB figures and floor: median of %d rounds." % (clients, secs, len(samples[("floor", "copy_1g")])))
 PY
