@@ -1020,6 +1020,7 @@ impl S3 for EsbS3 {
         let quiet = input.delete.quiet.unwrap_or(false);
         let mut deleted = Vec::new();
         let mut errors = Vec::new();
+        let mut items = Vec::new();
         for obj in input.delete.objects {
             if obj.version_id.as_deref().is_some_and(|v| v != "null") {
                 errors.push(Error {
@@ -1030,32 +1031,39 @@ impl S3 for EsbS3 {
                 });
                 continue;
             }
-            let (b, k) = (input.bucket.clone(), obj.key.clone());
             let if_match = obj.e_tag.as_ref().map(|e| e.value().to_owned());
-            match self
-                .blocking(move |s| s.delete_object(&b, &k, if_match.as_deref()))
-                .await
-            {
+            items.push((obj.key, if_match));
+        }
+        let keys: Vec<String> = items.iter().map(|(k, _)| k.clone()).collect();
+        let b = input.bucket.clone();
+        let results = self
+            .blocking(move |s| s.delete_objects(&b, items))
+            .await
+            .map_err(|e| map_err(e, &input.bucket, ""))?;
+        let mut unused = Vec::new();
+        for (key, result) in keys.into_iter().zip(results) {
+            match result {
                 Ok(old) => {
-                    self.drop_segments(old).await;
+                    unused.extend(old);
                     if !quiet {
                         deleted.push(DeletedObject {
-                            key: Some(obj.key),
+                            key: Some(key),
                             ..Default::default()
                         });
                     }
                 }
                 Err(e) => {
-                    let err = map_err(e, &input.bucket, &obj.key);
+                    let err = map_err(e, &input.bucket, &key);
                     errors.push(Error {
                         code: Some(err.code().as_str().to_owned()),
-                        key: Some(obj.key),
+                        key: Some(key),
                         message: err.message().map(str::to_owned),
                         version_id: None,
                     });
                 }
             }
         }
+        self.drop_segments(unused).await;
         Ok(S3Response::new(DeleteObjectsOutput {
             deleted: Some(deleted),
             errors: if errors.is_empty() {

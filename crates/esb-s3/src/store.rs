@@ -620,27 +620,30 @@ impl Store {
             if_match.map(str::to_owned),
         );
         self.write(move |txn| {
-            let (bucket, key, if_match) = (bucket.as_str(), key.as_str(), if_match.as_deref());
-            require_bucket(txn, bucket)?;
-            let name = obj_table(bucket);
+            require_bucket(txn, &bucket)?;
+            let name = obj_table(&bucket);
             let mut t = txn.open_table(TableDefinition::<&str, &[u8]>::new(&name))?;
-            let current = match t.get(key)? {
-                Some(v) => Some(decode_object(v.value())?),
-                None => None,
-            };
-            if let Some(want) = if_match {
-                match &current {
-                    None => return Err(StoreError::NoSuchKey),
-                    Some(c) if want != "*" && want != c.record.etag => {
-                        return Err(StoreError::PreconditionFailed)
-                    }
-                    Some(_) => {}
-                }
+            delete_in(&mut t, &key, if_match.as_deref())?
+        })
+    }
+
+    /// Deletes many keys in one commit (DeleteObjects). The outer error concerns the whole
+    /// request (no such bucket, index failure); the inner results are per key.
+    pub fn delete_objects(
+        &self,
+        bucket: &str,
+        items: Vec<(String, Option<String>)>,
+    ) -> StoreResult<Vec<StoreResult<Vec<Segment>>>> {
+        let bucket = bucket.to_owned();
+        self.write(move |txn| {
+            require_bucket(txn, &bucket)?;
+            let name = obj_table(&bucket);
+            let mut t = txn.open_table(TableDefinition::<&str, &[u8]>::new(&name))?;
+            let mut out = Vec::with_capacity(items.len());
+            for (key, if_match) in &items {
+                out.push(delete_in(&mut t, key, if_match.as_deref())?);
             }
-            if current.is_some() {
-                t.remove(key)?;
-            }
-            Ok(current.map(|c| c.record.segments).unwrap_or_default())
+            Ok(out)
         })
     }
 
@@ -866,6 +869,33 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Deletes `key` from an object table. The outer error is an index failure (fatal for
+/// the batch); the inner one a per-key answer (NoSuchKey, PreconditionFailed) that
+/// changed nothing. Returns the data files the deleted version used.
+fn delete_in(
+    t: &mut redb::Table<&str, &[u8]>,
+    key: &str,
+    if_match: Option<&str>,
+) -> StoreResult<StoreResult<Vec<Segment>>> {
+    let current = match t.get(key)? {
+        Some(v) => Some(decode_record(v.value())?),
+        None => None,
+    };
+    if let Some(want) = if_match {
+        match &current {
+            None => return Ok(Err(StoreError::NoSuchKey)),
+            Some(c) if want != "*" && want != c.etag => {
+                return Ok(Err(StoreError::PreconditionFailed))
+            }
+            Some(_) => {}
+        }
+    }
+    if current.is_some() {
+        t.remove(key)?;
+    }
+    Ok(Ok(current.map(|c| c.segments).unwrap_or_default()))
 }
 
 fn require_bucket(txn: &WriteTransaction, bucket: &str) -> StoreResult<()> {

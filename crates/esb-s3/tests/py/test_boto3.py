@@ -267,6 +267,9 @@ def test_delete_objects(s3, bucket):
     assert sorted(d["Key"] for d in r["Deleted"]) == ["a", "c/d", "nope"]
     assert "Errors" not in r
     assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == ["b"]
+    r = s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "b", "ETag": '"0000"'}]})
+    assert [(e["Key"], e["Code"]) for e in r["Errors"]] == [("b", "PreconditionFailed")]
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == ["b"]
     r = s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "b"}], "Quiet": True})
     assert not r.get("Deleted")
     assert s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
