@@ -9,11 +9,13 @@
 # invocation at a time). wrk posts `{}` over HTTPS keep-alive connections at concurrency 1
 # and 64 for DURATION seconds each.
 #
-# Usage: bench/gateway/run.sh [DURATION_SECONDS] [WORKERS]   (root, loopback only)
+# Usage: [ROUNDS=3] bench/gateway/run.sh [DURATION_SECONDS=5] [WORKERS=64]   (root, loopback
+# only). Rounds alternate gateway and nginx; medians are reported.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-DURATION=${1:-10}
+DURATION=${1:-5}
 WORKERS=${2:-64}
+ROUNDS=${ROUNDS:-3}
 GW_PORT=18443
 NGX_PORT=18444
 
@@ -54,7 +56,7 @@ PORTS=${line#READY workers=}
   echo "  upstream workers { zone workers 256k; least_conn; keepalive $WORKERS;"
   for p in ${PORTS//,/ }; do echo "    server 127.0.0.1:$p max_conns=1;"; done
   echo "  }"
-  echo "  server { listen 127.0.0.1:$NGX_PORT ssl; http2 on;"
+  echo "  server { listen 127.0.0.1:$NGX_PORT ssl http2;"
   echo "    ssl_certificate $WORK/gw/server.pem; ssl_certificate_key $WORK/gw/server.key;"
   echo "    location / { proxy_pass http://workers/2015-03-31/functions/function/invocations;"
   echo "      proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
@@ -75,7 +77,7 @@ to_ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) { sub(/us$/, "", v); print v/100
 
 run() { # name url conns -> "rps p50 p99 non2xx"
   local out
-  out=$(wrk -t2 -c"$3" -d"${DURATION}s" --latency -s "$WORK/post.lua" "$2")
+  out=$(wrk -t"$(( $3 < 2 ? $3 : 2 ))" -c"$3" -d"${DURATION}s" --latency -s "$WORK/post.lua" "$2")
   local rps p50 p99 bad
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
   p50=$(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")")
@@ -88,12 +90,21 @@ run() { # name url conns -> "rps p50 p99 non2xx"
 wrk -t1 -c4 -d2s -s "$WORK/post.lua" "https://127.0.0.1:$GW_PORT/bench" >/dev/null
 wrk -t1 -c4 -d2s -s "$WORK/post.lua" "https://127.0.0.1:$NGX_PORT/" >/dev/null
 
+median() { tr ' ' '\n' <<<"$*" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
 printf "%-6s %-8s %12s %10s %10s %8s\n" conc server "req/s" "p50 ms" "p99 ms" non2xx
 for c in 1 64; do
-  read -r g_rps g_p50 g_p99 g_bad < <(run gateway "https://127.0.0.1:$GW_PORT/bench" "$c")
-  read -r n_rps n_p50 n_p99 n_bad < <(run nginx "https://127.0.0.1:$NGX_PORT/" "$c")
-  printf "%-6s %-8s %12s %10s %10s %8s\n" "$c" gateway "$g_rps" "$g_p50" "$g_p99" "$g_bad"
-  printf "%-6s %-8s %12s %10s %10s %8s\n" "$c" nginx "$n_rps" "$n_p50" "$n_p99" "$n_bad"
+  G_RPS=(); G_P50=(); G_P99=(); G_BAD=0; N_RPS=(); N_P50=(); N_P99=(); N_BAD=0
+  for _ in $(seq "$ROUNDS"); do
+    read -r a b d e < <(run gateway "https://127.0.0.1:$GW_PORT/bench" "$c")
+    G_RPS+=("$a"); G_P50+=("$b"); G_P99+=("$d"); G_BAD=$((G_BAD + e))
+    read -r a b d e < <(run nginx "https://127.0.0.1:$NGX_PORT/" "$c")
+    N_RPS+=("$a"); N_P50+=("$b"); N_P99+=("$d"); N_BAD=$((N_BAD + e))
+  done
+  g_rps=$(median "${G_RPS[@]}"); g_p50=$(median "${G_P50[@]}"); g_p99=$(median "${G_P99[@]}")
+  n_rps=$(median "${N_RPS[@]}"); n_p50=$(median "${N_P50[@]}"); n_p99=$(median "${N_P99[@]}")
+  printf "%-6s %-8s %12s %10s %10s %8s\n" "$c" gateway "$g_rps" "$g_p50" "$g_p99" "$G_BAD"
+  printf "%-6s %-8s %12s %10s %10s %8s\n" "$c" nginx "$n_rps" "$n_p50" "$n_p99" "$N_BAD"
   awk -v c="$c" -v a="$g_rps" -v b="$n_rps" -v p="$g_p50" -v q="$n_p50" -v r="$g_p99" -v s="$n_p99" \
     'BEGIN { printf "c=%s  gateway/nginx: req/s %.2fx  p50 %.2fx  p99 %.2fx\n", c, a/b, p/q, r/s }'
 done
