@@ -2,6 +2,7 @@
 //! wires the component crates together and prints results.
 
 mod agent;
+mod build;
 mod daemon;
 mod doctor;
 mod node;
@@ -81,6 +82,10 @@ enum Command {
     },
     /// Show records from the log store.
     Logs(services::LogsArgs),
+    /// Build the template's function images (only what changed).
+    Build(build::BuildArgs),
+    /// Write generator.yml with the template's parameters.
+    Init(build::InitArgs),
     /// Check the box and print a hint for each problem; non-zero exit when a check fails.
     Doctor {
         #[command(flatten)]
@@ -186,6 +191,8 @@ fn main() -> ExitCode {
         Command::Dynamodb { svc, creds } => services::dynamodb(state, &svc, &creds),
         Command::Logstore { svc } => services::logstore(state, &svc),
         Command::Logs(args) => services::logs(&args),
+        Command::Build(args) => build::build(state, &args),
+        Command::Init(args) => build::init(&args),
         Command::Doctor { node, proxy } => doctor::run(state, &node, &proxy),
     };
     match result {

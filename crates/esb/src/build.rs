@@ -1,0 +1,179 @@
+//! `esb build` and `esb init`: thin wrappers over esb-template and esb-image.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use crate::settings::StateArgs;
+
+/// Arguments of `esb build`.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The SAM template.
+    #[arg(
+        long,
+        short = 't',
+        env = "ESB_TEMPLATE",
+        default_value = "template.yaml"
+    )]
+    pub template: PathBuf,
+    /// Parameter overrides, `Key=Value` separated by spaces (after generator.yml's).
+    #[arg(long)]
+    pub parameter_overrides: Option<String>,
+    /// Rebuild every layer even when its input did not change.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Only show what would be built.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Show every layer.
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// The static esb-supervisor binary to put in images (default: next to `esb`).
+    #[arg(long, env = "ESB_SUPERVISOR_BIN")]
+    pub supervisor: Option<PathBuf>,
+    /// Also import the images into this containerd socket (default: the box's private
+    /// containerd when it runs).
+    #[arg(long, env = "ESB_CONTAINERD_SOCKET")]
+    pub containerd_socket: Option<PathBuf>,
+}
+
+fn supervisor_path(given: &Option<PathBuf>) -> PathBuf {
+    given.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(|d| d.join("esb-supervisor")))
+            .unwrap_or_else(|| PathBuf::from("/usr/local/bin/esb-supervisor"))
+    })
+}
+
+/// Loads the template with generator.yml (beside it) and command-line overrides.
+pub fn load_template(path: &Path, overrides: Option<&str>) -> Result<esb_template::Template> {
+    let generator = path.with_file_name("generator.yml");
+    let mut o = if generator.exists() {
+        esb_template::load_generator(&generator)?
+    } else {
+        esb_template::Overrides::default()
+    };
+    if let Some(text) = overrides {
+        let params = esb_template::parse_parameter_overrides(text)?;
+        o = o.merge(esb_template::Overrides {
+            parameters: params,
+            ..Default::default()
+        });
+    }
+    Ok(esb_template::load(path, &o)?)
+}
+
+/// `esb build`.
+pub fn build(state: &StateArgs, a: &BuildArgs) -> Result<()> {
+    let template = load_template(&a.template, a.parameter_overrides.as_deref())?;
+    let mut opts = esb_image::BuildOptions::new(&template, supervisor_path(&a.supervisor));
+    opts.no_cache = a.no_cache;
+    opts.dry_run = a.dry_run;
+    let verbose = a.verbose;
+    let progress = move |p: &esb_image::Progress| {
+        use esb_image::Progress::*;
+        match p {
+            Planned { images, layers } => {
+                eprintln!("building {images} image(s), {layers} layer(s)")
+            }
+            Base(line) => eprintln!("  base: {line}"),
+            Layer {
+                what, size, cached, ..
+            } if verbose || !cached => {
+                eprintln!(
+                    "  {} {what} ({size} bytes)",
+                    if *cached { "cached " } else { "built  " }
+                )
+            }
+            Layer { .. } => {}
+            Image {
+                function,
+                reference,
+                changed,
+                ..
+            } => {
+                eprintln!(
+                    "  image {function}: {reference}{}",
+                    if *changed { "" } else { " (unchanged)" }
+                )
+            }
+            Skipped { function, reason } => eprintln!("  skipped {function}: {reason}"),
+            Warning(w) => eprintln!("  warning: {w}"),
+        }
+    };
+    let report = esb_image::build(&template, &opts, &progress)?;
+    println!(
+        "{} image(s) in {} ({} layer(s) built, {} cached)",
+        report.images.len(),
+        report.layout.display(),
+        report.layers_built,
+        report.layers_cached
+    );
+    if a.dry_run {
+        return Ok(());
+    }
+    let socket = a.containerd_socket.clone().or_else(|| {
+        Some(crate::node::PrivateContainerd::of(state).socket()).filter(|_| {
+            crate::node::PrivateContainerd::of(state)
+                .running()
+                .is_some()
+        })
+    });
+    if let Some(socket) = socket {
+        let refs: Vec<String> = report.images.iter().map(|i| i.reference.clone()).collect();
+        esb_image::import_to_containerd_blocking(&report.layout, &refs, &socket)
+            .with_context(|| format!("import into containerd at {}", socket.display()))?;
+        println!("imported into containerd ({})", socket.display());
+    }
+    Ok(())
+}
+
+/// Arguments of `esb init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The SAM template.
+    #[arg(long, short = 't', default_value = "template.yaml")]
+    pub template: PathBuf,
+    /// Stack name.
+    #[arg(long, default_value = "esb")]
+    pub stack_name: String,
+    /// Take every default without asking.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+/// `esb init`: writes generator.yml beside the template, asking for each parameter when
+/// run on a terminal (the default is taken on an empty answer or without a terminal).
+pub fn init(a: &InitArgs) -> Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let specs = esb_template::parameter_specs(&a.template)?;
+    let interactive = !a.yes && std::io::stdin().is_terminal();
+    let mut values = indexmap::IndexMap::new();
+    let stdin = std::io::stdin();
+    for s in specs {
+        let default = s.default.clone().unwrap_or_default();
+        let value = if interactive {
+            print!("{} ({}) [{}]: ", s.name, s.param_type, default);
+            std::io::stdout().flush()?;
+            let mut line = String::new();
+            stdin.lock().read_line(&mut line)?;
+            let line = line.trim().to_string();
+            if line.is_empty() {
+                default
+            } else {
+                line
+            }
+        } else {
+            default
+        };
+        values.insert(s.name, value);
+    }
+    let out = a.template.with_file_name("generator.yml");
+    std::fs::write(&out, esb_template::render_generator(&a.stack_name, &values))
+        .with_context(|| format!("write {}", out.display()))?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
