@@ -23,7 +23,7 @@ struct Cli {
     #[command(flatten)]
     state: StateArgs,
     /// Log filter (tracing's syntax: info, debug, esb_local_proxy=debug, …).
-    #[arg(long, env = "ESB_LOG", default_value = "info", global = true)]
+    #[arg(long, env = "ESB_LOG", default_value = "info,s3s=off", global = true)]
     log: String,
     #[command(subcommand)]
     command: Command,
