@@ -101,7 +101,7 @@ fn read_line_capped<R: BufRead>(
 }
 
 fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|&b| b == needle)
+    memchr::memchr(needle, hay)
 }
 
 /// Parses a body, handing records to `sink` in chunks (so memory stays bounded and each
