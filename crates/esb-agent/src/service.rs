@@ -197,9 +197,12 @@ pub async fn serve(
         let server = tonic::transport::Server::builder().add_service(svc.clone().into_server());
         servers.spawn(async move {
             server
-                .serve_with_incoming_shutdown(UnixListenerStream::new(l), async move {
-                    let _ = rx.recv().await;
-                })
+                .serve_with_incoming_shutdown(
+                    skip_accept_errors(UnixListenerStream::new(l)),
+                    async move {
+                        let _ = rx.recv().await;
+                    },
+                )
                 .await
         });
     }
@@ -211,16 +214,28 @@ pub async fn serve(
         let server = tonic::transport::Server::builder().add_service(svc.clone().into_server());
         servers.spawn(async move {
             server
-                .serve_with_incoming_shutdown(TcpListenerStream::new(l), async move {
-                    let _ = rx.recv().await;
-                })
+                .serve_with_incoming_shutdown(
+                    skip_accept_errors(TcpListenerStream::new(l)),
+                    async move {
+                        let _ = rx.recv().await;
+                    },
+                )
                 .await
         });
     }
     if servers.is_empty() {
         anyhow::bail!("no listen address (set a Unix socket or a TCP address)");
     }
-    shutdown.await;
+    // A listener that stops early is an error of the whole agent, never a silent half.
+    tokio::pin!(shutdown);
+    tokio::select! {
+        _ = &mut shutdown => {}
+        Some(r) = servers.join_next() => {
+            let _ = tx.send(());
+            r??;
+            anyhow::bail!("a listener stopped unexpectedly");
+        }
+    }
     let _ = tx.send(());
     while let Some(r) = servers.join_next().await {
         r??;
@@ -229,4 +244,22 @@ pub async fn serve(
         let _ = std::fs::remove_file(path);
     }
     Ok(())
+}
+
+/// Connections whose accept failed (a client that went away first, a descriptor limit)
+/// are logged and skipped: one bad accept must not end the server.
+fn skip_accept_errors<S, T>(
+    incoming: S,
+) -> impl tokio_stream::Stream<Item = Result<T, std::io::Error>>
+where
+    S: tokio_stream::Stream<Item = Result<T, std::io::Error>>,
+{
+    use tokio_stream::StreamExt;
+    incoming.filter_map(|r| match r {
+        Ok(conn) => Some(Ok(conn)),
+        Err(e) => {
+            tracing::warn!(error = %e, "accept failed");
+            None
+        }
+    })
 }

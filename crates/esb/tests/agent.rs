@@ -143,9 +143,15 @@ impl AgentBox {
     }
 
     async fn client(&self) -> AgentServiceClient<Channel> {
-        esb_agent_api::connect(&format!("unix://{}", self.socket().display()))
-            .await
-            .expect("connect to agent")
+        let endpoint = format!("unix://{}", self.socket().display());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match esb_agent_api::connect(&endpoint).await {
+                Ok(c) => return c,
+                Err(e) if Instant::now() > deadline => panic!("connect to agent: {e:?}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
     }
 }
 
