@@ -10,4 +10,9 @@ cd "$root"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${ESB_CACHE_DIR:-/var/cache/esb}/target}
 cargo build --release -q -p esb
 install -m 0755 "$CARGO_TARGET_DIR/release/esb" /usr/local/bin/esb
+# The supervisor that goes into every function image: static, so it runs in any image.
+RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$CARGO_TARGET_DIR/esb-supervisor-static" \
+  cargo build --release -q -p esb-supervisor --target x86_64-unknown-linux-gnu
+install -m 0755 "$CARGO_TARGET_DIR/esb-supervisor-static/x86_64-unknown-linux-gnu/release/esb-supervisor" \
+  /usr/local/bin/esb-supervisor
 exec esb node up "$@"
