@@ -155,6 +155,21 @@ pub fn choose(agents: &[Arc<Agent>]) -> Option<usize> {
         .map(|(i, _)| i)
 }
 
+/// Like [`choose`], ignoring whether agents are marked down.
+pub fn choose_any(agents: &[Arc<Agent>]) -> Option<usize> {
+    agents
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.free() > 0)
+        .max_by(|(ia, a), (ib, b)| {
+            a.is_up()
+                .cmp(&b.is_up())
+                .then(a.free().cmp(&b.free()))
+                .then(ib.cmp(ia))
+        })
+        .map(|(i, _)| i)
+}
+
 /// Whether a gRPC status means the agent itself cannot be reached.
 pub fn is_unreachable(s: &tonic::Status) -> bool {
     matches!(
@@ -190,6 +205,12 @@ mod tests {
         assert_eq!(choose(&agents), Some(2));
         let full = vec![agent(1, 1)];
         assert_eq!(choose(&full), None);
+        assert_eq!(choose_any(&full), None);
+        // All down: still one to try.
+        agents[0].set_up(false);
+        agents[2].set_up(false);
+        assert_eq!(choose(&agents), None);
+        assert_eq!(choose_any(&agents), Some(1));
         let unlimited = vec![agent(0, 5), agent(0, 2)];
         assert_eq!(choose(&unlimited), Some(1));
         unlimited[1].add_workers(-10);

@@ -362,8 +362,11 @@ impl Gateway {
     /// Asks an agent for a new worker of function `fi`.
     pub async fn create_worker(self: &Arc<Self>, fi: usize) -> Result<Worker, String> {
         let f = &self.functions[fi];
-        let Some(ai) = agents::choose(&self.agents) else {
-            return Err("no agent is up with free capacity".into());
+        // When every agent is marked down, try one anyway: an agent that came back is
+        // used at once rather than at the next heartbeat.
+        let Some(ai) = agents::choose(&self.agents).or_else(|| agents::choose_any(&self.agents))
+        else {
+            return Err("no agent has free capacity".into());
         };
         let agent = &self.agents[ai];
         let req = EnsureContainerRequest {

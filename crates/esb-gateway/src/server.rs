@@ -13,7 +13,7 @@ use base64::Engine;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -383,23 +383,48 @@ enum BodyError {
 }
 
 async fn read_body(
-    body: Incoming,
+    mut body: Incoming,
     declared: Option<u64>,
     limit: usize,
 ) -> Result<Bytes, BodyError> {
+    use hyper::body::Body as _;
     if declared.is_some_and(|n| n > limit as u64) {
+        drain(body).await;
         return Err(BodyError::TooLarge);
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(b) => Ok(b.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(BodyError::TooLarge)
+    let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0).min(limit as u64) as usize);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                drain(body).await;
+                return Err(BodyError::TooLarge);
+            }
+            buf.extend_from_slice(&data);
         }
-        Err(e) => Err(BodyError::Read(e.to_string())),
+        if body.is_end_stream() {
+            break;
+        }
     }
+    Ok(buf.freeze())
+}
+
+/// Reads and discards the rest of a refused body (bounded in bytes and time), so that
+/// the client, still sending, gets the error response instead of a connection reset.
+async fn drain(mut body: Incoming) {
+    const MAX_DRAIN: usize = 32 << 20;
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(d) = frame.into_data() {
+                seen += d.len();
+                if seen > MAX_DRAIN {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
 }
 
 /// What the handler reports for the access log.

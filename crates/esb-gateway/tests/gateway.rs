@@ -902,3 +902,58 @@ async fn logs_are_shipped_and_shutdown_drains_in_flight_requests() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_agent_gives_503_and_is_marked_down() {
+    let mut f = spec("rust-echo", "rust");
+    f.events = vec![event(EventKind::Api, "GET", "/x", true)];
+    let b = TestBox::start(vec![f], |c| {
+        // Nothing listens there (a port of this host's loopback that was just freed).
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        c.agents[0].endpoint = format!("http://127.0.0.1:{port}");
+        c.agent_timeout = Duration::from_secs(5);
+    })
+    .await;
+    let c = b.client();
+    let r = c.get("/x", &[]).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json(), json!({"message": "Service Unavailable"}));
+    let r = c.invoke("rust-echo", b"{}", &[]).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(
+        r.header("x-amzn-errortype").as_deref(),
+        Some("ServiceException")
+    );
+    let m = c.get("/metrics", &[]).await.text();
+    assert!(m.contains("esb_gateway_agent_up{node=\"test\"} 0"), "{m}");
+    // The gateway itself stays healthy.
+    assert_eq!(c.get("/health", &[]).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_that_comes_back_is_used_again() {
+    let mut b = TestBox::start(vec![spec("rust-echo", "rust")], |_| {}).await;
+    // Point a new gateway at an agent address that is not served yet.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    b.stop_gateway().await;
+    b.start_gateway(vec![spec("rust-echo", "rust")], |c| {
+        c.agents[0].endpoint = format!("http://{addr}");
+        c.agent_timeout = Duration::from_secs(5);
+    })
+    .await;
+    let c = b.client();
+    assert_eq!(c.invoke("rust-echo", b"{}", &[]).await.status, 503);
+    // The agent appears on that address; the next request uses it without waiting for
+    // a heartbeat.
+    let agent = ProcessAgent::new();
+    *agent.env.lock().unwrap() = b.agent.env.lock().unwrap().clone();
+    let _stop = agent.serve_on(addr).await;
+    let r = c.invoke("rust-echo", b"{\"back\":1}", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), json!({"back": 1}));
+    agent.kill_all();
+}

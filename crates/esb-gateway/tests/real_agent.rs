@@ -1,12 +1,12 @@
 //! The gateway in front of the real agent, as root: a node namespace of the test's own
-//! (`esb node up`), a private containerd, runc, CNI, images built by esb's builder (Debian
+//! and the box's private containerd (`esb node up`), runc, CNI, images built by esb's builder (Debian
 //! python base, awslambdaric, boto3, the static supervisor) and `esb agent`. The gateway
 //! runs in this process: its client listener on 127.0.0.1, its internal listener on
 //! 10.88.0.1 inside the node namespace, workers dialled inside that namespace.
 //!
 //! One test walks through the "Must show" list, to pay for the set-up once. Everything is
-//! torn down on drop, also after a failure: workers destroyed, the agent and containerd
-//! stopped by PID, the node removed.
+//! torn down on drop, also after a failure: workers destroyed, the agent stopped by PID,
+//! the node removed (`esb node down` also stops containerd).
 
 mod common;
 
@@ -142,8 +142,11 @@ struct RealBox {
     esb: PathBuf,
     state: tempfile::TempDir,
     netns: String,
-    containerd: Option<esb_containerd::Containerd>,
-    agent: Option<Child>,
+    agent: Mutex<Option<Child>>,
+    /// The agent's TCP listener (127.0.0.1). Used rather than its Unix socket: the `esb`
+    /// binary runs with SIGPIPE at its default action, and a Unix-socket peer that goes
+    /// away mid-write kills the agent (TCP writes use MSG_NOSIGNAL).
+    agent_tcp: SocketAddr,
 }
 
 impl RealBox {
@@ -157,8 +160,9 @@ impl RealBox {
             .expect("run esb")
     }
 
-    fn socket(&self) -> PathBuf {
-        self.state.path().join("agent.sock")
+    /// The private containerd that `esb node up` started.
+    fn ctd_socket(&self) -> PathBuf {
+        self.state.path().join("containerd/containerd.sock")
     }
 
     fn tls_dir(&self) -> PathBuf {
@@ -166,10 +170,11 @@ impl RealBox {
     }
 
     fn start_agent(&mut self, internal_url: &str) {
-        let ctd = self.containerd.as_ref().unwrap().socket().to_path_buf();
+        let ctd = self.ctd_socket();
         let child = Command::new(&self.esb)
             .arg(format!("--state-dir={}", self.state.path().display()))
             .arg("agent")
+            .arg(format!("--listen={}", self.agent_tcp))
             .arg(format!("--containerd-socket={}", ctd.display()))
             .arg("--readiness-timeout=60")
             .arg(format!(
@@ -180,16 +185,27 @@ impl RealBox {
             .env("ESB_ACCESS_KEY_ID", ACCESS_KEY)
             .env("ESB_SECRET_ACCESS_KEY", SECRET_KEY)
             .env("GATEWAY_INTERNAL_URL", internal_url)
-            .env("ESB_LOG", "warn")
+            .env(
+                "ESB_LOG",
+                std::env::var("ESB_TEST_AGENT_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start esb agent");
-        self.agent = Some(child);
+        *self.agent.lock().unwrap() = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
-        while std::os::unix::net::UnixStream::connect(self.socket()).is_err() {
-            if let Some(st) = self.agent.as_mut().unwrap().try_wait().unwrap() {
+        while std::net::TcpStream::connect(self.agent_tcp).is_err() {
+            if let Some(st) = self
+                .agent
+                .lock()
+                .unwrap()
+                .as_mut()
+                .unwrap()
+                .try_wait()
+                .unwrap()
+            {
                 panic!("esb agent exited: {st}");
             }
             assert!(Instant::now() < deadline, "agent did not start");
@@ -198,9 +214,13 @@ impl RealBox {
     }
 
     async fn workers(&self) -> Vec<(String, String)> {
-        let mut c = esb_agent_api::connect(&format!("unix://{}", self.socket().display()))
-            .await
-            .expect("agent");
+        let mut c = match esb_agent_api::connect(&format!("http://{}", self.agent_tcp)).await {
+            Ok(c) => c,
+            Err(e) => {
+                let st = self.agent.lock().unwrap().as_mut().map(|a| a.try_wait());
+                panic!("agent unreachable ({e}); agent process: {st:?}");
+            }
+        };
         c.list_containers(ListContainersRequest {})
             .await
             .unwrap()
@@ -222,14 +242,12 @@ impl RealBox {
 
 impl Drop for RealBox {
     fn drop(&mut self) {
-        if self.agent.is_some() {
-            let socket = self.socket();
+        if self.agent.lock().unwrap().is_some() {
+            let tcp = self.agent_tcp;
             let _ = std::thread::spawn(move || {
                 let rt = tokio::runtime::Runtime::new().unwrap();
                 rt.block_on(async {
-                    if let Ok(mut c) =
-                        esb_agent_api::connect(&format!("unix://{}", socket.display())).await
-                    {
+                    if let Ok(mut c) = esb_agent_api::connect(&format!("http://{tcp}")).await {
                         if let Ok(l) = c.list_containers(ListContainersRequest {}).await {
                             for w in l.into_inner().containers {
                                 let _ = c
@@ -245,13 +263,11 @@ impl Drop for RealBox {
             })
             .join();
         }
-        if let Some(mut a) = self.agent.take() {
+        if let Some(mut a) = self.agent.lock().unwrap().take() {
             let _ = a.kill();
             let _ = a.wait();
         }
-        if let Some(mut c) = self.containerd.take() {
-            let _ = c.stop();
-        }
+        // `esb node down` removes any worker left and stops the private containerd.
         let _ = self.esb(&["node", "down"]);
         let _ = esb_netns::NetNs::delete(&self.netns);
     }
@@ -303,7 +319,7 @@ fn config(b: &RealBox, internal: SocketAddr, logs: SocketAddr) -> Config {
         secret_key: SECRET_KEY.into(),
         agents: vec![AgentAddr {
             node_id: "node-1".into(),
-            endpoint: format!("unix:{}", b.socket().display()),
+            endpoint: format!("http://{}", b.agent_tcp),
             netns: Some(b.netns.clone()),
             max_workers: 0,
         }],
@@ -417,8 +433,11 @@ async fn gateway_on_the_real_agent_with_containerd_workers() {
         esb,
         state: tempfile::tempdir().unwrap(),
         netns: unique("esbg-n"),
-        containerd: None,
-        agent: None,
+        agent: Mutex::new(None),
+        agent_tcp: std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap(),
     };
     let up = b.esb(&["node", "up"]);
     assert!(
@@ -426,16 +445,7 @@ async fn gateway_on_the_real_agent_with_containerd_workers() {
         "esb node up: {}",
         String::from_utf8_lossy(&up.stderr)
     );
-    b.containerd = Some(
-        esb_containerd::Containerd::start(&b.state.path().join("containerd"))
-            .await
-            .expect("private containerd"),
-    );
-    let specs = build_images(
-        &b.state.path().join("src"),
-        b.containerd.as_ref().unwrap().socket(),
-    )
-    .await;
+    let specs = build_images(&b.state.path().join("src"), &b.ctd_socket()).await;
     // The CA exists before the agent starts, so that it mounts it in workers.
     esb_gateway::tls::ensure_box_certs(&b.tls_dir(), &esb_gateway::tls::default_sans(&[])).unwrap();
     // The internal listener: on the node's bridge address, in the node namespace.

@@ -101,7 +101,15 @@ impl ProcessAgent {
 
     /// Serves the gRPC API on 127.0.0.1; returns its address.
     pub async fn serve(&self) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.serve_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Serves the gRPC API on `addr` (loopback).
+    pub async fn serve_on(
+        &self,
+        addr: SocketAddr,
+    ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let svc = AgentServiceServer::new(self.clone());
