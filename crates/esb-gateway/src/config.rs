@@ -62,8 +62,9 @@ impl AgentAddr {
 }
 
 /// Everything the gateway needs. [`Config::default`] gives the documented defaults;
-/// [`Config::from_env`] reads the environment names of the seed.
-#[derive(Clone, Debug)]
+/// [`Config::from_env`] reads the environment names of the seed. `Debug` shows every
+/// setting with the secrets redacted (for `esb config`-style output).
+#[derive(Clone)]
 pub struct Config {
     /// Client listener (`ESB_GATEWAY_LISTEN`, default `0.0.0.0:443`), host namespace.
     pub listen: SocketAddr,
@@ -151,6 +152,57 @@ pub struct Config {
     /// Timeout of agent calls (`ESB_AGENT_TIMEOUT`, seconds, default 60: creating a
     /// worker can take a while).
     pub agent_timeout: Duration,
+}
+
+fn redact(s: &str) -> &'static str {
+    if s.is_empty() {
+        "<unset>"
+    } else {
+        "<redacted>"
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("internal_listen", &self.internal_listen)
+            .field("internal_netns", &self.internal_netns)
+            .field("internal_url", &self.internal_url)
+            .field("data_dir", &self.data_dir)
+            .field("cert_path", &self.cert_path)
+            .field("key_path", &self.key_path)
+            .field("extra_sans", &self.extra_sans)
+            .field("jwt_secret", &redact(&self.jwt_secret))
+            .field("api_key", &redact(&self.api_key))
+            .field("auth_user", &self.auth_user)
+            .field("auth_pass", &redact(&self.auth_pass))
+            .field("auth_path", &self.auth_path)
+            .field("jwt_expires", &self.jwt_expires)
+            .field("invoke_timeout", &self.invoke_timeout)
+            .field("breaker_threshold", &self.breaker_threshold)
+            .field("breaker_recovery", &self.breaker_recovery)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("heartbeat", &self.heartbeat)
+            .field("orphan_grace", &self.orphan_grace)
+            .field("pool_acquire_timeout", &self.pool_acquire_timeout)
+            .field("default_concurrency", &self.default_concurrency)
+            .field("victorialogs_url", &self.victorialogs_url)
+            .field("log_stderr", &self.log_stderr)
+            .field("access_key", &self.access_key)
+            .field("secret_key", &redact(&self.secret_key))
+            .field("region", &self.region)
+            .field("account_id", &self.account_id)
+            .field("agents", &self.agents)
+            .field("stage", &self.stage)
+            .field("event_queue_len", &self.event_queue_len)
+            .field("event_queue_bytes", &self.event_queue_bytes)
+            .field("event_retry_delay", &self.event_retry_delay)
+            .field("max_body", &self.max_body)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("agent_timeout", &self.agent_timeout)
+            .finish()
+    }
 }
 
 impl Default for Config {
@@ -402,6 +454,9 @@ mod tests {
         assert_eq!(c.agents[0].node_id, "a");
         assert_eq!(c.agents[1].netns.as_deref(), Some("esb-node"));
         assert_eq!(c.agents[1].max_workers, 4);
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("0123456789abcdef"), "{shown}");
+        assert!(shown.contains("jwt_secret: \"<redacted>\""), "{shown}");
     }
 
     #[test]
