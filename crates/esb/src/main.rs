@@ -143,12 +143,24 @@ enum NodeCommand {
 }
 
 fn main() -> ExitCode {
-    // Like other Unix tools, end quietly when the reader of our output goes away.
-    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = Cli::parse();
+    // Commands that print end quietly when their reader goes away, like other Unix tools.
+    // Servers keep Rust's default (SIGPIPE ignored): a client that disconnects mid-write
+    // must cost one connection, not the process.
+    let serves = matches!(
+        cli.command,
+        Command::Proxy { .. }
+            | Command::Agent(_)
+            | Command::S3 { .. }
+            | Command::Dynamodb { .. }
+            | Command::Logstore { .. }
+    );
+    if !serves {
+        // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()),
