@@ -197,6 +197,11 @@ struct Plan<'t> {
     tasks: Vec<Task>,
 }
 
+/// The reference `build` gives a function's image: `<repository>/<name>:<tag>`.
+pub fn image_reference(opts: &BuildOptions, function: &Function) -> String {
+    format!("{}/{}:{}", opts.repository, image_name(function), opts.tag)
+}
+
 fn image_name(function: &Function) -> String {
     function
         .name
@@ -388,12 +393,7 @@ pub fn build(
     let mut images = Vec::new();
     let mut refs = Vec::new();
     for p in &plans {
-        let reference = format!(
-            "{}/{}:{}",
-            opts.repository,
-            image_name(p.function),
-            opts.tag
-        );
+        let reference = image_reference(opts, p.function);
         let layers: Vec<LayerReport> = p
             .tasks
             .iter()

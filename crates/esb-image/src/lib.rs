@@ -20,7 +20,9 @@ pub mod store;
 
 use std::path::{Path, PathBuf};
 
-pub use build::{build, BuildOptions, BuildReport, ImageReport, LayerReport, Progress};
+pub use build::{
+    build, image_reference, BuildOptions, BuildReport, ImageReport, LayerReport, Progress,
+};
 pub use import::{import, ImportReport};
 pub use registry::{pull, push, PullReport, PushReport, Registry};
 pub use store::{Blob, Layout};

@@ -177,3 +177,44 @@ pub fn init(a: &InitArgs) -> Result<()> {
     println!("wrote {}", out.display());
     Ok(())
 }
+
+/// Arguments of `esb gateway` (every other setting comes from the environment names of
+/// the seed: JWT_SECRET_KEY, X_API_KEY, AUTH_USER, … see docs/gateway.md).
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// The SAM template whose routes and functions the gateway serves.
+    #[arg(
+        long,
+        short = 't',
+        env = "ESB_TEMPLATE",
+        default_value = "template.yaml"
+    )]
+    pub template: PathBuf,
+    /// Parameter overrides, `Key=Value` separated by spaces.
+    #[arg(long)]
+    pub parameter_overrides: Option<String>,
+}
+
+/// `esb gateway`: serves the template's functions, images named as `esb build` names them.
+pub fn gateway(state: &StateArgs, a: &GatewayArgs) -> Result<()> {
+    let template = load_template(&a.template, a.parameter_overrides.as_deref())?;
+    let opts = esb_image::BuildOptions::new(&template, supervisor_path(&None));
+    let functions: Vec<esb_gateway::FunctionSpec> = template
+        .functions
+        .iter()
+        .map(|f| esb_gateway::FunctionSpec::from_template(f, esb_image::image_reference(&opts, f)))
+        .collect();
+    let mut cfg = esb_gateway::Config::from_env()?;
+    if std::env::var_os("ESB_GATEWAY_DATA_DIR").is_none() {
+        // The agent mounts STATE_DIR/tls/ca.pem into workers: keep the CA there.
+        cfg.data_dir = state.state_dir.join("tls");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(esb_gateway::serve(
+        cfg,
+        functions,
+        crate::agent::shutdown_signal(),
+    ))
+}

@@ -86,6 +86,8 @@ enum Command {
     Build(build::BuildArgs),
     /// Write generator.yml with the template's parameters.
     Init(build::InitArgs),
+    /// Run the gateway (HTTPS API Gateway, Lambda Invoke API, pools) in the foreground.
+    Gateway(build::GatewayArgs),
     /// Check the box and print a hint for each problem; non-zero exit when a check fails.
     Doctor {
         #[command(flatten)]
@@ -151,6 +153,7 @@ fn main() -> ExitCode {
         cli.command,
         Command::Proxy { .. }
             | Command::Agent(_)
+            | Command::Gateway(_)
             | Command::S3 { .. }
             | Command::Dynamodb { .. }
             | Command::Logstore { .. }
@@ -205,6 +208,7 @@ fn main() -> ExitCode {
         Command::Logs(args) => services::logs(&args),
         Command::Build(args) => build::build(state, &args),
         Command::Init(args) => build::init(&args),
+        Command::Gateway(args) => build::gateway(state, &args),
         Command::Doctor { node, proxy } => doctor::run(state, &node, &proxy),
     };
     match result {
