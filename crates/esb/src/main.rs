@@ -66,14 +66,14 @@ enum Command {
         #[command(flatten)]
         svc: services::ServiceArgs,
         #[command(flatten)]
-        creds: services::Credentials,
+        creds: settings::Credentials,
     },
     /// Run the embedded DynamoDB-compatible service alone (default 127.0.0.1:8000).
     Dynamodb {
         #[command(flatten)]
         svc: services::ServiceArgs,
         #[command(flatten)]
-        creds: services::Credentials,
+        creds: settings::Credentials,
     },
     /// Run the embedded log store alone (default 127.0.0.1:9428).
     Logstore {

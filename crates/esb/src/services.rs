@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::agent::shutdown_signal;
-use crate::settings::StateArgs;
+use crate::settings::{Credentials, StateArgs};
 
 /// Where a service listens and keeps its data.
 #[derive(Debug, Clone, Args)]
@@ -20,35 +20,6 @@ pub struct ServiceArgs {
     /// Directory of the service's data (default STATE_DIR/<service>).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-}
-
-/// The box's credential pair, required by the AWS-compatible services.
-#[derive(Debug, Clone, Args)]
-pub struct Credentials {
-    /// Access key of the box's credential pair.
-    #[arg(long = "access-key", env = "ESB_ACCESS_KEY_ID")]
-    pub access_key: Option<String>,
-    /// Secret key of the box's credential pair.
-    #[arg(
-        long = "secret-key",
-        env = "ESB_SECRET_ACCESS_KEY",
-        hide_env_values = true
-    )]
-    pub secret_key: Option<String>,
-    /// Region the services report.
-    #[arg(long, env = "ESB_REGION", default_value = "ap-northeast-1")]
-    pub region: String,
-}
-
-impl Credentials {
-    fn pair(&self) -> Result<(String, String)> {
-        match (&self.access_key, &self.secret_key) {
-            (Some(a), Some(s)) if !a.is_empty() && !s.is_empty() => Ok((a.clone(), s.clone())),
-            _ => anyhow::bail!(
-                "ESB_ACCESS_KEY_ID and ESB_SECRET_ACCESS_KEY (or --access-key/--secret-key) must both be set"
-            ),
-        }
-    }
 }
 
 impl ServiceArgs {

@@ -222,10 +222,11 @@ impl ProxyArgs {
     }
 }
 
-/// Settings of the box as a whole that workers see (system.md §5, §6).
+/// The box's single credential pair and region (system.md §6), shared by S3, DynamoDB and
+/// the Lambda Invoke API, and handed to workers.
 #[derive(Debug, Clone, Args)]
-pub struct BoxArgs {
-    /// Access key of the box's single credential pair (S3, DynamoDB, Lambda Invoke API).
+pub struct Credentials {
+    /// Access key of the box's credential pair.
     #[arg(long = "access-key", env = "ESB_ACCESS_KEY_ID")]
     pub access_key: Option<String>,
     /// Secret key of the box's credential pair.
@@ -238,6 +239,25 @@ pub struct BoxArgs {
     /// Region reported to clients and functions.
     #[arg(long, env = "ESB_REGION", default_value = "ap-northeast-1")]
     pub region: String,
+}
+
+impl Credentials {
+    /// Both keys, or an error naming the settings.
+    pub fn pair(&self) -> anyhow::Result<(String, String)> {
+        match (&self.access_key, &self.secret_key) {
+            (Some(a), Some(s)) if !a.is_empty() && !s.is_empty() => Ok((a.clone(), s.clone())),
+            _ => anyhow::bail!(
+                "ESB_ACCESS_KEY_ID and ESB_SECRET_ACCESS_KEY (or --access-key/--secret-key) must both be set"
+            ),
+        }
+    }
+}
+
+/// Settings of the box as a whole that workers see (system.md §5, §6).
+#[derive(Debug, Clone, Args)]
+pub struct BoxArgs {
+    #[command(flatten)]
+    pub creds: Credentials,
     /// URL workers use for the Lambda Invoke API (chain invokes).
     #[arg(
         long,
@@ -272,9 +292,9 @@ impl BoxArgs {
             self.gateway_internal_url.clone(),
         );
         env.insert("VICTORIALOGS_URL".into(), self.victorialogs_url.clone());
-        env.insert("AWS_REGION".into(), self.region.clone());
-        env.insert("AWS_DEFAULT_REGION".into(), self.region.clone());
-        if let (Some(a), Some(s)) = (&self.access_key, &self.secret_key) {
+        env.insert("AWS_REGION".into(), self.creds.region.clone());
+        env.insert("AWS_DEFAULT_REGION".into(), self.creds.region.clone());
+        if let Ok((a, s)) = self.creds.pair() {
             env.insert("AWS_ACCESS_KEY_ID".into(), a.clone());
             env.insert("AWS_SECRET_ACCESS_KEY".into(), s.clone());
         }
