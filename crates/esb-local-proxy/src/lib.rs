@@ -169,7 +169,7 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
             max_connections: 4096,
-            buffer_size: 64 * 1024,
+            buffer_size: 16 * 1024,
             backlog: 1024,
         }
     }
