@@ -6,7 +6,6 @@ use std::collections::HashMap;
 
 use containerd_client::types::Descriptor;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use crate::containerd::{Containerd, CtdError};
 
@@ -122,21 +121,7 @@ fn arch() -> &'static str {
     }
 }
 
-/// Chain ids of a layer stack (OCI image spec: chainid(n) = sha256(chainid(n-1) + " " + diffid(n))).
-pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
-    for d in diff_ids {
-        let next = match out.last() {
-            None => d.clone(),
-            Some(prev) => format!(
-                "sha256:{}",
-                hex::encode(Sha256::digest(format!("{prev} {d}")))
-            ),
-        };
-        out.push(next);
-    }
-    out
-}
+use esb_containerd::chain_ids;
 
 /// Reads the image's manifest and config from containerd.
 pub async fn resolve(ctd: &Containerd, name: &str) -> Result<ResolvedImage, ImageError> {
@@ -245,21 +230,4 @@ pub async fn ensure_unpacked(
     ctd.label_blob(&image.config_digest, &key, &image.chain_id)
         .await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chain_ids_follow_the_spec() {
-        let d = vec!["sha256:aa".to_string(), "sha256:bb".to_string()];
-        let c = chain_ids(&d);
-        assert_eq!(c[0], "sha256:aa");
-        let want = format!(
-            "sha256:{}",
-            hex::encode(Sha256::digest("sha256:aa sha256:bb"))
-        );
-        assert_eq!(c[1], want);
-    }
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use containerd_client::services::v1::version_client::VersionClient;
 use tonic::transport::Channel;
 
-pub use import::{ImportedImage, OciImage};
+pub use import::{chain_ids, ImportedImage, OciImage};
 
 /// The containerd namespace esb's images and workers live in.
 pub const NAMESPACE: &str = "esb-runtime";
