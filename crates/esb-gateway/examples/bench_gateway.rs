@@ -142,6 +142,7 @@ async fn main() -> anyhow::Result<()> {
         name: "bench".into(),
         logical_id: "Bench".into(),
         image: "bench".into(),
+        revision: String::new(),
         env: Vec::new(),
         timeout: Duration::from_secs(30),
         memory_mb: 128,

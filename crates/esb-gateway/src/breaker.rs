@@ -98,6 +98,15 @@ impl Breaker {
         }
     }
 
+    /// `closed`, `open` or `half-open` (the admin status's names).
+    pub fn state_name(&self) -> &'static str {
+        match self.state_code() {
+            0 => "closed",
+            1 => "open",
+            _ => "half-open",
+        }
+    }
+
     /// 0 closed, 1 open, 2 half-open (the metric's encoding).
     pub fn state_code(&self) -> i64 {
         match *self.state.lock().unwrap() {
@@ -128,11 +137,13 @@ mod tests {
             b.record(p, false, t0);
         }
         assert_eq!(b.state_code(), 1);
+        assert_eq!(b.state_name(), "open");
         assert_eq!(b.permit(t0 + Duration::from_secs(9)), Permit::Rejected);
         // One trial after the recovery time, others still rejected.
         let t1 = t0 + Duration::from_secs(10);
         let trial = b.permit(t1);
         assert_eq!(trial, Permit::Trial);
+        assert_eq!(b.state_name(), "half-open");
         assert_eq!(b.permit(t1), Permit::Rejected);
         // A failed trial opens it again.
         b.record(trial, false, t1);
@@ -142,6 +153,7 @@ mod tests {
         assert_eq!(trial, Permit::Trial);
         b.record(trial, true, t2);
         assert_eq!(b.state_code(), 0);
+        assert_eq!(b.state_name(), "closed");
         assert_eq!(b.permit(t2), Permit::Allowed);
     }
 

@@ -152,6 +152,10 @@ pub struct Config {
     /// Timeout of agent calls (`ESB_AGENT_TIMEOUT`, seconds, default 60: creating a
     /// worker can take a while).
     pub agent_timeout: Duration,
+    /// Unix socket of the admin API, `GET /status` and `GET /health`
+    /// (`ESB_GATEWAY_ADMIN_SOCKET`, default none): created with mode 0600, a stale socket
+    /// file replaced, removed on shutdown.
+    pub admin_socket: Option<PathBuf>,
 }
 
 fn redact(s: &str) -> &'static str {
@@ -201,6 +205,7 @@ impl std::fmt::Debug for Config {
             .field("max_body", &self.max_body)
             .field("drain_timeout", &self.drain_timeout)
             .field("agent_timeout", &self.agent_timeout)
+            .field("admin_socket", &self.admin_socket)
             .finish()
     }
 }
@@ -249,6 +254,7 @@ impl Default for Config {
             max_body: 10 << 20,
             drain_timeout: Duration::from_secs(30),
             agent_timeout: Duration::from_secs(60),
+            admin_socket: None,
         }
     }
 }
@@ -361,6 +367,7 @@ impl Config {
         c.max_body = num("ESB_MAX_BODY_BYTES", c.max_body as u64)? as usize;
         c.drain_timeout = secs("ESB_DRAIN_SECONDS", c.drain_timeout)?;
         c.agent_timeout = secs("ESB_AGENT_TIMEOUT", c.agent_timeout)?;
+        c.admin_socket = var("ESB_GATEWAY_ADMIN_SOCKET").map(Into::into);
         Ok(c)
     }
 
@@ -399,6 +406,11 @@ impl Config {
         if self.event_queue_len == 0 {
             bail!("ESB_EVENT_QUEUE must be at least 1");
         }
+        if let Some(p) = &self.admin_socket {
+            if p.file_name().is_none() {
+                bail!("ESB_GATEWAY_ADMIN_SOCKET={p:?} is not a file path");
+            }
+        }
         Ok(())
     }
 }
@@ -435,6 +447,7 @@ mod tests {
             ("CIRCUIT_BREAKER_THRESHOLD", "3"),
             ("POOL_ACQUIRE_TIMEOUT", "2.5"),
             ("GATEWAY_INTERNAL_URL", "https://127.0.0.1:8443"),
+            ("ESB_GATEWAY_ADMIN_SOCKET", "/run/esb/gateway.sock"),
             (
                 "ESB_AGENTS",
                 "http://127.0.0.1:1,node=a;unix:/x.sock,netns=esb-node,max=4",
@@ -454,6 +467,11 @@ mod tests {
         assert_eq!(c.agents[0].node_id, "a");
         assert_eq!(c.agents[1].netns.as_deref(), Some("esb-node"));
         assert_eq!(c.agents[1].max_workers, 4);
+        assert_eq!(
+            c.admin_socket.as_deref(),
+            Some(std::path::Path::new("/run/esb/gateway.sock"))
+        );
+        assert_eq!(Config::default().admin_socket, None);
         let shown = format!("{c:?}");
         assert!(!shown.contains("0123456789abcdef"), "{shown}");
         assert!(shown.contains("jwt_secret: \"<redacted>\""), "{shown}");

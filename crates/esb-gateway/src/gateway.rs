@@ -3,9 +3,11 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use esb_agent_api::v1::{
     DestroyContainerRequest, EnsureContainerRequest, GetContainerMetricsRequest,
@@ -16,6 +18,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
 
 use crate::agents::{self, Agent};
 use crate::breaker::{Breaker, Permit};
@@ -23,6 +26,7 @@ use crate::config::Config;
 use crate::logs::Logger;
 use crate::metrics::{FnLabel, Metrics, NodeLabel, PoolLabel};
 use crate::pool::{AcquireError, Grant, PoolCore};
+use crate::routes::{Route, Router};
 
 /// Path of the worker contract's invoke endpoint.
 pub const WORKER_INVOKE_PATH: &str = "/2015-03-31/functions/function/invocations";
@@ -33,7 +37,10 @@ const MAX_WORKER_RESPONSE: usize = 7 << 20;
 const TIMEOUT_GRACE: Duration = Duration::from_secs(3);
 
 /// A function the gateway serves: what `esb` hands over from the template and the build.
-#[derive(Debug, Clone)]
+///
+/// Two specs are the same function version when they are equal in every field; a reload
+/// keeps the pool and workers of such a function and starts fresh ones for any other.
+#[derive(Debug, Clone, PartialEq)]
 pub struct FunctionSpec {
     /// Function name (`FunctionName` or the logical id); also the Invoke API name.
     pub name: String,
@@ -41,6 +48,10 @@ pub struct FunctionSpec {
     pub logical_id: String,
     /// Image reference the agent runs.
     pub image: String,
+    /// Opaque version of the code (the CLI puts the image's manifest digest here): the
+    /// image reference stays the same when code changes, the revision tells a change.
+    /// Empty when unknown.
+    pub revision: String,
     /// Environment for the worker (the agent adds the box's own).
     pub env: Vec<(String, String)>,
     /// Function timeout.
@@ -62,6 +73,7 @@ impl FunctionSpec {
             name: f.name.clone(),
             logical_id: f.logical_id.clone(),
             image: image.into(),
+            revision: String::new(),
             env: f
                 .environment
                 .iter()
@@ -84,12 +96,208 @@ pub(crate) struct Worker {
     conn: Option<SendRequest<Full<Bytes>>>,
 }
 
-/// One function at run time.
+/// The state of a worker as `GET /status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum WorkerState {
+    /// Warm, in the pool.
+    Idle,
+    /// Serving an invocation.
+    Busy,
+    /// Being created by an agent (no id yet).
+    Starting,
+}
+
+impl WorkerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Idle => "idle",
+            WorkerState::Busy => "busy",
+            WorkerState::Starting => "starting",
+        }
+    }
+}
+
+/// One version of a function at run time: a reload that changes its spec makes a new one
+/// (new pool, new breaker) and retires this one.
 pub(crate) struct Function {
     pub spec: FunctionSpec,
     pub label: Arc<str>,
     pub pool: PoolCore<Worker>,
     pub breaker: Breaker,
+    /// Route keys of its events, in template order.
+    pub routes: Vec<String>,
+    /// Leased workers: id -> agent index.
+    busy: Mutex<HashMap<String, usize>>,
+    /// Workers being created: creation number -> agent index.
+    starting: Mutex<HashMap<u64, usize>>,
+}
+
+impl Function {
+    fn new(spec: FunctionSpec, routes: Vec<String>, config: &Config) -> Function {
+        let capacity = spec.reserved.unwrap_or(config.default_concurrency).max(1) as usize;
+        Function {
+            label: Arc::from(spec.name.as_str()),
+            pool: PoolCore::new(capacity),
+            breaker: Breaker::new(config.breaker_threshold, config.breaker_recovery),
+            routes,
+            busy: Mutex::new(HashMap::new()),
+            starting: Mutex::new(HashMap::new()),
+            spec,
+        }
+    }
+
+    /// Its workers: `(id, agent index, state)`; workers being created have no id yet.
+    pub fn workers(&self) -> Vec<(Option<String>, usize, WorkerState)> {
+        let mut out = Vec::new();
+        self.pool
+            .for_each_idle(|w| out.push((Some(w.id.clone()), w.agent, WorkerState::Idle)));
+        for (id, a) in self.busy.lock().unwrap().iter() {
+            out.push((Some(id.clone()), *a, WorkerState::Busy));
+        }
+        for a in self.starting.lock().unwrap().values() {
+            out.push((None, *a, WorkerState::Starting));
+        }
+        out.sort_by(|a, b| a.2.cmp(&b.2).then_with(|| a.0.cmp(&b.0)));
+        out
+    }
+}
+
+/// What a reload did, by function name (each list sorted).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadReport {
+    /// Functions that did not exist before.
+    pub added: Vec<String>,
+    /// Functions whose spec differs (new pool and workers).
+    pub changed: Vec<String>,
+    /// Functions that no longer exist.
+    pub removed: Vec<String>,
+    /// Functions whose spec is equal (pool, workers and breaker kept).
+    pub unchanged: Vec<String>,
+}
+
+/// The functions being served and their routes; swapped as a whole by a reload.
+pub(crate) struct FunctionSet {
+    pub functions: Vec<Arc<Function>>,
+    /// Function names and logical ids -> index in `functions`.
+    by_name: HashMap<String, usize>,
+    pub router: Router,
+}
+
+fn build_routes(specs: &[FunctionSpec]) -> anyhow::Result<(Router, Vec<Vec<String>>)> {
+    let mut routes: Vec<Route> = Vec::new();
+    let mut keys = Vec::with_capacity(specs.len());
+    for (fi, s) in specs.iter().enumerate() {
+        let mut mine = Vec::new();
+        for e in &s.events {
+            let open = e
+                .auth
+                .as_ref()
+                .and_then(|a| a.authorizer.as_deref())
+                .is_some_and(|a| a.eq_ignore_ascii_case("NONE"));
+            let r = Route::new(&e.method, &e.path, e.kind, fi, !open)
+                .map_err(|m| anyhow::anyhow!("function {} event {}: {m}", s.name, e.name))?;
+            if let Some(other) = routes
+                .iter()
+                .find(|o| o.route_key() == r.route_key() && o.kind == r.kind)
+            {
+                anyhow::bail!(
+                    "route {} is declared twice (functions {} and {})",
+                    r.route_key(),
+                    specs[other.function].name,
+                    s.name
+                );
+            }
+            mine.push(r.route_key());
+            routes.push(r);
+        }
+        keys.push(mine);
+    }
+    Ok((Router::new(routes), keys))
+}
+
+impl FunctionSet {
+    /// Validates `specs` and builds the set. Functions equal to one of `previous` (same
+    /// name, every field equal) are taken over as they are: same pool, workers, breaker.
+    pub fn build(
+        config: &Config,
+        specs: Vec<FunctionSpec>,
+        previous: Option<&FunctionSet>,
+    ) -> anyhow::Result<(FunctionSet, ReloadReport)> {
+        let mut by_name = HashMap::new();
+        for (i, spec) in specs.iter().enumerate() {
+            if spec.name.is_empty() {
+                anyhow::bail!("function #{} has an empty name", i + 1);
+            }
+            if by_name.insert(spec.name.clone(), i).is_some() {
+                anyhow::bail!("two functions are named {:?}", spec.name);
+            }
+            let capacity = spec.reserved.unwrap_or(config.default_concurrency).max(1) as usize;
+            if (spec.provisioned as usize) > capacity {
+                anyhow::bail!(
+                    "function {}: ProvisionedConcurrency {} exceeds its concurrency {capacity}",
+                    spec.name,
+                    spec.provisioned
+                );
+            }
+        }
+        for (i, spec) in specs.iter().enumerate() {
+            by_name.entry(spec.logical_id.clone()).or_insert(i);
+        }
+        let (router, keys) = build_routes(&specs)?;
+        let mut report = ReloadReport::default();
+        let mut functions = Vec::with_capacity(specs.len());
+        for (spec, routes) in specs.into_iter().zip(keys) {
+            let before = previous.and_then(|p| p.by_spec_name(&spec.name));
+            match before {
+                Some(f) if f.spec == spec => {
+                    report.unchanged.push(spec.name.clone());
+                    functions.push(f.clone());
+                    continue;
+                }
+                Some(_) => report.changed.push(spec.name.clone()),
+                None => report.added.push(spec.name.clone()),
+            }
+            functions.push(Arc::new(Function::new(spec, routes, config)));
+        }
+        if let Some(p) = previous {
+            for f in &p.functions {
+                if !functions.iter().any(|g| g.spec.name == f.spec.name) {
+                    report.removed.push(f.spec.name.clone());
+                }
+            }
+        }
+        for l in [
+            &mut report.added,
+            &mut report.changed,
+            &mut report.removed,
+            &mut report.unchanged,
+        ] {
+            l.sort();
+        }
+        Ok((
+            FunctionSet {
+                functions,
+                by_name,
+                router,
+            },
+            report,
+        ))
+    }
+
+    /// The function of this name or logical id (the Invoke API's lookup).
+    pub fn get(&self, name: &str) -> Option<&Arc<Function>> {
+        self.by_name.get(name).map(|&i| &self.functions[i])
+    }
+
+    /// The function of exactly this name.
+    pub fn by_spec_name(&self, name: &str) -> Option<&Arc<Function>> {
+        self.get(name).filter(|f| f.spec.name == name)
+    }
+
+    /// Whether this very function version is part of the set.
+    fn holds(&self, f: &Arc<Function>) -> bool {
+        self.functions.iter().any(|g| Arc::ptr_eq(f, g))
+    }
 }
 
 /// What a worker said.
@@ -118,6 +326,8 @@ pub(crate) enum Outcome {
     TimedOut(Option<WorkerAnswer>),
     /// The gateway is shutting down.
     ShuttingDown,
+    /// A reload removed the function while the request waited for a worker.
+    Gone,
 }
 
 /// A worker known to exist on an agent.
@@ -130,19 +340,30 @@ pub(crate) struct Known {
 /// The shared state.
 pub(crate) struct Gateway {
     pub config: Config,
-    pub functions: Vec<Function>,
-    pub by_name: HashMap<String, usize>,
+    /// The current functions and routes; a reload swaps it whole.
+    pub set: ArcSwap<FunctionSet>,
     pub agents: Vec<Arc<Agent>>,
     pub known: Mutex<HashMap<String, Known>>,
     pub metrics: Metrics,
     pub logger: Logger,
     pub queue: mpsc::Sender<AsyncJob>,
     pub queue_bytes: Arc<Semaphore>,
+    /// Successful reloads.
+    pub reloads: AtomicU64,
+    /// When the gateway was bound, ms since the epoch.
+    pub started_at_ms: u64,
+    /// One reload at a time, and none during shutdown.
+    reload_lock: tokio::sync::Mutex<()>,
+    /// Set once leftovers are cleaned: provisioning may start.
+    running: AtomicBool,
+    /// Set when shutdown begins.
+    stopping: AtomicBool,
 }
 
-/// An async (`Event`) invocation waiting in the queue.
+/// An async (`Event`) invocation waiting in the queue; its function is looked up by name
+/// when it runs, so that a reload in between sends it to the current version.
 pub(crate) struct AsyncJob {
-    pub function: usize,
+    pub function: Arc<str>,
     pub payload: Bytes,
     pub trace: String,
     pub request_id: String,
@@ -151,19 +372,30 @@ pub(crate) struct AsyncJob {
 }
 
 /// A leased worker: given back on success, evicted otherwise — also when the request
-/// future is dropped midway (client gone), so that no place leaks.
+/// future is dropped midway (client gone), so that no place leaks. A worker given back to
+/// a pool closed meanwhile (reload, shutdown) is destroyed.
 struct Lease<'g> {
     gw: &'g Arc<Gateway>,
-    function: usize,
+    f: Arc<Function>,
     worker: Option<Worker>,
 }
 
-impl Lease<'_> {
+impl<'g> Lease<'g> {
+    fn new(gw: &'g Arc<Gateway>, f: Arc<Function>, w: Worker) -> Lease<'g> {
+        f.busy.lock().unwrap().insert(w.id.clone(), w.agent);
+        Lease {
+            gw,
+            f,
+            worker: Some(w),
+        }
+    }
+
     fn release(mut self) {
         if let Some(w) = self.worker.take() {
-            if let Some(w) = self.gw.functions[self.function].pool.release(w) {
-                // The pool closed meanwhile (shutdown).
-                self.gw.destroy(w, self.function);
+            self.f.busy.lock().unwrap().remove(&w.id);
+            if let Some(w) = self.f.pool.release(w) {
+                // The pool closed meanwhile (reload or shutdown).
+                self.gw.destroy(w, &self.f.spec.name);
             }
         }
     }
@@ -172,24 +404,62 @@ impl Lease<'_> {
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
         if let Some(w) = self.worker.take() {
-            self.gw.functions[self.function].pool.discard();
-            self.gw.destroy(w, self.function);
+            self.f.busy.lock().unwrap().remove(&w.id);
+            self.f.pool.discard();
+            self.gw.destroy(w, &self.f.spec.name);
         }
     }
 }
 
 /// A place in the pool counted for a worker being created; freed if creation fails or
 /// the future is dropped.
-struct Slot<'g> {
-    gw: &'g Gateway,
-    function: usize,
+struct Slot<'f> {
+    f: &'f Function,
     armed: bool,
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.gw.functions[self.function].pool.discard();
+            self.f.pool.discard();
+        }
+    }
+}
+
+/// A worker being created, shown as `starting` until the agent answers.
+struct Starting<'f> {
+    f: &'f Function,
+    n: u64,
+}
+
+impl<'f> Starting<'f> {
+    fn new(f: &'f Function, agent: usize) -> Starting<'f> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        f.starting.lock().unwrap().insert(n, agent);
+        Starting { f, n }
+    }
+}
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        self.f.starting.lock().unwrap().remove(&self.n);
+    }
+}
+
+/// Closes the pools of function versions that never went live (a reload cancelled while
+/// warming them up), destroying their workers.
+struct Abandon<'g> {
+    gw: &'g Arc<Gateway>,
+    fresh: Vec<Arc<Function>>,
+}
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        for f in self.fresh.drain(..) {
+            for w in f.pool.close() {
+                self.gw.destroy(w, &f.spec.name);
+            }
         }
     }
 }
@@ -197,33 +467,11 @@ impl Drop for Slot<'_> {
 impl Gateway {
     pub fn new(
         config: Config,
-        specs: Vec<FunctionSpec>,
+        set: FunctionSet,
         logger: Logger,
         metrics: Metrics,
         queue: mpsc::Sender<AsyncJob>,
     ) -> anyhow::Result<Gateway> {
-        let mut by_name = HashMap::new();
-        let mut functions = Vec::with_capacity(specs.len());
-        for (i, spec) in specs.into_iter().enumerate() {
-            if by_name.insert(spec.name.clone(), i).is_some() {
-                anyhow::bail!("two functions are named {:?}", spec.name);
-            }
-            by_name.entry(spec.logical_id.clone()).or_insert(i);
-            let capacity = spec.reserved.unwrap_or(config.default_concurrency).max(1) as usize;
-            if (spec.provisioned as usize) > capacity {
-                anyhow::bail!(
-                    "function {}: ProvisionedConcurrency {} exceeds its concurrency {capacity}",
-                    spec.name,
-                    spec.provisioned
-                );
-            }
-            functions.push(Function {
-                label: Arc::from(spec.name.as_str()),
-                pool: PoolCore::new(capacity),
-                breaker: Breaker::new(config.breaker_threshold, config.breaker_recovery),
-                spec,
-            });
-        }
         let agents = config
             .agents
             .iter()
@@ -232,14 +480,18 @@ impl Gateway {
         let queue_bytes = Arc::new(Semaphore::new(config.event_queue_bytes));
         Ok(Gateway {
             config,
-            functions,
-            by_name,
+            set: ArcSwap::from_pointee(set),
             agents,
             known: Mutex::new(HashMap::new()),
             metrics,
             logger,
             queue,
             queue_bytes,
+            reloads: AtomicU64::new(0),
+            started_at_ms: crate::ids::now_ms(),
+            reload_lock: tokio::sync::Mutex::new(()),
+            running: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
         })
     }
 
@@ -253,46 +505,135 @@ impl Gateway {
         self.logger.log("error", msg, m);
     }
 
+    /// Whether shutdown has begun.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Marks the gateway running: leftovers are cleaned, provisioning may start.
+    pub fn set_running(&self) {
+        self.running.store(true, Ordering::SeqCst);
+    }
+
     /// The deadline of one invocation of `f`.
     fn deadline(&self, f: &Function) -> Duration {
         (f.spec.timeout + TIMEOUT_GRACE).min(self.config.invoke_timeout)
     }
 
-    /// Runs one synchronous invocation of function `fi` on a pooled worker.
+    /// Replaces the served functions (see [`crate::Reloader::reload`]).
+    pub async fn reload(
+        self: &Arc<Self>,
+        specs: Vec<FunctionSpec>,
+    ) -> anyhow::Result<ReloadReport> {
+        let _one = self.reload_lock.lock().await;
+        if self.stopping() {
+            anyhow::bail!("the gateway is shutting down");
+        }
+        let old = self.set.load_full();
+        let (new, report) = FunctionSet::build(&self.config, specs, Some(&old))?;
+        let fresh: Vec<Arc<Function>> = new
+            .functions
+            .iter()
+            .filter(|f| !old.holds(f))
+            .cloned()
+            .collect();
+        // New versions get their provisioned workers before they take traffic.
+        if self.running.load(Ordering::SeqCst) {
+            let abandon = Abandon {
+                gw: self,
+                fresh: fresh.clone(),
+            };
+            let starts: Vec<_> = fresh
+                .iter()
+                .flat_map(|f| self.provision_function(f))
+                .collect();
+            for s in starts {
+                let _ = s.await;
+            }
+            std::mem::forget(abandon);
+        }
+        let new = Arc::new(new);
+        self.set.store(new.clone());
+        // Retire the replaced versions: idle workers now, busy ones when released.
+        for o in old.functions.iter().filter(|o| !new.holds(o)) {
+            for w in o.pool.close() {
+                self.destroy(w, &o.spec.name);
+            }
+            if new.by_spec_name(&o.spec.name).is_none() {
+                for state in ["idle", "busy", "waiting"] {
+                    self.metrics.pool.remove(&PoolLabel {
+                        function: o.label.clone(),
+                        state,
+                    });
+                }
+                self.metrics.breaker.remove(&FnLabel {
+                    function: o.label.clone(),
+                });
+            }
+        }
+        self.reloads.fetch_add(1, Ordering::SeqCst);
+        self.logger.log(
+            "info",
+            "functions reloaded",
+            [
+                ("kind".to_string(), json!("reload")),
+                ("added".to_string(), json!(report.added)),
+                ("changed".to_string(), json!(report.changed)),
+                ("removed".to_string(), json!(report.removed)),
+                ("unchanged".to_string(), json!(report.unchanged)),
+            ]
+            .into_iter()
+            .collect(),
+        );
+        Ok(report)
+    }
+
+    /// Runs one synchronous invocation of `f` on a pooled worker. When a reload retires
+    /// `f` while the request waits for a worker, the request moves to the function's new
+    /// version.
     pub async fn invoke(
         self: &Arc<Self>,
-        fi: usize,
+        f: &Arc<Function>,
         payload: Bytes,
         trace: &str,
         client_context: Option<&HeaderValue>,
     ) -> (Outcome, bool) {
-        let f = &self.functions[fi];
-        let permit = f.breaker.permit(Instant::now());
-        if permit == Permit::Rejected {
-            return (Outcome::BreakerOpen, false);
-        }
-        let grant = match f.pool.acquire(self.config.pool_acquire_timeout).await {
-            Ok(g) => g,
-            Err(e) => {
-                f.breaker.release_trial(permit);
-                return (
+        let mut f = f.clone();
+        let mut moves = 0;
+        let (permit, grant) = loop {
+            let permit = f.breaker.permit(Instant::now());
+            if permit == Permit::Rejected {
+                return (Outcome::BreakerOpen, false);
+            }
+            match f.pool.acquire(self.config.pool_acquire_timeout).await {
+                Ok(g) => break (permit, g),
+                Err(e) => {
+                    f.breaker.release_trial(permit);
                     match e {
-                        AcquireError::Timeout => Outcome::Throttled,
-                        AcquireError::Closed => Outcome::ShuttingDown,
-                    },
-                    false,
-                );
+                        AcquireError::Timeout => return (Outcome::Throttled, false),
+                        AcquireError::Closed if self.stopping() => {
+                            return (Outcome::ShuttingDown, false)
+                        }
+                        AcquireError::Closed => {
+                            let next = self.set.load().by_spec_name(&f.spec.name).cloned();
+                            match next {
+                                Some(n) if !Arc::ptr_eq(&n, &f) && moves < 8 => {
+                                    f = n;
+                                    moves += 1;
+                                }
+                                Some(_) => return (Outcome::ShuttingDown, false),
+                                None => return (Outcome::Gone, false),
+                            }
+                        }
+                    }
+                }
             }
         };
         let (worker, cold) = match grant {
             Grant::Warm(w) => (w, false),
             Grant::Create => {
-                let mut slot = Slot {
-                    gw: self,
-                    function: fi,
-                    armed: true,
-                };
-                match self.create_worker(fi).await {
+                let mut slot = Slot { f: &f, armed: true };
+                match self.create_worker(&f).await {
                     Ok(w) => {
                         slot.armed = false;
                         self.metrics
@@ -311,12 +652,8 @@ impl Gateway {
                 }
             }
         };
-        let mut lease = Lease {
-            gw: self,
-            function: fi,
-            worker: Some(worker),
-        };
-        let deadline = self.deadline(f);
+        let mut lease = Lease::new(self, f.clone(), worker);
+        let deadline = self.deadline(&f);
         let agent = lease.worker.as_ref().unwrap().agent;
         let dialer = &self.agents[agent].dialer;
         let call = lease
@@ -359,15 +696,15 @@ impl Gateway {
         (outcome, cold)
     }
 
-    /// Asks an agent for a new worker of function `fi`.
-    pub async fn create_worker(self: &Arc<Self>, fi: usize) -> Result<Worker, String> {
-        let f = &self.functions[fi];
+    /// Asks an agent for a new worker of `f`.
+    pub async fn create_worker(self: &Arc<Self>, f: &Function) -> Result<Worker, String> {
         // When every agent is marked down, try one anyway: an agent that came back is
         // used at once rather than at the next heartbeat.
         let Some(ai) = agents::choose(&self.agents).or_else(|| agents::choose_any(&self.agents))
         else {
             return Err("no agent has free capacity".into());
         };
+        let _starting = Starting::new(f, ai);
         let agent = &self.agents[ai];
         let req = EnsureContainerRequest {
             function_name: f.spec.name.clone(),
@@ -421,7 +758,7 @@ impl Gateway {
                     },
                 );
                 agent.add_workers(1);
-                self.destroy(w, fi);
+                self.destroy(w, &f.spec.name);
                 return Err(format!(
                     "agent {} gave worker {} a bad address {:?}",
                     agent.addr.node_id, info.id, info.ip_address
@@ -445,9 +782,9 @@ impl Gateway {
     }
 
     /// Destroys a worker in the background (its pool place is already freed).
-    pub fn destroy(self: &Arc<Self>, w: Worker, fi: usize) {
+    pub fn destroy(self: &Arc<Self>, w: Worker, function: &str) {
         let gw = self.clone();
-        let name = self.functions[fi].spec.name.clone();
+        let name = function.to_string();
         tokio::spawn(async move { gw.destroy_now(w.agent, &w.id, &name).await });
     }
 
@@ -489,7 +826,7 @@ impl Gateway {
                 &[("node", json!(agent.addr.node_id)), ("error", json!(why))],
             );
         }
-        for f in &self.functions {
+        for f in &self.set.load().functions {
             for w in f.pool.remove_idle_where(|w| w.agent == ai) {
                 if self.known.lock().unwrap().remove(&w.id).is_some() {
                     agent.add_workers(-1);
@@ -523,10 +860,10 @@ impl Gateway {
     /// heartbeat.
     pub async fn janitor_round(self: &Arc<Self>) {
         let cutoff = Instant::now().checked_sub(self.config.idle_timeout);
-        for (fi, f) in self.functions.iter().enumerate() {
-            if let Some(cutoff) = cutoff {
+        if let Some(cutoff) = cutoff {
+            for f in &self.set.load().functions {
                 for w in f.pool.reap_idle(cutoff, f.spec.provisioned as usize) {
-                    self.destroy(w, fi);
+                    self.destroy(w, &f.spec.name);
                 }
             }
         }
@@ -576,38 +913,46 @@ impl Gateway {
 
     /// Starts workers for provisioned concurrency where fewer exist.
     pub fn provision(self: &Arc<Self>) {
-        for (fi, f) in self.functions.iter().enumerate() {
-            while f.pool.reserve_below(f.spec.provisioned as usize) {
-                let gw = self.clone();
-                tokio::spawn(async move {
-                    let slot = Slot {
-                        gw: &gw,
-                        function: fi,
-                        armed: true,
-                    };
-                    if let Ok(w) = gw.create_worker(fi).await {
-                        let mut slot = slot;
-                        slot.armed = false;
-                        if let Some(w) = gw.functions[fi].pool.release(w) {
-                            gw.destroy(w, fi);
-                        }
-                    }
-                });
-            }
+        if self.stopping() {
+            return;
         }
+        for f in &self.set.load().functions {
+            self.provision_function(f);
+        }
+    }
+
+    /// Starts the provisioned workers `f` lacks; the tasks end when they are in the pool.
+    fn provision_function(self: &Arc<Self>, f: &Arc<Function>) -> Vec<JoinHandle<()>> {
+        let mut started = Vec::new();
+        while f.pool.reserve_below(f.spec.provisioned as usize) {
+            let gw = self.clone();
+            let f = f.clone();
+            started.push(tokio::spawn(async move {
+                let mut slot = Slot { f: &f, armed: true };
+                if let Ok(w) = gw.create_worker(&f).await {
+                    slot.armed = false;
+                    if let Some(w) = f.pool.release(w) {
+                        gw.destroy(w, &f.spec.name);
+                    }
+                }
+            }));
+        }
+        started
     }
 
     /// Shutdown: closes the pools and destroys every worker left.
     pub async fn shutdown_workers(self: &Arc<Self>) {
+        // Waits for a reload in progress; none starts after this.
+        let _no_reload = self.reload_lock.lock().await;
+        self.stopping.store(true, Ordering::SeqCst);
         let mut idle = Vec::new();
-        for (fi, f) in self.functions.iter().enumerate() {
+        for f in &self.set.load().functions {
             for w in f.pool.close() {
-                idle.push((w, fi));
+                idle.push((w, f.clone()));
             }
         }
-        for (w, fi) in idle {
-            self.destroy_now(w.agent, &w.id, &self.functions[fi].spec.name)
-                .await;
+        for (w, f) in idle {
+            self.destroy_now(w.agent, &w.id, &f.spec.name).await;
         }
         // Workers still being created or leased are destroyed as they come back; wait a
         // little for those.
@@ -619,7 +964,7 @@ impl Gateway {
 
     /// Sets the gauges read at scrape time and renders the metrics.
     pub fn render_metrics(&self) -> String {
-        for f in &self.functions {
+        for f in &self.set.load().functions {
             let s = f.pool.stats();
             let label = |state| PoolLabel {
                 function: f.label.clone(),
@@ -653,6 +998,55 @@ impl Gateway {
                 .set(a.is_up() as i64);
         }
         self.metrics.encode()
+    }
+
+    /// The admin socket's `GET /status`: functions with routes, pools, breakers and
+    /// workers; agents; start time; reload count.
+    pub fn status(&self) -> Value {
+        let set = self.set.load();
+        let functions: Vec<Value> = set
+            .functions
+            .iter()
+            .map(|f| {
+                let stats = f.pool.stats();
+                let workers = f.workers();
+                let busy = workers.iter().filter(|w| w.2 == WorkerState::Busy).count();
+                let workers: Vec<Value> = workers
+                    .into_iter()
+                    .map(|(id, a, state)| {
+                        json!({
+                            "id": id,
+                            "node": self.agents[a].addr.node_id,
+                            "state": state.as_str(),
+                        })
+                    })
+                    .collect();
+                json!({
+                    "name": f.spec.name,
+                    "logical_id": f.spec.logical_id,
+                    "image": f.spec.image,
+                    "revision": f.spec.revision,
+                    "routes": f.routes,
+                    "capacity": f.pool.capacity(),
+                    "reserved": f.spec.reserved,
+                    "provisioned": f.spec.provisioned,
+                    "pool": {"idle": stats.idle, "busy": busy, "waiting": stats.waiting},
+                    "breaker": f.breaker.state_name(),
+                    "workers": workers,
+                })
+            })
+            .collect();
+        let agents: Vec<Value> = self
+            .agents
+            .iter()
+            .map(|a| json!({"node": a.addr.node_id, "endpoint": a.addr.endpoint, "up": a.is_up()}))
+            .collect();
+        json!({
+            "functions": functions,
+            "agents": agents,
+            "started_at": crate::ids::rfc3339(self.started_at_ms),
+            "reloads": self.reloads.load(Ordering::SeqCst),
+        })
     }
 
     /// `GET /metrics/containers`: the workers with the agents' figures.
@@ -709,7 +1103,7 @@ impl Gateway {
     /// Queues an async invocation; `Err` when the queue is full.
     pub fn enqueue(
         &self,
-        fi: usize,
+        f: &Function,
         payload: Bytes,
         trace: String,
         request_id: String,
@@ -722,7 +1116,7 @@ impl Gateway {
             .try_acquire_many_owned(n)
             .map_err(|_| ())?;
         let job = AsyncJob {
-            function: fi,
+            function: f.label.clone(),
             payload,
             trace,
             request_id,
@@ -736,21 +1130,26 @@ impl Gateway {
 
     /// Runs one async invocation with Lambda's retries (2, with backoff).
     pub async fn run_async(self: &Arc<Self>, job: AsyncJob) {
-        let f = &self.functions[job.function];
         let mut delay = self.config.event_retry_delay;
         for attempt in 0..3 {
             if attempt > 0 {
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }
-            let (outcome, _) = self
-                .invoke(
-                    job.function,
-                    job.payload.clone(),
-                    &job.trace,
-                    job.client_context.as_ref(),
-                )
-                .await;
+            // The current version of the function: a reload may have replaced it.
+            let current = self.set.load().by_spec_name(&job.function).cloned();
+            let (outcome, _) = match current {
+                Some(f) => {
+                    self.invoke(
+                        &f,
+                        job.payload.clone(),
+                        &job.trace,
+                        job.client_context.as_ref(),
+                    )
+                    .await
+                }
+                None => (Outcome::Gone, false),
+            };
             let failure = match &outcome {
                 Outcome::Answer(a) if a.function_error.is_none() && a.status.is_success() => None,
                 Outcome::Answer(a) => Some(format!(
@@ -763,6 +1162,7 @@ impl Gateway {
                 Outcome::Throttled => Some("throttled".into()),
                 Outcome::AgentDown(e) | Outcome::WorkerFailed(e) => Some(e.clone()),
                 Outcome::TimedOut(_) => Some("timed out".into()),
+                Outcome::Gone => Some("the function was removed by a reload".into()),
             };
             match failure {
                 None => {
@@ -773,7 +1173,7 @@ impl Gateway {
                         [
                             ("kind".to_string(), json!("async")),
                             ("status".to_string(), json!("ok")),
-                            ("function".to_string(), json!(f.spec.name)),
+                            ("function".to_string(), json!(&*job.function)),
                             ("request_id".to_string(), json!(job.request_id)),
                             (
                                 "trace_id".to_string(),
@@ -793,7 +1193,7 @@ impl Gateway {
                         [
                             ("kind".to_string(), json!("async")),
                             ("status".to_string(), json!("error")),
-                            ("function".to_string(), json!(f.spec.name)),
+                            ("function".to_string(), json!(&*job.function)),
                             ("request_id".to_string(), json!(job.request_id)),
                             (
                                 "trace_id".to_string(),
@@ -805,7 +1205,7 @@ impl Gateway {
                         .into_iter()
                         .collect(),
                     );
-                    if matches!(outcome, Outcome::ShuttingDown) {
+                    if matches!(outcome, Outcome::ShuttingDown | Outcome::Gone) {
                         break;
                     }
                 }
@@ -815,7 +1215,7 @@ impl Gateway {
         self.metrics
             .async_failures
             .get_or_create(&FnLabel {
-                function: f.label.clone(),
+                function: job.function.clone(),
             })
             .inc();
     }

@@ -4,9 +4,11 @@
 //! circuit breakers, trace ids, Prometheus metrics and structured logs.
 //!
 //! The CLI builds a [`Config`] (see its fields for the environment names) and a list of
-//! [`FunctionSpec`]s, then calls [`serve`]; tests use [`Server::bind`] to learn the bound
-//! addresses first.
+//! [`FunctionSpec`]s, then calls [`serve`], or [`Server::bind`] and [`Server::run`] to
+//! learn the bound addresses first and to keep a [`Reloader`] (live reload of the
+//! functions). With [`Config::admin_socket`] set, a unix socket serves `GET /status`.
 
+mod admin;
 pub mod agents;
 pub mod auth;
 pub mod breaker;
@@ -22,5 +24,5 @@ mod server;
 pub mod tls;
 
 pub use config::{AgentAddr, Config};
-pub use gateway::FunctionSpec;
-pub use server::{serve, Server};
+pub use gateway::{FunctionSpec, ReloadReport};
+pub use server::{serve, Reloader, Server};

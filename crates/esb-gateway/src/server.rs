@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
@@ -25,11 +25,11 @@ use tokio_rustls::TlsAcceptor;
 use crate::auth::{Auth, Login, AUTHORIZED_HEADER};
 use crate::config::Config;
 use crate::events::{self, EventRequest};
-use crate::gateway::{FunctionSpec, Gateway, Outcome, WorkerAnswer};
+use crate::gateway::{FunctionSet, FunctionSpec, Gateway, Outcome, ReloadReport, WorkerAnswer};
 use crate::ids;
 use crate::logs::Logger;
 use crate::metrics::{FnLabel, FnStatus, Metrics};
-use crate::routes::{Match, Route, Router};
+use crate::routes::Match;
 
 type Resp = Response<Full<Bytes>>;
 
@@ -42,7 +42,6 @@ const ASYNC_RUNNERS: usize = 64;
 
 struct Front {
     gw: Arc<Gateway>,
-    router: Router,
     auth: Auth,
     verifier: esb_sigv4::Verifier,
     dash: Arc<str>,
@@ -57,41 +56,44 @@ pub struct Server {
     ca: Option<PathBuf>,
     log_task: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
     queue_rx: mpsc::Receiver<crate::gateway::AsyncJob>,
+    admin: Option<crate::admin::AdminSocket>,
 }
 
-fn build_router(specs: &[FunctionSpec]) -> anyhow::Result<Router> {
-    let mut routes: Vec<Route> = Vec::new();
-    for (fi, s) in specs.iter().enumerate() {
-        for e in &s.events {
-            let open = e
-                .auth
-                .as_ref()
-                .and_then(|a| a.authorizer.as_deref())
-                .is_some_and(|a| a.eq_ignore_ascii_case("NONE"));
-            let r = Route::new(&e.method, &e.path, e.kind, fi, !open)
-                .map_err(|m| anyhow::anyhow!("function {} event {}: {m}", s.name, e.name))?;
-            if let Some(other) = routes
-                .iter()
-                .find(|o| o.route_key() == r.route_key() && o.kind == r.kind)
-            {
-                anyhow::bail!(
-                    "route {} is declared twice (functions {} and {})",
-                    r.route_key(),
-                    specs[other.function].name,
-                    s.name
-                );
-            }
-            routes.push(r);
-        }
+/// Replaces the functions of a running gateway (see [`Reloader::reload`]). Cheap to
+/// clone; it does not keep the gateway alive.
+#[derive(Clone)]
+pub struct Reloader {
+    gw: Weak<Gateway>,
+}
+
+impl Reloader {
+    /// Serves `functions` from now on, without failing requests.
+    ///
+    /// The list is validated as [`Server::bind`] validates it (names, routes, concurrency);
+    /// on error nothing changes and the error names the function or route. Functions
+    /// whose spec is equal in every field (revision included) keep their pool, idle
+    /// workers and breaker. New and changed functions get a fresh pool, whose provisioned
+    /// workers are started before it takes traffic. Then the routes and the Invoke API's
+    /// names switch at once: every request that starts after this returns uses the new
+    /// set. Requests in flight finish on their old workers; the old pools of changed and
+    /// removed functions are closed (idle workers destroyed now, busy ones when their
+    /// request ends). Requests still waiting for a worker of a changed function move to
+    /// its new pool; queued `Event` invocations run on the new version, or fail (logged)
+    /// when their function was removed.
+    pub async fn reload(&self, functions: Vec<FunctionSpec>) -> anyhow::Result<ReloadReport> {
+        let gw = self
+            .gw
+            .upgrade()
+            .context("the gateway has stopped; nothing to reload")?;
+        gw.reload(functions).await
     }
-    Ok(Router::new(routes))
 }
 
 impl Server {
     /// Validates the configuration, prepares certificates and binds the listeners.
     pub async fn bind(config: Config, functions: Vec<FunctionSpec>) -> anyhow::Result<Server> {
         config.validate()?;
-        let router = build_router(&functions)?;
+        let (set, _) = FunctionSet::build(&config, functions, None)?;
         let (cert, key, ca) = match (&config.cert_path, &config.key_path) {
             (Some(c), Some(k)) => (c.clone(), k.clone(), None),
             _ => {
@@ -123,6 +125,10 @@ impl Server {
                 Some(TcpListener::from_std(std_l)?)
             }
         };
+        let admin = match &config.admin_socket {
+            Some(p) => Some(crate::admin::AdminSocket::bind(p)?),
+            None => None,
+        };
         let metrics = Metrics::new();
         let stderr = config.log_stderr;
         let (logger, log_task) = Logger::new(
@@ -140,11 +146,10 @@ impl Server {
         );
         let verifier =
             esb_sigv4::Verifier::new(&config.access_key, &config.secret_key).service("lambda");
-        let gw = Arc::new(Gateway::new(config, functions, logger, metrics, qtx)?);
+        let gw = Arc::new(Gateway::new(config, set, logger, metrics, qtx)?);
         Ok(Server {
             front: Arc::new(Front {
                 gw,
-                router,
                 auth,
                 verifier,
                 dash: Arc::from("-"),
@@ -155,7 +160,20 @@ impl Server {
             ca,
             log_task: Box::pin(log_task),
             queue_rx: qrx,
+            admin,
         })
+    }
+
+    /// A handle that replaces the served functions while the gateway runs.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            gw: Arc::downgrade(&self.front.gw),
+        }
+    }
+
+    /// Path of the admin socket, if any.
+    pub fn admin_socket(&self) -> Option<&std::path::Path> {
+        self.admin.as_ref().map(|a| a.path())
     }
 
     /// Address of the client listener.
@@ -183,6 +201,7 @@ impl Server {
             tls,
             log_task,
             mut queue_rx,
+            admin,
             ..
         } = self;
         let gw = front.gw.clone();
@@ -195,7 +214,10 @@ impl Server {
                     "listen".to_string(),
                     json!(listener.local_addr()?.to_string()),
                 ),
-                ("functions".to_string(), json!(gw.functions.len())),
+                (
+                    "functions".to_string(),
+                    json!(gw.set.load().functions.len()),
+                ),
             ]
             .into_iter()
             .collect(),
@@ -203,8 +225,10 @@ impl Server {
 
         // Leftovers of an earlier run, then provisioned workers, then the janitor.
         gw.clean_leftovers().await;
+        gw.set_running();
         gw.provision();
         let (stop_tx, stop_rx) = watch::channel(false);
+        let admin = admin.map(|a| a.serve(gw.clone(), stop_rx.clone()));
         let janitor = {
             let gw = gw.clone();
             let mut stop = stop_rx.clone();
@@ -291,6 +315,9 @@ impl Server {
         janitor.abort();
         dispatcher.abort();
         gw.shutdown_workers().await;
+        if let Some(a) = admin {
+            a.stop().await;
+        }
         gw.logger.log("info", "gateway stopped", Map::new());
         drop(front);
         // Give the log task a moment to ship the last lines.
@@ -612,12 +639,14 @@ async fn api_route(
     trace: &str,
 ) -> Handled {
     let gw = &front.gw;
-    let (route, params) = match front.router.find(req.method().as_str(), req.uri().path()) {
+    // This request keeps the set it started with, even if a reload swaps it meanwhile.
+    let set = gw.set.load_full();
+    let (route, params) = match set.router.find(req.method().as_str(), req.uri().path()) {
         Match::Found(r, p) => (r, p),
         Match::MethodNotAllowed(m) => return method_not_allowed(&m).into(),
         Match::NotFound => return apigw_error(StatusCode::NOT_FOUND, "Not Found").into(),
     };
-    let f = &gw.functions[route.function];
+    let f = &set.functions[route.function];
     let label = Some(f.label.clone());
     let claims = if route.auth {
         match front.auth.check_bearer(
@@ -695,7 +724,7 @@ async fn api_route(
         events::v1_event(&ereq)
     };
     let payload = Bytes::from(serde_json::to_vec(&event).expect("JSON value"));
-    let (outcome, cold) = gw.invoke(route.function, payload, trace, None).await;
+    let (outcome, cold) = gw.invoke(f, payload, trace, None).await;
     let resp = match outcome {
         Outcome::Answer(a) => answer_to_http(gw, f, a, v2, request_id),
         Outcome::BreakerOpen => apigw_error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"),
@@ -714,6 +743,7 @@ async fn api_route(
         Outcome::ShuttingDown => {
             apigw_error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
         }
+        Outcome::Gone => apigw_error(StatusCode::NOT_FOUND, "Not Found"),
         Outcome::WorkerFailed(e) => {
             gw.error(
                 "worker failed",
@@ -861,7 +891,7 @@ async fn invoke_api(
         return lambda_error(status, e.json_code(), &e.to_string()).into();
     }
     let name = function_name(raw_name);
-    let Some(&fi) = gw.by_name.get(&name) else {
+    let Some(f) = gw.set.load().get(&name).cloned() else {
         return lambda_error(
             StatusCode::NOT_FOUND,
             "ResourceNotFoundException",
@@ -872,7 +902,7 @@ async fn invoke_api(
         )
         .into();
     };
-    let f = &gw.functions[fi];
+    let f = &f;
     let label = Some(f.label.clone());
     let err = |r: Resp| Handled {
         resp: r,
@@ -942,7 +972,7 @@ async fn invoke_api(
         }
         "Event" => {
             match gw.enqueue(
-                fi,
+                f,
                 payload,
                 trace.to_string(),
                 request_id.to_string(),
@@ -957,7 +987,7 @@ async fn invoke_api(
             }
         }
         _ => {
-            let (outcome, cold) = gw.invoke(fi, payload, trace, client_context.as_ref()).await;
+            let (outcome, cold) = gw.invoke(f, payload, trace, client_context.as_ref()).await;
             let resp = match outcome {
                 Outcome::Answer(a) | Outcome::TimedOut(Some(a)) => invoke_answer(a),
                 Outcome::TimedOut(None) => {
@@ -1005,6 +1035,14 @@ async fn invoke_api(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "ServiceException",
                     "The gateway is shutting down.",
+                ),
+                Outcome::Gone => lambda_error(
+                    StatusCode::NOT_FOUND,
+                    "ResourceNotFoundException",
+                    &format!(
+                        "Function not found: arn:aws:lambda:{}:{}:function:{}",
+                        gw.config.region, gw.config.account_id, f.spec.name
+                    ),
                 ),
                 Outcome::WorkerFailed(e) => {
                     gw.error(

@@ -379,6 +379,7 @@ pub fn spec(name: &str, image: &str) -> FunctionSpec {
         name: name.into(),
         logical_id: format!("{name}Function"),
         image: image.into(),
+        revision: String::new(),
         env: Vec::new(),
         timeout: Duration::from_secs(30),
         memory_mb: 128,
