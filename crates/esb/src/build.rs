@@ -39,7 +39,7 @@ pub struct BuildArgs {
     pub containerd_socket: Option<PathBuf>,
 }
 
-fn supervisor_path(given: &Option<PathBuf>) -> PathBuf {
+pub(crate) fn supervisor_path(given: &Option<PathBuf>) -> PathBuf {
     given.clone().unwrap_or_else(|| {
         std::env::current_exe()
             .ok()
@@ -193,28 +193,94 @@ pub struct GatewayArgs {
     /// Parameter overrides, `Key=Value` separated by spaces.
     #[arg(long)]
     pub parameter_overrides: Option<String>,
+    /// JSON file mapping function names to their image digests (written by the box after
+    /// each build): a changed digest makes new workers on reload.
+    #[arg(long)]
+    pub revisions: Option<PathBuf>,
+}
+
+/// The functions of the template as the gateway serves them.
+fn gateway_functions(a: &GatewayArgs) -> Result<Vec<esb_gateway::FunctionSpec>> {
+    let template = load_template(&a.template, a.parameter_overrides.as_deref())?;
+    let opts = esb_image::BuildOptions::new(&template, supervisor_path(&None));
+    let revisions: serde_json::Map<String, serde_json::Value> = match &a.revisions {
+        Some(p) if p.exists() => serde_json::from_slice(
+            &std::fs::read(p).with_context(|| format!("read {}", p.display()))?,
+        )
+        .with_context(|| format!("{}: not a JSON object", p.display()))?,
+        _ => Default::default(),
+    };
+    Ok(template
+        .functions
+        .iter()
+        .map(|f| {
+            let mut spec =
+                esb_gateway::FunctionSpec::from_template(f, esb_image::image_reference(&opts, f));
+            if let Some(r) = revisions.get(&f.name).and_then(|v| v.as_str()) {
+                spec.revision = r.to_string();
+            }
+            spec
+        })
+        .collect())
+}
+
+/// Where `esb gateway` records the outcome of each SIGHUP reload (next to its revisions
+/// file): `{"reloads": N, "ok": bool, "error": "..."}`.
+pub fn reload_outcome_file(revisions: &Path) -> PathBuf {
+    revisions.with_file_name("gateway-reload.json")
 }
 
 /// `esb gateway`: serves the template's functions, images named as `esb build` names them.
+/// SIGHUP re-reads the template and the revisions and swaps the functions without failing
+/// requests.
 pub fn gateway(state: &StateArgs, a: &GatewayArgs) -> Result<()> {
-    let template = load_template(&a.template, a.parameter_overrides.as_deref())?;
-    let opts = esb_image::BuildOptions::new(&template, supervisor_path(&None));
-    let functions: Vec<esb_gateway::FunctionSpec> = template
-        .functions
-        .iter()
-        .map(|f| esb_gateway::FunctionSpec::from_template(f, esb_image::image_reference(&opts, f)))
-        .collect();
+    let functions = gateway_functions(a)?;
     let mut cfg = esb_gateway::Config::from_env()?;
     if std::env::var_os("ESB_GATEWAY_DATA_DIR").is_none() {
         // The agent mounts STATE_DIR/tls/ca.pem into workers: keep the CA there.
         cfg.data_dir = state.state_dir.join("tls");
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(esb_gateway::serve(
-        cfg,
-        functions,
-        crate::agent::shutdown_signal(),
-    ))
+    rt.block_on(async move {
+        let server = esb_gateway::Server::bind(cfg, functions).await?;
+        let reloader = server.reloader();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let outcome_file = a.revisions.as_deref().map(reload_outcome_file);
+        if let Some(f) = &outcome_file {
+            let _ = std::fs::remove_file(f);
+        }
+        let reloads = async move {
+            let mut n = 0u64;
+            while hup.recv().await.is_some() {
+                n += 1;
+                let result = match gateway_functions(a) {
+                    Ok(f) => reloader.reload(f).await,
+                    Err(e) => Err(e),
+                };
+                let outcome = match &result {
+                    Ok(r) => {
+                        tracing::info!(report = ?r, "reloaded");
+                        serde_json::json!({"reloads": n, "ok": true})
+                    }
+                    Err(e) => {
+                        tracing::error!("reload refused, still serving the previous set: {e:#}");
+                        serde_json::json!({"reloads": n, "ok": false, "error": format!("{e:#}")})
+                    }
+                };
+                if let Some(f) = &outcome_file {
+                    let tmp = f.with_extension("tmp");
+                    if std::fs::write(&tmp, outcome.to_string()).is_ok() {
+                        let _ = std::fs::rename(&tmp, f);
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            r = server.run(crate::agent::shutdown_signal()) => r,
+            _ = reloads => Ok(()),
+        }
+    })
 }

@@ -2,18 +2,23 @@
 //! wires the component crates together and prints results.
 
 mod agent;
+mod boxd;
 mod build;
+mod config_file;
 mod daemon;
 mod doctor;
+mod http;
 mod node;
+mod provision;
 mod services;
 mod settings;
+mod up;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use settings::{NodeArgs, ProxyArgs, StateArgs};
 
 /// Edge Serverless Box: run AWS SAM applications on your own machines.
@@ -25,12 +30,55 @@ struct Cli {
     /// Log filter (tracing's syntax: info, debug, esb_local_proxy=debug, …).
     #[arg(long, env = "ESB_LOG", default_value = "info,s3s=off", global = true)]
     log: String,
+    /// Configuration file (keys are the environment names; default ./esb.toml, else
+    /// STATE_DIR/esb.toml).
+    #[arg(long, env = "ESB_CONFIG", global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Start the whole box: network, containerd, S3, DynamoDB, log store, agent, gateway;
+    /// build the images and provision the template's tables and buckets.
+    Up(Box<up::UpArgs>),
+    /// Stop the box and remove its network, workers and processes.
+    Down {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Also delete the data of S3, DynamoDB and the log store.
+        #[arg(long)]
+        volumes: bool,
+    },
+    /// Show the box: components, functions, routes, workers, pools and breakers.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the box and delete its whole state directory (data, secrets, CA).
+    Reset {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Invoke a function through the box's Lambda Invoke API.
+    Invoke(up::InvokeArgs),
+    /// Rebuild and swap functions whenever the template or its code changes.
+    Watch {
+        /// Rebuild once now and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Print the effective configuration (secrets masked).
+    Config {
+        /// Print secrets in clear.
+        #[arg(long)]
+        show_secrets: bool,
+    },
     /// The runtime-node: node namespace, bridge, NAT and local proxy.
     Node {
         #[command(subcommand)]
@@ -144,14 +192,49 @@ enum NodeCommand {
     },
 }
 
+/// Every environment name a flag reads, plus the gateway's own settings.
+fn known_settings(cmd: &clap::Command) -> Vec<String> {
+    fn walk(cmd: &clap::Command, out: &mut Vec<String>) {
+        for a in cmd.get_arguments() {
+            if let Some(e) = a.get_env() {
+                out.push(e.to_string_lossy().into_owned());
+            }
+        }
+        for s in cmd.get_subcommands() {
+            walk(s, out);
+        }
+    }
+    let mut out: Vec<String> = config_file::GATEWAY_KEYS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    walk(cmd, &mut out);
+    out.sort();
+    out.dedup();
+    out
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let command = Cli::command();
+    let loaded = match config_file::preload(&args, &known_settings(&command)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("esb: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cli = match Cli::from_arg_matches(&Cli::command().get_matches_from(&args)) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     // Commands that print end quietly when their reader goes away, like other Unix tools.
     // Servers keep Rust's default (SIGPIPE ignored): a client that disconnects mid-write
     // must cost one connection, not the process.
     let serves = matches!(
         cli.command,
-        Command::Proxy { .. }
+        Command::Up(_)
+            | Command::Proxy { .. }
             | Command::Agent(_)
             | Command::Gateway(_)
             | Command::S3 { .. }
@@ -173,6 +256,19 @@ fn main() -> ExitCode {
         .init();
     let state = &cli.state;
     let result = match cli.command {
+        Command::Up(args) => up::up(state, &args),
+        Command::Down { node, volumes } => up::down(state, &node, volumes),
+        Command::Status { json } => up::status(state, json),
+        Command::Reset { node, yes } => up::reset(state, &node, yes),
+        Command::Invoke(args) => up::invoke(state, &args),
+        Command::Watch { once } => {
+            if once {
+                up::rebuild(state)
+            } else {
+                up::watch(state)
+            }
+        }
+        Command::Config { show_secrets } => up::config(state, &loaded, &command, show_secrets),
         Command::Node { command } => match command {
             NodeCommand::Up {
                 node,

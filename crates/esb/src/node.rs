@@ -11,14 +11,14 @@ use crate::daemon;
 use crate::settings::{NodeArgs, ProxyArgs, StateArgs};
 
 /// Default hosts file of a single-node box: the backends live on this machine.
-const DEFAULT_HOSTS: &str = "\
+pub(crate) const DEFAULT_HOSTS: &str = "\
 # Backend names of the local proxy (hosts(5) syntax). Re-read on every change: a name
 # re-pointed here is followed by the next connection, no restart needed.
 127.0.0.1 s3-storage database victorialogs gateway esb-registry
 ";
 
 /// The ports the proxy listens on: the NAT targets' ports (defaults where a rule is off).
-fn proxy_ports(cfg: &NodeConfig) -> [u16; 3] {
+pub(crate) fn proxy_ports(cfg: &NodeConfig) -> [u16; 3] {
     let port = |t: Option<esb_runtime_node::DnatTarget>, d: u16| {
         t.filter(|t| t.ip.is_loopback())
             .map(|t| t.port)
@@ -110,7 +110,7 @@ impl PrivateContainerd {
 
 /// Destroys every worker of the box through the agent library (used by `down`), so that
 /// no task, snapshot or namespace outlives the node.
-fn destroy_workers(
+pub(crate) fn destroy_workers(
     state: &StateArgs,
     cfg: &NodeConfig,
     socket: std::path::PathBuf,

@@ -1,0 +1,938 @@
+//! The box process (`esb up --foreground`, or the background process `esb up` starts):
+//! brings up the node network, then runs every component as a supervised child process —
+//! containerd, S3, DynamoDB, the log store, the local proxy, the agent and the gateway —
+//! builds and imports the function images, provisions tables and buckets, and keeps it all
+//! running: a child that exits is reported in `STATE/run/box.json` and restarted with
+//! exponential backoff while the others keep serving. SIGHUP rebuilds and swaps the
+//! gateway's functions (`esb watch`); SIGTERM or Ctrl-C stops everything in reverse order
+//! and removes the network.
+//!
+//! Children run in their own session (Ctrl-C reaches the box only) with a parent-death
+//! signal, so that a box killed with SIGKILL does not leave them running; each has a pid
+//! file `STATE/run/<name>.pid` ("PID STARTTIME") so that a later `up` or `down` can stop
+//! leftovers of an unclean stop, by verified PID.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::daemon;
+use crate::provision;
+
+/// Everything the box needs, checked before anything is created.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// State directory.
+    pub state: PathBuf,
+    /// The SAM template.
+    pub template: PathBuf,
+    /// Parameter overrides given on the command line.
+    pub parameter_overrides: Option<String>,
+    /// The node network.
+    pub node: esb_runtime_node::NodeConfig,
+    /// Ports the local proxy listens on inside the node namespace.
+    pub proxy_ports: [u16; 3],
+    /// Arguments of `esb proxy` (backends, limits).
+    pub proxy_args: Vec<String>,
+    /// The gateway's client listener.
+    pub gateway_listen: SocketAddr,
+    /// Embedded services.
+    pub s3: SocketAddr,
+    /// DynamoDB.
+    pub dynamodb: SocketAddr,
+    /// Log store.
+    pub logstore: SocketAddr,
+    /// The static supervisor put into images.
+    pub supervisor: PathBuf,
+    /// The credential pair.
+    pub creds: (String, String),
+    /// Region.
+    pub region: String,
+}
+
+impl Plan {
+    /// `STATE/run`.
+    pub fn run_dir(&self) -> PathBuf {
+        run_dir(&self.state)
+    }
+    fn agent_socket(&self) -> PathBuf {
+        self.state.join("agent.sock")
+    }
+    fn containerd_dir(&self) -> PathBuf {
+        self.state.join("containerd")
+    }
+    /// The box CA clients trust.
+    pub fn ca_path(&self) -> PathBuf {
+        self.state.join("tls/ca.pem")
+    }
+    /// Where the box builds images.
+    pub fn build_dir(&self) -> PathBuf {
+        self.state.join("build")
+    }
+}
+
+/// `STATE/run`: pid files, status, admin socket.
+pub fn run_dir(state: &Path) -> PathBuf {
+    state.join("run")
+}
+/// The box process's pid file.
+pub fn box_pid_file(state: &Path) -> PathBuf {
+    run_dir(state).join("box.pid")
+}
+/// The status the box keeps current.
+pub fn status_file(state: &Path) -> PathBuf {
+    run_dir(state).join("box.json")
+}
+/// The gateway's admin socket.
+pub fn gateway_admin_socket(state: &Path) -> PathBuf {
+    run_dir(state).join("gateway.sock")
+}
+/// Function name -> image manifest digest of the last build.
+pub fn revisions_file(state: &Path) -> PathBuf {
+    run_dir(state).join("revisions.json")
+}
+/// The log file of a component (or of the box itself).
+pub fn log_file(state: &Path, name: &str) -> PathBuf {
+    state.join("logs").join(format!("{name}.log"))
+}
+
+/// The order components start in (and stop in, reversed).
+pub const COMPONENTS: &[&str] = &[
+    "containerd",
+    "s3",
+    "dynamodb",
+    "logstore",
+    "proxy",
+    "agent",
+    "gateway",
+];
+
+/// The pid file of a component.
+pub fn component_pid_file(state: &Path, name: &str) -> PathBuf {
+    if name == "containerd" {
+        // Shared with `esb node up`'s private containerd.
+        return state.join("containerd/containerd.pid");
+    }
+    run_dir(state).join(format!("{name}.pid"))
+}
+
+/// One component as `esb status` shows it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ComponentStatus {
+    /// Name.
+    pub name: String,
+    /// `starting`, `running`, `restarting`, `stopped` or `failed`.
+    pub state: String,
+    /// Current PID.
+    pub pid: Option<i32>,
+    /// Restarts after a crash.
+    pub restarts: u32,
+    /// How it last ended.
+    pub last_exit: Option<String>,
+    /// Its log file.
+    pub log: String,
+}
+
+/// The whole box as `STATE/run/box.json` records it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct BoxStatus {
+    /// The box process.
+    pub pid: i32,
+    /// `starting`, `ready`, `stopping` or `failed`.
+    pub state: String,
+    /// Why it failed, or what it is doing.
+    pub message: String,
+    /// The template served.
+    pub template: String,
+    /// Client endpoint of the gateway.
+    pub gateway_url: String,
+    /// Host endpoints of the services.
+    pub endpoints: serde_json::Value,
+    /// The CA clients trust.
+    pub ca: String,
+    /// Components in start order.
+    pub components: Vec<ComponentStatus>,
+    /// Completed rebuilds (SIGHUP / `esb watch`).
+    pub generation: u64,
+    /// Outcome of the last build and provisioning.
+    pub last_build: serde_json::Value,
+}
+
+type Shared = Arc<Mutex<BoxStatus>>;
+
+fn save(state: &Path, s: &BoxStatus) {
+    let path = status_file(state);
+    let tmp = path.with_extension("json.tmp");
+    if let Ok(text) = serde_json::to_vec_pretty(s) {
+        if std::fs::write(&tmp, text).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
+        }
+    }
+}
+
+fn update(state: &Path, shared: &Shared, f: impl FnOnce(&mut BoxStatus)) {
+    let mut s = shared.lock().unwrap();
+    f(&mut s);
+    save(state, &s);
+}
+
+fn update_component(
+    state: &Path,
+    shared: &Shared,
+    name: &str,
+    f: impl FnOnce(&mut ComponentStatus),
+) {
+    update(state, shared, |s| {
+        if let Some(c) = s.components.iter_mut().find(|c| c.name == name) {
+            f(c);
+        }
+    });
+}
+
+/// How a component shows it is ready.
+#[derive(Debug, Clone)]
+enum Ready {
+    /// Accepts TCP connections.
+    Tcp(SocketAddr),
+    /// Accepts connections on a unix socket.
+    Unix(PathBuf),
+    /// containerd answers its version call.
+    Containerd(PathBuf),
+    /// Has written its own pid file.
+    PidFile(PathBuf),
+}
+
+impl Ready {
+    async fn check(&self, pid: i32) -> bool {
+        match self {
+            Ready::Tcp(a) => tokio::net::TcpStream::connect(a).await.is_ok(),
+            Ready::Unix(p) => tokio::net::UnixStream::connect(p).await.is_ok(),
+            Ready::Containerd(p) => match esb_containerd::connect(p).await {
+                Ok(c) => c.version().await.is_ok(),
+                Err(_) => false,
+            },
+            Ready::PidFile(p) => daemon::read_live(p).is_some_and(|t| t.pid == pid),
+        }
+    }
+}
+
+/// A child process the box runs.
+#[derive(Debug, Clone)]
+struct ChildSpec {
+    name: &'static str,
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    ready: Ready,
+    ready_timeout: Duration,
+    stop_grace: Duration,
+}
+
+fn spawn_child(spec: &ChildSpec, state: &Path) -> Result<tokio::process::Child> {
+    let log = log_file(state, spec.name);
+    if let Some(d) = log.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("open {}", log.display()))?;
+    let mut cmd = tokio::process::Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .kill_on_drop(false);
+    let parent = std::process::id() as i32;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("start {} ({})", spec.name, spec.program.display()))?;
+    let pid = child.id().context("child pid")? as i32;
+    let st = daemon::start_time(pid).unwrap_or(0);
+    let pf = component_pid_file(state, spec.name);
+    let tmp = pf.with_extension("tmp");
+    std::fs::write(&tmp, format!("{pid} {st}\n"))?;
+    std::fs::rename(&tmp, &pf)?;
+    Ok(child)
+}
+
+fn signal_pid(pid: i32, sig: i32) {
+    // SAFETY: kill(2) on a child of ours (still unreaped, so the PID is not reused).
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+async fn stop_child(child: &mut tokio::process::Child, grace: Duration) -> String {
+    if let Some(pid) = child.id() {
+        signal_pid(pid as i32, libc::SIGTERM);
+    }
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(Ok(st)) => st.to_string(),
+        _ => {
+            let _ = child.start_kill();
+            child
+                .wait()
+                .await
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        }
+    }
+}
+
+/// Runs one component: start, wait ready, then restart with backoff whenever it exits,
+/// until `stop` turns true. The first start's outcome goes to `first`.
+async fn supervise(
+    spec: ChildSpec,
+    state: PathBuf,
+    shared: Shared,
+    mut stop: watch::Receiver<bool>,
+    first: tokio::sync::oneshot::Sender<Result<()>>,
+) {
+    let mut first = Some(first);
+    let mut backoff = Duration::from_secs(1);
+    let log = log_file(&state, spec.name);
+    loop {
+        let started = Instant::now();
+        update_component(&state, &shared, spec.name, |c| c.state = "starting".into());
+        let mut child = match spawn_child(&spec, &state) {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(f) = first.take() {
+                    let _ = f.send(Err(e));
+                    return;
+                }
+                tracing::error!(component = spec.name, "restart failed: {e:#}");
+                update_component(&state, &shared, spec.name, |c| {
+                    c.state = "restarting".into();
+                    c.last_exit = Some(format!("{e:#}"));
+                });
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        let pid = child.id().unwrap_or(0) as i32;
+        update_component(&state, &shared, spec.name, |c| c.pid = Some(pid));
+        // Ready, exited, or stopped.
+        let deadline = Instant::now() + spec.ready_timeout;
+        let mut exited = None;
+        let mut ready = false;
+        while !ready && exited.is_none() {
+            if *stop.borrow() {
+                break;
+            }
+            if let Ok(Some(st)) = child.try_wait() {
+                exited = Some(st.to_string());
+                break;
+            }
+            if spec.ready.check(pid).await {
+                ready = true;
+                break;
+            }
+            if Instant::now() > deadline {
+                let how = stop_child(&mut child, Duration::from_secs(5)).await;
+                exited = Some(format!(
+                    "not ready after {}s ({how})",
+                    spec.ready_timeout.as_secs()
+                ));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if ready {
+            tracing::info!(component = spec.name, pid, "running");
+            update_component(&state, &shared, spec.name, |c| c.state = "running".into());
+            if let Some(f) = first.take() {
+                let _ = f.send(Ok(()));
+            }
+            tokio::select! {
+                st = child.wait() => {
+                    exited = Some(st.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()));
+                }
+                _ = stop.wait_for(|s| *s) => {}
+            }
+        }
+        if *stop.borrow() && exited.is_none() {
+            let how = stop_child(&mut child, spec.stop_grace).await;
+            let _ = std::fs::remove_file(component_pid_file(&state, spec.name));
+            update_component(&state, &shared, spec.name, |c| {
+                c.state = "stopped".into();
+                c.pid = None;
+                c.last_exit = Some(how);
+            });
+            return;
+        }
+        let how = exited.unwrap_or_default();
+        let _ = std::fs::remove_file(component_pid_file(&state, spec.name));
+        if let Some(f) = first.take() {
+            let _ = f.send(Err(anyhow::anyhow!(
+                "{} did not start: {how}; last log lines ({}):\n{}",
+                spec.name,
+                log.display(),
+                daemon::tail(&log, 15)
+            )));
+            update_component(&state, &shared, spec.name, |c| {
+                c.state = "failed".into();
+                c.pid = None;
+                c.last_exit = Some(how);
+            });
+            return;
+        }
+        if *stop.borrow() {
+            update_component(&state, &shared, spec.name, |c| {
+                c.state = "stopped".into();
+                c.pid = None;
+            });
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            backoff = Duration::from_secs(1);
+        }
+        tracing::warn!(component = spec.name, exit = %how, retry_in = ?backoff, "exited; restarting");
+        update_component(&state, &shared, spec.name, |c| {
+            c.state = "restarting".into();
+            c.pid = None;
+            c.restarts += 1;
+            c.last_exit = Some(how);
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.wait_for(|s| *s) => {
+                update_component(&state, &shared, spec.name, |c| c.state = "stopped".into());
+                return;
+            }
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Stops processes left by a box that did not stop cleanly (their pid files are ours and
+/// carry the start time, so only those very processes are signalled).
+pub fn stop_leftovers(state: &Path) -> Vec<String> {
+    let mut stopped = Vec::new();
+    for name in COMPONENTS.iter().rev() {
+        let pf = component_pid_file(state, name);
+        if let Ok(Some(pid)) = daemon::stop(&pf, Duration::from_secs(10)) {
+            stopped.push(format!("{name} (pid {pid})"));
+        }
+    }
+    stopped
+}
+
+fn esb_exe() -> Result<PathBuf> {
+    std::env::current_exe().context("locate the esb executable")
+}
+
+fn child_specs(plan: &Plan) -> Result<Vec<ChildSpec>> {
+    let exe = esb_exe()?;
+    let state = plan.state.display().to_string();
+    let esb =
+        |name: &'static str, mut args: Vec<String>, env: Vec<(String, String)>, ready: Ready| {
+            let mut a = vec![format!("--state-dir={state}")];
+            a.append(&mut args);
+            ChildSpec {
+                name,
+                program: exe.clone(),
+                args: a,
+                env,
+                ready,
+                ready_timeout: Duration::from_secs(60),
+                stop_grace: Duration::from_secs(15),
+            }
+        };
+    let ctd_dir = plan.containerd_dir();
+    let containerd = ChildSpec {
+        name: "containerd",
+        program: PathBuf::from(
+            std::env::var("ESB_CONTAINERD").unwrap_or_else(|_| "containerd".into()),
+        ),
+        args: vec![
+            "--config".into(),
+            ctd_dir.join("config.toml").display().to_string(),
+        ],
+        env: vec![],
+        ready: Ready::Containerd(ctd_dir.join("containerd.sock")),
+        ready_timeout: Duration::from_secs(60),
+        stop_grace: Duration::from_secs(15),
+    };
+    let netns = plan.node.netns.clone();
+    let proxy_pid = run_dir(&plan.state).join("proxy.ready");
+    let mut proxy_args = vec![
+        "proxy".to_string(),
+        format!("--netns={netns}"),
+        format!("--s3-port={}", plan.proxy_ports[0]),
+        format!("--db-port={}", plan.proxy_ports[1]),
+        format!("--logs-port={}", plan.proxy_ports[2]),
+        format!("--pid-file={}", proxy_pid.display()),
+    ];
+    proxy_args.extend(plan.proxy_args.iter().cloned());
+    let host_port = |a: SocketAddr| -> String {
+        if a.ip().is_unspecified() {
+            format!("127.0.0.1:{}", a.port())
+        } else {
+            a.to_string()
+        }
+    };
+    let gateway_ready: SocketAddr = host_port(plan.gateway_listen).parse()?;
+    let mut gateway_args = vec![
+        "gateway".to_string(),
+        format!("--template={}", plan.template.display()),
+        format!("--revisions={}", revisions_file(&plan.state).display()),
+    ];
+    if let Some(o) = &plan.parameter_overrides {
+        gateway_args.push(format!("--parameter-overrides={o}"));
+    }
+    let mut gateway = esb(
+        "gateway",
+        gateway_args,
+        vec![
+            ("ESB_GATEWAY_LISTEN".into(), plan.gateway_listen.to_string()),
+            ("ESB_GATEWAY_INTERNAL_NETNS".into(), netns.clone()),
+            (
+                "ESB_AGENTS".into(),
+                format!(
+                    "unix://{},netns={netns},node={}",
+                    plan.agent_socket().display(),
+                    std::env::var("ESB_NODE_ID").unwrap_or_else(|_| "node-1".into())
+                ),
+            ),
+            (
+                "ESB_GATEWAY_DATA_DIR".into(),
+                plan.state.join("tls").display().to_string(),
+            ),
+            (
+                "ESB_GATEWAY_ADMIN_SOCKET".into(),
+                gateway_admin_socket(&plan.state).display().to_string(),
+            ),
+            // The gateway runs in the host namespace: it ships to the log store directly.
+            (
+                "VICTORIALOGS_URL".into(),
+                format!("http://{}", host_port(plan.logstore)),
+            ),
+        ],
+        Ready::Tcp(gateway_ready),
+    );
+    gateway.stop_grace = Duration::from_secs(60);
+    gateway.ready_timeout = Duration::from_secs(180);
+    let agent = esb(
+        "agent",
+        vec![
+            "agent".into(),
+            format!("--socket={}", plan.agent_socket().display()),
+            format!("--ca-file={}", plan.ca_path().display()),
+        ],
+        vec![],
+        Ready::Unix(plan.agent_socket()),
+    );
+    Ok(vec![
+        containerd,
+        esb(
+            "s3",
+            vec!["s3".into(), format!("--listen={}", plan.s3)],
+            vec![],
+            Ready::Tcp(host_port(plan.s3).parse()?),
+        ),
+        esb(
+            "dynamodb",
+            vec!["dynamodb".into(), format!("--listen={}", plan.dynamodb)],
+            vec![],
+            Ready::Tcp(host_port(plan.dynamodb).parse()?),
+        ),
+        esb(
+            "logstore",
+            vec!["logstore".into(), format!("--listen={}", plan.logstore)],
+            vec![],
+            Ready::Tcp(host_port(plan.logstore).parse()?),
+        ),
+        esb("proxy", proxy_args, vec![], Ready::PidFile(proxy_pid)),
+        agent,
+        gateway,
+    ])
+}
+
+/// Builds the images, imports them into containerd, writes the revisions file and
+/// provisions tables and buckets. Returns a summary for `box.json`.
+async fn build_and_provision(plan: &Plan) -> Result<serde_json::Value> {
+    let p = plan.clone();
+    let (template, report) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let template = crate::build::load_template(&p.template, p.parameter_overrides.as_deref())?;
+        let mut opts = esb_image::BuildOptions::new(&template, p.supervisor.clone());
+        opts.out_dir = p.build_dir();
+        let progress = |e: &esb_image::Progress| {
+            use esb_image::Progress::*;
+            match e {
+                Planned { images, layers } => {
+                    tracing::info!("building {images} image(s), {layers} layer(s)")
+                }
+                Base(line) => tracing::info!("base image: {line}"),
+                Layer {
+                    what,
+                    size,
+                    cached: false,
+                    ..
+                } => tracing::info!("built layer {what} ({size} bytes)"),
+                Image {
+                    function,
+                    reference,
+                    changed,
+                    ..
+                } => tracing::info!(
+                    "image {function}: {reference}{}",
+                    if *changed { "" } else { " (unchanged)" }
+                ),
+                Skipped { function, reason } => tracing::warn!("skipped {function}: {reason}"),
+                Warning(w) => tracing::warn!("{w}"),
+                _ => {}
+            }
+        };
+        let report = esb_image::build(&template, &opts, &progress)?;
+        Ok((template, report))
+    })
+    .await??;
+    let refs: Vec<String> = report.images.iter().map(|i| i.reference.clone()).collect();
+    let socket = plan.containerd_dir().join("containerd.sock");
+    esb_image::import_to_containerd(&report.layout, &refs, &socket)
+        .await
+        .context("import the images into containerd")?;
+    let mut revisions = serde_json::Map::new();
+    for i in &report.images {
+        if let Some(f) = template.function(&i.function) {
+            revisions.insert(f.name.clone(), i.manifest_digest.clone().into());
+        }
+    }
+    let path = revisions_file(&plan.state);
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&revisions)?)?;
+    std::fs::rename(&tmp, &path)?;
+    let s3 = plan.s3.to_string().replace("0.0.0.0", "127.0.0.1");
+    let ddb = plan.dynamodb.to_string().replace("0.0.0.0", "127.0.0.1");
+    let prov = provision::provision(
+        &template,
+        &provision::Target {
+            dynamodb: &ddb,
+            s3: &s3,
+            creds: (&plan.creds.0, &plan.creds.1),
+            region: &plan.region,
+        },
+    )
+    .await
+    .context("provision tables and buckets")?;
+    for c in &prov.created {
+        tracing::info!("created {c}");
+    }
+    for d in &prov.drift {
+        tracing::warn!("drift: {d}");
+    }
+    Ok(serde_json::json!({
+        "ok": true,
+        "images": report.images.iter().map(|i| serde_json::json!({
+            "function": i.function, "reference": i.reference,
+            "digest": i.manifest_digest, "changed": i.changed})).collect::<Vec<_>>(),
+        "layers_built": report.layers_built,
+        "layers_cached": report.layers_cached,
+        "warnings": report.warnings,
+        "provisioned": prov,
+    }))
+}
+
+/// Holds the box's exclusive lock (`STATE/run/box.lock`) for the life of the process.
+pub struct BoxLock(#[allow(dead_code)] std::fs::File);
+
+/// Takes the lock, or says which box holds it.
+pub fn lock(state: &Path) -> Result<BoxLock> {
+    use std::os::fd::AsRawFd;
+    let path = run_dir(state).join("box.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("open {}", path.display()))?;
+    // SAFETY: flock(2) on a file descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!(
+            "another box runs on {} (pid {})",
+            state.display(),
+            daemon::read_live(&box_pid_file(state))
+                .map(|t| t.pid.to_string())
+                .unwrap_or_else(|| "?".into())
+        );
+    }
+    Ok(BoxLock(f))
+}
+
+async fn signal_stream(kind: tokio::signal::unix::SignalKind) -> tokio::signal::unix::Signal {
+    tokio::signal::unix::signal(kind).expect("signal handler")
+}
+
+/// Runs the box until SIGTERM/SIGINT. Returns an error when it could not start; then
+/// nothing it made is left behind.
+pub async fn run(plan: Plan) -> Result<()> {
+    let state = plan.state.clone();
+    std::fs::create_dir_all(plan.run_dir())?;
+    let _lock = lock(&state)?;
+    daemon::write_pid_file(&box_pid_file(&state))?;
+    let left = stop_leftovers(&state);
+    if !left.is_empty() {
+        tracing::warn!("stopped leftovers of an unclean stop: {}", left.join(", "));
+    }
+    for stale in [
+        gateway_admin_socket(&state),
+        plan.agent_socket(),
+        plan.containerd_dir().join("containerd.sock"),
+        plan.containerd_dir().join("containerd.sock.ttrpc"),
+    ] {
+        let _ = std::fs::remove_file(stale);
+    }
+    let specs = child_specs(&plan)?;
+    let host = |a: SocketAddr| a.to_string().replace("0.0.0.0", "127.0.0.1");
+    let shared: Shared = Arc::new(Mutex::new(BoxStatus {
+        pid: std::process::id() as i32,
+        state: "starting".into(),
+        message: String::new(),
+        template: plan.template.display().to_string(),
+        gateway_url: format!("https://localhost:{}", plan.gateway_listen.port()),
+        endpoints: serde_json::json!({
+            "s3": format!("http://{}", host(plan.s3)),
+            "dynamodb": format!("http://{}", host(plan.dynamodb)),
+            "logs": format!("http://{}", host(plan.logstore)),
+        }),
+        ca: plan.ca_path().display().to_string(),
+        components: specs
+            .iter()
+            .map(|s| ComponentStatus {
+                name: s.name.into(),
+                state: "pending".into(),
+                pid: None,
+                restarts: 0,
+                last_exit: None,
+                log: log_file(&state, s.name).display().to_string(),
+            })
+            .collect(),
+        generation: 0,
+        last_build: serde_json::Value::Null,
+    }));
+    save(&state, &shared.lock().unwrap());
+
+    let mut term = signal_stream(tokio::signal::unix::SignalKind::terminate()).await;
+    let mut int = signal_stream(tokio::signal::unix::SignalKind::interrupt()).await;
+    let mut hup = signal_stream(tokio::signal::unix::SignalKind::hangup()).await;
+
+    let (stop_tx, _) = watch::channel(false);
+    let mut stops: Vec<(String, watch::Sender<bool>, tokio::task::JoinHandle<()>)> = Vec::new();
+    let rn = esb_runtime_node::RuntimeNode::new(plan.node.clone())?;
+
+    let start = async {
+        update(&state, &shared, |s| {
+            s.message = "creating the node network".into()
+        });
+        rn.up().context("node network")?;
+        std::fs::create_dir_all(plan.containerd_dir())?;
+        let dir = std::fs::canonicalize(plan.containerd_dir())?;
+        std::fs::write(dir.join("config.toml"), esb_containerd::config_toml(&dir))?;
+        for spec in &specs {
+            if spec.name == "agent" {
+                // The agent mounts the CA into workers; the gateway serves with it.
+                let sans: Vec<String> = std::env::var("ESB_GATEWAY_SANS")
+                    .map(|s| {
+                        s.split(',')
+                            .map(|x| x.trim().to_string())
+                            .filter(|x| !x.is_empty())
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default();
+                esb_gateway::tls::ensure_box_certs(
+                    &state.join("tls"),
+                    &esb_gateway::tls::default_sans(&sans),
+                )?;
+                update(&state, &shared, |s| s.message = "building images".into());
+                let built = build_and_provision(&plan).await?;
+                update(&state, &shared, |s| s.last_build = built);
+            }
+            update(&state, &shared, |s| {
+                s.message = format!("starting {}", spec.name)
+            });
+            let (tx, rx) = watch::channel(false);
+            let (ftx, frx) = tokio::sync::oneshot::channel();
+            let h = tokio::spawn(supervise(
+                spec.clone(),
+                state.clone(),
+                shared.clone(),
+                rx,
+                ftx,
+            ));
+            stops.push((spec.name.to_string(), tx, h));
+            frx.await.context("supervisor task")??;
+        }
+        anyhow::Ok(())
+    };
+    let started = tokio::select! {
+        r = start => r,
+        _ = term.recv() => Err(anyhow::anyhow!("stopped while starting (SIGTERM)")),
+        _ = int.recv() => Err(anyhow::anyhow!("stopped while starting (SIGINT)")),
+    };
+    drop(stop_tx);
+    if let Err(e) = started {
+        tracing::error!("the box did not start: {e:#}");
+        update(&state, &shared, |s| {
+            s.state = "failed".into();
+            s.message = format!("{e:#}");
+        });
+        shutdown(&plan, &rn, &shared, stops).await;
+        update(&state, &shared, |s| s.state = "failed".into());
+        let _ = std::fs::remove_file(box_pid_file(&state));
+        return Err(e);
+    }
+    update(&state, &shared, |s| {
+        s.state = "ready".into();
+        s.message = "serving".into();
+    });
+    tracing::info!("the box is ready");
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: rebuilding");
+                update(&state, &shared, |s| s.message = "rebuilding".into());
+                let outcome = match build_and_provision(&plan).await {
+                    Ok(v) => {
+                        reload_gateway(&state).await.map(|_| v)
+                    }
+                    Err(e) => Err(e),
+                };
+                update(&state, &shared, |s| {
+                    s.generation += 1;
+                    match outcome {
+                        Ok(v) => { s.last_build = v; s.message = "serving".into(); }
+                        Err(e) => {
+                            tracing::error!("rebuild failed (still serving the previous build): {e:#}");
+                            s.last_build = serde_json::json!({"ok": false, "error": format!("{e:#}")});
+                            s.message = "serving (last rebuild failed)".into();
+                        }
+                    }
+                });
+            }
+        }
+    }
+    update(&state, &shared, |s| {
+        s.state = "stopping".into();
+        s.message = "stopping".into();
+    });
+    shutdown(&plan, &rn, &shared, stops).await;
+    let _ = std::fs::remove_file(status_file(&state));
+    let _ = std::fs::remove_file(box_pid_file(&state));
+    let _ = std::fs::remove_file(revisions_file(&state));
+    tracing::info!("the box is down");
+    Ok(())
+}
+
+/// Asks the gateway to reload (SIGHUP) and waits for the outcome it records.
+async fn reload_gateway(state: &Path) -> Result<()> {
+    let outcome_file = crate::build::reload_outcome_file(&revisions_file(state));
+    let read = || -> (u64, serde_json::Value) {
+        let v: serde_json::Value = std::fs::read(&outcome_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(serde_json::Value::Null);
+        (v["reloads"].as_u64().unwrap_or(0), v)
+    };
+    let (before, _) = read();
+    let t = daemon::read_live(&component_pid_file(state, "gateway"))
+        .context("the gateway is not running")?;
+    signal_pid(t.pid, libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (n, v) = read();
+        if n > before {
+            if v["ok"] == true {
+                return Ok(());
+            }
+            bail!(
+                "the gateway refused the new build: {}",
+                v["error"].as_str().unwrap_or("?")
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the gateway did not take the new build; see {}",
+                log_file(state, "gateway").display()
+            );
+        }
+    }
+}
+
+/// The gateway's `GET /status` over its admin socket.
+pub async fn gateway_status(state: &Path) -> Result<serde_json::Value> {
+    let req = crate::http::request("GET", "http://localhost/status", bytes::Bytes::new())?;
+    let r = crate::http::unix(&gateway_admin_socket(state), req, Duration::from_secs(10)).await?;
+    if r.status != 200 {
+        bail!("gateway admin status: {}", r.status);
+    }
+    Ok(r.json())
+}
+
+/// Stops the components in reverse order, removes what workers remain, then the network.
+async fn shutdown(
+    plan: &Plan,
+    rn: &esb_runtime_node::RuntimeNode,
+    shared: &Shared,
+    mut stops: Vec<(String, watch::Sender<bool>, tokio::task::JoinHandle<()>)>,
+) {
+    let state = &plan.state;
+    while let Some((name, tx, h)) = stops.pop() {
+        if name == "proxy" {
+            // Workers first (the gateway, already stopped, removes its own; this catches
+            // any left by a crash), while containerd still runs.
+            let socket = plan.containerd_dir().join("containerd.sock");
+            if socket.exists() {
+                let acfg = esb_agent::AgentConfig::with_defaults(
+                    state.join("agent"),
+                    plan.node.clone(),
+                    socket,
+                );
+                if let Ok(agent) = esb_agent::Agent::connect(acfg).await {
+                    if let Ok(list) = agent.list().await {
+                        for w in list {
+                            let _ = agent.destroy(&w.id).await;
+                        }
+                    }
+                }
+            }
+        }
+        update(state, shared, |s| s.message = format!("stopping {name}"));
+        let _ = tx.send(true);
+        let _ = h.await;
+    }
+    let _ = stop_leftovers(state);
+    if let Err(e) = rn.down() {
+        tracing::error!("remove the node network: {e}");
+    }
+    for f in [
+        gateway_admin_socket(state),
+        plan.agent_socket(),
+        run_dir(state).join("proxy.ready"),
+    ] {
+        let _ = std::fs::remove_file(f);
+    }
+}

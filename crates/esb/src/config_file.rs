@@ -1,0 +1,314 @@
+//! The configuration file (`esb.toml`) and the box's generated secrets.
+//!
+//! Keys are the environment variable names (`CNI_SUBNET = "10.88.1.0/24"`,
+//! `JWT_SECRET_KEY = "…"`), so one name means one setting everywhere. Precedence is
+//! flags > environment > `esb.toml` > `STATE_DIR/secrets.toml` > defaults: before the
+//! command line is parsed, every key of the files that the environment does not set is
+//! put into this process's environment, and clap's `env` fallback does the rest. Child
+//! processes of the box inherit the same environment.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+/// Settings read by the gateway library from the environment (no clap flag of their own).
+pub const GATEWAY_KEYS: &[&str] = &[
+    "AUTH_ENDPOINT_PATH",
+    "AUTH_PASS",
+    "AUTH_USER",
+    "CIRCUIT_BREAKER_RECOVERY_TIMEOUT",
+    "CIRCUIT_BREAKER_THRESHOLD",
+    "ESB_ACCOUNT_ID",
+    "ESB_AGENT_TIMEOUT",
+    "ESB_API_STAGE",
+    "ESB_DEFAULT_CONCURRENCY",
+    "ESB_DRAIN_SECONDS",
+    "ESB_EVENT_QUEUE",
+    "ESB_EVENT_QUEUE_BYTES",
+    "ESB_EVENT_RETRY_DELAY_MS",
+    "ESB_GATEWAY_LOG_STDERR",
+    "ESB_GATEWAY_SANS",
+    "ESB_MAX_BODY_BYTES",
+    "GATEWAY_IDLE_TIMEOUT_SECONDS",
+    "HEARTBEAT_INTERVAL",
+    "JWT_EXPIRES_DELTA",
+    "JWT_SECRET_KEY",
+    "LAMBDA_INVOKE_TIMEOUT",
+    "ORPHAN_GRACE_PERIOD_SECONDS",
+    "POOL_ACQUIRE_TIMEOUT",
+    "SSL_CERT_PATH",
+    "SSL_KEY_PATH",
+    "X_API_KEY",
+];
+
+/// Settings whose values are never printed.
+pub const SECRET_KEYS: &[&str] = &[
+    "JWT_SECRET_KEY",
+    "X_API_KEY",
+    "AUTH_PASS",
+    "ESB_SECRET_ACCESS_KEY",
+];
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The configuration file at this path.
+    File(PathBuf),
+    /// The box's generated secrets.
+    Secrets,
+}
+
+/// What [`preload`] did: the files it read and the keys it supplied.
+#[derive(Debug, Default, Clone)]
+pub struct Loaded {
+    /// The configuration file read, if any.
+    pub config_file: Option<PathBuf>,
+    /// Keys set from a file, and which.
+    pub origins: BTreeMap<String, Origin>,
+}
+
+/// The value of `--NAME VALUE` / `--NAME=VALUE` in `args` (before any subcommand parsing).
+fn flag_value(args: &[OsString], name: &str) -> Option<PathBuf> {
+    let long = format!("--{name}");
+    let with_eq = format!("--{name}=");
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let s = a.to_string_lossy();
+        if s == long {
+            return it.next().map(PathBuf::from);
+        }
+        if let Some(v) = s.strip_prefix(&with_eq) {
+            return Some(PathBuf::from(v));
+        }
+    }
+    None
+}
+
+/// The state directory the command line, the environment or the default names.
+pub fn state_dir_of(args: &[OsString]) -> PathBuf {
+    flag_value(args, "state-dir")
+        .or_else(|| std::env::var_os("ESB_STATE_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/var/lib/esb"))
+}
+
+/// The generated secrets file of the box at `state_dir`.
+pub fn secrets_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("secrets.toml")
+}
+
+/// Reads a file of `KEY = value` pairs; values may be strings, integers, floats or
+/// booleans. Unknown keys are an error naming the key and the file.
+pub fn read_settings(path: &Path, known: &[String]) -> Result<BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .with_context(|| format!("{}: not valid TOML", path.display()))?;
+    let mut out = BTreeMap::new();
+    for (key, value) in table {
+        if !known.iter().any(|k| k == &key) {
+            bail!(
+                "{}: unknown setting {key:?} (keys are the environment names: `esb config` lists them)",
+                path.display()
+            );
+        }
+        let v = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => (if b { "1" } else { "0" }).to_string(),
+            other => bail!(
+                "{}: {key} must be a string, number or boolean, not {}",
+                path.display(),
+                other.type_str()
+            ),
+        };
+        out.insert(key, v);
+    }
+    Ok(out)
+}
+
+/// Loads the configuration file (`--config`/`ESB_CONFIG`, else `./esb.toml`, else
+/// `STATE_DIR/esb.toml`) and the box's secrets into the environment, without overriding
+/// anything the environment already sets. Must run before any thread starts.
+pub fn preload(args: &[OsString], known: &[String]) -> Result<Loaded> {
+    let mut loaded = Loaded::default();
+    let state = state_dir_of(args);
+    let explicit =
+        flag_value(args, "config").or_else(|| std::env::var_os("ESB_CONFIG").map(PathBuf::from));
+    let config = match explicit {
+        Some(p) => {
+            if !p.exists() {
+                bail!("ESB_CONFIG / --config: {} does not exist", p.display());
+            }
+            Some(p)
+        }
+        None => [PathBuf::from("esb.toml"), state.join("esb.toml")]
+            .into_iter()
+            .find(|p| p.is_file()),
+    };
+    let mut layers = Vec::new();
+    if let Some(path) = &config {
+        layers.push((read_settings(path, known)?, Origin::File(path.clone())));
+        loaded.config_file = Some(path.clone());
+    }
+    let secrets = secrets_path(&state);
+    if secrets.is_file() {
+        layers.push((read_settings(&secrets, known)?, Origin::Secrets));
+    }
+    for (values, origin) in layers {
+        for (k, v) in values {
+            if std::env::var_os(&k).is_none() {
+                // SAFETY: called from main before any other thread exists.
+                unsafe { std::env::set_var(&k, &v) };
+                loaded.origins.insert(k, origin.clone());
+            }
+        }
+    }
+    Ok(loaded)
+}
+
+/// A random token of `bytes` bytes from the kernel's generator, hex-encoded.
+pub fn random_hex(bytes: usize) -> Result<String> {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .context("read /dev/urandom")?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The secrets the box needs and how to make each when it is missing.
+fn secret_generators() -> Vec<(&'static str, fn() -> Result<String>)> {
+    vec![
+        ("JWT_SECRET_KEY", || random_hex(32)),
+        ("X_API_KEY", || random_hex(20)),
+        ("AUTH_USER", || Ok("admin".to_string())),
+        ("AUTH_PASS", || random_hex(12)),
+        ("ESB_ACCESS_KEY_ID", || {
+            Ok(format!("ESB{}", random_hex(8)?.to_uppercase()))
+        }),
+        ("ESB_SECRET_ACCESS_KEY", || random_hex(20)),
+    ]
+}
+
+/// Generates the secrets that neither the environment nor a file provides, appends them
+/// to `STATE_DIR/secrets.toml` (mode 0600, written atomically) and puts them into the
+/// environment. Returns the pairs generated (empty when nothing was missing).
+pub fn ensure_secrets(state_dir: &Path) -> Result<Vec<(String, String)>> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut generated = Vec::new();
+    for (key, make) in secret_generators() {
+        if std::env::var(key).map(|v| v.is_empty()).unwrap_or(true) {
+            generated.push((key.to_string(), make()?));
+        }
+    }
+    if generated.is_empty() {
+        return Ok(generated);
+    }
+    let path = secrets_path(state_dir);
+    let mut text = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        "# Generated by `esb up` on first start. Keys mirror the environment names;\n\
+         # the environment and esb.toml take precedence over this file.\n"
+            .to_string()
+    });
+    let mut table = toml::Table::new();
+    for (k, v) in &generated {
+        table.insert(k.clone(), toml::Value::String(v.clone()));
+    }
+    text.push_str(&toml::to_string(&table).context("encode secrets")?);
+    let tmp = path.with_extension("toml.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("write {}", tmp.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("write {}", path.display()))?;
+    for (k, v) in &generated {
+        // SAFETY: the box calls this before it starts any thread.
+        unsafe { std::env::set_var(k, v) };
+    }
+    Ok(generated)
+}
+
+/// Masks a secret for display: its length only.
+pub fn mask(key: &str, value: &str) -> String {
+    if SECRET_KEYS.contains(&key) && !value.is_empty() {
+        format!("******** ({} chars)", value.chars().count())
+    } else {
+        value.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn known() -> Vec<String> {
+        [
+            "CNI_SUBNET",
+            "X_API_KEY",
+            "DNAT_APPLY_OUTPUT",
+            "ESB_DEFAULT_CONCURRENCY",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    #[test]
+    fn reads_strings_numbers_and_booleans() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("esb.toml");
+        std::fs::write(
+            &p,
+            "CNI_SUBNET = \"10.88.3.0/24\"\nESB_DEFAULT_CONCURRENCY = 4\nDNAT_APPLY_OUTPUT = false\n",
+        )
+        .unwrap();
+        let v = read_settings(&p, &known()).unwrap();
+        assert_eq!(v["CNI_SUBNET"], "10.88.3.0/24");
+        assert_eq!(v["ESB_DEFAULT_CONCURRENCY"], "4");
+        assert_eq!(v["DNAT_APPLY_OUTPUT"], "0");
+    }
+
+    #[test]
+    fn unknown_keys_and_tables_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("esb.toml");
+        std::fs::write(&p, "CNI_SUBNETT = \"x\"\n").unwrap();
+        let e = read_settings(&p, &known()).unwrap_err().to_string();
+        assert!(e.contains("CNI_SUBNETT") && e.contains("esb.toml"), "{e}");
+        std::fs::write(&p, "[X_API_KEY]\na = 1\n").unwrap();
+        let e = read_settings(&p, &known()).unwrap_err().to_string();
+        assert!(e.contains("X_API_KEY"), "{e}");
+        std::fs::write(&p, "not toml =").unwrap();
+        assert!(read_settings(&p, &known()).is_err());
+    }
+
+    #[test]
+    fn flag_values_in_both_spellings() {
+        let a: Vec<OsString> = ["esb", "--state-dir", "/x", "up"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        assert_eq!(state_dir_of(&a), PathBuf::from("/x"));
+        let a: Vec<OsString> = ["esb", "--state-dir=/y"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        assert_eq!(state_dir_of(&a), PathBuf::from("/y"));
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        assert!(!mask("X_API_KEY", "abc").contains("abc"));
+        assert_eq!(mask("CNI_SUBNET", "10.88.1.0/24"), "10.88.1.0/24");
+    }
+}

@@ -1,0 +1,179 @@
+//! Small HTTP/1.1 client calls the CLI makes to the box's own services: the provisioner
+//! (S3 and DynamoDB on loopback, SigV4-signed), `esb status` (the gateway's admin unix
+//! socket) and `esb invoke` (the gateway's HTTPS Invoke API, trusting the box CA).
+//! Built on hyper's connection API; one request per connection.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// A response: status, headers and the whole body.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Headers.
+    pub headers: http::HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The body as JSON (`Null` when it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+async fn send<S>(io: S, req: Request<Full<Bytes>>, timeout: Duration) -> Result<Reply>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let fut = async {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let resp = sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await?.to_bytes();
+        anyhow::Ok(Reply {
+            status,
+            headers,
+            body,
+        })
+    };
+    tokio::time::timeout(timeout, fut)
+        .await
+        .context("no answer in time")?
+}
+
+/// One request over TCP to `addr` (`host:port`).
+pub async fn tcp(addr: &str, req: Request<Full<Bytes>>, timeout: Duration) -> Result<Reply> {
+    let s = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
+        .await
+        .with_context(|| format!("connect {addr}: timed out"))?
+        .with_context(|| format!("connect {addr}"))?;
+    s.set_nodelay(true)?;
+    send(s, req, timeout).await
+}
+
+/// One request over the unix socket at `path`.
+pub async fn unix(path: &Path, req: Request<Full<Bytes>>, timeout: Duration) -> Result<Reply> {
+    let s = tokio::net::UnixStream::connect(path)
+        .await
+        .with_context(|| format!("connect {}", path.display()))?;
+    send(s, req, timeout).await
+}
+
+/// One request over HTTPS to `host:port`, trusting only the CA in `ca_file`.
+pub async fn https(
+    host: &str,
+    port: u16,
+    ca_file: &Path,
+    req: Request<Full<Bytes>>,
+    timeout: Duration,
+) -> Result<Reply> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_file)
+        .with_context(|| format!("read the box CA {}", ca_file.display()))?
+    {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connect_host = if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host
+    };
+    let tcp = tokio::time::timeout(
+        timeout,
+        tokio::net::TcpStream::connect((connect_host, port)),
+    )
+    .await
+    .with_context(|| format!("connect {host}:{port}: timed out"))?
+    .with_context(|| format!("connect {host}:{port}"))?;
+    tcp.set_nodelay(true)?;
+    let name = ServerName::try_from(host.to_string())?;
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .with_context(|| format!("TLS with {host}:{port}"))?;
+    send(tls, req, timeout).await
+}
+
+/// Signs `req` with SigV4 for `service` (adds `host`, `x-amz-date`,
+/// `x-amz-content-sha256` and `authorization`).
+pub fn sign(
+    req: &mut Request<Full<Bytes>>,
+    body: &[u8],
+    creds: (&str, &str),
+    region: &str,
+    service: &str,
+) -> Result<()> {
+    use sha2::Digest;
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .context("request without host")?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    let date = esb_sigv4::format_amz_date(now);
+    let hash = hex::encode(sha2::Sha256::digest(body));
+    let h = req.headers_mut();
+    h.insert(http::header::HOST, host.parse()?);
+    h.insert("x-amz-date", date.parse()?);
+    h.insert("x-amz-content-sha256", hash.parse()?);
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let auth = esb_sigv4::sign(
+        creds.0,
+        creds.1,
+        region,
+        service,
+        &esb_sigv4::Request {
+            method: req.method().as_str(),
+            path: &path,
+            query: &query,
+            headers: &headers,
+        },
+        &hash,
+    );
+    req.headers_mut()
+        .insert(http::header::AUTHORIZATION, auth.parse()?);
+    Ok(())
+}
+
+/// A request with a body.
+pub fn request(method: &str, uri: &str, body: impl Into<Bytes>) -> Result<Request<Full<Bytes>>> {
+    Ok(Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Full::new(body.into()))?)
+}

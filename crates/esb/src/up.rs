@@ -1,0 +1,804 @@
+//! `esb up`, `esb down`, `esb status`, `esb reset`, `esb invoke`, `esb watch` and
+//! `esb config`: the box as one thing.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use crate::boxd::{self, BoxStatus, Plan};
+use crate::config_file;
+use crate::daemon;
+use crate::settings::{BoxArgs, NodeArgs, ProxyArgs, StateArgs};
+
+/// Arguments of `esb up`.
+#[derive(Debug, Clone, Args)]
+pub struct UpArgs {
+    /// The SAM template (default: ./template.yaml, else the bundled example application).
+    #[arg(long, short = 't', env = "ESB_TEMPLATE")]
+    pub template: Option<PathBuf>,
+    /// Parameter overrides, `Key=Value` separated by spaces (after generator.yml's).
+    #[arg(long)]
+    pub parameter_overrides: Option<String>,
+    /// HTTPS port of the gateway on every address (ESB_GATEWAY_LISTEN sets the address too).
+    #[arg(long, env = "ESB_GATEWAY_PORT")]
+    pub port: Option<u16>,
+    /// Stay in the foreground (for a service manager); Ctrl-C or SIGTERM stops the box.
+    #[arg(long)]
+    pub foreground: bool,
+    /// Address of the embedded S3.
+    #[arg(long, env = "ESB_S3_LISTEN", default_value = "127.0.0.1:9000")]
+    pub s3_listen: SocketAddr,
+    /// Address of the embedded DynamoDB.
+    #[arg(long, env = "ESB_DYNAMODB_LISTEN", default_value = "127.0.0.1:8000")]
+    pub dynamodb_listen: SocketAddr,
+    /// Address of the embedded log store.
+    #[arg(long, env = "ESB_LOGSTORE_LISTEN", default_value = "127.0.0.1:9428")]
+    pub logstore_listen: SocketAddr,
+    /// The static esb-supervisor binary to put in images (default: next to `esb`).
+    #[arg(long, env = "ESB_SUPERVISOR_BIN")]
+    pub supervisor: Option<PathBuf>,
+    #[command(flatten)]
+    pub node: NodeArgs,
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+    #[command(flatten)]
+    pub box_args: BoxArgs,
+}
+
+/// Where the bundled example application is installed (`scripts/run.sh` puts it there),
+/// relative to the `esb` executable, then in the source tree this binary was built from.
+fn bundled_example() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let installed = exe
+        .parent()?
+        .parent()?
+        .join("share/esb/examples/template.yaml");
+    if installed.is_file() {
+        return Some(installed);
+    }
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/template.yaml");
+    source
+        .is_file()
+        .then(|| source.canonicalize().unwrap_or(source))
+}
+
+fn resolve_template(a: &UpArgs) -> Result<PathBuf> {
+    let path = match &a.template {
+        Some(t) => t.clone(),
+        None if Path::new("template.yaml").is_file() => PathBuf::from("template.yaml"),
+        None => bundled_example().context(
+            "no template: give --template (or ESB_TEMPLATE), or run in a directory with template.yaml",
+        )?,
+    };
+    if !path.is_file() {
+        bail!(
+            "--template / ESB_TEMPLATE: {} does not exist",
+            path.display()
+        );
+    }
+    Ok(std::path::absolute(&path)?)
+}
+
+fn check_port_free(addr: SocketAddr, setting: &str) -> Result<()> {
+    std::net::TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|e| anyhow::anyhow!("{setting}: cannot listen on {addr}: {e}"))
+}
+
+fn check_writable(dir: &Path) -> Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("ESB_STATE_DIR {}: cannot create it", dir.display()))?;
+    let probe = dir.join(".esb-write-probe");
+    let r = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&probe)?;
+        f.write_all(&vec![0u8; 1 << 20])?;
+        f.sync_all()
+    })();
+    let _ = std::fs::remove_file(&probe);
+    r.with_context(|| {
+        format!(
+            "ESB_STATE_DIR {}: not writable (full or read-only disk?)",
+            dir.display()
+        )
+    })
+}
+
+fn gateway_listen(a: &UpArgs) -> Result<SocketAddr> {
+    if let Ok(v) = std::env::var("ESB_GATEWAY_LISTEN") {
+        let mut addr: SocketAddr = v
+            .parse()
+            .map_err(|_| anyhow::anyhow!("ESB_GATEWAY_LISTEN: {v:?} is not an address:port"))?;
+        if let Some(p) = a.port {
+            addr.set_port(p);
+        }
+        return Ok(addr);
+    }
+    Ok(SocketAddr::from(([0, 0, 0, 0], a.port.unwrap_or(443))))
+}
+
+/// Checks everything `up` needs without creating anything but the state directory and
+/// the generated secrets. Returns the plan and the secrets generated now.
+pub fn plan(state: &StateArgs, a: &UpArgs) -> Result<(Plan, Vec<(String, String)>)> {
+    let template_path = resolve_template(a)?;
+    let _template = crate::build::load_template(&template_path, a.parameter_overrides.as_deref())?;
+    check_writable(&state.state_dir)?;
+    let state_dir = std::path::absolute(&state.state_dir)?;
+    std::fs::create_dir_all(boxd::run_dir(&state_dir))?;
+    let generated = config_file::ensure_secrets(&state_dir)?;
+    // The credentials may just have been generated: read them again.
+    let creds = crate::settings::Credentials {
+        access_key: std::env::var("ESB_ACCESS_KEY_ID").ok(),
+        secret_key: std::env::var("ESB_SECRET_ACCESS_KEY").ok(),
+        region: a.box_args.creds.region.clone(),
+    };
+    let pair = creds.pair()?;
+    let node = a.node.node_config(&StateArgs {
+        state_dir: state_dir.clone(),
+    });
+    node.validate()?;
+    let listen = gateway_listen(a)?;
+    // The gateway's own checks (JWT secret length, auth settings, …) before any start.
+    let mut gw = esb_gateway::Config::from_env()?;
+    gw.listen = listen;
+    gw.validate()?;
+    let ports = crate::node::proxy_ports(&node);
+    let mut proxy = a.proxy.clone();
+    // Backends follow the services' ports unless set explicitly.
+    if std::env::var_os("ESB_S3_BACKEND").is_none() {
+        proxy.s3_backend = format!("s3-storage:{}", a.s3_listen.port());
+    }
+    if std::env::var_os("ESB_DB_BACKEND").is_none() {
+        proxy.db_backend = format!("database:{}", a.dynamodb_listen.port());
+    }
+    if std::env::var_os("ESB_LOGS_BACKEND").is_none() {
+        proxy.logs_backend = format!("victorialogs:{}", a.logstore_listen.port());
+    }
+    let st = StateArgs {
+        state_dir: state_dir.clone(),
+    };
+    proxy.proxy_config(&st, None, [127, 0, 0, 1].into(), ports)?;
+    for (addr, setting) in [
+        (listen, "--port / ESB_GATEWAY_LISTEN"),
+        (a.s3_listen, "ESB_S3_LISTEN"),
+        (a.dynamodb_listen, "ESB_DYNAMODB_LISTEN"),
+        (a.logstore_listen, "ESB_LOGSTORE_LISTEN"),
+    ] {
+        check_port_free(addr, setting)?;
+    }
+    let supervisor = crate::build::supervisor_path(&a.supervisor);
+    if !supervisor.is_file() {
+        bail!(
+            "ESB_SUPERVISOR_BIN: {} does not exist (scripts/run.sh installs the static esb-supervisor)",
+            supervisor.display()
+        );
+    }
+    let hosts = st.hosts_file();
+    if !hosts.exists() {
+        std::fs::write(&hosts, crate::node::DEFAULT_HOSTS)
+            .with_context(|| format!("write {}", hosts.display()))?;
+    }
+    Ok((
+        Plan {
+            state: state_dir,
+            template: template_path,
+            parameter_overrides: a.parameter_overrides.clone(),
+            node,
+            proxy_ports: ports,
+            proxy_args: proxy.to_args(&st),
+            gateway_listen: listen,
+            s3: a.s3_listen,
+            dynamodb: a.dynamodb_listen,
+            logstore: a.logstore_listen,
+            supervisor,
+            creds: pair,
+            region: a.box_args.creds.region.clone(),
+        },
+        generated,
+    ))
+}
+
+/// The running box's status file, when the box process is alive.
+pub fn running(state: &Path) -> Option<(daemon::Tracked, Option<BoxStatus>)> {
+    let t = daemon::read_live(&boxd::box_pid_file(state))?;
+    let s = std::fs::read(boxd::status_file(state))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    Some((t, s))
+}
+
+fn print_summary(s: &BoxStatus, generated: &[(String, String)]) {
+    println!("esb is up (pid {}), serving {}", s.pid, s.template);
+    println!("  gateway   {}", s.gateway_url);
+    println!("  CA        {}", s.ca);
+    for k in ["s3", "dynamodb", "logs"] {
+        if let Some(v) = s.endpoints[k].as_str() {
+            println!("  {k:<9} {v}");
+        }
+    }
+    let get = |k: &str| std::env::var(k).unwrap_or_default();
+    if !generated.is_empty() {
+        println!(
+            "  generated secrets (shown once; kept 0600 in the state directory's secrets.toml):"
+        );
+        for (k, v) in generated {
+            println!("    {k}={v}");
+        }
+    }
+    println!(
+        "  credentials: AWS_ACCESS_KEY_ID={} (secret: `esb config --show-secrets`)",
+        get("ESB_ACCESS_KEY_ID")
+    );
+    println!("  try:");
+    println!(
+        "    TOKEN=$(curl -s --cacert {ca} -X POST {url}{path} -H \"x-api-key: $X_API_KEY\" \\\n      -d '{{\"AuthParameters\":{{\"USERNAME\":\"{user}\",\"PASSWORD\":\"$AUTH_PASS\"}}}}' | jq -r .AuthenticationResult.IdToken)",
+        ca = s.ca,
+        url = s.gateway_url,
+        path = std::env::var("AUTH_ENDPOINT_PATH").unwrap_or_else(|_| "/user/auth/ver1.0".into()),
+        user = get("AUTH_USER"),
+    );
+    println!(
+        "    curl --cacert {} -H \"Authorization: Bearer $TOKEN\" {}/<route>",
+        s.ca, s.gateway_url
+    );
+    println!("    esb status · esb logs -f · esb invoke <function> · esb down");
+}
+
+/// `esb up`.
+pub fn up(state: &StateArgs, a: &UpArgs) -> Result<()> {
+    if let Some((t, s)) = running(&state.state_dir) {
+        match s {
+            Some(s) if s.state == "ready" => {
+                println!(
+                    "a box is already running on {} (pid {}):",
+                    state.state_dir.display(),
+                    t.pid
+                );
+                print_summary(&s, &[]);
+            }
+            Some(s) => println!(
+                "a box is already running on {} (pid {}, {}: {})",
+                state.state_dir.display(),
+                t.pid,
+                s.state,
+                s.message
+            ),
+            None => println!(
+                "a box is already running on {} (pid {})",
+                state.state_dir.display(),
+                t.pid
+            ),
+        }
+        return Ok(());
+    }
+    let (plan, generated) = plan(state, a)?;
+    if a.foreground {
+        if !generated.is_empty() {
+            eprintln!(
+                "generated secrets (shown once; kept 0600 in {}):",
+                config_file::secrets_path(&plan.state).display()
+            );
+            for (k, v) in &generated {
+                eprintln!("  {k}={v}");
+            }
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        return rt.block_on(boxd::run(plan));
+    }
+    // Background: the same command in the foreground, detached, logging to box.log.
+    let log = boxd::log_file(&plan.state, "box");
+    std::fs::create_dir_all(log.parent().unwrap())?;
+    let offset = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    args.push("--foreground".into());
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)?;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(&args)
+        .env("ESB_STATE_DIR", &plan.state)
+        .env("ESB_TEMPLATE", &plan.template)
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    // SAFETY: setsid(2) is async-signal-safe.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("start the box process")?;
+    let show = std::io::stderr().is_terminal() || std::env::var_os("ESB_PROGRESS").is_some();
+    let mut shown = offset;
+    let started = Instant::now();
+    loop {
+        if show {
+            shown = follow(&log, shown);
+        }
+        if let Some(st) = child.try_wait()? {
+            let s: Option<BoxStatus> = std::fs::read(boxd::status_file(&plan.state))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            let why = s
+                .map(|s| s.message)
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| {
+                    format!(
+                        "it exited ({st}); last log lines:\n{}",
+                        daemon::tail(&log, 15)
+                    )
+                });
+            bail!("the box did not start: {why}");
+        }
+        if let Some((_, Some(s))) = running(&plan.state) {
+            if s.state == "ready" {
+                print_summary(&s, &generated);
+                return Ok(());
+            }
+        }
+        if started.elapsed() > Duration::from_secs(900) {
+            bail!(
+                "the box is not ready after 15 minutes; see {}",
+                log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Prints what was appended to `log` since `from`; returns the new offset.
+fn follow(log: &Path, from: u64) -> u64 {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(log) else {
+        return from;
+    };
+    if f.seek(SeekFrom::Start(from)).is_err() {
+        return from;
+    }
+    let mut buf = String::new();
+    let _ = f.read_to_string(&mut buf);
+    eprint!("{buf}");
+    from + buf.len() as u64
+}
+
+/// `esb down [--volumes]`: stops the box (or cleans up after one that died) and, with
+/// `volumes`, removes the data of S3, DynamoDB and the log store.
+pub fn down(state: &StateArgs, node: &NodeArgs, volumes: bool) -> Result<()> {
+    let dir = &state.state_dir;
+    if let Some((t, _)) = running(dir) {
+        println!("stopping the box (pid {})…", t.pid);
+        // SAFETY: kill(2) on the PID recorded with its start time, verified just now.
+        unsafe {
+            libc::kill(t.pid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while daemon::start_time(t.pid) == Some(t.start_time) {
+            if Instant::now() > deadline {
+                bail!(
+                    "the box (pid {}) did not stop in 3 minutes; see {}",
+                    t.pid,
+                    boxd::log_file(dir, "box").display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    } else {
+        // No box process: remove whatever an unclean stop left behind.
+        let left = boxd::stop_leftovers(dir);
+        if !left.is_empty() {
+            println!("stopped leftovers: {}", left.join(", "));
+        }
+        let rn = esb_runtime_node::RuntimeNode::from_state_or(node.node_config(state))?;
+        let ctd = crate::node::PrivateContainerd::of(state);
+        if rn.status()?.up && ctd.dir.join("config.toml").exists() {
+            ctd.start()?;
+            let n = crate::node::destroy_workers(state, rn.config(), ctd.socket())?;
+            if n > 0 {
+                println!("removed {n} worker(s)");
+            }
+            ctd.stop()?;
+        }
+        rn.down()?;
+        let _ = std::fs::remove_file(boxd::status_file(dir));
+        let _ = std::fs::remove_file(boxd::box_pid_file(dir));
+    }
+    if volumes {
+        for d in ["s3", "dynamodb", "logstore"] {
+            let p = dir.join(d);
+            if p.exists() {
+                std::fs::remove_dir_all(&p).with_context(|| format!("remove {}", p.display()))?;
+            }
+        }
+        println!("removed the data of S3, DynamoDB and the log store");
+    }
+    println!("esb is down");
+    Ok(())
+}
+
+/// `esb reset [--yes]`: `down --volumes`, then the whole state directory (secrets, CA,
+/// images, containerd's store). Asks first unless `yes`.
+pub fn reset(state: &StateArgs, node: &NodeArgs, yes: bool) -> Result<()> {
+    let dir = &state.state_dir;
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            bail!(
+                "esb reset destroys {} (data, secrets, CA); confirm with --yes",
+                dir.display()
+            );
+        }
+        eprint!(
+            "This destroys every table, bucket, log, secret and the CA in {}. Type yes: ",
+            dir.display()
+        );
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        if line.trim() != "yes" {
+            bail!("not confirmed; nothing changed");
+        }
+    }
+    down(state, node, true)?;
+    // containerd's snapshots may hold read-only mounts: the down above unmounted them.
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))?;
+    }
+    println!("removed {}", dir.display());
+    Ok(())
+}
+
+/// `esb status [--json]`.
+pub fn status(state: &StateArgs, json: bool) -> Result<()> {
+    let Some((t, s)) = running(&state.state_dir) else {
+        if json {
+            println!("{}", serde_json::json!({"running": false}));
+        } else {
+            println!(
+                "esb is not running (state directory {})",
+                state.state_dir.display()
+            );
+        }
+        std::process::exit(3);
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let gw = rt.block_on(boxd::gateway_status(&state.state_dir));
+    if json {
+        let mut v = serde_json::to_value(&s)?;
+        v["running"] = true.into();
+        v["pid"] = t.pid.into();
+        match &gw {
+            Ok(g) => {
+                v["functions"] = g["functions"].clone();
+                v["agents"] = g["agents"].clone();
+            }
+            Err(e) => {
+                v["functions"] = serde_json::json!([]);
+                v["gateway_error"] = format!("{e:#}").into();
+            }
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let Some(s) = s else {
+        println!("esb box pid {}: starting", t.pid);
+        return Ok(());
+    };
+    println!("esb box pid {}: {} ({})", t.pid, s.state, s.message);
+    println!("  template  {}", s.template);
+    println!("  gateway   {}   CA {}", s.gateway_url, s.ca);
+    println!("  components:");
+    for c in &s.components {
+        println!(
+            "    {:<11} {:<10} pid {:<8} restarts {}{}",
+            c.name,
+            c.state,
+            c.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            c.restarts,
+            c.last_exit
+                .as_ref()
+                .filter(|_| c.restarts > 0 || c.state != "running")
+                .map(|e| format!("  (last exit: {e})"))
+                .unwrap_or_default()
+        );
+    }
+    match gw {
+        Ok(g) => {
+            println!("  functions:");
+            for f in g["functions"].as_array().into_iter().flatten() {
+                let workers = f["workers"].as_array().map(|w| w.len()).unwrap_or(0);
+                println!(
+                    "    {:<20} workers {:<3} idle {} busy {} waiting {}  capacity {}  breaker {}",
+                    f["name"].as_str().unwrap_or("?"),
+                    workers,
+                    f["pool"]["idle"],
+                    f["pool"]["busy"],
+                    f["pool"]["waiting"],
+                    f["capacity"],
+                    f["breaker"].as_str().unwrap_or("?"),
+                );
+                for r in f["routes"].as_array().into_iter().flatten() {
+                    println!("      {}", r.as_str().unwrap_or(""));
+                }
+            }
+        }
+        Err(e) => println!("  functions: gateway not answering ({e:#})"),
+    }
+    Ok(())
+}
+
+/// Arguments of `esb invoke`.
+#[derive(Debug, Clone, Args)]
+pub struct InvokeArgs {
+    /// Function name (or logical id).
+    pub function: String,
+    /// The event: JSON text, or @FILE.
+    #[arg(long, default_value = "{}")]
+    pub payload: String,
+    /// Invoke asynchronously (InvocationType Event): prints the request id.
+    #[arg(long = "async")]
+    pub asynchronous: bool,
+}
+
+/// `esb invoke`: the Lambda Invoke API of the running box, SigV4-signed with the box's
+/// pair, over HTTPS trusting the box CA.
+pub fn invoke(state: &StateArgs, a: &InvokeArgs) -> Result<()> {
+    let Some((_, Some(s))) = running(&state.state_dir) else {
+        bail!(
+            "esb is not running (state directory {})",
+            state.state_dir.display()
+        );
+    };
+    let payload = match a.payload.strip_prefix('@') {
+        Some(f) => std::fs::read(f).with_context(|| format!("--payload @{f}"))?,
+        None => a.payload.clone().into_bytes(),
+    };
+    serde_json::from_slice::<serde_json::Value>(&payload).context("--payload is not JSON")?;
+    let port: u16 = s
+        .gateway_url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .context("gateway URL in the status file")?;
+    let creds = (
+        std::env::var("ESB_ACCESS_KEY_ID").context("ESB_ACCESS_KEY_ID is not set")?,
+        std::env::var("ESB_SECRET_ACCESS_KEY").context("ESB_SECRET_ACCESS_KEY is not set")?,
+    );
+    let region = std::env::var("ESB_REGION").unwrap_or_else(|_| "ap-northeast-1".into());
+    let path = format!(
+        "/2015-03-31/functions/{}/invocations",
+        esb_sigv4::uri_encode(&a.function, true)
+    );
+    let mut req = crate::http::request(
+        "POST",
+        &format!("https://localhost:{port}{path}"),
+        payload.clone(),
+    )?;
+    req.headers_mut().insert(
+        "x-amz-invocation-type",
+        if a.asynchronous {
+            "Event"
+        } else {
+            "RequestResponse"
+        }
+        .parse()?,
+    );
+    crate::http::sign(&mut req, &payload, (&creds.0, &creds.1), &region, "lambda")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let r = rt.block_on(crate::http::https(
+        "localhost",
+        port,
+        Path::new(&s.ca),
+        req,
+        Duration::from_secs(920),
+    ))?;
+    if r.status >= 300 {
+        bail!(
+            "{} {}: {}",
+            r.status,
+            r.header("x-amzn-errortype").unwrap_or(""),
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    if a.asynchronous {
+        println!(
+            "accepted ({}), request id {}",
+            r.status,
+            r.header("x-amzn-requestid").unwrap_or("?")
+        );
+        return Ok(());
+    }
+    println!("{}", String::from_utf8_lossy(&r.body));
+    if let Some(e) = r.header("x-amz-function-error") {
+        bail!("function error ({e})");
+    }
+    Ok(())
+}
+
+/// A fingerprint of the template's directory tree: paths, sizes and modification times.
+fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let n = name.to_string_lossy();
+            if matches!(
+                n.as_ref(),
+                ".esb" | "__pycache__" | ".git" | "target" | ".aws-sam"
+            ) {
+                continue;
+            }
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push((
+                    e.path(),
+                    m.len(),
+                    m.modified().unwrap_or(std::time::UNIX_EPOCH),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `esb watch`: rebuilds and swaps functions when the template or its code changes.
+pub fn watch(state: &StateArgs) -> Result<()> {
+    let Some((t, Some(s))) = running(&state.state_dir) else {
+        bail!(
+            "esb is not running (state directory {}); start it with esb up",
+            state.state_dir.display()
+        );
+    };
+    let dir = Path::new(&s.template)
+        .parent()
+        .context("template directory")?
+        .to_path_buf();
+    println!("watching {} (Ctrl-C to stop)", dir.display());
+    let mut last = fingerprint(&dir);
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        if daemon::start_time(t.pid) != Some(t.start_time) {
+            bail!("the box stopped");
+        }
+        let now = fingerprint(&dir);
+        if now == last {
+            continue;
+        }
+        // Let a burst of writes settle.
+        std::thread::sleep(Duration::from_millis(300));
+        last = fingerprint(&dir);
+        println!("change detected: rebuilding");
+        rebuild(state)?;
+    }
+}
+
+/// Asks the box to rebuild (SIGHUP) and waits for the outcome.
+pub fn rebuild(state: &StateArgs) -> Result<()> {
+    let Some((t, Some(before))) = running(&state.state_dir) else {
+        bail!("esb is not running");
+    };
+    // SAFETY: kill(2) on the box PID verified with its start time.
+    unsafe {
+        libc::kill(t.pid, libc::SIGHUP);
+    }
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        if let Some((_, Some(s))) = running(&state.state_dir) {
+            if s.generation > before.generation {
+                if s.last_build["ok"] == true {
+                    let changed: Vec<String> = s.last_build["images"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|i| i["changed"] == true)
+                        .filter_map(|i| i["function"].as_str().map(String::from))
+                        .collect();
+                    println!(
+                        "rebuilt: {}",
+                        if changed.is_empty() {
+                            "no image changed".to_string()
+                        } else {
+                            format!("new images for {}", changed.join(", "))
+                        }
+                    );
+                } else {
+                    println!(
+                        "rebuild failed, still serving the previous build: {}",
+                        s.last_build["error"].as_str().unwrap_or("?")
+                    );
+                }
+                return Ok(());
+            }
+        } else {
+            bail!("the box stopped");
+        }
+        if Instant::now() > deadline {
+            bail!("no rebuild outcome after 15 minutes");
+        }
+    }
+}
+
+/// `esb config`: every setting with its effective value and where it came from.
+pub fn config(
+    state: &StateArgs,
+    loaded: &config_file::Loaded,
+    cmd: &clap::Command,
+    show_secrets: bool,
+) -> Result<()> {
+    let mut rows: std::collections::BTreeMap<String, (String, String)> = Default::default();
+    fn walk(cmd: &clap::Command, rows: &mut std::collections::BTreeMap<String, (String, String)>) {
+        for a in cmd.get_arguments() {
+            if let Some(env) = a.get_env() {
+                let key = env.to_string_lossy().to_string();
+                let default = a
+                    .get_default_values()
+                    .iter()
+                    .map(|v| v.to_string_lossy().to_string())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                rows.entry(key).or_insert((default, String::new()));
+            }
+        }
+        for s in cmd.get_subcommands() {
+            walk(s, rows);
+        }
+    }
+    walk(cmd, &mut rows);
+    for k in config_file::GATEWAY_KEYS {
+        rows.entry(k.to_string())
+            .or_insert((String::new(), String::new()));
+    }
+    println!(
+        "# effective configuration (flags > environment > {} > secrets.toml > defaults)",
+        loaded
+            .config_file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "esb.toml (none found)".into())
+    );
+    for (key, (default, _)) in rows {
+        let from_env = if key == "ESB_STATE_DIR" {
+            Ok(state.state_dir.display().to_string())
+        } else {
+            std::env::var(&key)
+        };
+        let (value, origin) = match from_env {
+            Ok(v) => (
+                v,
+                match loaded.origins.get(&key) {
+                    Some(config_file::Origin::File(_)) => "file",
+                    Some(config_file::Origin::Secrets) => "secrets",
+                    _ => "env",
+                },
+            ),
+            Err(_) if !default.is_empty() => (default, "default"),
+            Err(_) => continue,
+        };
+        let shown = if show_secrets {
+            value
+        } else {
+            config_file::mask(&key, &value)
+        };
+        println!("{key} = {shown:?}  # {origin}");
+    }
+    Ok(())
+}
