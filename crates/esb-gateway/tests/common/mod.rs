@@ -419,6 +419,8 @@ pub struct TestBox {
     agent_stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     pub agent_addr: SocketAddr,
+    /// Reloads the running gateway's functions.
+    pub reloader: Option<esb_gateway::Reloader>,
 }
 
 pub fn base_config(dir: &Path, agent: SocketAddr) -> Config {
@@ -461,6 +463,7 @@ impl TestBox {
             agent_stop: Some(agent_stop),
             task: None,
             agent_addr,
+            reloader: None,
         };
         b.start_gateway(functions, tweak).await;
         b
@@ -478,6 +481,7 @@ impl TestBox {
         self.addr = server.local_addr();
         self.internal = server.internal_addr().unwrap();
         self.ca = server.ca_path().unwrap();
+        self.reloader = Some(server.reloader());
         let internal_url = format!("https://127.0.0.1:{}", self.internal.port());
         *self.agent.env.lock().unwrap() = vec![
             ("AWS_ENDPOINT_URL_LAMBDA".into(), internal_url),
@@ -769,6 +773,31 @@ impl Client {
             body,
         })
     }
+}
+
+/// `GET uri` on the gateway's admin unix socket: status and body as JSON.
+pub async fn admin_get(socket: &Path, uri: &str) -> (u16, Value) {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {}: {e}", socket.display()));
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(uri)
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(60), send.send_request(req))
+        .await
+        .expect("admin answer within 60 s")
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let v = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("admin body is not JSON ({e}): {body:?}"));
+    (status, v)
 }
 
 /// Polls `f` until it returns true (generous deadline, no timing assertion).

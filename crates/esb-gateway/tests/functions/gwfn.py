@@ -88,3 +88,29 @@ def sleepy(event, context):
     seconds = float((event.get("queryStringParameters") or {}).get("s", "0"))
     time.sleep(seconds)
     return {"statusCode": 200, "body": "slept"}
+
+
+def version(event, context):
+    """Reports the worker's code version (ESB_TEST_REV) and process, after an optional
+    delay (ESB_TEST_SLEEP seconds, or the event's "sleep") or once the file the event's
+    "wait_for" names exists (at most 25 s); may record it in a file."""
+    ev = event if isinstance(event, dict) else {}
+    delay = ev.get("sleep") or float(os.environ.get("ESB_TEST_SLEEP", "0"))
+    if delay:
+        time.sleep(delay)
+    if ev.get("wait_for"):
+        deadline = time.time() + 25
+        while not os.path.exists(ev["wait_for"]) and time.time() < deadline:
+            time.sleep(0.02)
+    out = {"rev": os.environ.get("ESB_TEST_REV"), "pid": os.getpid()}
+    if ev.get("record"):
+        with open(ev["record"] + ".tmp", "w") as f:
+            json.dump(out, f)
+        os.rename(ev["record"] + ".tmp", ev["record"])
+    if "httpMethod" in ev or "routeKey" in ev:
+        return {
+            "statusCode": 200,
+            "headers": {"content-type": "application/json"},
+            "body": json.dumps(out),
+        }
+    return out
