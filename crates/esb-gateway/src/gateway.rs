@@ -531,26 +531,28 @@ impl Gateway {
         }
         let old = self.set.load_full();
         let (new, report) = FunctionSet::build(&self.config, specs, Some(&old))?;
-        let fresh: Vec<Arc<Function>> = new
-            .functions
-            .iter()
-            .filter(|f| !old.holds(f))
-            .cloned()
-            .collect();
         // New versions get their provisioned workers before they take traffic.
         if self.running.load(Ordering::SeqCst) {
-            let abandon = Abandon {
+            // Should this future be dropped while waiting, the new versions never go
+            // live: their pools are closed and their workers destroyed.
+            let mut abandon = Abandon {
                 gw: self,
-                fresh: fresh.clone(),
+                fresh: new
+                    .functions
+                    .iter()
+                    .filter(|f| !old.holds(f))
+                    .cloned()
+                    .collect(),
             };
-            let starts: Vec<_> = fresh
+            let starts: Vec<_> = abandon
+                .fresh
                 .iter()
                 .flat_map(|f| self.provision_function(f))
                 .collect();
             for s in starts {
                 let _ = s.await;
             }
-            std::mem::forget(abandon);
+            abandon.fresh.clear();
         }
         let new = Arc::new(new);
         self.set.store(new.clone());
@@ -1280,5 +1282,119 @@ impl Worker {
             amz_error_type: parts.headers.get("x-amzn-errortype").cloned(),
             body,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, logical_id: &str, path: &str) -> FunctionSpec {
+        FunctionSpec {
+            name: name.into(),
+            logical_id: logical_id.into(),
+            image: format!("esb.local/functions/{name}:latest"),
+            revision: "sha256:1".into(),
+            env: Vec::new(),
+            timeout: Duration::from_secs(3),
+            memory_mb: 128,
+            reserved: None,
+            provisioned: 0,
+            events: vec![esb_template::Event {
+                name: "Get".into(),
+                kind: esb_template::EventKind::Api,
+                path: path.into(),
+                method: "GET".into(),
+                auth: None,
+                api: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn build_keeps_equal_functions_and_reports() {
+        let config = Config::default();
+        let (first, report) = FunctionSet::build(
+            &config,
+            vec![
+                spec("a", "A", "/a"),
+                spec("b", "B", "/b"),
+                spec("c", "C", "/c"),
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!(report.added, ["a", "b", "c"]);
+        let mut c2 = spec("c", "C", "/c");
+        c2.revision = "sha256:2".into();
+        let (second, report) = FunctionSet::build(
+            &config,
+            vec![c2, spec("d", "D", "/d"), spec("a", "A", "/a")],
+            Some(&first),
+        )
+        .unwrap();
+        assert_eq!(
+            report,
+            ReloadReport {
+                added: vec!["d".into()],
+                changed: vec!["c".into()],
+                removed: vec!["b".into()],
+                unchanged: vec!["a".into()],
+            }
+        );
+        // The unchanged function is the very same (pool, breaker); the changed one is new.
+        assert!(Arc::ptr_eq(
+            first.get("a").unwrap(),
+            second.get("A").unwrap()
+        ));
+        assert!(!Arc::ptr_eq(
+            first.get("c").unwrap(),
+            second.get("c").unwrap()
+        ));
+        assert!(second.get("b").is_none());
+        assert_eq!(second.get("D").unwrap().spec.name, "d");
+        assert_eq!(second.get("c").unwrap().routes, ["GET /c"]);
+        match second.router.find("GET", "/d") {
+            crate::routes::Match::Found(r, _) => {
+                assert_eq!(second.functions[r.function].spec.name, "d")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn names_win_over_logical_ids_and_errors_name_the_culprit() {
+        let config = Config::default();
+        // A logical id equal to another function's name does not hide that function.
+        let (set, _) = FunctionSet::build(
+            &config,
+            vec![spec("x", "y", "/x"), spec("y", "Y", "/y")],
+            None,
+        )
+        .unwrap();
+        assert_eq!(set.get("y").unwrap().spec.name, "y");
+        assert!(set.by_spec_name("Y").is_none());
+        let e = |specs| {
+            FunctionSet::build(&config, specs, None)
+                .err()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            e(vec![spec("a", "A", "/same"), spec("b", "B", "/same")]),
+            "route GET /same is declared twice (functions a and b)"
+        );
+        assert_eq!(
+            e(vec![spec("a", "A", "/a"), spec("a", "B", "/b")]),
+            "two functions are named \"a\""
+        );
+        assert!(e(vec![spec("", "A", "/a")]).contains("empty name"));
+        let mut p = spec("p", "P", "/p");
+        p.reserved = Some(2);
+        p.provisioned = 3;
+        assert_eq!(
+            e(vec![p]),
+            "function p: ProvisionedConcurrency 3 exceeds its concurrency 2"
+        );
     }
 }
