@@ -193,20 +193,29 @@ fn secret_generators() -> Vec<(&'static str, fn() -> Result<String>)> {
     ]
 }
 
-/// Generates the secrets that neither the environment nor a file provides, appends them
-/// to `STATE_DIR/secrets.toml` (mode 0600, written atomically) and puts them into the
-/// environment. Returns the pairs generated (empty when nothing was missing).
-pub fn ensure_secrets(state_dir: &Path) -> Result<Vec<(String, String)>> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+/// Generates the secrets that neither the environment nor a file provides and puts them
+/// into the environment (nothing is written: see [`store_secrets`]). Returns the pairs
+/// generated (empty when nothing was missing).
+pub fn generate_missing_secrets() -> Result<Vec<(String, String)>> {
     let mut generated = Vec::new();
     for (key, make) in secret_generators() {
         if std::env::var(key).map(|v| v.is_empty()).unwrap_or(true) {
             generated.push((key.to_string(), make()?));
         }
     }
+    for (k, v) in &generated {
+        // SAFETY: `esb up` calls this before it starts any thread.
+        unsafe { std::env::set_var(k, v) };
+    }
+    Ok(generated)
+}
+
+/// Appends `generated` to `STATE_DIR/secrets.toml` (mode 0600, written atomically).
+pub fn store_secrets(state_dir: &Path, generated: &[(String, String)]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     if generated.is_empty() {
-        return Ok(generated);
+        return Ok(());
     }
     let path = secrets_path(state_dir);
     let mut text = std::fs::read_to_string(&path).unwrap_or_else(|_| {
@@ -215,7 +224,7 @@ pub fn ensure_secrets(state_dir: &Path) -> Result<Vec<(String, String)>> {
             .to_string()
     });
     let mut table = toml::Table::new();
-    for (k, v) in &generated {
+    for (k, v) in generated {
         table.insert(k.clone(), toml::Value::String(v.clone()));
     }
     text.push_str(&toml::to_string(&table).context("encode secrets")?);
@@ -230,12 +239,7 @@ pub fn ensure_secrets(state_dir: &Path) -> Result<Vec<(String, String)>> {
     f.write_all(text.as_bytes())
         .and_then(|_| f.sync_all())
         .with_context(|| format!("write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("write {}", path.display()))?;
-    for (k, v) in &generated {
-        // SAFETY: the box calls this before it starts any thread.
-        unsafe { std::env::set_var(k, v) };
-    }
-    Ok(generated)
+    std::fs::rename(&tmp, &path).with_context(|| format!("write {}", path.display()))
 }
 
 /// Masks a secret for display: its length only.

@@ -129,7 +129,8 @@ pub fn plan(state: &StateArgs, a: &UpArgs) -> Result<(Plan, Vec<(String, String)
     check_writable(&state.state_dir)?;
     let state_dir = std::path::absolute(&state.state_dir)?;
     std::fs::create_dir_all(boxd::run_dir(&state_dir))?;
-    let generated = config_file::ensure_secrets(&state_dir)?;
+    // Secrets missing everywhere are generated now, stored once every check passed.
+    let generated = config_file::generate_missing_secrets()?;
     // The credentials may just have been generated: read them again.
     let creds = crate::settings::Credentials {
         access_key: std::env::var("ESB_ACCESS_KEY_ID").ok(),
@@ -177,6 +178,7 @@ pub fn plan(state: &StateArgs, a: &UpArgs) -> Result<(Plan, Vec<(String, String)
             supervisor.display()
         );
     }
+    config_file::store_secrets(&state_dir, &generated)?;
     let hosts = st.hosts_file();
     if !hosts.exists() {
         std::fs::write(&hosts, crate::node::DEFAULT_HOSTS)
@@ -233,13 +235,12 @@ fn print_summary(s: &BoxStatus, generated: &[(String, String)]) {
         "  credentials: AWS_ACCESS_KEY_ID={} (secret: `esb config --show-secrets`)",
         get("ESB_ACCESS_KEY_ID")
     );
-    println!("  try:");
+    println!("  try (X_API_KEY, AUTH_USER, AUTH_PASS from `esb config --show-secrets`):");
     println!(
-        "    TOKEN=$(curl -s --cacert {ca} -X POST {url}{path} -H \"x-api-key: $X_API_KEY\" \\\n      -d '{{\"AuthParameters\":{{\"USERNAME\":\"{user}\",\"PASSWORD\":\"$AUTH_PASS\"}}}}' | jq -r .AuthenticationResult.IdToken)",
+        "    TOKEN=$(curl -s --cacert {ca} -X POST {url}{path} -H \"x-api-key: $X_API_KEY\" \\\n      -d \"{{\\\"AuthParameters\\\":{{\\\"USERNAME\\\":\\\"$AUTH_USER\\\",\\\"PASSWORD\\\":\\\"$AUTH_PASS\\\"}}}}\" | jq -r .AuthenticationResult.IdToken)",
         ca = s.ca,
         url = s.gateway_url,
         path = std::env::var("AUTH_ENDPOINT_PATH").unwrap_or_else(|_| "/user/auth/ver1.0".into()),
-        user = get("AUTH_USER"),
     );
     println!(
         "    curl --cacert {} -H \"Authorization: Bearer $TOKEN\" {}/<route>",
