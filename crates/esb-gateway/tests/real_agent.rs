@@ -337,6 +337,7 @@ fn config(b: &RealBox, internal: SocketAddr, logs: SocketAddr) -> Config {
 struct Gw {
     addr: SocketAddr,
     ca: PathBuf,
+    reloader: esb_gateway::Reloader,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -348,6 +349,7 @@ impl Gw {
         Gw {
             addr: server.local_addr(),
             ca: server.ca_path().unwrap(),
+            reloader: server.reloader(),
             stop: Some(tx),
             task: Some(tokio::spawn(server.run(async {
                 let _ = rx.await;
@@ -663,6 +665,47 @@ async fn gateway_on_the_real_agent_with_containerd_workers() {
     eventually("scale to zero", || async { b.workers().await.is_empty() }).await;
     let r = c.get("/items/7", &[("authorization", &bearer)]).await;
     assert_eq!(r.status, 200, "{}", r.text());
+
+    // --- live reload: a new revision of gw-sleepy swaps its containers under load -------
+    assert_eq!(c.get("/sleep?s=0", &[]).await.status, 200);
+    let sleepy = || async {
+        b.workers()
+            .await
+            .into_iter()
+            .filter(|(_, f)| f == "gw-sleepy")
+            .map(|(id, _)| id)
+            .collect::<Vec<String>>()
+    };
+    let old = sleepy().await;
+    assert!(!old.is_empty());
+    let mut next = specs.clone();
+    for s in next.iter_mut().filter(|s| s.name == "gw-sleepy") {
+        s.revision = "sha256:next".into();
+    }
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..6 {
+                statuses.push(c.get("/sleep?s=0.2", &[]).await.status);
+            }
+            statuses
+        }));
+    }
+    let report = gw.reloader.reload(next).await.expect("reload");
+    assert_eq!(report.changed, ["gw-sleepy"]);
+    assert!(report.added.is_empty() && report.removed.is_empty());
+    for t in tasks {
+        let statuses = t.await.unwrap();
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    }
+    assert_eq!(c.get("/sleep?s=0", &[]).await.status, 200);
+    eventually("the old revision's containers destroyed", || async {
+        let now = sleepy().await;
+        !now.is_empty() && now.iter().all(|w| !old.contains(w))
+    })
+    .await;
 
     // --- a gateway restart leaves no orphan workers -------------------------------------
     let mut tasks = Vec::new();
