@@ -223,12 +223,13 @@ impl Server {
             .collect(),
         );
 
+        let (stop_tx, stop_rx) = watch::channel(false);
+        // The admin API answers from the start (cleaning leftovers can take a while).
+        let admin = admin.map(|a| a.serve(gw.clone(), stop_rx.clone()));
         // Leftovers of an earlier run, then provisioned workers, then the janitor.
         gw.clean_leftovers().await;
         gw.set_running();
         gw.provision();
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let admin = admin.map(|a| a.serve(gw.clone(), stop_rx.clone()));
         let janitor = {
             let gw = gw.clone();
             let mut stop = stop_rx.clone();
