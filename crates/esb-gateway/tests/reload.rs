@@ -576,3 +576,82 @@ async fn admin_socket_status_shape_and_mode() {
     b.stop_gateway().await;
     assert!(!sock.exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_reload_changes_nothing_and_leaks_no_worker() {
+    let b = start(vec![vfn("a", "1", "/a")]).await;
+    let c = b.client();
+    assert_eq!(c.get("/a", &[]).await.status, 200);
+    let workers = worker_ids(&status(&b).await, "a");
+
+    // The new version's provisioned worker takes a second to start; the reload is
+    // abandoned while waiting for it.
+    let mut next = vfn("a", "2", "/a");
+    next.provisioned = 1;
+    next.env.push(("ESB_TEST_START_DELAY".into(), "1".into()));
+    let reloader = b.reloader.clone().unwrap();
+    let r = tokio::time::timeout(Duration::from_millis(200), reloader.reload(vec![next])).await;
+    assert!(r.is_err(), "the reload should still be warming up: {r:?}");
+
+    let s = status(&b).await;
+    assert_eq!(s["reloads"], 0);
+    assert_eq!(function(&s, "a").unwrap()["revision"], "sha256:1");
+    assert_eq!(worker_ids(&s, "a"), workers);
+    let r = c.get("/a", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["rev"], "1");
+    // The worker started for the abandoned version is destroyed once it exists.
+    wait_until(
+        "the abandoned worker created",
+        Duration::from_secs(60),
+        || *b.agent.created.lock().unwrap() == 2,
+    )
+    .await;
+    wait_until(
+        "the abandoned worker destroyed",
+        Duration::from_secs(60),
+        || b.agent.running() == workers,
+    )
+    .await;
+    // A later reload goes through.
+    let report = reloader.reload(vec![vfn("a", "2", "/a")]).await.unwrap();
+    assert_eq!(report.changed, names(&["a"]));
+    assert_eq!(c.get("/a", &[]).await.json()["rev"], "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_workers_starting_and_busy() {
+    let mut f = vfn("slow", "1", "/slow");
+    f.env.push(("ESB_TEST_START_DELAY".into(), "1".into()));
+    let b = start(vec![f]).await;
+    let dir = b.dir.path().to_path_buf();
+    let release = dir.join("release");
+    let client = b.client();
+    let payload = json!({"wait_for": release.to_str().unwrap()}).to_string();
+    let held = tokio::spawn(async move { client.invoke("slow", payload.as_bytes(), &[]).await });
+    let s = status_until(&b, "a worker starting", |s| {
+        function(s, "slow").unwrap()["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["state"] == "starting")
+    })
+    .await;
+    assert_eq!(
+        function(&s, "slow").unwrap()["workers"],
+        json!([{"id": null, "node": "test", "state": "starting"}])
+    );
+    let s = status_until(&b, "the worker busy", |s| {
+        function(s, "slow").unwrap()["pool"]["busy"] == 1
+    })
+    .await;
+    let w = &function(&s, "slow").unwrap()["workers"][0];
+    assert_eq!(w["state"], "busy");
+    assert!(w["id"].is_string(), "{s}");
+    std::fs::write(&release, b"").unwrap();
+    assert_eq!(held.await.unwrap().status, 200);
+    status_until(&b, "the worker idle", |s| {
+        function(s, "slow").unwrap()["pool"]["idle"] == 1
+    })
+    .await;
+}

@@ -269,6 +269,10 @@ impl AgentService for ProcessAgent {
     ) -> Result<Response<WorkerInfo>, Status> {
         let r = req.into_inner();
         *self.created.lock().unwrap() += 1;
+        // A slow start on request (seconds), to observe workers being created.
+        if let Some(d) = r.env.get("ESB_TEST_START_DELAY") {
+            tokio::time::sleep(Duration::from_secs_f64(d.parse().unwrap())).await;
+        }
         let me = self.clone();
         let (id, port) = tokio::task::spawn_blocking(move || {
             me.start(&r.function_name, &r.image, &r.env, r.timeout_seconds)
