@@ -655,3 +655,12 @@ async fn status_shows_workers_starting_and_busy() {
     })
     .await;
 }
+
+/// Compile-time check: the CLI can keep a `Reloader` anywhere and spawn its reloads.
+#[allow(dead_code)]
+fn reloader_is_send_sync_and_its_future_is_send(r: esb_gateway::Reloader) {
+    fn shareable<T: Send + Sync + Clone + 'static>(_: &T) {}
+    fn spawnable<F: std::future::Future + Send + 'static>(_: F) {}
+    shareable(&r);
+    spawnable(async move { r.reload(Vec::new()).await });
+}
