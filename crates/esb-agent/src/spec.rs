@@ -21,7 +21,8 @@ const MB_PER_VCPU: u64 = 1769;
 /// Everything that varies between workers.
 #[derive(Debug, Clone)]
 pub struct WorkerSpec<'a> {
-    /// Container id (also its hostname and cgroup leaf).
+    /// Container id (also its cgroup leaf; the hostname stays `localhost`, which the
+    /// image's /etc/hosts resolves, as code that resolves its own host name expects).
     pub id: &'a str,
     /// Command line.
     pub args: &'a [String],

@@ -179,8 +179,11 @@ pub fn random_hex(bytes: usize) -> Result<String> {
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Makes one secret.
+type Generator = fn() -> Result<String>;
+
 /// The secrets the box needs and how to make each when it is missing.
-fn secret_generators() -> Vec<(&'static str, fn() -> Result<String>)> {
+fn secret_generators() -> Vec<(&'static str, Generator)> {
     vec![
         ("JWT_SECRET_KEY", || random_hex(32)),
         ("X_API_KEY", || random_hex(20)),

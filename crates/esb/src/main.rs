@@ -301,7 +301,7 @@ fn main() -> ExitCode {
         Command::S3 { svc, creds } => services::s3(state, &svc, &creds),
         Command::Dynamodb { svc, creds } => services::dynamodb(state, &svc, &creds),
         Command::Logstore { svc } => services::logstore(state, &svc),
-        Command::Logs(args) => services::logs(&args),
+        Command::Logs(args) => services::logs(state, &args),
         Command::Build(args) => build::build(state, &args),
         Command::Init(args) => build::init(&args),
         Command::Gateway(args) => build::gateway(state, &args),

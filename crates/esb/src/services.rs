@@ -105,15 +105,26 @@ pub struct LogsArgs {
     /// At most this many records (newest first from the store, printed oldest first).
     #[arg(short = 'n', long, default_value_t = 200)]
     pub limit: usize,
-    /// Log store URL.
-    #[arg(long, env = "ESB_LOGS_URL", default_value = "http://127.0.0.1:9428")]
-    pub url: String,
+    /// Log store URL (default: the running box's, else http://127.0.0.1:9428).
+    #[arg(long, env = "ESB_LOGS_URL")]
+    pub url: Option<String>,
     /// Extra LogsQL filter.
     pub query: Option<String>,
 }
 
 /// `esb logs`.
-pub fn logs(a: &LogsArgs) -> Result<()> {
+pub fn logs(state: &StateArgs, a: &LogsArgs) -> Result<()> {
+    let url = a.url.clone().unwrap_or_else(|| {
+        crate::up::running(&state.state_dir)
+            .and_then(|(_, s)| s)
+            .and_then(|s| s.endpoints["logs"].as_str().map(String::from))
+            .unwrap_or_else(|| "http://127.0.0.1:9428".into())
+    });
+    let a = &LogsArgs {
+        url: Some(url.clone()),
+        ..a.clone()
+    };
+    let url = url.as_str();
     let color = std::io::stdout().is_terminal();
     let since = Some(a.since.as_str());
     runtime()?
@@ -125,7 +136,7 @@ pub fn logs(a: &LogsArgs) -> Result<()> {
                     None,
                     a.query.as_deref(),
                 );
-                esb_logstore::client::tail(&a.url, &q, since, |r| {
+                esb_logstore::client::tail(url, &q, since, |r| {
                     println!("{}", esb_logstore::client::format_record(&r, color));
                     true
                 })
@@ -138,7 +149,7 @@ pub fn logs(a: &LogsArgs) -> Result<()> {
                     a.query.as_deref(),
                 );
                 let mut records =
-                    esb_logstore::client::query(&a.url, &q, Some(a.limit), None, None).await?;
+                    esb_logstore::client::query(url, &q, Some(a.limit), None, None).await?;
                 records.reverse();
                 for r in &records {
                     println!("{}", esb_logstore::client::format_record(r, color));
@@ -146,5 +157,5 @@ pub fn logs(a: &LogsArgs) -> Result<()> {
                 Ok(())
             }
         })
-        .with_context(|| format!("log store at {}", a.url))
+        .with_context(|| format!("log store at {url}"))
 }

@@ -571,8 +571,12 @@ pub fn invoke(state: &StateArgs, a: &InvokeArgs) -> Result<()> {
         .and_then(|p| p.parse().ok())
         .context("gateway URL in the status file")?;
     let creds = (
-        std::env::var("ESB_ACCESS_KEY_ID").context("ESB_ACCESS_KEY_ID is not set")?,
-        std::env::var("ESB_SECRET_ACCESS_KEY").context("ESB_SECRET_ACCESS_KEY is not set")?,
+        std::env::var("ESB_ACCESS_KEY_ID").context(
+            "ESB_ACCESS_KEY_ID is not set (give the box's pair as `esb up` got it: environment or esb.toml)",
+        )?,
+        std::env::var("ESB_SECRET_ACCESS_KEY").context(
+            "ESB_SECRET_ACCESS_KEY is not set (give the box's pair as `esb up` got it: environment or esb.toml)",
+        )?,
     );
     let region = std::env::var("ESB_REGION").unwrap_or_else(|_| "ap-northeast-1".into());
     let path = format!(

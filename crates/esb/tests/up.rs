@@ -295,6 +295,24 @@ fn the_example_application_is_served_without_a_template_flag() {
     let (code, body) = b.curl(&["-H", &auth, &b.url(&format!("/notes/{id}"))]);
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("runs where AWS is not"), "{body}");
+    // The example's walk-through with real clients (requests, boto3).
+    let out = b
+        .python(&[
+            "-m",
+            "pytest",
+            "-v",
+            "-p",
+            "no:cacheprovider",
+            "test_examples.py",
+        ])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "test_examples.py failed:\n{text}");
     b.down_clean();
 }
 
