@@ -75,7 +75,27 @@ pub fn run(state: &StateArgs, node: &NodeArgs, proxy: &ProxyArgs) -> Result<()> 
             "DNAT to 127.0.0.1 needs net.ipv4.conf.all.route_localnet=1; `esb node up` sets it",
         );
     }
-    let proxy_pid = daemon::read_live(&daemon::proxy_pid_file(&cfg.state_dir));
+    // With a box running, its proxy is a component of the box and its backends follow the
+    // box's service ports (as `esb up` sets them).
+    let running_box = crate::up::running(&state.state_dir).and_then(|(_, s)| s);
+    let mut proxy = proxy.clone();
+    if let Some(s) = &running_box {
+        let port = |k: &str| {
+            s.endpoints[k]
+                .as_str()
+                .and_then(|u| u.rsplit(':').next())
+                .and_then(|p| p.parse::<u16>().ok())
+        };
+        if let (Some(a), Some(b), Some(c)) = (port("s3"), port("dynamodb"), port("logs")) {
+            proxy = crate::up::box_backends(&proxy, a, b, c);
+        }
+    }
+    let proxy = &proxy;
+    let proxy_pid = if running_box.is_some() {
+        daemon::read_live(&crate::boxd::component_pid_file(&state.state_dir, "proxy"))
+    } else {
+        daemon::read_live(&daemon::proxy_pid_file(&cfg.state_dir))
+    };
     r.check(
         proxy_pid.is_some(),
         format!(
@@ -147,9 +167,94 @@ pub fn run(state: &StateArgs, node: &NodeArgs, proxy: &ProxyArgs) -> Result<()> 
         }
     }
 
+    box_checks(state, &cfg, &mut r);
+
     if r.failed > 0 {
         anyhow::bail!("{} check(s) failed", r.failed);
     }
     println!("all checks passed");
     Ok(())
+}
+
+/// The box's own checks when `esb up` runs: every component running, the gateway's health
+/// from the host, and the worker's path to the gateway (GATEWAY_INTERNAL_URL from inside
+/// the node namespace, TLS verified with the box CA).
+fn box_checks(state: &StateArgs, cfg: &esb_runtime_node::NodeConfig, r: &mut Report) {
+    let Some((t, Some(s))) = crate::up::running(&state.state_dir) else {
+        println!("info  no box runs (esb up): box checks skipped");
+        return;
+    };
+    r.check(
+        s.state == "ready",
+        format!("box pid {} is {} ({})", t.pid, s.state, s.message),
+        "see STATE_DIR/logs/box.log",
+    );
+    for c in &s.components {
+        r.check(
+            c.state == "running",
+            format!("component {} {} (restarts {})", c.name, c.state, c.restarts),
+            &format!("see {}", c.log),
+        );
+    }
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    let ca = std::path::PathBuf::from(&s.ca);
+    let health = |url: &str| crate::http::request("GET", url, bytes::Bytes::new());
+    let port: u16 = s
+        .gateway_url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(443);
+    let host_ok = health(&format!("{}/health", s.gateway_url))
+        .and_then(|req| {
+            rt.block_on(crate::http::https(
+                "localhost",
+                port,
+                &ca,
+                req,
+                PROBE_TIMEOUT * 5,
+            ))
+        })
+        .map(|r| r.status == 200);
+    r.check(
+        matches!(host_ok, Ok(true)),
+        format!("gateway {}/health answers ({host_ok:?})", s.gateway_url),
+        "see STATE_DIR/logs/gateway.log",
+    );
+    let internal =
+        std::env::var("GATEWAY_INTERNAL_URL").unwrap_or_else(|_| "https://10.88.0.1:443".into());
+    let target = internal
+        .strip_prefix("https://")
+        .unwrap_or(&internal)
+        .trim_end_matches('/')
+        .to_string();
+    let (ihost, iport) = match target.rsplit_once(':') {
+        Some((h, p)) => (h.to_string(), p.parse().unwrap_or(443)),
+        None => (target.clone(), 443),
+    };
+    let worker_view = (|| -> anyhow::Result<u16> {
+        let addr: SocketAddr = format!("{ihost}:{iport}").parse()?;
+        let std_stream = NetNs::open(&cfg.netns)?
+            .run(move || TcpStream::connect_timeout(&addr, PROBE_TIMEOUT))??;
+        std_stream.set_nonblocking(true)?;
+        let req = health(&format!("https://{ihost}:{iport}/health"))?;
+        let reply = rt.block_on(async {
+            let tcp = tokio::net::TcpStream::from_std(std_stream)?;
+            crate::http::https_over(tcp, &ihost, &ca, req, PROBE_TIMEOUT * 5).await
+        })?;
+        Ok(reply.status)
+    })();
+    r.check(
+        matches!(worker_view, Ok(200)),
+        format!(
+            "worker -> gateway: {internal}/health from inside {} ({worker_view:?})",
+            cfg.netns
+        ),
+        "the gateway's internal listener (GATEWAY_INTERNAL_URL) must run in the node namespace; see STATE_DIR/logs/gateway.log",
+    );
 }

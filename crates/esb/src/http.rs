@@ -86,6 +86,30 @@ pub async fn https(
     req: Request<Full<Bytes>>,
     timeout: Duration,
 ) -> Result<Reply> {
+    let connect_host = if host == "localhost" {
+        "127.0.0.1"
+    } else {
+        host
+    };
+    let tcp = tokio::time::timeout(
+        timeout,
+        tokio::net::TcpStream::connect((connect_host, port)),
+    )
+    .await
+    .with_context(|| format!("connect {host}:{port}: timed out"))?
+    .with_context(|| format!("connect {host}:{port}"))?;
+    https_over(tcp, host, ca_file, req, timeout).await
+}
+
+/// One request over HTTPS on a connected socket (e.g. one made inside a namespace),
+/// verifying the server as `host` against the CA in `ca_file`.
+pub async fn https_over(
+    tcp: tokio::net::TcpStream,
+    host: &str,
+    ca_file: &Path,
+    req: Request<Full<Bytes>>,
+    timeout: Duration,
+) -> Result<Reply> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, ServerName};
     let mut roots = rustls::RootCertStore::empty();
@@ -100,24 +124,12 @@ pub async fn https(
         .with_root_certificates(roots)
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let connect_host = if host == "localhost" {
-        "127.0.0.1"
-    } else {
-        host
-    };
-    let tcp = tokio::time::timeout(
-        timeout,
-        tokio::net::TcpStream::connect((connect_host, port)),
-    )
-    .await
-    .with_context(|| format!("connect {host}:{port}: timed out"))?
-    .with_context(|| format!("connect {host}:{port}"))?;
     tcp.set_nodelay(true)?;
     let name = ServerName::try_from(host.to_string())?;
-    let tls = connector
-        .connect(name, tcp)
+    let tls = tokio::time::timeout(timeout, connector.connect(name, tcp))
         .await
-        .with_context(|| format!("TLS with {host}:{port}"))?;
+        .with_context(|| format!("TLS with {host}: timed out"))?
+        .with_context(|| format!("TLS with {host}"))?;
     send(tls, req, timeout).await
 }
 

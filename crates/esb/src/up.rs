@@ -121,6 +121,22 @@ fn gateway_listen(a: &UpArgs) -> Result<SocketAddr> {
     Ok(SocketAddr::from(([0, 0, 0, 0], a.port.unwrap_or(443))))
 }
 
+/// The local proxy's settings in a box: backends follow the services' ports unless
+/// `ESB_*_BACKEND` names them.
+pub fn box_backends(p: &ProxyArgs, s3: u16, dynamodb: u16, logs: u16) -> ProxyArgs {
+    let mut proxy = p.clone();
+    if std::env::var_os("ESB_S3_BACKEND").is_none() {
+        proxy.s3_backend = format!("s3-storage:{s3}");
+    }
+    if std::env::var_os("ESB_DB_BACKEND").is_none() {
+        proxy.db_backend = format!("database:{dynamodb}");
+    }
+    if std::env::var_os("ESB_LOGS_BACKEND").is_none() {
+        proxy.logs_backend = format!("victorialogs:{logs}");
+    }
+    proxy
+}
+
 /// Checks everything `up` needs without creating anything but the state directory and
 /// the generated secrets. Returns the plan and the secrets generated now.
 pub fn plan(state: &StateArgs, a: &UpArgs) -> Result<(Plan, Vec<(String, String)>)> {
@@ -148,17 +164,12 @@ pub fn plan(state: &StateArgs, a: &UpArgs) -> Result<(Plan, Vec<(String, String)
     gw.listen = listen;
     gw.validate()?;
     let ports = crate::node::proxy_ports(&node);
-    let mut proxy = a.proxy.clone();
-    // Backends follow the services' ports unless set explicitly.
-    if std::env::var_os("ESB_S3_BACKEND").is_none() {
-        proxy.s3_backend = format!("s3-storage:{}", a.s3_listen.port());
-    }
-    if std::env::var_os("ESB_DB_BACKEND").is_none() {
-        proxy.db_backend = format!("database:{}", a.dynamodb_listen.port());
-    }
-    if std::env::var_os("ESB_LOGS_BACKEND").is_none() {
-        proxy.logs_backend = format!("victorialogs:{}", a.logstore_listen.port());
-    }
+    let proxy = box_backends(
+        &a.proxy,
+        a.s3_listen.port(),
+        a.dynamodb_listen.port(),
+        a.logstore_listen.port(),
+    );
     let st = StateArgs {
         state_dir: state_dir.clone(),
     };

@@ -76,6 +76,12 @@ fn e2e_suite_through_real_clients_then_down_leaves_nothing() {
     println!("{text}");
     assert!(out.status.success(), "test_box.py failed:\n{text}");
 
+    // Every check passes, including the worker's path to the gateway (GATEWAY_INTERNAL_URL
+    // from inside the node namespace, TLS verified with the box CA).
+    let doctor = b.ok(&["doctor"]);
+    assert!(doctor.contains("worker -> gateway"), "{doctor}");
+    assert!(doctor.contains("all checks passed"), "{doctor}");
+
     // A crashed component is reported and restarted; the others keep their process.
     let before = b.status();
     let s3_pid = component(&before, "s3")["pid"].as_i64().unwrap() as i32;
