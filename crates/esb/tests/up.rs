@@ -49,6 +49,13 @@ fn e2e_suite_through_real_clients_then_down_leaves_nothing() {
         0o600
     );
     let pid = b.status()["pid"].as_i64().unwrap();
+    // Provisioned concurrency is started with the box, without any request.
+    b.wait_for("the provisioned worker of public", || {
+        b.status()["functions"]
+            .as_array()
+            .and_then(|f| f.iter().find(|f| f["name"] == "public"))
+            .is_some_and(|f| f["workers"].as_array().is_some_and(|w| !w.is_empty()))
+    });
 
     // A second up reports the running box instead of starting another.
     let again = b.ok(&["up"]);
