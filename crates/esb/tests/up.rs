@@ -83,6 +83,23 @@ fn e2e_suite_through_real_clients_then_down_leaves_nothing() {
     println!("{text}");
     assert!(out.status.success(), "test_box.py failed:\n{text}");
 
+    // `esb invoke --async`: the Event invocation type, accepted with a request id.
+    let queued = b.ok(&[
+        "invoke",
+        "recorder",
+        "--async",
+        "--payload",
+        r#"{"from":"esb invoke"}"#,
+    ]);
+    assert!(queued.contains("accepted (202)"), "{queued}");
+    let missing = b.esb(&["invoke", "no-such-function"]);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("ResourceNotFoundException"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+
     // Every check passes, including the worker's path to the gateway (GATEWAY_INTERNAL_URL
     // from inside the node namespace, TLS verified with the box CA).
     let doctor = b.ok(&["doctor"]);
@@ -457,6 +474,21 @@ fn bad_input_is_refused_by_name_and_creates_nothing() {
             "{opts}: no namespace"
         );
     }
+}
+
+#[test]
+fn reset_asks_first_and_then_removes_the_state() {
+    let b = TestBox::new(&e2e_app());
+    std::fs::create_dir_all(b.state.join("s3/bucket")).unwrap();
+    std::fs::write(b.state.join("secrets.toml"), "X_API_KEY = \"k\"\n").unwrap();
+    // No terminal and no --yes: refused, nothing removed.
+    let out = b.esb(&["reset"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));
+    assert!(b.state.join("s3/bucket").exists());
+    let out = b.ok(&["reset", "--yes"]);
+    assert!(out.contains("removed"), "{out}");
+    assert!(!b.state.exists());
 }
 
 #[test]
