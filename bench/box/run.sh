@@ -1,0 +1,194 @@
+#!/usr/bin/env bash
+# The whole box (`esb up`): warm request latency and throughput of a Python echo through
+# HTTPS with auth, and the memory of the idle box (every process, no workers).
+#
+# One real box, started with `esb up` from the release build, serving the end-to-end fixture
+# app (crates/esb/tests/e2e/template.yaml) on loopback ports of its own and a node namespace
+# of its own (esbt-bench-PID). Client: wrk (Debian), HTTPS keep-alive, `GET /echo` with
+# `Authorization: Bearer <IdToken>` from the box's auth endpoint.
+#
+#  1. memory of the fresh idle box (after `up`, before any request: no workers);
+#  2. warm-up (concurrency 4, so that 4 warm workers exist), then ROUNDS rounds of:
+#     /echo at concurrency 1 (sequential requests on one connection) for DURATION s,
+#     /echo at concurrency 4 for DURATION s, and /health at concurrency 1 (context: TLS +
+#     gateway without auth or function);
+#  3. memory of the idle box after the load, once every worker has been reaped
+#     (GATEWAY_IDLE_TIMEOUT_SECONDS=IDLE) — what a box that served traffic then idles holds.
+# `esb down` always runs at the end (trap), also on failure.
+#
+# Usage: [ROUNDS=3] [DURATION=10] [IDLE=30] bench/box/run.sh   (root; loopback only)
+# Prints a report; the raw figures go to $OUT (default: a JSON file in the work dir, path
+# printed at the end) when OUT is set.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+IDLE=${IDLE:-30}
+
+[ "$(id -u)" = 0 ] || { echo "bench/box/run.sh: run as root (esb up needs it)" >&2; exit 1; }
+need() { command -v "$1" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "$2"; }; }
+need wrk wrk
+need curl curl
+need python3 python3
+
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+echo "building esb (release) and the static esb-supervisor..." >&2
+cargo build --release -q -p esb
+# As esb_supervisor::build_static does: static, stripped, in a target dir of its own.
+RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_DEBUG=false \
+  CARGO_PROFILE_RELEASE_STRIP=symbols CARGO_TARGET_DIR="$CARGO_TARGET_DIR/esb-supervisor-static" \
+  cargo build --release -q -p esb-supervisor --target x86_64-unknown-linux-gnu
+ESB=$CARGO_TARGET_DIR/release/esb
+SUPERVISOR=$CARGO_TARGET_DIR/esb-supervisor-static/x86_64-unknown-linux-gnu/release/esb-supervisor
+
+WORK=$(mktemp -d /tmp/esb-bench-box.XXXXXX)
+STATE=$WORK/state
+NETNS=esbt-bench-$$
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+GW_PORT=$(free_port); S3_PORT=$(free_port); DDB_PORT=$(free_port); LOGS_PORT=$(free_port)
+export ESB_SUPERVISOR_BIN=$SUPERVISOR ESB_NODE_NETNS=$NETNS \
+  ESB_GATEWAY_LISTEN=127.0.0.1:$GW_PORT ESB_S3_LISTEN=127.0.0.1:$S3_PORT \
+  ESB_DYNAMODB_LISTEN=127.0.0.1:$DDB_PORT ESB_LOGSTORE_LISTEN=127.0.0.1:$LOGS_PORT \
+  GATEWAY_IDLE_TIMEOUT_SECONDS=$IDLE HEARTBEAT_INTERVAL=1
+unset ESB_STATE_DIR ESB_TEMPLATE
+esb() { "$ESB" --state-dir "$STATE" "$@"; }
+
+BOX_PID=""
+cleanup() {
+  local rc=$?
+  if [ -d "$STATE" ]; then
+    esb down >/dev/null 2>&1 || echo "esb down failed; box log tail:" >&2
+    # Our own box process only, by PID, if `down` could not stop it.
+    if [ -n "$BOX_PID" ] && kill -0 "$BOX_PID" 2>/dev/null; then kill -TERM "$BOX_PID" 2>/dev/null || true; sleep 2; fi
+    if [ "$rc" != 0 ]; then tail -n 30 "$STATE/logs/box.log" >&2 2>/dev/null || true; fi
+  fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+mkdir -p "$WORK/app"
+(cd crates/esb/tests/e2e && tar --exclude=.esb --exclude=__pycache__ -cf - .) | (cd "$WORK/app" && tar -xf -)
+# No provisioned concurrency: the idle box must hold no worker (the fixture keeps one for
+# `public`; its memory is a function's, not the box's).
+sed -i '/ProvisionedConcurrencyConfig:/,+1d' "$WORK/app/template.yaml"
+! grep -q ProvisionedConcurrent "$WORK/app/template.yaml" || { echo "could not remove provisioned concurrency" >&2; exit 1; }
+
+echo "esb up (state $STATE, gateway 127.0.0.1:$GW_PORT, netns $NETNS)..." >&2
+(cd "$WORK/app" && esb up -t template.yaml >"$WORK/up.out" 2>&1) || { cat "$WORK/up.out" >&2; exit 1; }
+BOX_PID=$(cut -d' ' -f1 "$STATE/run/box.pid")
+
+# Waits (bounded) until every component runs and no function has a worker.
+workers() { esb status --json | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+down = [c["name"] for c in d["components"] if c["state"] != "running"]
+print(sum(len(f["workers"]) for f in d["functions"]) + len(down))'; }
+wait_idle() {
+  local deadline=$((SECONDS + 180))
+  until [ "$(workers)" = 0 ]; do
+    [ $SECONDS -lt $deadline ] || { echo "the box did not go idle (no workers) within 180 s" >&2; exit 1; }
+    sleep 1
+  done
+}
+
+wait_idle
+sleep 5 # let start-up settle (no request has been served yet)
+python3 bench/box/mem.py "$STATE" "fresh idle box" >"$WORK/mem-fresh.json"
+
+# Secrets and a token (the box's CA is verified here; wrk does not verify certificates).
+read -r API_KEY USER PASS < <(python3 - "$STATE/secrets.toml" <<'PY'
+import sys, tomllib
+s = tomllib.load(open(sys.argv[1], "rb"))
+print(s["X_API_KEY"], s["AUTH_USER"], s["AUTH_PASS"])
+PY
+)
+URL=https://localhost:$GW_PORT
+CA=$STATE/tls/ca.pem
+TOKEN=$(curl -sS --cacert "$CA" -X POST "$URL/user/auth/ver1.0" -H "x-api-key: $API_KEY" \
+  -d "{\"AuthParameters\":{\"USERNAME\":\"$USER\",\"PASSWORD\":\"$PASS\"}}" |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["AuthenticationResult"]["IdToken"])')
+# The route really needs the token, and answers with the token's user.
+code=$(curl -sS --cacert "$CA" -o /dev/null -w '%{http_code}' "$URL/echo")
+[ "$code" = 401 ] || { echo "GET /echo without a token answered $code, not 401" >&2; exit 1; }
+body=$(curl -sS --cacert "$CA" --max-time 120 -H "Authorization: Bearer $TOKEN" "$URL/echo")
+python3 -c 'import json,sys; d=json.loads(sys.argv[1]); assert d["username"]=="'"$USER"'" and d["method"]=="GET", d' "$body" ||
+  { echo "unexpected /echo answer: $body" >&2; exit 1; }
+
+# ms from wrk's "1.23ms" / "456.00us" / "1.01s".
+to_ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) { sub(/us$/, "", v); print v/1000 } else if (v ~ /ms$/) { sub(/ms$/, "", v); print v+0 } else { sub(/s$/, "", v); print v*1000 } }'; }
+run_wrk() { # path conns seconds [auth] -> "rps p50 p99 requests failed"
+  local args=(-t"$(($2 < 2 ? $2 : 2))" -c"$2" -d"$3s" --latency) out
+  [ "${4:-}" = auth ] && args+=(-H "Authorization: Bearer $TOKEN")
+  out=$(wrk "${args[@]}" "$URL$1")
+  local rps p50 p99 n bad errs
+  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")")
+  p99=$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")
+  n=$(awk '/requests in/ {print $1}' <<<"$out")
+  bad=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
+  errs=$(awk -F'[ ,]+' '/Socket errors/ {print $4+$6+$8+$10}' <<<"$out")
+  echo "$rps $p50 $p99 $n $((${bad:-0} + ${errs:-0}))"
+}
+
+echo "warm-up: /echo at concurrency 4 for 5 s..." >&2
+run_wrk /echo 4 5 auth >/dev/null
+: >"$WORK/rounds.txt"
+for r in $(seq "$ROUNDS"); do
+  echo "round $r/$ROUNDS..." >&2
+  echo "echo_c1 $(run_wrk /echo 1 "$DURATION" auth)" >>"$WORK/rounds.txt"
+  echo "echo_c4 $(run_wrk /echo 4 "$DURATION" auth)" >>"$WORK/rounds.txt"
+  echo "health_c1 $(run_wrk /health 1 5)" >>"$WORK/rounds.txt"
+done
+
+echo "waiting for the workers to be reaped (idle timeout ${IDLE} s)..." >&2
+wait_idle
+sleep 5
+python3 bench/box/mem.py "$STATE" "idle box after the load" >"$WORK/mem-after.json"
+
+python3 - "$WORK" "$ROUNDS" "$DURATION" "${OUT:-}" <<'PY'
+import json, statistics, sys
+work, rounds, duration, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+runs = {}
+for line in open(f"{work}/rounds.txt"):
+    name, rps, p50, p99, n, failed = line.split()
+    runs.setdefault(name, []).append(
+        {"rps": float(rps), "p50_ms": float(p50), "p99_ms": float(p99), "requests": int(n), "failed": int(failed)}
+    )
+med = lambda xs, k: statistics.median(x[k] for x in xs)
+print(f"\n== the whole box: GET /echo (Python 3.11, awslambdaric) through HTTPS + Bearer JWT; "
+      f"medians of {rounds} rounds of {duration} s ==")
+print(f"{'case':<34} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'requests':>9} {'failed':>7}")
+label = {"echo_c1": "/echo, concurrency 1", "echo_c4": "/echo, concurrency 4",
+         "health_c1": "/health, concurrency 1 (context)"}
+summary = {}
+for name, xs in runs.items():
+    s = {k: med(xs, k) for k in ("rps", "p50_ms", "p99_ms")}
+    s["requests"] = sum(x["requests"] for x in xs)
+    s["failed"] = sum(x["failed"] for x in xs)
+    s["rounds"] = xs
+    summary[name] = s
+    print(f"{label[name]:<34} {s['rps']:>9.0f} {s['p50_ms']:>8.3f} {s['p99_ms']:>8.2f} {s['requests']:>9} {s['failed']:>7}")
+mem = [json.load(open(f"{work}/mem-fresh.json")), json.load(open(f"{work}/mem-after.json"))]
+mib = lambda k: k / 1024
+print("\n== memory of the idle box (no workers) ==")
+for m in mem:
+    t = m["total"]
+    print(f"{m['label']:<26} summed RSS {mib(t['rss_kib']):6.1f} MiB   summed PSS {mib(t['pss_kib']):6.1f} MiB   "
+          f"distinct pages {mib(m['distinct_kib']):6.1f} MiB   ({len(m['processes'])} processes)")
+p50 = summary["echo_c1"]["p50_ms"]
+rss = mem[0]["total"]["rss_kib"] / 1024
+print("\n== against the issue's goals (no peer: see bench/RESULTS.md) ==")
+print(f"warm p50 at concurrency 1: {p50:.3f} ms vs goal 2 ms -> {p50 / 2:.2f}x of the goal ({'met' if p50 < 2 else 'NOT met'})")
+for m in mem:
+    r = m["total"]["rss_kib"] / 1024
+    print(f"{m['label']}: summed RSS {r:.1f} MiB vs goal 100 MiB -> {r / 100:.2f}x ({'met' if r < 100 else 'NOT met'}); "
+          f"distinct pages {mib(m['distinct_kib']):.1f} MiB -> {mib(m['distinct_kib']) / 100:.2f}x")
+failed = sum(s["failed"] for s in summary.values())
+if out:
+    json.dump({"latency": summary, "memory": mem}, open(out, "w"), indent=1)
+if failed:
+    print(f"\n{failed} requests failed (non-2xx or socket errors)")
+    sys.exit(1)
+PY
