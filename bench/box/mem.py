@@ -82,8 +82,9 @@ def rollup(pid):
     return out
 
 
-def frames(pid):
-    """Physical frames of the resident pages of `pid`, split into file-backed and anonymous."""
+def frames(pid, by_file):
+    """Physical frames of the resident pages of `pid`, split into file-backed and anonymous;
+    adds each file's frames and resident KiB to `by_file` (path -> [frames, rss_kib, pids])."""
     file_f, anon_f = set(), set()
     mappings = []  # (start, end, path, rss_kib)
     for line in read(f"/proc/{pid}/smaps").splitlines():
@@ -99,12 +100,20 @@ def frames(pid):
                 continue
             pm.seek(start // PAGE * 8)
             data = pm.read((end - start) // PAGE * 8)
-            target = file_f if path.startswith("/") and not path.startswith("/dev/") else anon_f
+            is_file = path.startswith("/") and not path.startswith("/dev/")
+            target = file_f if is_file else anon_f
+            mine = set()
             for (e,) in struct.iter_unpack("<Q", data):
                 if e >> 63 & 1:  # present
                     pfn = e & ((1 << 55) - 1)
                     if pfn:
-                        target.add(pfn)
+                        mine.add(pfn)
+            target |= mine
+            if is_file:
+                entry = by_file.setdefault(path, [set(), 0, set()])
+                entry[0] |= mine
+                entry[1] += rss
+                entry[2].add(pid)
     return file_f, anon_f
 
 
@@ -114,11 +123,11 @@ def main():
     state = os.path.abspath(sys.argv[1])
     label = sys.argv[2] if len(sys.argv) > 2 else "idle"
     box, pids = box_processes(state)
-    rows, all_file, all_anon = [], set(), set()
+    rows, all_file, all_anon, by_file = [], set(), set(), {}
     for pid in pids:
         try:
             r = rollup(pid)
-            f, a = frames(pid)
+            f, a = frames(pid, by_file)
         except OSError:
             continue  # exited meanwhile
         all_file |= f
@@ -162,7 +171,26 @@ def main():
         f"(file-backed {mib(distinct['distinct_file_kib']):.1f}, anonymous {mib(distinct['distinct_anon_kib']):.1f})",
         file=sys.stderr,
     )
-    print(json.dumps({"label": label, "processes": rows, "total": tot, **distinct}))
+    files = sorted(
+        (
+            {
+                "path": path,
+                "processes": len(e[2]),
+                "summed_rss_kib": e[1],
+                "distinct_kib": len(e[0]) * PAGE // 1024,
+            }
+            for path, e in by_file.items()
+        ),
+        key=lambda f: -f["summed_rss_kib"],
+    )[:5]
+    print("  files mapped by the most resident pages (summed over processes vs distinct):", file=sys.stderr)
+    for f in files:
+        print(
+            f"    {f['path']}: {f['processes']} processes, summed RSS {mib(f['summed_rss_kib']):.1f} MiB, "
+            f"distinct {mib(f['distinct_kib']):.1f} MiB",
+            file=sys.stderr,
+        )
+    print(json.dumps({"label": label, "processes": rows, "total": tot, **distinct, "files": files}))
 
 
 if __name__ == "__main__":

@@ -122,7 +122,10 @@ run_wrk() { # path conns seconds [auth] -> "rps p50 p99 requests failed"
   local args=(-t"$(($2 < 2 ? $2 : 2))" -c"$2" -d"$3s" --latency) out
   [ "${4:-}" = auth ] && args+=(-H "Authorization: Bearer $TOKEN")
   out=$(wrk "${args[@]}" "$URL$1")
-  local rps p50 p99 n bad errs
+  wrk_fields "$out"
+}
+wrk_fields() { # wrk's report -> "rps p50 p99 requests failed"
+  local out=$1 rps p50 p99 n bad errs
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
   p50=$(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")")
   p99=$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")
@@ -132,6 +135,48 @@ run_wrk() { # path conns seconds [auth] -> "rps p50 p99 requests failed"
   echo "$rps $p50 $p99 $n $((${bad:-0} + ${errs:-0}))"
 }
 
+# The worker alone (breakdown, not a peer): the same kind of REST v1 event POSTed by wrk
+# straight to one warm echo worker's invoke endpoint (supervisor -> awslambdaric -> handler),
+# from inside the box's own node namespace, where the gateway reaches its workers.
+python3 - "$TOKEN" "$USER" >"$WORK/direct.lua" <<'PY'
+import json, sys, time
+token, user = sys.argv[1], sys.argv[2]
+headers = {"host": "localhost", "authorization": "Bearer " + token}
+event = {
+    "resource": "/echo", "path": "/echo", "httpMethod": "GET", "headers": headers,
+    "multiValueHeaders": {k: [v] for k, v in headers.items()},
+    "queryStringParameters": None, "multiValueQueryStringParameters": None,
+    "pathParameters": None, "stageVariables": None,
+    "requestContext": {
+        "accountId": "000000000000", "apiId": "esb", "authorizer": {"claims": {"cognito:username": user}},
+        "domainName": "localhost", "domainPrefix": "localhost", "httpMethod": "GET",
+        "identity": {"sourceIp": "127.0.0.1", "userAgent": None}, "path": "/dev/echo",
+        "protocol": "HTTP/1.1", "requestId": "00000000-0000-0000-0000-000000000000",
+        "requestTimeEpoch": int(time.time() * 1000), "resourcePath": "/echo", "stage": "dev",
+    },
+    "body": None, "isBase64Encoded": False,
+}
+print('wrk.method = "POST"')
+print('wrk.headers["Content-Type"] = "application/json"')
+print("wrk.body = " + json.dumps(json.dumps(event)))
+PY
+worker_ip() { # the address of one echo worker (the node's CNI attachment records)
+  python3 - "$STATE/node/$NETNS/attachments" <<'PY'
+import glob, json, os, sys
+for f in sorted(glob.glob(os.path.join(sys.argv[1], "w-echo-*.json"))):
+    print(json.load(open(f))["ip"])
+    break
+PY
+}
+run_direct() { # seconds -> "rps p50 p99 requests failed"
+  local ip out
+  ip=$(worker_ip)
+  [ -n "$ip" ] || { echo "no echo worker attachment found" >&2; exit 1; }
+  out=$(ip netns exec "$NETNS" wrk -t1 -c1 -d"$1s" --latency -s "$WORK/direct.lua" \
+    "http://$ip:8080/2015-03-31/functions/function/invocations")
+  wrk_fields "$out"
+}
+
 echo "warm-up: /echo at concurrency 4 for 5 s..." >&2
 run_wrk /echo 4 5 auth >/dev/null
 : >"$WORK/rounds.txt"
@@ -139,6 +184,7 @@ for r in $(seq "$ROUNDS"); do
   echo "round $r/$ROUNDS..." >&2
   echo "echo_c1 $(run_wrk /echo 1 "$DURATION" auth)" >>"$WORK/rounds.txt"
   echo "echo_c4 $(run_wrk /echo 4 "$DURATION" auth)" >>"$WORK/rounds.txt"
+  echo "worker_c1 $(run_direct 5)" >>"$WORK/rounds.txt"
   echo "health_c1 $(run_wrk /health 1 5)" >>"$WORK/rounds.txt"
 done
 
@@ -161,7 +207,7 @@ print(f"\n== the whole box: GET /echo (Python 3.11, awslambdaric) through HTTPS 
       f"medians of {rounds} rounds of {duration} s ==")
 print(f"{'case':<34} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'requests':>9} {'failed':>7}")
 label = {"echo_c1": "/echo, concurrency 1", "echo_c4": "/echo, concurrency 4",
-         "health_c1": "/health, concurrency 1 (context)"}
+         "worker_c1": "worker alone, concurrency 1 (*)", "health_c1": "/health, concurrency 1 (**)"}
 summary = {}
 for name, xs in runs.items():
     s = {k: med(xs, k) for k in ("rps", "p50_ms", "p99_ms")}
@@ -170,6 +216,11 @@ for name, xs in runs.items():
     s["rounds"] = xs
     summary[name] = s
     print(f"{label[name]:<34} {s['rps']:>9.0f} {s['p50_ms']:>8.3f} {s['p99_ms']:>8.2f} {s['requests']:>9} {s['failed']:>7}")
+print("(*) the same kind of event POSTed straight to one warm echo worker, from the node namespace")
+print("(**) TLS + gateway, no auth, no function")
+e, w, h = (summary[k]["p50_ms"] for k in ("echo_c1", "worker_c1", "health_c1"))
+print(f"p50 breakdown at concurrency 1: the box {e:.3f} ms = worker alone {w:.3f} ms + the box's front path "
+      f"{e - w:.3f} ms (box / worker alone {e / w:.2f}x); /health alone {h:.3f} ms")
 mem = [json.load(open(f"{work}/mem-fresh.json")), json.load(open(f"{work}/mem-after.json"))]
 mib = lambda k: k / 1024
 print("\n== memory of the idle box (no workers) ==")
