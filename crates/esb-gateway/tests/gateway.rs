@@ -566,6 +566,19 @@ async fn provisioned_workers_start_at_boot_and_stay() {
         b.agent.running_of("rust-echo") == 2
     })
     .await;
+    // Running on the agent is not yet in the pool: wait until both are idle there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = b.client().get("/metrics", &[]).await.text();
+        if m.contains("esb_gateway_pool_workers{function=\"rust-echo\",state=\"idle\"} 2") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "provisioned workers not idle: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Warm: no cold start for a request; and the janitor never goes below 2.
     let r = b.client().invoke("rust-echo", b"{}", &[]).await;
     assert_eq!(r.status, 200);
