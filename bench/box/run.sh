@@ -160,18 +160,18 @@ print('wrk.method = "POST"')
 print('wrk.headers["Content-Type"] = "application/json"')
 print("wrk.body = " + json.dumps(json.dumps(event)))
 PY
-worker_ip() { # the address of one echo worker (the node's CNI attachment records)
-  python3 - "$STATE/node/$NETNS/attachments" <<'PY'
-import glob, json, os, sys
-for f in sorted(glob.glob(os.path.join(sys.argv[1], "w-echo-*.json"))):
-    print(json.load(open(f))["ip"])
-    break
-PY
+worker_ip() { # the address of one idle echo worker (its CNI attachment record)
+  esb status --json | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+echo = next(f for f in d["functions"] if f["name"] == "echo")
+idle = sorted(w["id"] for w in echo["workers"] if w["state"] == "idle")
+print(json.load(open(sys.argv[1] + "/" + idle[0] + ".json"))["ip"])' "$STATE/node/$NETNS/attachments"
 }
 run_direct() { # seconds -> "rps p50 p99 requests failed"
   local ip out
-  ip=$(worker_ip)
-  [ -n "$ip" ] || { echo "no echo worker attachment found" >&2; exit 1; }
+  sleep 2 # a worker whose request wrk abandoned at the end of the last run is being replaced
+  ip=$(worker_ip) || { echo "no idle echo worker found" >&2; return 1; }
   out=$(ip netns exec "$NETNS" wrk -t1 -c1 -d"$1s" --latency -s "$WORK/direct.lua" \
     "http://$ip:8080/2015-03-31/functions/function/invocations")
   wrk_fields "$out"
@@ -180,12 +180,21 @@ run_direct() { # seconds -> "rps p50 p99 requests failed"
 echo "warm-up: /echo at concurrency 4 for 5 s..." >&2
 run_wrk /echo 4 5 auth >/dev/null
 : >"$WORK/rounds.txt"
+# Cold starts so far (the gateway's access log marks them).
+colds() { grep -c '"cold":true' "$STATE/logs/gateway.log" || true; }
+measure() { # name command... -> a line of rounds.txt: name rps p50 p99 requests failed cold
+  local name=$1 before line
+  shift
+  before=$(colds)
+  line=$("$@")
+  echo "$name $line $(($(colds) - before))" >>"$WORK/rounds.txt"
+}
 for r in $(seq "$ROUNDS"); do
   echo "round $r/$ROUNDS..." >&2
-  echo "echo_c1 $(run_wrk /echo 1 "$DURATION" auth)" >>"$WORK/rounds.txt"
-  echo "echo_c4 $(run_wrk /echo 4 "$DURATION" auth)" >>"$WORK/rounds.txt"
-  echo "worker_c1 $(run_direct 5)" >>"$WORK/rounds.txt"
-  echo "health_c1 $(run_wrk /health 1 5)" >>"$WORK/rounds.txt"
+  measure echo_c1 run_wrk /echo 1 "$DURATION" auth
+  measure echo_c4 run_wrk /echo 4 "$DURATION" auth
+  measure worker_c1 run_direct 5
+  measure health_c1 run_wrk /health 1 5
 done
 
 echo "waiting for the workers to be reaped (idle timeout ${IDLE} s)..." >&2
@@ -198,14 +207,15 @@ import json, statistics, sys
 work, rounds, duration, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 runs = {}
 for line in open(f"{work}/rounds.txt"):
-    name, rps, p50, p99, n, failed = line.split()
+    name, rps, p50, p99, n, failed, cold = line.split()
     runs.setdefault(name, []).append(
-        {"rps": float(rps), "p50_ms": float(p50), "p99_ms": float(p99), "requests": int(n), "failed": int(failed)}
+        {"rps": float(rps), "p50_ms": float(p50), "p99_ms": float(p99), "requests": int(n),
+         "failed": int(failed), "cold_starts": int(cold)}
     )
 med = lambda xs, k: statistics.median(x[k] for x in xs)
 print(f"\n== the whole box: GET /echo (Python 3.11, awslambdaric) through HTTPS + Bearer JWT; "
       f"medians of {rounds} rounds of {duration} s ==")
-print(f"{'case':<34} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'requests':>9} {'failed':>7}")
+print(f"{'case':<34} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'requests':>9} {'failed':>7} {'cold':>5}")
 label = {"echo_c1": "/echo, concurrency 1", "echo_c4": "/echo, concurrency 4",
          "worker_c1": "worker alone, concurrency 1 (*)", "health_c1": "/health, concurrency 1 (**)"}
 summary = {}
@@ -213,11 +223,13 @@ for name, xs in runs.items():
     s = {k: med(xs, k) for k in ("rps", "p50_ms", "p99_ms")}
     s["requests"] = sum(x["requests"] for x in xs)
     s["failed"] = sum(x["failed"] for x in xs)
+    s["cold_starts"] = sum(x["cold_starts"] for x in xs)
     s["rounds"] = xs
     summary[name] = s
-    print(f"{label[name]:<34} {s['rps']:>9.0f} {s['p50_ms']:>8.3f} {s['p99_ms']:>8.2f} {s['requests']:>9} {s['failed']:>7}")
+    print(f"{label[name]:<34} {s['rps']:>9.0f} {s['p50_ms']:>8.3f} {s['p99_ms']:>8.2f} {s['requests']:>9} {s['failed']:>7} {s['cold_starts']:>5}")
 print("(*) the same kind of event POSTed straight to one warm echo worker, from the node namespace")
 print("(**) TLS + gateway, no auth, no function")
+print("cold = cold starts during the runs (the gateway's access log); requests, failed and cold are totals")
 e, w, h = (summary[k]["p50_ms"] for k in ("echo_c1", "worker_c1", "health_c1"))
 print(f"p50 breakdown at concurrency 1: the box {e:.3f} ms = worker alone {w:.3f} ms + the box's front path "
       f"{e - w:.3f} ms (box / worker alone {e / w:.2f}x); /health alone {h:.3f} ms")
