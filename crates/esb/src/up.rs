@@ -233,6 +233,12 @@ fn print_summary(s: &BoxStatus, generated: &[(String, String)]) {
             println!("  {k:<9} {v}");
         }
     }
+    let prov = &s.last_build["provisioned"];
+    for (what, label) in [("created", "created"), ("drift", "drift")] {
+        for item in prov[what].as_array().into_iter().flatten() {
+            println!("  {label:<9} {}", item.as_str().unwrap_or(""));
+        }
+    }
     let get = |k: &str| std::env::var(k).unwrap_or_default();
     if !generated.is_empty() {
         println!(

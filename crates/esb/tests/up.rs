@@ -257,8 +257,27 @@ fn up_after_an_unclean_stop_recovers_and_leaves_nothing() {
     });
     let st = b.esb(&["status"]);
     assert!(!st.status.success(), "no box runs after kill -9");
+    // Meanwhile the template's table changed its key: reported as drift, data kept.
+    let t = b.app.join("template.yaml");
+    let text = std::fs::read_to_string(&t).unwrap();
+    std::fs::write(
+        &t,
+        text.replace(
+            "        - AttributeName: sk\n          KeyType: RANGE\n",
+            "",
+        )
+        .replace(
+            "        - AttributeName: sk\n          AttributeType: S\n",
+            "",
+        ),
+    )
+    .unwrap();
     let out = b.up();
     assert!(out.contains("esb is up"), "{out}");
+    assert!(
+        out.contains("drift") && out.contains("table e2e-table: key schema differs"),
+        "{out}"
+    );
     let (code, body) = b.curl(&[&b.url("/public")]);
     assert_eq!(code, 200, "{body}");
     let token = b.token();
