@@ -25,6 +25,8 @@ ROOT=$PWD
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 IDLE=${IDLE:-30}
+# The direct run uses a worker the gateway sees idle for ~7 s: it must not be reaped meanwhile.
+[ "$IDLE" -ge 20 ] || { echo "IDLE must be at least 20 (seconds)" >&2; exit 2; }
 
 [ "$(id -u)" = 0 ] || { echo "bench/box/run.sh: run as root (esb up needs it)" >&2; exit 1; }
 need() { command -v "$1" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "$2"; }; }
@@ -186,7 +188,9 @@ measure() { # name command... -> a line of rounds.txt: name rps p50 p99 requests
   local name=$1 before line
   shift
   before=$(colds)
+  python3 bench/box/cpu.py "$STATE" >"$WORK/cpu-before.json"
   line=$("$@")
+  python3 bench/box/cpu.py "$STATE" "$WORK/cpu-before.json" >"$WORK/cpu-$name-$r.json"
   echo "$name $line $(($(colds) - before))" >>"$WORK/rounds.txt"
 }
 for r in $(seq "$ROUNDS"); do
@@ -233,6 +237,24 @@ print("cold = cold starts during the runs (the gateway's access log); requests, 
 e, w, h = (summary[k]["p50_ms"] for k in ("echo_c1", "worker_c1", "health_c1"))
 print(f"p50 breakdown at concurrency 1: the box {e:.3f} ms = worker alone {w:.3f} ms + the box's front path "
       f"{e - w:.3f} ms (box / worker alone {e / w:.2f}x); /health alone {h:.3f} ms")
+# CPU time of the box's processes per request, from /proc/PID/stat around each run.
+print("\n== CPU time per request by process (us; all rounds; workers = shim + supervisor + python) ==")
+cpu = {}
+for name, xs in runs.items():
+    acc = {}
+    for r in range(1, rounds + 1):
+        d = json.load(open(f"{work}/cpu-{name}-{r}.json"))
+        for proc, t in d["ticks"].items():
+            acc[proc] = acc.get(proc, 0) + t * 1e6 / d["clk_tck"]
+    n = sum(x["requests"] for x in xs)
+    cpu[name] = {proc: us / n for proc, us in acc.items()}
+    summary[name]["cpu_us_per_request"] = cpu[name]
+procs = sorted({p for c in cpu.values() for p in c}, key=lambda p: -max(c.get(p, 0) for c in cpu.values()))
+print(f"{'process':<26}" + "".join(f"{n:>12}" for n in cpu))
+for p in procs:
+    if max(c.get(p, 0) for c in cpu.values()) >= 1:
+        print(f"{p:<26}" + "".join(f"{c.get(p, 0):>12.0f}" for c in cpu.values()))
+print(f"{'total':<26}" + "".join(f"{sum(c.values()):>12.0f}" for c in cpu.values()))
 mem = [json.load(open(f"{work}/mem-fresh.json")), json.load(open(f"{work}/mem-after.json"))]
 mib = lambda k: k / 1024
 print("\n== memory of the idle box (no workers) ==")
