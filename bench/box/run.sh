@@ -10,15 +10,16 @@
 #  1. memory of the fresh idle box (after `up`, before any request: no workers);
 #  2. warm-up (concurrency 4, so that 4 warm workers exist), then ROUNDS rounds of:
 #     /echo at concurrency 1 (sequential requests on one connection) for DURATION s,
-#     /echo at concurrency 4 for DURATION s, and /health at concurrency 1 (context: TLS +
-#     gateway without auth or function);
+#     /echo at concurrency 4 for DURATION s, the worker alone (the same kind of event
+#     POSTed straight to one warm echo worker from inside the box's node namespace: a
+#     breakdown, not a peer) for 5 s, and /health at concurrency 1 for 5 s (context: TLS +
+#     gateway without auth or function); CPU time of every box process around each run;
 #  3. memory of the idle box after the load, once every worker has been reaped
 #     (GATEWAY_IDLE_TIMEOUT_SECONDS=IDLE) — what a box that served traffic then idles holds.
 # `esb down` always runs at the end (trap), also on failure.
 #
-# Usage: [ROUNDS=3] [DURATION=10] [IDLE=30] bench/box/run.sh   (root; loopback only)
-# Prints a report; the raw figures go to $OUT (default: a JSON file in the work dir, path
-# printed at the end) when OUT is set.
+# Usage: [ROUNDS=3] [DURATION=10] [IDLE=30] [OUT=FILE.json] bench/box/run.sh
+# (root; loopback only). Prints a report; with OUT, also writes the raw figures as JSON.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -60,10 +61,14 @@ BOX_PID=""
 cleanup() {
   local rc=$?
   if [ -d "$STATE" ]; then
-    esb down >/dev/null 2>&1 || echo "esb down failed; box log tail:" >&2
+    esb down >/dev/null 2>&1 || echo "esb down failed" >&2
     # Our own box process only, by PID, if `down` could not stop it.
-    if [ -n "$BOX_PID" ] && kill -0 "$BOX_PID" 2>/dev/null; then kill -TERM "$BOX_PID" 2>/dev/null || true; sleep 2; fi
+    if [ -n "$BOX_PID" ] && kill -0 "$BOX_PID" 2>/dev/null; then kill -TERM "$BOX_PID" 2>/dev/null || true; sleep 5; fi
     if [ "$rc" != 0 ]; then tail -n 30 "$STATE/logs/box.log" >&2 2>/dev/null || true; fi
+    if [ -n "$BOX_PID" ] && kill -0 "$BOX_PID" 2>/dev/null; then
+      echo "the box (pid $BOX_PID) is still running; its state is kept in $STATE" >&2
+      return
+    fi
   fi
   rm -rf "$WORK"
 }
