@@ -185,7 +185,7 @@ run_direct() { # seconds -> "rps p50 p99 requests failed"
 }
 
 echo "warm-up: /echo at concurrency 4 for 5 s..." >&2
-run_wrk /echo 4 5 auth >/dev/null
+run_wrk /echo 4 5 auth >"$WORK/warmup.txt"
 : >"$WORK/rounds.txt"
 # Cold starts so far (the gateway's access log marks them).
 colds() { grep -c '"cold":true' "$STATE/logs/gateway.log" || true; }
@@ -210,6 +210,15 @@ echo "waiting for the workers to be reaped (idle timeout ${IDLE} s)..." >&2
 wait_idle
 sleep 5
 python3 bench/box/mem.py "$STATE" "idle box after the load" >"$WORK/mem-after.json"
+# What the runs left on disk: the components' log files (STATE/logs, not rotated) and the
+# log store's data.
+{
+  echo "gateway_log_bytes $(stat -c %s "$STATE/logs/gateway.log")"
+  echo "gateway_log_lines $(wc -l <"$STATE/logs/gateway.log")"
+  echo "logs_dir_bytes $(du -sb "$STATE/logs" | cut -f1)"
+  echo "logstore_bytes $(du -sb "$STATE/logstore" | cut -f1)"
+  echo "warmup_requests $(cut -d' ' -f4 "$WORK/warmup.txt")"
+} >"$WORK/disk.txt"
 
 python3 - "$WORK" "$ROUNDS" "$DURATION" "${OUT:-}" <<'PY'
 import json, statistics, sys
@@ -267,6 +276,14 @@ for m in mem:
     t = m["total"]
     print(f"{m['label']:<26} summed RSS {mib(t['rss_kib']):6.1f} MiB   summed PSS {mib(t['pss_kib']):6.1f} MiB   "
           f"distinct pages {mib(m['distinct_kib']):6.1f} MiB   ({len(m['processes'])} processes)")
+disk = {k: int(v) for k, v in (l.split() for l in open(f"{work}/disk.txt"))}
+through_gateway = disk["warmup_requests"] + sum(
+    summary[k]["requests"] for k in ("echo_c1", "echo_c4", "health_c1"))
+print(f"\n== disk after {through_gateway} requests through the gateway (plus {summary['worker_c1']['requests']} to the worker alone) ==")
+print(f"STATE/logs (component logs, not rotated): {disk['logs_dir_bytes'] / 2**20:.1f} MiB; gateway.log "
+      f"{disk['gateway_log_lines']} lines, {disk['gateway_log_bytes'] / through_gateway:.0f} bytes per request")
+print(f"log store data: {disk['logstore_bytes'] / 2**20:.1f} MiB, "
+      f"{disk['logstore_bytes'] / through_gateway:.0f} bytes per request")
 p50 = summary["echo_c1"]["p50_ms"]
 rss = mem[0]["total"]["rss_kib"] / 1024
 print("\n== against the issue's goals (no peer: see bench/RESULTS.md) ==")
@@ -277,7 +294,7 @@ for m in mem:
           f"distinct pages {mib(m['distinct_kib']):.1f} MiB -> {mib(m['distinct_kib']) / 100:.2f}x")
 failed = sum(s["failed"] for s in summary.values())
 if out:
-    json.dump({"latency": summary, "memory": mem}, open(out, "w"), indent=1)
+    json.dump({"latency": summary, "memory": mem, "disk": disk}, open(out, "w"), indent=1)
 if failed:
     print(f"\n{failed} requests failed (non-2xx or socket errors)")
     sys.exit(1)
