@@ -371,8 +371,8 @@ pub(crate) struct AsyncJob {
     pub _bytes: OwnedSemaphorePermit,
 }
 
-/// A leased worker: given back on success, evicted otherwise — also when the request
-/// future is dropped midway (client gone), so that no place leaks. A worker given back to
+/// A leased worker: given back on success, evicted otherwise — also when the invocation
+/// future is dropped midway (the runtime stopping), so that no place leaks. A worker given back to
 /// a pool closed meanwhile (reload, shutdown) is destroyed.
 struct Lease<'g> {
     gw: &'g Arc<Gateway>,
@@ -593,7 +593,36 @@ impl Gateway {
     /// Runs one synchronous invocation of `f` on a pooled worker. When a reload retires
     /// `f` while the request waits for a worker, the request moves to the function's new
     /// version.
+    ///
+    /// The invocation runs on a task of its own: a client that goes away mid-request does
+    /// not cut it short (as on Lambda, the function runs to its end), and the worker goes
+    /// back to its pool warm instead of being evicted.
     pub async fn invoke(
+        self: &Arc<Self>,
+        f: &Arc<Function>,
+        payload: Bytes,
+        trace: &str,
+        client_context: Option<&HeaderValue>,
+    ) -> (Outcome, bool) {
+        let gw = self.clone();
+        let f = f.clone();
+        let trace = trace.to_string();
+        let client_context = client_context.cloned();
+        match tokio::spawn(async move {
+            gw.invoke_here(&f, payload, &trace, client_context.as_ref())
+                .await
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => (
+                Outcome::WorkerFailed(format!("invocation task ended: {e}")),
+                false,
+            ),
+        }
+    }
+
+    async fn invoke_here(
         self: &Arc<Self>,
         f: &Arc<Function>,
         payload: Bytes,

@@ -48,12 +48,28 @@ impl Logger {
     }
 }
 
+/// How long the shipper waits for more lines once one arrived, so that a quiet stream of
+/// requests is shipped in batches rather than one POST per line.
+const LINGER: Duration = Duration::from_millis(200);
+
 async fn run(mut rx: mpsc::Receiver<String>, url: Option<String>, stderr: bool) {
     let mut batch: Vec<String> = Vec::with_capacity(BATCH);
+    let mut shipper = url.map(Shipper::new);
     loop {
         let n = rx.recv_many(&mut batch, BATCH).await;
         if n == 0 {
             return;
+        }
+        if shipper.is_some() {
+            // Gather what arrives within the linger (up to a full batch).
+            let deadline = tokio::time::Instant::now() + LINGER;
+            while batch.len() < BATCH {
+                let room = BATCH - batch.len();
+                match tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, room)).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
         }
         if stderr {
             let mut err = std::io::stderr().lock();
@@ -61,15 +77,15 @@ async fn run(mut rx: mpsc::Receiver<String>, url: Option<String>, stderr: bool) 
                 let _ = writeln!(err, "{l}");
             }
         }
-        if let Some(url) = &url {
+        if let Some(s) = &mut shipper {
             let mut body = String::with_capacity(batch.iter().map(|l| l.len() + 1).sum());
             for l in &batch {
                 body.push_str(l);
                 body.push('\n');
             }
-            if let Err(e) = ship(url, body).await {
+            if let Err(e) = s.ship(body).await {
                 if stderr {
-                    eprintln!("esb-gateway: shipping logs to {url}: {e}");
+                    eprintln!("esb-gateway: shipping logs to {}: {e}", s.url);
                 }
             }
         }
@@ -77,41 +93,68 @@ async fn run(mut rx: mpsc::Receiver<String>, url: Option<String>, stderr: bool) 
     }
 }
 
-/// POSTs lines to `{url}/insert/jsonline` over plain HTTP.
-async fn ship(url: &str, body: String) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or("only http:// log store URLs are supported")?;
-    let (authority, base) = match rest.find('/') {
-        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
-        None => (rest, ""),
-    };
-    let fut = async {
-        let stream = tokio::net::TcpStream::connect(authority)
-            .await
+/// POSTs lines to `{url}/insert/jsonline` over plain HTTP/1.1, on one kept-alive
+/// connection (made again after an error).
+struct Shipper {
+    url: String,
+    conn: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
+}
+
+impl Shipper {
+    fn new(url: String) -> Shipper {
+        Shipper { url, conn: None }
+    }
+
+    async fn ship(&mut self, body: String) -> Result<(), String> {
+        let rest = self
+            .url
+            .strip_prefix("http://")
+            .ok_or("only http:// log store URLs are supported")?
+            .to_string();
+        let (authority, base) = match rest.find('/') {
+            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+            None => (rest.as_str(), ""),
+        };
+        let fut = async {
+            let reusable = self.conn.as_mut().is_some_and(|c| !c.is_closed());
+            if !reusable {
+                self.conn = None;
+                let stream = tokio::net::TcpStream::connect(authority)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let _ = stream.set_nodelay(true);
+                let (send, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                tokio::spawn(conn);
+                self.conn = Some(send);
+            }
+            let send = self.conn.as_mut().expect("connection");
+            send.ready().await.map_err(|e| e.to_string())?;
+            let req = http::Request::post(format!(
+                "{base}/insert/jsonline?_stream_fields=service&_msg_field=_msg&_time_field=_time"
+            ))
+            .header(http::header::HOST, authority)
+            .header(http::header::CONTENT_TYPE, "application/stream+json")
+            .body(Full::new(Bytes::from(body)))
             .map_err(|e| e.to_string())?;
-        let (mut send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let req = http::Request::post(format!(
-            "{base}/insert/jsonline?_stream_fields=service&_msg_field=_msg&_time_field=_time"
-        ))
-        .header(http::header::HOST, authority)
-        .header(http::header::CONTENT_TYPE, "application/stream+json")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| e.to_string())?;
-        let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
-        let status = resp.status();
-        let _ = resp.into_body().collect().await;
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(format!("status {status}"))
+            let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status();
+            let _ = resp.into_body().collect().await;
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(format!("status {status}"))
+            }
+        };
+        let r = tokio::time::timeout(Duration::from_secs(10), fut)
+            .await
+            .map_err(|_| "timed out".to_string())
+            .and_then(|r| r);
+        if r.is_err() {
+            self.conn = None;
         }
-    };
-    tokio::time::timeout(Duration::from_secs(10), fut)
-        .await
-        .map_err(|_| "timed out".to_string())?
+        r
+    }
 }

@@ -970,3 +970,29 @@ async fn agent_that_comes_back_is_used_again() {
     assert_eq!(r.json(), json!({"back": 1}));
     agent.kill_all();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_mid_request_does_not_cost_the_warm_worker() {
+    let mut f = spec("sleepy", "python:gwfn.sleepy");
+    f.events = vec![event(EventKind::Api, "GET", "/sleep", true)];
+    let b = TestBox::start(vec![f], |_| {}).await;
+    let c = b.client();
+    assert_eq!(c.get("/sleep?s=0", &[]).await.status, 200);
+    assert_eq!(*b.agent.created.lock().unwrap(), 1);
+    // The client gives up while the function runs: the invocation still ends normally
+    // and the worker goes back to the pool.
+    let c2 = c.clone();
+    let gone = tokio::spawn(async move { c2.get("/sleep?s=1", &[]).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gone.abort();
+    let _ = gone.await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = c.get("/sleep?s=0", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        *b.agent.created.lock().unwrap(),
+        1,
+        "the same warm worker served again"
+    );
+    assert_eq!(b.agent.running_of("sleepy"), 1);
+}
