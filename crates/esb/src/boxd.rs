@@ -233,10 +233,16 @@ struct ChildSpec {
     stop_grace: Duration,
 }
 
+/// A component's log is rotated when it (re)starts past this size (one old file kept).
+const LOG_ROTATE_BYTES: u64 = 16 << 20;
+
 fn spawn_child(spec: &ChildSpec, state: &Path) -> Result<tokio::process::Child> {
     let log = log_file(state, spec.name);
     if let Some(d) = log.parent() {
         std::fs::create_dir_all(d)?;
+    }
+    if std::fs::metadata(&log).is_ok_and(|m| m.len() > LOG_ROTATE_BYTES) {
+        let _ = std::fs::rename(&log, log.with_extension("log.1"));
     }
     let out = std::fs::OpenOptions::new()
         .create(true)
@@ -527,6 +533,12 @@ fn child_specs(plan: &Plan) -> Result<Vec<ChildSpec>> {
             (
                 "VICTORIALOGS_URL".into(),
                 format!("http://{}", host_port(plan.logstore)),
+            ),
+            // Its records are in the log store (`esb logs`); its own log file keeps the
+            // process's diagnostics only, unless asked otherwise.
+            (
+                "ESB_GATEWAY_LOG_STDERR".into(),
+                std::env::var("ESB_GATEWAY_LOG_STDERR").unwrap_or_else(|_| "0".into()),
             ),
         ],
         Ready::Tcp(gateway_ready),

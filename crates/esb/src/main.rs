@@ -127,6 +127,8 @@ enum Command {
     Logstore {
         #[command(flatten)]
         svc: services::ServiceArgs,
+        #[command(flatten)]
+        limits: services::LogstoreArgs,
     },
     /// Show records from the log store.
     Logs(services::LogsArgs),
@@ -246,6 +248,16 @@ fn main() -> ExitCode {
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
+    } else {
+        // Long-running servers give memory back after a burst: few malloc arenas (glibc
+        // makes one per thread that contends, and keeps what they grew to), and a fixed
+        // mmap threshold so large buffers are unmapped when freed instead of raising the
+        // threshold and staying in the heap.
+        // SAFETY: mallopt(3) before any thread starts.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+        }
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -300,7 +312,7 @@ fn main() -> ExitCode {
         Command::Agent(args) => agent::run(state, &args),
         Command::S3 { svc, creds } => services::s3(state, &svc, &creds),
         Command::Dynamodb { svc, creds } => services::dynamodb(state, &svc, &creds),
-        Command::Logstore { svc } => services::logstore(state, &svc),
+        Command::Logstore { svc, limits } => services::logstore(state, &svc, &limits),
         Command::Logs(args) => services::logs(state, &args),
         Command::Build(args) => build::build(state, &args),
         Command::Init(args) => build::init(&args),

@@ -75,12 +75,38 @@ pub fn dynamodb(state: &StateArgs, args: &ServiceArgs, creds: &Credentials) -> R
     runtime()?.block_on(esb_dynamodb::serve(cfg, shutdown_signal()))
 }
 
+/// Size limits of the log store.
+#[derive(Debug, Clone, Args)]
+pub struct LogstoreArgs {
+    /// Size of a segment (MiB): the active one's index is held in memory until it is
+    /// sealed, so this bounds the store's memory.
+    #[arg(long, env = "ESB_LOGSTORE_SEGMENT_MB", default_value_t = 16)]
+    pub segment_mb: u64,
+    /// Total size on disk (MiB); the oldest segments go first (0 = no limit).
+    #[arg(long, env = "ESB_LOGSTORE_MAX_MB", default_value_t = 2048)]
+    pub max_mb: u64,
+    /// Age (days) after which records are dropped.
+    #[arg(long, env = "ESB_LOGSTORE_RETENTION_DAYS", default_value_t = 7)]
+    pub retention_days: u64,
+}
+
 /// `esb logstore`.
-pub fn logstore(state: &StateArgs, args: &ServiceArgs) -> Result<()> {
+pub fn logstore(state: &StateArgs, args: &ServiceArgs, limits: &LogstoreArgs) -> Result<()> {
     let (listen, data_dir) = args.resolve(state, "logstore", "127.0.0.1:9428")?;
+    if limits.segment_mb == 0 {
+        anyhow::bail!("ESB_LOGSTORE_SEGMENT_MB: must be at least 1");
+    }
     let cfg = esb_logstore::Config {
         listen,
         data_dir,
+        segment_bytes: limits.segment_mb << 20,
+        retention: esb_logstore::Retention {
+            max_age: Some(std::time::Duration::from_secs(
+                limits.retention_days.max(1) * 86_400,
+            )),
+            max_bytes: (limits.max_mb > 0).then_some(limits.max_mb << 20),
+            ..Default::default()
+        },
         ..Default::default()
     };
     tracing::info!(%listen, "log store serving");
