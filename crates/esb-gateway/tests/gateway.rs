@@ -948,10 +948,12 @@ async fn unreachable_agent_gives_503_and_is_marked_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_that_comes_back_is_used_again() {
     let mut b = TestBox::start(vec![spec("rust-echo", "rust")], |_| {}).await;
-    // Point a new gateway at an agent address that is not served yet.
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    drop(l);
+    // Point a new gateway at an agent address that is not served yet: the port is held
+    // by a bound socket that does not listen (connections are refused, and no other test
+    // can take the port meanwhile) until the agent takes it.
+    let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+    reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = reserved.local_addr().unwrap();
     b.stop_gateway().await;
     b.start_gateway(vec![spec("rust-echo", "rust")], |c| {
         c.agents[0].endpoint = format!("http://{addr}");
@@ -964,6 +966,7 @@ async fn agent_that_comes_back_is_used_again() {
     // a heartbeat.
     let agent = ProcessAgent::new();
     *agent.env.lock().unwrap() = b.agent.env.lock().unwrap().clone();
+    drop(reserved);
     let _stop = agent.serve_on(addr).await;
     let r = c.invoke("rust-echo", b"{\"back\":1}", &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
