@@ -106,6 +106,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// A plain-text response; the message gets a trailing newline if it lacks one.
 fn text(status: StatusCode, msg: impl Into<String>) -> Response {
     let mut m = msg.into();
     if !m.ends_with('\n') {
@@ -119,15 +120,34 @@ fn text(status: StatusCode, msg: impl Into<String>) -> Response {
         .into_response()
 }
 
+/// A 400 with `msg`.
+fn bad_request(msg: impl Into<String>) -> Response {
+    text(StatusCode::BAD_REQUEST, msg)
+}
+
 fn json(status: StatusCode, v: &impl serde::Serialize) -> Response {
     let body = serde_json::to_vec(v).unwrap_or_default();
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// A 200 with a JSON body.
+fn json_ok(v: &impl serde::Serialize) -> Response {
+    json(StatusCode::OK, v)
+}
+
+/// A 200 whose body streams newline-delimited JSON rows.
+fn json_lines_response(body: Body) -> Response {
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/stream+json")
+        .body(body)
+        .unwrap()
 }
 
 /// Request arguments from the URL and, for form POSTs, the body.
 struct Args(Vec<(String, String)>);
 
 impl Args {
+    /// The last non-empty value of `k`.
     fn get(&self, k: &str) -> Option<&str> {
         self.0
             .iter()
@@ -136,6 +156,8 @@ impl Args {
             .map(|(_, v)| v.as_str())
             .filter(|v| !v.is_empty())
     }
+
+    /// Every value of `k`, in request order.
     fn all(&self, k: &str) -> Vec<String> {
         self.0
             .iter()
@@ -143,14 +165,60 @@ impl Args {
             .map(|(_, v)| v.clone())
             .collect()
     }
+
+    /// The argument `name` read by `parse`; absent (or empty) is `None`. A value `parse`
+    /// refuses is a 400 that names the argument, quotes the value and, when `want` is
+    /// not empty, says what is expected.
+    fn parse<T>(
+        &self,
+        name: &str,
+        parse: impl FnOnce(&str) -> Option<T>,
+        want: &str,
+    ) -> Result<Option<T>, Response> {
+        let Some(v) = self.get(name) else {
+            return Ok(None);
+        };
+        parse(v).map(Some).ok_or_else(|| {
+            let mut msg = format!("cannot parse {name} arg {v:?}");
+            if !want.is_empty() {
+                msg.push_str(": ");
+                msg.push_str(want);
+            }
+            bad_request(msg)
+        })
+    }
+
+    /// A point in time (RFC3339, a Unix timestamp, `now` or a duration back from `now`).
+    fn time(&self, name: &str, now: i64, want: &str) -> Result<Option<i64>, Response> {
+        self.parse(name, |v| parse_time_arg(v, now), want)
+    }
+
+    /// A duration such as `5m`.
+    fn duration(&self, name: &str) -> Result<Option<i64>, Response> {
+        self.parse(name, parse_duration, "")
+    }
+
+    /// The bucket width of `hits` and `stats_query_range`: a positive duration, one day
+    /// by default; `example` shows one in the error message.
+    fn step(&self, example: &str) -> Result<i64, Response> {
+        let want = format!("want a positive duration such as {example}");
+        let step = self.parse("step", |s| parse_duration(s).filter(|d| *d > 0), &want)?;
+        Ok(step.unwrap_or(86_400_000_000_000))
+    }
+
+    /// A row limit; absent or 0 means no limit.
+    fn limit(&self, name: &str) -> Result<Option<usize>, Response> {
+        let n = self.parse(
+            name,
+            |v| v.parse::<usize>().ok(),
+            "want a non-negative integer",
+        )?;
+        Ok(n.filter(|n| *n != 0))
+    }
 }
 
 async fn select_args(req: Request, max: usize) -> Result<Args, Response> {
-    let mut args: Vec<(String, String)> = req
-        .uri()
-        .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
+    let mut args: Vec<(String, String)> = url_args(&req);
     if req.method() == Method::POST {
         let body = axum::body::to_bytes(req.into_body(), max)
             .await
@@ -165,6 +233,14 @@ async fn select_args(req: Request, max: usize) -> Result<Args, Response> {
     Ok(Args(args))
 }
 
+/// The arguments of the URL's query string.
+fn url_args(req: &Request) -> Vec<(String, String)> {
+    req.uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
+}
+
 /// The parsed common arguments of the select endpoints.
 struct Select {
     query: Query,
@@ -176,16 +252,10 @@ struct Select {
 fn parse_select(args: &Args) -> Result<Select, Response> {
     let now = now_nanos();
     let q = args.get("query").unwrap_or("*");
-    let query = logsql::parse(q, now).map_err(|e| text(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let time = |name: &str, default: i64| -> Result<i64, Response> {
-        match args.get(name) {
-            None => Ok(default),
-            Some(v) => parse_time_arg(v, now)
-                .ok_or_else(|| text(StatusCode::BAD_REQUEST, format!("cannot parse {name} arg {v:?}: want RFC3339, a Unix timestamp, now or a duration"))),
-        }
-    };
-    let start = time("start", i64::MIN)?;
-    let end = time("end", i64::MAX)?;
+    let query = logsql::parse(q, now).map_err(|e| bad_request(e.to_string()))?;
+    let want = "want RFC3339, a Unix timestamp, now or a duration";
+    let start = args.time("start", now, want)?.unwrap_or(i64::MIN);
+    let end = args.time("end", now, want)?.unwrap_or(i64::MAX);
     Ok(Select {
         query,
         start,
@@ -194,24 +264,16 @@ fn parse_select(args: &Args) -> Result<Select, Response> {
     })
 }
 
-fn parse_limit(args: &Args, name: &str) -> Result<Option<usize>, Response> {
-    match args.get(name) {
-        None => Ok(None),
-        Some(v) => v
-            .parse::<usize>()
-            .map(|n| if n == 0 { None } else { Some(n) })
-            .map_err(|_| {
-                text(
-                    StatusCode::BAD_REQUEST,
-                    format!("cannot parse {name} arg {v:?}: want a non-negative integer"),
-                )
-            }),
-    }
+/// Reads the arguments of a select endpoint and parses the common ones.
+async fn select_request(state: &AppState, req: Request) -> Result<(Args, Select), Response> {
+    let args = select_args(req, state.config.max_request_bytes).await?;
+    let sel = parse_select(&args)?;
+    Ok((args, sel))
 }
 
 fn io_error(e: std::io::Error) -> Response {
     if e.kind() == std::io::ErrorKind::InvalidInput {
-        return text(StatusCode::BAD_REQUEST, e.to_string());
+        return bad_request(e.to_string());
     }
     tracing::error!(error = %e, "log store I/O error");
     text(
@@ -237,12 +299,9 @@ fn list(s: &str) -> Vec<String> {
 }
 
 fn ingest_params(req: &Request) -> IngestParams {
-    let q: Vec<(String, String)> = req
-        .uri()
-        .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
+    let q = url_args(req);
     let headers = req.headers();
+    // An argument comes from the URL, else from its VL-* header.
     let get = |arg: &str, hdr: &str| -> Option<String> {
         q.iter()
             .rev()
@@ -256,28 +315,19 @@ fn ingest_params(req: &Request) -> IngestParams {
                     .filter(|v| !v.is_empty())
             })
     };
+    let get_list = |arg: &str, hdr: &str| get(arg, hdr).map(|s| list(&s)).unwrap_or_default();
     IngestParams {
-        msg_fields: get("_msg_field", "VL-Msg-Field")
-            .map(|s| list(&s))
-            .unwrap_or_default(),
+        msg_fields: get_list("_msg_field", "VL-Msg-Field"),
         time_field: get("_time_field", "VL-Time-Field"),
-        stream_fields: get("_stream_fields", "VL-Stream-Fields")
-            .map(|s| list(&s))
-            .unwrap_or_default(),
-        ignore_fields: get("ignore_fields", "VL-Ignore-Fields")
-            .map(|s| list(&s))
-            .unwrap_or_default(),
-        extra_fields: get("extra_fields", "VL-Extra-Fields")
-            .map(|s| {
-                list(&s)
-                    .into_iter()
-                    .filter_map(|kv| {
-                        kv.split_once('=')
-                            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-                    })
-                    .collect()
+        stream_fields: get_list("_stream_fields", "VL-Stream-Fields"),
+        ignore_fields: get_list("ignore_fields", "VL-Ignore-Fields"),
+        extra_fields: get_list("extra_fields", "VL-Extra-Fields")
+            .into_iter()
+            .filter_map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
             })
-            .unwrap_or_default(),
+            .collect(),
     }
 }
 
@@ -378,62 +428,50 @@ async fn do_ingest(
                 ),
             ))
         }
-        (Err(e), None) => Err(text(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "cannot read the request body{}: {e} ({} records before the error were stored)",
-                if gzip { " (gzip)" } else { "" },
-                stored.load(Ordering::Relaxed)
-            ),
-        )),
+        (Err(e), None) => Err(bad_request(format!(
+            "cannot read the request body{}: {e} ({} records before the error were stored)",
+            if gzip { " (gzip)" } else { "" },
+            stored.load(Ordering::Relaxed)
+        ))),
     }
 }
 
-async fn insert_jsonline(State(state): State<AppState>, req: Request) -> Response {
-    match do_ingest(state, req, Format::JsonLine).await {
-        Err(r) => r,
-        Ok((report, _)) => {
-            let status = if report.ingested == 0 && report.rejected > 0 {
-                StatusCode::BAD_REQUEST
-            } else {
-                StatusCode::OK
-            };
-            json(status, &report)
-        }
-    }
+async fn insert_jsonline(
+    State(state): State<AppState>,
+    req: Request,
+) -> Result<Response, Response> {
+    let (report, _) = do_ingest(state, req, Format::JsonLine).await?;
+    let status = if report.ingested == 0 && report.rejected > 0 {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    Ok(json(status, &report))
 }
 
-async fn insert_bulk(State(state): State<AppState>, req: Request) -> Response {
-    match do_ingest(state, req, Format::EsBulk).await {
-        Err(r) => r,
-        Ok((report, took)) => {
-            let items: Vec<serde_json::Value> = report
-                .bulk_items
-                .iter()
-                .map(|(status, err)| match err {
-                    None => serde_json::json!({"create": {"status": status}}),
-                    Some(reason) => serde_json::json!({"create": {"status": status, "error": {"type": "mapper_parsing_exception", "reason": reason}}}),
-                })
-                .collect();
-            let errors = report.bulk_items.iter().any(|(s, _)| *s >= 300) || report.rejected > 0;
-            json(
-                StatusCode::OK,
-                &serde_json::json!({"took": took, "errors": errors, "items": items}),
-            )
-        }
-    }
+async fn insert_bulk(State(state): State<AppState>, req: Request) -> Result<Response, Response> {
+    let (report, took) = do_ingest(state, req, Format::EsBulk).await?;
+    let items: Vec<serde_json::Value> = report
+        .bulk_items
+        .iter()
+        .map(|(status, err)| match err {
+            None => serde_json::json!({"create": {"status": status}}),
+            Some(reason) => serde_json::json!({"create": {"status": status, "error": {"type": "mapper_parsing_exception", "reason": reason}}}),
+        })
+        .collect();
+    let errors = report.bulk_items.iter().any(|(s, _)| *s >= 300) || report.rejected > 0;
+    Ok(json_ok(
+        &serde_json::json!({"took": took, "errors": errors, "items": items}),
+    ))
 }
 
 async fn es_info() -> Response {
-    let mut r = json(
-        StatusCode::OK,
-        &serde_json::json!({
-            "name": "esb-logstore",
-            "cluster_name": "esb",
-            "version": {"number": "8.9.0", "build_flavor": "default"},
-            "tagline": "You Know, for Search"
-        }),
-    );
+    let mut r = json_ok(&serde_json::json!({
+        "name": "esb-logstore",
+        "cluster_name": "esb",
+        "version": {"number": "8.9.0", "build_flavor": "default"},
+        "tagline": "You Know, for Search"
+    }));
     r.headers_mut()
         .insert("X-Elastic-Product", "Elasticsearch".parse().unwrap());
     r
@@ -447,29 +485,25 @@ fn streaming_body(rx: mpsc::Receiver<Result<Bytes, std::io::Error>>) -> Body {
     }))
 }
 
-async fn select_query(State(state): State<AppState>, req: Request) -> Response {
-    let args = match select_args(req, state.config.max_request_bytes).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let sel = match parse_select(&args) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let limit = match parse_limit(&args, "limit") {
-        Ok(l) => l,
-        Err(r) => return r,
-    };
+/// Appends `row` to `buf` as one JSON line.
+fn push_json_line(buf: &mut String, row: &logsql::Row, keep_order: bool) {
+    buf.push_str(&row_json(row, keep_order));
+    buf.push('\n');
+}
+
+async fn select_query(State(state): State<AppState>, req: Request) -> Result<Response, Response> {
+    let (args, sel) = select_request(&state, req).await?;
+    let limit = args.limit("limit")?;
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(8);
     let store = state.store.clone();
     let keep_order = sel.query.explicit_field_order();
     tokio::task::spawn_blocking(move || {
-        let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
+        const CHUNK: usize = 64 << 10;
+        let mut buf = String::with_capacity(CHUNK);
         let mut open = true;
         let res = query::run(&store, &sel.query, sel.start, sel.end, limit, &mut |row| {
-            buf.extend_from_slice(row_json(&row, keep_order).as_bytes());
-            buf.push(b'\n');
-            if buf.len() >= 64 << 10 {
+            push_json_line(&mut buf, &row, keep_order);
+            if buf.len() >= CHUNK {
                 open = tx
                     .blocking_send(Ok(Bytes::from(std::mem::take(&mut buf))))
                     .is_ok();
@@ -494,19 +528,17 @@ async fn select_query(State(state): State<AppState>, req: Request) -> Response {
     let first = match rx.recv().await {
         None => Bytes::new(),
         Some(Ok(b)) => b,
-        Some(Err(e)) => return io_error(e),
+        Some(Err(e)) => return Err(io_error(e)),
     };
     let rest = streaming_body(rx).into_data_stream();
     let body = futures::StreamExt::chain(
         futures::stream::once(async move { Ok::<_, axum::Error>(first) }),
         rest,
     );
-    Response::builder()
-        .header(header::CONTENT_TYPE, "application/stream+json")
-        .body(Body::from_stream(body))
-        .unwrap()
+    Ok(json_lines_response(Body::from_stream(body)))
 }
 
+/// Runs a store call off the async workers; its errors become responses.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> Result<T, Response> {
@@ -516,42 +548,14 @@ async fn blocking<T: Send + 'static>(
         .map_err(io_error)
 }
 
-async fn select_hits(State(state): State<AppState>, req: Request) -> Response {
-    let args = match select_args(req, state.config.max_request_bytes).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let sel = match parse_select(&args) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let step = match args.get("step").map(|s| (s, parse_duration(s))) {
-        None => 86_400_000_000_000,
-        Some((_, Some(d))) if d > 0 => d,
-        Some((s, _)) => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                format!("cannot parse step arg {s:?}: want a positive duration such as 1h"),
-            )
-        }
-    };
-    let offset = match args.get("offset").map(|s| (s, parse_duration(s))) {
-        None => 0,
-        Some((_, Some(d))) => d,
-        Some((s, None)) => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                format!("cannot parse offset arg {s:?}"),
-            )
-        }
-    };
-    let fields_limit = match parse_limit(&args, "fields_limit") {
-        Ok(l) => l,
-        Err(r) => return r,
-    };
+async fn select_hits(State(state): State<AppState>, req: Request) -> Result<Response, Response> {
+    let (args, sel) = select_request(&state, req).await?;
+    let step = args.step("1h")?;
+    let offset = args.duration("offset")?.unwrap_or(0);
+    let fields_limit = args.limit("fields_limit")?;
     let group_by = args.all("field");
     let store = state.store.clone();
-    match blocking(move || {
+    let hits = blocking(move || {
         query::hits(
             &store,
             &sel.query,
@@ -563,61 +567,39 @@ async fn select_hits(State(state): State<AppState>, req: Request) -> Response {
             fields_limit,
         )
     })
-    .await
-    {
-        Ok(h) => json(StatusCode::OK, &serde_json::json!({ "hits": h })),
-        Err(r) => r,
-    }
+    .await?;
+    Ok(json_ok(&serde_json::json!({ "hits": hits })))
 }
 
-async fn select_field_names(State(state): State<AppState>, req: Request) -> Response {
-    let args = match select_args(req, state.config.max_request_bytes).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let sel = match parse_select(&args) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+async fn select_field_names(
+    State(state): State<AppState>,
+    req: Request,
+) -> Result<Response, Response> {
+    let (args, sel) = select_request(&state, req).await?;
     let filter = args.get("filter").map(str::to_string);
     let store = state.store.clone();
-    match blocking(move || {
+    let values = blocking(move || {
         query::field_names(&store, &sel.query, sel.start, sel.end, filter.as_deref())
     })
-    .await
-    {
-        Ok(v) => json(StatusCode::OK, &serde_json::json!({ "values": v })),
-        Err(r) => r,
-    }
+    .await?;
+    Ok(json_ok(&serde_json::json!({ "values": values })))
 }
 
+/// `field_values`, or `streams` when `fixed_field` is `_stream`.
 async fn values_endpoint(
     state: AppState,
     req: Request,
     fixed_field: Option<&'static str>,
-) -> Response {
-    let args = match select_args(req, state.config.max_request_bytes).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let sel = match parse_select(&args) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let field = match fixed_field
+) -> Result<Response, Response> {
+    let (args, sel) = select_request(&state, req).await?;
+    let field = fixed_field
+        .or_else(|| args.get("field"))
         .map(str::to_string)
-        .or_else(|| args.get("field").map(str::to_string))
-    {
-        Some(f) => f,
-        None => return text(StatusCode::BAD_REQUEST, "missing field arg"),
-    };
-    let limit = match parse_limit(&args, "limit") {
-        Ok(l) => l,
-        Err(r) => return r,
-    };
+        .ok_or_else(|| bad_request("missing field arg"))?;
+    let limit = args.limit("limit")?;
     let filter = args.get("filter").map(str::to_string);
     let store = state.store.clone();
-    match blocking(move || {
+    let values = blocking(move || {
         query::field_values(
             &store,
             &sel.query,
@@ -628,124 +610,71 @@ async fn values_endpoint(
             filter.as_deref(),
         )
     })
-    .await
-    {
-        Ok(v) => json(StatusCode::OK, &serde_json::json!({ "values": v })),
-        Err(r) => r,
-    }
+    .await?;
+    Ok(json_ok(&serde_json::json!({ "values": values })))
 }
 
-async fn select_field_values(State(state): State<AppState>, req: Request) -> Response {
+async fn select_field_values(
+    State(state): State<AppState>,
+    req: Request,
+) -> Result<Response, Response> {
     values_endpoint(state, req, None).await
 }
 
-async fn select_streams(State(state): State<AppState>, req: Request) -> Response {
+async fn select_streams(State(state): State<AppState>, req: Request) -> Result<Response, Response> {
     values_endpoint(state, req, Some("_stream")).await
 }
 
+/// A Prometheus-style query answer.
 fn prom(result_type: &str, result: Vec<query::Series>) -> Response {
-    json(
-        StatusCode::OK,
+    json_ok(
         &serde_json::json!({"status": "success", "data": {"resultType": result_type, "result": result}}),
     )
 }
 
-async fn select_stats_query(State(state): State<AppState>, req: Request) -> Response {
-    let args = match select_args(req, state.config.max_request_bytes).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+async fn select_stats_query(
+    State(state): State<AppState>,
+    req: Request,
+) -> Result<Response, Response> {
+    let args = select_args(req, state.config.max_request_bytes).await?;
     let now = now_nanos();
-    let time = match args.get("time").map(|t| (t, parse_time_arg(t, now))) {
-        None => now,
-        Some((_, Some(t))) => t,
-        Some((t, None)) => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                format!("cannot parse time arg {t:?}"),
-            )
-        }
-    };
+    let time = args.time("time", now, "")?.unwrap_or(now);
     // Relative times in the query (`_time:1h`) count back from `time`.
-    let query = match logsql::parse(args.get("query").unwrap_or("*"), time) {
-        Ok(q) => q,
-        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
-    };
-    let start = match args.get("start").map(|v| (v, parse_time_arg(v, now))) {
-        None => i64::MIN,
-        Some((_, Some(t))) => t,
-        Some((v, None)) => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                format!("cannot parse start arg {v:?}"),
-            )
-        }
-    };
+    let query = logsql::parse(args.get("query").unwrap_or("*"), time)
+        .map_err(|e| bad_request(e.to_string()))?;
+    let start = args.time("start", now, "")?.unwrap_or(i64::MIN);
     let store = state.store.clone();
-    match blocking(move || query::stats_query(&store, &query, start, time.saturating_add(1))).await
-    {
-        Ok(r) => prom("vector", r),
-        Err(r) => r,
-    }
+    let series =
+        blocking(move || query::stats_query(&store, &query, start, time.saturating_add(1))).await?;
+    Ok(prom("vector", series))
 }
 
-async fn select_stats_query_range(State(state): State<AppState>, req: Request) -> Response {
-    let args = match select_args(req, state.config.max_request_bytes).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let sel = match parse_select(&args) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let step = match args.get("step").map(|s| (s, parse_duration(s))) {
-        None => 86_400_000_000_000,
-        Some((_, Some(d))) if d > 0 => d,
-        Some((s, _)) => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                format!("cannot parse step arg {s:?}: want a positive duration such as 1m"),
-            )
-        }
-    };
+async fn select_stats_query_range(
+    State(state): State<AppState>,
+    req: Request,
+) -> Result<Response, Response> {
+    let (args, sel) = select_request(&state, req).await?;
+    let step = args.step("1m")?;
     let end = if sel.end == i64::MAX {
         sel.now.saturating_add(1)
     } else {
         sel.end
     };
     let store = state.store.clone();
-    match blocking(move || query::stats_query_range(&store, &sel.query, sel.start, end, step)).await
-    {
-        Ok(r) => prom("matrix", r),
-        Err(r) => r,
-    }
+    let series =
+        blocking(move || query::stats_query_range(&store, &sel.query, sel.start, end, step))
+            .await?;
+    Ok(prom("matrix", series))
 }
 
-async fn select_tail(State(state): State<AppState>, req: Request) -> Response {
-    let args = match select_args(req, state.config.max_request_bytes).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let sel = match parse_select(&args) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+async fn select_tail(State(state): State<AppState>, req: Request) -> Result<Response, Response> {
+    let (args, sel) = select_request(&state, req).await?;
     if !sel.query.is_streamable() {
-        return text(
-            StatusCode::BAD_REQUEST,
+        return Err(bad_request(
             "live tailing does not support stats, sort, limit and other pipes that aggregate or reorder logs; only fields and filter pipes",
-        );
+        ));
     }
-    let start_offset = match args.get("start_offset").map(|s| (s, parse_duration(s))) {
-        None => None,
-        Some((_, Some(d))) => Some(d),
-        Some((s, None)) => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                format!("cannot parse start_offset arg {s:?}"),
-            )
-        }
-    };
+    let start_offset = args.duration("start_offset")?;
     let keep_order = sel.query.explicit_field_order();
     let mut sub = state.store.subscribe();
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
@@ -786,8 +715,7 @@ async fn select_tail(State(state): State<AppState>, req: Request) -> Response {
                     seen_seq = seq;
                     let mut buf = String::new();
                     for (_, r) in rows {
-                        buf.push_str(&row_json(&r, keep_order));
-                        buf.push('\n');
+                        push_json_line(&mut buf, &r, keep_order);
                     }
                     if !buf.is_empty() && tx.send(Ok(Bytes::from(buf))).await.is_err() {
                         return;
@@ -821,8 +749,7 @@ async fn select_tail(State(state): State<AppState>, req: Request) -> Response {
                                 continue;
                             }
                             pipeline.push(rec.to_row(), &mut |r| {
-                                buf.push_str(&row_json(&r, keep_order));
-                                buf.push('\n');
+                                push_json_line(&mut buf, &r, keep_order);
                                 true
                             });
                         }
@@ -838,9 +765,10 @@ async fn select_tail(State(state): State<AppState>, req: Request) -> Response {
             }
         }
     });
-    Response::builder()
-        .header(header::CONTENT_TYPE, "application/stream+json")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .body(streaming_body(rx))
-        .unwrap()
+    let mut response = json_lines_response(streaming_body(rx));
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-cache"),
+    );
+    Ok(response)
 }
