@@ -52,21 +52,19 @@ pub fn read_live(path: &Path) -> Option<Tracked> {
     })
 }
 
-/// Starts `esb ARGS…` detached (new session, stdin closed, output appended to `log`), and
-/// waits until it has written `pid_file` (ready) or has exited (an error with its log tail).
-pub fn spawn(args: &[String], pid_file: &Path, log: &Path, timeout: Duration) -> Result<Tracked> {
+/// `program ARGS…` ready to start detached: a session of its own (so a terminal's Ctrl-C
+/// does not reach it), stdin closed, stdout and stderr appended to `log`.
+pub fn detached(program: &std::ffi::OsStr, args: &[String], log: &Path) -> Result<Command> {
     use std::os::unix::process::CommandExt;
     if let Some(dir) = log.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
-    let _ = std::fs::remove_file(pid_file);
     let out = OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .with_context(|| format!("open {}", log.display()))?;
-    let exe = std::env::current_exe().context("locate the esb executable")?;
-    let mut cmd = Command::new(exe);
+    let mut cmd = Command::new(program);
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
@@ -78,7 +76,17 @@ pub fn spawn(args: &[String], pid_file: &Path, log: &Path, timeout: Duration) ->
             Ok(())
         });
     }
-    let mut child = cmd.spawn().context("start background process")?;
+    Ok(cmd)
+}
+
+/// Starts `esb ARGS…` detached (new session, stdin closed, output appended to `log`), and
+/// waits until it has written `pid_file` (ready) or has exited (an error with its log tail).
+pub fn spawn(args: &[String], pid_file: &Path, log: &Path, timeout: Duration) -> Result<Tracked> {
+    let _ = std::fs::remove_file(pid_file);
+    let exe = std::env::current_exe().context("locate the esb executable")?;
+    let mut child = detached(exe.as_os_str(), args, log)?
+        .spawn()
+        .context("start background process")?;
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(t) = read_live(pid_file) {
@@ -152,28 +160,9 @@ pub fn spawn_program(
     timeout: Duration,
     ready: impl Fn() -> bool,
 ) -> Result<Tracked> {
-    use std::os::unix::process::CommandExt;
-    if let Some(dir) = log.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    }
-    let out = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .with_context(|| format!("open {}", log.display()))?;
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out);
-    // SAFETY: setsid(2) is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().with_context(|| format!("run {program}"))?;
+    let mut child = detached(program.as_ref(), args, log)?
+        .spawn()
+        .with_context(|| format!("run {program}"))?;
     let pid = child.id() as i32;
     let st = start_time(pid).context("read the new process's start time")?;
     let tmp = pid_file.with_extension("tmp");

@@ -312,30 +312,14 @@ pub fn up(state: &StateArgs, a: &UpArgs) -> Result<()> {
     }
     // Background: the same command in the foreground, detached, logging to box.log.
     let log = boxd::log_file(&plan.state, "box");
-    std::fs::create_dir_all(log.parent().unwrap())?;
     let offset = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     args.push("--foreground".into());
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)?;
-    let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    cmd.args(&args)
+    let mut child = daemon::detached(std::env::current_exe()?.as_os_str(), &args, &log)?
         .env("ESB_STATE_DIR", &plan.state)
         .env("ESB_TEMPLATE", &plan.template)
-        .stdin(std::process::Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out);
-    // SAFETY: setsid(2) is async-signal-safe.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().context("start the box process")?;
+        .spawn()
+        .context("start the box process")?;
     let show = std::io::stderr().is_terminal() || std::env::var_os("ESB_PROGRESS").is_some();
     let mut shown = offset;
     let started = Instant::now();

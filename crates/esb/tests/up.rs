@@ -64,24 +64,7 @@ fn e2e_suite_through_real_clients_then_down_leaves_nothing() {
     assert_eq!(b.status()["pid"].as_i64().unwrap(), pid);
 
     // The suite, through real clients only.
-    let out = b
-        .python(&[
-            "-m",
-            "pytest",
-            "-v",
-            "-p",
-            "no:cacheprovider",
-            "test_box.py",
-        ])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{text}");
-    assert!(out.status.success(), "test_box.py failed:\n{text}");
+    b.pytest("test_box.py");
 
     // `esb invoke --async`: the Event invocation type, accepted with a request id.
     let queued = b.ok(&[
@@ -345,23 +328,7 @@ fn the_example_application_is_served_without_a_template_flag() {
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("runs where AWS is not"), "{body}");
     // The example's walk-through with real clients (requests, boto3).
-    let out = b
-        .python(&[
-            "-m",
-            "pytest",
-            "-v",
-            "-p",
-            "no:cacheprovider",
-            "test_examples.py",
-        ])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "test_examples.py failed:\n{text}");
+    b.pytest("test_examples.py");
     b.down_clean();
 }
 

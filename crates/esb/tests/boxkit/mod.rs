@@ -270,6 +270,21 @@ impl TestBox {
         c
     }
 
+    /// Runs a pytest file of crates/esb/tests/e2e against this box; it must pass.
+    pub fn pytest(&self, file: &str) {
+        let out = self
+            .python(&["-m", "pytest", "-v", "-p", "no:cacheprovider", file])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!("{text}");
+        assert!(out.status.success(), "{file} failed:\n{text}");
+    }
+
     /// An IdToken from the auth endpoint (curl).
     pub fn token(&self) -> String {
         let s = self.secrets();

@@ -348,15 +348,18 @@ def test_chain_sync_and_event_share_one_trace_root(http, token):
     assert a["event_status"] == 202
 
     def found():
-        names = {rec.get("function_name") for rec in logs_by_trace(root)}
-        return names if {"chain", "echo", "recorder"} <= names else None
+        records = logs_by_trace(root)
+        names = {rec.get("function_name") for rec in records}
+        # A function's lines may arrive in more than one batch: wait for the recorder's
+        # own line, not just any of its records.
+        recorded = [
+            rec for rec in records
+            if rec.get("function_name") == "recorder" and "recorder: got" in rec.get("_msg", "")
+        ]
+        return recorded if {"chain", "echo", "recorder"} <= names and recorded else None
 
-    poll(f"log records of chain, echo and recorder with trace {root}", found)
-    recorded = [
-        rec for rec in logs_by_trace(root)
-        if rec.get("function_name") == "recorder" and "recorder: got" in rec.get("_msg", "")
-    ]
-    assert recorded and "e2e chain" in recorded[0]["_msg"]
+    recorded = poll(f"log records of chain, echo and recorder with trace {root}", found)
+    assert "e2e chain" in recorded[0]["_msg"]
 
 
 # --- Lambda Invoke API --------------------------------------------------------------------
