@@ -452,10 +452,69 @@ impl Parser<'_> {
         r
     }
 
+    /// Consumes the next bare keyword if it is `kw`.
+    fn eat_keyword(&mut self, kw: &str) -> bool {
+        let save = self.i;
+        match self.lit() {
+            Ok(Some(l)) if Self::is_keyword(&l, kw) => true,
+            _ => {
+                self.i = save;
+                false
+            }
+        }
+    }
+
+    /// Consumes `c` if it comes next (after white space).
+    fn eat(&mut self, c: char) -> bool {
+        self.skip_ws();
+        let found = self.peek() == Some(c);
+        if found {
+            self.i += 1;
+        }
+        found
+    }
+
+    /// Reads a word or quoted string that must be there; `missing` says what was expected.
+    fn required_lit(&mut self, missing: &str) -> Result<Lit, ParseError> {
+        self.lit()?.ok_or_else(|| self.err(missing))
+    }
+
+    /// Reads `(item, item, ...)`: the commas are optional, the list may be empty.
+    fn parenthesized<T>(
+        &mut self,
+        mut item: impl FnMut(&mut Self) -> Result<T, ParseError>,
+    ) -> Result<Vec<T>, ParseError> {
+        self.expect('(')?;
+        let mut items = Vec::new();
+        while !self.eat(')') {
+            items.push(item(self)?);
+            self.eat(',');
+        }
+        Ok(items)
+    }
+
+    /// A filter group in parentheses, whose bare words search `field`.
+    fn parse_group(&mut self, field: &str) -> Result<Filter, ParseError> {
+        self.expect('(')?;
+        let f = self.parse_or(field)?;
+        self.expect(')')?;
+        Ok(f)
+    }
+
+    /// The filter a bare word (or phrase) makes on `field`; comparison and regexp
+    /// operators written as words are refused.
+    fn word(&self, field: &str, lit: Lit) -> Result<Filter, ParseError> {
+        if !lit.quoted
+            && (lit.text.starts_with('~') || lit.text.starts_with('>') || lit.text.starts_with('<'))
+        {
+            return Err(self.err_at(lit.pos, format!("unsupported LogsQL filter {:?}", lit.text)));
+        }
+        Ok(word_filter(field, lit))
+    }
+
     fn parse_or(&mut self, field: &str) -> Result<Filter, ParseError> {
         let mut parts = vec![self.parse_and(field)?];
-        while self.peek_keyword("or") {
-            self.lit()?;
+        while self.eat_keyword("or") {
             parts.push(self.parse_and(field)?);
         }
         Ok(if parts.len() == 1 {
@@ -476,8 +535,7 @@ impl Parser<'_> {
             if self.peek_keyword("or") {
                 break;
             }
-            if self.peek_keyword("and") {
-                self.lit()?;
+            if self.eat_keyword("and") {
                 if parts.is_empty() {
                     return Err(self.err("'and' needs a filter on its left"));
                 }
@@ -512,10 +570,7 @@ impl Parser<'_> {
                 self.i += 1;
                 Ok(Filter::Not(Box::new(self.parse_unary(field)?)))
             }
-            _ if self.peek_keyword("not") => {
-                self.lit()?;
-                Ok(Filter::Not(Box::new(self.parse_unary(field)?)))
-            }
+            _ if self.eat_keyword("not") => Ok(Filter::Not(Box::new(self.parse_unary(field)?))),
             _ => self.parse_primary(field),
         }
     }
@@ -523,16 +578,11 @@ impl Parser<'_> {
     fn parse_primary(&mut self, field: &str) -> Result<Filter, ParseError> {
         self.skip_ws();
         match self.peek() {
-            Some('(') => {
-                self.i += 1;
-                let f = self.parse_or(field)?;
-                self.expect(')')?;
-                Ok(f)
-            }
+            Some('(') => self.parse_group(field),
             Some('{') => self.parse_stream_selector(),
             Some(c @ (')' | ',' | ':' | '}' | '=')) => Err(self.err(format!("unexpected {c:?}"))),
             _ => {
-                let lit = self.lit()?.ok_or_else(|| self.err("expected a filter"))?;
+                let lit = self.required_lit("expected a filter")?;
                 if self.peek() == Some('(') && !lit.quoted {
                     return Err(self.err_at(
                         lit.pos,
@@ -546,16 +596,7 @@ impl Parser<'_> {
                 if !lit.quoted && lit.text == "*" {
                     return Ok(Filter::Any);
                 }
-                if !lit.quoted
-                    && (lit.text.starts_with('~')
-                        || lit.text.starts_with('>')
-                        || lit.text.starts_with('<'))
-                {
-                    return Err(
-                        self.err_at(lit.pos, format!("unsupported LogsQL filter {:?}", lit.text))
-                    );
-                }
-                Ok(word_filter(field, lit))
+                self.word(field, lit)
             }
         }
     }
@@ -573,20 +614,13 @@ impl Parser<'_> {
         self.skip_ws();
         match self.peek() {
             Some('{') if field == "_stream" => self.parse_stream_selector(),
-            Some('(') => {
-                self.i += 1;
-                let f = self.parse_or(&field)?;
-                self.expect(')')?;
-                Ok(f)
-            }
+            Some('(') => self.parse_group(&field),
             Some('=') => {
                 self.i += 1;
                 if self.peek() == Some('~') {
                     return Err(self.err("regexp filters (:~) are not supported"));
                 }
-                let lit = self
-                    .lit()?
-                    .ok_or_else(|| self.err("expected a value after ':='"))?;
+                let lit = self.required_lit("expected a value after ':='")?;
                 Ok(if lit.star {
                     Filter::ExactPrefix {
                         field,
@@ -614,16 +648,7 @@ impl Parser<'_> {
                 if !lit.quoted && lit.text == "*" {
                     return Ok(Filter::NonEmpty { field });
                 }
-                if !lit.quoted
-                    && (lit.text.starts_with('~')
-                        || lit.text.starts_with('>')
-                        || lit.text.starts_with('<'))
-                {
-                    return Err(
-                        self.err_at(lit.pos, format!("unsupported LogsQL filter {:?}", lit.text))
-                    );
-                }
-                Ok(word_filter(&field, lit))
+                self.word(&field, lit)
             }
         }
     }
@@ -643,14 +668,13 @@ impl Parser<'_> {
                 let (a, b) = inner.split_once(',').ok_or_else(|| {
                     self.err("a _time range needs two bounds: _time:[start, end)")
                 })?;
-                let a_pos = self.i + 1;
-                let b_pos = self.i + 2 + a.chars().count();
-                let start = parse_time_arg(a, self.now).ok_or_else(|| {
-                    self.err_at(a_pos, format!("cannot parse time {:?}", a.trim()))
-                })?;
-                let end = parse_time_arg(b, self.now).ok_or_else(|| {
-                    self.err_at(b_pos, format!("cannot parse time {:?}", b.trim()))
-                })?;
+                let bound = |text: &str, pos: usize| {
+                    parse_time_arg(text, self.now).ok_or_else(|| {
+                        self.err_at(pos, format!("cannot parse time {:?}", text.trim()))
+                    })
+                };
+                let start = bound(a, self.i + 1)?;
+                let end = bound(b, self.i + 2 + a.chars().count())?;
                 self.i = close_at + 1;
                 let start = if open == '(' {
                     start.saturating_add(1)
@@ -715,9 +739,7 @@ impl Parser<'_> {
                 self.i += 1;
                 break;
             }
-            let name = self
-                .lit()?
-                .ok_or_else(|| self.err("expected a stream field name"))?;
+            let name = self.required_lit("expected a stream field name")?;
             self.skip_ws();
             let op = match (self.peek(), self.peek_at(1)) {
                 (Some('='), Some('~')) | (Some('!'), Some('~')) => {
@@ -725,13 +747,11 @@ impl Parser<'_> {
                 }
                 (Some('='), _) => {
                     self.i += 1;
-                    let v = self.lit()?.ok_or_else(|| self.err("expected a value"))?;
-                    StreamOp::Eq(v.text)
+                    StreamOp::Eq(self.required_lit("expected a value")?.text)
                 }
                 (Some('!'), Some('=')) => {
                     self.i += 2;
-                    let v = self.lit()?.ok_or_else(|| self.err("expected a value"))?;
-                    StreamOp::Ne(v.text)
+                    StreamOp::Ne(self.required_lit("expected a value")?.text)
                 }
                 _ => {
                     let save = self.i;
@@ -746,24 +766,8 @@ impl Parser<'_> {
                             );
                         }
                     };
-                    self.expect('(')?;
-                    let mut vs = Vec::new();
-                    loop {
-                        self.skip_ws();
-                        if self.peek() == Some(')') {
-                            self.i += 1;
-                            break;
-                        }
-                        vs.push(
-                            self.lit()?
-                                .ok_or_else(|| self.err("expected a value"))?
-                                .text,
-                        );
-                        self.skip_ws();
-                        if self.peek() == Some(',') {
-                            self.i += 1;
-                        }
-                    }
+                    let vs =
+                        self.parenthesized(|p| Ok(p.required_lit("expected a value")?.text))?;
                     if negate {
                         StreamOp::NotIn(vs)
                     } else {
@@ -783,9 +787,7 @@ impl Parser<'_> {
     }
 
     fn field_name(&mut self) -> Result<String, ParseError> {
-        let l = self
-            .lit()?
-            .ok_or_else(|| self.err("expected a field name"))?;
+        let l = self.required_lit("expected a field name")?;
         Ok(if l.star {
             format!("{}*", l.text)
         } else {
@@ -821,7 +823,7 @@ impl Parser<'_> {
     }
 
     fn number(&mut self) -> Result<usize, ParseError> {
-        let l = self.lit()?.ok_or_else(|| self.err("expected a number"))?;
+        let l = self.required_lit("expected a number")?;
         l.text.parse().map_err(|_| {
             self.err_at(
                 l.pos,
@@ -833,50 +835,31 @@ impl Parser<'_> {
     fn parse_pipe(&mut self) -> Result<Pipe, ParseError> {
         self.skip_ws();
         let pos = self.i;
-        let name = self
-            .lit()?
-            .ok_or_else(|| self.err("expected a pipe name after '|'"))?;
+        let name = self.required_lit("expected a pipe name after '|'")?;
         match name.text.to_ascii_lowercase().as_str() {
             "sort" | "order" => {
-                if self.peek_keyword("by") {
-                    self.lit()?;
-                }
-                self.expect('(')?;
-                let mut keys = Vec::new();
-                loop {
-                    self.skip_ws();
-                    if self.peek() == Some(')') {
-                        self.i += 1;
-                        break;
+                self.eat_keyword("by");
+                let mut keys = self.parenthesized(|p| {
+                    let f = p.field_name()?;
+                    let desc = p.eat_keyword("desc");
+                    if !desc {
+                        p.eat_keyword("asc");
                     }
-                    let f = self.field_name()?;
-                    let mut desc = false;
-                    if self.peek_keyword("desc") {
-                        self.lit()?;
-                        desc = true;
-                    } else if self.peek_keyword("asc") {
-                        self.lit()?;
-                    }
-                    keys.push((f, desc));
-                    self.skip_ws();
-                    if self.peek() == Some(',') {
-                        self.i += 1;
-                    }
-                }
+                    Ok((f, desc))
+                })?;
                 if keys.is_empty() {
                     return Err(self.err_at(pos, "sort needs at least one field"));
                 }
-                if self.peek_keyword("desc") {
-                    self.lit()?;
+                if self.eat_keyword("desc") {
                     for k in &mut keys {
                         k.1 = !k.1;
                     }
                 }
-                let mut limit = None;
-                if self.peek_keyword("limit") {
-                    self.lit()?;
-                    limit = Some(self.number()?);
-                }
+                let limit = if self.eat_keyword("limit") {
+                    Some(self.number()?)
+                } else {
+                    None
+                };
                 Ok(Pipe::Sort { keys, limit })
             }
             "limit" | "head" => {
@@ -895,35 +878,19 @@ impl Parser<'_> {
 
     fn parse_stats(&mut self) -> Result<Pipe, ParseError> {
         let mut by = Vec::new();
-        if self.peek_keyword("by") {
-            self.lit()?;
+        if self.eat_keyword("by") {
             by = self.field_list()?;
         }
         let mut funcs = Vec::new();
         loop {
             self.skip_ws();
             let pos = self.i;
-            let f = self
-                .lit()?
-                .ok_or_else(|| self.err("expected a stats function such as count()"))?;
+            let f = self.required_lit("expected a stats function such as count()")?;
             let kind = f.text.to_ascii_lowercase();
             if !["count", "count_uniq", "sum", "min", "max", "avg"].contains(&kind.as_str()) {
                 return Err(self.err_at(pos, format!("unsupported stats function {:?}", f.text)));
             }
-            self.expect('(')?;
-            let mut fields = Vec::new();
-            loop {
-                self.skip_ws();
-                if self.peek() == Some(')') {
-                    self.i += 1;
-                    break;
-                }
-                fields.push(self.field_name()?);
-                self.skip_ws();
-                if self.peek() == Some(',') {
-                    self.i += 1;
-                }
-            }
+            let fields = self.parenthesized(Self::field_name)?;
             if kind != "count" && fields.is_empty() {
                 return Err(self.err_at(pos, format!("{kind}() needs a field")));
             }
@@ -933,8 +900,7 @@ impl Parser<'_> {
                 fields.join(", ")
             };
             let mut name = format!("{kind}({args})");
-            if self.peek_keyword("as") {
-                self.lit()?;
+            if self.eat_keyword("as") {
                 name = self.field_name()?;
             } else {
                 // `count() name` is allowed too, unless the next word starts a clause.
@@ -950,12 +916,9 @@ impl Parser<'_> {
                 }
             }
             funcs.push(StatsFunc { kind, fields, name });
-            self.skip_ws();
-            if self.peek() == Some(',') {
-                self.i += 1;
-                continue;
+            if !self.eat(',') {
+                break;
             }
-            break;
         }
         if self.peek_keyword("by") {
             if !by.is_empty() {

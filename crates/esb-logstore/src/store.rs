@@ -674,6 +674,20 @@ impl Active {
         a.unindexed = unindexed;
         Ok(a)
     }
+
+    /// Writes the index file that seals this segment (see [`write_index`]).
+    fn write_index(&mut self, dir: &Path) -> io::Result<()> {
+        write_index(
+            dir,
+            self.id,
+            self.len,
+            self.count,
+            self.min_time,
+            self.max_time,
+            &self.unindexed,
+            &mut self.entries,
+        )
+    }
 }
 
 /// Storage statistics.
@@ -721,16 +735,7 @@ impl Store {
                 active = Some(a);
             } else {
                 // A segment that was being sealed when the process stopped: finish the job.
-                write_index(
-                    dir,
-                    id,
-                    a.len,
-                    a.count,
-                    a.min_time,
-                    a.max_time,
-                    &a.unindexed,
-                    &mut a.entries,
-                )?;
+                a.write_index(dir)?;
                 sealed.push(Arc::new(
                     Sealed::load(dir, id)
                         .ok_or_else(|| io::Error::other("index rebuild failed"))?,
@@ -856,16 +861,7 @@ impl Store {
             return Ok(());
         }
         a.file.sync_all()?;
-        write_index(
-            &self.dir,
-            a.id,
-            a.len,
-            a.count,
-            a.min_time,
-            a.max_time,
-            &a.unindexed,
-            &mut a.entries,
-        )?;
+        a.write_index(&self.dir)?;
         let sealed = Sealed::load(&self.dir, a.id)
             .ok_or_else(|| io::Error::other("cannot reload a sealed index"))?;
         self.bytes_total
