@@ -41,6 +41,22 @@ impl DdbError {
         DdbError::new("SerializationException", message)
     }
 
+    /// `ValidationException` for a required member left out; `path` names it as DynamoDB's
+    /// messages do (`tableName`, `requestItems.keys`).
+    pub(crate) fn missing_member(path: &str) -> DdbError {
+        DdbError::validation(format!(
+            "1 validation error detected: Value null at '{path}' failed to satisfy constraint: Member must not be null"
+        ))
+    }
+
+    /// `ValidationException` for a value outside the set a member allows.
+    pub(crate) fn not_in_enum(value: &str, path: &str, allowed: &[&str]) -> DdbError {
+        DdbError::validation(format!(
+            "1 validation error detected: Value '{value}' at '{path}' failed to satisfy constraint: Member must satisfy enum value set: [{}]",
+            allowed.join(", ")
+        ))
+    }
+
     /// `ResourceNotFoundException`.
     pub fn not_found(message: impl Into<String>) -> DdbError {
         DdbError::new("ResourceNotFoundException", message)

@@ -182,6 +182,24 @@ pub struct KeyCond {
     pub range: Option<RangeCond>,
 }
 
+impl KeyCond {
+    /// The key condition made of the parts found; the partition key (named `hash`) must
+    /// have had one.
+    pub(crate) fn from_parts(
+        hash: &str,
+        hash_value: Option<Value>,
+        range: Option<RangeCond>,
+    ) -> Result<KeyCond> {
+        let hash_value = hash_value.ok_or_else(|| {
+            DdbError::validation(format!("Query condition missed key schema element: {hash}"))
+        })?;
+        Ok(KeyCond {
+            hash: hash_value,
+            range,
+        })
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Placeholders
 
@@ -1083,13 +1101,7 @@ pub fn parse_key_condition(
             )));
         }
     }
-    let hash_v = hash_v.ok_or_else(|| {
-        DdbError::validation(format!("Query condition missed key schema element: {hash}"))
-    })?;
-    Ok(KeyCond {
-        hash: hash_v,
-        range: range_c,
-    })
+    KeyCond::from_parts(hash, hash_v, range_c)
 }
 
 fn flatten_and(c: Cond, out: &mut Vec<Cond>, kind: &str) -> Result<()> {

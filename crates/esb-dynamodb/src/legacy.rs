@@ -216,13 +216,7 @@ pub fn key_conditions(req: &Json, hash: &str, range: Option<&str>) -> Result<Key
             ));
         }
     }
-    let hash_v = hash_v.ok_or_else(|| {
-        DdbError::validation(format!("Query condition missed key schema element: {hash}"))
-    })?;
-    Ok(KeyCond {
-        hash: hash_v,
-        range: range_c,
-    })
+    KeyCond::from_parts(hash, hash_v, range_c)
 }
 
 /// `AttributeUpdates` as an update.

@@ -146,17 +146,27 @@ async fn dispatch_json(db: &Arc<Db>, op: &str, req: Json) -> Result<Json> {
 // ---------------------------------------------------------------------------------------
 // Request helpers
 
+/// The member `field` of the request, unless absent or null.
 fn present<'a>(req: &'a Json, field: &str) -> Option<&'a Json> {
     req.get(field).filter(|v| !v.is_null())
 }
 
+/// How DynamoDB's messages name a request member: `TableName` is `tableName`.
+fn member_path(field: &str) -> String {
+    let mut path = field.to_owned();
+    if let Some(first) = path.get_mut(0..1) {
+        first.make_ascii_lowercase();
+    }
+    path
+}
+
+/// The member `field`, which the request must have.
+fn required<'a>(req: &'a Json, field: &str) -> Result<&'a Json> {
+    present(req, field).ok_or_else(|| DdbError::missing_member(&member_path(field)))
+}
+
 fn table_name(req: &Json) -> Result<String> {
-    let name = present(req, "TableName").ok_or_else(|| {
-        DdbError::validation(
-            "1 validation error detected: Value null at 'tableName' failed to satisfy constraint: Member must not be null",
-        )
-    })?;
-    let name = name
+    let name = required(req, "TableName")?
         .as_str()
         .ok_or_else(|| DdbError::serialization("TableName must be a string"))?;
     table::validate_name(name, "tableName")?;
@@ -183,31 +193,45 @@ fn enum_field<'a>(
     if allowed.contains(&v) {
         Ok(v)
     } else {
-        let camel = {
-            let mut c = field.to_owned();
-            if let Some(f) = c.get_mut(0..1) {
-                f.make_ascii_lowercase();
-            }
-            c
-        };
-        Err(DdbError::validation(format!(
-            "1 validation error detected: Value '{v}' at '{camel}' failed to satisfy constraint: Member must satisfy enum value set: [{}]",
-            allowed.join(", ")
-        )))
+        Err(DdbError::not_in_enum(v, &member_path(field), allowed))
     }
 }
 
+/// ReturnValuesOnConditionCheckFailure: whether a failed condition returns the old item.
+fn return_old_on_condition_failure(req: &Json) -> Result<bool> {
+    let v = enum_field(
+        req,
+        "ReturnValuesOnConditionCheckFailure",
+        &["ALL_OLD", "NONE"],
+        "NONE",
+    )?;
+    Ok(v == "ALL_OLD")
+}
+
+/// The ReturnValues of an operation that can return only the old item (PutItem,
+/// DeleteItem): whether it asks for it.
+fn return_old_item(req: &Json) -> Result<bool> {
+    let rv = return_values(req)?;
+    if rv != "NONE" && rv != "ALL_OLD" {
+        return Err(DdbError::validation(
+            "ReturnValues can only be ALL_OLD or NONE",
+        ));
+    }
+    Ok(rv == "ALL_OLD")
+}
+
+/// ReturnValues, one of the values DynamoDB knows.
+fn return_values(req: &Json) -> Result<&str> {
+    enum_field(
+        req,
+        "ReturnValues",
+        &["NONE", "ALL_OLD", "UPDATED_OLD", "ALL_NEW", "UPDATED_NEW"],
+        "NONE",
+    )
+}
+
 fn item_field(req: &Json, field: &str) -> Result<Item> {
-    let v = present(req, field).ok_or_else(|| {
-        let mut c = field.to_owned();
-        if let Some(f) = c.get_mut(0..1) {
-            f.make_ascii_lowercase();
-        }
-        DdbError::validation(format!(
-            "1 validation error detected: Value null at '{c}' failed to satisfy constraint: Member must not be null"
-        ))
-    })?;
-    item_from_json(v)
+    item_from_json(required(req, field)?)
 }
 
 fn check_item_size(item: &Item) -> Result<()> {
@@ -234,6 +258,18 @@ fn parse_exprs(req: &Json, ph: &Placeholders, cond_field: &'static str) -> Resul
     Ok(Exprs { cond, projection })
 }
 
+/// The condition of a write, which takes no projection; `op` names the operation in the
+/// error ("a PutItem").
+fn write_condition(req: &Json, ph: &Placeholders, op: &str) -> Result<Option<Cond>> {
+    let ex = parse_exprs(req, ph, "ConditionExpression")?;
+    if ex.projection.is_some() {
+        return Err(DdbError::validation(format!(
+            "ProjectionExpression is not {op} parameter"
+        )));
+    }
+    Ok(ex.cond)
+}
+
 /// ProjectionExpression, or the legacy AttributesToGet.
 fn projection_of(req: &Json, ph: &Placeholders) -> Result<Option<Vec<Path>>> {
     match opt_str(req, "ProjectionExpression")? {
@@ -249,11 +285,37 @@ fn attrs_response(item: Option<&Item>) -> Json {
     }
 }
 
+/// The answer of PutItem and DeleteItem: the old item's attributes if asked for.
+fn old_attrs_response(return_old: bool, old: Option<&Item>) -> Json {
+    if return_old {
+        attrs_response(old)
+    } else {
+        json!({})
+    }
+}
+
+/// The item with only the projected attributes, if there is a projection.
+fn projected(projection: Option<&[Path]>, item: Item) -> Item {
+    match projection {
+        Some(p) => project(p, &item),
+        None => item,
+    }
+}
+
 fn condition_failed(old: Option<&Item>, return_old: bool) -> DdbError {
     let e = DdbError::conditional_failed();
     match (old, return_old) {
         (Some(o), true) => e.with_extra(json!({"Item": item_to_json(o)})),
         _ => e,
+    }
+}
+
+/// Checks an operation's condition against the current item (a missing item reads as
+/// empty); `return_old` puts the item into the error.
+fn check_condition(cond: Option<&Cond>, old: Option<&Item>, return_old: bool) -> Result<()> {
+    match cond {
+        Some(c) if !eval(c, old.unwrap_or(&Item::new())) => Err(condition_failed(old, return_old)),
+        _ => Ok(()),
     }
 }
 
@@ -377,9 +439,7 @@ async fn update_table(db: &Arc<Db>, req: Json) -> Result<Json> {
         }
         if let Some(b) = opt_str(&req, "BillingMode")? {
             if b != "PROVISIONED" && b != "PAY_PER_REQUEST" {
-                return Err(DdbError::validation(format!(
-                    "1 validation error detected: Value '{b}' at 'billingMode' failed to satisfy constraint: Member must satisfy enum value set: [PROVISIONED, PAY_PER_REQUEST]"
-                )));
+                return Err(DdbError::not_in_enum(b, "billingMode", &["PROVISIONED", "PAY_PER_REQUEST"]));
             }
             meta.billing = b.to_owned();
             if b == "PAY_PER_REQUEST" {
@@ -479,9 +539,7 @@ async fn update_table(db: &Arc<Db>, req: Json) -> Result<Json> {
 
 async fn update_ttl(db: &Arc<Db>, req: Json) -> Result<Json> {
     let name = table_name(&req)?;
-    let spec = present(&req, "TimeToLiveSpecification").cloned().ok_or_else(|| {
-        DdbError::validation("1 validation error detected: Value null at 'timeToLiveSpecification' failed to satisfy constraint: Member must not be null")
-    })?;
+    let spec = required(&req, "TimeToLiveSpecification")?.clone();
     let enabled = spec["Enabled"]
         .as_bool()
         .ok_or_else(|| DdbError::validation("TimeToLiveSpecification.Enabled is required"))?;
@@ -585,33 +643,11 @@ async fn put_item(db: &Arc<Db>, req: Json) -> Result<Json> {
     legacy::check_mixing(&req)?;
     let item = item_field(&req, "Item")?;
     check_item_size(&item)?;
-    let rv = enum_field(
-        &req,
-        "ReturnValues",
-        &["NONE", "ALL_OLD", "UPDATED_OLD", "ALL_NEW", "UPDATED_NEW"],
-        "NONE",
-    )?;
-    if rv != "NONE" && rv != "ALL_OLD" {
-        return Err(DdbError::validation(
-            "ReturnValues can only be ALL_OLD or NONE",
-        ));
-    }
-    let return_old = rv == "ALL_OLD";
-    let rvcf = enum_field(
-        &req,
-        "ReturnValuesOnConditionCheckFailure",
-        &["ALL_OLD", "NONE"],
-        "NONE",
-    )? == "ALL_OLD";
+    let return_old = return_old_item(&req)?;
+    let rvcf = return_old_on_condition_failure(&req)?;
     let ph = Placeholders::from_request(&req)?;
-    let ex = parse_exprs(&req, &ph, "ConditionExpression")?;
-    if ex.projection.is_some() {
-        return Err(DdbError::validation(
-            "ProjectionExpression is not a PutItem parameter",
-        ));
-    }
+    let cond = write_condition(&req, &ph, "a PutItem")?;
     ph.check_unused()?;
-    let cond = ex.cond;
     db.write(move |ctx| {
         let meta = ctx.table(&name)?;
         meta.validate_item_key(&item)?;
@@ -621,17 +657,9 @@ async fn put_item(db: &Arc<Db>, req: Json) -> Result<Json> {
         } else {
             store::get(ctx.conn, &meta, &meta.key(&item))?
         };
-        if let Some(c) = &cond {
-            if !eval(c, old.as_ref().unwrap_or(&Item::new())) {
-                return Err(condition_failed(old.as_ref(), rvcf));
-            }
-        }
+        check_condition(cond.as_ref(), old.as_ref(), rvcf)?;
         store::put(ctx.conn, &meta, &item, old.as_ref())?;
-        Ok(if return_old {
-            attrs_response(old.as_ref())
-        } else {
-            json!({})
-        })
+        Ok(old_attrs_response(return_old, old.as_ref()))
     })
     .await
 }
@@ -711,32 +739,15 @@ async fn update_item(db: &Arc<Db>, req: Json) -> Result<Json> {
     let name = table_name(&req)?;
     legacy::check_mixing(&req)?;
     let key = item_field(&req, "Key")?;
-    let rv = enum_field(
-        &req,
-        "ReturnValues",
-        &["NONE", "ALL_OLD", "UPDATED_OLD", "ALL_NEW", "UPDATED_NEW"],
-        "NONE",
-    )?
-    .to_owned();
-    let rvcf = enum_field(
-        &req,
-        "ReturnValuesOnConditionCheckFailure",
-        &["ALL_OLD", "NONE"],
-        "NONE",
-    )? == "ALL_OLD";
+    let rv = return_values(&req)?.to_owned();
+    let rvcf = return_old_on_condition_failure(&req)?;
     let ph = Placeholders::from_request(&req)?;
     let update = match opt_str(&req, "UpdateExpression")? {
         Some(s) => Some(parse_update(s, &ph)?),
         None => legacy::attribute_updates(&req)?,
     };
-    let ex = parse_exprs(&req, &ph, "ConditionExpression")?;
-    if ex.projection.is_some() {
-        return Err(DdbError::validation(
-            "ProjectionExpression is not an UpdateItem parameter",
-        ));
-    }
+    let cond = write_condition(&req, &ph, "an UpdateItem")?;
     ph.check_unused()?;
-    let cond = ex.cond;
     db.write(move |ctx| {
         let meta = ctx.table(&name)?;
         meta.validate_key(&key)?;
@@ -744,11 +755,7 @@ async fn update_item(db: &Arc<Db>, req: Json) -> Result<Json> {
             check_key_not_updated(&meta, u)?;
         }
         let old = store::get(ctx.conn, &meta, &meta.key(&key))?;
-        if let Some(c) = &cond {
-            if !eval(c, old.as_ref().unwrap_or(&Item::new())) {
-                return Err(condition_failed(old.as_ref(), rvcf));
-            }
-        }
+        check_condition(cond.as_ref(), old.as_ref(), rvcf)?;
         let new = updated_item(&meta, &key, old.as_ref(), update.as_ref())?;
         store::put(ctx.conn, &meta, &new, old.as_ref())?;
         let paths = update.as_ref().map(update_paths).unwrap_or_default();
@@ -769,24 +776,8 @@ async fn delete_item(db: &Arc<Db>, req: Json) -> Result<Json> {
     let name = table_name(&req)?;
     legacy::check_mixing(&req)?;
     let key = item_field(&req, "Key")?;
-    let rv = enum_field(
-        &req,
-        "ReturnValues",
-        &["NONE", "ALL_OLD", "UPDATED_OLD", "ALL_NEW", "UPDATED_NEW"],
-        "NONE",
-    )?;
-    if rv != "NONE" && rv != "ALL_OLD" {
-        return Err(DdbError::validation(
-            "ReturnValues can only be ALL_OLD or NONE",
-        ));
-    }
-    let return_old = rv == "ALL_OLD";
-    let rvcf = enum_field(
-        &req,
-        "ReturnValuesOnConditionCheckFailure",
-        &["ALL_OLD", "NONE"],
-        "NONE",
-    )? == "ALL_OLD";
+    let return_old = return_old_item(&req)?;
+    let rvcf = return_old_on_condition_failure(&req)?;
     let ph = Placeholders::from_request(&req)?;
     let ex = parse_exprs(&req, &ph, "ConditionExpression")?;
     ph.check_unused()?;
@@ -795,19 +786,11 @@ async fn delete_item(db: &Arc<Db>, req: Json) -> Result<Json> {
         let meta = ctx.table(&name)?;
         meta.validate_key(&key)?;
         let old = store::get(ctx.conn, &meta, &meta.key(&key))?;
-        if let Some(c) = &cond {
-            if !eval(c, old.as_ref().unwrap_or(&Item::new())) {
-                return Err(condition_failed(old.as_ref(), rvcf));
-            }
-        }
+        check_condition(cond.as_ref(), old.as_ref(), rvcf)?;
         if let Some(o) = &old {
             store::delete(ctx.conn, &meta, o)?;
         }
-        Ok(if return_old {
-            attrs_response(old.as_ref())
-        } else {
-            json!({})
-        })
+        Ok(old_attrs_response(return_old, old.as_ref()))
     })
     .await
 }
@@ -1256,10 +1239,7 @@ fn run_query(conn: &Connection, cat: &Catalog, plan: QueryPlan) -> Result<Reply>
 // Batches
 
 fn request_items(req: &Json) -> Result<&Map<String, Json>> {
-    let ri = present(req, "RequestItems")
-        .ok_or_else(|| {
-            DdbError::validation("1 validation error detected: Value null at 'requestItems' failed to satisfy constraint: Member must not be null")
-        })?
+    let ri = required(req, "RequestItems")?
         .as_object()
         .ok_or_else(|| DdbError::serialization("RequestItems must be a map"))?;
     if ri.is_empty() {
@@ -1286,7 +1266,7 @@ async fn batch_get(db: &Arc<Db>, req: Json) -> Result<Json> {
         legacy::check_mixing(spec)?;
         let keys = spec["Keys"]
             .as_array()
-            .ok_or_else(|| DdbError::validation("1 validation error detected: Value null at 'requestItems.keys' failed to satisfy constraint: Member must not be null"))?;
+            .ok_or_else(|| DdbError::missing_member("requestItems.keys"))?;
         if keys.is_empty() {
             return Err(DdbError::validation(
                 "1 validation error detected: Value '[]' at 'requestItems.keys' failed to satisfy constraint: Member must have length greater than or equal to 1",
@@ -1336,10 +1316,7 @@ async fn batch_get(db: &Arc<Db>, req: Json) -> Result<Json> {
                 }
                 if let Some(item) = store::get(conn, meta, &meta.key(k))? {
                     size += item_size(&item);
-                    got.push(item_to_json(&match &t.projection {
-                        Some(p) => project(p, &item),
-                        None => item,
-                    }));
+                    got.push(item_to_json(&projected(t.projection.as_deref(), item)));
                 }
             }
             responses.insert(t.name.clone(), Json::Array(got));
@@ -1478,17 +1455,12 @@ fn parse_tx_op(entry: &Json) -> Result<TxOp> {
     let cond = opt_str(spec, "ConditionExpression")?
         .map(|s| parse_condition(s, "ConditionExpression", &ph))
         .transpose()?;
-    let return_old = enum_field(
-        spec,
-        "ReturnValuesOnConditionCheckFailure",
-        &["ALL_OLD", "NONE"],
-        "NONE",
-    )? == "ALL_OLD";
+    let return_old = return_old_on_condition_failure(spec)?;
     let (key, kind) = match k {
         "ConditionCheck" => {
             if cond.is_none() {
-                return Err(DdbError::validation(
-                    "1 validation error detected: Value null at 'transactItems.1.member.conditionCheck.conditionExpression' failed to satisfy constraint: Member must not be null",
+                return Err(DdbError::missing_member(
+                    "transactItems.1.member.conditionCheck.conditionExpression",
                 ));
             }
             (item_field(spec, "Key")?, TxKind::Check)
@@ -1532,10 +1504,7 @@ fn cancelled(reasons: Vec<Json>) -> DdbError {
 }
 
 fn transact_items(req: &Json) -> Result<&Vec<Json>> {
-    let items = present(req, "TransactItems")
-        .ok_or_else(|| {
-            DdbError::validation("1 validation error detected: Value null at 'transactItems' failed to satisfy constraint: Member must not be null")
-        })?
+    let items = required(req, "TransactItems")?
         .as_array()
         .ok_or_else(|| DdbError::serialization("TransactItems must be a list"))?;
     if items.is_empty() || items.len() > MAX_TRANSACT {
@@ -1636,9 +1605,8 @@ async fn transact_get(db: &Arc<Db>, req: Json) -> Result<Json> {
     let items = transact_items(&req)?;
     let mut gets = Vec::with_capacity(items.len());
     for entry in items {
-        let spec = present(entry, "Get").ok_or_else(|| {
-            DdbError::validation("1 validation error detected: Value null at 'transactItems.1.member.get' failed to satisfy constraint: Member must not be null")
-        })?;
+        let spec = present(entry, "Get")
+            .ok_or_else(|| DdbError::missing_member("transactItems.1.member.get"))?;
         let table = table_name(spec)?;
         let key = item_field(spec, "Key")?;
         let ph = Placeholders::from_request(spec)?;
@@ -1663,10 +1631,9 @@ async fn transact_get(db: &Arc<Db>, req: Json) -> Result<Json> {
         for (table, key, projection) in &gets {
             let meta = &cat[table];
             out.push(match store::get(conn, meta, &meta.key(key))? {
-                Some(item) => json!({"Item": item_to_json(&match projection {
-                    Some(p) => project(p, &item),
-                    None => item,
-                })}),
+                Some(item) => {
+                    json!({"Item": item_to_json(&projected(projection.as_deref(), item))})
+                }
                 None => json!({}),
             });
         }
