@@ -207,10 +207,49 @@ enum Ready {
     PidFile(PathBuf),
 }
 
+/// Whether process `pid` holds a socket listening on TCP `port` (so a ready port is the
+/// component's own, not another program's that took the port meanwhile).
+fn listens_on(pid: i32, port: u16) -> bool {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address is ADDR:PORT in hex; st 0A is LISTEN; inode is field 9.
+            let listening = f.get(3) == Some(&"0A");
+            let on_port = f
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+                == Some(port);
+            if listening && on_port {
+                if let Some(inode) = f.get(9) {
+                    inodes.push(format!("socket:[{inode}]"));
+                }
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .map(|l| inodes.iter().any(|i| l.as_os_str() == i.as_str()))
+            .unwrap_or(false)
+    })
+}
+
 impl Ready {
     async fn check(&self, pid: i32) -> bool {
         match self {
-            Ready::Tcp(a) => tokio::net::TcpStream::connect(a).await.is_ok(),
+            Ready::Tcp(a) => {
+                tokio::net::TcpStream::connect(a).await.is_ok() && listens_on(pid, a.port())
+            }
             Ready::Unix(p) => tokio::net::UnixStream::connect(p).await.is_ok(),
             Ready::Containerd(p) => match esb_containerd::connect(p).await {
                 Ok(c) => c.version().await.is_ok(),

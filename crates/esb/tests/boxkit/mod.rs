@@ -13,13 +13,20 @@ use serde_json::Value;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// A free loopback port (bound then released).
+/// A free loopback port below the kernel's ephemeral range (32768 and up), so that no
+/// other test's bind to port 0, and no outgoing connection, can take it between now and
+/// the box's start; picked at random, checked free.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::hash::{BuildHasher, Hasher};
+    loop {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.write_u32(COUNTER.fetch_add(1, Ordering::Relaxed));
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 fn workspace() -> PathBuf {
