@@ -1,7 +1,14 @@
 //! The S3 operations, on top of [`Store`] and the streaming helpers in [`crate::io`].
 //! Operations not implemented here answer `NotImplemented` (the `s3s` default).
+//!
+//! The `s3s` request and response types are generated, one per operation, so several of
+//! them carry the same fields under the same names (the checksum fields, the standard
+//! object headers, the conditional-request headers). The small `impl_*!` macros below
+//! implement one trait for each such group of types, so that the field-by-field plumbing
+//! is written once.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::Arc;
 
 use s3s::dto::*;
@@ -10,14 +17,16 @@ use time::OffsetDateTime;
 
 use crate::io::{self, Algo, Data, Ingested};
 use crate::store::{
-    ObjectRecord, PartRecord, Segment, StdHeaders, Store, StoreError, StoredChecksum, StoredObject,
-    UploadRecord, WriteCondition,
+    BucketRecord, ListEntry, ObjectRecord, PartRecord, Segment, StdHeaders, Store, StoreError,
+    StoredChecksum, StoredObject, UploadRecord, WriteCondition,
 };
 
 const OWNER_ID: &str = "esb";
 const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 const MAX_PART_NUMBER: i32 = 10_000;
 const MAX_TAGS: usize = 10;
+/// The largest page of a listing (keys, parts, uploads), as on S3.
+const MAX_PAGE: usize = 1000;
 
 pub struct EsbS3 {
     store: Arc<Store>,
@@ -44,6 +53,43 @@ impl EsbS3 {
             })
     }
 
+    /// Runs a blocking store operation on `bucket` and `key` (which it receives back as
+    /// arguments); a store error becomes the S3 error that names them.
+    async fn on_key<T: Send + 'static>(
+        &self,
+        bucket: &str,
+        key: &str,
+        f: impl FnOnce(&Store, &str, &str) -> Result<T, StoreError> + Send + 'static,
+    ) -> S3Result<T> {
+        let (b, k) = (bucket.to_owned(), key.to_owned());
+        self.blocking(move |s| f(s, &b, &k))
+            .await
+            .map_err(|e| map_err(e, bucket, key))
+    }
+
+    /// [`Self::on_key`] for an operation on a whole bucket.
+    async fn on_bucket<T: Send + 'static>(
+        &self,
+        bucket: &str,
+        f: impl FnOnce(&Store, &str) -> Result<T, StoreError> + Send + 'static,
+    ) -> S3Result<T> {
+        self.on_key(bucket, "", move |s, b, _| f(s, b)).await
+    }
+
+    /// [`Self::on_key`] for an operation on one multipart upload of `bucket`/`key`.
+    async fn on_upload<T: Send + 'static>(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        f: impl FnOnce(&Store, &str, &str, &str) -> Result<T, StoreError> + Send + 'static,
+    ) -> S3Result<T> {
+        let id = upload_id.to_owned();
+        self.on_key(bucket, key, move |s, b, k| f(s, b, k, &id))
+            .await
+    }
+
+    /// Unlinks data files no record references any more (best effort).
     async fn drop_segments(&self, segments: Vec<Segment>) {
         if segments.is_empty() {
             return;
@@ -52,19 +98,60 @@ impl EsbS3 {
         let _ = tokio::task::spawn_blocking(move || store.remove_segments(&segments)).await;
     }
 
+    /// Passes `result` through; on an error, first removes the data files of `data`, which
+    /// nothing references yet.
+    async fn discard_on_error<T>(&self, data: &Ingested, result: S3Result<T>) -> S3Result<T> {
+        if result.is_err() {
+            self.drop_segments(data.segments()).await;
+        }
+        result
+    }
+
+    /// Commits newly written data (`written`) with `commit`, which returns the data files
+    /// of the version it replaced; those are removed after the commit. When the commit
+    /// fails, the new files are removed instead.
+    async fn commit_data<Old: IntoIterator<Item = Segment> + Send + 'static>(
+        &self,
+        written: Vec<Segment>,
+        bucket: &str,
+        key: &str,
+        commit: impl FnOnce(&Store, &str, &str) -> Result<Old, StoreError> + Send + 'static,
+    ) -> S3Result<()> {
+        match self.on_key(bucket, key, commit).await {
+            Ok(old) => {
+                self.drop_segments(old.into_iter().collect()).await;
+                Ok(())
+            }
+            Err(e) => {
+                self.drop_segments(written).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn bucket_record(&self, bucket: &str) -> S3Result<BucketRecord> {
+        self.on_bucket(bucket, |s, b| s.bucket(b)).await
+    }
+
     async fn require_bucket(&self, bucket: &str) -> S3Result<()> {
-        let b = bucket.to_owned();
-        self.blocking(move |s| s.bucket(&b))
-            .await
-            .map_err(|e| map_err(e, bucket, ""))?;
-        Ok(())
+        self.bucket_record(bucket).await.map(drop)
     }
 
     async fn load(&self, bucket: &str, key: &str) -> S3Result<StoredObject> {
-        let (b, k) = (bucket.to_owned(), key.to_owned());
-        self.blocking(move |s| s.get_object(&b, &k))
-            .await
-            .map_err(|e| map_err(e, bucket, key))
+        self.on_key(bucket, key, |s, b, k| s.get_object(b, k)).await
+    }
+
+    /// Loads a multipart upload, which must exist.
+    async fn load_upload(&self, bucket: &str, key: &str, upload_id: &str) -> S3Result<Upload> {
+        let record = self
+            .on_upload(bucket, key, upload_id, |s, b, k, i| s.get_upload(b, k, i))
+            .await?;
+        Ok(Upload {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            id: upload_id.to_owned(),
+            record,
+        })
     }
 
     /// Loads an object and opens its data files. A concurrent overwrite may unlink the
@@ -80,6 +167,54 @@ impl EsbS3 {
         }
         Err(io::internal("the object kept changing while being opened"))
     }
+
+    /// Opens the source object of a copy (CopyObject, UploadPartCopy) once the request's
+    /// `x-amz-copy-source-if-*` conditions hold for it.
+    async fn open_copy_source(
+        &self,
+        bucket: &str,
+        key: &str,
+        conditions: ReadConditions<'_>,
+    ) -> S3Result<(StoredObject, io::OpenedData)> {
+        let (object, data) = self.load_open(bucket, key).await?;
+        conditions.check(&object.record, precondition_failed)?;
+        Ok((object, data))
+    }
+
+    /// Records a part whose data was just written (uploaded or copied), replacing (and
+    /// removing) an earlier part with the same number.
+    async fn store_part(
+        &self,
+        upload: &Upload,
+        number: u32,
+        data: &Ingested,
+        checksum: Option<StoredChecksum>,
+    ) -> S3Result<PartRecord> {
+        let part = PartRecord {
+            size: data.size,
+            etag: hex::encode(data.digests.md5),
+            last_modified_ms: now_ms(),
+            checksum,
+            segment: data.segments().into_iter().next(),
+        };
+        let (id, stored) = (upload.id.clone(), part.clone());
+        self.commit_data(
+            data.segments(),
+            &upload.bucket,
+            &upload.key,
+            move |s, b, k| s.put_part(b, k, &id, number, stored),
+        )
+        .await?;
+        Ok(part)
+    }
+}
+
+/// A multipart upload, with the bucket, key and id it was loaded by.
+struct Upload {
+    bucket: String,
+    key: String,
+    id: String,
+    record: UploadRecord,
 }
 
 // ----- helpers ---------------------------------------------------------------------------
@@ -97,6 +232,11 @@ fn ts(ms: i64) -> Timestamp {
 
 fn etag(v: &str) -> ETag {
     ETag::Strong(v.to_owned())
+}
+
+/// A size or count as the `i64` of the S3 types (saturating).
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 fn map_err(e: StoreError, bucket: &str, key: &str) -> S3Error {
@@ -142,6 +282,45 @@ fn invalid_argument(msg: impl Into<String>) -> S3Error {
     S3Error::with_message(S3ErrorCode::InvalidArgument, msg.into())
 }
 
+fn invalid_range() -> S3Error {
+    S3Error::with_message(
+        S3ErrorCode::InvalidRange,
+        "The requested range is not satisfiable",
+    )
+}
+
+fn missing_body() -> S3Error {
+    s3_error!(IncompleteBody, "The request body is missing")
+}
+
+/// Object versions are not supported: only the absent or `null` version id is.
+fn reject_version(version_id: Option<&str>) -> S3Result<()> {
+    if version_id.is_some_and(|v| v != "null") {
+        return Err(s3_error!(
+            NotImplemented,
+            "Object versions are not supported"
+        ));
+    }
+    Ok(())
+}
+
+/// A response with status 204 No Content.
+fn no_content<T>(output: T) -> S3Result<S3Response<T>> {
+    let mut resp = S3Response::new(output);
+    resp.status = Some(http::StatusCode::NO_CONTENT);
+    Ok(resp)
+}
+
+/// One failed key of a DeleteObjects answer.
+fn delete_error(key: String, err: &S3Error, version_id: Option<String>) -> Error {
+    Error {
+        code: Some(err.code().as_str().to_owned()),
+        key: Some(key),
+        message: err.message().map(str::to_owned),
+        version_id,
+    }
+}
+
 fn etag_matches(cond: &ETagCondition, current: &str) -> bool {
     match cond {
         ETagCondition::Any => true,
@@ -149,40 +328,54 @@ fn etag_matches(cond: &ETagCondition, current: &str) -> bool {
     }
 }
 
+/// An `If-Match` condition as the store checks it: the ETag, or `*` for "exists".
+fn if_match_value(cond: &ETagCondition) -> String {
+    match cond {
+        ETagCondition::Any => "*".to_owned(),
+        ETagCondition::ETag(e) => e.value().to_owned(),
+    }
+}
+
 fn secs(ms: i64) -> i64 {
     ms.div_euclid(1000)
 }
 
-/// Evaluates If-Match / If-Unmodified-Since / If-None-Match / If-Modified-Since (RFC 9110 §13.2.2).
-fn check_read_conditions(
-    rec: &ObjectRecord,
-    if_match: Option<&ETagCondition>,
-    if_unmodified_since: Option<&Timestamp>,
-    if_none_match: Option<&ETagCondition>,
-    if_modified_since: Option<&Timestamp>,
-    not_modified_err: fn() -> S3Error,
-) -> S3Result<()> {
-    let lm = secs(rec.last_modified_ms);
-    let to_secs = |t: &Timestamp| OffsetDateTime::from(t.clone()).unix_timestamp();
-    if let Some(c) = if_match {
-        if !etag_matches(c, &rec.etag) {
-            return Err(precondition_failed());
+/// The conditional headers of a read (GetObject, HeadObject) or of a copy source
+/// (`x-amz-copy-source-if-*`).
+struct ReadConditions<'a> {
+    if_match: Option<&'a ETagCondition>,
+    if_unmodified_since: Option<&'a Timestamp>,
+    if_none_match: Option<&'a ETagCondition>,
+    if_modified_since: Option<&'a Timestamp>,
+}
+
+impl ReadConditions<'_> {
+    /// Evaluates If-Match / If-Unmodified-Since / If-None-Match / If-Modified-Since
+    /// (RFC 9110 §13.2.2); a failed "none match" or "modified since" answers
+    /// `not_modified_err` (304 for a read, 412 for a copy source).
+    fn check(&self, rec: &ObjectRecord, not_modified_err: fn() -> S3Error) -> S3Result<()> {
+        let lm = secs(rec.last_modified_ms);
+        let to_secs = |t: &Timestamp| OffsetDateTime::from(t.clone()).unix_timestamp();
+        if let Some(c) = self.if_match {
+            if !etag_matches(c, &rec.etag) {
+                return Err(precondition_failed());
+            }
+        } else if let Some(t) = self.if_unmodified_since {
+            if lm > to_secs(t) {
+                return Err(precondition_failed());
+            }
         }
-    } else if let Some(t) = if_unmodified_since {
-        if lm > to_secs(t) {
-            return Err(precondition_failed());
+        if let Some(c) = self.if_none_match {
+            if etag_matches(c, &rec.etag) {
+                return Err(not_modified_err());
+            }
+        } else if let Some(t) = self.if_modified_since {
+            if lm <= to_secs(t) {
+                return Err(not_modified_err());
+            }
         }
+        Ok(())
     }
-    if let Some(c) = if_none_match {
-        if etag_matches(c, &rec.etag) {
-            return Err(not_modified_err());
-        }
-    } else if let Some(t) = if_modified_since {
-        if lm <= to_secs(t) {
-            return Err(not_modified_err());
-        }
-    }
-    Ok(())
 }
 
 fn parse_tag_header(h: Option<&str>) -> S3Result<Vec<(String, String)>> {
@@ -262,23 +455,24 @@ fn metadata_out(m: &BTreeMap<String, String>) -> Option<Metadata> {
     }
 }
 
-/// Checksum values the client sent in headers: (algorithm, base64 value).
-fn header_checksum(
-    crc32: &Option<String>,
-    crc32c: &Option<String>,
-    crc64: &Option<String>,
-    sha1: &Option<String>,
-    sha256: &Option<String>,
-) -> Option<(Algo, String)> {
-    [
-        (Algo::Crc32, crc32),
-        (Algo::Crc32c, crc32c),
-        (Algo::Crc64Nvme, crc64),
-        (Algo::Sha1, sha1),
-        (Algo::Sha256, sha256),
-    ]
-    .into_iter()
-    .find_map(|(a, v)| v.as_ref().map(|v| (a, v.clone())))
+/// The stored form of a storage class: none for STANDARD, the default.
+fn stored_storage_class(class: &StorageClass) -> Option<String> {
+    Some(class.as_str().to_owned()).filter(|s| s != "STANDARD")
+}
+
+/// The storage class to report for stored headers.
+fn storage_class_name(h: &StdHeaders) -> String {
+    h.storage_class
+        .clone()
+        .unwrap_or_else(|| "STANDARD".to_owned())
+}
+
+/// A checksum algorithm the client asked for explicitly.
+fn requested_algorithm(a: Option<&ChecksumAlgorithm>) -> S3Result<Option<Algo>> {
+    a.map(|a| {
+        Algo::parse(a.as_str()).ok_or_else(|| invalid_argument("Unsupported checksum algorithm"))
+    })
+    .transpose()
 }
 
 /// Which checksum to compute for an upload: from a checksum header, the SDK algorithm
@@ -306,6 +500,15 @@ fn checksum_plan(
     Ok((None, None))
 }
 
+/// The whole-object checksum of data just computed: (algorithm, base64 value).
+fn full_object_checksum((algo, value): &(Algo, String)) -> StoredChecksum {
+    StoredChecksum {
+        algorithm: algo.name().to_owned(),
+        value: value.clone(),
+        kind: "FULL_OBJECT".to_owned(),
+    }
+}
+
 /// Verifies Content-MD5 and the additional checksum (header or trailer) of ingested data.
 fn verify_digests(
     data: &Ingested,
@@ -326,9 +529,10 @@ fn verify_digests(
             ));
         }
     }
-    let Some((algo, got)) = &data.digests.checksum else {
+    let Some(computed) = &data.digests.checksum else {
         return Ok(None);
     };
+    let (algo, got) = computed;
     let expected = expected.or_else(|| {
         trailers.and_then(|t| {
             t.read(|h| {
@@ -347,13 +551,10 @@ fn verify_digests(
             )));
         }
     }
-    Ok(Some(StoredChecksum {
-        algorithm: algo.name().to_owned(),
-        value: got.clone(),
-        kind: "FULL_OBJECT".to_owned(),
-    }))
+    Ok(Some(full_object_checksum(computed)))
 }
 
+/// The checksum response fields for a stored checksum.
 struct ChecksumFields {
     crc32: Option<String>,
     crc32c: Option<String>,
@@ -387,31 +588,6 @@ fn checksum_fields(c: Option<&StoredChecksum>) -> ChecksumFields {
     f
 }
 
-#[allow(clippy::too_many_arguments)]
-fn headers_from(
-    content_type: Option<String>,
-    content_encoding: Option<String>,
-    content_disposition: Option<String>,
-    content_language: Option<String>,
-    cache_control: Option<String>,
-    expires: Option<&Timestamp>,
-    website_redirect_location: Option<String>,
-    storage_class: Option<&StorageClass>,
-) -> StdHeaders {
-    StdHeaders {
-        content_type,
-        content_encoding,
-        content_disposition,
-        content_language,
-        cache_control,
-        expires: expires_str(expires),
-        website_redirect_location,
-        storage_class: storage_class
-            .map(|s| s.as_str().to_owned())
-            .filter(|s| s != "STANDARD"),
-    }
-}
-
 /// Percent-encodes a listing value for `encoding-type=url`.
 fn url_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -425,11 +601,22 @@ fn url_encode(s: &str) -> String {
     out
 }
 
-fn maybe_encode(enc: bool, s: Option<String>) -> Option<String> {
+/// A listing value, percent-encoded when the client asked for `encoding-type=url`.
+fn encode_if(enc: bool, s: String) -> String {
     if enc {
-        s.map(|s| url_encode(&s))
+        url_encode(&s)
     } else {
         s
+    }
+}
+
+fn maybe_encode(enc: bool, s: Option<String>) -> Option<String> {
+    s.map(|s| encode_if(enc, s))
+}
+
+fn common_prefix(prefix: String, enc: bool) -> CommonPrefix {
+    CommonPrefix {
+        prefix: Some(encode_if(enc, prefix)),
     }
 }
 
@@ -444,16 +631,29 @@ fn wants_url_encoding(e: Option<&EncodingType>) -> S3Result<bool> {
     }
 }
 
-fn max_keys(v: Option<i32>) -> S3Result<usize> {
+/// The page size a listing asked for with `param` (max-keys, max-parts, max-uploads).
+fn page_size(v: Option<i32>, param: &str) -> S3Result<usize> {
     match v {
-        None => Ok(1000),
-        Some(n) if n < 0 => Err(invalid_argument("max-keys must not be negative")),
-        Some(n) => Ok(usize::try_from(n).unwrap_or(0).min(1000)),
+        None => Ok(MAX_PAGE),
+        Some(n) if n < 0 => Err(invalid_argument(format!("{param} must not be negative"))),
+        Some(n) => Ok(usize::try_from(n).unwrap_or(0).min(MAX_PAGE)),
     }
+}
+
+/// A page size as reported back in a listing.
+fn page_size_out(max: usize) -> i32 {
+    i32::try_from(max).unwrap_or(1000)
 }
 
 fn owner() -> Owner {
     Owner {
+        display_name: Some(OWNER_ID.into()),
+        id: Some(OWNER_ID.into()),
+    }
+}
+
+fn initiator() -> Initiator {
+    Initiator {
         display_name: Some(OWNER_ID.into()),
         id: Some(OWNER_ID.into()),
     }
@@ -470,22 +670,46 @@ fn list_object(key: String, rec: &ObjectRecord, enc: bool, with_owner: bool) -> 
             .as_ref()
             .map(|c| ChecksumType::from(c.kind.clone())),
         e_tag: Some(etag(&rec.etag)),
-        key: Some(if enc { url_encode(&key) } else { key }),
+        key: Some(encode_if(enc, key)),
         last_modified: Some(ts(rec.last_modified_ms)),
         owner: if with_owner { Some(owner()) } else { None },
         restore_status: None,
-        size: Some(i64::try_from(rec.size).unwrap_or(i64::MAX)),
-        storage_class: Some(ObjectStorageClass::from(
-            rec.headers
-                .storage_class
-                .clone()
-                .unwrap_or_else(|| "STANDARD".to_owned()),
-        )),
+        size: Some(to_i64(rec.size)),
+        storage_class: Some(ObjectStorageClass::from(storage_class_name(&rec.headers))),
     }
 }
 
+/// One page of ListObjects (V1 or V2).
+struct ListingPage {
+    contents: Vec<Object>,
+    prefixes: Vec<CommonPrefix>,
+    /// The last key or common prefix of the page: where the next page starts.
+    last: Option<String>,
+}
+
+fn listing_page(entries: Vec<ListEntry>, enc: bool, with_owner: bool) -> ListingPage {
+    let mut page = ListingPage {
+        contents: Vec::new(),
+        prefixes: Vec::new(),
+        last: None,
+    };
+    for e in entries {
+        match e {
+            ListEntry::Object(k, rec) => {
+                page.last = Some(k.clone());
+                page.contents.push(list_object(k, &rec, enc, with_owner));
+            }
+            ListEntry::Prefix(p) => {
+                page.last = Some(p.clone());
+                page.prefixes.push(common_prefix(p, enc));
+            }
+        }
+    }
+    page
+}
+
 /// Byte range of part `n` (1-based) of a multipart object.
-fn part_range(rec: &ObjectRecord, n: i32) -> S3Result<std::ops::Range<u64>> {
+fn part_range(rec: &ObjectRecord, n: i32) -> S3Result<Range<u64>> {
     let invalid = || {
         let mut e = S3Error::with_message(
             S3ErrorCode::Custom("InvalidPartNumber".into()),
@@ -511,6 +735,55 @@ fn part_range(rec: &ObjectRecord, n: i32) -> S3Result<std::ops::Range<u64>> {
     Ok(start..start + size)
 }
 
+/// What a GetObject or HeadObject request reads of an object: the byte range and the
+/// response fields that depend on it.
+struct ReadPlan {
+    range: Range<u64>,
+    /// A Range request or one part of several: the answer is partial content.
+    partial: bool,
+    /// `Content-Range`, for a partial answer.
+    content_range: Option<String>,
+    /// The checksum to report: only asked for (`x-amz-checksum-mode: ENABLED`) and only
+    /// for the whole object.
+    checksum: Option<StoredChecksum>,
+    /// The object's part count, reported when a part was asked for.
+    parts_count: Option<i32>,
+}
+
+/// Plans a GetObject or HeadObject (whose conditions hold) from its Range header or
+/// partNumber.
+fn plan_read(rec: &ObjectRecord, read: &ReadRequest<'_>) -> S3Result<ReadPlan> {
+    let (range, partial) = match (read.range, read.part_number) {
+        (Some(r), _) => (r.check(rec.size).map_err(|_| invalid_range())?, true),
+        (None, Some(n)) => (part_range(rec, n)?, rec.part_sizes.len() > 1),
+        (None, None) => (0..rec.size, false),
+    };
+    let full = !partial && read.part_number.is_none();
+    let checksum_on = read
+        .checksum_mode
+        .is_some_and(|m| m.as_str().eq_ignore_ascii_case("ENABLED"));
+    let content_range = partial.then(|| {
+        format!(
+            "bytes {}-{}/{}",
+            range.start,
+            range.end.saturating_sub(1),
+            rec.size
+        )
+    });
+    let parts_count = if read.part_number.is_some() && !rec.part_sizes.is_empty() {
+        Some(i32::try_from(rec.part_sizes.len()).unwrap_or(i32::MAX))
+    } else {
+        None
+    };
+    Ok(ReadPlan {
+        range,
+        partial,
+        content_range,
+        checksum: rec.checksum.clone().filter(|_| checksum_on && full),
+        parts_count,
+    })
+}
+
 fn parse_copy_source(src: &CopySource) -> S3Result<(String, String)> {
     match src {
         CopySource::Bucket {
@@ -518,12 +791,7 @@ fn parse_copy_source(src: &CopySource) -> S3Result<(String, String)> {
             key,
             version_id,
         } => {
-            if version_id.as_deref().is_some_and(|v| v != "null") {
-                return Err(s3_error!(
-                    NotImplemented,
-                    "Object versions are not supported"
-                ));
-            }
+            reject_version(version_id.as_deref())?;
             Ok((bucket.to_string(), key.to_string()))
         }
         _ => Err(s3_error!(
@@ -533,7 +801,7 @@ fn parse_copy_source(src: &CopySource) -> S3Result<(String, String)> {
     }
 }
 
-fn parse_copy_range(s: &str, size: u64) -> S3Result<std::ops::Range<u64>> {
+fn parse_copy_range(s: &str, size: u64) -> S3Result<Range<u64>> {
     let bad = || {
         invalid_argument("The x-amz-copy-source-range value must be of the form bytes=first-last where first and last are the zero-based offsets of the first and last bytes to copy")
     };
@@ -542,12 +810,20 @@ fn parse_copy_range(s: &str, size: u64) -> S3Result<std::ops::Range<u64>> {
     let first: u64 = a.trim().parse().map_err(|_| bad())?;
     let last: u64 = b.trim().parse().map_err(|_| bad())?;
     if first > last || last >= size {
-        return Err(S3Error::with_message(
-            S3ErrorCode::InvalidRange,
-            "The requested range is not satisfiable",
-        ));
+        return Err(invalid_range());
     }
     Ok(first..last + 1)
+}
+
+/// Whether a CopyObject metadata or tagging `directive` (`what`) replaces the source's.
+fn replaces(directive: Option<&str>, what: &str) -> S3Result<bool> {
+    match directive {
+        None | Some("COPY") => Ok(false),
+        Some("REPLACE") => Ok(true),
+        Some(other) => Err(invalid_argument(format!(
+            "Unknown {what} directive: {other}"
+        ))),
+    }
 }
 
 fn check_part_number(n: i32) -> S3Result<u32> {
@@ -567,6 +843,191 @@ fn new_upload_id() -> String {
     let nanos = OffsetDateTime::now_utc().unix_timestamp_nanos();
     format!("{:016x}{}", nanos as u64, uuid::Uuid::new_v4().simple())
 }
+
+// ----- fields shared by several s3s request and response types --------------------------
+
+/// What GetObject and HeadObject requests have in common.
+struct ReadRequest<'a> {
+    conditions: ReadConditions<'a>,
+    range: Option<&'a s3s::dto::Range>,
+    part_number: Option<i32>,
+    checksum_mode: Option<&'a ChecksumMode>,
+}
+
+/// GetObjectInput and HeadObjectInput.
+trait ObjectReadInput {
+    fn read_request(&self) -> ReadRequest<'_>;
+}
+
+macro_rules! impl_object_read_input {
+    ($($t:ty),* $(,)?) => {$(
+        impl ObjectReadInput for $t {
+            fn read_request(&self) -> ReadRequest<'_> {
+                ReadRequest {
+                    conditions: ReadConditions {
+                        if_match: self.if_match.as_ref(),
+                        if_unmodified_since: self.if_unmodified_since.as_ref(),
+                        if_none_match: self.if_none_match.as_ref(),
+                        if_modified_since: self.if_modified_since.as_ref(),
+                    },
+                    range: self.range.as_ref(),
+                    part_number: self.part_number,
+                    checksum_mode: self.checksum_mode.as_ref(),
+                }
+            }
+        }
+    )*};
+}
+impl_object_read_input!(GetObjectInput, HeadObjectInput);
+
+/// CopyObjectInput and UploadPartCopyInput: the `x-amz-copy-source-if-*` conditions.
+trait CopyInput {
+    fn copy_source_conditions(&self) -> ReadConditions<'_>;
+}
+
+macro_rules! impl_copy_input {
+    ($($t:ty),* $(,)?) => {$(
+        impl CopyInput for $t {
+            fn copy_source_conditions(&self) -> ReadConditions<'_> {
+                ReadConditions {
+                    if_match: self.copy_source_if_match.as_ref(),
+                    if_unmodified_since: self.copy_source_if_unmodified_since.as_ref(),
+                    if_none_match: self.copy_source_if_none_match.as_ref(),
+                    if_modified_since: self.copy_source_if_modified_since.as_ref(),
+                }
+            }
+        }
+    )*};
+}
+impl_copy_input!(CopyObjectInput, UploadPartCopyInput);
+
+/// Requests that set an object's standard headers (PutObject, CopyObject with
+/// `REPLACE`, CreateMultipartUpload).
+trait StdHeadersInput {
+    /// Takes the standard headers out of the request, in their stored form.
+    fn take_std_headers(&mut self) -> StdHeaders;
+}
+
+macro_rules! impl_std_headers_input {
+    ($($t:ty),* $(,)?) => {$(
+        impl StdHeadersInput for $t {
+            fn take_std_headers(&mut self) -> StdHeaders {
+                StdHeaders {
+                    content_type: self.content_type.take(),
+                    content_encoding: self.content_encoding.take(),
+                    content_disposition: self.content_disposition.take(),
+                    content_language: self.content_language.take(),
+                    cache_control: self.cache_control.take(),
+                    expires: expires_str(self.expires.as_ref()),
+                    website_redirect_location: self.website_redirect_location.take(),
+                    storage_class: self.storage_class.as_ref().and_then(stored_storage_class),
+                }
+            }
+        }
+    )*};
+}
+impl_std_headers_input!(PutObjectInput, CopyObjectInput, CreateMultipartUploadInput);
+
+/// Requests that upload data (PutObject, UploadPart).
+trait UploadInput {
+    /// The checksum value the client sent in an `x-amz-checksum-*` header, if any.
+    fn header_checksum(&self) -> Option<(Algo, String)>;
+}
+
+macro_rules! impl_upload_input {
+    ($($t:ty),* $(,)?) => {$(
+        impl UploadInput for $t {
+            fn header_checksum(&self) -> Option<(Algo, String)> {
+                [
+                    (Algo::Crc32, &self.checksum_crc32),
+                    (Algo::Crc32c, &self.checksum_crc32c),
+                    (Algo::Crc64Nvme, &self.checksum_crc64nvme),
+                    (Algo::Sha1, &self.checksum_sha1),
+                    (Algo::Sha256, &self.checksum_sha256),
+                ]
+                .into_iter()
+                .find_map(|(a, v)| v.as_ref().map(|v| (a, v.clone())))
+            }
+        }
+    )*};
+}
+impl_upload_input!(PutObjectInput, UploadPartInput);
+
+/// Responses that report an object's or a part's additional checksum.
+trait WithChecksum {
+    /// Sets the `checksum_*` fields (and `checksum_type`, where the type has one).
+    fn with_checksum(self, c: Option<&StoredChecksum>) -> Self;
+}
+
+/// Implements [`WithChecksum`]; a type followed by `: checksum_type` also carries the
+/// checksum type.
+macro_rules! impl_with_checksum {
+    ($($t:ty $(: $kind:ident)?),* $(,)?) => {$(
+        impl WithChecksum for $t {
+            fn with_checksum(self, c: Option<&StoredChecksum>) -> Self {
+                let f = checksum_fields(c);
+                Self {
+                    checksum_crc32: f.crc32,
+                    checksum_crc32c: f.crc32c,
+                    checksum_crc64nvme: f.crc64,
+                    checksum_sha1: f.sha1,
+                    checksum_sha256: f.sha256,
+                    $($kind: f.kind,)?
+                    ..self
+                }
+            }
+        }
+    )*};
+}
+impl_with_checksum!(
+    PutObjectOutput: checksum_type,
+    GetObjectOutput: checksum_type,
+    HeadObjectOutput: checksum_type,
+    CopyObjectResult: checksum_type,
+    CompleteMultipartUploadOutput: checksum_type,
+    UploadPartOutput,
+    CopyPartResult,
+    Part,
+);
+
+/// GetObjectOutput and HeadObjectOutput: the object's headers as read by a [`ReadPlan`].
+trait ObjectReadOutput {
+    fn describe(rec: &ObjectRecord, plan: &ReadPlan) -> Self;
+}
+
+macro_rules! impl_object_read_output {
+    ($($t:ty),* $(,)?) => {$(
+        impl ObjectReadOutput for $t {
+            fn describe(rec: &ObjectRecord, plan: &ReadPlan) -> Self {
+                let h = &rec.headers;
+                Self {
+                    accept_ranges: Some("bytes".into()),
+                    cache_control: h.cache_control.clone(),
+                    content_disposition: h.content_disposition.clone(),
+                    content_encoding: h.content_encoding.clone(),
+                    content_language: h.content_language.clone(),
+                    content_length: Some(to_i64(plan.range.end - plan.range.start)),
+                    content_range: plan.content_range.clone(),
+                    content_type: Some(
+                        h.content_type
+                            .clone()
+                            .unwrap_or_else(|| "binary/octet-stream".into()),
+                    ),
+                    e_tag: Some(etag(&rec.etag)),
+                    expires: expires_ts(h.expires.as_deref()),
+                    last_modified: Some(ts(rec.last_modified_ms)),
+                    metadata: metadata_out(&rec.metadata),
+                    parts_count: plan.parts_count,
+                    storage_class: h.storage_class.clone().map(StorageClass::from),
+                    website_redirect_location: h.website_redirect_location.clone(),
+                    ..Default::default()
+                }
+                .with_checksum(plan.checksum.as_ref())
+            }
+        }
+    )*};
+}
+impl_object_read_output!(GetObjectOutput, HeadObjectOutput);
 
 // ----- the S3 trait ---------------------------------------------------------------------
 
@@ -602,12 +1063,10 @@ impl S3 for EsbS3 {
         &self,
         req: S3Request<CreateBucketInput>,
     ) -> S3Result<S3Response<CreateBucketOutput>> {
-        let bucket = req.input.bucket.clone();
+        let bucket = req.input.bucket;
         let region = self.region.clone();
-        let b = bucket.clone();
-        self.blocking(move |s| s.create_bucket(&b, &region, now_ms()))
-            .await
-            .map_err(|e| map_err(e, &bucket, ""))?;
+        self.on_bucket(&bucket, move |s, b| s.create_bucket(b, &region, now_ms()))
+            .await?;
         Ok(S3Response::new(CreateBucketOutput {
             location: Some(format!("/{bucket}")),
         }))
@@ -617,11 +1076,7 @@ impl S3 for EsbS3 {
         &self,
         req: S3Request<HeadBucketInput>,
     ) -> S3Result<S3Response<HeadBucketOutput>> {
-        let b = req.input.bucket.clone();
-        let rec = self
-            .blocking(move |s| s.bucket(&b))
-            .await
-            .map_err(|e| map_err(e, &req.input.bucket, ""))?;
+        let rec = self.bucket_record(&req.input.bucket).await?;
         Ok(S3Response::new(HeadBucketOutput {
             bucket_region: Some(rec.region),
             ..Default::default()
@@ -632,10 +1087,8 @@ impl S3 for EsbS3 {
         &self,
         req: S3Request<DeleteBucketInput>,
     ) -> S3Result<S3Response<DeleteBucketOutput>> {
-        let b = req.input.bucket.clone();
-        self.blocking(move |s| s.delete_bucket(&b))
-            .await
-            .map_err(|e| map_err(e, &req.input.bucket, ""))?;
+        self.on_bucket(&req.input.bucket, |s, b| s.delete_bucket(b))
+            .await?;
         Ok(S3Response::new(DeleteBucketOutput {}))
     }
 
@@ -643,11 +1096,7 @@ impl S3 for EsbS3 {
         &self,
         req: S3Request<GetBucketLocationInput>,
     ) -> S3Result<S3Response<GetBucketLocationOutput>> {
-        let b = req.input.bucket.clone();
-        let rec = self
-            .blocking(move |s| s.bucket(&b))
-            .await
-            .map_err(|e| map_err(e, &req.input.bucket, ""))?;
+        let rec = self.bucket_record(&req.input.bucket).await?;
         let location_constraint = if rec.region == "us-east-1" {
             None
         } else {
@@ -675,15 +1124,11 @@ impl S3 for EsbS3 {
         self.require_bucket(&input.bucket).await?;
         let tags = parse_tag_header(input.tagging.as_deref())?;
         let metadata = metadata_map(input.metadata.take())?;
-        let from_header = header_checksum(
-            &input.checksum_crc32,
-            &input.checksum_crc32c,
-            &input.checksum_crc64nvme,
-            &input.checksum_sha1,
-            &input.checksum_sha256,
-        );
-        let (algo, expected) =
-            checksum_plan(&req.headers, input.checksum_algorithm.as_ref(), from_header)?;
+        let (algo, expected) = checksum_plan(
+            &req.headers,
+            input.checksum_algorithm.as_ref(),
+            input.header_checksum(),
+        )?;
         let cond = WriteCondition {
             if_none_match_any: match &input.if_none_match {
                 None => false,
@@ -695,85 +1140,56 @@ impl S3 for EsbS3 {
                     ))
                 }
             },
-            if_match: input.if_match.as_ref().map(|c| match c {
-                ETagCondition::Any => "*".to_owned(),
-                ETagCondition::ETag(e) => e.value().to_owned(),
-            }),
+            if_match: input.if_match.as_ref().map(if_match_value),
         };
-        let body = input
-            .body
-            .ok_or_else(|| s3_error!(IncompleteBody, "The request body is missing"))?;
+        let body = input.body.take().ok_or_else(missing_body)?;
         let data = io::ingest(&self.store, body, algo).await?;
-        let checksum = match verify_digests(
+        let declared_length = input.content_length;
+        let verified = verify_digests(
             &data,
             input.content_md5.as_deref(),
             expected,
             req.trailing_headers.as_ref(),
-        ) {
-            Ok(c) => c,
-            Err(e) => {
-                self.drop_segments(data.segments()).await;
-                return Err(e);
-            }
-        };
-        if let Some(len) = input.content_length {
-            if u64::try_from(len).ok() != Some(data.size) {
-                self.drop_segments(data.segments()).await;
-                return Err(s3_error!(
-                    IncompleteBody,
-                    "The body length does not match Content-Length"
-                ));
-            }
-        }
+        )
+        .and_then(|checksum| match declared_length {
+            Some(len) if u64::try_from(len).ok() != Some(data.size) => Err(s3_error!(
+                IncompleteBody,
+                "The body length does not match Content-Length"
+            )),
+            _ => Ok(checksum),
+        });
+        let checksum = self.discard_on_error(&data, verified).await?;
         let record = ObjectRecord {
             size: data.size,
             etag: hex::encode(data.digests.md5),
             last_modified_ms: now_ms(),
-            headers: headers_from(
-                input.content_type,
-                input.content_encoding,
-                input.content_disposition,
-                input.content_language,
-                input.cache_control,
-                input.expires.as_ref(),
-                input.website_redirect_location,
-                input.storage_class.as_ref(),
-            ),
+            headers: input.take_std_headers(),
             metadata,
             tags,
-            checksum: checksum.clone(),
+            checksum,
             part_sizes: Vec::new(),
             segments: data.segments(),
         };
-        let (bucket, key) = (input.bucket.clone(), input.key.clone());
         let inline = match &data.data {
             Data::Inline(b) => b.clone(),
             Data::File(_) => bytes::Bytes::new(),
         };
         let rec2 = record.clone();
-        let result = self
-            .blocking(move |s| s.put_object(&bucket, &key, &rec2, &inline, &cond))
-            .await;
-        let old = match result {
-            Ok(old) => old,
-            Err(e) => {
-                self.drop_segments(data.segments()).await;
-                return Err(map_err(e, &input.bucket, &input.key));
+        self.commit_data(
+            data.segments(),
+            &input.bucket,
+            &input.key,
+            move |s, b, k| s.put_object(b, k, &rec2, &inline, &cond),
+        )
+        .await?;
+        Ok(S3Response::new(
+            PutObjectOutput {
+                e_tag: Some(etag(&record.etag)),
+                size: Some(to_i64(record.size)),
+                ..Default::default()
             }
-        };
-        self.drop_segments(old).await;
-        let f = checksum_fields(checksum.as_ref());
-        Ok(S3Response::new(PutObjectOutput {
-            e_tag: Some(etag(&record.etag)),
-            checksum_crc32: f.crc32,
-            checksum_crc32c: f.crc32c,
-            checksum_crc64nvme: f.crc64,
-            checksum_sha1: f.sha1,
-            checksum_sha256: f.sha256,
-            checksum_type: f.kind,
-            size: Some(i64::try_from(record.size).unwrap_or(i64::MAX)),
-            ..Default::default()
-        }))
+            .with_checksum(record.checksum.as_ref()),
+        ))
     }
 
     async fn get_object(
@@ -781,106 +1197,26 @@ impl S3 for EsbS3 {
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let input = req.input;
-        if input.version_id.as_deref().is_some_and(|v| v != "null") {
-            return Err(s3_error!(
-                NotImplemented,
-                "Object versions are not supported"
-            ));
-        }
+        reject_version(input.version_id.as_deref())?;
         let (obj, opened) = self.load_open(&input.bucket, &input.key).await?;
         let rec = &obj.record;
-        check_read_conditions(
-            rec,
-            input.if_match.as_ref(),
-            input.if_unmodified_since.as_ref(),
-            input.if_none_match.as_ref(),
-            input.if_modified_since.as_ref(),
-            not_modified,
-        )?;
+        let read = input.read_request();
+        read.conditions.check(rec, not_modified)?;
         if input.part_number.is_some() && input.range.is_some() {
             return Err(invalid_argument(
                 "Cannot specify both Range header and partNumber query parameter",
             ));
         }
-        let (range, partial) = match (&input.range, input.part_number) {
-            (Some(r), _) => match r.check(rec.size) {
-                Ok(r) => (r, true),
-                Err(_) => {
-                    return Err(S3Error::with_message(
-                        S3ErrorCode::InvalidRange,
-                        "The requested range is not satisfiable",
-                    ));
-                }
-            },
-            (None, Some(n)) => (
-                part_range(rec, n)?,
-                !rec.part_sizes.is_empty() && rec.part_sizes.len() > 1,
-            ),
-            (None, None) => (0..rec.size, false),
-        };
-        let full = !partial && input.part_number.is_none();
-        let content_range = partial.then(|| {
-            format!(
-                "bytes {}-{}/{}",
-                range.start,
-                range.end.saturating_sub(1),
-                rec.size
-            )
-        });
-        let len = range.end - range.start;
-        let body = io::read_stream(opened, range);
-        let checksum_on = input
-            .checksum_mode
-            .as_ref()
-            .is_some_and(|m| m.as_str().eq_ignore_ascii_case("ENABLED"));
-        let f = checksum_fields(if checksum_on && full {
-            rec.checksum.as_ref()
-        } else {
-            None
-        });
-        let parts_count = if rec.part_sizes.is_empty() {
-            None
-        } else {
-            Some(i32::try_from(rec.part_sizes.len()).unwrap_or(i32::MAX))
-        };
-        let h = &rec.headers;
+        let plan = plan_read(rec, &read)?;
+        let body = io::read_stream(opened, plan.range.clone());
         Ok(S3Response::new(GetObjectOutput {
-            accept_ranges: Some("bytes".into()),
             body: Some(StreamingBlob::wrap(body)),
-            cache_control: h.cache_control.clone(),
-            checksum_crc32: f.crc32,
-            checksum_crc32c: f.crc32c,
-            checksum_crc64nvme: f.crc64,
-            checksum_sha1: f.sha1,
-            checksum_sha256: f.sha256,
-            checksum_type: f.kind,
-            content_disposition: h.content_disposition.clone(),
-            content_encoding: h.content_encoding.clone(),
-            content_language: h.content_language.clone(),
-            content_length: Some(i64::try_from(len).unwrap_or(i64::MAX)),
-            content_range,
-            content_type: Some(
-                h.content_type
-                    .clone()
-                    .unwrap_or_else(|| "binary/octet-stream".into()),
-            ),
-            e_tag: Some(etag(&rec.etag)),
-            expires: expires_ts(h.expires.as_deref()),
-            last_modified: Some(ts(rec.last_modified_ms)),
-            metadata: metadata_out(&rec.metadata),
-            parts_count: if input.part_number.is_some() {
-                parts_count
-            } else {
-                None
-            },
-            storage_class: h.storage_class.clone().map(StorageClass::from),
             tag_count: if rec.tags.is_empty() {
                 None
             } else {
                 Some(i32::try_from(rec.tags.len()).unwrap_or(0))
             },
-            website_redirect_location: h.website_redirect_location.clone(),
-            ..Default::default()
+            ..GetObjectOutput::describe(rec, &plan)
         }))
     }
 
@@ -889,91 +1225,14 @@ impl S3 for EsbS3 {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let input = req.input;
-        if input.version_id.as_deref().is_some_and(|v| v != "null") {
-            return Err(s3_error!(
-                NotImplemented,
-                "Object versions are not supported"
-            ));
-        }
+        reject_version(input.version_id.as_deref())?;
         let obj = self.load(&input.bucket, &input.key).await?;
         let rec = &obj.record;
-        check_read_conditions(
-            rec,
-            input.if_match.as_ref(),
-            input.if_unmodified_since.as_ref(),
-            input.if_none_match.as_ref(),
-            input.if_modified_since.as_ref(),
-            not_modified,
-        )?;
-        let (range, partial) = match (&input.range, input.part_number) {
-            (Some(r), _) => match r.check(rec.size) {
-                Ok(r) => (r, true),
-                Err(_) => {
-                    return Err(S3Error::with_message(
-                        S3ErrorCode::InvalidRange,
-                        "The requested range is not satisfiable",
-                    ));
-                }
-            },
-            (None, Some(n)) => (part_range(rec, n)?, rec.part_sizes.len() > 1),
-            (None, None) => (0..rec.size, false),
-        };
-        let full = !partial && input.part_number.is_none();
-        let checksum_on = input
-            .checksum_mode
-            .as_ref()
-            .is_some_and(|m| m.as_str().eq_ignore_ascii_case("ENABLED"));
-        let f = checksum_fields(if checksum_on && full {
-            rec.checksum.as_ref()
-        } else {
-            None
-        });
-        let parts_count = if rec.part_sizes.is_empty() {
-            None
-        } else {
-            Some(i32::try_from(rec.part_sizes.len()).unwrap_or(i32::MAX))
-        };
-        let h = &rec.headers;
-        let mut resp = S3Response::new(HeadObjectOutput {
-            accept_ranges: Some("bytes".into()),
-            cache_control: h.cache_control.clone(),
-            checksum_crc32: f.crc32,
-            checksum_crc32c: f.crc32c,
-            checksum_crc64nvme: f.crc64,
-            checksum_sha1: f.sha1,
-            checksum_sha256: f.sha256,
-            checksum_type: f.kind,
-            content_disposition: h.content_disposition.clone(),
-            content_encoding: h.content_encoding.clone(),
-            content_language: h.content_language.clone(),
-            content_length: Some(i64::try_from(range.end - range.start).unwrap_or(i64::MAX)),
-            content_range: partial.then(|| {
-                format!(
-                    "bytes {}-{}/{}",
-                    range.start,
-                    range.end.saturating_sub(1),
-                    rec.size
-                )
-            }),
-            content_type: Some(
-                h.content_type
-                    .clone()
-                    .unwrap_or_else(|| "binary/octet-stream".into()),
-            ),
-            e_tag: Some(etag(&rec.etag)),
-            expires: expires_ts(h.expires.as_deref()),
-            last_modified: Some(ts(rec.last_modified_ms)),
-            metadata: metadata_out(&rec.metadata),
-            parts_count: if input.part_number.is_some() {
-                parts_count
-            } else {
-                None
-            },
-            storage_class: h.storage_class.clone().map(StorageClass::from),
-            website_redirect_location: h.website_redirect_location.clone(),
-            ..Default::default()
-        });
-        if partial {
+        let read = input.read_request();
+        read.conditions.check(rec, not_modified)?;
+        let plan = plan_read(rec, &read)?;
+        let mut resp = S3Response::new(HeadObjectOutput::describe(rec, &plan));
+        if plan.partial {
             resp.status = Some(http::StatusCode::PARTIAL_CONTENT);
         }
         Ok(resp)
@@ -984,25 +1243,15 @@ impl S3 for EsbS3 {
         req: S3Request<DeleteObjectInput>,
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
         let input = req.input;
-        if input.version_id.as_deref().is_some_and(|v| v != "null") {
-            return Err(s3_error!(
-                NotImplemented,
-                "Object versions are not supported"
-            ));
-        }
-        let if_match = input.if_match.as_ref().map(|c| match c {
-            ETagCondition::Any => "*".to_owned(),
-            ETagCondition::ETag(e) => e.value().to_owned(),
-        });
-        let (b, k) = (input.bucket.clone(), input.key.clone());
+        reject_version(input.version_id.as_deref())?;
+        let if_match = input.if_match.as_ref().map(if_match_value);
         let old = self
-            .blocking(move |s| s.delete_object(&b, &k, if_match.as_deref()))
-            .await
-            .map_err(|e| map_err(e, &input.bucket, &input.key))?;
+            .on_key(&input.bucket, &input.key, move |s, b, k| {
+                s.delete_object(b, k, if_match.as_deref())
+            })
+            .await?;
         self.drop_segments(old).await;
-        let mut resp = S3Response::new(DeleteObjectOutput::default());
-        resp.status = Some(http::StatusCode::NO_CONTENT);
-        Ok(resp)
+        no_content(DeleteObjectOutput::default())
     }
 
     async fn delete_objects(
@@ -1022,24 +1271,17 @@ impl S3 for EsbS3 {
         let mut errors = Vec::new();
         let mut items = Vec::new();
         for obj in input.delete.objects {
-            if obj.version_id.as_deref().is_some_and(|v| v != "null") {
-                errors.push(Error {
-                    code: Some("NotImplemented".into()),
-                    key: Some(obj.key),
-                    message: Some("Object versions are not supported".into()),
-                    version_id: obj.version_id,
-                });
+            if let Err(err) = reject_version(obj.version_id.as_deref()) {
+                errors.push(delete_error(obj.key, &err, obj.version_id));
                 continue;
             }
             let if_match = obj.e_tag.as_ref().map(|e| e.value().to_owned());
             items.push((obj.key, if_match));
         }
         let keys: Vec<String> = items.iter().map(|(k, _)| k.clone()).collect();
-        let b = input.bucket.clone();
         let results = self
-            .blocking(move |s| s.delete_objects(&b, items))
-            .await
-            .map_err(|e| map_err(e, &input.bucket, ""))?;
+            .on_bucket(&input.bucket, move |s, b| s.delete_objects(b, items))
+            .await?;
         let mut unused = Vec::new();
         for (key, result) in keys.into_iter().zip(results) {
             match result {
@@ -1054,12 +1296,7 @@ impl S3 for EsbS3 {
                 }
                 Err(e) => {
                     let err = map_err(e, &input.bucket, &key);
-                    errors.push(Error {
-                        code: Some(err.code().as_str().to_owned()),
-                        key: Some(key),
-                        message: err.message().map(str::to_owned),
-                        version_id: None,
-                    });
+                    errors.push(delete_error(key, &err, None));
                 }
             }
         }
@@ -1082,59 +1319,36 @@ impl S3 for EsbS3 {
         let mut input = req.input;
         let (src_bucket, src_key) = parse_copy_source(&input.copy_source)?;
         self.require_bucket(&input.bucket).await?;
-        let (src, opened) = self.load_open(&src_bucket, &src_key).await?;
-        check_read_conditions(
-            &src.record,
-            input.copy_source_if_match.as_ref(),
-            input.copy_source_if_unmodified_since.as_ref(),
-            input.copy_source_if_none_match.as_ref(),
-            input.copy_source_if_modified_since.as_ref(),
-            precondition_failed,
+        let (src, opened) = self
+            .open_copy_source(&src_bucket, &src_key, input.copy_source_conditions())
+            .await?;
+        let replace_meta = replaces(
+            input
+                .metadata_directive
+                .as_ref()
+                .map(MetadataDirective::as_str),
+            "metadata",
         )?;
-        let replace_meta = match input
-            .metadata_directive
-            .as_ref()
-            .map(MetadataDirective::as_str)
-        {
-            None | Some("COPY") => false,
-            Some("REPLACE") => true,
-            Some(other) => {
-                return Err(invalid_argument(format!(
-                    "Unknown metadata directive: {other}"
-                )))
-            }
-        };
-        let replace_tags = match input
-            .tagging_directive
-            .as_ref()
-            .map(TaggingDirective::as_str)
-        {
-            None | Some("COPY") => false,
-            Some("REPLACE") => true,
-            Some(other) => {
-                return Err(invalid_argument(format!(
-                    "Unknown tagging directive: {other}"
-                )))
-            }
-        };
+        let replace_tags = replaces(
+            input
+                .tagging_directive
+                .as_ref()
+                .map(TaggingDirective::as_str),
+            "tagging",
+        )?;
         if src_bucket == input.bucket && src_key == input.key && !replace_meta && !replace_tags {
             return Err(S3Error::with_message(
                 S3ErrorCode::InvalidRequest,
                 "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes.",
             ));
         }
-        let algo = match input.checksum_algorithm.as_ref() {
-            Some(a) => Some(
-                Algo::parse(a.as_str())
-                    .ok_or_else(|| invalid_argument("Unsupported checksum algorithm"))?,
-            ),
-            None => src
-                .record
+        let algo = requested_algorithm(input.checksum_algorithm.as_ref())?.or_else(|| {
+            src.record
                 .checksum
                 .as_ref()
                 .filter(|c| c.kind == "FULL_OBJECT")
-                .and_then(|c| Algo::parse(&c.algorithm)),
-        };
+                .and_then(|c| Algo::parse(&c.algorithm))
+        });
         let size = src.record.size;
         // Validate the replacement metadata and tags before copying any data.
         let new_metadata = if replace_meta {
@@ -1148,60 +1362,37 @@ impl S3 for EsbS3 {
             None
         };
         let data = io::copy_range(&self.store, opened, 0..size, algo, false).await?;
-        let mut record = src.record.clone();
+        let mut record = src.record;
         record.last_modified_ms = now_ms();
         record.segments = data.segments();
-        record.checksum = data.digests.checksum.as_ref().map(|(a, v)| StoredChecksum {
-            algorithm: a.name().to_owned(),
-            value: v.clone(),
-            kind: "FULL_OBJECT".to_owned(),
-        });
+        record.checksum = data.digests.checksum.as_ref().map(full_object_checksum);
         if replace_meta {
-            record.headers = headers_from(
-                input.content_type,
-                input.content_encoding,
-                input.content_disposition,
-                input.content_language,
-                input.cache_control,
-                input.expires.as_ref(),
-                input.website_redirect_location,
-                input.storage_class.as_ref(),
-            );
+            record.headers = input.take_std_headers();
             record.metadata = new_metadata.unwrap_or_default();
         } else if let Some(sc) = input.storage_class.as_ref() {
-            record.headers.storage_class = Some(sc.as_str().to_owned()).filter(|s| s != "STANDARD");
+            record.headers.storage_class = stored_storage_class(sc);
         }
         if let Some(tags) = new_tags {
             record.tags = tags;
         }
-        let (bucket, key) = (input.bucket.clone(), input.key.clone());
         let inline = data.inline().to_vec();
         let rec2 = record.clone();
-        let old = match self
-            .blocking(move |s| {
-                s.put_object(&bucket, &key, &rec2, &inline, &WriteCondition::default())
-            })
-            .await
-        {
-            Ok(old) => old,
-            Err(e) => {
-                self.drop_segments(data.segments()).await;
-                return Err(map_err(e, &input.bucket, &input.key));
-            }
-        };
-        self.drop_segments(old).await;
-        let f = checksum_fields(record.checksum.as_ref());
+        self.commit_data(
+            data.segments(),
+            &input.bucket,
+            &input.key,
+            move |s, b, k| s.put_object(b, k, &rec2, &inline, &WriteCondition::default()),
+        )
+        .await?;
         Ok(S3Response::new(CopyObjectOutput {
-            copy_object_result: Some(CopyObjectResult {
-                checksum_crc32: f.crc32,
-                checksum_crc32c: f.crc32c,
-                checksum_crc64nvme: f.crc64,
-                checksum_sha1: f.sha1,
-                checksum_sha256: f.sha256,
-                checksum_type: f.kind,
-                e_tag: Some(etag(&record.etag)),
-                last_modified: Some(ts(record.last_modified_ms)),
-            }),
+            copy_object_result: Some(
+                CopyObjectResult {
+                    e_tag: Some(etag(&record.etag)),
+                    last_modified: Some(ts(record.last_modified_ms)),
+                    ..Default::default()
+                }
+                .with_checksum(record.checksum.as_ref()),
+            ),
             ..Default::default()
         }))
     }
@@ -1212,54 +1403,36 @@ impl S3 for EsbS3 {
     ) -> S3Result<S3Response<ListObjectsOutput>> {
         let input = req.input;
         let enc = wants_url_encoding(input.encoding_type.as_ref())?;
-        let max = max_keys(input.max_keys)?;
+        let max = page_size(input.max_keys, "max-keys")?;
         let prefix = input.prefix.clone().unwrap_or_default();
-        let (b, p, d, m) = (
-            input.bucket.clone(),
+        let (p, d, m) = (
             prefix.clone(),
             input.delimiter.clone(),
             input.marker.clone(),
         );
         let res = self
-            .blocking(move |s| {
+            .on_bucket(&input.bucket, move |s, b| {
                 s.list_objects(
-                    &b,
+                    b,
                     &p,
                     d.as_deref(),
                     m.as_deref().filter(|m| !m.is_empty()),
                     max,
                 )
             })
-            .await
-            .map_err(|e| map_err(e, &input.bucket, ""))?;
-        let mut contents = Vec::new();
-        let mut prefixes = Vec::new();
-        let mut last = None;
-        for e in res.entries {
-            match e {
-                crate::store::ListEntry::Object(k, rec) => {
-                    last = Some(k.clone());
-                    contents.push(list_object(k, &rec, enc, true));
-                }
-                crate::store::ListEntry::Prefix(p) => {
-                    last = Some(p.clone());
-                    prefixes.push(CommonPrefix {
-                        prefix: Some(if enc { url_encode(&p) } else { p }),
-                    });
-                }
-            }
-        }
+            .await?;
+        let page = listing_page(res.entries, enc, true);
         Ok(S3Response::new(ListObjectsOutput {
             name: Some(input.bucket),
-            prefix: Some(maybe_encode(enc, Some(prefix)).unwrap_or_default()),
+            prefix: Some(encode_if(enc, prefix)),
             marker: maybe_encode(enc, input.marker),
-            max_keys: Some(i32::try_from(max).unwrap_or(1000)),
+            max_keys: Some(page_size_out(max)),
             is_truncated: Some(res.truncated),
-            contents: Some(contents),
-            common_prefixes: Some(prefixes),
+            contents: Some(page.contents),
+            common_prefixes: Some(page.prefixes),
             delimiter: maybe_encode(enc, input.delimiter),
             next_marker: if res.truncated {
-                maybe_encode(enc, last)
+                maybe_encode(enc, page.last)
             } else {
                 None
             },
@@ -1274,61 +1447,40 @@ impl S3 for EsbS3 {
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
         let input = req.input;
         let enc = wants_url_encoding(input.encoding_type.as_ref())?;
-        let max = max_keys(input.max_keys)?;
+        let max = page_size(input.max_keys, "max-keys")?;
         let prefix = input.prefix.clone().unwrap_or_default();
         let after = match input.continuation_token.as_deref() {
             Some(tok) => {
-                let raw = hex::decode(tok).map_err(|_| {
-                    invalid_argument("The continuation token provided is incorrect")
-                })?;
-                Some(String::from_utf8(raw).map_err(|_| {
-                    invalid_argument("The continuation token provided is incorrect")
-                })?)
+                let bad_token = || invalid_argument("The continuation token provided is incorrect");
+                let raw = hex::decode(tok).map_err(|_| bad_token())?;
+                Some(String::from_utf8(raw).map_err(|_| bad_token())?)
             }
             None => input.start_after.clone().filter(|s| !s.is_empty()),
         };
-        let (b, p, d) = (
-            input.bucket.clone(),
-            prefix.clone(),
-            input.delimiter.clone(),
-        );
+        let (p, d) = (prefix.clone(), input.delimiter.clone());
         let res = self
-            .blocking(move |s| s.list_objects(&b, &p, d.as_deref(), after.as_deref(), max))
-            .await
-            .map_err(|e| map_err(e, &input.bucket, ""))?;
+            .on_bucket(&input.bucket, move |s, b| {
+                s.list_objects(b, &p, d.as_deref(), after.as_deref(), max)
+            })
+            .await?;
         let with_owner = input.fetch_owner.unwrap_or(false);
-        let mut contents = Vec::new();
-        let mut prefixes = Vec::new();
-        let mut last = None;
-        for e in res.entries {
-            match e {
-                crate::store::ListEntry::Object(k, rec) => {
-                    last = Some(k.clone());
-                    contents.push(list_object(k, &rec, enc, with_owner));
-                }
-                crate::store::ListEntry::Prefix(p) => {
-                    last = Some(p.clone());
-                    prefixes.push(CommonPrefix {
-                        prefix: Some(if enc { url_encode(&p) } else { p }),
-                    });
-                }
-            }
-        }
-        let key_count = i32::try_from(contents.len() + prefixes.len()).unwrap_or(i32::MAX);
+        let page = listing_page(res.entries, enc, with_owner);
+        let key_count =
+            i32::try_from(page.contents.len() + page.prefixes.len()).unwrap_or(i32::MAX);
         Ok(S3Response::new(ListObjectsV2Output {
             name: Some(input.bucket),
-            prefix: Some(maybe_encode(enc, Some(prefix)).unwrap_or_default()),
-            max_keys: Some(i32::try_from(max).unwrap_or(1000)),
+            prefix: Some(encode_if(enc, prefix)),
+            max_keys: Some(page_size_out(max)),
             key_count: Some(key_count),
             continuation_token: input.continuation_token,
             is_truncated: Some(res.truncated),
             next_continuation_token: if res.truncated {
-                last.map(hex::encode)
+                page.last.map(hex::encode)
             } else {
                 None
             },
-            contents: Some(contents),
-            common_prefixes: Some(prefixes),
+            contents: Some(page.contents),
+            common_prefixes: Some(page.prefixes),
             delimiter: maybe_encode(enc, input.delimiter),
             encoding_type: input.encoding_type,
             start_after: maybe_encode(enc, input.start_after),
@@ -1364,10 +1516,10 @@ impl S3 for EsbS3 {
     ) -> S3Result<S3Response<PutObjectTaggingOutput>> {
         let input = req.input;
         let tags = tagging_to_vec(input.tagging)?;
-        let (b, k) = (input.bucket.clone(), input.key.clone());
-        self.blocking(move |s| s.set_tags(&b, &k, tags))
-            .await
-            .map_err(|e| map_err(e, &input.bucket, &input.key))?;
+        self.on_key(&input.bucket, &input.key, move |s, b, k| {
+            s.set_tags(b, k, tags)
+        })
+        .await?;
         Ok(S3Response::new(PutObjectTaggingOutput { version_id: None }))
     }
 
@@ -1376,13 +1528,11 @@ impl S3 for EsbS3 {
         req: S3Request<DeleteObjectTaggingInput>,
     ) -> S3Result<S3Response<DeleteObjectTaggingOutput>> {
         let input = req.input;
-        let (b, k) = (input.bucket.clone(), input.key.clone());
-        self.blocking(move |s| s.set_tags(&b, &k, Vec::new()))
-            .await
-            .map_err(|e| map_err(e, &input.bucket, &input.key))?;
-        let mut resp = S3Response::new(DeleteObjectTaggingOutput { version_id: None });
-        resp.status = Some(http::StatusCode::NO_CONTENT);
-        Ok(resp)
+        self.on_key(&input.bucket, &input.key, |s, b, k| {
+            s.set_tags(b, k, Vec::new())
+        })
+        .await?;
+        no_content(DeleteObjectTaggingOutput { version_id: None })
     }
 
     // ----- multipart uploads -------------------------------------------------------------
@@ -1391,34 +1541,19 @@ impl S3 for EsbS3 {
         &self,
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
-        let input = req.input;
+        let mut input = req.input;
         if input.sse_customer_algorithm.is_some() {
             return Err(s3_error!(NotImplemented, "SSE-C is not supported"));
         }
         let tags = parse_tag_header(input.tagging.as_deref())?;
-        let algo = match input.checksum_algorithm.as_ref() {
-            Some(a) => Some(
-                Algo::parse(a.as_str())
-                    .ok_or_else(|| invalid_argument("Unsupported checksum algorithm"))?,
-            ),
-            None => None,
-        };
+        let algo = requested_algorithm(input.checksum_algorithm.as_ref())?;
         let checksum_type = input.checksum_type.as_ref().map(|t| t.as_str().to_owned());
         let template = ObjectRecord {
             size: 0,
             etag: String::new(),
             last_modified_ms: 0,
-            headers: headers_from(
-                input.content_type,
-                input.content_encoding,
-                input.content_disposition,
-                input.content_language,
-                input.cache_control,
-                input.expires.as_ref(),
-                input.website_redirect_location,
-                input.storage_class.as_ref(),
-            ),
-            metadata: metadata_map(input.metadata)?,
+            headers: input.take_std_headers(),
+            metadata: metadata_map(input.metadata.take())?,
             tags,
             checksum: None,
             part_sizes: Vec::new(),
@@ -1432,10 +1567,10 @@ impl S3 for EsbS3 {
             parts: BTreeMap::new(),
         };
         let id = new_upload_id();
-        let (b, k, i) = (input.bucket.clone(), input.key.clone(), id.clone());
-        self.blocking(move |s| s.create_upload(&b, &k, &i, &rec))
-            .await
-            .map_err(|e| map_err(e, &input.bucket, &input.key))?;
+        self.on_upload(&input.bucket, &input.key, &id, move |s, b, k, i| {
+            s.create_upload(b, k, i, &rec)
+        })
+        .await?;
         Ok(S3Response::new(CreateMultipartUploadOutput {
             bucket: Some(input.bucket),
             key: Some(input.key),
@@ -1450,79 +1585,40 @@ impl S3 for EsbS3 {
         &self,
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
-        let input = req.input;
+        let mut input = req.input;
         let number = check_part_number(input.part_number)?;
-        let (b, k, i) = (
-            input.bucket.clone(),
-            input.key.clone(),
-            input.upload_id.clone(),
-        );
-        let up = self
-            .blocking(move |s| s.get_upload(&b, &k, &i))
-            .await
-            .map_err(|e| map_err(e, &input.bucket, &input.key))?;
-        let from_header = header_checksum(
-            &input.checksum_crc32,
-            &input.checksum_crc32c,
-            &input.checksum_crc64nvme,
-            &input.checksum_sha1,
-            &input.checksum_sha256,
-        );
-        let upload_algo = up.checksum_algorithm.as_deref().and_then(Algo::parse);
-        let (mut algo, expected) =
-            checksum_plan(&req.headers, input.checksum_algorithm.as_ref(), from_header)?;
-        if algo.is_none() {
-            algo = upload_algo;
-        }
-        let body = input
-            .body
-            .ok_or_else(|| s3_error!(IncompleteBody, "The request body is missing"))?;
-        let data = ingest_to_file(&self.store, body, algo).await?;
-        let checksum = match verify_digests(
+        let upload = self
+            .load_upload(&input.bucket, &input.key, &input.upload_id)
+            .await?;
+        let upload_algo = upload
+            .record
+            .checksum_algorithm
+            .as_deref()
+            .and_then(Algo::parse);
+        let (algo, expected) = checksum_plan(
+            &req.headers,
+            input.checksum_algorithm.as_ref(),
+            input.header_checksum(),
+        )?;
+        let body = input.body.take().ok_or_else(missing_body)?;
+        // Parts are always stored in files (never inline): a completed object is a list
+        // of part files.
+        let data = io::ingest_file(&self.store, body, algo.or(upload_algo)).await?;
+        let verified = verify_digests(
             &data,
             input.content_md5.as_deref(),
             expected,
             req.trailing_headers.as_ref(),
-        ) {
-            Ok(c) => c,
-            Err(e) => {
-                self.drop_segments(data.segments()).await;
-                return Err(e);
-            }
-        };
-        let part = PartRecord {
-            size: data.size,
-            etag: hex::encode(data.digests.md5),
-            last_modified_ms: now_ms(),
-            checksum: checksum.clone(),
-            segment: data.segments().into_iter().next(),
-        };
-        let etag_value = part.etag.clone();
-        let (b, k, i) = (
-            input.bucket.clone(),
-            input.key.clone(),
-            input.upload_id.clone(),
         );
-        match self
-            .blocking(move |s| s.put_part(&b, &k, &i, number, part))
-            .await
-        {
-            Ok(old) => self.drop_segments(old.into_iter().collect()).await,
-            Err(e) => {
-                self.drop_segments(data.segments()).await;
-                return Err(map_err(e, &input.bucket, &input.key));
+        let checksum = self.discard_on_error(&data, verified).await?;
+        let part = self.store_part(&upload, number, &data, checksum).await?;
+        Ok(S3Response::new(
+            UploadPartOutput {
+                e_tag: Some(etag(&part.etag)),
+                ..Default::default()
             }
-        }
-        let f = checksum_fields(checksum.as_ref());
-        Ok(S3Response::new(UploadPartOutput {
-            e_tag: Some(etag(&etag_value)),
-            checksum_crc32: f.crc32,
-            checksum_crc32c: f.crc32c,
-            checksum_crc64nvme: f.crc64,
-            checksum_sha1: f.sha1,
-            checksum_sha256: f.sha256,
-            ..Default::default()
-        }))
+            .with_checksum(part.checksum.as_ref()),
+        ))
     }
 
     async fn upload_part_copy(
@@ -1532,68 +1628,33 @@ impl S3 for EsbS3 {
         let input = req.input;
         let number = check_part_number(input.part_number)?;
         let (src_bucket, src_key) = parse_copy_source(&input.copy_source)?;
-        let (b, k, i) = (
-            input.bucket.clone(),
-            input.key.clone(),
-            input.upload_id.clone(),
-        );
-        let up = self
-            .blocking(move |s| s.get_upload(&b, &k, &i))
-            .await
-            .map_err(|e| map_err(e, &input.bucket, &input.key))?;
-        let (src, opened) = self.load_open(&src_bucket, &src_key).await?;
-        check_read_conditions(
-            &src.record,
-            input.copy_source_if_match.as_ref(),
-            input.copy_source_if_unmodified_since.as_ref(),
-            input.copy_source_if_none_match.as_ref(),
-            input.copy_source_if_modified_since.as_ref(),
-            precondition_failed,
-        )?;
+        let upload = self
+            .load_upload(&input.bucket, &input.key, &input.upload_id)
+            .await?;
+        let (src, opened) = self
+            .open_copy_source(&src_bucket, &src_key, input.copy_source_conditions())
+            .await?;
         let range = match input.copy_source_range.as_deref() {
             Some(r) => parse_copy_range(r, src.record.size)?,
             None => 0..src.record.size,
         };
-        let algo = up.checksum_algorithm.as_deref().and_then(Algo::parse);
+        let algo = upload
+            .record
+            .checksum_algorithm
+            .as_deref()
+            .and_then(Algo::parse);
         let data = io::copy_range(&self.store, opened, range, algo, true).await?;
-        let part = PartRecord {
-            size: data.size,
-            etag: hex::encode(data.digests.md5),
-            last_modified_ms: now_ms(),
-            checksum: data.digests.checksum.as_ref().map(|(a, v)| StoredChecksum {
-                algorithm: a.name().to_owned(),
-                value: v.clone(),
-                kind: "FULL_OBJECT".to_owned(),
-            }),
-            segment: data.segments().into_iter().next(),
-        };
-        let out_part = part.clone();
-        let (b, k, i) = (
-            input.bucket.clone(),
-            input.key.clone(),
-            input.upload_id.clone(),
-        );
-        match self
-            .blocking(move |s| s.put_part(&b, &k, &i, number, part))
-            .await
-        {
-            Ok(old) => self.drop_segments(old.into_iter().collect()).await,
-            Err(e) => {
-                self.drop_segments(data.segments()).await;
-                return Err(map_err(e, &input.bucket, &input.key));
-            }
-        }
-        let f = checksum_fields(out_part.checksum.as_ref());
+        let checksum = data.digests.checksum.as_ref().map(full_object_checksum);
+        let part = self.store_part(&upload, number, &data, checksum).await?;
         Ok(S3Response::new(UploadPartCopyOutput {
-            copy_part_result: Some(CopyPartResult {
-                checksum_crc32: f.crc32,
-                checksum_crc32c: f.crc32c,
-                checksum_crc64nvme: f.crc64,
-                checksum_sha1: f.sha1,
-                checksum_sha256: f.sha256,
-                e_tag: Some(etag(&out_part.etag)),
-                last_modified: Some(ts(out_part.last_modified_ms)),
-            }),
+            copy_part_result: Some(
+                CopyPartResult {
+                    e_tag: Some(etag(&part.etag)),
+                    last_modified: Some(ts(part.last_modified_ms)),
+                    ..Default::default()
+                }
+                .with_checksum(part.checksum.as_ref()),
+            ),
             ..Default::default()
         }))
     }
@@ -1631,52 +1692,40 @@ impl S3 for EsbS3 {
         }
         let cond = WriteCondition {
             if_none_match_any: matches!(input.if_none_match, Some(ETagCondition::Any)),
-            if_match: input.if_match.as_ref().map(|c| match c {
-                ETagCondition::Any => "*".to_owned(),
-                ETagCondition::ETag(e) => e.value().to_owned(),
-            }),
+            if_match: input.if_match.as_ref().map(if_match_value),
         };
-        let (b, k, i) = (
-            input.bucket.clone(),
-            input.key.clone(),
-            input.upload_id.clone(),
-        );
         let build_err: Arc<std::sync::Mutex<Option<S3Error>>> = Arc::default();
         let build_err2 = build_err.clone();
         let result = self
-            .blocking(move |s| {
-                s.complete_upload(&b, &k, &i, &cond, move |up| {
-                    build_object(up, &requested).map_err(|e| {
-                        *build_err2.lock().expect("lock") = Some(e);
-                        StoreError::PreconditionFailed
+            .on_upload(
+                &input.bucket,
+                &input.key,
+                &input.upload_id,
+                move |s, b, k, i| {
+                    s.complete_upload(b, k, i, &cond, move |up| {
+                        build_object(up, &requested).map_err(|e| {
+                            *build_err2.lock().expect("lock") = Some(e);
+                            StoreError::PreconditionFailed
+                        })
                     })
-                })
-            })
+                },
+            )
             .await;
         let (record, unused) = match result {
             Ok(v) => v,
-            Err(e) => {
-                if let Some(err) = build_err.lock().expect("lock").take() {
-                    return Err(err);
-                }
-                return Err(map_err(e, &input.bucket, &input.key));
-            }
+            Err(e) => return Err(build_err.lock().expect("lock").take().unwrap_or(e)),
         };
         self.drop_segments(unused).await;
-        let f = checksum_fields(record.checksum.as_ref());
-        Ok(S3Response::new(CompleteMultipartUploadOutput {
-            bucket: Some(input.bucket.clone()),
-            key: Some(input.key.clone()),
-            e_tag: Some(etag(&record.etag)),
-            location: Some(format!("/{}/{}", input.bucket, input.key)),
-            checksum_crc32: f.crc32,
-            checksum_crc32c: f.crc32c,
-            checksum_crc64nvme: f.crc64,
-            checksum_sha1: f.sha1,
-            checksum_sha256: f.sha256,
-            checksum_type: f.kind,
-            ..Default::default()
-        }))
+        Ok(S3Response::new(
+            CompleteMultipartUploadOutput {
+                bucket: Some(input.bucket.clone()),
+                key: Some(input.key.clone()),
+                e_tag: Some(etag(&record.etag)),
+                location: Some(format!("/{}/{}", input.bucket, input.key)),
+                ..Default::default()
+            }
+            .with_checksum(record.checksum.as_ref()),
+        ))
     }
 
     async fn abort_multipart_upload(
@@ -1684,19 +1733,13 @@ impl S3 for EsbS3 {
         req: S3Request<AbortMultipartUploadInput>,
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
         let input = req.input;
-        let (b, k, i) = (
-            input.bucket.clone(),
-            input.key.clone(),
-            input.upload_id.clone(),
-        );
         let parts = self
-            .blocking(move |s| s.abort_upload(&b, &k, &i))
-            .await
-            .map_err(|e| map_err(e, &input.bucket, &input.key))?;
+            .on_upload(&input.bucket, &input.key, &input.upload_id, |s, b, k, i| {
+                s.abort_upload(b, k, i)
+            })
+            .await?;
         self.drop_segments(parts).await;
-        let mut resp = S3Response::new(AbortMultipartUploadOutput::default());
-        resp.status = Some(http::StatusCode::NO_CONTENT);
-        Ok(resp)
+        no_content(AbortMultipartUploadOutput::default())
     }
 
     async fn list_parts(
@@ -1704,20 +1747,11 @@ impl S3 for EsbS3 {
         req: S3Request<ListPartsInput>,
     ) -> S3Result<S3Response<ListPartsOutput>> {
         let input = req.input;
-        let (b, k, i) = (
-            input.bucket.clone(),
-            input.key.clone(),
-            input.upload_id.clone(),
-        );
         let up = self
-            .blocking(move |s| s.get_upload(&b, &k, &i))
-            .await
-            .map_err(|e| map_err(e, &input.bucket, &input.key))?;
-        let max = match input.max_parts {
-            None => 1000,
-            Some(n) if n < 0 => return Err(invalid_argument("max-parts must not be negative")),
-            Some(n) => usize::try_from(n).unwrap_or(0).min(1000),
-        };
+            .load_upload(&input.bucket, &input.key, &input.upload_id)
+            .await?
+            .record;
+        let max = page_size(input.max_parts, "max-parts")?;
         let marker = u32::try_from(input.part_number_marker.unwrap_or(0)).unwrap_or(0);
         let mut parts = Vec::new();
         let mut truncated = false;
@@ -1726,41 +1760,30 @@ impl S3 for EsbS3 {
                 truncated = true;
                 break;
             }
-            let f = checksum_fields(p.checksum.as_ref());
-            parts.push(Part {
-                checksum_crc32: f.crc32,
-                checksum_crc32c: f.crc32c,
-                checksum_crc64nvme: f.crc64,
-                checksum_sha1: f.sha1,
-                checksum_sha256: f.sha256,
-                e_tag: Some(etag(&p.etag)),
-                last_modified: Some(ts(p.last_modified_ms)),
-                part_number: Some(i32::try_from(*n).unwrap_or(0)),
-                size: Some(i64::try_from(p.size).unwrap_or(i64::MAX)),
-            });
+            parts.push(
+                Part {
+                    e_tag: Some(etag(&p.etag)),
+                    last_modified: Some(ts(p.last_modified_ms)),
+                    part_number: Some(i32::try_from(*n).unwrap_or(0)),
+                    size: Some(to_i64(p.size)),
+                    ..Default::default()
+                }
+                .with_checksum(p.checksum.as_ref()),
+            );
         }
         let next = parts.last().and_then(|p| p.part_number);
         Ok(S3Response::new(ListPartsOutput {
             bucket: Some(input.bucket),
             key: Some(input.key),
             upload_id: Some(input.upload_id),
-            initiator: Some(Initiator {
-                display_name: Some(OWNER_ID.into()),
-                id: Some(OWNER_ID.into()),
-            }),
+            initiator: Some(initiator()),
             owner: Some(owner()),
             is_truncated: Some(truncated),
-            max_parts: Some(i32::try_from(max).unwrap_or(1000)),
+            max_parts: Some(page_size_out(max)),
             part_number_marker: input.part_number_marker,
             next_part_number_marker: if truncated { next } else { None },
             parts: Some(parts),
-            storage_class: Some(StorageClass::from(
-                up.template
-                    .headers
-                    .storage_class
-                    .clone()
-                    .unwrap_or_else(|| "STANDARD".into()),
-            )),
+            storage_class: Some(StorageClass::from(storage_class_name(&up.template.headers))),
             checksum_algorithm: up.checksum_algorithm.clone().map(ChecksumAlgorithm::from),
             checksum_type: up.checksum_type.clone().map(ChecksumType::from),
             ..Default::default()
@@ -1773,29 +1796,23 @@ impl S3 for EsbS3 {
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
         let input = req.input;
         let enc = wants_url_encoding(input.encoding_type.as_ref())?;
-        let max = match input.max_uploads {
-            None => 1000,
-            Some(n) if n < 0 => return Err(invalid_argument("max-uploads must not be negative")),
-            Some(n) => usize::try_from(n).unwrap_or(0).min(1000),
-        };
+        let max = page_size(input.max_uploads, "max-uploads")?;
         let prefix = input.prefix.clone().unwrap_or_default();
-        let (b, p, km, im) = (
-            input.bucket.clone(),
+        let (p, km, im) = (
             prefix.clone(),
             input.key_marker.clone(),
             input.upload_id_marker.clone(),
         );
         let all = self
-            .blocking(move |s| {
+            .on_bucket(&input.bucket, move |s, b| {
                 s.list_uploads(
-                    &b,
+                    b,
                     &p,
                     km.as_deref().filter(|s| !s.is_empty()),
                     im.as_deref(),
                 )
             })
-            .await
-            .map_err(|e| map_err(e, &input.bucket, ""))?;
+            .await?;
         let delimiter = input.delimiter.clone().filter(|d| !d.is_empty());
         let mut uploads = Vec::new();
         let mut prefixes: Vec<String> = Vec::new();
@@ -1826,19 +1843,10 @@ impl S3 for EsbS3 {
                 checksum_algorithm: up.checksum_algorithm.clone().map(ChecksumAlgorithm::from),
                 checksum_type: up.checksum_type.clone().map(ChecksumType::from),
                 initiated: Some(ts(up.initiated_ms)),
-                initiator: Some(Initiator {
-                    display_name: Some(OWNER_ID.into()),
-                    id: Some(OWNER_ID.into()),
-                }),
-                key: Some(if enc { url_encode(&key) } else { key }),
+                initiator: Some(initiator()),
+                key: Some(encode_if(enc, key)),
                 owner: Some(owner()),
-                storage_class: Some(StorageClass::from(
-                    up.template
-                        .headers
-                        .storage_class
-                        .clone()
-                        .unwrap_or_else(|| "STANDARD".into()),
-                )),
+                storage_class: Some(StorageClass::from(storage_class_name(&up.template.headers))),
                 upload_id: Some(id),
             });
         }
@@ -1851,34 +1859,22 @@ impl S3 for EsbS3 {
             common_prefixes: Some(
                 prefixes
                     .into_iter()
-                    .map(|p| CommonPrefix {
-                        prefix: Some(if enc { url_encode(&p) } else { p }),
-                    })
+                    .map(|p| common_prefix(p, enc))
                     .collect(),
             ),
             delimiter: maybe_encode(enc, input.delimiter),
             encoding_type: input.encoding_type,
             is_truncated: Some(truncated),
             key_marker: maybe_encode(enc, input.key_marker),
-            max_uploads: Some(i32::try_from(max).unwrap_or(1000)),
+            max_uploads: Some(page_size_out(max)),
             next_key_marker: maybe_encode(enc, next_key),
             next_upload_id_marker: next_id,
-            prefix: Some(maybe_encode(enc, Some(prefix)).unwrap_or_default()),
+            prefix: Some(encode_if(enc, prefix)),
             upload_id_marker: input.upload_id_marker,
             uploads: Some(uploads),
             request_charged: None,
         }))
     }
-}
-
-/// Parts are always stored in files (never inline), so a completed object is a list of
-/// part files.
-async fn ingest_to_file<S, E>(store: &Arc<Store>, body: S, algo: Option<Algo>) -> S3Result<Ingested>
-where
-    S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
-    E: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    io::ingest_file(store, body, algo).await
 }
 
 /// Builds the completed object from an upload and the client's part list.
