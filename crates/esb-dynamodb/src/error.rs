@@ -134,3 +134,24 @@ impl From<rusqlite::Error> for DdbError {
         DdbError::internal(format!("Internal server error: storage: {e}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_messages_read_as_dynamodb_writes_them() {
+        let e = DdbError::missing_member("tableName");
+        assert_eq!(e.kind, "ValidationException");
+        assert_eq!(
+            e.message,
+            "1 validation error detected: Value null at 'tableName' failed to satisfy constraint: Member must not be null"
+        );
+        let e = DdbError::not_in_enum("X", "billingMode", &["PROVISIONED", "PAY_PER_REQUEST"]);
+        assert_eq!(e.kind, "ValidationException");
+        assert_eq!(
+            e.message,
+            "1 validation error detected: Value 'X' at 'billingMode' failed to satisfy constraint: Member must satisfy enum value set: [PROVISIONED, PAY_PER_REQUEST]"
+        );
+    }
+}

@@ -34,6 +34,23 @@ fn arity(op: &str, n: usize, want: usize) -> Result<()> {
     Ok(())
 }
 
+/// The ComparisonOperator values, in the order DynamoDB's error message lists them.
+const COMPARISON_OPERATORS: &[&str] = &[
+    "IN",
+    "NULL",
+    "BETWEEN",
+    "LT",
+    "NOT_CONTAINS",
+    "EQ",
+    "GT",
+    "NOT_NULL",
+    "NE",
+    "LE",
+    "BEGINS_WITH",
+    "GE",
+    "CONTAINS",
+];
+
 /// One `{ComparisonOperator, AttributeValueList}` on an attribute.
 fn comparison(attr: &str, spec: &Json) -> Result<Cond> {
     let op = spec
@@ -67,7 +84,10 @@ fn comparison(attr: &str, spec: &Json) -> Result<Cond> {
             if op == "CONTAINS" {
                 c
             } else {
-                Cond::And(Box::new(Cond::Exists(path(attr))), Box::new(Cond::Not(Box::new(c))))
+                Cond::And(
+                    Box::new(Cond::Exists(path(attr))),
+                    Box::new(Cond::Not(Box::new(c))),
+                )
             }
         }
         "BEGINS_WITH" => {
@@ -89,9 +109,11 @@ fn comparison(attr: &str, spec: &Json) -> Result<Cond> {
             Cond::Between(p(), Operand::Value(lo), Operand::Value(hi))
         }
         other => {
-            return Err(DdbError::validation(format!(
-                "1 validation error detected: Value '{other}' at 'comparisonOperator' failed to satisfy constraint: Member must satisfy enum value set: [IN, NULL, BETWEEN, LT, NOT_CONTAINS, EQ, GT, NOT_NULL, NE, LE, BEGINS_WITH, GE, CONTAINS]"
-            )))
+            return Err(DdbError::not_in_enum(
+                other,
+                "comparisonOperator",
+                COMPARISON_OPERATORS,
+            ))
         }
     })
 }
@@ -101,9 +123,11 @@ fn combine(conds: Vec<Cond>, req: &Json) -> Result<Option<Cond>> {
         None | Some("AND") => false,
         Some("OR") => true,
         Some(other) => {
-            return Err(DdbError::validation(format!(
-                "1 validation error detected: Value '{other}' at 'conditionalOperator' failed to satisfy constraint: Member must satisfy enum value set: [OR, AND]"
-            )))
+            return Err(DdbError::not_in_enum(
+                other,
+                "conditionalOperator",
+                &["OR", "AND"],
+            ))
         }
     };
     Ok(conds.into_iter().reduce(|a, b| {
@@ -257,9 +281,11 @@ pub fn attribute_updates(req: &Json) -> Result<Option<Update>> {
                 )))
             }
             (other, _) => {
-                return Err(DdbError::validation(format!(
-                    "1 validation error detected: Value '{other}' at 'attributeUpdates.{attr}.member.action' failed to satisfy constraint: Member must satisfy enum value set: [ADD, PUT, DELETE]"
-                )))
+                return Err(DdbError::not_in_enum(
+                    other,
+                    &format!("attributeUpdates.{attr}.member.action"),
+                    &["ADD", "PUT", "DELETE"],
+                ))
             }
         }
     }

@@ -438,8 +438,8 @@ async fn update_table(db: &Arc<Db>, req: Json) -> Result<Json> {
             }
         }
         if let Some(b) = opt_str(&req, "BillingMode")? {
-            if b != "PROVISIONED" && b != "PAY_PER_REQUEST" {
-                return Err(DdbError::not_in_enum(b, "billingMode", &["PROVISIONED", "PAY_PER_REQUEST"]));
+            if !table::BILLING_MODES.contains(&b) {
+                return Err(DdbError::not_in_enum(b, "billingMode", table::BILLING_MODES));
             }
             meta.billing = b.to_owned();
             if b == "PAY_PER_REQUEST" {

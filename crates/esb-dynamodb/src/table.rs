@@ -10,6 +10,8 @@ use std::collections::BTreeSet;
 pub const MAX_GSI: usize = 20;
 /// Most local secondary indexes per table.
 pub const MAX_LSI: usize = 5;
+/// The billing modes a table can have.
+pub(crate) const BILLING_MODES: &[&str] = &["PROVISIONED", "PAY_PER_REQUEST"];
 
 /// A key attribute: name and type.
 #[derive(Debug, Clone, PartialEq)]
@@ -522,9 +524,11 @@ pub fn parse_projection(p: &Json) -> Result<Projection> {
                 list.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
             ))
         }
-        other => Err(DdbError::validation(format!(
-            "1 validation error detected: Value '{other}' at 'projection.projectionType' failed to satisfy constraint: Member must satisfy enum value set: [ALL, INCLUDE, KEYS_ONLY]"
-        ))),
+        other => Err(DdbError::not_in_enum(
+            other,
+            "projection.projectionType",
+            &["ALL", "INCLUDE", "KEYS_ONLY"],
+        )),
     }
 }
 
@@ -547,17 +551,19 @@ fn parse_throughput(v: &Json) -> Result<Option<(i64, i64)>> {
 
 /// Parses AttributeDefinitions.
 pub fn parse_attribute_definitions(v: &Json) -> Result<Vec<KeyAttr>> {
-    let list = v.as_array().ok_or_else(|| {
-        DdbError::validation("1 validation error detected: Value null at 'attributeDefinitions' failed to satisfy constraint: Member must not be null")
-    })?;
+    let list = v
+        .as_array()
+        .ok_or_else(|| DdbError::missing_member("attributeDefinitions"))?;
     let mut out: Vec<KeyAttr> = Vec::new();
     for a in list {
         let name = a["AttributeName"].as_str().unwrap_or_default().to_owned();
         let ty = a["AttributeType"].as_str().unwrap_or_default();
         let ty = KeyType::parse(ty).ok_or_else(|| {
-            DdbError::validation(format!(
-                "1 validation error detected: Value '{ty}' at 'attributeDefinitions.1.member.attributeType' failed to satisfy constraint: Member must satisfy enum value set: [B, N, S]"
-            ))
+            DdbError::not_in_enum(
+                ty,
+                "attributeDefinitions.1.member.attributeType",
+                &["B", "N", "S"],
+            )
         })?;
         if out.iter().any(|o| o.name == name) {
             return Err(DdbError::validation(format!(
@@ -640,11 +646,7 @@ pub fn parse_create_table(req: &Json) -> Result<TableMeta> {
             ))
         }
         "PROVISIONED" | "PAY_PER_REQUEST" => {}
-        other => {
-            return Err(DdbError::validation(format!(
-                "1 validation error detected: Value '{other}' at 'billingMode' failed to satisfy constraint: Member must satisfy enum value set: [PROVISIONED, PAY_PER_REQUEST]"
-            )))
-        }
+        other => return Err(DdbError::not_in_enum(other, "billingMode", BILLING_MODES)),
     }
     let mut indexes = Vec::new();
     let mut used: BTreeSet<String> = BTreeSet::new();
