@@ -17,8 +17,8 @@ use time::OffsetDateTime;
 
 use crate::io::{self, Algo, Data, Ingested};
 use crate::store::{
-    BucketRecord, ListEntry, ObjectRecord, PartRecord, Segment, StdHeaders, Store, StoreError,
-    StoredChecksum, StoredObject, UploadRecord, WriteCondition,
+    BucketRecord, ListEntry, ListResult, ObjectRecord, PartRecord, Segment, StdHeaders, Store,
+    StoreError, StoredChecksum, StoredObject, UploadRecord, WriteCondition,
 };
 
 const OWNER_ID: &str = "esb";
@@ -139,6 +139,22 @@ impl EsbS3 {
 
     async fn load(&self, bucket: &str, key: &str) -> S3Result<StoredObject> {
         self.on_key(bucket, key, |s, b, k| s.get_object(b, k)).await
+    }
+
+    /// One page of keys (ListObjects, ListObjectsV2): see [`Store::list_objects`].
+    async fn list_keys(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        delimiter: Option<String>,
+        after: Option<String>,
+        max: usize,
+    ) -> S3Result<ListResult> {
+        let prefix = prefix.to_owned();
+        self.on_bucket(bucket, move |s, b| {
+            s.list_objects(b, &prefix, delimiter.as_deref(), after.as_deref(), max)
+        })
+        .await
     }
 
     /// Loads a multipart upload, which must exist.
@@ -640,6 +656,29 @@ fn page_size(v: Option<i32>, param: &str) -> S3Result<usize> {
     }
 }
 
+/// What every listing of keys or uploads asks for.
+struct ListingRequest {
+    /// Names are URL-encoded in the answer (`encoding-type=url`).
+    enc: bool,
+    /// The page size.
+    max: usize,
+    prefix: String,
+}
+
+/// Validates the common listing parameters; `max` is the page size with the name of its
+/// query parameter.
+fn listing_request(
+    encoding_type: Option<&EncodingType>,
+    (max, max_param): (Option<i32>, &str),
+    prefix: Option<&str>,
+) -> S3Result<ListingRequest> {
+    Ok(ListingRequest {
+        enc: wants_url_encoding(encoding_type)?,
+        max: page_size(max, max_param)?,
+        prefix: prefix.unwrap_or_default().to_owned(),
+    })
+}
+
 /// A page size as reported back in a listing.
 fn page_size_out(max: usize) -> i32 {
     i32::try_from(max).unwrap_or(1000)
@@ -989,6 +1028,31 @@ impl_with_checksum!(
     CopyPartResult,
     Part,
 );
+
+/// CopyObjectResult and CopyPartResult: what a copy wrote.
+trait CopyResult {
+    fn copied(etag_value: &str, last_modified_ms: i64, checksum: Option<&StoredChecksum>) -> Self;
+}
+
+macro_rules! impl_copy_result {
+    ($($t:ty),* $(,)?) => {$(
+        impl CopyResult for $t {
+            fn copied(
+                etag_value: &str,
+                last_modified_ms: i64,
+                checksum: Option<&StoredChecksum>,
+            ) -> Self {
+                Self {
+                    e_tag: Some(etag(etag_value)),
+                    last_modified: Some(ts(last_modified_ms)),
+                    ..Default::default()
+                }
+                .with_checksum(checksum)
+            }
+        }
+    )*};
+}
+impl_copy_result!(CopyObjectResult, CopyPartResult);
 
 /// GetObjectOutput and HeadObjectOutput: the object's headers as read by a [`ReadPlan`].
 trait ObjectReadOutput {
@@ -1385,14 +1449,11 @@ impl S3 for EsbS3 {
         )
         .await?;
         Ok(S3Response::new(CopyObjectOutput {
-            copy_object_result: Some(
-                CopyObjectResult {
-                    e_tag: Some(etag(&record.etag)),
-                    last_modified: Some(ts(record.last_modified_ms)),
-                    ..Default::default()
-                }
-                .with_checksum(record.checksum.as_ref()),
-            ),
+            copy_object_result: Some(CopyObjectResult::copied(
+                &record.etag,
+                record.last_modified_ms,
+                record.checksum.as_ref(),
+            )),
             ..Default::default()
         }))
     }
@@ -1402,24 +1463,14 @@ impl S3 for EsbS3 {
         req: S3Request<ListObjectsInput>,
     ) -> S3Result<S3Response<ListObjectsOutput>> {
         let input = req.input;
-        let enc = wants_url_encoding(input.encoding_type.as_ref())?;
-        let max = page_size(input.max_keys, "max-keys")?;
-        let prefix = input.prefix.clone().unwrap_or_default();
-        let (p, d, m) = (
-            prefix.clone(),
-            input.delimiter.clone(),
-            input.marker.clone(),
-        );
+        let ListingRequest { enc, max, prefix } = listing_request(
+            input.encoding_type.as_ref(),
+            (input.max_keys, "max-keys"),
+            input.prefix.as_deref(),
+        )?;
+        let marker = input.marker.clone().filter(|m| !m.is_empty());
         let res = self
-            .on_bucket(&input.bucket, move |s, b| {
-                s.list_objects(
-                    b,
-                    &p,
-                    d.as_deref(),
-                    m.as_deref().filter(|m| !m.is_empty()),
-                    max,
-                )
-            })
+            .list_keys(&input.bucket, &prefix, input.delimiter.clone(), marker, max)
             .await?;
         let page = listing_page(res.entries, enc, true);
         Ok(S3Response::new(ListObjectsOutput {
@@ -1446,9 +1497,11 @@ impl S3 for EsbS3 {
         req: S3Request<ListObjectsV2Input>,
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
         let input = req.input;
-        let enc = wants_url_encoding(input.encoding_type.as_ref())?;
-        let max = page_size(input.max_keys, "max-keys")?;
-        let prefix = input.prefix.clone().unwrap_or_default();
+        let ListingRequest { enc, max, prefix } = listing_request(
+            input.encoding_type.as_ref(),
+            (input.max_keys, "max-keys"),
+            input.prefix.as_deref(),
+        )?;
         let after = match input.continuation_token.as_deref() {
             Some(tok) => {
                 let bad_token = || invalid_argument("The continuation token provided is incorrect");
@@ -1457,11 +1510,8 @@ impl S3 for EsbS3 {
             }
             None => input.start_after.clone().filter(|s| !s.is_empty()),
         };
-        let (p, d) = (prefix.clone(), input.delimiter.clone());
         let res = self
-            .on_bucket(&input.bucket, move |s, b| {
-                s.list_objects(b, &p, d.as_deref(), after.as_deref(), max)
-            })
+            .list_keys(&input.bucket, &prefix, input.delimiter.clone(), after, max)
             .await?;
         let with_owner = input.fetch_owner.unwrap_or(false);
         let page = listing_page(res.entries, enc, with_owner);
@@ -1647,14 +1697,11 @@ impl S3 for EsbS3 {
         let checksum = data.digests.checksum.as_ref().map(full_object_checksum);
         let part = self.store_part(&upload, number, &data, checksum).await?;
         Ok(S3Response::new(UploadPartCopyOutput {
-            copy_part_result: Some(
-                CopyPartResult {
-                    e_tag: Some(etag(&part.etag)),
-                    last_modified: Some(ts(part.last_modified_ms)),
-                    ..Default::default()
-                }
-                .with_checksum(part.checksum.as_ref()),
-            ),
+            copy_part_result: Some(CopyPartResult::copied(
+                &part.etag,
+                part.last_modified_ms,
+                part.checksum.as_ref(),
+            )),
             ..Default::default()
         }))
     }
@@ -1795,9 +1842,11 @@ impl S3 for EsbS3 {
         req: S3Request<ListMultipartUploadsInput>,
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
         let input = req.input;
-        let enc = wants_url_encoding(input.encoding_type.as_ref())?;
-        let max = page_size(input.max_uploads, "max-uploads")?;
-        let prefix = input.prefix.clone().unwrap_or_default();
+        let ListingRequest { enc, max, prefix } = listing_request(
+            input.encoding_type.as_ref(),
+            (input.max_uploads, "max-uploads"),
+            input.prefix.as_deref(),
+        )?;
         let (p, km, im) = (
             prefix.clone(),
             input.key_marker.clone(),
