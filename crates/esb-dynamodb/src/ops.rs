@@ -447,9 +447,7 @@ async fn update_table(db: &Arc<Db>, req: Json) -> Result<Json> {
             }
         }
         if let Some(t) = present(&req, "ProvisionedThroughput") {
-            let r = t["ReadCapacityUnits"].as_i64().unwrap_or(1);
-            let w = t["WriteCapacityUnits"].as_i64().unwrap_or(1);
-            meta.throughput = Some((r, w));
+            meta.throughput = Some(updated_throughput(t));
         }
         let mut created: Vec<IndexMeta> = Vec::new();
         if let Some(updates) = present(&req, "GlobalSecondaryIndexUpdates") {
@@ -475,22 +473,12 @@ async fn update_table(db: &Arc<Db>, req: Json) -> Result<Json> {
                     meta.indexes.push(idx.clone());
                     created.push(idx);
                 } else if let Some(d) = present(u, "Delete") {
-                    let iname = d["IndexName"].as_str().unwrap_or_default();
-                    let pos = meta.indexes.iter().position(|i| i.name == iname && !i.local).ok_or_else(|| {
-                        DdbError::not_found(format!("Requested resource not found: Index: {iname} not found"))
-                    })?;
-                    let idx = meta.indexes.remove(pos);
+                    let idx = meta.indexes.remove(gsi_position(&meta, d)?);
                     ctx.conn.execute_batch(&format!("DROP TABLE IF EXISTS x{}", idx.id))?;
                 } else if let Some(up) = present(u, "Update") {
-                    let iname = up["IndexName"].as_str().unwrap_or_default();
-                    let idx = meta.indexes.iter_mut().find(|i| i.name == iname && !i.local).ok_or_else(|| {
-                        DdbError::not_found(format!("Requested resource not found: Index: {iname} not found"))
-                    })?;
+                    let pos = gsi_position(&meta, up)?;
                     if let Some(t) = present(up, "ProvisionedThroughput") {
-                        idx.throughput = Some((
-                            t["ReadCapacityUnits"].as_i64().unwrap_or(1),
-                            t["WriteCapacityUnits"].as_i64().unwrap_or(1),
-                        ));
+                        meta.indexes[pos].throughput = Some(updated_throughput(t));
                     }
                 } else {
                     return Err(DdbError::validation(
@@ -535,6 +523,28 @@ async fn update_table(db: &Arc<Db>, req: Json) -> Result<Json> {
         Ok(json!({"TableDescription": desc}))
     })
     .await
+}
+
+/// The ProvisionedThroughput of an UpdateTable (of the table or one of its indexes): a
+/// unit left out reads as 1.
+fn updated_throughput(t: &Json) -> (i64, i64) {
+    (
+        t["ReadCapacityUnits"].as_i64().unwrap_or(1),
+        t["WriteCapacityUnits"].as_i64().unwrap_or(1),
+    )
+}
+
+/// Where the global secondary index named by an index update's `IndexName` is.
+fn gsi_position(meta: &TableMeta, update: &Json) -> Result<usize> {
+    let name = update["IndexName"].as_str().unwrap_or_default();
+    meta.indexes
+        .iter()
+        .position(|i| i.name == name && !i.local)
+        .ok_or_else(|| {
+            DdbError::not_found(format!(
+                "Requested resource not found: Index: {name} not found"
+            ))
+        })
 }
 
 async fn update_ttl(db: &Arc<Db>, req: Json) -> Result<Json> {
@@ -1250,6 +1260,11 @@ fn request_items(req: &Json) -> Result<&Map<String, Json>> {
     Ok(ri)
 }
 
+/// A batch naming one item twice.
+fn duplicate_keys() -> DdbError {
+    DdbError::validation("Provided list of item keys contains duplicates")
+}
+
 struct BatchGetTable {
     name: String,
     keys: Vec<Item>,
@@ -1299,9 +1314,7 @@ async fn batch_get(db: &Arc<Db>, req: Json) -> Result<Json> {
             for k in &t.keys {
                 meta.validate_key(k)?;
                 if !seen.insert(meta.key(k)) {
-                    return Err(DdbError::validation(
-                        "Provided list of item keys contains duplicates",
-                    ));
+                    return Err(duplicate_keys());
                 }
             }
         }
@@ -1391,9 +1404,7 @@ async fn batch_write(db: &Arc<Db>, req: Json) -> Result<Json> {
                     }
                 };
                 if !seen.insert(key) {
-                    return Err(DdbError::validation(
-                        "Provided list of item keys contains duplicates",
-                    ));
+                    return Err(duplicate_keys());
                 }
             }
             metas.push(meta);
@@ -1488,6 +1499,11 @@ fn parse_tx_op(entry: &Json) -> Result<TxOp> {
     })
 }
 
+/// A transaction with two operations on one item.
+fn one_item_twice() -> DdbError {
+    DdbError::validation("Transaction request cannot include multiple operations on one item")
+}
+
 fn cancelled(reasons: Vec<Json>) -> DdbError {
     let codes: Vec<String> = reasons
         .iter()
@@ -1542,9 +1558,7 @@ fn run_transaction(ctx: &mut WriteCtx<'_>, ops: Vec<TxOp>) -> Result<Json> {
             check_key_not_updated(&meta, u)?;
         }
         if !seen.insert((meta.id, key.clone())) {
-            return Err(DdbError::validation(
-                "Transaction request cannot include multiple operations on one item",
-            ));
+            return Err(one_item_twice());
         }
         metas.push((meta, key));
     }
@@ -1622,9 +1636,7 @@ async fn transact_get(db: &Arc<Db>, req: Json) -> Result<Json> {
             let meta = cat.get(table).ok_or_else(DdbError::table_not_found)?;
             meta.validate_key(key)?;
             if !seen.insert((meta.id, meta.key(key))) {
-                return Err(DdbError::validation(
-                    "Transaction request cannot include multiple operations on one item",
-                ));
+                return Err(one_item_twice());
             }
         }
         let mut out = Vec::with_capacity(gets.len());
