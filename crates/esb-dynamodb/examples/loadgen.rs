@@ -14,10 +14,12 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use sha2::Digest;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+#[path = "../tests/common/signing.rs"]
+mod signing;
 
 struct Target {
     host: String,
@@ -28,40 +30,18 @@ struct Target {
 impl Target {
     fn request(&self, op: &str, body: &Value) -> hyper::Request<Full<Bytes>> {
         let payload = serde_json::to_vec(body).unwrap();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
-        let date = esb_sigv4::format_amz_date(now);
-        let target = format!("DynamoDB_20120810.{op}");
-        let headers = vec![
-            ("host".to_owned(), self.host.clone()),
-            ("x-amz-date".to_owned(), date.clone()),
-            ("x-amz-target".to_owned(), target.clone()),
-        ];
-        let hash = hex::encode(sha2::Sha256::digest(&payload));
-        let req = esb_sigv4::Request {
-            method: "POST",
-            path: "/",
-            query: "",
-            headers: &headers,
-        };
-        let auth = esb_sigv4::sign(
-            &self.key,
-            &self.secret,
+        let headers = signing::signed_headers(
+            &self.host,
+            op,
+            &payload,
+            (&self.key, &self.secret),
             "ap-northeast-1",
-            "dynamodb",
-            &req,
-            &hash,
         );
-        hyper::Request::post("/")
-            .header("host", &self.host)
-            .header("x-amz-date", date)
-            .header("x-amz-target", target)
-            .header("content-type", "application/x-amz-json-1.0")
-            .header("authorization", auth)
-            .body(Full::new(Bytes::from(payload)))
-            .unwrap()
+        let mut req = hyper::Request::post("/");
+        for (name, value) in headers {
+            req = req.header(name, value);
+        }
+        req.body(Full::new(Bytes::from(payload))).unwrap()
     }
 }
 

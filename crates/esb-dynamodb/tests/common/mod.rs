@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub mod signing;
+
 pub const ACCESS_KEY: &str = "AKIDESBTEST";
 pub const SECRET_KEY: &str = "esb-test-secret";
 pub const REGION: &str = "ap-northeast-1";
@@ -147,36 +149,23 @@ pub fn call(
 ) -> std::io::Result<(u16, serde_json::Value)> {
     use std::io::{Read, Write};
     let payload = serde_json::to_vec(body).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let date = esb_sigv4::format_amz_date(now);
-    let host = addr.to_string();
-    let headers = vec![
-        ("host".to_owned(), host.clone()),
-        ("x-amz-date".to_owned(), date.clone()),
-        ("x-amz-target".to_owned(), format!("DynamoDB_20120810.{op}")),
-    ];
-    let hash = {
-        use sha2::Digest;
-        hex::encode(sha2::Sha256::digest(&payload))
-    };
-    let req = esb_sigv4::Request {
-        method: "POST",
-        path: "/",
-        query: "",
-        headers: &headers,
-    };
-    let auth = esb_sigv4::sign(ACCESS_KEY, SECRET_KEY, REGION, "dynamodb", &req, &hash);
+    let headers = signing::signed_headers(
+        &addr.to_string(),
+        op,
+        &payload,
+        (ACCESS_KEY, SECRET_KEY),
+        REGION,
+    );
     let mut stream = std::net::TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
-    let head = format!(
-        "POST / HTTP/1.1\r\nhost: {host}\r\nx-amz-date: {date}\r\nx-amz-target: DynamoDB_20120810.{op}\r\n\
-         content-type: application/x-amz-json-1.0\r\nauthorization: {auth}\r\ncontent-length: {}\r\n\
-         connection: close\r\n\r\n",
+    let mut head = String::from("POST / HTTP/1.1\r\n");
+    for (name, value) in &headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str(&format!(
+        "content-length: {}\r\nconnection: close\r\n\r\n",
         payload.len()
-    );
+    ));
     stream.write_all(head.as_bytes())?;
     stream.write_all(&payload)?;
     let mut buf = Vec::new();
