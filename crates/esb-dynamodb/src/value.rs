@@ -99,12 +99,13 @@ impl Value {
             ));
         }
         let (ty, v) = set.remove(0);
-        let bad = |what: &str| DdbError::serialization(format!("Unexpected value type for {what}"));
         Ok(match ty.as_str() {
-            "S" => Value::S(v.as_str().ok_or_else(|| bad("S"))?.to_owned()),
-            "N" => Value::N(Number::parse(v.as_str().ok_or_else(|| bad("N"))?)?),
+            "S" => Value::S(v.as_str().ok_or_else(|| unexpected_type("S"))?.to_owned()),
+            "N" => Value::N(Number::parse(
+                v.as_str().ok_or_else(|| unexpected_type("N"))?,
+            )?),
             "B" => Value::B(decode_b64(v)?),
-            "BOOL" => Value::Bool(v.as_bool().ok_or_else(|| bad("BOOL"))?),
+            "BOOL" => Value::Bool(v.as_bool().ok_or_else(|| unexpected_type("BOOL"))?),
             "NULL" => {
                 if v.as_bool() != Some(true) {
                     return Err(DdbError::validation(
@@ -114,7 +115,7 @@ impl Value {
                 Value::Null
             }
             "M" => {
-                let m = v.as_object().ok_or_else(|| bad("M"))?;
+                let m = v.as_object().ok_or_else(|| unexpected_type("M"))?;
                 let mut out = Item::new();
                 for (k, v) in m {
                     out.insert(k.clone(), Value::from_json_at(v, depth + 1)?);
@@ -122,7 +123,7 @@ impl Value {
                 Value::M(out)
             }
             "L" => {
-                let l = v.as_array().ok_or_else(|| bad("L"))?;
+                let l = v.as_array().ok_or_else(|| unexpected_type("L"))?;
                 Value::L(
                     l.iter()
                         .map(|v| Value::from_json_at(v, depth + 1))
@@ -130,40 +131,27 @@ impl Value {
                 )
             }
             "SS" => {
-                let l = v.as_array().ok_or_else(|| bad("SS"))?;
-                if l.is_empty() {
-                    return Err(DdbError::validation(
-                        "One or more parameter values were invalid: An string set  may not be empty",
-                    ));
-                }
+                let l = set_members(v, "SS", "An string set  may not be empty")?;
                 let mut out = Vec::with_capacity(l.len());
                 for s in l {
-                    out.push(s.as_str().ok_or_else(|| bad("SS"))?.to_owned());
+                    out.push(s.as_str().ok_or_else(|| unexpected_type("SS"))?.to_owned());
                 }
                 check_dups(&out, |a, b| a == b, |s| s.clone())?;
                 Value::SS(out)
             }
             "NS" => {
-                let l = v.as_array().ok_or_else(|| bad("NS"))?;
-                if l.is_empty() {
-                    return Err(DdbError::validation(
-                        "One or more parameter values were invalid: An number set  may not be empty",
-                    ));
-                }
+                let l = set_members(v, "NS", "An number set  may not be empty")?;
                 let mut out = Vec::with_capacity(l.len());
                 for s in l {
-                    out.push(Number::parse(s.as_str().ok_or_else(|| bad("NS"))?)?);
+                    out.push(Number::parse(
+                        s.as_str().ok_or_else(|| unexpected_type("NS"))?,
+                    )?);
                 }
                 check_dups(&out, |a, b| a == b, |n| n.to_string())?;
                 Value::NS(out)
             }
             "BS" => {
-                let l = v.as_array().ok_or_else(|| bad("BS"))?;
-                if l.is_empty() {
-                    return Err(DdbError::validation(
-                        "One or more parameter values were invalid: Binary sets should not be empty",
-                    ));
-                }
+                let l = set_members(v, "BS", "Binary sets should not be empty")?;
                 let out: Vec<Vec<u8>> = l.iter().map(decode_b64).collect::<Result<_>>()?;
                 check_dups(&out, |a, b| a == b, |b| b64(b))?;
                 Value::BS(out)
@@ -225,6 +213,23 @@ impl PartialEq for Value {
 
 fn set_eq<T: PartialEq>(a: &[T], b: &[T]) -> bool {
     a.len() == b.len() && a.iter().all(|x| b.contains(x))
+}
+
+/// A value whose JSON type is not the one its type tag (`what`) calls for.
+fn unexpected_type(what: &str) -> DdbError {
+    DdbError::serialization(format!("Unexpected value type for {what}"))
+}
+
+/// The members of a set value (`ty` is SS, NS or BS): a list, which may not be empty
+/// (`empty` says so in DynamoDB's words).
+fn set_members<'a>(v: &'a Json, ty: &str, empty: &str) -> Result<&'a [Json]> {
+    let members = v.as_array().ok_or_else(|| unexpected_type(ty))?;
+    if members.is_empty() {
+        return Err(DdbError::validation(format!(
+            "One or more parameter values were invalid: {empty}"
+        )));
+    }
+    Ok(members)
 }
 
 fn check_dups<T>(v: &[T], eq: impl Fn(&T, &T) -> bool, show: impl Fn(&T) -> String) -> Result<()> {
