@@ -26,6 +26,15 @@ use serde::{Deserialize, Serialize};
 
 const BUCKETS: TableDefinition<&str, &[u8]> = TableDefinition::new("buckets");
 
+/// A bucket's object table: key -> encoded object record (see [`encode_object`]).
+type ObjectsDef<'a> = TableDefinition<'a, &'static str, &'static [u8]>;
+/// A bucket's multipart-upload table: (key, upload id) -> upload record (JSON).
+type UploadsDef<'a> = TableDefinition<'a, (&'static str, &'static str), &'static [u8]>;
+/// An object table opened in a write transaction.
+type ObjectsTable<'t> = redb::Table<'t, &'static str, &'static [u8]>;
+/// An upload table opened in a write transaction.
+type UploadsTable<'t> = redb::Table<'t, (&'static str, &'static str), &'static [u8]>;
+
 fn obj_table(bucket: &str) -> String {
     format!("obj:{bucket}")
 }
@@ -162,6 +171,13 @@ pub struct UploadRecord {
     pub parts: BTreeMap<u32, PartRecord>,
 }
 
+impl UploadRecord {
+    /// The data files of the upload's parts.
+    fn into_part_segments(self) -> impl Iterator<Item = Segment> {
+        self.parts.into_values().filter_map(|p| p.segment)
+    }
+}
+
 /// One entry of an object listing.
 pub enum ListEntry {
     Object(String, Box<ObjectRecord>),
@@ -183,8 +199,8 @@ fn encode_object(record: &ObjectRecord, inline: &[u8]) -> StoreResult<Vec<u8>> {
     Ok(out)
 }
 
-/// The record alone (listings, recovery): skips copying inline data.
-fn decode_record(raw: &[u8]) -> StoreResult<ObjectRecord> {
+/// Splits an encoded object into its record and the bytes after it (inline data).
+fn split_object(raw: &[u8]) -> StoreResult<(ObjectRecord, &[u8])> {
     let bad = || StoreError::Internal(anyhow::anyhow!("corrupt object record"));
     let len_bytes: [u8; 4] = raw
         .get(..4)
@@ -193,21 +209,17 @@ fn decode_record(raw: &[u8]) -> StoreResult<ObjectRecord> {
         .map_err(|_| bad())?;
     let len = u32::from_le_bytes(len_bytes) as usize;
     let json = raw.get(4..4 + len).ok_or_else(bad)?;
-    serde_json::from_slice(json).map_err(|e| StoreError::Internal(e.into()))
+    let record = serde_json::from_slice(json).map_err(|e| StoreError::Internal(e.into()))?;
+    Ok((record, &raw[4 + len..]))
+}
+
+/// The record alone (listings, recovery): skips copying inline data.
+fn decode_record(raw: &[u8]) -> StoreResult<ObjectRecord> {
+    Ok(split_object(raw)?.0)
 }
 
 fn decode_object(raw: &[u8]) -> StoreResult<StoredObject> {
-    let bad = || StoreError::Internal(anyhow::anyhow!("corrupt object record"));
-    let len_bytes: [u8; 4] = raw
-        .get(..4)
-        .ok_or_else(bad)?
-        .try_into()
-        .map_err(|_| bad())?;
-    let len = u32::from_le_bytes(len_bytes) as usize;
-    let json = raw.get(4..4 + len).ok_or_else(bad)?;
-    let record: ObjectRecord =
-        serde_json::from_slice(json).map_err(|e| StoreError::Internal(e.into()))?;
-    let rest = &raw[4 + len..];
+    let (record, rest) = split_object(raw)?;
     let inline = if record.segments.is_empty() {
         Some(bytes::Bytes::copy_from_slice(rest))
     } else {
@@ -386,24 +398,18 @@ impl Store {
         for item in buckets.iter()? {
             let (name, _) = item?;
             let name = name.value().to_owned();
-            if let Ok(t) = txn.open_table(TableDefinition::<&str, &[u8]>::new(&obj_table(&name))) {
+            if let Ok(t) = txn.open_table(ObjectsDef::new(&obj_table(&name))) {
                 for item in t.iter()? {
                     let (_, v) = item?;
                     let rec = decode_record(v.value()).map_err(store_anyhow)?;
                     live.extend(rec.segments.into_iter().map(|s| s.id));
                 }
             }
-            if let Ok(t) = txn.open_table(TableDefinition::<(&str, &str), &[u8]>::new(&mpu_table(
-                &name,
-            ))) {
+            if let Ok(t) = txn.open_table(UploadsDef::new(&mpu_table(&name))) {
                 for item in t.iter()? {
                     let (_, v) = item?;
                     let up: UploadRecord = from_json(v.value()).map_err(store_anyhow)?;
-                    live.extend(
-                        up.parts
-                            .into_values()
-                            .filter_map(|p| p.segment.map(|s| s.id)),
-                    );
+                    live.extend(up.into_part_segments().map(|s| s.id));
                 }
             }
         }
@@ -465,6 +471,38 @@ impl Store {
             .map_err(|_| internal_err("the index write batch failed"))?
     }
 
+    /// Runs `f` on the object table of `bucket` (which must exist) in the next write batch.
+    fn write_objects<T: Send + 'static>(
+        &self,
+        bucket: &str,
+        f: impl FnOnce(&mut ObjectsTable<'_>) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let bucket = bucket.to_owned();
+        self.write(move |txn| {
+            require_bucket(txn, &bucket)?;
+            f(&mut txn.open_table(ObjectsDef::new(&obj_table(&bucket)))?)
+        })
+    }
+
+    /// Runs `f` on the upload table of `bucket` (which must exist) in the next write batch;
+    /// `f` also gets the transaction and the upload's table key (key, upload id).
+    fn write_upload<T: Send + 'static>(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        f: impl FnOnce(&WriteTransaction, &mut UploadsTable<'_>, (&str, &str)) -> StoreResult<T>
+            + Send
+            + 'static,
+    ) -> StoreResult<T> {
+        let (bucket, key, upload_id) = (bucket.to_owned(), key.to_owned(), upload_id.to_owned());
+        self.write(move |txn| {
+            require_bucket(txn, &bucket)?;
+            let mut uploads = txn.open_table(UploadsDef::new(&mpu_table(&bucket)))?;
+            f(txn, &mut uploads, (&key, &upload_id))
+        })
+    }
+
     // ----- buckets -----------------------------------------------------------------
 
     pub fn create_bucket(&self, name: &str, region: &str, now_ms: i64) -> StoreResult<()> {
@@ -480,10 +518,8 @@ impl Store {
                 region: region.to_owned(),
             };
             t.insert(name, to_json(&rec)?.as_slice())?;
-            txn.open_table(TableDefinition::<&str, &[u8]>::new(&obj_table(name)))?;
-            txn.open_table(TableDefinition::<(&str, &str), &[u8]>::new(&mpu_table(
-                name,
-            )))?;
+            txn.open_table(ObjectsDef::new(&obj_table(name)))?;
+            txn.open_table(UploadsDef::new(&mpu_table(name)))?;
             Ok(())
         })
     }
@@ -517,7 +553,7 @@ impl Store {
             }
             let objs_name = obj_table(name);
             {
-                let objs = txn.open_table(TableDefinition::<&str, &[u8]>::new(&objs_name))?;
+                let objs = txn.open_table(ObjectsDef::new(&objs_name))?;
                 if !objs.is_empty()? {
                     return Err(StoreError::BucketNotEmpty);
                 }
@@ -525,16 +561,15 @@ impl Store {
             let mpu_name = mpu_table(name);
             let mut dropped = Vec::new();
             {
-                let mpus =
-                    txn.open_table(TableDefinition::<(&str, &str), &[u8]>::new(&mpu_name))?;
+                let mpus = txn.open_table(UploadsDef::new(&mpu_name))?;
                 for item in mpus.iter()? {
                     let (_, v) = item?;
                     let up: UploadRecord = from_json(v.value())?;
-                    dropped.extend(up.parts.into_values().filter_map(|p| p.segment));
+                    dropped.extend(up.into_part_segments());
                 }
             }
-            txn.delete_table(TableDefinition::<&str, &[u8]>::new(&objs_name))?;
-            txn.delete_table(TableDefinition::<(&str, &str), &[u8]>::new(&mpu_name))?;
+            txn.delete_table(ObjectsDef::new(&objs_name))?;
+            txn.delete_table(UploadsDef::new(&mpu_name))?;
             t.remove(name)?;
             Ok(dropped)
         })?;
@@ -547,7 +582,7 @@ impl Store {
     pub fn get_object(&self, bucket: &str, key: &str) -> StoreResult<StoredObject> {
         let txn = self.db.begin_read()?;
         let name = obj_table(bucket);
-        let t = match txn.open_table(TableDefinition::<&str, &[u8]>::new(&name)) {
+        let t = match txn.open_table(ObjectsDef::new(&name)) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Err(StoreError::NoSuchBucket),
             Err(e) => return Err(e.into()),
@@ -566,21 +601,13 @@ impl Store {
         cond: &WriteCondition,
     ) -> StoreResult<Vec<Segment>> {
         let value = encode_object(record, inline)?;
-        let (bucket, key, cond) = (bucket.to_owned(), key.to_owned(), cond.clone());
-        let old = self.write(move |txn| {
-            let (bucket, key) = (bucket.as_str(), key.as_str());
-            let name = obj_table(bucket);
-            require_bucket(txn, bucket)?;
-            let mut t = txn.open_table(TableDefinition::<&str, &[u8]>::new(&name))?;
-            let current = match t.get(key)? {
-                Some(v) => Some(decode_object(v.value())?),
-                None => None,
-            };
+        let (key, cond) = (key.to_owned(), cond.clone());
+        self.write_objects(bucket, move |t| {
+            let current = current_object(t, &key)?;
             cond.check(current.as_ref().map(|c| &c.record))?;
-            t.insert(key, value.as_slice())?;
+            t.insert(key.as_str(), value.as_slice())?;
             Ok(current.map(|c| c.record.segments).unwrap_or_default())
-        })?;
-        Ok(old)
+        })
     }
 
     /// Replaces the tags of an existing object.
@@ -590,19 +617,12 @@ impl Store {
         key: &str,
         tags: Vec<(String, String)>,
     ) -> StoreResult<()> {
-        let (bucket, key) = (bucket.to_owned(), key.to_owned());
-        self.write(move |txn| {
-            let (bucket, key) = (bucket.as_str(), key.as_str());
-            require_bucket(txn, bucket)?;
-            let name = obj_table(bucket);
-            let mut t = txn.open_table(TableDefinition::<&str, &[u8]>::new(&name))?;
-            let mut obj = match t.get(key)? {
-                Some(v) => decode_object(v.value())?,
-                None => return Err(StoreError::NoSuchKey),
-            };
+        let key = key.to_owned();
+        self.write_objects(bucket, move |t| {
+            let mut obj = current_object(t, &key)?.ok_or(StoreError::NoSuchKey)?;
             obj.record.tags = tags;
             let value = encode_object(&obj.record, obj.inline.as_deref().unwrap_or_default())?;
-            t.insert(key, value.as_slice())?;
+            t.insert(key.as_str(), value.as_slice())?;
             Ok(())
         })
     }
@@ -614,17 +634,8 @@ impl Store {
         key: &str,
         if_match: Option<&str>,
     ) -> StoreResult<Vec<Segment>> {
-        let (bucket, key, if_match) = (
-            bucket.to_owned(),
-            key.to_owned(),
-            if_match.map(str::to_owned),
-        );
-        self.write(move |txn| {
-            require_bucket(txn, &bucket)?;
-            let name = obj_table(&bucket);
-            let mut t = txn.open_table(TableDefinition::<&str, &[u8]>::new(&name))?;
-            delete_in(&mut t, &key, if_match.as_deref())?
-        })
+        let (key, if_match) = (key.to_owned(), if_match.map(str::to_owned));
+        self.write_objects(bucket, move |t| delete_in(t, &key, if_match.as_deref())?)
     }
 
     /// Deletes many keys in one commit (DeleteObjects). The outer error concerns the whole
@@ -634,14 +645,10 @@ impl Store {
         bucket: &str,
         items: Vec<(String, Option<String>)>,
     ) -> StoreResult<Vec<StoreResult<Vec<Segment>>>> {
-        let bucket = bucket.to_owned();
-        self.write(move |txn| {
-            require_bucket(txn, &bucket)?;
-            let name = obj_table(&bucket);
-            let mut t = txn.open_table(TableDefinition::<&str, &[u8]>::new(&name))?;
+        self.write_objects(bucket, move |t| {
             let mut out = Vec::with_capacity(items.len());
             for (key, if_match) in &items {
-                out.push(delete_in(&mut t, key, if_match.as_deref())?);
+                out.push(delete_in(t, key, if_match.as_deref())?);
             }
             Ok(out)
         })
@@ -659,8 +666,7 @@ impl Store {
     ) -> StoreResult<ListResult> {
         let txn = self.db.begin_read()?;
         require_bucket_read(&txn, bucket)?;
-        let name = obj_table(bucket);
-        let t = txn.open_table(TableDefinition::<&str, &[u8]>::new(&name))?;
+        let t = txn.open_table(ObjectsDef::new(&obj_table(bucket)))?;
         let start: &str = match after {
             Some(a) if a >= prefix => a,
             _ => prefix,
@@ -710,13 +716,8 @@ impl Store {
         rec: &UploadRecord,
     ) -> StoreResult<()> {
         let value = to_json(rec)?;
-        let (bucket, key, upload_id) = (bucket.to_owned(), key.to_owned(), upload_id.to_owned());
-        self.write(move |txn| {
-            let (bucket, key, upload_id) = (bucket.as_str(), key.as_str(), upload_id.as_str());
-            require_bucket(txn, bucket)?;
-            let name = mpu_table(bucket);
-            let mut t = txn.open_table(TableDefinition::<(&str, &str), &[u8]>::new(&name))?;
-            t.insert((key, upload_id), value.as_slice())?;
+        self.write_upload(bucket, key, upload_id, move |_, uploads, id| {
+            uploads.insert(id, value.as_slice())?;
             Ok(())
         })
     }
@@ -729,10 +730,8 @@ impl Store {
     ) -> StoreResult<UploadRecord> {
         let txn = self.db.begin_read()?;
         require_bucket_read(&txn, bucket)?;
-        let name = mpu_table(bucket);
-        let t = txn.open_table(TableDefinition::<(&str, &str), &[u8]>::new(&name))?;
-        let v = t.get((key, upload_id))?.ok_or(StoreError::NoSuchUpload)?;
-        from_json(v.value())
+        let t = txn.open_table(UploadsDef::new(&mpu_table(bucket)))?;
+        current_upload(&t, (key, upload_id))
     }
 
     /// Records a part; returns the data file of the part it replaces, if any.
@@ -744,18 +743,10 @@ impl Store {
         number: u32,
         part: PartRecord,
     ) -> StoreResult<Option<Segment>> {
-        let (bucket, key, upload_id) = (bucket.to_owned(), key.to_owned(), upload_id.to_owned());
-        self.write(move |txn| {
-            let (bucket, key, upload_id) = (bucket.as_str(), key.as_str(), upload_id.as_str());
-            require_bucket(txn, bucket)?;
-            let name = mpu_table(bucket);
-            let mut t = txn.open_table(TableDefinition::<(&str, &str), &[u8]>::new(&name))?;
-            let mut up: UploadRecord = match t.get((key, upload_id))? {
-                Some(v) => from_json(v.value())?,
-                None => return Err(StoreError::NoSuchUpload),
-            };
+        self.write_upload(bucket, key, upload_id, move |_, uploads, id| {
+            let mut up = current_upload(uploads, id)?;
             let old = up.parts.insert(number, part).and_then(|p| p.segment);
-            t.insert((key, upload_id), to_json(&up)?.as_slice())?;
+            uploads.insert(id, to_json(&up)?.as_slice())?;
             Ok(old)
         })
     }
@@ -767,17 +758,12 @@ impl Store {
         key: &str,
         upload_id: &str,
     ) -> StoreResult<Vec<Segment>> {
-        let (bucket, key, upload_id) = (bucket.to_owned(), key.to_owned(), upload_id.to_owned());
-        self.write(move |txn| {
-            let (bucket, key, upload_id) = (bucket.as_str(), key.as_str(), upload_id.as_str());
-            require_bucket(txn, bucket)?;
-            let name = mpu_table(bucket);
-            let mut t = txn.open_table(TableDefinition::<(&str, &str), &[u8]>::new(&name))?;
-            let up: UploadRecord = match t.remove((key, upload_id))? {
+        self.write_upload(bucket, key, upload_id, move |_, uploads, id| {
+            let up: UploadRecord = match uploads.remove(id)? {
                 Some(v) => from_json(v.value())?,
                 None => return Err(StoreError::NoSuchUpload),
             };
-            Ok(up.parts.into_values().filter_map(|p| p.segment).collect())
+            Ok(up.into_part_segments().collect())
         })
     }
 
@@ -792,42 +778,21 @@ impl Store {
         cond: &WriteCondition,
         build: impl FnOnce(&UploadRecord) -> StoreResult<ObjectRecord> + Send + 'static,
     ) -> StoreResult<(ObjectRecord, Vec<Segment>)> {
-        let (bucket, key, upload_id, cond) = (
-            bucket.to_owned(),
-            key.to_owned(),
-            upload_id.to_owned(),
-            cond.clone(),
-        );
-        self.write(move |txn| {
-            let (bucket, key, upload_id) = (bucket.as_str(), key.as_str(), upload_id.as_str());
-            require_bucket(txn, bucket)?;
+        let (objects_name, cond) = (obj_table(bucket), cond.clone());
+        self.write_upload(bucket, key, upload_id, move |txn, uploads, id| {
             // Validate everything first: a failure must leave the batch transaction untouched.
-            let mpu_name = mpu_table(bucket);
-            let mut uploads =
-                txn.open_table(TableDefinition::<(&str, &str), &[u8]>::new(&mpu_name))?;
-            let found = uploads
-                .get((key, upload_id))?
-                .map(|v| from_json::<UploadRecord>(v.value()));
-            let up = match found {
-                Some(up) => up?,
-                None => return Err(StoreError::NoSuchUpload),
-            };
+            let up = current_upload(uploads, id)?;
             let record = build(&up)?;
             let value = encode_object(&record, &[])?;
-            let name = obj_table(bucket);
-            let mut t = txn.open_table(TableDefinition::<&str, &[u8]>::new(&name))?;
-            let current = match t.get(key)? {
-                Some(v) => Some(decode_object(v.value())?),
-                None => None,
-            };
+            let mut t = txn.open_table(ObjectsDef::new(&objects_name))?;
+            let (key, _) = id;
+            let current = current_object(&t, key)?;
             cond.check(current.as_ref().map(|c| &c.record))?;
-            uploads.remove((key, upload_id))?;
+            uploads.remove(id)?;
             t.insert(key, value.as_slice())?;
             let used: HashSet<&str> = record.segments.iter().map(|s| s.id.as_str()).collect();
             let mut unused: Vec<Segment> = up
-                .parts
-                .values()
-                .filter_map(|p| p.segment.clone())
+                .into_part_segments()
                 .filter(|s| !used.contains(s.id.as_str()))
                 .collect();
             if let Some(c) = current {
@@ -847,8 +812,7 @@ impl Store {
     ) -> StoreResult<Vec<(String, String, UploadRecord)>> {
         let txn = self.db.begin_read()?;
         require_bucket_read(&txn, bucket)?;
-        let name = mpu_table(bucket);
-        let t = txn.open_table(TableDefinition::<(&str, &str), &[u8]>::new(&name))?;
+        let t = txn.open_table(UploadsDef::new(&mpu_table(bucket)))?;
         let mut out = Vec::new();
         for item in t.iter()? {
             let (k, v) = item?;
@@ -871,18 +835,34 @@ impl Store {
     }
 }
 
+/// The current version of `key` in an object table, if any.
+fn current_object(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> StoreResult<Option<StoredObject>> {
+    t.get(key)?.map(|v| decode_object(v.value())).transpose()
+}
+
+/// The record of an upload, which must exist.
+fn current_upload(
+    t: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    id: (&str, &str),
+) -> StoreResult<UploadRecord> {
+    match t.get(id)? {
+        Some(v) => from_json(v.value()),
+        None => Err(StoreError::NoSuchUpload),
+    }
+}
+
 /// Deletes `key` from an object table. The outer error is an index failure (fatal for
 /// the batch); the inner one a per-key answer (NoSuchKey, PreconditionFailed) that
 /// changed nothing. Returns the data files the deleted version used.
 fn delete_in(
-    t: &mut redb::Table<&str, &[u8]>,
+    t: &mut ObjectsTable<'_>,
     key: &str,
     if_match: Option<&str>,
 ) -> StoreResult<StoreResult<Vec<Segment>>> {
-    let current = match t.get(key)? {
-        Some(v) => Some(decode_record(v.value())?),
-        None => None,
-    };
+    let current = t.get(key)?.map(|v| decode_record(v.value())).transpose()?;
     if let Some(want) = if_match {
         match &current {
             None => return Ok(Err(StoreError::NoSuchKey)),
@@ -898,20 +878,23 @@ fn delete_in(
     Ok(Ok(current.map(|c| c.segments).unwrap_or_default()))
 }
 
-fn require_bucket(txn: &WriteTransaction, bucket: &str) -> StoreResult<()> {
-    let t = txn.open_table(BUCKETS)?;
-    if t.get(bucket)?.is_none() {
+/// Fails with NoSuchBucket unless the bucket table lists `bucket`.
+fn check_bucket(
+    buckets: &impl ReadableTable<&'static str, &'static [u8]>,
+    bucket: &str,
+) -> StoreResult<()> {
+    if buckets.get(bucket)?.is_none() {
         return Err(StoreError::NoSuchBucket);
     }
     Ok(())
 }
 
+fn require_bucket(txn: &WriteTransaction, bucket: &str) -> StoreResult<()> {
+    check_bucket(&txn.open_table(BUCKETS)?, bucket)
+}
+
 fn require_bucket_read(txn: &redb::ReadTransaction, bucket: &str) -> StoreResult<()> {
-    let t = txn.open_table(BUCKETS)?;
-    if t.get(bucket)?.is_none() {
-        return Err(StoreError::NoSuchBucket);
-    }
-    Ok(())
+    check_bucket(&txn.open_table(BUCKETS)?, bucket)
 }
 
 fn internal_err(msg: &str) -> StoreError {
