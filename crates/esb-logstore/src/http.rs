@@ -147,7 +147,7 @@ fn json_lines_response(body: Body) -> Response {
 struct Args(Vec<(String, String)>);
 
 impl Args {
-    /// The last non-empty value of `k`.
+    /// The last value of `k`, unless it is empty.
     fn get(&self, k: &str) -> Option<&str> {
         self.0
             .iter()
@@ -771,4 +771,54 @@ async fn select_tail(State(state): State<AppState>, req: Request) -> Result<Resp
         header::HeaderValue::from_static("no-cache"),
     );
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(pairs: &[(&str, &str)]) -> Args {
+        Args(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    async fn refusal(r: Result<impl std::fmt::Debug, Response>) -> (StatusCode, String) {
+        let r = r.expect_err("the argument should be refused");
+        let status = r.status();
+        let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn bad_arguments_are_named_with_what_is_wanted() {
+        let a = args(&[("step", "0"), ("limit", "x"), ("offset", "?")]);
+        assert_eq!(
+            refusal(a.step("1h")).await,
+            (
+                StatusCode::BAD_REQUEST,
+                "cannot parse step arg \"0\": want a positive duration such as 1h\n".into()
+            )
+        );
+        assert_eq!(
+            refusal(a.limit("limit")).await.1,
+            "cannot parse limit arg \"x\": want a non-negative integer\n"
+        );
+        assert_eq!(
+            refusal(a.duration("offset")).await.1,
+            "cannot parse offset arg \"?\"\n"
+        );
+    }
+
+    #[test]
+    fn absent_empty_and_zero_arguments_take_the_defaults() {
+        let a = args(&[("limit", "5"), ("limit", "0"), ("step", "")]);
+        assert_eq!(a.limit("limit").unwrap(), None);
+        assert_eq!(a.step("1h").unwrap(), 86_400_000_000_000);
+        assert_eq!(a.duration("offset").unwrap(), None);
+        assert_eq!(args(&[("step", "5m")]).step("1h").unwrap(), 300_000_000_000);
+    }
 }
