@@ -35,21 +35,21 @@ fn awscli_s3_and_s3api() {
 
 #[test]
 fn rclone_sync_2000_odd_names_both_ways() {
-    let server = TestServer::start();
-    let mut cmd = server.command("bash");
-    cmd.arg(sh_dir().join("sync_tools.sh"))
-        .arg("rclone")
-        .env("FILES", "2000");
-    run_ok(cmd, "sync_tools.sh rclone");
+    sync_tool("rclone", 2000);
 }
 
 #[test]
 fn s3cmd_sync_1000_odd_names_both_ways() {
     // s3cmd works one file at a time; 1000 files keep this test around a minute.
+    sync_tool("s3cmd", 1000);
+}
+
+/// Syncs `files` files with odd names up and back down with `tool` (tests/sh/sync_tools.sh).
+fn sync_tool(tool: &str, files: usize) {
     let server = TestServer::start();
     let mut cmd = server.command("bash");
     cmd.arg(sh_dir().join("sync_tools.sh"))
-        .arg("s3cmd")
-        .env("FILES", "1000");
-    run_ok(cmd, "sync_tools.sh s3cmd");
+        .arg(tool)
+        .env("FILES", files.to_string());
+    run_ok(cmd, &format!("sync_tools.sh {tool}"));
 }

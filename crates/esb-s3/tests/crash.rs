@@ -19,18 +19,11 @@ fn crash_child_server() {
     let Some(dir) = std::env::var_os(CHILD_ENV) else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
-        let server = esb_s3::Server::bind(common::config(std::path::Path::new(&dir)))
-            .await
-            .expect("bind");
-        println!("LISTENING {}", server.local_addr());
-        server.run(std::future::pending()).await.expect("run");
-    });
+    common::run_server(
+        common::config(std::path::Path::new(&dir)),
+        |addr| println!("LISTENING {addr}"),
+        std::future::pending(),
+    );
 }
 
 struct ChildServer {

@@ -28,6 +28,25 @@ pub fn config(data_dir: &Path) -> esb_s3::Config {
     }
 }
 
+/// Runs a server for `cfg` on a new two-thread runtime until `shutdown` completes;
+/// `bound` gets the server's address once it listens.
+pub fn run_server(
+    cfg: esb_s3::Config,
+    bound: impl FnOnce(SocketAddr),
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let server = esb_s3::Server::bind(cfg).await.expect("bind S3 server");
+        bound(server.local_addr());
+        server.run(shutdown).await.expect("S3 server run");
+    });
+}
+
 impl TestServer {
     pub fn start() -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -35,21 +54,9 @@ impl TestServer {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let server = esb_s3::Server::bind(cfg).await.expect("bind S3 server");
-                addr_tx.send(server.local_addr()).unwrap();
-                server
-                    .run(async move {
-                        let _ = stop_rx.await;
-                    })
-                    .await
-                    .expect("S3 server run");
-            });
+            run_server(cfg, |addr| addr_tx.send(addr).unwrap(), async move {
+                let _ = stop_rx.await;
+            })
         });
         let addr = addr_rx
             .recv_timeout(std::time::Duration::from_secs(60))
