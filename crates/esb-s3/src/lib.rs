@@ -130,7 +130,9 @@ impl Server {
                         }
                     };
                     let _ = stream.set_nodelay(true);
-                    let conn = conn_builder.serve_connection(TokioIo::new(stream), service.clone()).into_owned();
+                    let svc = service.clone();
+                    let svc = hyper::service::service_fn(move |req| close_after_unread_body(svc.clone(), req));
+                    let conn = conn_builder.serve_connection(TokioIo::new(stream), svc).into_owned();
                     let conn = graceful.watch(conn);
                     tokio::spawn(async move {
                         if let Err(err) = conn.await {
@@ -150,6 +152,34 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// Serves one request; when it carried a body and the answer is an error (given before
+/// the body was read: no such bucket, bad signature, a refused precondition), the answer
+/// says `Connection: close`. The client may still be sending that body (or have sent it
+/// after `Expect: 100-continue` went unanswered), so the connection cannot be trusted for
+/// the next request: closing it makes well-behaved clients reconnect instead of reusing
+/// a connection the server is about to drop.
+async fn close_after_unread_body(
+    service: s3s::service::S3Service,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<s3s::Body>, s3s::HttpError> {
+    let has_body = req.headers().contains_key(hyper::header::EXPECT)
+        || req.headers().contains_key(hyper::header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n > 0);
+    let mut resp = hyper::service::Service::call(&service, req).await?;
+    if has_body && (resp.status().is_client_error() || resp.status().is_server_error()) {
+        resp.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+    }
+    Ok(resp)
 }
 
 /// Runs the S3 server described by `config` until `shutdown` completes.

@@ -739,3 +739,48 @@ def test_parallel_readers_during_overwrites(s3, bucket):
     stop.set()
     w.join()
     assert not problems, problems
+
+
+def test_parallel_error_before_body_does_not_spoil_the_connection():
+    """A PUT refused before its body is read (no such bucket) answers `Connection: close`,
+    so the client does not reuse a connection the server drops: the next request on each
+    client (no retries) gets its own answer, never a closed connection or a foreign one."""
+    problems = []
+
+    def worker(n):
+        # Legacy retry mode with no attempts: a dropped connection surfaces as an error.
+        import boto3
+        from botocore.config import Config
+
+        from conftest import ACCESS_KEY, SECRET_KEY
+
+        c = boto3.client(
+            "s3",
+            endpoint_url=ENDPOINT,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            region_name=REGION,
+            config=Config(retries={"max_attempts": 0}),
+        )
+        missing = f"missing-{uuid.uuid4().hex[:12]}"
+        for _ in range(300):
+            for call in (
+                lambda: c.get_object(Bucket=missing, Key="k"),
+                lambda: c.put_object(Bucket=missing, Key="k", Body=b"x" * 2000),
+                lambda: c.list_objects_v2(Bucket=missing),
+            ):
+                try:
+                    call()
+                    problems.append("no error for a missing bucket")
+                except ClientError as e:
+                    if e.response["Error"]["Code"] != "NoSuchBucket":
+                        problems.append(e.response["Error"]["Code"])
+                except Exception as e:  # a closed connection, a parse error, ...
+                    problems.append(repr(e))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert problems == [], problems[:5]
