@@ -438,7 +438,8 @@ async fn read_body(
 }
 
 /// Reads and discards the rest of a refused body (bounded in bytes and time), so that
-/// the client, still sending, gets the error response instead of a connection reset.
+/// the client, still sending, gets the error response instead of a connection reset, and
+/// the connection stays usable for its next request.
 async fn drain(mut body: Incoming) {
     const MAX_DRAIN: usize = 32 << 20;
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
@@ -644,8 +645,14 @@ async fn api_route(
     let set = gw.set.load_full();
     let (route, params) = match set.router.find(req.method().as_str(), req.uri().path()) {
         Match::Found(r, p) => (r, p),
-        Match::MethodNotAllowed(m) => return method_not_allowed(&m).into(),
-        Match::NotFound => return apigw_error(StatusCode::NOT_FOUND, "Not Found").into(),
+        Match::MethodNotAllowed(m) => {
+            drain(req.into_body()).await;
+            return method_not_allowed(&m).into();
+        }
+        Match::NotFound => {
+            drain(req.into_body()).await;
+            return apigw_error(StatusCode::NOT_FOUND, "Not Found").into();
+        }
     };
     let f = &set.functions[route.function];
     let label = Some(f.label.clone());
@@ -657,11 +664,14 @@ async fn api_route(
         ) {
             Some(c) => Some(c),
             None => {
+                // The client may still be sending: read the body away first, so that it
+                // gets the 401 rather than a reset connection.
+                drain(req.into_body()).await;
                 return Handled {
                     resp: apigw_error(StatusCode::UNAUTHORIZED, "Unauthorized"),
                     function: label,
                     cold: false,
-                }
+                };
             }
         }
     } else {

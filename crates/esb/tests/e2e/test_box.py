@@ -20,6 +20,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -268,6 +269,39 @@ def test_route_with_bad_token_is_401(http, token):
 def test_unknown_route_is_404(http, token):
     r = http.get(url("/no/such/route"), headers=bearer(token), timeout=HTTP_TIMEOUT)
     assert r.status_code == 404
+
+
+def test_refused_uploads_keep_the_connection_usable():
+    """A body sent to a route that refuses it before reading it (401 without a token, 404)
+    gets its answer, and the same keep-alive connection serves the next request: 4 clients
+    in parallel, 200 KB bodies, half of them with `Expect: 100-continue`."""
+    problems = []
+
+    def client():
+        s = requests.Session()
+        s.verify = E["E2E_CA"]
+        s.trust_env = False
+        for i in range(40):
+            try:
+                headers = {"Expect": "100-continue"} if i % 2 else {}
+                r = s.post(url("/echo"), data=b"x" * 200_000, headers=headers, timeout=HTTP_TIMEOUT)
+                if r.status_code != 401:
+                    problems.append(("no token", r.status_code))
+                r = s.post(url("/no/such/route"), data=b"y" * 200_000, timeout=HTTP_TIMEOUT)
+                if r.status_code != 404:
+                    problems.append(("no route", r.status_code))
+                r = s.get(url("/public"), timeout=HTTP_TIMEOUT)
+                if r.status_code != 200:
+                    problems.append(("next request", r.status_code))
+            except Exception as e:  # a reset or closed connection
+                problems.append(repr(e)[:200])
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert problems == [], problems[:5]
 
 
 def test_public_route_needs_no_token(http):
