@@ -622,6 +622,7 @@ impl Gateway {
         }
     }
 
+    /// [`Gateway::invoke`] on the caller's task (for callers already on a task of their own).
     async fn invoke_here(
         self: &Arc<Self>,
         f: &Arc<Function>,
@@ -1169,9 +1170,10 @@ impl Gateway {
             }
             // The current version of the function: a reload may have replaced it.
             let current = self.set.load().by_spec_name(&job.function).cloned();
+            // Already on a task of its own: no need for `invoke`'s extra one.
             let (outcome, _) = match current {
                 Some(f) => {
-                    self.invoke(
+                    self.invoke_here(
                         &f,
                         job.payload.clone(),
                         &job.trace,
@@ -1195,47 +1197,31 @@ impl Gateway {
                 Outcome::TimedOut(_) => Some("timed out".into()),
                 Outcome::Gone => Some("the function was removed by a reload".into()),
             };
+            let mut fields: Map<String, Value> = [
+                ("kind".to_string(), json!("async")),
+                (
+                    "status".to_string(),
+                    json!(if failure.is_none() { "ok" } else { "error" }),
+                ),
+                ("function".to_string(), json!(&*job.function)),
+                ("request_id".to_string(), json!(job.request_id)),
+                (
+                    "trace_id".to_string(),
+                    json!(crate::ids::trace_root(&job.trace)),
+                ),
+                ("attempt".to_string(), json!(attempt + 1)),
+            ]
+            .into_iter()
+            .collect();
             match failure {
                 None => {
                     self.metrics.queue_depth.dec();
-                    self.logger.log(
-                        "info",
-                        "async invocation",
-                        [
-                            ("kind".to_string(), json!("async")),
-                            ("status".to_string(), json!("ok")),
-                            ("function".to_string(), json!(&*job.function)),
-                            ("request_id".to_string(), json!(job.request_id)),
-                            (
-                                "trace_id".to_string(),
-                                json!(crate::ids::trace_root(&job.trace)),
-                            ),
-                            ("attempt".to_string(), json!(attempt + 1)),
-                        ]
-                        .into_iter()
-                        .collect(),
-                    );
+                    self.logger.log("info", "async invocation", fields);
                     return;
                 }
                 Some(e) => {
-                    self.logger.log(
-                        "warn",
-                        "async invocation failed",
-                        [
-                            ("kind".to_string(), json!("async")),
-                            ("status".to_string(), json!("error")),
-                            ("function".to_string(), json!(&*job.function)),
-                            ("request_id".to_string(), json!(job.request_id)),
-                            (
-                                "trace_id".to_string(),
-                                json!(crate::ids::trace_root(&job.trace)),
-                            ),
-                            ("attempt".to_string(), json!(attempt + 1)),
-                            ("error".to_string(), json!(e)),
-                        ]
-                        .into_iter()
-                        .collect(),
-                    );
+                    fields.insert("error".to_string(), json!(e));
+                    self.logger.log("warn", "async invocation failed", fields);
                     if matches!(outcome, Outcome::ShuttingDown | Outcome::Gone) {
                         break;
                     }

@@ -101,6 +101,16 @@ pub fn log_file(state: &Path, name: &str) -> PathBuf {
     state.join("logs").join(format!("{name}.log"))
 }
 
+/// Where this machine reaches a listener bound to `a` (an unspecified address is dialled
+/// on loopback).
+pub fn dial_addr(a: SocketAddr) -> SocketAddr {
+    if a.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], a.port()))
+    } else {
+        a
+    }
+}
+
 /// The order components start in (and stop in, reversed).
 pub const COMPONENTS: &[&str] = &[
     "containerd",
@@ -251,10 +261,7 @@ impl Ready {
                 tokio::net::TcpStream::connect(a).await.is_ok() && listens_on(pid, a.port())
             }
             Ready::Unix(p) => tokio::net::UnixStream::connect(p).await.is_ok(),
-            Ready::Containerd(p) => match esb_containerd::connect(p).await {
-                Ok(c) => c.version().await.is_ok(),
-                Err(_) => false,
-            },
+            Ready::Containerd(p) => crate::node::containerd_answers(p).await,
             Ready::PidFile(p) => daemon::read_live(p).is_some_and(|t| t.pid == pid),
         }
     }
@@ -530,14 +537,7 @@ fn child_specs(plan: &Plan) -> Result<Vec<ChildSpec>> {
         format!("--pid-file={}", proxy_pid.display()),
     ];
     proxy_args.extend(plan.proxy_args.iter().cloned());
-    let host_port = |a: SocketAddr| -> String {
-        if a.ip().is_unspecified() {
-            format!("127.0.0.1:{}", a.port())
-        } else {
-            a.to_string()
-        }
-    };
-    let gateway_ready: SocketAddr = host_port(plan.gateway_listen).parse()?;
+    let gateway_ready = dial_addr(plan.gateway_listen);
     let mut gateway_args = vec![
         "gateway".to_string(),
         format!("--template={}", plan.template.display()),
@@ -571,7 +571,7 @@ fn child_specs(plan: &Plan) -> Result<Vec<ChildSpec>> {
             // The gateway runs in the host namespace: it ships to the log store directly.
             (
                 "VICTORIALOGS_URL".into(),
-                format!("http://{}", host_port(plan.logstore)),
+                format!("http://{}", dial_addr(plan.logstore)),
             ),
             // Its records are in the log store (`esb logs`); its own log file keeps the
             // process's diagnostics only, unless asked otherwise.
@@ -600,19 +600,19 @@ fn child_specs(plan: &Plan) -> Result<Vec<ChildSpec>> {
             "s3",
             vec!["s3".into(), format!("--listen={}", plan.s3)],
             vec![],
-            Ready::Tcp(host_port(plan.s3).parse()?),
+            Ready::Tcp(dial_addr(plan.s3)),
         ),
         esb(
             "dynamodb",
             vec!["dynamodb".into(), format!("--listen={}", plan.dynamodb)],
             vec![],
-            Ready::Tcp(host_port(plan.dynamodb).parse()?),
+            Ready::Tcp(dial_addr(plan.dynamodb)),
         ),
         esb(
             "logstore",
             vec!["logstore".into(), format!("--listen={}", plan.logstore)],
             vec![],
-            Ready::Tcp(host_port(plan.logstore).parse()?),
+            Ready::Tcp(dial_addr(plan.logstore)),
         ),
         esb("proxy", proxy_args, vec![], Ready::PidFile(proxy_pid)),
         agent,
@@ -674,8 +674,8 @@ async fn build_and_provision(plan: &Plan) -> Result<serde_json::Value> {
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(&revisions)?)?;
     std::fs::rename(&tmp, &path)?;
-    let s3 = plan.s3.to_string().replace("0.0.0.0", "127.0.0.1");
-    let ddb = plan.dynamodb.to_string().replace("0.0.0.0", "127.0.0.1");
+    let s3 = dial_addr(plan.s3).to_string();
+    let ddb = dial_addr(plan.dynamodb).to_string();
     let prov = provision::provision(
         &template,
         &provision::Target {
@@ -755,7 +755,6 @@ pub async fn run(plan: Plan) -> Result<()> {
         let _ = std::fs::remove_file(stale);
     }
     let specs = child_specs(&plan)?;
-    let host = |a: SocketAddr| a.to_string().replace("0.0.0.0", "127.0.0.1");
     let shared: Shared = Arc::new(Mutex::new(BoxStatus {
         pid: std::process::id() as i32,
         state: "starting".into(),
@@ -763,9 +762,9 @@ pub async fn run(plan: Plan) -> Result<()> {
         template: plan.template.display().to_string(),
         gateway_url: format!("https://localhost:{}", plan.gateway_listen.port()),
         endpoints: serde_json::json!({
-            "s3": format!("http://{}", host(plan.s3)),
-            "dynamodb": format!("http://{}", host(plan.dynamodb)),
-            "logs": format!("http://{}", host(plan.logstore)),
+            "s3": format!("http://{}", dial_addr(plan.s3)),
+            "dynamodb": format!("http://{}", dial_addr(plan.dynamodb)),
+            "logs": format!("http://{}", dial_addr(plan.logstore)),
         }),
         ca: plan.ca_path().display().to_string(),
         components: specs

@@ -7,9 +7,9 @@ use clap::Args;
 
 use crate::settings::StateArgs;
 
-/// Arguments of `esb build`.
-#[derive(Debug, Args)]
-pub struct BuildArgs {
+/// The template a command reads, with its parameter overrides.
+#[derive(Debug, Clone, Args)]
+pub struct TemplateArgs {
     /// The SAM template.
     #[arg(
         long,
@@ -21,6 +21,20 @@ pub struct BuildArgs {
     /// Parameter overrides, `Key=Value` separated by spaces (after generator.yml's).
     #[arg(long)]
     pub parameter_overrides: Option<String>,
+}
+
+impl TemplateArgs {
+    /// Loads the template with generator.yml and the overrides.
+    pub fn load(&self) -> Result<esb_template::Template> {
+        load_template(&self.template, self.parameter_overrides.as_deref())
+    }
+}
+
+/// Arguments of `esb build`.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub template: TemplateArgs,
     /// Rebuild every layer even when its input did not change.
     #[arg(long)]
     pub no_cache: bool,
@@ -68,7 +82,7 @@ pub fn load_template(path: &Path, overrides: Option<&str>) -> Result<esb_templat
 
 /// `esb build`.
 pub fn build(state: &StateArgs, a: &BuildArgs) -> Result<()> {
-    let template = load_template(&a.template, a.parameter_overrides.as_deref())?;
+    let template = a.template.load()?;
     let mut opts = esb_image::BuildOptions::new(&template, supervisor_path(&a.supervisor));
     opts.no_cache = a.no_cache;
     opts.dry_run = a.dry_run;
@@ -182,17 +196,9 @@ pub fn init(a: &InitArgs) -> Result<()> {
 /// the seed: JWT_SECRET_KEY, X_API_KEY, AUTH_USER, … see docs/gateway.md).
 #[derive(Debug, Args)]
 pub struct GatewayArgs {
-    /// The SAM template whose routes and functions the gateway serves.
-    #[arg(
-        long,
-        short = 't',
-        env = "ESB_TEMPLATE",
-        default_value = "template.yaml"
-    )]
-    pub template: PathBuf,
-    /// Parameter overrides, `Key=Value` separated by spaces.
-    #[arg(long)]
-    pub parameter_overrides: Option<String>,
+    /// The template whose routes and functions the gateway serves.
+    #[command(flatten)]
+    pub template: TemplateArgs,
     /// JSON file mapping function names to their image digests (written by the box after
     /// each build): a changed digest makes new workers on reload.
     #[arg(long)]
@@ -201,7 +207,7 @@ pub struct GatewayArgs {
 
 /// The functions of the template as the gateway serves them.
 fn gateway_functions(a: &GatewayArgs) -> Result<Vec<esb_gateway::FunctionSpec>> {
-    let template = load_template(&a.template, a.parameter_overrides.as_deref())?;
+    let template = a.template.load()?;
     let opts = esb_image::BuildOptions::new(&template, supervisor_path(&None));
     let revisions: serde_json::Map<String, serde_json::Value> = match &a.revisions {
         Some(p) if p.exists() => serde_json::from_slice(

@@ -51,6 +51,34 @@ pub const SECRET_KEYS: &[&str] = &[
     "ESB_SECRET_ACCESS_KEY",
 ];
 
+/// Every setting: its environment name and default (empty when none), from the flags of
+/// `cmd` and its subcommands, plus the gateway's own settings; sorted by name.
+pub fn settings(cmd: &clap::Command) -> BTreeMap<String, String> {
+    fn walk(cmd: &clap::Command, out: &mut BTreeMap<String, String>) {
+        for a in cmd.get_arguments() {
+            if let Some(env) = a.get_env() {
+                let default = a
+                    .get_default_values()
+                    .iter()
+                    .map(|v| v.to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                out.entry(env.to_string_lossy().into_owned())
+                    .or_insert(default);
+            }
+        }
+        for s in cmd.get_subcommands() {
+            walk(s, out);
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(cmd, &mut out);
+    for k in GATEWAY_KEYS {
+        out.entry(k.to_string()).or_default();
+    }
+    out
+}
+
 /// Where a setting's value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {

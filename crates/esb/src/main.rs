@@ -194,32 +194,15 @@ enum NodeCommand {
     },
 }
 
-/// Every environment name a flag reads, plus the gateway's own settings.
-fn known_settings(cmd: &clap::Command) -> Vec<String> {
-    fn walk(cmd: &clap::Command, out: &mut Vec<String>) {
-        for a in cmd.get_arguments() {
-            if let Some(e) = a.get_env() {
-                out.push(e.to_string_lossy().into_owned());
-            }
-        }
-        for s in cmd.get_subcommands() {
-            walk(s, out);
-        }
-    }
-    let mut out: Vec<String> = config_file::GATEWAY_KEYS
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    walk(cmd, &mut out);
-    out.sort();
-    out.dedup();
-    out
-}
-
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let command = Cli::command();
-    let loaded = match config_file::preload(&args, &known_settings(&command)) {
+    let loaded = match config_file::preload(
+        &args,
+        &config_file::settings(&command)
+            .into_keys()
+            .collect::<Vec<_>>(),
+    ) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("esb: {e:#}");

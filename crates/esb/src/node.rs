@@ -31,6 +31,14 @@ pub(crate) fn proxy_ports(cfg: &NodeConfig) -> [u16; 3] {
     ]
 }
 
+/// Whether the containerd at `socket` answers its version call.
+pub async fn containerd_answers(socket: &std::path::Path) -> bool {
+    match esb_containerd::connect(socket).await {
+        Ok(c) => c.version().await.is_ok(),
+        Err(_) => false,
+    }
+}
+
 /// The box's private containerd: directory, socket and pid file.
 pub struct PrivateContainerd {
     /// Its directory (config, root, state, socket, log).
@@ -80,15 +88,7 @@ impl PrivateContainerd {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let ready = || {
-            socket.exists()
-                && rt.block_on(async {
-                    match esb_containerd::connect(&socket).await {
-                        Ok(c) => c.version().await.is_ok(),
-                        Err(_) => false,
-                    }
-                })
-        };
+        let ready = || socket.exists() && rt.block_on(containerd_answers(&socket));
         let bin = std::env::var("ESB_CONTAINERD").unwrap_or_else(|_| "containerd".into());
         let t = daemon::spawn_program(
             &bin,

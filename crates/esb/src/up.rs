@@ -750,29 +750,6 @@ pub fn config(
     cmd: &clap::Command,
     show_secrets: bool,
 ) -> Result<()> {
-    let mut rows: std::collections::BTreeMap<String, (String, String)> = Default::default();
-    fn walk(cmd: &clap::Command, rows: &mut std::collections::BTreeMap<String, (String, String)>) {
-        for a in cmd.get_arguments() {
-            if let Some(env) = a.get_env() {
-                let key = env.to_string_lossy().to_string();
-                let default = a
-                    .get_default_values()
-                    .iter()
-                    .map(|v| v.to_string_lossy().to_string())
-                    .collect::<Vec<_>>()
-                    .join(",");
-                rows.entry(key).or_insert((default, String::new()));
-            }
-        }
-        for s in cmd.get_subcommands() {
-            walk(s, rows);
-        }
-    }
-    walk(cmd, &mut rows);
-    for k in config_file::GATEWAY_KEYS {
-        rows.entry(k.to_string())
-            .or_insert((String::new(), String::new()));
-    }
     println!(
         "# effective configuration (flags > environment > {} > secrets.toml > defaults)",
         loaded
@@ -781,7 +758,7 @@ pub fn config(
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "esb.toml (none found)".into())
     );
-    for (key, (default, _)) in rows {
+    for (key, default) in config_file::settings(cmd) {
         let from_env = if key == "ESB_STATE_DIR" {
             Ok(state.state_dir.display().to_string())
         } else {
