@@ -91,7 +91,12 @@ impl Containerd {
         })
     }
 
-    /// The snapshotter in use.
+    /// The containerd namespace of workers.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The snapshotter of worker root filesystems.
     pub fn snapshotter(&self) -> &str {
         &self.snapshotter
     }
@@ -374,12 +379,17 @@ impl Containerd {
         })
     }
 
-    /// Container records matching a containerd filter (e.g. `labels."esb.box"==x`).
+    /// Container records matching a containerd filter (e.g. `labels."esb.box"==x`; empty:
+    /// all of the namespace).
     pub async fn containers(&self, filter: &str) -> CtdResult<Vec<Container>> {
         let resp = ContainersClient::new(self.channel.clone())
             .list(self.req(
                 ListContainersRequest {
-                    filters: vec![filter.into()],
+                    filters: if filter.is_empty() {
+                        vec![]
+                    } else {
+                        vec![filter.into()]
+                    },
                 },
                 None,
             ))

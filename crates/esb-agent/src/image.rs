@@ -98,7 +98,7 @@ struct RootFs {
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     /// No such image in the namespace.
-    #[error("image {0:?} not found in containerd (build or import it first)")]
+    #[error("image not found in containerd: {0}")]
     NotFound(String),
     /// The image's metadata is unusable.
     #[error("image {image:?}: {msg}")]
@@ -106,6 +106,14 @@ pub enum ImageError {
         /// Image name.
         image: String,
         /// What is wrong.
+        msg: String,
+    },
+    /// The image could not be pulled from its registry.
+    #[error("pull {reference}: {msg}")]
+    Pull {
+        /// The image reference.
+        reference: String,
+        /// What the registry (or the way to it) answered.
         msg: String,
     },
     /// containerd failed.

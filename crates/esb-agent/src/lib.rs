@@ -10,6 +10,7 @@
 mod cgroup;
 pub mod containerd;
 mod image;
+mod pull;
 pub mod service;
 mod spec;
 
@@ -26,6 +27,7 @@ use tokio::sync::Mutex;
 pub use crate::containerd::Containerd;
 use crate::containerd::{ignore_missing, status_name, CtdError};
 pub use crate::image::ImageError;
+pub use crate::pull::PullConfig;
 pub use crate::spec::{CA_PATH_IN_WORKER, WORKER_GID, WORKER_UID};
 
 /// Label set once a worker answered its readiness check; workers without it are half-made.
@@ -67,6 +69,9 @@ pub struct AgentConfig {
     pub cgroup_parent: String,
     /// cgroup filesystem root.
     pub cgroup_root: PathBuf,
+    /// Pulling images containerd lacks from their registry (`None`: never pull; images
+    /// must be built or imported into the node's containerd).
+    pub pull: Option<PullConfig>,
 }
 
 impl AgentConfig {
@@ -91,6 +96,7 @@ impl AgentConfig {
             worker_port: 8080,
             cgroup_parent: "/esb-runtime".into(),
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            pull: None,
         }
     }
 }
@@ -127,6 +133,9 @@ pub enum AgentError {
     /// The node network failed.
     #[error("runtime-node: {0}")]
     Node(#[from] esb_runtime_node::NodeError),
+    /// The image could not be pulled (the registry is down, refused or unknown).
+    #[error("{0}")]
+    Pull(String),
     /// Anything else.
     #[error("{0}")]
     Internal(String),
@@ -140,6 +149,7 @@ impl From<ImageError> for AgentError {
                 field: "image",
                 msg: e.to_string(),
             },
+            ImageError::Pull { .. } => AgentError::Pull(e.to_string()),
             ImageError::Containerd(c) => AgentError::Containerd(c),
         }
     }
@@ -231,6 +241,7 @@ pub struct Agent {
     node: RuntimeNode,
     node_ns: Arc<NetNs>,
     unpack: Mutex<()>,
+    puller: Option<pull::Puller>,
 }
 
 fn now_secs() -> i64 {
@@ -288,12 +299,17 @@ impl Agent {
         std::fs::create_dir_all(cfg.state_dir.join("workers")).map_err(|e| {
             AgentError::Internal(format!("create {}: {e}", cfg.state_dir.display()))
         })?;
+        let puller = cfg
+            .pull
+            .clone()
+            .map(|p| pull::Puller::new(p, &cfg.containerd_socket));
         Ok(Arc::new(Agent {
             cfg,
             ctd,
             node,
             node_ns: Arc::new(node_ns),
             unpack: Mutex::new(()),
+            puller,
         }))
     }
 
@@ -401,7 +417,14 @@ impl Agent {
         memory_mb: u32,
         lease: &str,
     ) -> Result<ReadyWorker, AgentError> {
-        let image = image::resolve(&self.ctd, &req.image).await?;
+        let image = match (image::resolve(&self.ctd, &req.image).await, &self.puller) {
+            (Err(ImageError::NotFound(_)), Some(puller)) => {
+                puller.ensure(&self.ctd, &req.image).await?;
+                puller.prune(&self.ctd, &req.image).await;
+                image::resolve(&self.ctd, &req.image).await?
+            }
+            (r, _) => r?,
+        };
         {
             let _one_unpack_at_a_time = self.unpack.lock().await;
             image::ensure_unpacked(&self.ctd, &image, lease).await?;
@@ -547,6 +570,10 @@ impl Agent {
             });
         }
         let mut existed = false;
+        let image = match self.ctd.container(id).await {
+            Ok(c) => Some(c.image),
+            Err(_) => None,
+        };
         match self.ctd.task(id).await {
             Ok(p) => {
                 existed = true;
@@ -571,6 +598,9 @@ impl Agent {
             .await
             .map_err(|e| AgentError::Internal(e.to_string()))??;
         let _ = std::fs::remove_file(self.log_path(id));
+        if let (Some(puller), Some(image)) = (&self.puller, image) {
+            puller.prune(&self.ctd, &image).await;
+        }
         Ok(existed)
     }
 

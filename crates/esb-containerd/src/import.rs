@@ -17,7 +17,8 @@ use containerd_client::services::v1::snapshots::{
 };
 use containerd_client::services::v1::{
     ApplyRequest, CreateImageRequest, DeleteImageRequest, GetImageRequest, Image, Info,
-    InfoRequest, UpdateImageRequest, UpdateRequest, WriteAction, WriteContentRequest,
+    InfoRequest, ListContentRequest, ListImagesRequest, UpdateImageRequest, UpdateRequest,
+    WriteAction, WriteContentRequest,
 };
 use containerd_client::types::Descriptor;
 use sha2::{Digest as _, Sha256};
@@ -500,6 +501,38 @@ impl Client {
             Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
             Err(s) => Err(rpc("images.get")(s)),
         }
+    }
+
+    /// The digests of every blob in the content store.
+    pub async fn content_digests(&self) -> Result<std::collections::HashSet<String>, Error> {
+        let mut content = ContentClient::new(self.channel.clone());
+        let mut stream = content
+            .list(self.request(ListContentRequest { filters: vec![] }, None))
+            .await
+            .map_err(rpc("content.list"))?
+            .into_inner();
+        let mut out = std::collections::HashSet::new();
+        while let Some(page) = stream.message().await.map_err(rpc("content.list"))? {
+            out.extend(page.info.into_iter().map(|i| i.digest));
+        }
+        Ok(out)
+    }
+
+    /// Names of the images whose name starts with `prefix`, with their update time (Unix
+    /// seconds).
+    pub async fn images_with_prefix(&self, prefix: &str) -> Result<Vec<(String, i64)>, Error> {
+        let mut images = ImagesClient::new(self.channel.clone());
+        let list = images
+            .list(self.request(ListImagesRequest { filters: vec![] }, None))
+            .await
+            .map_err(rpc("images.list"))?
+            .into_inner();
+        Ok(list
+            .images
+            .into_iter()
+            .filter(|i| i.name.starts_with(prefix))
+            .map(|i| (i.name, i.updated_at.map(|t| t.seconds).unwrap_or(0)))
+            .collect())
     }
 
     /// Deletes an image record (content and snapshots are garbage-collected later).

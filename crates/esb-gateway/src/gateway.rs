@@ -130,6 +130,9 @@ pub(crate) struct Function {
     busy: Mutex<HashMap<String, usize>>,
     /// Workers being created: creation number -> agent index.
     starting: Mutex<HashMap<u64, usize>>,
+    /// Why the last worker could not be created (cleared by the next success), with when
+    /// (Unix seconds): what `esb status` shows of a pool that cannot grow.
+    last_error: Mutex<Option<(String, u64)>>,
 }
 
 impl Function {
@@ -142,6 +145,7 @@ impl Function {
             routes,
             busy: Mutex::new(HashMap::new()),
             starting: Mutex::new(HashMap::new()),
+            last_error: Mutex::new(None),
             spec,
         }
     }
@@ -765,9 +769,16 @@ impl Gateway {
                         ("error", json!(s.to_string())),
                     ],
                 );
-                return Err(format!("agent {}: {}", agent.addr.node_id, s.message()));
+                let why = format!("agent {}: {}", agent.addr.node_id, s.message());
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                *f.last_error.lock().unwrap() = Some((why.clone(), now));
+                return Err(why);
             }
         };
+        *f.last_error.lock().unwrap() = None;
         let port = if info.port > 0 {
             info.port as u16
         } else {
@@ -1065,6 +1076,9 @@ impl Gateway {
                     "pool": {"idle": stats.idle, "busy": busy, "waiting": stats.waiting},
                     "breaker": f.breaker.state_name(),
                     "workers": workers,
+                    "last_error": f.last_error.lock().unwrap().as_ref().map(|(msg, at)| {
+                        json!({"message": msg, "at": at})
+                    }),
                 })
             })
             .collect();

@@ -24,7 +24,10 @@ pub use build::{
     build, image_reference, BuildOptions, BuildReport, ImageReport, LayerReport, Progress,
 };
 pub use import::{import, ImportReport};
-pub use registry::{pull, push, PullReport, PushReport, Registry};
+pub use registry::{
+    catalog, delete_manifest, pull, pull_missing, push, push_mounting, tagged_digests, PullReport,
+    PushReport, Registry,
+};
 pub use store::{Blob, Layout};
 
 /// Errors of the image builder.
@@ -85,6 +88,24 @@ pub async fn import_to_containerd(
     for r in references {
         let image = esb_containerd::OciImage::from_layout(layout_dir, r)?;
         out.push(client.import(&image, r).await?);
+    }
+    Ok(out)
+}
+
+/// Imports images of the layout at `layout_dir` into the containerd at `socket`, each
+/// `(layout reference, name in containerd)` pair under its own name (the box names images
+/// by their registry reference with digest, so that the agent finds them as a pull would
+/// have left them).
+pub async fn import_named(
+    layout_dir: &Path,
+    images: &[(String, String)],
+    socket: &Path,
+) -> Result<Vec<esb_containerd::ImportedImage>, Error> {
+    let client = esb_containerd::connect(socket).await?;
+    let mut out = Vec::new();
+    for (r, name) in images {
+        let image = esb_containerd::OciImage::from_layout(layout_dir, r)?;
+        out.push(client.import(&image, name).await?);
     }
     Ok(out)
 }

@@ -4,8 +4,10 @@
 //! HTTPS with the box's CA (or the system roots), or plain HTTP when the URL says so;
 //! optional basic auth. Blobs the registry already has are not sent again.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
@@ -24,6 +26,10 @@ pub struct Registry {
     pub ca_file: Option<PathBuf>,
     /// Basic auth user and password.
     pub auth: Option<(String, String)>,
+    /// Named network namespace to dial from (a compute node reaches the box's registry
+    /// over WireGuard from its runtime-node namespace; the host namespace must not send
+    /// traffic to private addresses). `None`: the caller's namespace.
+    pub netns: Option<String>,
 }
 
 impl Registry {
@@ -44,6 +50,7 @@ impl Registry {
             url,
             ca_file: None,
             auth: None,
+            netns: None,
         })
     }
 
@@ -67,7 +74,19 @@ pub struct PushReport {
     pub blobs_uploaded: usize,
     /// Blobs the registry already had.
     pub blobs_present: usize,
+    /// Of the blobs sent, how many were layers (the rest: the config).
+    pub layers_uploaded: usize,
+    /// Whether the manifest was sent (false: the registry had it under this tag already,
+    /// and nothing at all was pushed).
+    pub manifest_pushed: bool,
 }
+
+/// How long a connection to the registry may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the registry may take to answer a request's headers.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a body (a blob) may take to arrive in full.
+const BODY_TIMEOUT: Duration = Duration::from_secs(900);
 
 fn reg(m: impl Into<String>) -> Error {
     Error::Registry(m.into())
@@ -77,6 +96,7 @@ struct Http {
     base: Uri,
     tls: Option<tokio_rustls::TlsConnector>,
     auth: Option<HeaderValue>,
+    netns: Option<Arc<esb_netns::NetNs>>,
 }
 
 fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Error> {
@@ -139,11 +159,53 @@ impl Http {
             Some("http") => None,
             _ => return Err(reg(format!("{}: the scheme must be http or https", r.url))),
         };
+        let netns = match &r.netns {
+            Some(n) => Some(Arc::new(esb_netns::NetNs::open(n).map_err(|e| {
+                reg(format!("network namespace {n} (to reach {}): {e}", r.url))
+            })?)),
+            None => None,
+        };
         Ok(Http {
             base,
             tls,
             auth: r.auth.as_ref().map(|(u, p)| basic(u, p)),
+            netns,
         })
+    }
+
+    /// Opens a TCP connection to `host:port`, from the registry's namespace when set.
+    async fn connect(&self, host: &str, port: u16) -> Result<tokio::net::TcpStream, Error> {
+        let fail = |e: std::io::Error| reg(format!("connect to {host}:{port}: {e}"));
+        let attempt = async {
+            let Some(ns) = &self.netns else {
+                return tokio::net::TcpStream::connect((host, port)).await;
+            };
+            let addr = tokio::net::lookup_host((host, port))
+                .await?
+                .next()
+                .ok_or_else(|| std::io::Error::other("the name has no address"))?;
+            let ns = ns.clone();
+            let socket = tokio::task::spawn_blocking(move || {
+                ns.run(move || {
+                    if addr.is_ipv4() {
+                        tokio::net::TcpSocket::new_v4()
+                    } else {
+                        tokio::net::TcpSocket::new_v6()
+                    }
+                })
+            })
+            .await
+            .map_err(std::io::Error::other)?
+            .map_err(std::io::Error::other)??;
+            socket.connect(addr).await
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+            Ok(r) => r.map_err(fail),
+            Err(_) => Err(fail(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "timed out",
+            ))),
+        }
     }
 
     /// Resolves a path or a `Location` header (absolute or relative) against the base.
@@ -179,9 +241,7 @@ impl Http {
             } else {
                 443
             });
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| reg(format!("connect to {host}:{port}: {e}")))?;
+        let tcp = self.connect(&host, port).await?;
         let mut req = Request::builder()
             .method(method.clone())
             .uri(uri.path_and_query().map_or("/", |p| p.as_str()));
@@ -198,25 +258,29 @@ impl Http {
         }
         let req = req.body(Full::new(body)).map_err(|e| reg(e.to_string()))?;
         let what = format!("{method} {uri}");
-        let resp = match &self.tls {
-            Some(tls) => {
-                let name = rustls::pki_types::ServerName::try_from(host.clone())
-                    .map_err(|e| reg(format!("{host}: {e}")))?;
-                let stream = tls
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| reg(format!("TLS with {host}:{port}: {e}")))?;
-                exchange(hyper_util::rt::TokioIo::new(stream), req).await
+        let answer = async {
+            match &self.tls {
+                Some(tls) => {
+                    let name = rustls::pki_types::ServerName::try_from(host.clone())
+                        .map_err(|e| reg(format!("{host}: {e}")))?;
+                    let stream = tls
+                        .connect(name, tcp)
+                        .await
+                        .map_err(|e| reg(format!("TLS with {host}:{port}: {e}")))?;
+                    exchange(hyper_util::rt::TokioIo::new(stream), req).await
+                }
+                None => exchange(hyper_util::rt::TokioIo::new(tcp), req).await,
             }
-            None => exchange(hyper_util::rt::TokioIo::new(tcp), req).await,
-        }
-        .map_err(|e| reg(format!("{what}: {e}")))?;
+            .map_err(|e| reg(format!("{what}: {e}")))
+        };
+        let resp = tokio::time::timeout(ANSWER_TIMEOUT, answer)
+            .await
+            .map_err(|_| reg(format!("{what}: no answer in {}s", ANSWER_TIMEOUT.as_secs())))??;
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = resp
-            .into_body()
-            .collect()
+        let body = tokio::time::timeout(BODY_TIMEOUT, resp.into_body().collect())
             .await
+            .map_err(|_| reg(format!("{what}: body not read in {}s", BODY_TIMEOUT.as_secs())))?
             .map_err(|e| reg(format!("{what}: {e}")))?
             .to_bytes();
         Ok((status, headers, body))
@@ -263,6 +327,19 @@ pub async fn push(
     repository: &str,
     tag: &str,
 ) -> Result<PushReport, Error> {
+    push_mounting(layout, local_ref, registry, repository, tag, &[]).await
+}
+
+/// [`push`], mounting blobs the registry holds in other repositories (`mount_from`, e.g.
+/// the images of other functions sharing a base layer) instead of sending them again.
+pub async fn push_mounting(
+    layout: &Layout,
+    local_ref: &str,
+    registry: &Registry,
+    repository: &str,
+    tag: &str,
+    mount_from: &[String],
+) -> Result<PushReport, Error> {
     check_repository(repository)?;
     let entry = layout
         .lookup(local_ref)?
@@ -302,7 +379,30 @@ pub async fn push(
             String::from_utf8_lossy(&body)
         )));
     }
-    let (mut uploaded, mut present) = (0, 0);
+    // The same manifest under the same tag already: nothing to send.
+    let (status, headers, _) = http
+        .send(
+            Method::HEAD,
+            &format!("/v2/{repository}/manifests/{tag}"),
+            &[("accept", ACCEPT_MANIFESTS.into())],
+            Bytes::new(),
+        )
+        .await?;
+    let have = headers
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok());
+    if status == StatusCode::OK && have == Some(manifest_digest.as_str()) {
+        return Ok(PushReport {
+            reference: format!("{}/{repository}:{tag}", registry.host()),
+            digest: manifest_digest,
+            blobs_uploaded: 0,
+            blobs_present: blobs.len(),
+            layers_uploaded: 0,
+            manifest_pushed: false,
+        });
+    }
+    let config_digest = blobs.first().cloned();
+    let (mut uploaded, mut present, mut layers_uploaded) = (0, 0, 0);
     for d in &blobs {
         let (status, _, _) = http
             .send(
@@ -316,20 +416,50 @@ pub async fn push(
             present += 1;
             continue;
         }
-        let (status, headers, body) = http
-            .send(
-                Method::POST,
-                &format!("/v2/{repository}/blobs/uploads/"),
-                &[("content-length", "0".into())],
-                Bytes::new(),
-            )
-            .await?;
-        if status != StatusCode::ACCEPTED {
-            return Err(reg(format!(
-                "starting the upload of {d}: {status} {}",
-                String::from_utf8_lossy(&body)
-            )));
+        // Mounted from another repository (201), or an upload started instead (202).
+        let mut started = None;
+        for from in mount_from.iter().filter(|r| *r != repository).take(3) {
+            let (status, headers, _) = http
+                .send(
+                    Method::POST,
+                    &format!("/v2/{repository}/blobs/uploads/?mount={d}&from={from}"),
+                    &[("content-length", "0".into())],
+                    Bytes::new(),
+                )
+                .await?;
+            if status == StatusCode::CREATED {
+                started = Some(None);
+                break;
+            }
+            if status == StatusCode::ACCEPTED {
+                started = Some(Some(headers));
+                break;
+            }
         }
+        let headers = match started {
+            Some(None) => {
+                present += 1;
+                continue;
+            }
+            Some(Some(headers)) => headers,
+            None => {
+                let (status, headers, body) = http
+                    .send(
+                        Method::POST,
+                        &format!("/v2/{repository}/blobs/uploads/"),
+                        &[("content-length", "0".into())],
+                        Bytes::new(),
+                    )
+                    .await?;
+                if status != StatusCode::ACCEPTED {
+                    return Err(reg(format!(
+                        "starting the upload of {d}: {status} {}",
+                        String::from_utf8_lossy(&body)
+                    )));
+                }
+                headers
+            }
+        };
         let location = headers
             .get(http::header::LOCATION)
             .and_then(|v| v.to_str().ok())
@@ -354,6 +484,9 @@ pub async fn push(
             )));
         }
         uploaded += 1;
+        if Some(d) != config_digest.as_ref() {
+            layers_uploaded += 1;
+        }
     }
     let (status, headers, body) = http
         .send(
@@ -387,6 +520,8 @@ pub async fn push(
         digest: manifest_digest,
         blobs_uploaded: uploaded,
         blobs_present: present,
+        layers_uploaded,
+        manifest_pushed: true,
     })
 }
 
@@ -417,6 +552,19 @@ pub async fn pull(
     repository: &str,
     reference: &str,
     local_ref: &str,
+) -> Result<PullReport, Error> {
+    pull_missing(layout, registry, repository, reference, local_ref, &HashSet::new()).await
+}
+
+/// [`pull`], leaving out the layers whose digests are in `have` (a containerd that holds
+/// them already needs only the manifest and the config).
+pub async fn pull_missing(
+    layout: &Layout,
+    registry: &Registry,
+    repository: &str,
+    reference: &str,
+    local_ref: &str,
+    have: &HashSet<String>,
 ) -> Result<PullReport, Error> {
     check_repository(repository)?;
     let http = Http::new(registry)?;
@@ -485,14 +633,16 @@ pub async fn pull(
     if let Some(d) = doc["config"]["digest"].as_str() {
         digests.push(d.to_string());
     }
+    let mut layers = HashSet::new();
     for l in doc["layers"].as_array().into_iter().flatten() {
         if let Some(d) = l["digest"].as_str() {
             digests.push(d.to_string());
+            layers.insert(d.to_string());
         }
     }
     let (mut fetched, mut present) = (0, 0);
     for d in &digests {
-        if layout.has_blob(d) {
+        if layout.has_blob(d) || (layers.contains(d) && have.contains(d)) {
             present += 1;
             continue;
         }
@@ -524,6 +674,104 @@ pub async fn pull(
         blobs_fetched: fetched,
         blobs_present: present,
     })
+}
+
+/// The repositories the registry holds (`GET /v2/_catalog`).
+pub async fn catalog(registry: &Registry) -> Result<Vec<String>, Error> {
+    let http = Http::new(registry)?;
+    let (status, _, body) = http
+        .send(Method::GET, "/v2/_catalog?n=1000", &[], Bytes::new())
+        .await?;
+    if !status.is_success() {
+        return Err(reg(format!(
+            "catalog: {status} {}",
+            String::from_utf8_lossy(&body)
+        )));
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| reg(format!("catalog: {e}")))?;
+    Ok(strings(&v["repositories"]))
+}
+
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_string))
+        .collect()
+}
+
+/// The manifest digests of a repository, by tag (`GET /v2/REPO/tags/list`, then a `HEAD`
+/// of each tag). An unknown repository has none.
+pub async fn tagged_digests(
+    registry: &Registry,
+    repository: &str,
+) -> Result<Vec<(String, String)>, Error> {
+    check_repository(repository)?;
+    let http = Http::new(registry)?;
+    let (status, _, body) = http
+        .send(
+            Method::GET,
+            &format!("/v2/{repository}/tags/list"),
+            &[],
+            Bytes::new(),
+        )
+        .await?;
+    if status == StatusCode::NOT_FOUND {
+        return Ok(vec![]);
+    }
+    if !status.is_success() {
+        return Err(reg(format!(
+            "{repository} tags: {status} {}",
+            String::from_utf8_lossy(&body)
+        )));
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| reg(format!("{repository} tags: {e}")))?;
+    let mut out = Vec::new();
+    for tag in strings(&v["tags"]) {
+        let (status, headers, _) = http
+            .send(
+                Method::HEAD,
+                &format!("/v2/{repository}/manifests/{tag}"),
+                &[("accept", ACCEPT_MANIFESTS.into())],
+                Bytes::new(),
+            )
+            .await?;
+        let digest = headers
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok());
+        if let (true, Some(d)) = (status.is_success(), digest) {
+            out.push((tag, d.to_string()));
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes a manifest by digest (every tag naming it goes too); its blobs are reclaimed by
+/// the registry's garbage collection. A manifest already gone is not an error.
+pub async fn delete_manifest(
+    registry: &Registry,
+    repository: &str,
+    digest: &str,
+) -> Result<(), Error> {
+    check_repository(repository)?;
+    let http = Http::new(registry)?;
+    let (status, _, body) = http
+        .send(
+            Method::DELETE,
+            &format!("/v2/{repository}/manifests/{digest}"),
+            &[],
+            Bytes::new(),
+        )
+        .await?;
+    if status.is_success() || status == StatusCode::NOT_FOUND {
+        return Ok(());
+    }
+    Err(reg(format!(
+        "deleting {repository}@{digest}: {status} {}",
+        String::from_utf8_lossy(&body)
+    )))
 }
 
 #[cfg(test)]

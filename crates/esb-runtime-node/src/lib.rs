@@ -13,6 +13,7 @@
 
 pub mod cni;
 mod config;
+pub mod control;
 mod link;
 pub mod nat;
 
@@ -25,6 +26,7 @@ use esb_netns::{NetNs, NetNsError};
 use serde::{Deserialize, Serialize};
 
 pub use config::*;
+pub use control::{ControlNetwork, CONTROL_IP, DEFAULT_CONTROL_NETNS};
 pub use link::BridgeInfo;
 
 /// What can go wrong; every variant names the setting, resource or step.

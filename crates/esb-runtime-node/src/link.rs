@@ -41,6 +41,20 @@ pub fn set_up(netns: &str, dev: &str) -> Result<(), NodeError> {
     ip(netns, &["link", "set", dev, "up"]).map(drop)
 }
 
+/// Adds `cidr` to `dev` unless it carries it already.
+pub fn ensure_address(netns: &str, dev: &str, cidr: &str) -> Result<(), NodeError> {
+    let out = ip(netns, &["-4", "-o", "addr", "show", "dev", dev])?;
+    let have = out
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .any(|w| w[0] == "inet" && w[1] == cidr);
+    if !have {
+        ip(netns, &["addr", "add", cidr, "dev", dev])?;
+    }
+    Ok(())
+}
+
 /// Creates the bridge with `addr` unless it exists, and sets it up.
 pub fn ensure_bridge(netns: &str, name: &str, addr: Ipv4Net) -> Result<(), NodeError> {
     let info = match bridge_info(netns, name)? {

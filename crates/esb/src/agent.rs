@@ -34,6 +34,14 @@ pub struct AgentArgs {
     /// The box CA file to mount in workers (default STATE_DIR/tls/ca.pem when it exists).
     #[arg(long, env = "ESB_CA_FILE")]
     pub ca_file: Option<PathBuf>,
+    /// containerd's hosts directory: images the node lacks are pulled from registries
+    /// configured here (`HOST/hosts.toml`; default STATE_DIR/containerd/certs.d).
+    #[arg(long, env = "ESB_REGISTRY_HOSTS_DIR")]
+    pub registry_hosts_dir: Option<PathBuf>,
+    /// Network namespace to reach registries from (the control namespace on the control
+    /// machine, the runtime-node namespace on a compute node).
+    #[arg(long, env = "ESB_REGISTRY_NETNS")]
+    pub registry_netns: Option<String>,
     #[command(flatten)]
     pub node: NodeArgs,
     #[command(flatten)]
@@ -56,6 +64,14 @@ pub fn run(state: &StateArgs, a: &AgentArgs) -> Result<()> {
         .ca_file
         .clone()
         .or_else(|| Some(state.state_dir.join("tls/ca.pem")).filter(|p| p.exists()));
+    cfg.pull = Some(esb_agent::PullConfig {
+        hosts_dir: a
+            .registry_hosts_dir
+            .clone()
+            .unwrap_or_else(|| state.state_dir.join("containerd/certs.d")),
+        netns: a.registry_netns.clone().filter(|n| !n.is_empty()),
+        work_dir: state.state_dir.join("agent"),
+    });
     let listen = Listen {
         unix: Some(
             a.socket

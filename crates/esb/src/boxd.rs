@@ -53,6 +53,15 @@ pub struct Plan {
     pub creds: (String, String),
     /// Region.
     pub region: String,
+    /// The box's registry on this host (loopback).
+    pub registry_listen: SocketAddr,
+    /// More names for the registry's certificate.
+    pub registry_sans: Vec<String>,
+    /// The control namespace holding 10.99.0.1 and the relays.
+    pub control: esb_runtime_node::ControlNetwork,
+    /// The local agent pulls images from the registry instead of having them imported
+    /// (`ESB_IMAGE_SOURCE=registry`).
+    pub pull_images: bool,
 }
 
 impl Plan {
@@ -68,7 +77,22 @@ impl Plan {
     }
     /// The box CA clients trust.
     pub fn ca_path(&self) -> PathBuf {
-        self.state.join("tls/ca.pem")
+        self.tls_dir().join(esb_pki::CA_FILE)
+    }
+    /// The box CA and the certificates it issued.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.state.join("tls")
+    }
+    /// The registry's configuration and storage.
+    pub fn registry(&self) -> esb_registry::ServerConfig {
+        registry_server(&self.state, self.registry_listen)
+    }
+    /// The registry as this host's clients reach it (loopback, the box CA).
+    pub fn registry_client(&self) -> esb_image::Registry {
+        let mut r = esb_image::Registry::from_setting(&self.registry_listen.to_string())
+            .expect("a socket address is a registry address");
+        r.ca_file = Some(self.ca_path());
+        r
     }
     /// Where the box builds images.
     pub fn build_dir(&self) -> PathBuf {
@@ -96,6 +120,21 @@ pub fn gateway_admin_socket(state: &Path) -> PathBuf {
 pub fn revisions_file(state: &Path) -> PathBuf {
     run_dir(state).join("revisions.json")
 }
+/// The registry's configuration and storage (`STATE/registry`, certificate in `STATE/tls`).
+pub fn registry_server(state: &Path, listen: SocketAddr) -> esb_registry::ServerConfig {
+    esb_registry::ServerConfig {
+        dir: state.join("registry"),
+        listen,
+        cert: state.join("tls/registry.pem"),
+        key: state.join("tls/registry.key"),
+    }
+}
+
+/// containerd's hosts directory of this host: how its agent reaches and trusts registries.
+pub fn hosts_dir(state: &Path) -> esb_registry::HostsDir {
+    esb_registry::HostsDir::new(state.join("containerd/certs.d"))
+}
+
 /// The log file of a component (or of the box itself).
 pub fn log_file(state: &Path, name: &str) -> PathBuf {
     state.join("logs").join(format!("{name}.log"))
@@ -117,7 +156,9 @@ pub const COMPONENTS: &[&str] = &[
     "s3",
     "dynamodb",
     "logstore",
+    "registry",
     "proxy",
+    "relay",
     "agent",
     "gateway",
 ];
@@ -590,9 +631,46 @@ fn child_specs(plan: &Plan) -> Result<Vec<ChildSpec>> {
             "agent".into(),
             format!("--socket={}", plan.agent_socket().display()),
             format!("--ca-file={}", plan.ca_path().display()),
+            format!(
+                "--registry-hosts-dir={}",
+                hosts_dir(&plan.state).path().display()
+            ),
+            format!("--registry-netns={}", plan.control.netns),
         ],
         vec![],
         Ready::Unix(plan.agent_socket()),
+    );
+    let registry = ChildSpec {
+        name: "registry",
+        program: esb_registry::server::program()?,
+        args: vec![
+            "serve".into(),
+            plan.registry().config_path().display().to_string(),
+        ],
+        env: vec![],
+        ready: Ready::Tcp(plan.registry_listen),
+        ready_timeout: Duration::from_secs(60),
+        stop_grace: Duration::from_secs(15),
+    };
+    let mut relay_args = vec![
+            "relay".to_string(),
+            format!("--netns={}", plan.control.netns),
+            format!(
+                "--route=registry={}:{}={}:{}",
+                plan.control.ip,
+                esb_registry::DEFAULT_PORT,
+                esb_registry::BACKEND_NAME,
+                plan.registry_listen.port()
+            ),
+            format!("--pid-file={}", run_dir(&plan.state).join("relay.ready").display()),
+        ];
+    // The local proxy's hosts file and limits.
+    relay_args.extend(plan.proxy_args.iter().cloned());
+    let relay = esb(
+        "relay",
+        relay_args,
+        vec![],
+        Ready::PidFile(run_dir(&plan.state).join("relay.ready")),
     );
     Ok(vec![
         containerd,
@@ -614,10 +692,113 @@ fn child_specs(plan: &Plan) -> Result<Vec<ChildSpec>> {
             vec![],
             Ready::Tcp(dial_addr(plan.logstore)),
         ),
+        registry,
         esb("proxy", proxy_args, vec![], Ready::PidFile(proxy_pid)),
+        relay,
         agent,
         gateway,
     ])
+}
+
+/// Makes sure the box CA and its certificates exist: the gateway's (`ESB_GATEWAY_SANS`
+/// adds names) and the registry's (the control address, its backend name, loopback and
+/// `ESB_REGISTRY_SANS`); writes the hosts.toml through which this host's containerd side
+/// trusts the registry at the control address.
+fn prepare_tls(plan: &Plan) -> Result<()> {
+    let tls = plan.tls_dir();
+    let gateway_sans: Vec<String> = std::env::var("ESB_GATEWAY_SANS")
+        .map(|s| {
+            s.split(',')
+                .map(|x| x.trim().to_string())
+                .filter(|x| !x.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    esb_pki::ensure_box_certs(&tls, &esb_pki::default_sans(&gateway_sans))?;
+    let mut sans: Vec<String> = vec![
+        plan.control.ip.to_string(),
+        esb_registry::BACKEND_NAME.into(),
+        "127.0.0.1".into(),
+        "localhost".into(),
+    ];
+    for extra in std::iter::once(plan.registry_listen.ip().to_string())
+        .chain(plan.registry_sans.iter().map(|s| s.trim().to_string()))
+    {
+        if !extra.is_empty() && !sans.contains(&extra) {
+            sans.push(extra);
+        }
+    }
+    esb_pki::ensure_server_cert(&tls, "registry", "esb registry", &sans)
+        .context("the registry's certificate (ESB_REGISTRY_SANS)")?;
+    let host = format!("{}:{}", plan.control.ip, esb_registry::DEFAULT_PORT);
+    hosts_dir(&plan.state).write(&host, &format!("https://{host}"), &plan.ca_path())?;
+    Ok(())
+}
+
+/// Writes the registry's configuration and collects what deleted revisions left (the
+/// registry is not running yet: distribution collects only offline).
+async fn prepare_registry(plan: &Plan) -> Result<()> {
+    let server = plan.registry();
+    server.write()?;
+    let has_data = std::fs::read_dir(server.data_dir())
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    if has_data {
+        let program = esb_registry::server::program()?;
+        let summary = tokio::task::spawn_blocking(move || server.garbage_collect(&program))
+            .await??;
+        tracing::info!("registry garbage collection: {summary}");
+    }
+    Ok(())
+}
+
+/// Deletes from the registry every function image that is not the current revision of a
+/// function (`revisions`: function name -> manifest digest); its blobs go at the
+/// registry's next start. Failures are logged: they cost disk, not service.
+async fn prune_registry(plan: &Plan, revisions: &serde_json::Map<String, serde_json::Value>) {
+    let registry = plan.registry_client();
+    let wanted: std::collections::HashMap<String, String> = revisions
+        .iter()
+        .filter_map(|(f, d)| {
+            Some((esb_registry::function_repository(f), d.as_str()?.to_string()))
+        })
+        .collect();
+    let repos = match esb_image::catalog(&registry).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("registry prune: {e}");
+            return;
+        }
+    };
+    let prefix = esb_registry::function_repository("x");
+    let prefix = prefix.trim_end_matches('x');
+    for repo in repos.iter().filter(|r| r.starts_with(prefix)) {
+        let tagged = match esb_image::tagged_digests(&registry, repo).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("registry prune {repo}: {e}");
+                continue;
+            }
+        };
+        let mut seen = std::collections::HashSet::new();
+        for (_, digest) in tagged {
+            if wanted.get(repo) == Some(&digest) || !seen.insert(digest.clone()) {
+                continue;
+            }
+            match esb_image::delete_manifest(&registry, repo, &digest).await {
+                Ok(()) => tracing::info!("registry: deleted {repo}@{digest} (no longer built)"),
+                Err(e) => tracing::warn!("registry prune: {e}"),
+            }
+        }
+    }
+}
+
+/// The revisions file's content.
+fn read_revisions(state: &Path) -> serde_json::Map<String, serde_json::Value> {
+    std::fs::read(revisions_file(state))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
 }
 
 /// Builds the images, imports them into containerd, writes the revisions file and
@@ -659,16 +840,48 @@ async fn build_and_provision(plan: &Plan) -> Result<serde_json::Value> {
         Ok((template, report))
     })
     .await??;
-    let refs: Vec<String> = report.images.iter().map(|i| i.reference.clone()).collect();
-    let socket = plan.containerd_dir().join("containerd.sock");
-    esb_image::import_to_containerd(&report.layout, &refs, &socket)
-        .await
-        .context("import the images into containerd")?;
+    // Every image goes to the box's registry (compute nodes pull from there), named by
+    // function and revision; the local containerd gets them directly unless the box was
+    // asked to pull like a compute node.
+    let registry = plan.registry_client();
+    let mut pushed = Vec::new();
+    let mut named = Vec::new();
     let mut revisions = serde_json::Map::new();
+    let mut repos: Vec<String> = Vec::new();
     for i in &report.images {
-        if let Some(f) = template.function(&i.function) {
-            revisions.insert(f.name.clone(), i.manifest_digest.clone().into());
+        let Some(f) = template.function(&i.function) else {
+            continue;
+        };
+        let repo = esb_registry::function_repository(&f.name);
+        let tag = esb_registry::revision_tag(&i.manifest_digest);
+        let layout = esb_image::Layout::open(&report.layout)?;
+        let r = esb_image::push_mounting(&layout, &i.reference, &registry, &repo, &tag, &repos)
+            .await
+            .with_context(|| format!("push {} to the box's registry", f.name))?;
+        repos.push(repo);
+        if r.manifest_pushed {
+            tracing::info!(
+                "pushed {}: {} layer(s) sent, {} blob(s) present",
+                r.reference,
+                r.layers_uploaded,
+                r.blobs_present
+            );
         }
+        pushed.push(serde_json::json!({
+            "function": f.name, "reference": r.reference,
+            "layers_uploaded": r.layers_uploaded, "blobs_uploaded": r.blobs_uploaded,
+            "manifest_pushed": r.manifest_pushed}));
+        named.push((
+            i.reference.clone(),
+            esb_registry::image_reference(esb_registry::CONTROL_HOST, &f.name, &i.manifest_digest),
+        ));
+        revisions.insert(f.name.clone(), i.manifest_digest.clone().into());
+    }
+    if !plan.pull_images {
+        let socket = plan.containerd_dir().join("containerd.sock");
+        esb_image::import_named(&report.layout, &named, &socket)
+            .await
+            .context("import the images into containerd")?;
     }
     let path = revisions_file(&plan.state);
     let tmp = path.with_extension("json.tmp");
@@ -699,6 +912,7 @@ async fn build_and_provision(plan: &Plan) -> Result<serde_json::Value> {
             "function": i.function, "reference": i.reference,
             "digest": i.manifest_digest, "changed": i.changed})).collect::<Vec<_>>(),
         "layers_built": report.layers_built,
+        "pushed": pushed,
         "layers_cached": report.layers_cached,
         "warnings": report.warnings,
         "provisioned": prov,
@@ -796,24 +1010,17 @@ pub async fn run(plan: Plan) -> Result<()> {
             s.message = "creating the node network".into()
         });
         rn.up().context("node network")?;
+        plan.control.up().context("control network")?;
         std::fs::create_dir_all(plan.containerd_dir())?;
         let dir = std::fs::canonicalize(plan.containerd_dir())?;
         std::fs::write(dir.join("config.toml"), esb_containerd::config_toml(&dir))?;
+        prepare_tls(&plan)?;
         for spec in &specs {
+            if spec.name == "registry" {
+                update(&state, &shared, |s| s.message = "collecting the registry".into());
+                prepare_registry(&plan).await?;
+            }
             if spec.name == "agent" {
-                // The agent mounts the CA into workers; the gateway serves with it.
-                let sans: Vec<String> = std::env::var("ESB_GATEWAY_SANS")
-                    .map(|s| {
-                        s.split(',')
-                            .map(|x| x.trim().to_string())
-                            .filter(|x| !x.is_empty())
-                            .collect::<Vec<_>>()
-                    })
-                    .unwrap_or_default();
-                esb_gateway::tls::ensure_box_certs(
-                    &state.join("tls"),
-                    &esb_gateway::tls::default_sans(&sans),
-                )?;
                 update(&state, &shared, |s| s.message = "building images".into());
                 let built = build_and_provision(&plan).await?;
                 update(&state, &shared, |s| s.last_build = built);
@@ -857,6 +1064,7 @@ pub async fn run(plan: Plan) -> Result<()> {
         s.message = "serving".into();
     });
     tracing::info!("the box is ready");
+    prune_registry(&plan, &read_revisions(&state)).await;
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -865,9 +1073,13 @@ pub async fn run(plan: Plan) -> Result<()> {
                 tracing::info!("SIGHUP: rebuilding");
                 update(&state, &shared, |s| s.message = "rebuilding".into());
                 let outcome = match build_and_provision(&plan).await {
-                    Ok(v) => {
-                        reload_gateway(&state).await.map(|_| v)
-                    }
+                    Ok(v) => match reload_gateway(&state).await {
+                        Ok(()) => {
+                            prune_registry(&plan, &read_revisions(&state)).await;
+                            Ok(v)
+                        }
+                        Err(e) => Err(e),
+                    },
                     Err(e) => Err(e),
                 };
                 update(&state, &shared, |s| {
@@ -978,10 +1190,14 @@ async fn shutdown(
     if let Err(e) = rn.down() {
         tracing::error!("remove the node network: {e}");
     }
+    if let Err(e) = plan.control.down() {
+        tracing::error!("remove the control network: {e}");
+    }
     for f in [
         gateway_admin_socket(state),
         plan.agent_socket(),
         run_dir(state).join("proxy.ready"),
+        run_dir(state).join("relay.ready"),
     ] {
         let _ = std::fs::remove_file(f);
     }

@@ -51,6 +51,19 @@ pub struct BuildArgs {
     /// containerd when it runs).
     #[arg(long, env = "ESB_CONTAINERD_SOCKET")]
     pub containerd_socket: Option<PathBuf>,
+    /// Push the images to this OCI registry (`host:port` for HTTPS, or an http(s):// URL),
+    /// as `esb/functions/NAME:REVISION`. Default: the running box's registry.
+    #[arg(long)]
+    pub push: Option<String>,
+    /// CA certificate to check the registry of `--push` with (default: the system roots).
+    #[arg(long, env = "ESB_REGISTRY_CA")]
+    pub registry_ca: Option<PathBuf>,
+    /// User for the registry's basic auth (password: ESB_REGISTRY_PASSWORD).
+    #[arg(long, env = "ESB_REGISTRY_USERNAME")]
+    pub registry_username: Option<String>,
+    /// The running box's registry on this host (where a plain `esb build` pushes).
+    #[arg(long, env = "ESB_REGISTRY_LISTEN", default_value = "127.0.0.1:5010")]
+    pub registry_listen: std::net::SocketAddr,
 }
 
 pub(crate) fn supervisor_path(given: &Option<PathBuf>) -> PathBuf {
@@ -129,6 +142,9 @@ pub fn build(state: &StateArgs, a: &BuildArgs) -> Result<()> {
     if a.dry_run {
         return Ok(());
     }
+    if let Some(registry) = push_target(state, a)? {
+        push_images(&template, &report, &registry)?;
+    }
     let socket = a.containerd_socket.clone().or_else(|| {
         Some(crate::node::PrivateContainerd::of(state).socket()).filter(|_| {
             crate::node::PrivateContainerd::of(state)
@@ -141,6 +157,68 @@ pub fn build(state: &StateArgs, a: &BuildArgs) -> Result<()> {
         esb_image::import_to_containerd_blocking(&report.layout, &refs, &socket)
             .with_context(|| format!("import into containerd at {}", socket.display()))?;
         println!("imported into containerd ({})", socket.display());
+    }
+    Ok(())
+}
+
+/// Where `esb build` pushes: `--push`, else the running box's registry, else nowhere.
+fn push_target(state: &StateArgs, a: &BuildArgs) -> Result<Option<esb_image::Registry>> {
+    if let Some(target) = &a.push {
+        let mut r = esb_image::Registry::from_setting(target)?;
+        r.ca_file = a.registry_ca.clone();
+        if let Some(user) = &a.registry_username {
+            let pass = std::env::var("ESB_REGISTRY_PASSWORD")
+                .context("ESB_REGISTRY_PASSWORD: needed with --registry-username")?;
+            r.auth = Some((user.clone(), pass));
+        }
+        return Ok(Some(r));
+    }
+    if crate::up::running(&state.state_dir).is_none() {
+        return Ok(None);
+    }
+    let mut r = esb_image::Registry::from_setting(&a.registry_listen.to_string())?;
+    r.ca_file = Some(state.state_dir.join("tls").join(esb_pki::CA_FILE));
+    Ok(Some(r))
+}
+
+/// Pushes every built image as `esb/functions/NAME:REVISION` (only the blobs the registry
+/// lacks), one line per image.
+fn push_images(
+    template: &esb_template::Template,
+    report: &esb_image::BuildReport,
+    registry: &esb_image::Registry,
+) -> Result<()> {
+    let layout = esb_image::Layout::open(&report.layout)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    eprintln!("pushing to {}", registry.url);
+    let mut repos: Vec<String> = Vec::new();
+    for i in &report.images {
+        let Some(f) = template.function(&i.function) else {
+            continue;
+        };
+        let repo = esb_registry::function_repository(&f.name);
+        let tag = esb_registry::revision_tag(&i.manifest_digest);
+        let r = rt
+            .block_on(esb_image::push_mounting(
+                &layout,
+                &i.reference,
+                registry,
+                &repo,
+                &tag,
+                &repos,
+            ))
+            .with_context(|| format!("push {} to {}", f.name, registry.url))?;
+        repos.push(repo);
+        if r.manifest_pushed {
+            println!(
+                "  pushed {}: {} ({} layer(s) sent, {} blob(s) already there)",
+                f.name, r.reference, r.layers_uploaded, r.blobs_present
+            );
+        } else {
+            println!("  {}: {} already in the registry, nothing sent", f.name, r.reference);
+        }
     }
     Ok(())
 }
@@ -223,6 +301,9 @@ fn gateway_functions(a: &GatewayArgs) -> Result<Vec<esb_gateway::FunctionSpec>> 
             let mut spec =
                 esb_gateway::FunctionSpec::from_template(f, esb_image::image_reference(&opts, f));
             if let Some(r) = revisions.get(&f.name).and_then(|v| v.as_str()) {
+                // A build of the box: the image as every node finds it, pinned by digest.
+                spec.image =
+                    esb_registry::image_reference(esb_registry::CONTROL_HOST, &f.name, r);
                 spec.revision = r.to_string();
             }
             spec

@@ -47,6 +47,8 @@ enum Command {
     Down {
         #[command(flatten)]
         node: NodeArgs,
+        #[command(flatten)]
+        control: settings::ControlArgs,
         /// Also delete the data of S3, DynamoDB and the log store.
         #[arg(long)]
         volumes: bool,
@@ -61,6 +63,8 @@ enum Command {
     Reset {
         #[command(flatten)]
         node: NodeArgs,
+        #[command(flatten)]
+        control: settings::ControlArgs,
         /// Do not ask.
         #[arg(long)]
         yes: bool,
@@ -101,6 +105,22 @@ enum Command {
         /// Listen port of the log store route.
         #[arg(long, default_value_t = 9428)]
         logs_port: u16,
+        /// Write "PID STARTTIME" here once listening.
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        #[command(flatten)]
+        proxy: ProxyArgs,
+    },
+    /// Run an L4 relay in the foreground: listeners in a namespace, backends by name
+    /// (the box runs one in the control namespace for 10.99.0.1:5010 -> esb-registry:5010).
+    Relay {
+        /// Named network namespace to listen in (default: the current one).
+        #[arg(long)]
+        netns: Option<String>,
+        /// A route NAME=LISTEN=BACKEND, e.g. registry=10.99.0.1:5010=esb-registry:5010
+        /// (repeat for more).
+        #[arg(long = "route", required = true)]
+        routes: Vec<String>,
         /// Write "PID STARTTIME" here once listening.
         #[arg(long)]
         pid_file: Option<PathBuf>,
@@ -220,6 +240,7 @@ fn main() -> ExitCode {
         cli.command,
         Command::Up(_)
             | Command::Proxy { .. }
+            | Command::Relay { .. }
             | Command::Agent(_)
             | Command::Gateway(_)
             | Command::S3 { .. }
@@ -252,9 +273,13 @@ fn main() -> ExitCode {
     let state = &cli.state;
     let result = match cli.command {
         Command::Up(args) => up::up(state, &args),
-        Command::Down { node, volumes } => up::down(state, &node, volumes),
+        Command::Down {
+            node,
+            control,
+            volumes,
+        } => up::down(state, &node, &control, volumes),
         Command::Status { json } => up::status(state, json),
-        Command::Reset { node, yes } => up::reset(state, &node, yes),
+        Command::Reset { node, control, yes } => up::reset(state, &node, &control, yes),
         Command::Invoke(args) => up::invoke(state, &args),
         Command::Watch { once } => {
             if once {
@@ -292,6 +317,12 @@ fn main() -> ExitCode {
             [s3_port, db_port, logs_port],
             pid_file,
         ),
+        Command::Relay {
+            netns,
+            routes,
+            pid_file,
+            proxy,
+        } => node::relay(state, &proxy, netns, &routes, pid_file),
         Command::Agent(args) => agent::run(state, &args),
         Command::S3 { svc, creds } => services::s3(state, &svc, &creds),
         Command::Dynamodb { svc, creds } => services::dynamodb(state, &svc, &creds),

@@ -353,6 +353,48 @@ pub fn proxy(
     pid_file: Option<std::path::PathBuf>,
 ) -> Result<()> {
     let cfg = args.proxy_config(state, netns, listen, ports)?;
+    run_proxy(cfg, pid_file)
+}
+
+/// Parses a relay route `NAME=LISTEN=BACKEND` (`registry=10.99.0.1:5010=esb-registry:5010`).
+pub fn relay_route(value: &str) -> Result<esb_local_proxy::Route> {
+    let parts: Vec<&str> = value.splitn(3, '=').collect();
+    let [name, listen, backend] = parts[..] else {
+        anyhow::bail!("--route {value:?}: expected NAME=LISTEN_ADDR:PORT=BACKEND_HOST:PORT");
+    };
+    if name.is_empty() {
+        anyhow::bail!("--route {value:?}: the name is empty");
+    }
+    Ok(esb_local_proxy::Route {
+        name: name.to_string(),
+        listen: listen
+            .parse()
+            .with_context(|| format!("--route {value:?}: {listen:?} is not an address:port"))?,
+        backend: esb_local_proxy::Backend::parse("--route", backend)?,
+    })
+}
+
+/// `esb relay`: the local proxy's machinery with routes given one by one: listeners in a
+/// namespace (the control namespace's 10.99.0.1:5010), backends by name.
+pub fn relay(
+    state: &StateArgs,
+    args: &ProxyArgs,
+    netns: Option<String>,
+    routes: &[String],
+    pid_file: Option<std::path::PathBuf>,
+) -> Result<()> {
+    let mut cfg = args.proxy_config(state, netns, [127, 0, 0, 1].into(), [9000, 8001, 9428])?;
+    cfg.routes = routes
+        .iter()
+        .map(|r| relay_route(r))
+        .collect::<Result<_>>()?;
+    run_proxy(cfg, pid_file)
+}
+
+fn run_proxy(
+    cfg: esb_local_proxy::ProxyConfig,
+    pid_file: Option<std::path::PathBuf>,
+) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -370,7 +412,7 @@ pub fn proxy(
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
             }
-            tracing::info!("stopping local proxy");
+            tracing::info!("stopping the proxy");
         };
         proxy.run(shutdown, Duration::from_secs(2)).await;
         if let Some(p) = &pid_file {

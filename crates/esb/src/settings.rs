@@ -35,6 +35,26 @@ impl StateArgs {
     }
 }
 
+/// The control side's namespace (system.md §4).
+#[derive(Debug, Clone, Args)]
+pub struct ControlArgs {
+    /// The control network namespace: it holds 10.99.0.1 and the relays to the box's
+    /// services on this host (the registry's 10.99.0.1:5010).
+    #[arg(
+        long,
+        env = "ESB_CONTROL_NETNS",
+        default_value = esb_runtime_node::DEFAULT_CONTROL_NETNS
+    )]
+    pub control_netns: String,
+}
+
+impl ControlArgs {
+    /// The control network (name checked).
+    pub fn network(&self) -> Result<esb_runtime_node::ControlNetwork> {
+        Ok(esb_runtime_node::ControlNetwork::new(&self.control_netns)?)
+    }
+}
+
 /// An IPv4 address that may be empty ("" = no rule), as the seed's DNAT_*_IP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OptionalIp(pub Option<Ipv4Addr>);

@@ -41,6 +41,22 @@ pub struct UpArgs {
     /// The static esb-supervisor binary to put in images (default: next to `esb`).
     #[arg(long, env = "ESB_SUPERVISOR_BIN")]
     pub supervisor: Option<PathBuf>,
+    /// Address of the box's image registry on this host (loopback only: compute nodes
+    /// reach it as 10.99.0.1:5010 through the relay in the control namespace).
+    #[arg(long, env = "ESB_REGISTRY_LISTEN", default_value = "127.0.0.1:5010")]
+    pub registry_listen: SocketAddr,
+    /// More names or addresses for the registry's certificate (comma-separated; it always
+    /// carries 10.99.0.1, esb-registry, 127.0.0.1 and localhost).
+    #[arg(long, env = "ESB_REGISTRY_SANS", value_delimiter = ',')]
+    pub registry_sans: Vec<String>,
+    /// Where the local agent gets function images: `import` (built images go straight
+    /// into its containerd) or `registry` (pulled from the box's registry, as compute
+    /// nodes do).
+    #[arg(long, env = "ESB_IMAGE_SOURCE", default_value = "import",
+          value_parser = ["import", "registry"])]
+    pub image_source: String,
+    #[command(flatten)]
+    pub control: crate::settings::ControlArgs,
     #[command(flatten)]
     pub node: NodeArgs,
     #[command(flatten)]
@@ -182,6 +198,17 @@ pub fn plan(state: &StateArgs, a: &UpArgs) -> Result<(Plan, Vec<(String, String)
     ] {
         check_port_free(addr, setting)?;
     }
+    if !a.registry_listen.ip().is_loopback() {
+        bail!(
+            "ESB_REGISTRY_LISTEN: {} is not a loopback address (the registry is reached from \
+             elsewhere only through the relay at {})",
+            a.registry_listen,
+            esb_registry::CONTROL_HOST
+        );
+    }
+    check_port_free(a.registry_listen, "ESB_REGISTRY_LISTEN")?;
+    esb_registry::server::program()?;
+    let control = a.control.network()?;
     let supervisor = crate::build::supervisor_path(&a.supervisor);
     if !supervisor.is_file() {
         bail!(
@@ -210,6 +237,10 @@ pub fn plan(state: &StateArgs, a: &UpArgs) -> Result<(Plan, Vec<(String, String)
             supervisor,
             creds: pair,
             region: a.box_args.creds.region.clone(),
+            registry_listen: a.registry_listen,
+            registry_sans: a.registry_sans.clone(),
+            control,
+            pull_images: a.image_source == "registry",
         },
         generated,
     ))
@@ -375,7 +406,12 @@ fn follow(log: &Path, from: u64) -> u64 {
 
 /// `esb down [--volumes]`: stops the box (or cleans up after one that died) and, with
 /// `volumes`, removes the data of S3, DynamoDB and the log store.
-pub fn down(state: &StateArgs, node: &NodeArgs, volumes: bool) -> Result<()> {
+pub fn down(
+    state: &StateArgs,
+    node: &NodeArgs,
+    control: &crate::settings::ControlArgs,
+    volumes: bool,
+) -> Result<()> {
     let dir = &state.state_dir;
     if let Some((t, _)) = running(dir) {
         println!("stopping the box (pid {})…", t.pid);
@@ -411,6 +447,7 @@ pub fn down(state: &StateArgs, node: &NodeArgs, volumes: bool) -> Result<()> {
             ctd.stop()?;
         }
         rn.down()?;
+        control.network()?.down()?;
         let _ = std::fs::remove_file(boxd::status_file(dir));
         let _ = std::fs::remove_file(boxd::box_pid_file(dir));
     }
@@ -429,7 +466,12 @@ pub fn down(state: &StateArgs, node: &NodeArgs, volumes: bool) -> Result<()> {
 
 /// `esb reset [--yes]`: `down --volumes`, then the whole state directory (secrets, CA,
 /// images, containerd's store). Asks first unless `yes`.
-pub fn reset(state: &StateArgs, node: &NodeArgs, yes: bool) -> Result<()> {
+pub fn reset(
+    state: &StateArgs,
+    node: &NodeArgs,
+    control: &crate::settings::ControlArgs,
+    yes: bool,
+) -> Result<()> {
     let dir = &state.state_dir;
     if !yes {
         if !std::io::stdin().is_terminal() {
@@ -448,7 +490,7 @@ pub fn reset(state: &StateArgs, node: &NodeArgs, yes: bool) -> Result<()> {
             bail!("not confirmed; nothing changed");
         }
     }
-    down(state, node, true)?;
+    down(state, node, control, true)?;
     // containerd's snapshots may hold read-only mounts: the down above unmounted them.
     if dir.exists() {
         std::fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))?;
@@ -474,10 +516,12 @@ pub fn status(state: &StateArgs, json: bool) -> Result<()> {
         .enable_all()
         .build()?;
     let gw = rt.block_on(boxd::gateway_status(&state.state_dir));
+    let registry_bytes = esb_registry::server::disk_usage(&state.state_dir.join("registry/data"));
     if json {
         let mut v = serde_json::to_value(&s)?;
         v["running"] = true.into();
         v["pid"] = t.pid.into();
+        v["registry"] = serde_json::json!({"disk_bytes": registry_bytes});
         match &gw {
             Ok(g) => {
                 v["functions"] = g["functions"].clone();
@@ -498,6 +542,11 @@ pub fn status(state: &StateArgs, json: bool) -> Result<()> {
     println!("esb box pid {}: {} ({})", t.pid, s.state, s.message);
     println!("  template  {}", s.template);
     println!("  gateway   {}   CA {}", s.gateway_url, s.ca);
+    println!(
+        "  registry  {}   {:.1} MiB on disk",
+        esb_registry::CONTROL_HOST,
+        registry_bytes as f64 / 1048576.0
+    );
     println!("  components:");
     for c in &s.components {
         println!(
@@ -530,6 +579,9 @@ pub fn status(state: &StateArgs, json: bool) -> Result<()> {
                 );
                 for r in f["routes"].as_array().into_iter().flatten() {
                     println!("      {}", r.as_str().unwrap_or(""));
+                }
+                if let Some(e) = f["last_error"]["message"].as_str() {
+                    println!("      last worker start failed: {e}");
                 }
             }
         }

@@ -9,23 +9,8 @@ mod boxkit;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use boxkit::{e2e_app, TestBox};
+use boxkit::{e2e_app, e2e_box, TestBox};
 use serde_json::Value;
-
-fn e2e_box() -> TestBox {
-    let mut b = TestBox::new(&e2e_app());
-    // What test_box.py expects (crates/esb/tests/e2e/README.md).
-    for (k, v) in [
-        ("CIRCUIT_BREAKER_THRESHOLD", "3"),
-        ("CIRCUIT_BREAKER_RECOVERY_TIMEOUT", "30"),
-        ("GATEWAY_IDLE_TIMEOUT_SECONDS", "3"),
-        ("HEARTBEAT_INTERVAL", "1"),
-        ("POOL_ACQUIRE_TIMEOUT", "30"),
-    ] {
-        b.set(k, v);
-    }
-    b
-}
 
 fn component<'a>(status: &'a Value, name: &str) -> &'a Value {
     status["components"]

@@ -97,14 +97,33 @@ pub fn e2e_app() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e")
 }
 
+/// A box serving the end-to-end fixture app, with the settings test_box.py expects
+/// (crates/esb/tests/e2e/README.md).
+pub fn e2e_box() -> TestBox {
+    let mut b = TestBox::new(&e2e_app());
+    for (k, v) in [
+        ("CIRCUIT_BREAKER_THRESHOLD", "3"),
+        ("CIRCUIT_BREAKER_RECOVERY_TIMEOUT", "30"),
+        ("GATEWAY_IDLE_TIMEOUT_SECONDS", "3"),
+        ("HEARTBEAT_INTERVAL", "1"),
+        ("POOL_ACQUIRE_TIMEOUT", "30"),
+    ] {
+        b.set(k, v);
+    }
+    b
+}
+
 /// One box.
 pub struct TestBox {
     pub dir: tempfile::TempDir,
     pub state: PathBuf,
     pub app: PathBuf,
     pub netns: String,
+    /// The box's control namespace (10.99.0.1 and the registry relay).
+    pub control_netns: String,
     pub env: Vec<(String, String)>,
     pub gateway_port: u16,
+    pub registry_port: u16,
     pub s3_port: u16,
     pub ddb_port: u16,
     pub logs_port: u16,
@@ -119,10 +138,21 @@ impl TestBox {
         copy_tree(app, &copy);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let netns = format!("esbt-b{}-{n}", std::process::id());
-        let (gateway_port, s3_port, ddb_port, logs_port) =
-            (free_port(), free_port(), free_port(), free_port());
+        let control_netns = format!("esbt-c{}-{n}", std::process::id());
+        let (gateway_port, s3_port, ddb_port, logs_port, registry_port) = (
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+        );
         let env = vec![
             ("ESB_NODE_NETNS".to_string(), netns.clone()),
+            ("ESB_CONTROL_NETNS".to_string(), control_netns.clone()),
+            (
+                "ESB_REGISTRY_LISTEN".into(),
+                format!("127.0.0.1:{registry_port}"),
+            ),
             (
                 "ESB_GATEWAY_LISTEN".into(),
                 format!("127.0.0.1:{gateway_port}"),
@@ -148,8 +178,10 @@ impl TestBox {
             app: copy,
             dir,
             netns,
+            control_netns,
             env,
             gateway_port,
+            registry_port,
             s3_port,
             ddb_port,
             logs_port,
@@ -369,8 +401,10 @@ impl TestBox {
                 }
             }
         }
-        if Path::new("/run/netns").join(&self.netns).exists() {
-            left.push(format!("namespace {}", self.netns));
+        for ns in [&self.netns, &self.control_netns] {
+            if Path::new("/run/netns").join(ns).exists() {
+                left.push(format!("namespace {ns}"));
+            }
         }
         let state = self.state.display().to_string();
         for line in std::fs::read_to_string("/proc/self/mountinfo")
@@ -406,6 +440,15 @@ impl TestBox {
         left
     }
 
+    /// A command run inside the box's control namespace (where 10.99.0.1 lives).
+    pub fn in_control(&self, program: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.control_netns))
+            .arg("--")
+            .arg(program);
+        c
+    }
+
     /// `esb down`, then the leftovers check.
     pub fn down_clean(&self) {
         let pids = self.recorded_pids();
@@ -423,6 +466,7 @@ impl Drop for TestBox {
         }
         let _ = self.esb(&["down"]);
         let _ = esb_netns::NetNs::delete(&self.netns);
+        let _ = esb_netns::NetNs::delete(&self.control_netns);
     }
 }
 
