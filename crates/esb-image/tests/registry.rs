@@ -287,3 +287,140 @@ fn push_over_https_with_the_box_ca() {
         .unwrap();
     assert_eq!(r.blobs_uploaded, 4);
 }
+
+/// `ctr images pull --hosts-dir DIR REF` against the containerd of `state` (containerd's
+/// own client reading the same hosts.toml the agent reads).
+fn ctr_pull(socket: &Path, hosts: &Path, reference: &str) -> std::process::Output {
+    Command::new("ctr")
+        .arg("--address")
+        .arg(socket)
+        .args(["--namespace", esb_containerd::NAMESPACE, "images", "pull"])
+        .arg("--hosts-dir")
+        .arg(hosts)
+        .arg(reference)
+        .output()
+        .unwrap()
+}
+
+/// esb's pull as the agent does it: the endpoints and CA from the hosts directory.
+fn esb_pull(
+    rt: &tokio::runtime::Runtime,
+    hosts: &Path,
+    host: &str,
+    repo: &str,
+    digest: &str,
+) -> Result<esb_image::PullReport, String> {
+    let endpoints = esb_registry::HostsDir::new(hosts)
+        .lookup(host)
+        .map_err(|e| e.to_string())?
+        .ok_or("no hosts.toml")?;
+    let e = &endpoints[0];
+    let mut reg = esb_image::Registry::from_setting(&e.url).unwrap();
+    reg.ca_file = e.ca.first().cloned();
+    let out = tempfile::tempdir().unwrap();
+    let layout = esb_image::Layout::open(out.path()).unwrap();
+    rt.block_on(esb_image::pull(&layout, &reg, repo, digest, "x.local/t:1"))
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn registry_trust_comes_from_the_hosts_dir_and_a_wrong_ca_or_name_is_refused() {
+    esb_testkit::require_root();
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    // The box CA issues the good certificate (SAN 127.0.0.1) and one for another name only.
+    let tls = tempfile::tempdir().unwrap();
+    let (good_cert, good_key) =
+        esb_pki::ensure_server_cert(tls.path(), "registry", "r", &["127.0.0.1".into()]).unwrap();
+    let (nosan_cert, nosan_key) = esb_pki::ensure_server_cert(
+        tls.path(),
+        "other",
+        "r",
+        &["esb-registry".into(), "10.99.0.1".into()],
+    )
+    .unwrap();
+    let box_ca = esb_pki::ca_path(tls.path());
+    // A CA that signed none of them.
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let wrong_ca = tls.path().join("wrong-ca.pem");
+    std::fs::write(
+        &wrong_ca,
+        p.self_signed(&KeyPair::generate().unwrap()).unwrap().pem(),
+    )
+    .unwrap();
+
+    // Two registries on one storage: the good certificate, and the one without the SAN.
+    let good_dir = tempfile::tempdir().unwrap();
+    let good = start_registry(good_dir.path(), Some((&good_cert, &good_key)));
+    let nosan_dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(good_dir.path().join("data"), nosan_dir.path().join("data"))
+        .unwrap();
+    let nosan = start_registry(nosan_dir.path(), Some((&nosan_cert, &nosan_key)));
+
+    let app = fixture("rust-fn");
+    let out = tempfile::tempdir().unwrap();
+    let local = built_image(app.path(), out.path());
+    let layout = esb_image::Layout::open(out.path()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut target = esb_image::Registry::from_setting(&format!("127.0.0.1:{}", good.port)).unwrap();
+    target.ca_file = Some(box_ca.clone());
+    let pushed = rt
+        .block_on(esb_image::push(&layout, &local, &target, "esb/functions/t", "v1"))
+        .unwrap();
+    let repo = "esb/functions/t";
+
+    let state = tempfile::Builder::new()
+        .prefix("esb-trust-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let mut ctd = rt
+        .block_on(esb_containerd::Containerd::start(state.path()))
+        .unwrap();
+    let hosts_for = |port: u16, ca: &Path| {
+        let d = tempfile::tempdir().unwrap();
+        let host = format!("127.0.0.1:{port}");
+        esb_registry::HostsDir::new(d.path())
+            .write(&host, &format!("https://{host}"), ca)
+            .unwrap();
+        (d, host)
+    };
+
+    // The box CA in hosts.toml, the right name: containerd and esb both pull.
+    let (ok_hosts, ok_host) = hosts_for(good.port, &box_ca);
+    let reference = format!("{ok_host}/{repo}@{}", pushed.digest);
+    let out = ctr_pull(ctd.socket(), ok_hosts.path(), &reference);
+    assert!(out.status.success(), "ctr pull: {}", String::from_utf8_lossy(&out.stderr));
+    esb_pull(&rt, ok_hosts.path(), &ok_host, repo, &pushed.digest).unwrap();
+
+    // A CA that did not sign the certificate: refused by both.
+    let (bad_hosts, bad_host) = hosts_for(good.port, &wrong_ca);
+    let out = ctr_pull(ctd.socket(), bad_hosts.path(), &format!("{bad_host}/{repo}@{}", pushed.digest));
+    let msg = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "a wrong CA was accepted by containerd");
+    assert!(msg.contains("x509") || msg.contains("certificate"), "{msg}");
+    let err = esb_pull(&rt, bad_hosts.path(), &bad_host, repo, &pushed.digest).unwrap_err();
+    assert!(err.contains("TLS") && err.contains("UnknownIssuer"), "{err}");
+
+    // The box CA, but a certificate without the address in its SANs: refused by both.
+    let (nosan_hosts, nosan_host) = hosts_for(nosan.port, &box_ca);
+    let out = ctr_pull(
+        ctd.socket(),
+        nosan_hosts.path(),
+        &format!("{nosan_host}/{repo}@{}", pushed.digest),
+    );
+    let msg = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "a certificate without the SAN was accepted");
+    assert!(msg.contains("x509") || msg.contains("certificate"), "{msg}");
+    let err = esb_pull(&rt, nosan_hosts.path(), &nosan_host, repo, &pushed.digest).unwrap_err();
+    assert!(err.contains("TLS") && err.contains("NotValidForName"), "{err}");
+
+    // skip_verify is never honoured.
+    std::fs::write(
+        esb_registry::HostsDir::new(bad_hosts.path()).file(&bad_host),
+        format!("[host.\"https://{bad_host}\"]\nskip_verify = true\n"),
+    )
+    .unwrap();
+    let err = esb_pull(&rt, bad_hosts.path(), &bad_host, repo, &pushed.digest).unwrap_err();
+    assert!(err.contains("skip_verify"), "{err}");
+    ctd.stop().unwrap();
+}

@@ -249,6 +249,7 @@ fn box_checks(state: &StateArgs, cfg: &esb_runtime_node::NodeConfig, r: &mut Rep
         })?;
         Ok(reply.status)
     })();
+    registry_checks(state, &ca, &rt, r);
     r.check(
         matches!(worker_view, Ok(200)),
         format!(
@@ -256,5 +257,56 @@ fn box_checks(state: &StateArgs, cfg: &esb_runtime_node::NodeConfig, r: &mut Rep
             cfg.netns
         ),
         "the gateway's internal listener (GATEWAY_INTERNAL_URL) must run in the node namespace; see STATE_DIR/logs/gateway.log",
+    );
+}
+
+/// The registry: its catalog from this host with the box CA, the hosts.toml nodes trust it
+/// through, and the relay: the catalog at 10.99.0.1:5010 from inside the control namespace,
+/// which also proves the certificate carries the SAN 10.99.0.1.
+fn registry_checks(
+    state: &StateArgs,
+    ca: &std::path::Path,
+    rt: &tokio::runtime::Runtime,
+    r: &mut Report,
+) {
+    let listen = std::env::var("ESB_REGISTRY_LISTEN").unwrap_or_else(|_| "127.0.0.1:5010".into());
+    let control =
+        std::env::var("ESB_CONTROL_NETNS").unwrap_or_else(|_| esb_runtime_node::DEFAULT_CONTROL_NETNS.into());
+    let catalog = |url: &str, netns: Option<String>| -> Result<usize, String> {
+        let mut reg = esb_image::Registry::from_setting(url).map_err(|e| e.to_string())?;
+        reg.ca_file = Some(ca.to_path_buf());
+        reg.netns = netns;
+        let repos = rt
+            .block_on(tokio::time::timeout(
+                PROBE_TIMEOUT * 5,
+                esb_image::catalog(&reg),
+            ))
+            .map_err(|_| "no answer".to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok(repos.len())
+    };
+    let local = catalog(&listen, None);
+    r.check(
+        local.is_ok(),
+        format!("registry https://{listen}/v2/_catalog with the box CA ({local:?} repositories)"),
+        "see STATE_DIR/logs/registry.log (Debian's docker-registry)",
+    );
+    let host = esb_registry::CONTROL_HOST;
+    let hosts = crate::boxd::hosts_dir(&state.state_dir);
+    let trusted = hosts
+        .lookup(host)
+        .ok()
+        .flatten()
+        .is_some_and(|e| e.iter().any(|e| e.ca.iter().any(|c| c == ca)));
+    r.check(
+        trusted,
+        format!("{} names the box CA", hosts.file(host).display()),
+        "`esb up` writes it; agents pull only from registries configured there",
+    );
+    let relayed = catalog(host, Some(control.clone()));
+    r.check(
+        relayed.is_ok(),
+        format!("registry https://{host}/v2/_catalog from inside {control}: relay and certificate SAN ({relayed:?})"),
+        "the relay (STATE_DIR/logs/relay.log) forwards 10.99.0.1:5010 to esb-registry; the certificate STATE_DIR/tls/registry.pem must name 10.99.0.1",
     );
 }
