@@ -52,7 +52,9 @@ impl Puller {
     pub(crate) async fn ensure(&self, ctd: &Containerd, reference: &str) -> Result<(), ImageError> {
         let not_found = |why: String| ImageError::NotFound(format!("{reference} ({why})"));
         let Ok(image) = ImageRef::parse(reference) else {
-            return Err(not_found("not a registry reference: build or import it".into()));
+            return Err(not_found(
+                "not a registry reference: build or import it".into(),
+            ));
         };
         let hosts = HostsDir::new(&self.cfg.hosts_dir);
         let endpoints = hosts

@@ -504,6 +504,7 @@ async fn admin_socket_status_shape_and_mode() {
             "name",
             "logical_id",
             "image",
+            "last_error",
             "revision",
             "routes",
             "capacity",
@@ -530,6 +531,7 @@ async fn admin_socket_status_shape_and_mode() {
             "pool": {"idle": 1, "busy": 0, "waiting": 0},
             "breaker": "closed",
             "workers": [{"id": worker, "node": "test", "state": "idle"}],
+            "last_error": null,
         })
     );
     let n = &v["functions"][1];

@@ -275,12 +275,22 @@ impl Http {
         };
         let resp = tokio::time::timeout(ANSWER_TIMEOUT, answer)
             .await
-            .map_err(|_| reg(format!("{what}: no answer in {}s", ANSWER_TIMEOUT.as_secs())))??;
+            .map_err(|_| {
+                reg(format!(
+                    "{what}: no answer in {}s",
+                    ANSWER_TIMEOUT.as_secs()
+                ))
+            })??;
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = tokio::time::timeout(BODY_TIMEOUT, resp.into_body().collect())
             .await
-            .map_err(|_| reg(format!("{what}: body not read in {}s", BODY_TIMEOUT.as_secs())))?
+            .map_err(|_| {
+                reg(format!(
+                    "{what}: body not read in {}s",
+                    BODY_TIMEOUT.as_secs()
+                ))
+            })?
             .map_err(|e| reg(format!("{what}: {e}")))?
             .to_bytes();
         Ok((status, headers, body))
@@ -553,7 +563,15 @@ pub async fn pull(
     reference: &str,
     local_ref: &str,
 ) -> Result<PullReport, Error> {
-    pull_missing(layout, registry, repository, reference, local_ref, &HashSet::new()).await
+    pull_missing(
+        layout,
+        registry,
+        repository,
+        reference,
+        local_ref,
+        &HashSet::new(),
+    )
+    .await
 }
 
 /// [`pull`], leaving out the layers whose digests are in `have` (a containerd that holds

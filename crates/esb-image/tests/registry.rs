@@ -362,10 +362,17 @@ fn registry_trust_comes_from_the_hosts_dir_and_a_wrong_ca_or_name_is_refused() {
     let local = built_image(app.path(), out.path());
     let layout = esb_image::Layout::open(out.path()).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut target = esb_image::Registry::from_setting(&format!("127.0.0.1:{}", good.port)).unwrap();
+    let mut target =
+        esb_image::Registry::from_setting(&format!("127.0.0.1:{}", good.port)).unwrap();
     target.ca_file = Some(box_ca.clone());
     let pushed = rt
-        .block_on(esb_image::push(&layout, &local, &target, "esb/functions/t", "v1"))
+        .block_on(esb_image::push(
+            &layout,
+            &local,
+            &target,
+            "esb/functions/t",
+            "v1",
+        ))
         .unwrap();
     let repo = "esb/functions/t";
 
@@ -389,17 +396,31 @@ fn registry_trust_comes_from_the_hosts_dir_and_a_wrong_ca_or_name_is_refused() {
     let (ok_hosts, ok_host) = hosts_for(good.port, &box_ca);
     let reference = format!("{ok_host}/{repo}@{}", pushed.digest);
     let out = ctr_pull(ctd.socket(), ok_hosts.path(), &reference);
-    assert!(out.status.success(), "ctr pull: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ctr pull: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     esb_pull(&rt, ok_hosts.path(), &ok_host, repo, &pushed.digest).unwrap();
 
     // A CA that did not sign the certificate: refused by both.
     let (bad_hosts, bad_host) = hosts_for(good.port, &wrong_ca);
-    let out = ctr_pull(ctd.socket(), bad_hosts.path(), &format!("{bad_host}/{repo}@{}", pushed.digest));
+    let out = ctr_pull(
+        ctd.socket(),
+        bad_hosts.path(),
+        &format!("{bad_host}/{repo}@{}", pushed.digest),
+    );
     let msg = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success(), "a wrong CA was accepted by containerd");
+    assert!(
+        !out.status.success(),
+        "a wrong CA was accepted by containerd"
+    );
     assert!(msg.contains("x509") || msg.contains("certificate"), "{msg}");
     let err = esb_pull(&rt, bad_hosts.path(), &bad_host, repo, &pushed.digest).unwrap_err();
-    assert!(err.contains("TLS") && err.contains("UnknownIssuer"), "{err}");
+    assert!(
+        err.contains("TLS") && err.contains("UnknownIssuer"),
+        "{err}"
+    );
 
     // The box CA, but a certificate without the address in its SANs: refused by both.
     let (nosan_hosts, nosan_host) = hosts_for(nosan.port, &box_ca);
@@ -409,10 +430,16 @@ fn registry_trust_comes_from_the_hosts_dir_and_a_wrong_ca_or_name_is_refused() {
         &format!("{nosan_host}/{repo}@{}", pushed.digest),
     );
     let msg = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success(), "a certificate without the SAN was accepted");
+    assert!(
+        !out.status.success(),
+        "a certificate without the SAN was accepted"
+    );
     assert!(msg.contains("x509") || msg.contains("certificate"), "{msg}");
     let err = esb_pull(&rt, nosan_hosts.path(), &nosan_host, repo, &pushed.digest).unwrap_err();
-    assert!(err.contains("TLS") && err.contains("not valid for name"), "{err}");
+    assert!(
+        err.contains("TLS") && err.contains("not valid for name"),
+        "{err}"
+    );
 
     // skip_verify is never honoured.
     std::fs::write(

@@ -133,16 +133,15 @@ impl HostsDir {
             }
         }
         if out.is_empty() {
-            return Err(bad("no host to pull from (no server, no host with pull)".into()));
+            return Err(bad(
+                "no host to pull from (no server, no host with pull)".into()
+            ));
         }
         Ok(Some(out))
     }
 }
 
-fn normalise(
-    url: &str,
-    bad: &impl Fn(String) -> RegistryError,
-) -> Result<String, RegistryError> {
+fn normalise(url: &str, bad: &impl Fn(String) -> RegistryError) -> Result<String, RegistryError> {
     let u = url.trim_end_matches('/');
     let u = u.strip_suffix("/v2").unwrap_or(u);
     if !(u.starts_with("https://") || u.starts_with("http://")) {
@@ -160,7 +159,11 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let h = HostsDir::new(d.path());
         let p = h
-            .write("10.99.0.1:5010", "https://10.99.0.1:5010", Path::new("/s/tls/ca.pem"))
+            .write(
+                "10.99.0.1:5010",
+                "https://10.99.0.1:5010",
+                Path::new("/s/tls/ca.pem"),
+            )
             .unwrap();
         assert!(p.ends_with("10.99.0.1:5010/hosts.toml"));
         let e = h.lookup("10.99.0.1:5010").unwrap().unwrap();

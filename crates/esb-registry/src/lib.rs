@@ -46,7 +46,9 @@ pub enum RegistryError {
     #[error("{0}")]
     Program(String),
     /// An image reference is not one of ours.
-    #[error("{0:?} is not an image reference HOST/REPOSITORY@sha256:DIGEST or HOST/REPOSITORY:TAG")]
+    #[error(
+        "{0:?} is not an image reference HOST/REPOSITORY@sha256:DIGEST or HOST/REPOSITORY:TAG"
+    )]
     Reference(String),
 }
 

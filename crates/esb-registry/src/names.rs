@@ -99,7 +99,10 @@ mod tests {
     #[test]
     fn repositories_are_valid_distribution_names() {
         assert_eq!(function_repository("hello"), "esb/functions/hello");
-        assert_eq!(function_repository("Hello_World"), "esb/functions/hello-world");
+        assert_eq!(
+            function_repository("Hello_World"),
+            "esb/functions/hello-world"
+        );
         assert_eq!(function_repository("_x_"), "esb/functions/x");
         assert_eq!(function_repository("__"), "esb/functions/x");
         assert_eq!(revision_tag(D), "0123456789ab");

@@ -119,7 +119,10 @@ impl ServerConfig {
                 text.lines().last().unwrap_or("")
             )));
         }
-        let deleted = text.lines().filter(|l| l.contains("blob eligible for deletion")).count();
+        let deleted = text
+            .lines()
+            .filter(|l| l.contains("blob eligible for deletion"))
+            .count();
         Ok(format!("{deleted} blob(s) collected"))
     }
 }
@@ -161,7 +164,10 @@ mod tests {
         let text = std::fs::read_to_string(&p).unwrap();
         assert!(text.contains("addr: 127.0.0.1:5010"), "{text}");
         assert!(text.contains("delete:\n    enabled: true"), "{text}");
-        assert!(text.contains("certificate: \"/s/tls/registry.pem\""), "{text}");
+        assert!(
+            text.contains("certificate: \"/s/tls/registry.pem\""),
+            "{text}"
+        );
         assert_eq!(
             std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
             0o600

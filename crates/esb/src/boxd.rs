@@ -653,17 +653,20 @@ fn child_specs(plan: &Plan) -> Result<Vec<ChildSpec>> {
         stop_grace: Duration::from_secs(15),
     };
     let mut relay_args = vec![
-            "relay".to_string(),
-            format!("--netns={}", plan.control.netns),
-            format!(
-                "--route=registry={}:{}={}:{}",
-                plan.control.ip,
-                esb_registry::DEFAULT_PORT,
-                esb_registry::BACKEND_NAME,
-                plan.registry_listen.port()
-            ),
-            format!("--pid-file={}", run_dir(&plan.state).join("relay.ready").display()),
-        ];
+        "relay".to_string(),
+        format!("--netns={}", plan.control.netns),
+        format!(
+            "--route=registry={}:{}={}:{}",
+            plan.control.ip,
+            esb_registry::DEFAULT_PORT,
+            esb_registry::BACKEND_NAME,
+            plan.registry_listen.port()
+        ),
+        format!(
+            "--pid-file={}",
+            run_dir(&plan.state).join("relay.ready").display()
+        ),
+    ];
     // The local proxy's hosts file and limits.
     relay_args.extend(plan.proxy_args.iter().cloned());
     let relay = esb(
@@ -745,8 +748,8 @@ async fn prepare_registry(plan: &Plan) -> Result<()> {
         .unwrap_or(false);
     if has_data {
         let program = esb_registry::server::program()?;
-        let summary = tokio::task::spawn_blocking(move || server.garbage_collect(&program))
-            .await??;
+        let summary =
+            tokio::task::spawn_blocking(move || server.garbage_collect(&program)).await??;
         tracing::info!("registry garbage collection: {summary}");
     }
     Ok(())
@@ -760,7 +763,10 @@ async fn prune_registry(plan: &Plan, revisions: &serde_json::Map<String, serde_j
     let wanted: std::collections::HashMap<String, String> = revisions
         .iter()
         .filter_map(|(f, d)| {
-            Some((esb_registry::function_repository(f), d.as_str()?.to_string()))
+            Some((
+                esb_registry::function_repository(f),
+                d.as_str()?.to_string(),
+            ))
         })
         .collect();
     let repos = match esb_image::catalog(&registry).await {
@@ -1017,7 +1023,9 @@ pub async fn run(plan: Plan) -> Result<()> {
         prepare_tls(&plan)?;
         for spec in &specs {
             if spec.name == "registry" {
-                update(&state, &shared, |s| s.message = "collecting the registry".into());
+                update(&state, &shared, |s| {
+                    s.message = "collecting the registry".into()
+                });
                 prepare_registry(&plan).await?;
             }
             if spec.name == "agent" {

@@ -217,7 +217,10 @@ fn push_images(
                 f.name, r.reference, r.layers_uploaded, r.blobs_present
             );
         } else {
-            println!("  {}: {} already in the registry, nothing sent", f.name, r.reference);
+            println!(
+                "  {}: {} already in the registry, nothing sent",
+                f.name, r.reference
+            );
         }
     }
     Ok(())
@@ -302,8 +305,7 @@ fn gateway_functions(a: &GatewayArgs) -> Result<Vec<esb_gateway::FunctionSpec>> 
                 esb_gateway::FunctionSpec::from_template(f, esb_image::image_reference(&opts, f));
             if let Some(r) = revisions.get(&f.name).and_then(|v| v.as_str()) {
                 // A build of the box: the image as every node finds it, pinned by digest.
-                spec.image =
-                    esb_registry::image_reference(esb_registry::CONTROL_HOST, &f.name, r);
+                spec.image = esb_registry::image_reference(esb_registry::CONTROL_HOST, &f.name, r);
                 spec.revision = r.to_string();
             }
             spec

@@ -270,17 +270,16 @@ fn registry_checks(
     r: &mut Report,
 ) {
     let listen = std::env::var("ESB_REGISTRY_LISTEN").unwrap_or_else(|_| "127.0.0.1:5010".into());
-    let control =
-        std::env::var("ESB_CONTROL_NETNS").unwrap_or_else(|_| esb_runtime_node::DEFAULT_CONTROL_NETNS.into());
+    let control = std::env::var("ESB_CONTROL_NETNS")
+        .unwrap_or_else(|_| esb_runtime_node::DEFAULT_CONTROL_NETNS.into());
     let catalog = |url: &str, netns: Option<String>| -> Result<usize, String> {
         let mut reg = esb_image::Registry::from_setting(url).map_err(|e| e.to_string())?;
         reg.ca_file = Some(ca.to_path_buf());
         reg.netns = netns;
         let repos = rt
-            .block_on(tokio::time::timeout(
-                PROBE_TIMEOUT * 5,
-                esb_image::catalog(&reg),
-            ))
+            .block_on(async {
+                tokio::time::timeout(PROBE_TIMEOUT * 5, esb_image::catalog(&reg)).await
+            })
             .map_err(|_| "no answer".to_string())?
             .map_err(|e| e.to_string())?;
         Ok(repos.len())

@@ -101,7 +101,10 @@ fn registry_mode_serves_the_e2e_app_from_pulled_images() {
         c["state"] == "running" && c["restarts"].as_u64() >= Some(1)
     });
     let served = b.ok(&["invoke", "echo", "--payload", "{}"]);
-    assert!(served.contains("statusCode") && served.contains("version"), "{served}");
+    assert!(
+        served.contains("statusCode") && served.contains("version"),
+        "{served}"
+    );
 
     // The whole suite, every worker from a pulled image (nothing was imported).
     b.pytest("test_box.py");
