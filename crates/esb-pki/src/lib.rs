@@ -1,7 +1,9 @@
 //! The box's certificate authority (`STATE/tls`): a CA made with rcgen on first start and
-//! kept, and the server certificates it issues — the gateway's, the registry's — each for
-//! the names and addresses its clients use (subject alternative names). A certificate is
-//! issued again when the names it must carry change; the CA never is.
+//! kept, and the certificates it issues — server certificates (the gateway's, the
+//! registry's) and node certificates that serve and authenticate as clients alike (a
+//! compute node's agent, the gateway calling agents) — each for the names and addresses
+//! its peers use (subject alternative names). A certificate is issued again when the names
+//! it must carry change; the CA never is.
 
 use std::path::{Path, PathBuf};
 
@@ -120,13 +122,70 @@ pub fn ensure_server_cert(
     common_name: &str,
     sans: &[String],
 ) -> Result<(PathBuf, PathBuf), PkiError> {
+    ensure_issued(data_dir, stem, common_name, sans, Usage::Server)
+}
+
+/// Makes sure `data_dir` holds a node certificate `STEM.pem` (key `STEM.key`, 0600) signed
+/// by the CA for `sans`, usable both to serve TLS and to authenticate as a TLS client
+/// (extended key usages ServerAuth and ClientAuth): a compute node's agent serves with it,
+/// and the gateway calls agents with its own made the same way. Issued again under the
+/// same rules as [`ensure_server_cert`]; returns the certificate and key paths.
+pub fn ensure_node_cert(
+    data_dir: &Path,
+    stem: &str,
+    common_name: &str,
+    sans: &[String],
+) -> Result<(PathBuf, PathBuf), PkiError> {
+    ensure_issued(data_dir, stem, common_name, sans, Usage::Node)
+}
+
+/// What an issued certificate is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Usage {
+    /// ServerAuth only.
+    Server,
+    /// ServerAuth and ClientAuth.
+    Node,
+}
+
+impl Usage {
+    fn extended_key_usages(self) -> Vec<ExtendedKeyUsagePurpose> {
+        match self {
+            Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+            Usage::Node => vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        }
+    }
+
+    /// What the `STEM.sans` record holds besides the names, so that a certificate made
+    /// for another usage under the same stem is issued again. Server certificates keep
+    /// the record they always had (names only).
+    fn record(self, sans: &[String]) -> String {
+        match self {
+            Usage::Server => sans.join(","),
+            Usage::Node => format!("usage=server,client;{}", sans.join(",")),
+        }
+    }
+}
+
+/// Issues `STEM.pem`/`STEM.key` for `sans` and `usage` unless the ones in `data_dir` are
+/// current (same CA, same names, same usage).
+fn ensure_issued(
+    data_dir: &Path,
+    stem: &str,
+    common_name: &str,
+    sans: &[String],
+    usage: Usage,
+) -> Result<(PathBuf, PathBuf), PkiError> {
     let fresh_ca = ensure_ca(data_dir)?;
     let (cert, key, sans_file) = (
         data_dir.join(format!("{stem}.pem")),
         data_dir.join(format!("{stem}.key")),
         data_dir.join(format!("{stem}.sans")),
     );
-    let wanted = sans.join(",");
+    let wanted = usage.record(sans);
     let current = std::fs::read_to_string(&sans_file).unwrap_or_default();
     if !fresh_ca && cert.is_file() && key.is_file() && current == wanted {
         return Ok((cert, key));
@@ -151,7 +210,7 @@ pub fn ensure_server_cert(
                 ),
             });
     }
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    p.extended_key_usages = usage.extended_key_usages();
     p.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
@@ -163,6 +222,26 @@ pub fn ensure_server_cert(
     write_atomic(&cert, &c.pem(), false)?;
     write_atomic(&sans_file, &wanted, false)?;
     Ok((cert, key))
+}
+
+/// The CA certificate's fingerprint: `sha256:` and the lowercase hex SHA-256 of its DER
+/// encoding (what `openssl x509 -fingerprint -sha256` shows, without the colons). A node
+/// joining the box can pin the CA with it.
+pub fn ca_fingerprint(data_dir: &Path) -> Result<String, PkiError> {
+    use rustls_pki_types::pem::PemObject;
+    use sha2::Digest;
+    let path = ca_path(data_dir);
+    let pem = std::fs::read(&path).map_err(io(&path))?;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(&pem)
+        .map_err(|e| PkiError::Cert(format!("{}: {e}", path.display())))?;
+    let digest = sha2::Sha256::digest(der.as_ref());
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256:");
+    for b in digest {
+        use std::fmt::Write;
+        let _ = write!(out, "{b:02x}");
+    }
+    Ok(out)
 }
 
 /// The gateway's certificate (`server.pem`, `server.key`) for `sans`.
@@ -212,5 +291,135 @@ mod tests {
             std::fs::metadata(&k).unwrap().permissions().mode() & 0o777,
             0o600
         );
+    }
+
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use std::sync::Arc;
+
+    fn der(path: &Path) -> CertificateDer<'static> {
+        CertificateDer::from_pem_file(path).unwrap()
+    }
+
+    fn roots(data_dir: &Path) -> Arc<rustls::RootCertStore> {
+        let mut r = rustls::RootCertStore::empty();
+        r.add(der(&ca_path(data_dir))).unwrap();
+        Arc::new(r)
+    }
+
+    /// Whether the certificate passes a TLS client's check of a server at `name`.
+    fn serves(data_dir: &Path, cert: &Path, name: &str) -> bool {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let v =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(roots(data_dir), provider)
+                .build()
+                .unwrap();
+        v.verify_server_cert(
+            &der(cert),
+            &[],
+            &ServerName::try_from(name.to_string()).unwrap(),
+            &[],
+            UnixTime::now(),
+        )
+        .is_ok()
+    }
+
+    /// Whether the certificate passes a TLS server's check of a client (mutual TLS).
+    fn authenticates(data_dir: &Path, cert: &Path) -> bool {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let v =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots(data_dir), provider)
+                .build()
+                .unwrap();
+        v.verify_client_cert(&der(cert), &[], UnixTime::now())
+            .is_ok()
+    }
+
+    #[test]
+    fn node_certificates_serve_and_authenticate_as_clients_server_ones_only_serve() {
+        let dir = tempfile::tempdir().unwrap();
+        let sans = vec!["10.99.0.2".to_string(), "node-2".to_string()];
+        let (nc, nk) = ensure_node_cert(dir.path(), "agent", "esb agent node-2", &sans).unwrap();
+        assert!(nc.ends_with("agent.pem") && nk.ends_with("agent.key"));
+        assert!(serves(dir.path(), &nc, "10.99.0.2"));
+        assert!(serves(dir.path(), &nc, "node-2"));
+        assert!(!serves(dir.path(), &nc, "10.99.0.3"));
+        assert!(authenticates(dir.path(), &nc));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&nk).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+
+        // The gateway's server certificate, from the same CA, serves but is no client's.
+        let (sc, _) = ensure_box_certs(dir.path(), &default_sans(&[])).unwrap();
+        assert!(serves(dir.path(), &sc, "10.99.0.1"));
+        assert!(!authenticates(dir.path(), &sc));
+
+        // Kept while nothing changes; issued again for new names, and when a stem that
+        // held a server certificate is asked for a node one.
+        let first = std::fs::read(&nc).unwrap();
+        ensure_node_cert(dir.path(), "agent", "esb agent node-2", &sans).unwrap();
+        assert_eq!(std::fs::read(&nc).unwrap(), first);
+        ensure_node_cert(dir.path(), "agent", "esb agent node-2", &sans[..1]).unwrap();
+        assert_ne!(std::fs::read(&nc).unwrap(), first);
+        assert!(!serves(dir.path(), &nc, "node-2"));
+        let (gc, _) =
+            ensure_node_cert(dir.path(), "server", "esb gateway", &default_sans(&[])).unwrap();
+        assert!(authenticates(dir.path(), &gc));
+        // ... and back: the server certificate is issued again without ClientAuth.
+        ensure_box_certs(dir.path(), &default_sans(&[])).unwrap();
+        assert!(!authenticates(dir.path(), &sc));
+
+        // A certificate of another CA is nobody's here.
+        let other = tempfile::tempdir().unwrap();
+        let (oc, _) = ensure_node_cert(other.path(), "agent", "esb agent node-2", &sans).unwrap();
+        assert!(!serves(dir.path(), &oc, "10.99.0.2"));
+        assert!(!authenticates(dir.path(), &oc));
+    }
+
+    #[test]
+    fn ca_fingerprint_is_the_sha256_of_the_ca_der() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            ca_fingerprint(dir.path()),
+            Err(PkiError::Io { .. })
+        ));
+        ensure_ca(dir.path()).unwrap();
+        let fp = ca_fingerprint(dir.path()).unwrap();
+        let hex = fp.strip_prefix("sha256:").expect(&fp);
+        assert_eq!(hex.len(), 64, "{fp}");
+        assert!(hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        // Independently: the DER of the PEM, hashed.
+        let der = der(&ca_path(dir.path()));
+        use sha2::Digest;
+        let want: String = sha2::Sha256::digest(der.as_ref())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(hex, want);
+        // And as openssl shows it, where openssl is installed.
+        if let Ok(out) = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+            .arg(ca_path(dir.path()))
+            .output()
+        {
+            if out.status.success() {
+                let text = String::from_utf8_lossy(&out.stdout);
+                let colons = text.trim().rsplit('=').next().unwrap();
+                assert_eq!(colons.replace(':', "").to_lowercase(), hex);
+            }
+        }
+        // Stable: the CA is kept, and so is its fingerprint, whatever is issued.
+        ensure_node_cert(dir.path(), "agent", "a", &["10.99.0.2".into()]).unwrap();
+        assert_eq!(ca_fingerprint(dir.path()).unwrap(), fp);
+        // Not a certificate: an error naming the file.
+        std::fs::write(ca_path(dir.path()), "junk").unwrap();
+        let e = ca_fingerprint(dir.path()).unwrap_err();
+        assert!(matches!(e, PkiError::Cert(_)), "{e}");
+        assert!(e.to_string().contains("ca.pem"), "{e}");
     }
 }
