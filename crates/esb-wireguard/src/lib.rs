@@ -14,11 +14,13 @@
 
 pub mod key;
 pub mod routes;
+pub mod service;
 mod tun;
 pub mod tunnel;
 
 pub use key::Key;
 pub use routes::{route_plan, RoutePlan};
+pub use service::{ensure_private_key, PeerEntry, WgFile};
 pub use tunnel::{PeerConfig, PeerStats, Tunnel, TunnelConfig};
 
 /// Errors of the tunnel.

@@ -127,6 +127,20 @@ enum Command {
         #[command(flatten)]
         proxy: ProxyArgs,
     },
+    /// Run a WireGuard interface in the foreground (userspace): the interface in the
+    /// namespace its file names, the UDP socket here; SIGHUP re-reads the peers.
+    Wireguard {
+        /// The interface's file (JSON: ifname, netns, address, private_key_file, listen,
+        /// peers).
+        #[arg(long)]
+        config: PathBuf,
+        /// Rewritten every 2 s with each peer's handshake age and traffic.
+        #[arg(long)]
+        status_file: Option<PathBuf>,
+        /// Written with the PID once the interface is up.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+    },
     /// Run the agent (worker lifecycle over gRPC) in the foreground.
     Agent(agent::AgentArgs),
     /// Run the embedded S3 service alone (default 127.0.0.1:9000).
@@ -241,6 +255,7 @@ fn main() -> ExitCode {
         Command::Up(_)
             | Command::Proxy { .. }
             | Command::Relay { .. }
+            | Command::Wireguard { .. }
             | Command::Agent(_)
             | Command::Gateway(_)
             | Command::S3 { .. }
@@ -323,6 +338,23 @@ fn main() -> ExitCode {
             pid_file,
             proxy,
         } => node::relay(state, &proxy, netns, &routes, pid_file),
+        Command::Wireguard {
+            config,
+            status_file,
+            ready_file,
+        } => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| {
+                rt.block_on(esb_wireguard::service::run(
+                    &config,
+                    status_file.as_deref(),
+                    ready_file.as_deref(),
+                ))
+                .map_err(anyhow::Error::from)
+            }),
         Command::Agent(args) => agent::run(state, &args),
         Command::S3 { svc, creds } => services::s3(state, &svc, &creds),
         Command::Dynamodb { svc, creds } => services::dynamodb(state, &svc, &creds),

@@ -1,0 +1,403 @@
+//! The join exchange. The control node serves it on a Unix socket behind the gateway's
+//! public HTTPS port (`/esb/v1/nodes/…`, the one port the outside reaches); a joining node:
+//!
+//! 1. fetches the CA (`GET /esb/v1/nodes/ca`) and accepts it only if its SHA-256 is the
+//!    token's fingerprint;
+//! 2. connects again, now checking the gateway's certificate against that CA (not its
+//!    name: the control node may be reached by any address), and `POST
+//!    /esb/v1/nodes/join` with the secret, its id, its WireGuard key and port and its clock;
+//! 3. gets its number, addresses, the control's WireGuard key and endpoint, the CA and its
+//!    own certificate and key.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use serde::{Deserialize, Serialize};
+
+use crate::registry::NodeRecord;
+use crate::token::JoinToken;
+use crate::{sha256_hex, ClusterError};
+
+/// Path prefix of the exchange on the gateway.
+pub const PREFIX: &str = "/esb/v1/nodes/";
+/// Largest clock difference accepted (seconds).
+pub const MAX_SKEW: i64 = 300;
+
+/// What a joining node sends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The token's secret.
+    pub secret: String,
+    /// Its id.
+    pub node_id: String,
+    /// Its WireGuard public key.
+    pub wg_public_key: String,
+    /// Its WireGuard UDP port (the control node takes the address the request came from).
+    pub wg_port: u16,
+    /// Its clock (Unix seconds).
+    pub clock: i64,
+}
+
+/// What it gets back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinAnswer {
+    /// Its record (number, addresses).
+    pub node: NodeRecord,
+    /// The control node's WireGuard address (`ESB_CONTROL_HOST`, 10.99.0.1).
+    pub control_host: String,
+    /// The control node's WireGuard public key.
+    pub control_wg_public_key: String,
+    /// The control node's WireGuard endpoint.
+    pub control_wg_endpoint: SocketAddr,
+    /// The box CA (PEM).
+    pub ca_pem: String,
+    /// The node's certificate (PEM; server and client use, SAN 10.99.0.N).
+    pub node_cert_pem: String,
+    /// Its key (PEM).
+    pub node_key_pem: String,
+}
+
+/// `sha256:HEX` of the first certificate in a PEM text.
+pub fn pem_fingerprint(pem: &str) -> Result<String, ClusterError> {
+    let der = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .ok_or_else(|| ClusterError::Invalid {
+            field: "CA",
+            msg: "no certificate in the PEM text".into(),
+        })?
+        .map_err(|e| ClusterError::Invalid {
+            field: "CA",
+            msg: e.to_string(),
+        })?;
+    Ok(format!("sha256:{}", sha256_hex(der.as_ref())))
+}
+
+/// What the control node does with a join (the box implements it).
+pub trait Control: Send + Sync + 'static {
+    /// The CA's PEM text.
+    fn ca_pem(&self) -> String;
+    /// Admits the node of `req`, seen coming from `peer`.
+    fn join(&self, req: JoinRequest, peer: Option<IpAddr>) -> Result<JoinAnswer, ClusterError>;
+}
+
+fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("a valid response")
+}
+
+async fn handle(
+    control: Arc<dyn Control>,
+    req: Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    let peer: Option<IpAddr> = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.trim().parse().ok());
+    match (req.method().clone(), path.strip_prefix(PREFIX)) {
+        (Method::GET, Some("ca")) => Response::builder()
+            .header("content-type", "application/x-pem-file")
+            .body(Full::new(Bytes::from(control.ca_pem())))
+            .expect("a valid response"),
+        (Method::POST, Some("join")) => {
+            let body = match Limited::new(req.into_body(), 64 << 10).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => {
+                    return json(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        r#"{"error":"the join request is too large"}"#.into(),
+                    )
+                }
+            };
+            let parsed: JoinRequest = match serde_json::from_slice(&body) {
+                Ok(r) => r,
+                Err(e) => {
+                    return json(
+                        StatusCode::BAD_REQUEST,
+                        serde_json::json!({"error": format!("not a join request: {e}")})
+                            .to_string(),
+                    )
+                }
+            };
+            let node = parsed.node_id.clone();
+            let c = control.clone();
+            match tokio::task::spawn_blocking(move || c.join(parsed, peer)).await {
+                Ok(Ok(answer)) => {
+                    tracing::info!(node = %node, number = answer.node.number, "node joined");
+                    json(
+                        StatusCode::OK,
+                        serde_json::to_string(&answer).expect("serializable"),
+                    )
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(node = %node, "join refused: {e}");
+                    let status = match e {
+                        ClusterError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+                        ClusterError::IdTaken(_) => StatusCode::CONFLICT,
+                        _ => StatusCode::FORBIDDEN,
+                    };
+                    json(
+                        status,
+                        serde_json::json!({"error": e.to_string()}).to_string(),
+                    )
+                }
+                Err(e) => json(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    serde_json::json!({"error": e.to_string()}).to_string(),
+                ),
+            }
+        }
+        _ => json(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#.into()),
+    }
+}
+
+/// Serves the exchange on `listener` until `shutdown` completes. Joins are handled one at
+/// a time (numbers and tokens are read and written whole).
+pub async fn serve(
+    listener: tokio::net::UnixListener,
+    control: Arc<dyn Control>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let one = Arc::new(tokio::sync::Mutex::new(()));
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            a = listener.accept() => match a {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!("cluster socket: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => return,
+        };
+        let control = control.clone();
+        let one = one.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let control = control.clone();
+                let one = one.clone();
+                async move {
+                    let _turn = one.lock().await;
+                    Ok::<_, std::convert::Infallible>(handle(control, req).await)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+/// Accepts any certificate: used only to fetch the CA, which is then checked against the
+/// token's fingerprint before anything else is sent.
+#[derive(Debug)]
+struct FetchOnly(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for FetchOnly {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Checks the chain against the pinned CA, whatever name the control node is reached by.
+#[derive(Debug)]
+struct PinnedCa(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        ee: &CertificateDer<'_>,
+        im: &[CertificateDer<'_>],
+        name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        match self.0.verify_server_cert(ee, im, name, ocsp, now) {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
+            | Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(m, c, d)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(m, c, d)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+async fn exchange(
+    endpoint: &str,
+    verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
+    req: Request<Full<Bytes>>,
+) -> Result<(StatusCode, Bytes), ClusterError> {
+    let fail = |msg: String| ClusterError::Unreachable {
+        endpoint: endpoint.to_string(),
+        msg,
+    };
+    let cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| fail(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    let host = endpoint
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+        .unwrap_or(endpoint)
+        .to_string();
+    let name = ServerName::try_from(host).map_err(|e| fail(e.to_string()))?;
+    let work = async {
+        let tcp = tokio::net::TcpStream::connect(endpoint)
+            .await
+            .map_err(|e| fail(format!("connect: {e}")))?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| fail(format!("TLS: {e}")))?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+        tokio::spawn(conn);
+        let resp = send
+            .send_request(req)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .to_bytes();
+        Ok::<_, ClusterError>((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(20), work)
+        .await
+        .map_err(|_| fail("no answer in 20 s".into()))?
+}
+
+fn request(method: Method, endpoint: &str, path: &str, body: Bytes) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", endpoint)
+        .header("content-type", "application/json")
+        .body(Full::new(body))
+        .expect("a valid request")
+}
+
+/// Joins the control node of `token`: checks its CA against the token's fingerprint, then
+/// sends `req`. Returns the answer and the verified CA.
+pub async fn join(token: &JoinToken, req: &JoinRequest) -> Result<JoinAnswer, ClusterError> {
+    let ep = token.endpoint.as_str();
+    let (status, ca) = exchange(
+        ep,
+        Arc::new(FetchOnly(provider())),
+        request(Method::GET, ep, &format!("{PREFIX}ca"), Bytes::new()),
+    )
+    .await?;
+    let ca_pem = String::from_utf8_lossy(&ca).to_string();
+    if !status.is_success() {
+        return Err(ClusterError::Unreachable {
+            endpoint: ep.into(),
+            msg: format!("GET {PREFIX}ca: {status} (is this a box's gateway?)"),
+        });
+    }
+    let got = pem_fingerprint(&ca_pem)?;
+    if got != token.ca_fingerprint {
+        return Err(ClusterError::Fingerprint {
+            endpoint: ep.into(),
+            got,
+            want: token.ca_fingerprint.clone(),
+        });
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()).flatten() {
+        let _ = roots.add(c);
+    }
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| ClusterError::Invalid {
+                field: "CA",
+                msg: e.to_string(),
+            })?;
+    let body = Bytes::from(serde_json::to_vec(req).expect("serializable"));
+    let (status, answer) = exchange(
+        ep,
+        Arc::new(PinnedCa(verifier)),
+        request(Method::POST, ep, &format!("{PREFIX}join"), body),
+    )
+    .await?;
+    if !status.is_success() {
+        let msg = serde_json::from_slice::<serde_json::Value>(&answer)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(String::from))
+            .unwrap_or_else(|| format!("{status}"));
+        return Err(ClusterError::Refused(msg));
+    }
+    serde_json::from_slice(&answer).map_err(|e| ClusterError::Unreachable {
+        endpoint: ep.into(),
+        msg: format!("not a join answer: {e}"),
+    })
+}
