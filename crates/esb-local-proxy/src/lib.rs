@@ -143,6 +143,9 @@ pub struct ProxyConfig {
     pub routes: Vec<Route>,
     /// Named namespace to listen in (`None`: the current one).
     pub listen_netns: Option<String>,
+    /// Named namespace backend connections are made from (`None`: the process's own). A
+    /// compute node reaches its backends (10.99.0.1) only over wg0, in its node namespace.
+    pub dial_netns: Option<String>,
     /// Hosts file consulted before the system resolver.
     pub hosts_file: Option<PathBuf>,
     /// How long a system resolver answer may be reused.
@@ -164,6 +167,7 @@ impl Default for ProxyConfig {
         ProxyConfig {
             routes: Vec::new(),
             listen_netns: None,
+            dial_netns: None,
             hosts_file: None,
             resolve_ttl: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(5),
@@ -240,6 +244,7 @@ struct Shared {
     cfg: ProxyConfig,
     resolver: Resolver,
     slots: Arc<Semaphore>,
+    dial_ns: Option<Arc<esb_netns::NetNs>>,
 }
 
 /// A bound proxy, ready to run.
@@ -274,7 +279,12 @@ impl Proxy {
             };
             listeners.push((Arc::new(state), listener));
         }
+        let dial_ns = match &cfg.dial_netns {
+            Some(name) => Some(Arc::new(esb_netns::NetNs::open(name)?)),
+            None => None,
+        };
         let shared = Shared {
+            dial_ns,
             resolver: Resolver::new(cfg.hosts_file.clone(), cfg.resolve_ttl),
             slots: Arc::new(Semaphore::new(cfg.max_connections)),
             cfg,
@@ -392,7 +402,26 @@ async fn connect_backend(shared: &Shared, backend: &Backend) -> io::Result<TcpSt
         let addrs = shared.resolver.resolve(backend).await?;
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
         for addr in addrs {
-            match TcpStream::connect(addr).await {
+            let connected = match &shared.dial_ns {
+                None => TcpStream::connect(addr).await,
+                Some(ns) => {
+                    let ns = ns.clone();
+                    let socket = tokio::task::spawn_blocking(move || {
+                        ns.run(move || {
+                            if addr.is_ipv4() {
+                                tokio::net::TcpSocket::new_v4()
+                            } else {
+                                tokio::net::TcpSocket::new_v6()
+                            }
+                        })
+                    })
+                    .await
+                    .map_err(io::Error::other)?
+                    .map_err(io::Error::other)??;
+                    socket.connect(addr).await
+                }
+            };
+            match connected {
                 Ok(s) => return Ok(s),
                 Err(e) => last = e,
             }

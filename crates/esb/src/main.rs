@@ -12,6 +12,7 @@ mod node;
 mod provision;
 mod services;
 mod settings;
+mod supervise;
 mod up;
 
 use std::net::IpAddr;

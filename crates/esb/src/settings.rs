@@ -182,6 +182,9 @@ pub struct ProxyArgs {
     /// Seconds to wait for a backend connection.
     #[arg(long, env = "ESB_PROXY_CONNECT_TIMEOUT", default_value_t = 5)]
     pub connect_timeout: u64,
+    /// Namespace to dial backends from (a compute node's node namespace, where wg0 is).
+    #[arg(long, env = "ESB_PROXY_DIAL_NETNS")]
+    pub dial_netns: Option<String>,
 }
 
 impl ProxyArgs {
@@ -220,6 +223,7 @@ impl ProxyArgs {
             connect_timeout: Duration::from_secs(self.connect_timeout.max(1)),
             idle_timeout: Duration::from_secs(self.idle_timeout.max(1)),
             max_connections: self.max_connections,
+            dial_netns: self.dial_netns.clone().filter(|n| !n.is_empty()),
             ..ProxyConfig::default()
         })
     }
@@ -230,7 +234,7 @@ impl ProxyArgs {
             .hosts_file
             .clone()
             .unwrap_or_else(|| state.hosts_file());
-        vec![
+        let mut args = vec![
             format!("--s3-backend={}", self.s3_backend),
             format!("--db-backend={}", self.db_backend),
             format!("--logs-backend={}", self.logs_backend),
@@ -238,7 +242,11 @@ impl ProxyArgs {
             format!("--max-connections={}", self.max_connections),
             format!("--idle-timeout={}", self.idle_timeout),
             format!("--connect-timeout={}", self.connect_timeout),
-        ]
+        ];
+        if let Some(n) = &self.dial_netns {
+            args.push(format!("--dial-netns={n}"));
+        }
+        args
     }
 }
 
