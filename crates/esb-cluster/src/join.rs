@@ -9,7 +9,7 @@
 //! 3. gets its number, addresses, the control's WireGuard key and endpoint, the CA and its
 //!    own certificate and key.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +42,9 @@ pub struct JoinRequest {
     pub wg_port: u16,
     /// Its clock (Unix seconds).
     pub clock: i64,
+    /// Memory its workers may use (MiB, `ESB_NODE_MAX_MEMORY_MB`; 0 = unlimited).
+    #[serde(default)]
+    pub max_memory_mb: u32,
 }
 
 /// What it gets back.
@@ -53,14 +56,16 @@ pub struct JoinAnswer {
     pub control_host: String,
     /// The control node's WireGuard public key.
     pub control_wg_public_key: String,
-    /// The control node's WireGuard endpoint.
-    pub control_wg_endpoint: SocketAddr,
+    /// The control node's WireGuard UDP port (its address is the token's endpoint host).
+    pub control_wg_port: u16,
     /// The box CA (PEM).
     pub ca_pem: String,
     /// The node's certificate (PEM; server and client use, SAN 10.99.0.N).
     pub node_cert_pem: String,
     /// Its key (PEM).
     pub node_key_pem: String,
+    /// The credential pair and region workers get (system.md §6).
+    pub credentials: (String, String, String),
 }
 
 /// `sha256:HEX` of the first certificate in a PEM text.

@@ -24,6 +24,9 @@ pub struct NodeRecord {
     pub wg_endpoint: Option<SocketAddr>,
     /// When it joined (Unix seconds).
     pub joined_at: i64,
+    /// Memory its workers may use (MiB; 0 = unlimited).
+    #[serde(default)]
+    pub max_memory_mb: u32,
 }
 
 impl NodeRecord {
@@ -87,7 +90,7 @@ impl Registry {
         v
     }
 
-    /// Admits node `id` with its key: the existing record when it joined before with the
+    /// Admits node `id` with its key (and memory limit for workers): the existing record when it joined before with the
     /// same key, a new number otherwise. `reserved` numbers are never given (the control's
     /// own worker subnet 10.88.R.0/24).
     pub fn admit(
@@ -95,6 +98,7 @@ impl Registry {
         id: &str,
         wg_public_key: &str,
         wg_endpoint: Option<SocketAddr>,
+        max_memory_mb: u32,
         reserved: &[u8],
     ) -> Result<NodeRecord, ClusterError> {
         validate_node_id(id)?;
@@ -104,6 +108,7 @@ impl Registry {
                 return Err(ClusterError::IdTaken(id.to_string()));
             }
             n.wg_endpoint = wg_endpoint.or(n.wg_endpoint);
+            n.max_memory_mb = max_memory_mb;
             let n = n.clone();
             crate::write_private_json(&self.path, &all)?;
             return Ok(n);
@@ -123,6 +128,7 @@ impl Registry {
             wg_public_key: wg_public_key.to_string(),
             wg_endpoint,
             joined_at: now_secs(),
+            max_memory_mb,
         };
         all.push(rec.clone());
         crate::write_private_json(&self.path, &all)?;
@@ -149,28 +155,30 @@ mod tests {
     fn numbers_are_given_once_and_ids_belong_to_one_key() {
         let d = tempfile::tempdir().unwrap();
         let r = Registry::new(d.path());
-        let a = r.admit("node-a", "KA", None, &[1, 2]).unwrap();
+        let a = r.admit("node-a", "KA", None, 0, &[1, 2]).unwrap();
         assert_eq!(a.number, 3);
         assert_eq!(a.wg_address(), Ipv4Addr::new(10, 99, 0, 3));
         assert_eq!(a.cni_subnet().to_string(), "10.88.3.0/24");
         assert_eq!(a.allowed_ips(), ["10.99.0.3/32", "10.88.3.0/24"]);
-        let b = r.admit("node-b", "KB", None, &[1, 2]).unwrap();
+        let b = r.admit("node-b", "KB", None, 512, &[1, 2]).unwrap();
         assert_eq!(b.number, 4);
         // The same node again keeps its number; another key under its id is refused.
         let ep: SocketAddr = "192.168.1.5:51820".parse().unwrap();
         assert_eq!(
-            r.admit("node-a", "KA", Some(ep), &[1, 2]).unwrap().number,
+            r.admit("node-a", "KA", Some(ep), 0, &[1, 2])
+                .unwrap()
+                .number,
             3
         );
         assert_eq!(r.list()[0].wg_endpoint, Some(ep));
         assert!(matches!(
-            r.admit("node-a", "KX", None, &[1, 2]),
+            r.admit("node-a", "KX", None, 0, &[1, 2]),
             Err(ClusterError::IdTaken(_))
         ));
-        assert!(r.admit("node-c", "KA", None, &[1, 2]).is_err());
-        assert!(r.admit("Bad_Id", "KC", None, &[]).is_err());
+        assert!(r.admit("node-c", "KA", None, 0, &[1, 2]).is_err());
+        assert!(r.admit("Bad_Id", "KC", None, 0, &[]).is_err());
         assert!(r.remove("node-a").unwrap());
         assert!(!r.remove("node-a").unwrap());
-        assert_eq!(r.admit("node-c", "KC", None, &[1, 2]).unwrap().number, 3);
+        assert_eq!(r.admit("node-c", "KC", None, 0, &[1, 2]).unwrap().number, 3);
     }
 }

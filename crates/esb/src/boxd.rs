@@ -63,6 +63,11 @@ pub struct Plan {
     /// The local agent pulls images from the registry instead of having them imported
     /// (`ESB_IMAGE_SOURCE=registry`).
     pub pull_images: bool,
+    /// The control side of compute nodes (WireGuard, join exchange, agents file).
+    pub cluster: crate::cluster::ControlSide,
+    /// Whether control runs workers itself (`--no-local-workers` / `ESB_LOCAL_WORKERS=0`:
+    /// only on compute nodes).
+    pub local_workers: bool,
 }
 
 impl Plan {
@@ -160,6 +165,7 @@ pub const COMPONENTS: &[&str] = &[
     "registry",
     "proxy",
     "relay",
+    "wireguard",
     "agent",
     "gateway",
 ];
@@ -173,7 +179,7 @@ pub fn component_pid_file(state: &Path, name: &str) -> PathBuf {
     run_dir(state).join(format!("{name}.pid"))
 }
 
-fn esb_exe() -> Result<PathBuf> {
+pub(crate) fn esb_exe() -> Result<PathBuf> {
     std::env::current_exe().context("locate the esb executable")
 }
 
@@ -237,11 +243,25 @@ fn child_specs(plan: &Plan) -> Result<Vec<ChildSpec>> {
             ("ESB_GATEWAY_INTERNAL_NETNS".into(), netns.clone()),
             (
                 "ESB_AGENTS".into(),
-                format!(
-                    "unix://{},netns={netns},node={}",
-                    plan.agent_socket().display(),
-                    std::env::var("ESB_NODE_ID").unwrap_or_else(|_| "node-1".into())
-                ),
+                if plan.local_workers {
+                    format!(
+                        "unix://{},netns={netns},node={}",
+                        plan.agent_socket().display(),
+                        std::env::var("ESB_NODE_ID").unwrap_or_else(|_| "node-1".into())
+                    )
+                } else {
+                    String::new()
+                },
+            ),
+            (
+                "ESB_AGENTS_FILE".into(),
+                crate::cluster::agents_file(&plan.state)
+                    .display()
+                    .to_string(),
+            ),
+            (
+                "ESB_CLUSTER_SOCKET".into(),
+                crate::cluster::socket(&plan.state).display().to_string(),
             ),
             (
                 "ESB_GATEWAY_DATA_DIR".into(),
@@ -304,6 +324,27 @@ fn child_specs(plan: &Plan) -> Result<Vec<ChildSpec>> {
             esb_registry::BACKEND_NAME,
             plan.registry_listen.port()
         ),
+        // What compute nodes' local proxies and workers reach at 10.99.0.1.
+        format!(
+            "--route=s3={}:9000=s3-storage:{}",
+            plan.control.ip,
+            plan.s3.port()
+        ),
+        format!(
+            "--route=db={}:8000=database:{}",
+            plan.control.ip,
+            plan.dynamodb.port()
+        ),
+        format!(
+            "--route=logs={}:9428=victorialogs:{}",
+            plan.control.ip,
+            plan.logstore.port()
+        ),
+        format!(
+            "--route=gateway={}:443=gateway:{}",
+            plan.control.ip,
+            plan.gateway_listen.port()
+        ),
         format!(
             "--pid-file={}",
             run_dir(&plan.state).join("relay.ready").display()
@@ -316,6 +357,26 @@ fn child_specs(plan: &Plan) -> Result<Vec<ChildSpec>> {
         relay_args,
         vec![],
         Ready::PidFile(run_dir(&plan.state).join("relay.ready")),
+    );
+    let wireguard = esb(
+        "wireguard",
+        vec![
+            "wireguard".into(),
+            format!(
+                "--config={}",
+                crate::cluster::wg_file(&plan.state).display()
+            ),
+            format!(
+                "--status-file={}",
+                run_dir(&plan.state).join("wg.json").display()
+            ),
+            format!(
+                "--ready-file={}",
+                run_dir(&plan.state).join("wireguard.ready").display()
+            ),
+        ],
+        vec![],
+        Ready::PidFile(run_dir(&plan.state).join("wireguard.ready")),
     );
     Ok(vec![
         containerd,
@@ -340,6 +401,7 @@ fn child_specs(plan: &Plan) -> Result<Vec<ChildSpec>> {
         registry,
         esb("proxy", proxy_args, vec![], Ready::PidFile(proxy_pid)),
         relay,
+        wireguard,
         agent,
         gateway,
     ])
@@ -377,6 +439,14 @@ fn prepare_tls(plan: &Plan) -> Result<()> {
         .context("the registry's certificate (ESB_REGISTRY_SANS)")?;
     let host = format!("{}:{}", plan.control.ip, esb_registry::DEFAULT_PORT);
     hosts_dir(&plan.state).write(&host, &format!("https://{host}"), &plan.ca_path())?;
+    // The gateway calls the agents of compute nodes with this (mTLS).
+    esb_pki::ensure_node_cert(
+        &tls,
+        "gateway-client",
+        "esb gateway",
+        &[plan.control.ip.to_string()],
+    )
+    .context("the gateway's client certificate")?;
     Ok(())
 }
 
@@ -650,6 +720,7 @@ pub async fn run(plan: Plan) -> Result<()> {
     let mut hup = signal_stream(tokio::signal::unix::SignalKind::hangup()).await;
 
     let (stop_tx, _) = watch::channel(false);
+    let (cluster_stop, _) = watch::channel(false);
     let mut stops: Vec<(String, watch::Sender<bool>, tokio::task::JoinHandle<()>)> = Vec::new();
     let rn = esb_runtime_node::RuntimeNode::new(plan.node.clone())?;
 
@@ -664,6 +735,21 @@ pub async fn run(plan: Plan) -> Result<()> {
         std::fs::write(dir.join("config.toml"), esb_containerd::config_toml(&dir))?;
         prepare_tls(&plan)?;
         for spec in &specs {
+            if spec.name == "wireguard" {
+                plan.cluster.write_wg_file()?;
+                plan.cluster.write_agents_file()?;
+            }
+            if spec.name == "gateway" {
+                let path = crate::cluster::socket(&state);
+                let _ = std::fs::remove_file(&path);
+                let listener = tokio::net::UnixListener::bind(&path)
+                    .with_context(|| format!("listen on {}", path.display()))?;
+                let control: Arc<dyn esb_cluster::join::Control> = Arc::new(plan.cluster.clone());
+                let mut stopped = cluster_stop.subscribe();
+                tokio::spawn(esb_cluster::join::serve(listener, control, async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                }));
+            }
             if spec.name == "registry" {
                 update(&state, &shared, |s| {
                     s.message = "collecting the registry".into()
@@ -704,6 +790,7 @@ pub async fn run(plan: Plan) -> Result<()> {
             s.state = "failed".into();
             s.message = format!("{e:#}");
         });
+        let _ = cluster_stop.send(true);
         shutdown(&plan, &rn, &shared, stops).await;
         update(&state, &shared, |s| s.state = "failed".into());
         let _ = std::fs::remove_file(box_pid_file(&state));
@@ -750,6 +837,7 @@ pub async fn run(plan: Plan) -> Result<()> {
         s.state = "stopping".into();
         s.message = "stopping".into();
     });
+    let _ = cluster_stop.send(true);
     shutdown(&plan, &rn, &shared, stops).await;
     let _ = std::fs::remove_file(status_file(&state));
     let _ = std::fs::remove_file(box_pid_file(&state));
@@ -848,6 +936,8 @@ async fn shutdown(
         plan.agent_socket(),
         run_dir(state).join("proxy.ready"),
         run_dir(state).join("relay.ready"),
+        run_dir(state).join("wireguard.ready"),
+        crate::cluster::socket(state),
     ] {
         let _ = std::fs::remove_file(f);
     }

@@ -4,6 +4,8 @@
 mod agent;
 mod boxd;
 mod build;
+mod cluster;
+mod compute;
 mod config_file;
 mod daemon;
 mod doctor;
@@ -184,6 +186,24 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum NodeCommand {
+    /// Print a one-time token with which a compute node joins this box (`esb node join`).
+    Token {
+        /// The address compute nodes reach this box's gateway at (HOST or HOST:PORT;
+        /// default: this host's name and the gateway's port).
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// How long the token may be used (30m, 1h, 2d).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// WireGuard UDP port of this box.
+        #[arg(long, env = "ESB_WG_PORT", default_value_t = 51820)]
+        wg_port: u16,
+    },
+    /// Join a box as a compute node (runs in the background, like `esb up`); with no token,
+    /// restart a node that joined before with its identity.
+    Join(compute::JoinArgs),
+    /// Stop this compute node and remove everything it made.
+    Leave(compute::LeaveArgs),
     /// Build the node network and start the local proxy (idempotent).
     Up {
         #[command(flatten)]
@@ -306,6 +326,13 @@ fn main() -> ExitCode {
         }
         Command::Config { show_secrets } => up::config(state, &loaded, &command, show_secrets),
         Command::Node { command } => match command {
+            NodeCommand::Token {
+                endpoint,
+                ttl,
+                wg_port,
+            } => cluster::token(&state.state_dir, endpoint, &ttl, wg_port),
+            NodeCommand::Join(args) => compute::join(state, &args),
+            NodeCommand::Leave(args) => compute::leave(state, &args),
             NodeCommand::Up {
                 node,
                 proxy,

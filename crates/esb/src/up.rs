@@ -57,6 +57,18 @@ pub struct UpArgs {
     pub image_source: String,
     #[command(flatten)]
     pub control: crate::settings::ControlArgs,
+    /// WireGuard UDP port of the control node, on the host's addresses.
+    #[arg(long, env = "ESB_WG_PORT", default_value_t = 51820)]
+    pub wg_port: u16,
+    /// Run workers only on compute nodes (no local agent).
+    #[arg(long)]
+    pub no_local_workers: bool,
+    /// `0` is `--no-local-workers`.
+    #[arg(long, env = "ESB_LOCAL_WORKERS", default_value = "1", hide = true)]
+    pub local_workers: String,
+    /// Next hop of 10.88.0.0/16 on the control side instead of wg0 (an address).
+    #[arg(long, env = "GATEWAY_WORKER_ROUTE_VIA_HOST")]
+    pub worker_route_via_host: Option<std::net::Ipv4Addr>,
     #[command(flatten)]
     pub node: NodeArgs,
     #[command(flatten)]
@@ -209,6 +221,27 @@ pub fn plan(state: &StateArgs, a: &UpArgs) -> Result<(Plan, Vec<(String, String)
     check_port_free(a.registry_listen, "ESB_REGISTRY_LISTEN")?;
     esb_registry::server::program()?;
     let control = a.control.network()?;
+    std::net::UdpSocket::bind(("0.0.0.0", a.wg_port))
+        .map(drop)
+        .map_err(|e| anyhow::anyhow!("ESB_WG_PORT: cannot use UDP port {}: {e}", a.wg_port))?;
+    let local_subnet = node.worker_subnet.network().octets();
+    let cluster = crate::cluster::ControlSide {
+        state: state_dir.clone(),
+        netns: control.netns.clone(),
+        ip: control.ip,
+        wg_port: a.wg_port,
+        reserved: if local_subnet[0] == 10 && local_subnet[1] == 88 {
+            vec![1, local_subnet[2]]
+        } else {
+            vec![1]
+        },
+        worker_route_via: a.worker_route_via_host,
+        credentials: (
+            pair.0.clone(),
+            pair.1.clone(),
+            a.box_args.creds.region.clone(),
+        ),
+    };
     let supervisor = crate::build::supervisor_path(&a.supervisor);
     if !supervisor.is_file() {
         bail!(
@@ -241,6 +274,8 @@ pub fn plan(state: &StateArgs, a: &UpArgs) -> Result<(Plan, Vec<(String, String)
             registry_sans: a.registry_sans.clone(),
             control,
             pull_images: a.image_source == "registry",
+            cluster,
+            local_workers: !a.no_local_workers && a.local_workers.trim() != "0",
         },
         generated,
     ))
