@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use esb_agent::service::{serve, Listen};
+use esb_agent::service::{serve, Listen, TlsFiles};
 use esb_agent::{Agent, AgentConfig};
 
 use crate::settings::{BoxArgs, NodeArgs, StateArgs};
@@ -16,9 +16,24 @@ pub struct AgentArgs {
     /// Unix socket to serve on (default STATE_DIR/agent.sock).
     #[arg(long, env = "ESB_AGENT_SOCKET")]
     pub socket: Option<PathBuf>,
-    /// Also serve on this TCP address (keep it local to the control side).
+    /// Also serve on this TCP address: local to the control side, or a compute node's
+    /// WireGuard address (with --listen-netns and the TLS flags).
     #[arg(long, env = "ESB_AGENT_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Network namespace to bind the --listen address in (e.g. the one holding the node's
+    /// WireGuard interface).
+    #[arg(long, env = "ESB_AGENT_LISTEN_NETNS", value_name = "NAME")]
+    pub listen_netns: Option<String>,
+    /// Mutual TLS on --listen: the agent's certificate (PEM). Needs --tls-key and --client-ca.
+    #[arg(long, env = "ESB_AGENT_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Mutual TLS on --listen: the certificate's private key (PEM).
+    #[arg(long, env = "ESB_AGENT_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS on --listen: the CA whose certificates clients must present (the box
+    /// CA); clients without one are refused during the handshake.
+    #[arg(long, env = "ESB_AGENT_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
     /// containerd's socket (default: the box's private instance, STATE_DIR/containerd/containerd.sock).
     #[arg(long, env = "ESB_CONTAINERD_SOCKET")]
     pub containerd_socket: Option<PathBuf>,
@@ -48,8 +63,47 @@ pub struct AgentArgs {
     pub box_args: BoxArgs,
 }
 
+/// The TCP listener's namespace and mutual TLS from the flags: the three TLS files
+/// together or none, and either only with --listen.
+fn tcp_settings(a: &AgentArgs) -> Result<(Option<String>, Option<TlsFiles>)> {
+    let given = |p: &Option<PathBuf>| p.clone().filter(|p| !p.as_os_str().is_empty());
+    let tls = match (given(&a.tls_cert), given(&a.tls_key), given(&a.client_ca)) {
+        (None, None, None) => None,
+        (Some(cert), Some(key), Some(client_ca)) => Some(TlsFiles {
+            cert,
+            key,
+            client_ca,
+        }),
+        (cert, key, ca) => {
+            let missing: Vec<&str> = [
+                (cert.is_none(), "--tls-cert (ESB_AGENT_TLS_CERT)"),
+                (key.is_none(), "--tls-key (ESB_AGENT_TLS_KEY)"),
+                (ca.is_none(), "--client-ca (ESB_AGENT_CLIENT_CA)"),
+            ]
+            .into_iter()
+            .filter_map(|(m, flag)| m.then_some(flag))
+            .collect();
+            anyhow::bail!(
+                "mutual TLS needs --tls-cert, --tls-key and --client-ca together; missing {}",
+                missing.join(", ")
+            );
+        }
+    };
+    let netns = a.listen_netns.clone().filter(|n| !n.is_empty());
+    if a.listen.is_none() {
+        if netns.is_some() {
+            anyhow::bail!("--listen-netns (ESB_AGENT_LISTEN_NETNS) needs --listen ADDRESS");
+        }
+        if tls.is_some() {
+            anyhow::bail!("--tls-cert, --tls-key and --client-ca need --listen ADDRESS");
+        }
+    }
+    Ok((netns, tls))
+}
+
 /// Runs the agent until SIGTERM or Ctrl-C.
 pub fn run(state: &StateArgs, a: &AgentArgs) -> Result<()> {
+    let (tcp_netns, tls) = tcp_settings(a)?;
     let node = a.node.node_config(state);
     let socket = a
         .containerd_socket
@@ -79,7 +133,13 @@ pub fn run(state: &StateArgs, a: &AgentArgs) -> Result<()> {
                 .unwrap_or_else(|| state.state_dir.join("agent.sock")),
         ),
         tcp: a.listen,
+        tcp_netns,
+        tls,
     };
+    if let Some(files) = &listen.tls {
+        // Unreadable or mismatched files are reported before anything starts.
+        esb_agent::service::tls_server_config(files).context("mutual TLS on --listen")?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -89,8 +149,9 @@ pub fn run(state: &StateArgs, a: &AgentArgs) -> Result<()> {
         let report = agent.reconcile().await.context("reconcile leftovers")?;
         tracing::info!(kept = report.kept.len(), removed_containers = ?report.removed_containers,
             removed_attachments = ?report.removed_attachments, "reconciled");
-        tracing::info!(socket = ?listen.unix, tcp = ?listen.tcp, "agent serving esb.agent.v1");
-        serve(agent, listen, shutdown_signal()).await
+        tracing::info!(socket = ?listen.unix, tcp = ?listen.tcp, netns = ?listen.tcp_netns,
+            mtls = listen.tls.is_some(), "agent serving esb.agent.v1");
+        Ok(serve(agent, listen, shutdown_signal()).await?)
     })
 }
 
@@ -101,5 +162,71 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        agent: AgentArgs,
+    }
+
+    fn args(flags: &[&str]) -> AgentArgs {
+        Cli::try_parse_from(std::iter::once("esb-agent").chain(flags.iter().copied()))
+            .unwrap()
+            .agent
+    }
+
+    #[test]
+    fn tls_flags_come_together_and_need_listen() {
+        let (netns, tls) = tcp_settings(&args(&[
+            "--listen=10.99.0.2:50051",
+            "--listen-netns=esb-wg",
+            "--tls-cert=/t/agent.pem",
+            "--tls-key=/t/agent.key",
+            "--client-ca=/t/ca.pem",
+        ]))
+        .unwrap();
+        assert_eq!(netns.as_deref(), Some("esb-wg"));
+        let tls = tls.unwrap();
+        assert_eq!(tls.cert, PathBuf::from("/t/agent.pem"));
+        assert_eq!(tls.key, PathBuf::from("/t/agent.key"));
+        assert_eq!(tls.client_ca, PathBuf::from("/t/ca.pem"));
+
+        let (netns, tls) = tcp_settings(&args(&["--listen=127.0.0.1:50051"])).unwrap();
+        assert!(netns.is_none() && tls.is_none());
+
+        let e = tcp_settings(&args(&[
+            "--listen=10.99.0.2:50051",
+            "--tls-cert=/t/agent.pem",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("--tls-key")
+                && e.contains("--client-ca")
+                && !e.contains("missing --tls-cert"),
+            "{e}"
+        );
+        let e = tcp_settings(&args(&[
+            "--tls-cert=/t/agent.pem",
+            "--tls-key=/t/agent.key",
+            "--client-ca=/t/ca.pem",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--listen"), "{e}");
+        let e = tcp_settings(&args(&["--listen-netns=esb-wg"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--listen-netns") && e.contains("--listen ADDRESS"),
+            "{e}"
+        );
     }
 }
