@@ -106,7 +106,7 @@ pub fn other_routes(netns: &str, dev: &str) -> Result<Vec<Ipv4Net>, WgError> {
             first
                 .parse::<Ipv4Net>()
                 .ok()
-                .or_else(|| first.parse::<Ipv4Addr>().ok().map(|a| Ipv4Net::from(a)))
+                .or_else(|| first.parse::<Ipv4Addr>().ok().map(Ipv4Net::from))
         })
         .collect())
 }

@@ -124,6 +124,8 @@ pub struct TestBox {
     pub env: Vec<(String, String)>,
     pub gateway_port: u16,
     pub registry_port: u16,
+    /// A host namespace the box runs in (multi-host tests), else the test's own.
+    pub host_netns: Option<String>,
     pub s3_port: u16,
     pub ddb_port: u16,
     pub logs_port: u16,
@@ -182,6 +184,7 @@ impl TestBox {
             env,
             gateway_port,
             registry_port,
+            host_netns: None,
             s3_port,
             ddb_port,
             logs_port,
@@ -193,9 +196,23 @@ impl TestBox {
         self.env.push((k.into(), v.into()));
     }
 
+    /// A command run in the box's host namespace (the test's own unless set).
+    pub fn in_host(&self, program: &str) -> Command {
+        match &self.host_netns {
+            Some(h) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{h}"))
+                    .arg("--")
+                    .arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
     /// Runs `esb ARGS` against this box (in the app directory).
     pub fn esb(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_esb"));
+        let mut cmd = self.in_host(env!("CARGO_BIN_EXE_esb"));
         cmd.current_dir(&self.app)
             .arg(format!("--state-dir={}", self.state.display()))
             .args(args)
@@ -299,7 +316,7 @@ impl TestBox {
 
     /// A Python command from the test venv, with the box's environment.
     pub fn python(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(esb_testkit::python());
+        let mut c = self.in_host(&esb_testkit::python().display().to_string());
         c.args(args).current_dir(e2e_app());
         for (k, v) in self.python_env() {
             c.env(k, v);
@@ -327,7 +344,8 @@ impl TestBox {
     /// An IdToken from the auth endpoint (curl).
     pub fn token(&self) -> String {
         let s = self.secrets();
-        let out = Command::new("curl")
+        let out = self
+            .in_host("curl")
             .args([
                 "-sS",
                 "--cacert",
@@ -354,7 +372,8 @@ impl TestBox {
 
     /// `curl` a route of the gateway; (status, body).
     pub fn curl(&self, args: &[&str]) -> (u16, String) {
-        let out = Command::new("curl")
+        let out = self
+            .in_host("curl")
             .args([
                 "-sS",
                 "--max-time",

@@ -1,0 +1,228 @@
+//! Control and compute nodes over WireGuard, with hosts as network namespaces on one
+//! machine: a LAN bridge in a namespace of its own, a control host running `esb up
+//! --no-local-workers` and a compute host joining it with `esb node join`; private
+//! addresses exist only inside these namespaces, all removed at the end (also on failure).
+
+mod boxkit;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use boxkit::e2e_box;
+use esb_netns::NetNs;
+use serde_json::Value;
+
+/// The LAN and its hosts; every namespace removed on drop.
+struct Lan {
+    id: String,
+    names: Vec<String>,
+    next: u8,
+}
+
+impl Lan {
+    fn new() -> Lan {
+        esb_testkit::require_root();
+        let id = format!("{}", std::process::id());
+        let lan = format!("esbt-lan-{id}");
+        let mut l = Lan {
+            id,
+            names: vec![lan.clone()],
+            next: 1,
+        };
+        NetNs::create(&lan).unwrap();
+        ipn(&lan, &["link", "add", "br0", "type", "bridge"]);
+        ipn(&lan, &["link", "set", "br0", "up"]);
+        ipn(&lan, &["link", "set", "lo", "up"]);
+        l.names.shrink_to_fit();
+        l
+    }
+
+    /// A host on the LAN with address 192.168.77.(10+n)/24; returns (namespace, address).
+    fn host(&mut self, tag: &str) -> (String, String) {
+        let n = self.next;
+        self.next += 1;
+        let name = format!("esbt-{tag}-{}", self.id);
+        let addr = format!("192.168.77.{}", 10 + n);
+        self.names.push(name.clone());
+        NetNs::create(&name).unwrap();
+        ipn(&name, &["link", "set", "lo", "up"]);
+        let lan = &self.names[0];
+        let peer = format!("v{n}-{}", &self.id[..self.id.len().min(8)]);
+        ip(&[
+            "link", "add", "eth0", "netns", &name, "type", "veth", "peer", "name", &peer, "netns",
+            lan,
+        ]);
+        ipn(lan, &["link", "set", &peer, "master", "br0", "up"]);
+        ipn(
+            &name,
+            &["addr", "add", &format!("{addr}/24"), "dev", "eth0"],
+        );
+        ipn(&name, &["link", "set", "eth0", "up"]);
+        (name, addr)
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for n in self.names.iter().rev() {
+            let _ = NetNs::delete(n);
+        }
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn ipn(ns: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .arg("-n")
+        .arg(ns)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ip -n {ns} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A compute host's `esb`.
+struct Compute {
+    host: String,
+    state: PathBuf,
+    netns: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Compute {
+    fn new(host: &str, tag: &str) -> Compute {
+        let dir = tempfile::Builder::new()
+            .prefix("esbt-cn-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        Compute {
+            host: host.into(),
+            state: dir.path().join("s"),
+            netns: format!("esbt-{tag}n-{}", std::process::id()),
+            _dir: dir,
+        }
+    }
+
+    fn esb(&self, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.host))
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_esb"))
+            .arg(format!("--state-dir={}", self.state.display()))
+            .args(args)
+            .env_remove("ESB_STATE_DIR")
+            .env("ESB_NODE_NETNS", &self.netns)
+            .env("ESB_LOG", "info")
+            .output()
+            .unwrap()
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.state.join(format!("logs/{name}.log"))).unwrap_or_default()
+    }
+}
+
+impl Drop for Compute {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for n in ["box", "wireguard", "agent", "proxy"] {
+                eprintln!("compute {n} log:\n{}", self.log(n));
+            }
+        }
+        let _ = self.esb(&["node", "leave"]);
+        let _ = NetNs::delete(&self.netns);
+    }
+}
+
+fn agents(status: &Value) -> Vec<Value> {
+    status["agents"].as_array().cloned().unwrap_or_default()
+}
+
+fn wait(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn a_compute_node_joins_over_wireguard_and_serves_the_e2e_app() {
+    let mut lan = Lan::new();
+    let (control_host, control_addr) = lan.host("hc");
+    let (node_host, _) = lan.host("h1");
+    let mut b = e2e_box();
+    b.host_netns = Some(control_host.clone());
+    b.set("ESB_GATEWAY_LISTEN", &format!("0.0.0.0:{}", b.gateway_port));
+    b.set("ESB_LOCAL_WORKERS", "0");
+    b.up();
+    let endpoint = format!("{control_addr}:{}", b.gateway_port);
+    let token = b
+        .ok(&["node", "token", "--endpoint", &endpoint])
+        .trim()
+        .to_string();
+    assert!(token.starts_with("esb1."), "{token}");
+
+    let node = Compute::new(&node_host, "n1");
+    let joined = node.esb(&["node", "join", &token, "--node-id", "node-a"]);
+    assert!(joined.status.success(), "join: {}", text(&joined));
+    assert!(
+        text(&joined).contains("compute node node-a is up"),
+        "{}",
+        text(&joined)
+    );
+    // The token is one-time.
+    let other = Compute::new(&node_host, "n2");
+    let again = other.esb(&["node", "join", &token, "--node-id", "node-b"]);
+    assert!(!again.status.success());
+    assert!(text(&again).contains("used already"), "{}", text(&again));
+
+    // The gateway reaches the node's agent over wg0 (mTLS) and marks it up.
+    wait("the agent of node-a up in the gateway", 120, || {
+        agents(&b.status())
+            .iter()
+            .any(|a| a["node"] == "node-a" && a["up"] == true)
+    });
+    // The control namespace routes the node's worker subnet through wg0.
+    let routes = ipn(&b.control_netns, &["-4", "route"]);
+    assert!(routes.contains("10.88.2.0/24 dev wg0"), "{routes}");
+
+    // The suite, every worker on the compute node.
+    b.pytest("test_box.py");
+    let status = b.status();
+    let workers: Vec<Value> = status["functions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|f| f["workers"].as_array().cloned().unwrap_or_default())
+        .collect();
+    assert!(!workers.is_empty(), "{status}");
+    assert!(workers.iter().all(|w| w["node"] == "node-a"), "{workers:?}");
+
+    let left = node.esb(&["node", "leave"]);
+    assert!(left.status.success(), "{}", text(&left));
+    assert!(!Path::new("/run/netns").join(&node.netns).exists());
+    b.down_clean();
+}
