@@ -179,6 +179,7 @@ async fn main() -> anyhow::Result<()> {
             endpoint: format!("http://{agent_addr}"),
             netns: None,
             max_workers: 0,
+            ..Default::default()
         }],
         ..Default::default()
     };

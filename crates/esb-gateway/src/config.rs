@@ -1,7 +1,7 @@
 //! The gateway's settings (system.md §5), with the seed's environment names.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -10,38 +10,75 @@ use anyhow::{bail, Context};
 pub const MIN_JWT_SECRET: usize = 32;
 
 /// One agent (one compute node).
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// `Default` gives empty strings and no options: handy with `..Default::default()`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AgentAddr {
-    /// Node id used in logs and metrics.
+    /// Node id used in logs and metrics; also what identifies the agent across
+    /// [`crate::Reloader::reload_agents`].
     pub node_id: String,
-    /// `unix:/path/to/agent.sock` or `http://127.0.0.1:50051`.
+    /// `unix:/path/to/agent.sock`, `http://127.0.0.1:50051` or, for a remote node,
+    /// `https://IP:PORT` (TLS, see [`AgentAddr::ca`]).
     pub endpoint: String,
     /// Network namespace in which this node's workers are dialled (`None` = the
-    /// gateway's own namespace; single node: `esb-node`).
+    /// gateway's own namespace; single node: `esb-node`). An `https://` agent's own gRPC
+    /// connection is made from there too.
     pub netns: Option<String>,
-    /// Most workers this node should hold (0 = no limit); the node with the most free
-    /// capacity gets each new worker.
+    /// Most workers this node should hold (0 = no limit).
     pub max_workers: usize,
+    /// Memory the gateway may place on this node, in MiB: the sum of the `MemorySize` of
+    /// the workers it holds there, starting ones included (0 = no limit). `mem=`.
+    pub max_memory_mb: u64,
+    /// `https://` only: CA certificate (PEM) the agent's certificate must chain to; the
+    /// certificate must name the endpoint's IP address (SAN IP).
+    pub ca: Option<PathBuf>,
+    /// `https://` only: client certificate (PEM chain) presented to the agent.
+    pub cert: Option<PathBuf>,
+    /// `https://` only: private key (PEM) of [`AgentAddr::cert`].
+    pub key: Option<PathBuf>,
 }
 
 impl AgentAddr {
-    /// Parses `ENDPOINT[,netns=NAME][,node=ID][,max=N]`.
+    /// Parses `ENDPOINT[,netns=NAME][,node=ID][,max=N][,mem=MB][,ca=PATH][,cert=PATH][,key=PATH]`;
+    /// the node id defaults to `node-{index}`.
+    ///
+    /// `https://IP:PORT` endpoints need `ca=` (and take `cert=` with `key=`); the other
+    /// endpoints refuse the TLS options.
     pub fn parse(spec: &str, index: usize) -> anyhow::Result<AgentAddr> {
+        AgentAddr::parse_with_node(spec, |_| format!("node-{index}"))
+    }
+
+    /// [`AgentAddr::parse`] with the node id defaulting to `default_node(endpoint)`.
+    pub fn parse_with_node(
+        spec: &str,
+        default_node: impl FnOnce(&str) -> String,
+    ) -> anyhow::Result<AgentAddr> {
         let mut parts = spec.split(',');
         let endpoint = parts.next().unwrap_or("").trim().to_string();
         if !(endpoint.starts_with("unix:")
             || endpoint.starts_with("http://")
             || endpoint.starts_with("https://"))
         {
-            bail!("agent address {spec:?}: expected unix:/path or http://host:port");
+            bail!(
+                "agent address {spec:?}: expected unix:/path, http://host:port or https://IP:PORT"
+            );
         }
         let mut a = AgentAddr {
-            node_id: format!("node-{index}"),
+            node_id: default_node(&endpoint),
             endpoint,
-            netns: None,
-            max_workers: 0,
+            ..AgentAddr::default()
+        };
+        let path = |v: &str| -> anyhow::Result<Option<PathBuf>> {
+            let v = v.trim();
+            if v.is_empty() {
+                bail!("agent address {spec:?}: empty path");
+            }
+            Ok(Some(PathBuf::from(v)))
         };
         for p in parts {
+            if p.trim().is_empty() {
+                continue;
+            }
             let (k, v) = p
                 .split_once('=')
                 .with_context(|| format!("agent address {spec:?}: option {p:?} is not k=v"))?;
@@ -54,11 +91,96 @@ impl AgentAddr {
                         .parse()
                         .with_context(|| format!("agent address {spec:?}: max={v:?}"))?
                 }
+                "mem" => {
+                    a.max_memory_mb = v
+                        .trim()
+                        .parse()
+                        .with_context(|| format!("agent address {spec:?}: mem={v:?}"))?
+                }
+                "ca" => a.ca = path(v)?,
+                "cert" => a.cert = path(v)?,
+                "key" => a.key = path(v)?,
                 other => bail!("agent address {spec:?}: unknown option {other:?}"),
             }
         }
+        a.check()
+            .with_context(|| format!("agent address {spec:?}"))?;
         Ok(a)
     }
+
+    /// Checks the combination of options (what [`AgentAddr::parse`] checks).
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.node_id.trim().is_empty() {
+            bail!("empty node id");
+        }
+        if let Some(ns) = &self.netns {
+            esb_netns::validate_name(ns).map_err(|e| anyhow::anyhow!("netns={ns:?}: {e}"))?;
+        }
+        if self.endpoint.starts_with("https://") {
+            self.tls_addr()?;
+            if self.ca.is_none() {
+                bail!("an https:// agent needs ca=PATH (the CA of its certificate)");
+            }
+            if self.cert.is_some() != self.key.is_some() {
+                bail!("cert= and key= go together");
+            }
+        } else if self.ca.is_some() || self.cert.is_some() || self.key.is_some() {
+            bail!("ca=, cert= and key= are for https:// agents only");
+        }
+        Ok(())
+    }
+
+    /// The address of an `https://IP:PORT` endpoint (`None` for the other kinds).
+    pub fn tls_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        let Some(rest) = self.endpoint.strip_prefix("https://") else {
+            return Ok(None);
+        };
+        rest.trim_end_matches('/')
+            .parse()
+            .map(Some)
+            .with_context(|| {
+                format!(
+                    "{}: an https:// agent is addressed as https://IP:PORT",
+                    self.endpoint
+                )
+            })
+    }
+}
+
+/// Reads an agents file (`ESB_AGENTS_FILE`): one [`AgentAddr::parse`] spec per line;
+/// blank lines and `#` comments (whole lines, or after a spec) are skipped. A line
+/// without `node=` gets its endpoint as node id. A missing file is an empty list.
+pub fn read_agents_file(path: &Path) -> anyhow::Result<Vec<AgentAddr>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+    };
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        out.push(
+            AgentAddr::parse_with_node(line, |e| e.to_string())
+                .with_context(|| format!("{} line {}", path.display(), n + 1))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Checks a whole agent list: each spec, node ids unique. An empty list is valid (with an
+/// agents file, compute nodes may join later).
+pub fn check_agents(agents: &[AgentAddr]) -> anyhow::Result<()> {
+    for (i, a) in agents.iter().enumerate() {
+        a.check()
+            .with_context(|| format!("agent {} ({})", a.node_id, a.endpoint))?;
+        if agents[..i].iter().any(|b| b.node_id == a.node_id) {
+            bail!("two agents have the node id {:?}", a.node_id);
+        }
+    }
+    Ok(())
 }
 
 /// Everything the gateway needs. [`Config::default`] gives the documented defaults;
@@ -136,6 +258,10 @@ pub struct Config {
     /// `ESB_AGENTS`: agents, `;`-separated [`AgentAddr::parse`] specs (default
     /// `unix:/run/esb/agent.sock,netns=esb-node`).
     pub agents: Vec<AgentAddr>,
+    /// `ESB_AGENTS_FILE`: more agents, one spec per line (see [`read_agents_file`]), read
+    /// at start after [`Config::agents`] and again by [`crate::Reloader::reload_agents`]
+    /// callers (`esb gateway` on SIGHUP). Default none.
+    pub agents_file: Option<PathBuf>,
     /// Stage name of REST (`Api`) events (`ESB_API_STAGE`, default `Prod`).
     pub stage: String,
     /// Capacity of the async (`Event`) queue in invocations (`ESB_EVENT_QUEUE`, default 1000).
@@ -198,6 +324,7 @@ impl std::fmt::Debug for Config {
             .field("region", &self.region)
             .field("account_id", &self.account_id)
             .field("agents", &self.agents)
+            .field("agents_file", &self.agents_file)
             .field("stage", &self.stage)
             .field("event_queue_len", &self.event_queue_len)
             .field("event_queue_bytes", &self.event_queue_bytes)
@@ -245,8 +372,9 @@ impl Default for Config {
                 node_id: "node-0".into(),
                 endpoint: "unix:/run/esb/agent.sock".into(),
                 netns: Some("esb-node".into()),
-                max_workers: 0,
+                ..AgentAddr::default()
             }],
+            agents_file: None,
             stage: "Prod".into(),
             event_queue_len: 1000,
             event_queue_bytes: 64 << 20,
@@ -347,13 +475,20 @@ impl Config {
         if let Some(v) = var("ESB_ACCOUNT_ID") {
             c.account_id = v;
         }
-        if let Some(v) = var("ESB_AGENTS") {
-            c.agents = v
-                .split(';')
-                .filter(|s| !s.trim().is_empty())
-                .enumerate()
-                .map(|(i, s)| AgentAddr::parse(s.trim(), i))
-                .collect::<anyhow::Result<_>>()?;
+        c.agents_file = var("ESB_AGENTS_FILE").map(Into::into);
+        match get("ESB_AGENTS") {
+            Some(v) if !v.trim().is_empty() => {
+                c.agents = v
+                    .split(';')
+                    .filter(|s| !s.trim().is_empty())
+                    .enumerate()
+                    .map(|(i, s)| AgentAddr::parse(s.trim(), i))
+                    .collect::<anyhow::Result<_>>()?;
+            }
+            // Set but empty, with a file: the file's agents only (a control node without
+            // workers of its own, whose compute nodes join later).
+            Some(_) if c.agents_file.is_some() => c.agents.clear(),
+            _ => {}
         }
         if let Some(v) = var("ESB_API_STAGE") {
             c.stage = v;
@@ -369,6 +504,21 @@ impl Config {
         c.agent_timeout = secs("ESB_AGENT_TIMEOUT", c.agent_timeout)?;
         c.admin_socket = var("ESB_GATEWAY_ADMIN_SOCKET").map(Into::into);
         Ok(c)
+    }
+
+    /// Every agent: [`Config::agents`] then the lines of [`Config::agents_file`] (read
+    /// now), checked with [`check_agents`]. What the gateway starts with, and what
+    /// `esb gateway` hands to [`crate::Reloader::reload_agents`] on SIGHUP.
+    /// The list may be empty only with an agents file (nodes that join later).
+    pub fn agent_list(&self) -> anyhow::Result<Vec<AgentAddr>> {
+        let mut all = self.agents.clone();
+        match &self.agents_file {
+            Some(f) => all.extend(read_agents_file(f)?),
+            None if all.is_empty() => bail!("at least one agent is needed (ESB_AGENTS)"),
+            None => {}
+        }
+        check_agents(&all)?;
+        Ok(all)
     }
 
     /// Checks the settings that must hold before serving.
@@ -391,7 +541,7 @@ impl Config {
         if self.access_key.is_empty() || self.secret_key.is_empty() {
             bail!("ESB_ACCESS_KEY_ID and ESB_SECRET_ACCESS_KEY must be set");
         }
-        if self.agents.is_empty() {
+        if self.agents.is_empty() && self.agents_file.is_none() {
             bail!("at least one agent is needed (ESB_AGENTS)");
         }
         if self.cert_path.is_some() != self.key_path.is_some() {
@@ -492,5 +642,112 @@ mod tests {
         assert!(e.contains("JWT_SECRET_KEY"), "{e}");
         assert!(Config::from_lookup(|k| (k == "HEARTBEAT_INTERVAL").then(|| "x".into())).is_err());
         assert!(AgentAddr::parse("tcp://x", 0).is_err());
+    }
+
+    #[test]
+    fn agent_specs_with_tls_and_memory() {
+        let a = AgentAddr::parse(
+            "https://10.99.0.2:50051,netns=esb-wg,node=n2,max=8,mem=4096,ca=/t/ca.pem,cert=/t/gw.pem,key=/t/gw.key",
+            3,
+        )
+        .unwrap();
+        assert_eq!(
+            a,
+            AgentAddr {
+                node_id: "n2".into(),
+                endpoint: "https://10.99.0.2:50051".into(),
+                netns: Some("esb-wg".into()),
+                max_workers: 8,
+                max_memory_mb: 4096,
+                ca: Some("/t/ca.pem".into()),
+                cert: Some("/t/gw.pem".into()),
+                key: Some("/t/gw.key".into()),
+            }
+        );
+        assert_eq!(
+            a.tls_addr().unwrap(),
+            Some("10.99.0.2:50051".parse().unwrap())
+        );
+        let m = AgentAddr::parse("unix:/x.sock,mem=512", 3).unwrap();
+        assert_eq!((m.node_id.as_str(), m.max_memory_mb), ("node-3", 512));
+        assert_eq!(m.tls_addr().unwrap(), None);
+        let v6 = AgentAddr::parse("https://[fd00::2]:7000,ca=/ca.pem", 0).unwrap();
+        assert!(v6.tls_addr().unwrap().unwrap().is_ipv6());
+        let err = |spec: &str| format!("{:#}", AgentAddr::parse(spec, 0).unwrap_err());
+        assert!(err("https://10.0.0.1:1").contains("ca="), "no CA");
+        assert!(err("https://agent.example:1,ca=/c").contains("https://IP:PORT"));
+        assert!(err("https://10.0.0.1,ca=/c").contains("https://IP:PORT"));
+        assert!(err("https://10.0.0.1:1,ca=/c,cert=/x").contains("go together"));
+        assert!(err("http://10.0.0.1:1,ca=/c").contains("https:// agents only"));
+        assert!(err("unix:/x,key=/k").contains("https:// agents only"));
+        assert!(err("unix:/x,mem=lots").contains("mem="));
+        assert!(err("unix:/x,ca=").contains("empty path"));
+        assert!(err("unix:/x,netns=a/b").contains("netns"));
+        assert!(err("unix:/x,node=").contains("node id"));
+    }
+
+    #[test]
+    fn agents_file_and_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agents");
+        let mut c = Config {
+            agents_file: Some(file.clone()),
+            ..Config::default()
+        };
+        // A missing file is an empty list.
+        assert_eq!(c.agent_list().unwrap(), c.agents);
+        std::fs::write(
+            &file,
+            "# compute nodes\n\n  http://10.99.0.3:50051 \nhttps://10.99.0.2:50051,node=n2,ca=/ca.pem # wg\n",
+        )
+        .unwrap();
+        let from_file = read_agents_file(&file).unwrap();
+        assert_eq!(from_file.len(), 2);
+        // Without node=, the endpoint is the node id (stable across edits of the file).
+        assert_eq!(from_file[0].node_id, "http://10.99.0.3:50051");
+        assert_eq!(from_file[1].node_id, "n2");
+        let all = c.agent_list().unwrap();
+        assert_eq!(
+            all.iter().map(|a| a.node_id.as_str()).collect::<Vec<_>>(),
+            ["node-0", "http://10.99.0.3:50051", "n2"]
+        );
+        // Errors name the line; duplicate node ids are refused.
+        std::fs::write(&file, "http://10.99.0.3:1\nbogus\n").unwrap();
+        let e = format!("{:#}", c.agent_list().unwrap_err());
+        assert!(e.contains("line 2"), "{e}");
+        std::fs::write(&file, "http://10.99.0.3:1,node=node-0\n").unwrap();
+        let e = format!("{:#}", c.agent_list().unwrap_err());
+        assert!(e.contains("two agents have the node id \"node-0\""), "{e}");
+        assert!(check_agents(&[]).is_ok());
+        // ESB_AGENTS_FILE from the environment.
+        let env =
+            Config::from_lookup(|k| (k == "ESB_AGENTS_FILE").then(|| file.display().to_string()))
+                .unwrap();
+        assert_eq!(env.agents_file.as_deref(), Some(file.as_path()));
+        // Only the file's agents, none yet: valid (nodes join later); without a file, not.
+        c.agents.clear();
+        std::fs::write(&file, "").unwrap();
+        assert_eq!(c.agent_list().unwrap(), []);
+        c.agents_file = None;
+        assert!(c.agent_list().is_err());
+        assert!(c.validate().is_err());
+        // ESB_AGENTS set but empty: no agent of its own when there is a file (a control
+        // node without local workers), the default otherwise.
+        let lookup = |file: bool| {
+            let file = file.then(|| file_path(&dir));
+            move |k: &str| match k {
+                "ESB_AGENTS" => Some(String::new()),
+                "ESB_AGENTS_FILE" => file.clone(),
+                _ => None,
+            }
+        };
+        fn file_path(dir: &tempfile::TempDir) -> String {
+            dir.path().join("agents").display().to_string()
+        }
+        assert!(Config::from_lookup(lookup(true)).unwrap().agents.is_empty());
+        assert_eq!(
+            Config::from_lookup(lookup(false)).unwrap().agents,
+            Config::default().agents
+        );
     }
 }

@@ -20,9 +20,9 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::agents::{self, Agent};
+use crate::agents::{self, Agent, AgentReloadReport};
 use crate::breaker::{Breaker, Permit};
-use crate::config::Config;
+use crate::config::{AgentAddr, Config};
 use crate::logs::Logger;
 use crate::metrics::{FnLabel, Metrics, NodeLabel, PoolLabel};
 use crate::pool::{AcquireError, Grant, PoolCore};
@@ -35,6 +35,9 @@ const MAX_WORKER_RESPONSE: usize = 7 << 20;
 /// Extra time given to the supervisor over the function's timeout, so that it answers
 /// with its own timeout error before the gateway gives up.
 const TIMEOUT_GRACE: Duration = Duration::from_secs(3);
+/// Agents tried for one new worker: a node that fails does not fail the request while
+/// another one has room.
+const CREATE_ATTEMPTS: usize = 2;
 
 /// A function the gateway serves: what `esb` hands over from the template and the build.
 ///
@@ -130,6 +133,9 @@ pub(crate) struct Function {
     busy: Mutex<HashMap<String, usize>>,
     /// Workers being created: creation number -> agent index.
     starting: Mutex<HashMap<u64, usize>>,
+    /// Held while a node is chosen for a new worker and the worker counted there, so that
+    /// concurrent creations see each other (spreading over nodes).
+    placing: Mutex<()>,
     /// Why the last worker could not be created (cleared by the next success), with when
     /// (Unix seconds): what `esb status` shows of a pool that cannot grow.
     last_error: Mutex<Option<(String, u64)>>,
@@ -145,9 +151,28 @@ impl Function {
             routes,
             busy: Mutex::new(HashMap::new()),
             starting: Mutex::new(HashMap::new()),
+            placing: Mutex::new(()),
             last_error: Mutex::new(None),
             spec,
         }
+    }
+
+    /// How many workers (idle, busy, starting) it holds on each of `n` agents.
+    fn per_agent(&self, n: usize) -> Vec<usize> {
+        let mut out = vec![0; n];
+        let mut count = |a: usize| {
+            if let Some(c) = out.get_mut(a) {
+                *c += 1;
+            }
+        };
+        self.pool.for_each_idle(|w| count(w.agent));
+        for a in self.busy.lock().unwrap().values() {
+            count(*a);
+        }
+        for a in self.starting.lock().unwrap().values() {
+            count(*a);
+        }
+        out
     }
 
     /// Its workers: `(id, agent index, state)`; workers being created have no id yet.
@@ -339,6 +364,8 @@ pub(crate) enum Outcome {
 pub(crate) struct Known {
     pub function: String,
     pub agent: usize,
+    /// What it counts in its agent's memory.
+    pub memory_mb: u64,
 }
 
 /// The shared state.
@@ -346,8 +373,12 @@ pub(crate) struct Gateway {
     pub config: Config,
     /// The current functions and routes; a reload swaps it whole.
     pub set: ArcSwap<FunctionSet>,
-    pub agents: Vec<Arc<Agent>>,
-    pub known: Mutex<HashMap<String, Known>>,
+    /// The agents, append-only (workers refer to them by index): a reload of the agents
+    /// appends new ones and marks removed ones, never drops or moves an entry.
+    pub agents: ArcSwap<Vec<Arc<Agent>>>,
+    /// Workers the gateway holds, by (node id, worker id): ids are the agents' own, so
+    /// two nodes could in principle use the same one.
+    pub known: Mutex<HashMap<(String, String), Known>>,
     pub metrics: Metrics,
     pub logger: Logger,
     pub queue: mpsc::Sender<AsyncJob>,
@@ -397,10 +428,7 @@ impl<'g> Lease<'g> {
     fn release(mut self) {
         if let Some(w) = self.worker.take() {
             self.f.busy.lock().unwrap().remove(&w.id);
-            if let Some(w) = self.f.pool.release(w) {
-                // The pool closed meanwhile (reload or shutdown).
-                self.gw.destroy(w, &self.f.spec.name);
-            }
+            self.gw.give_back(&self.f, w);
         }
     }
 }
@@ -451,6 +479,22 @@ impl Drop for Starting<'_> {
     }
 }
 
+/// A worker counted in its agent's usage while it is being created; uncounted if the
+/// creation fails or the future is dropped.
+struct Reservation<'a> {
+    agent: &'a Agent,
+    memory_mb: u64,
+    armed: bool,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.agent.release(self.memory_mb);
+        }
+    }
+}
+
 /// Closes the pools of function versions that never went live (a reload cancelled while
 /// warming them up), destroying their workers.
 struct Abandon<'g> {
@@ -477,15 +521,15 @@ impl Gateway {
         queue: mpsc::Sender<AsyncJob>,
     ) -> anyhow::Result<Gateway> {
         let agents = config
-            .agents
-            .iter()
-            .map(|a| Agent::connect(a.clone(), config.agent_timeout).map(Arc::new))
+            .agent_list()?
+            .into_iter()
+            .map(|a| Agent::connect(a, config.agent_timeout).map(Arc::new))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let queue_bytes = Arc::new(Semaphore::new(config.event_queue_bytes));
         Ok(Gateway {
             config,
             set: ArcSwap::from_pointee(set),
-            agents,
+            agents: ArcSwap::from_pointee(agents),
             known: Mutex::new(HashMap::new()),
             metrics,
             logger,
@@ -497,6 +541,22 @@ impl Gateway {
             running: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
         })
+    }
+
+    /// The agent at index `ai` (indices are stable).
+    pub fn agent(&self, ai: usize) -> Arc<Agent> {
+        self.agents.load()[ai].clone()
+    }
+
+    /// Returns a healthy worker to `f`'s pool; destroys it instead when the pool closed
+    /// (reload, shutdown) or its agent was removed.
+    fn give_back(self: &Arc<Self>, f: &Function, w: Worker) {
+        if self.agent(w.agent).is_removed() {
+            f.pool.discard();
+            self.destroy(w, &f.spec.name);
+        } else if let Some(w) = f.pool.release(w) {
+            self.destroy(w, &f.spec.name);
+        }
     }
 
     /// Logs an error record.
@@ -690,13 +750,13 @@ impl Gateway {
         };
         let mut lease = Lease::new(self, f.clone(), worker);
         let deadline = self.deadline(&f);
-        let agent = lease.worker.as_ref().unwrap().agent;
-        let dialer = &self.agents[agent].dialer;
-        let call = lease
-            .worker
-            .as_mut()
-            .unwrap()
-            .call(dialer, payload, trace, client_context);
+        let agent = self.agent(lease.worker.as_ref().unwrap().agent);
+        let call =
+            lease
+                .worker
+                .as_mut()
+                .unwrap()
+                .call(&agent.dialer, payload, trace, client_context);
         let result = tokio::time::timeout(deadline, call).await;
         let outcome = match result {
             Err(_) => Outcome::TimedOut(None),
@@ -732,16 +792,67 @@ impl Gateway {
         (outcome, cold)
     }
 
-    /// Asks an agent for a new worker of `f`.
+    /// Asks an agent for a new worker of `f`: the node [`agents::choose`] picks (or, when
+    /// every agent is down, [`agents::choose_any`]); when that fails, one other node.
     pub async fn create_worker(self: &Arc<Self>, f: &Function) -> Result<Worker, String> {
-        // When every agent is marked down, try one anyway: an agent that came back is
-        // used at once rather than at the next heartbeat.
-        let Some(ai) = agents::choose(&self.agents).or_else(|| agents::choose_any(&self.agents))
-        else {
-            return Err("no agent has free capacity".into());
+        let need = u64::from(f.spec.memory_mb);
+        let mut tried = Vec::new();
+        let mut last = None;
+        while tried.len() < CREATE_ATTEMPTS {
+            let (ai, starting) = {
+                let _placing = f.placing.lock().unwrap();
+                let Some(ai) = self.reserve_agent(f, need, &tried) else {
+                    break;
+                };
+                (ai, Starting::new(f, ai))
+            };
+            tried.push(ai);
+            match self.create_on(f, ai, need, starting).await {
+                Ok(w) => return Ok(w),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            let why = if self.agents.load().iter().all(|a| a.is_removed()) {
+                "no agent: none is configured yet (ESB_AGENTS, ESB_AGENTS_FILE)".to_string()
+            } else {
+                format!("no agent has room for a worker of {need} MiB (max= / mem= of the agents)")
+            };
+            *f.last_error.lock().unwrap() = Some((why.clone(), crate::ids::now_ms() / 1000));
+            why
+        }))
+    }
+
+    /// Chooses a node for a worker of `f` and counts it there (workers, memory).
+    fn reserve_agent(&self, f: &Function, need: u64, except: &[usize]) -> Option<usize> {
+        let agents = self.agents.load();
+        let mine = f.per_agent(agents.len());
+        // Another creation may take the room between the choice and the count: choose
+        // again then (a few times; each retry sees the new counts).
+        for _ in 0..=agents.len() {
+            let ai = agents::choose(&agents, need, &mine, except)
+                .or_else(|| agents::choose_any(&agents, need, &mine, except))?;
+            if agents[ai].try_reserve(need) {
+                return Some(ai);
+            }
+        }
+        None
+    }
+
+    /// Creates a worker of `f` on agent `ai`, where it is counted already.
+    async fn create_on(
+        self: &Arc<Self>,
+        f: &Function,
+        ai: usize,
+        need: u64,
+        _starting: Starting<'_>,
+    ) -> Result<Worker, String> {
+        let agent = self.agent(ai);
+        let mut reservation = Reservation {
+            agent: &agent,
+            memory_mb: need,
+            armed: true,
         };
-        let _starting = Starting::new(f, ai);
-        let agent = &self.agents[ai];
         let req = EnsureContainerRequest {
             function_name: f.spec.name.clone(),
             image: f.spec.image.clone(),
@@ -779,6 +890,16 @@ impl Gateway {
             }
         };
         *f.last_error.lock().unwrap() = None;
+        // From here the worker is known: destroying it uncounts it.
+        reservation.armed = false;
+        self.known.lock().unwrap().insert(
+            (agent.addr.node_id.clone(), info.id.clone()),
+            Known {
+                function: f.spec.name.clone(),
+                agent: ai,
+                memory_mb: need,
+            },
+        );
         let port = if info.port > 0 {
             info.port as u16
         } else {
@@ -793,14 +914,6 @@ impl Gateway {
                     addr: SocketAddr::from(([0, 0, 0, 0], 0)),
                     conn: None,
                 };
-                self.known.lock().unwrap().insert(
-                    info.id.clone(),
-                    Known {
-                        function: f.spec.name.clone(),
-                        agent: ai,
-                    },
-                );
-                agent.add_workers(1);
                 self.destroy(w, &f.spec.name);
                 return Err(format!(
                     "agent {} gave worker {} a bad address {:?}",
@@ -808,14 +921,6 @@ impl Gateway {
                 ));
             }
         };
-        self.known.lock().unwrap().insert(
-            info.id.clone(),
-            Known {
-                function: f.spec.name.clone(),
-                agent: ai,
-            },
-        );
-        agent.add_workers(1);
         Ok(Worker {
             id: info.id,
             agent: ai,
@@ -833,10 +938,11 @@ impl Gateway {
 
     /// Destroys a worker and waits for the agent's answer.
     pub async fn destroy_now(&self, ai: usize, id: &str, function: &str) {
-        let agent = &self.agents[ai];
-        let known = self.known.lock().unwrap().remove(id).is_some();
-        if known {
-            agent.add_workers(-1);
+        let agent = self.agent(ai);
+        let key = (agent.addr.node_id.clone(), id.to_string());
+        let known = self.known.lock().unwrap().remove(&key);
+        if let Some(k) = known {
+            self.agent(k.agent).release(k.memory_mb);
         }
         let mut client = agent.client.clone();
         let r = client
@@ -862,45 +968,152 @@ impl Gateway {
 
     /// Marks an agent down and drops its idle workers (they are unreachable).
     pub fn agent_down(&self, ai: usize, why: &str) {
-        let agent = &self.agents[ai];
+        let agent = self.agent(ai);
         if agent.set_up(false) {
-            self.error(
-                "agent down",
-                &[("node", json!(agent.addr.node_id)), ("error", json!(why))],
-            );
+            // A removed agent failing is expected (its node may be gone): a warning.
+            let level = if agent.is_removed() { "warn" } else { "error" };
+            let mut m = Map::new();
+            m.insert("kind".into(), "error".into());
+            m.insert("node".into(), json!(agent.addr.node_id));
+            m.insert("error".into(), json!(why));
+            self.logger.log(level, "agent down", m);
         }
         for f in &self.set.load().functions {
             for w in f.pool.remove_idle_where(|w| w.agent == ai) {
-                if self.known.lock().unwrap().remove(&w.id).is_some() {
-                    agent.add_workers(-1);
+                let key = (agent.addr.node_id.clone(), w.id.clone());
+                let known = self.known.lock().unwrap().remove(&key);
+                if let Some(k) = known {
+                    agent.release(k.memory_mb);
                 }
             }
         }
     }
 
-    /// Destroys every worker the agents report (leftovers of an earlier run).
-    pub async fn clean_leftovers(&self) {
-        for (ai, agent) in self.agents.iter().enumerate() {
-            let mut client = agent.client.clone();
-            match client.list_containers(ListContainersRequest {}).await {
-                Ok(r) => {
-                    agent.set_up(true);
-                    for c in r.into_inner().containers {
-                        self.destroy_now(ai, &c.container_id, &c.function_name)
-                            .await;
+    /// Replaces the agents (see [`crate::Reloader::reload_agents`]).
+    pub async fn reload_agents(
+        self: &Arc<Self>,
+        list: Vec<AgentAddr>,
+    ) -> anyhow::Result<AgentReloadReport> {
+        let _one = self.reload_lock.lock().await;
+        if self.stopping() {
+            anyhow::bail!("the gateway is shutting down");
+        }
+        crate::config::check_agents(&list)?;
+        let current = self.agents.load_full();
+        let live: Vec<(usize, &Arc<Agent>)> = current
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| !a.is_removed())
+            .collect();
+        let mut report = AgentReloadReport::default();
+        let mut fresh = Vec::new();
+        let mut retire = Vec::new();
+        for a in list {
+            match live.iter().find(|(_, o)| o.addr.node_id == a.node_id) {
+                Some((_, o)) if o.addr == a => report.unchanged.push(a.node_id),
+                found => {
+                    match found {
+                        Some((i, _)) => {
+                            report.changed.push(a.node_id.clone());
+                            retire.push(*i);
+                        }
+                        None => report.added.push(a.node_id.clone()),
                     }
-                }
-                Err(s) => {
-                    if agents::is_unreachable(&s) {
-                        self.agent_down(ai, &s.to_string());
-                    }
+                    // Every new entry is made before anything changes: an error (a TLS
+                    // file that cannot be read) leaves the agents as they were.
+                    fresh.push(Arc::new(Agent::connect(a, self.config.agent_timeout)?));
                 }
             }
         }
+        for (i, o) in &live {
+            let listed = report.unchanged.contains(&o.addr.node_id)
+                || report.changed.contains(&o.addr.node_id);
+            if !listed {
+                report.removed.push(o.addr.node_id.clone());
+                retire.push(*i);
+            }
+        }
+        for l in [
+            &mut report.added,
+            &mut report.changed,
+            &mut report.removed,
+            &mut report.unchanged,
+        ] {
+            l.sort();
+        }
+        let mut next = (*current).clone();
+        next.extend(fresh);
+        self.agents.store(Arc::new(next));
+        for ai in retire {
+            self.retire_agent(ai);
+        }
+        self.logger.log(
+            "info",
+            "agents reloaded",
+            [
+                ("kind".to_string(), json!("reload")),
+                ("added".to_string(), json!(report.added)),
+                ("changed".to_string(), json!(report.changed)),
+                ("removed".to_string(), json!(report.removed)),
+                ("unchanged".to_string(), json!(report.unchanged)),
+            ]
+            .into_iter()
+            .collect(),
+        );
+        Ok(report)
+    }
+
+    /// Marks an agent removed: no new worker goes there, its idle workers leave the pools
+    /// and are destroyed (best effort); busy ones are destroyed when their request ends.
+    fn retire_agent(self: &Arc<Self>, ai: usize) {
+        let agent = self.agent(ai);
+        agent.set_removed();
+        self.metrics.agent_up.remove(&NodeLabel {
+            node: agent.addr.node_id.clone(),
+        });
+        self.evict_removed(ai);
+    }
+
+    /// Destroys the idle workers of the removed agent `ai`.
+    fn evict_removed(self: &Arc<Self>, ai: usize) {
+        for f in &self.set.load().functions {
+            for w in f.pool.remove_idle_where(|w| w.agent == ai) {
+                self.destroy(w, &f.spec.name);
+            }
+        }
+    }
+
+    /// Destroys every worker the agents report (leftovers of an earlier run). Agents are
+    /// asked at the same time: one that does not answer delays no other.
+    pub async fn clean_leftovers(self: &Arc<Self>) {
+        let mut calls = tokio::task::JoinSet::new();
+        for (ai, agent) in self.agents.load().iter().enumerate() {
+            if agent.is_removed() {
+                continue;
+            }
+            let (gw, agent) = (self.clone(), agent.clone());
+            calls.spawn(async move {
+                let mut client = agent.client.clone();
+                match client.list_containers(ListContainersRequest {}).await {
+                    Ok(r) => {
+                        agent.set_up(true);
+                        for c in r.into_inner().containers {
+                            gw.destroy_now(ai, &c.container_id, &c.function_name).await;
+                        }
+                    }
+                    Err(s) => {
+                        if agents::is_unreachable(&s) {
+                            gw.agent_down(ai, &s.to_string());
+                        }
+                    }
+                }
+            });
+        }
+        while calls.join_next().await.is_some() {}
     }
 
     /// One janitor round: idle scale-down, provisioned top-up, orphan reconcile, agent
-    /// heartbeat.
+    /// heartbeat (every agent at the same time, so that one that hangs delays no other).
     pub async fn janitor_round(self: &Arc<Self>) {
         let cutoff = Instant::now().checked_sub(self.config.idle_timeout);
         if let Some(cutoff) = cutoff {
@@ -910,45 +1123,62 @@ impl Gateway {
                 }
             }
         }
+        let agents = self.agents.load_full();
+        // Idle workers that went back to a pool while their agent was being removed.
+        for (ai, _) in agents.iter().enumerate().filter(|(_, a)| a.is_removed()) {
+            self.evict_removed(ai);
+        }
         self.provision();
+        let mut calls = tokio::task::JoinSet::new();
+        for (ai, agent) in agents.iter().enumerate() {
+            if agent.is_removed() {
+                continue;
+            }
+            let (gw, agent) = (self.clone(), agent.clone());
+            calls.spawn(async move { gw.heartbeat(ai, &agent).await });
+        }
+        while calls.join_next().await.is_some() {}
+    }
+
+    /// Lists one agent's workers: marks it up or down, destroys orphans.
+    async fn heartbeat(self: &Arc<Self>, ai: usize, agent: &Agent) {
         let now_secs = (crate::ids::now_ms() / 1000) as i64;
-        for (ai, agent) in self.agents.iter().enumerate() {
-            let mut client = agent.client.clone();
-            match client.list_containers(ListContainersRequest {}).await {
-                Ok(r) => {
-                    if agent.set_up(true) {
+        let mut client = agent.client.clone();
+        match client.list_containers(ListContainersRequest {}).await {
+            Ok(r) => {
+                if agent.set_up(true) {
+                    self.logger.log(
+                        "info",
+                        "agent up",
+                        [("node".to_string(), json!(agent.addr.node_id))]
+                            .into_iter()
+                            .collect(),
+                    );
+                }
+                for c in r.into_inner().containers {
+                    let key = (agent.addr.node_id.clone(), c.container_id.clone());
+                    let known = self.known.lock().unwrap().contains_key(&key);
+                    let age = now_secs - c.created_at;
+                    if !known && age >= self.config.orphan_grace.as_secs() as i64 {
                         self.logger.log(
-                            "info",
-                            "agent up",
-                            [("node".to_string(), json!(agent.addr.node_id))]
-                                .into_iter()
-                                .collect(),
+                            "warn",
+                            "destroying orphan worker",
+                            [
+                                ("worker".to_string(), json!(c.container_id)),
+                                ("function".to_string(), json!(c.function_name)),
+                                ("node".to_string(), json!(agent.addr.node_id)),
+                            ]
+                            .into_iter()
+                            .collect(),
                         );
-                    }
-                    for c in r.into_inner().containers {
-                        let known = self.known.lock().unwrap().contains_key(&c.container_id);
-                        let age = now_secs - c.created_at;
-                        if !known && age >= self.config.orphan_grace.as_secs() as i64 {
-                            self.logger.log(
-                                "warn",
-                                "destroying orphan worker",
-                                [
-                                    ("worker".to_string(), json!(c.container_id)),
-                                    ("function".to_string(), json!(c.function_name)),
-                                    ("node".to_string(), json!(agent.addr.node_id)),
-                                ]
-                                .into_iter()
-                                .collect(),
-                            );
-                            self.destroy_now(ai, &c.container_id, &c.function_name)
-                                .await;
-                        }
+                        self.destroy_now(ai, &c.container_id, &c.function_name)
+                            .await;
                     }
                 }
-                Err(s) => {
-                    if agents::is_unreachable(&s) {
-                        self.agent_down(ai, &s.to_string());
-                    }
+            }
+            Err(s) => {
+                if agents::is_unreachable(&s) {
+                    self.agent_down(ai, &s.to_string());
                 }
             }
         }
@@ -974,9 +1204,7 @@ impl Gateway {
                 let mut slot = Slot { f: &f, armed: true };
                 if let Ok(w) = gw.create_worker(&f).await {
                     slot.armed = false;
-                    if let Some(w) = f.pool.release(w) {
-                        gw.destroy(w, &f.spec.name);
-                    }
+                    gw.give_back(&f, w);
                 }
             }));
         }
@@ -1032,7 +1260,7 @@ impl Gateway {
                 })
                 .set(f.breaker.state_code());
         }
-        for a in &self.agents {
+        for a in self.agents.load().iter().filter(|a| !a.is_removed()) {
             self.metrics
                 .agent_up
                 .get_or_create(&NodeLabel {
@@ -1047,6 +1275,7 @@ impl Gateway {
     /// workers; agents; start time; reload count.
     pub fn status(&self) -> Value {
         let set = self.set.load();
+        let all_agents = self.agents.load();
         let functions: Vec<Value> = set
             .functions
             .iter()
@@ -1059,7 +1288,11 @@ impl Gateway {
                     .map(|(id, a, state)| {
                         json!({
                             "id": id,
-                            "node": self.agents[a].addr.node_id,
+                            // (`all_agents` may predate a newer worker's agent.)
+                            "node": all_agents
+                                .get(a)
+                                .map(|x| x.addr.node_id.clone())
+                                .unwrap_or_else(|| self.agent(a).addr.node_id.clone()),
                             "state": state.as_str(),
                         })
                     })
@@ -1082,10 +1315,20 @@ impl Gateway {
                 })
             })
             .collect();
-        let agents: Vec<Value> = self
-            .agents
+        let agents: Vec<Value> = all_agents
             .iter()
-            .map(|a| json!({"node": a.addr.node_id, "endpoint": a.addr.endpoint, "up": a.is_up()}))
+            .map(|a| {
+                let u = a.usage();
+                json!({
+                    "node": a.addr.node_id,
+                    "endpoint": a.addr.endpoint,
+                    "up": a.is_up(),
+                    "removed": a.is_removed(),
+                    "workers": u.workers,
+                    "memory_mb": u.memory_mb,
+                    "max_memory_mb": a.addr.max_memory_mb,
+                })
+            })
             .collect();
         json!({
             "functions": functions,
@@ -1098,7 +1341,8 @@ impl Gateway {
     /// `GET /metrics/containers`: the workers with the agents' figures.
     pub async fn containers(&self) -> Value {
         let mut out = Vec::new();
-        for (ai, agent) in self.agents.iter().enumerate() {
+        let all_agents = self.agents.load_full();
+        for agent in all_agents.iter().filter(|a| !a.is_removed()) {
             let mut client = agent.client.clone();
             let list = match client.list_containers(ListContainersRequest {}).await {
                 Ok(r) => r.into_inner().containers,
@@ -1127,7 +1371,8 @@ impl Gateway {
                             "collected_at": m.collected_at,
                         })
                     });
-                let known = self.known.lock().unwrap().get(&c.container_id).cloned();
+                let key = (agent.addr.node_id.clone(), c.container_id.clone());
+                let known = self.known.lock().unwrap().get(&key).cloned();
                 out.push(json!({
                     "node": agent.addr.node_id,
                     "container_id": c.container_id,
@@ -1137,7 +1382,7 @@ impl Gateway {
                     "ip_address": c.ip_address,
                     "created_at": c.created_at,
                     "last_used_at": c.last_used_at,
-                    "managed": known.as_ref().is_some_and(|k| k.agent == ai),
+                    "managed": known.is_some(),
                     "pool": known.map(|k| k.function),
                     "metrics": metrics,
                 }));

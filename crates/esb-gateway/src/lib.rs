@@ -6,7 +6,8 @@
 //! The CLI builds a [`Config`] (see its fields for the environment names) and a list of
 //! [`FunctionSpec`]s, then calls [`serve`], or [`Server::bind`] and [`Server::run`] to
 //! learn the bound addresses first and to keep a [`Reloader`] (live reload of the
-//! functions). With [`Config::admin_socket`] set, a unix socket serves `GET /status`.
+//! functions, and of the agents with [`Reloader::reload_agents`]). With
+//! [`Config::admin_socket`] set, a unix socket serves `GET /status`.
 
 mod admin;
 pub mod agents;
@@ -23,6 +24,7 @@ pub mod routes;
 mod server;
 pub mod tls;
 
+pub use agents::AgentReloadReport;
 pub use config::{AgentAddr, Config};
 pub use gateway::{FunctionSpec, ReloadReport};
 pub use server::{serve, Reloader, Server};

@@ -87,6 +87,29 @@ impl Reloader {
             .context("the gateway has stopped; nothing to reload")?;
         gw.reload(functions).await
     }
+
+    /// Replaces the agents with `agents` (node ids unique, at least one), without
+    /// moving a worker: `esb gateway` calls it on SIGHUP with [`Config::agent_list`]
+    /// (`ESB_AGENTS` plus the lines of `ESB_AGENTS_FILE`).
+    ///
+    /// Agents are matched by node id. A new node id is appended (new workers may go there
+    /// at once). A node id no longer listed is marked removed: no new worker goes there,
+    /// its idle workers leave the pools and are destroyed (best effort: the node may be
+    /// gone), busy ones are destroyed when their request ends; `GET /status` keeps
+    /// showing it with `"removed": true`. A node id listed with another spec (endpoint,
+    /// namespace, limits, TLS files) counts as both: the old entry is removed, a new one
+    /// appended. Every new entry is set up (TLS files read) before anything changes: on
+    /// error nothing changes. Serialised with [`Reloader::reload`].
+    pub async fn reload_agents(
+        &self,
+        agents: Vec<crate::config::AgentAddr>,
+    ) -> anyhow::Result<crate::agents::AgentReloadReport> {
+        let gw = self
+            .gw
+            .upgrade()
+            .context("the gateway has stopped; nothing to reload")?;
+        gw.reload_agents(agents).await
+    }
 }
 
 impl Server {

@@ -322,6 +322,7 @@ fn config(b: &RealBox, internal: SocketAddr, logs: SocketAddr) -> Config {
             endpoint: format!("http://{}", b.agent_tcp),
             netns: Some(b.netns.clone()),
             max_workers: 0,
+            ..Default::default()
         }],
         idle_timeout: Duration::from_secs(8),
         heartbeat: Duration::from_millis(500),

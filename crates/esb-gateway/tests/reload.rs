@@ -542,7 +542,15 @@ async fn admin_socket_status_shape_and_mode() {
     assert_eq!(n["workers"], json!([]));
     assert_eq!(
         v["agents"],
-        json!([{"node": "test", "endpoint": format!("http://{}", b.agent_addr), "up": true}])
+        json!([{
+            "node": "test",
+            "endpoint": format!("http://{}", b.agent_addr),
+            "up": true,
+            "removed": false,
+            "workers": 1,
+            "memory_mb": 128,
+            "max_memory_mb": 0,
+        }])
     );
     let started = v["started_at"].as_str().unwrap();
     assert!(

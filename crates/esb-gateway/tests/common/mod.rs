@@ -444,6 +444,7 @@ pub fn base_config(dir: &Path, agent: SocketAddr) -> Config {
             endpoint: format!("http://{agent}"),
             netns: None,
             max_workers: 0,
+            ..Default::default()
         }],
         event_retry_delay: Duration::from_millis(200),
         log_stderr: std::env::var_os("ESB_TEST_VERBOSE").is_some(),
