@@ -320,11 +320,15 @@ fn pick(
         .map(|(i, _, _)| i)
 }
 
-/// Whether a gRPC status means the agent itself cannot be reached.
+/// Whether a gRPC status means the agent itself cannot be reached (`Cancelled`: the
+/// connection closed under the call, e.g. an agent refusing the client certificate).
 pub fn is_unreachable(s: &tonic::Status) -> bool {
     matches!(
         s.code(),
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+        tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
     ) && !s.message().starts_with("esb:")
 }
 
