@@ -314,14 +314,16 @@ fn gateway_functions(a: &GatewayArgs) -> Result<Vec<esb_gateway::FunctionSpec>> 
 }
 
 /// Where `esb gateway` records the outcome of each SIGHUP reload (next to its revisions
-/// file): `{"reloads": N, "ok": bool, "error": "..."}`.
+/// file): `{"reloads": N, "ok": bool, "error": "..."}` (the functions), with
+/// `"agents": {"ok": bool, "report"|"error": …}` when `ESB_AGENTS_FILE` is set.
 pub fn reload_outcome_file(revisions: &Path) -> PathBuf {
     revisions.with_file_name("gateway-reload.json")
 }
 
 /// `esb gateway`: serves the template's functions, images named as `esb build` names them.
 /// SIGHUP re-reads the template and the revisions and swaps the functions without failing
-/// requests.
+/// requests; with `ESB_AGENTS_FILE`, it first re-reads that file and reloads the agents
+/// (new node ids appended, missing ones removed; see `Reloader::reload_agents`).
 pub fn gateway(state: &StateArgs, a: &GatewayArgs) -> Result<()> {
     let functions = gateway_functions(a)?;
     let mut cfg = esb_gateway::Config::from_env()?;
@@ -333,6 +335,8 @@ pub fn gateway(state: &StateArgs, a: &GatewayArgs) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    // What SIGHUP reloads the agents from: ESB_AGENTS (as started) and the file, re-read.
+    let agents_cfg = cfg.agents_file.is_some().then(|| cfg.clone());
     rt.block_on(async move {
         let server = esb_gateway::Server::bind(cfg, functions).await?;
         let reloader = server.reloader();
@@ -345,11 +349,32 @@ pub fn gateway(state: &StateArgs, a: &GatewayArgs) -> Result<()> {
             let mut n = 0u64;
             while hup.recv().await.is_some() {
                 n += 1;
+                // Agents first: functions warmed up by this reload may use new nodes.
+                let agents = match &agents_cfg {
+                    None => None,
+                    Some(c) => Some(match c.agent_list() {
+                        Ok(list) => reloader.reload_agents(list).await,
+                        Err(e) => Err(e),
+                    }),
+                };
+                let agents_outcome = match &agents {
+                    None => serde_json::Value::Null,
+                    Some(Ok(r)) => {
+                        tracing::info!(report = ?r, "agents reloaded");
+                        serde_json::json!({"ok": true, "report": r})
+                    }
+                    Some(Err(e)) => {
+                        tracing::error!(
+                            "agents reload refused, keeping the previous agents: {e:#}"
+                        );
+                        serde_json::json!({"ok": false, "error": format!("{e:#}")})
+                    }
+                };
                 let result = match gateway_functions(a) {
                     Ok(f) => reloader.reload(f).await,
                     Err(e) => Err(e),
                 };
-                let outcome = match &result {
+                let mut outcome = match &result {
                     Ok(r) => {
                         tracing::info!(report = ?r, "reloaded");
                         serde_json::json!({"reloads": n, "ok": true})
@@ -359,6 +384,10 @@ pub fn gateway(state: &StateArgs, a: &GatewayArgs) -> Result<()> {
                         serde_json::json!({"reloads": n, "ok": false, "error": format!("{e:#}")})
                     }
                 };
+                // `ok` stays the functions' outcome (what a rebuild waits for).
+                if !agents_outcome.is_null() {
+                    outcome["agents"] = agents_outcome;
+                }
                 if let Some(f) = &outcome_file {
                     let tmp = f.with_extension("tmp");
                     if std::fs::write(&tmp, outcome.to_string()).is_ok() {
