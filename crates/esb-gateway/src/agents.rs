@@ -17,6 +17,10 @@ use crate::config::AgentAddr;
 
 /// How long the TCP connection (and TLS handshake) to an agent may take.
 const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 pings on a remote (`https://`) agent's connection, so that one whose node went
+/// away (a silent WireGuard peer) is closed and dialled again rather than waited on.
+const AGENT_PING_INTERVAL: Duration = Duration::from_secs(10);
+const AGENT_PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Opens TCP connections from inside a network namespace when a node's workers (or,
 /// for `https://` agents, the agent itself) are reached through one.
@@ -122,6 +126,8 @@ impl Agent {
     ///   the agent's certificate must chain to `addr.ca` and name IP (SAN IP); the
     ///   client certificate `addr.cert`/`addr.key` is presented; ALPN `h2`. The files
     ///   are read now (an error here names them) and again for every new connection.
+    ///   HTTP/2 pings (every 10 s, 5 s to answer) close a connection to a node gone
+    ///   silent, so that the next call dials again.
     pub fn connect(addr: AgentAddr, timeout: Duration) -> anyhow::Result<Agent> {
         addr.check()
             .with_context(|| format!("agent {} ({})", addr.node_id, addr.endpoint))?;
@@ -153,6 +159,9 @@ impl Agent {
                 .with_context(|| format!("agent address {}", addr.endpoint))?
                 .timeout(timeout)
                 .connect_timeout(AGENT_CONNECT_TIMEOUT)
+                .http2_keep_alive_interval(AGENT_PING_INTERVAL)
+                .keep_alive_timeout(AGENT_PING_TIMEOUT)
+                .keep_alive_while_idle(true)
                 .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
                     let (files, dialer) = (files.clone(), dialer.clone());
                     async move {
