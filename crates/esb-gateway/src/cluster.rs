@@ -27,7 +27,11 @@ fn error(status: StatusCode, msg: &str) -> Response<Full<Bytes>> {
 }
 
 /// Forwards `req` to the exchange at `socket`.
-pub async fn forward(socket: &Path, req: Request<Incoming>, remote: SocketAddr) -> Response<Full<Bytes>> {
+pub async fn forward(
+    socket: &Path,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
@@ -51,7 +55,10 @@ pub async fn forward(socket: &Path, req: Request<Incoming>, remote: SocketAddr) 
                 .await
                 .map_err(std::io::Error::other)?;
         tokio::spawn(conn);
-        let resp = send.send_request(out).await.map_err(std::io::Error::other)?;
+        let resp = send
+            .send_request(out)
+            .await
+            .map_err(std::io::Error::other)?;
         let (parts, body) = resp.into_parts();
         let body = body
             .collect()
@@ -64,8 +71,14 @@ pub async fn forward(socket: &Path, req: Request<Incoming>, remote: SocketAddr) 
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             tracing::warn!("cluster exchange: {e}");
-            error(StatusCode::SERVICE_UNAVAILABLE, "the control node cannot take joins now")
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the control node cannot take joins now",
+            )
         }
-        Err(_) => error(StatusCode::GATEWAY_TIMEOUT, "the control node did not answer"),
+        Err(_) => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "the control node did not answer",
+        ),
     }
 }

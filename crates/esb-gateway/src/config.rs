@@ -282,6 +282,10 @@ pub struct Config {
     /// (`ESB_GATEWAY_ADMIN_SOCKET`, default none): created with mode 0600, a stale socket
     /// file replaced, removed on shutdown.
     pub admin_socket: Option<PathBuf>,
+    /// Unix socket of the box's join exchange (`ESB_CLUSTER_SOCKET`): `/esb/v1/nodes/…`
+    /// on the public port is forwarded there (compute nodes join through the one public
+    /// port). Unset: those paths are 404.
+    pub cluster_socket: Option<PathBuf>,
 }
 
 fn redact(s: &str) -> &'static str {
@@ -333,6 +337,7 @@ impl std::fmt::Debug for Config {
             .field("drain_timeout", &self.drain_timeout)
             .field("agent_timeout", &self.agent_timeout)
             .field("admin_socket", &self.admin_socket)
+            .field("cluster_socket", &self.cluster_socket)
             .finish()
     }
 }
@@ -383,6 +388,7 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(30),
             agent_timeout: Duration::from_secs(60),
             admin_socket: None,
+            cluster_socket: None,
         }
     }
 }
@@ -503,6 +509,7 @@ impl Config {
         c.drain_timeout = secs("ESB_DRAIN_SECONDS", c.drain_timeout)?;
         c.agent_timeout = secs("ESB_AGENT_TIMEOUT", c.agent_timeout)?;
         c.admin_socket = var("ESB_GATEWAY_ADMIN_SOCKET").map(Into::into);
+        c.cluster_socket = var("ESB_CLUSTER_SOCKET").map(Into::into);
         Ok(c)
     }
 

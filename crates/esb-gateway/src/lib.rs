@@ -13,6 +13,7 @@ mod admin;
 pub mod agents;
 pub mod auth;
 pub mod breaker;
+pub mod cluster;
 pub mod config;
 pub mod events;
 mod gateway;

@@ -591,6 +591,11 @@ async fn route(
         }
         return json_resp(StatusCode::OK, gw.containers().await.to_string()).into();
     }
+    if path.starts_with(crate::cluster::PREFIX) {
+        if let Some(socket) = gw.config.cluster_socket.clone() {
+            return crate::cluster::forward(&socket, req, remote).await.into();
+        }
+    }
     if path == gw.config.auth_path {
         if method != Method::POST {
             return method_not_allowed(&["POST".to_string()]).into();

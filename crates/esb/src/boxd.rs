@@ -363,7 +363,7 @@ fn child_specs(plan: &Plan) -> Result<Vec<ChildSpec>> {
         vec![
             "wireguard".into(),
             format!(
-                "--config={}",
+                "--interface-file={}",
                 crate::cluster::wg_file(&plan.state).display()
             ),
             format!(

@@ -277,7 +277,7 @@ fn child_specs(dir: &Path, a: &JoinArgs, j: &Joined, netns: &str) -> Result<Vec<
             "wireguard",
             vec![
                 "wireguard".into(),
-                format!("--config={}", wg_file(dir).display()),
+                format!("--interface-file={}", wg_file(dir).display()),
                 format!("--status-file={}", run_dir(dir).join("wg.json").display()),
                 format!(
                     "--ready-file={}",

@@ -136,7 +136,7 @@ enum Command {
         /// The interface's file (JSON: ifname, netns, address, private_key_file, listen,
         /// peers).
         #[arg(long)]
-        config: PathBuf,
+        interface_file: PathBuf,
         /// Rewritten every 2 s with each peer's handshake age and traffic.
         #[arg(long)]
         status_file: Option<PathBuf>,
@@ -367,7 +367,7 @@ fn main() -> ExitCode {
             proxy,
         } => node::relay(state, &proxy, netns, &routes, pid_file),
         Command::Wireguard {
-            config,
+            interface_file: config,
             status_file,
             ready_file,
         } => tokio::runtime::Builder::new_multi_thread()
