@@ -231,12 +231,12 @@ fn write_status(path: &Path, t: &Tunnel, f: &WgFile, refused: &[(String, String,
     }
 }
 
-/// Runs the interface of `config` until SIGTERM/SIGINT; `ready` gets "PID" once it is up;
-/// `status` is rewritten every 2 s.
+/// Runs the interface of `config` until SIGTERM/SIGINT; `ready` is called once it is up
+/// (the caller writes its ready file); `status` is rewritten every 2 s.
 pub async fn run(
     config: &Path,
     status: Option<&Path>,
-    ready: Option<&Path>,
+    ready: impl FnOnce() -> std::io::Result<()>,
 ) -> Result<(), WgError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut f = WgFile::read(config)?;
@@ -249,10 +249,7 @@ pub async fn run(
         interface = %f.ifname, netns = %f.netns, address = %f.address,
         listen = %tunnel.local_addr(), peers = f.peers.len(), "wireguard up"
     );
-    if let Some(r) = ready {
-        std::fs::write(r, format!("{}\n", std::process::id()))
-            .map_err(crate::io(format!("write {}", r.display())))?;
-    }
+    ready().map_err(crate::io("signal readiness"))?;
     let mut hup = signal(SignalKind::hangup()).map_err(crate::io("signal handler"))?;
     let mut term = signal(SignalKind::terminate()).map_err(crate::io("signal handler"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(crate::io("signal handler"))?;
@@ -283,9 +280,6 @@ pub async fn run(
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
-    }
-    if let Some(r) = ready {
-        let _ = std::fs::remove_file(r);
     }
     Ok(())
 }

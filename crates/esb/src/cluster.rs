@@ -162,8 +162,9 @@ impl ControlSide {
                 req.max_memory_mb,
                 &self.reserved,
             )?;
+            // Issued by the box CA (its key is in STATE/tls), kept beside it.
             let (cert, key) = esb_pki::ensure_node_cert(
-                &dir.join("certs"),
+                &self.state.join("tls"),
                 &format!("node-{}", node.id),
                 &node.id,
                 &[node.wg_address().to_string()],

@@ -376,12 +376,19 @@ fn main() -> ExitCode {
             .build()
             .map_err(anyhow::Error::from)
             .and_then(|rt| {
-                rt.block_on(esb_wireguard::service::run(
+                let ready = || match &ready_file {
+                    Some(p) => daemon::write_pid_file(p).map_err(std::io::Error::other),
+                    None => Ok(()),
+                };
+                let r = rt.block_on(esb_wireguard::service::run(
                     &config,
                     status_file.as_deref(),
-                    ready_file.as_deref(),
-                ))
-                .map_err(anyhow::Error::from)
+                    ready,
+                ));
+                if let Some(p) = &ready_file {
+                    let _ = std::fs::remove_file(p);
+                }
+                r.map_err(anyhow::Error::from)
             }),
         Command::Agent(args) => agent::run(state, &args),
         Command::S3 { svc, creds } => services::s3(state, &svc, &creds),
