@@ -89,7 +89,7 @@ enum Command {
     /// The runtime-node: node namespace, bridge, NAT and local proxy.
     Node {
         #[command(subcommand)]
-        command: NodeCommand,
+        command: Box<NodeCommand>,
     },
     /// Run the local proxy in the foreground.
     Proxy {
@@ -145,7 +145,7 @@ enum Command {
         ready_file: Option<PathBuf>,
     },
     /// Run the agent (worker lifecycle over gRPC) in the foreground.
-    Agent(agent::AgentArgs),
+    Agent(Box<agent::AgentArgs>),
     /// Run the embedded S3 service alone (default 127.0.0.1:9000).
     S3 {
         #[command(flatten)]
@@ -325,7 +325,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Config { show_secrets } => up::config(state, &loaded, &command, show_secrets),
-        Command::Node { command } => match command {
+        Command::Node { command } => match *command {
             NodeCommand::Token {
                 endpoint,
                 ttl,

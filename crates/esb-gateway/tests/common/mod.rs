@@ -78,6 +78,14 @@ struct Proc {
     _task_root: Option<tempfile::TempDir>,
 }
 
+/// A worker process goes with its record, also when a test fails before `kill_all`.
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// An agent that runs each worker as a local `esb-supervisor` process (test scaffolding).
 #[derive(Clone)]
 pub struct ProcessAgent {
