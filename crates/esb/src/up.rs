@@ -597,7 +597,7 @@ pub fn status(state: &StateArgs, json: bool) -> Result<()> {
                 .unwrap_or_default()
         );
     }
-    match gw {
+    match &gw {
         Ok(g) => {
             println!("  functions:");
             for f in g["functions"].as_array().into_iter().flatten() {
@@ -621,6 +621,41 @@ pub fn status(state: &StateArgs, json: bool) -> Result<()> {
             }
         }
         Err(e) => println!("  functions: gateway not answering ({e:#})"),
+    }
+    if let Ok(g) = &gw {
+        let wg: serde_json::Value = std::fs::read(boxd::run_dir(&state.state_dir).join("wg.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        println!("  nodes:");
+        for a in g["agents"].as_array().into_iter().flatten() {
+            let node = a["node"].as_str().unwrap_or("?");
+            let handshake = wg["peers"]
+                .as_array()
+                .and_then(|p| p.iter().find(|p| p["name"] == node))
+                .map(|p| match p["last_handshake"]["secs"].as_u64() {
+                    Some(s) => format!("  wg handshake {s}s ago"),
+                    None => "  wg no handshake yet".into(),
+                })
+                .unwrap_or_default();
+            let state = if a["removed"] == true {
+                "removed"
+            } else if a["up"] == true {
+                "ready"
+            } else {
+                "down"
+            };
+            println!(
+                "    {node:<20} {state:<8} workers {:<3} memory {}/{} MiB  {}{handshake}",
+                a["workers"],
+                a["memory_mb"],
+                match a["max_memory_mb"].as_u64() {
+                    Some(0) | None => "-".to_string(),
+                    Some(m) => m.to_string(),
+                },
+                a["endpoint"].as_str().unwrap_or("")
+            );
+        }
     }
     Ok(())
 }

@@ -42,6 +42,16 @@ fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
+/// A free UDP port below the ephemeral range (for each box's WireGuard).
+pub fn free_udp_port() -> u16 {
+    loop {
+        let port = free_port();
+        if std::net::UdpSocket::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// The static supervisor for images (built once per target dir).
 pub fn static_supervisor() -> PathBuf {
     esb_supervisor::build_static(&workspace(), &target_dir().join("esb-supervisor-static"))
@@ -151,6 +161,7 @@ impl TestBox {
         let env = vec![
             ("ESB_NODE_NETNS".to_string(), netns.clone()),
             ("ESB_CONTROL_NETNS".to_string(), control_netns.clone()),
+            ("ESB_WG_PORT".to_string(), free_udp_port().to_string()),
             (
                 "ESB_REGISTRY_LISTEN".into(),
                 format!("127.0.0.1:{registry_port}"),
