@@ -179,14 +179,16 @@ pub fn ensure_private_key(path: &Path) -> Result<Key, WgError> {
 /// Makes the routes through the device equal to the file's (filtered) AllowedIPs.
 fn sync_routes(f: &WgFile) -> Result<crate::RoutePlan, WgError> {
     let existing = crate::routes::other_routes(&f.netns, &f.ifname)?;
-    let plan = crate::route_plan(&f.announced(), &existing, f.worker_route_via);
-    crate::routes::apply(&f.netns, &f.ifname, &plan)?;
-    // Routes of peers that left.
+    let mut plan = crate::route_plan(&f.announced(), &existing, f.worker_route_via);
+    // Addresses inside the interface's own subnet are routed through it already.
     let own: Ipv4Net = f
         .address
         .parse::<Ipv4Net>()
         .map(|n| n.trunc())
         .unwrap_or_default();
+    plan.accept.retain(|(n, _, _)| !own.contains(n));
+    crate::routes::apply(&f.netns, &f.ifname, &plan)?;
+    // Routes of peers that left.
     let current = crate::ip(&f.netns, &["-4", "route", "show", "dev", &f.ifname])?;
     for line in current.lines() {
         let Some(Ok(net)) = line.split_whitespace().next().map(|c| {

@@ -173,6 +173,7 @@ fn a_compute_node_joins_over_wireguard_and_serves_the_e2e_app() {
     let mut lan = Lan::new();
     let (control_host, control_addr) = lan.host("hc");
     let (node_host, _) = lan.host("h1");
+    let (node_host_b, _) = lan.host("h2");
     let mut b = e2e_box();
     b.host_netns = Some(control_host.clone());
     b.set("ESB_GATEWAY_LISTEN", &format!("0.0.0.0:{}", b.gateway_port));
@@ -221,6 +222,126 @@ fn a_compute_node_joins_over_wireguard_and_serves_the_e2e_app() {
     assert!(!workers.is_empty(), "{status}");
     assert!(workers.iter().all(|w| w["node"] == "node-a"), "{workers:?}");
 
+    // A second node: control routes exactly the two worker subnets through wg0.
+    let token_b = b
+        .ok(&["node", "token", "--endpoint", &endpoint])
+        .trim()
+        .to_string();
+    let node_b = Compute::new(&node_host_b, "n3");
+    let joined = node_b.esb(&["node", "join", &token_b, "--node-id", "node-b"]);
+    assert!(joined.status.success(), "join: {}", text(&joined));
+    wait("the agent of node-b up in the gateway", 120, || {
+        agents(&b.status())
+            .iter()
+            .any(|a| a["node"] == "node-b" && a["up"] == true)
+    });
+    let wg_routes = || -> Vec<String> {
+        ipn(&b.control_netns, &["-4", "route", "show", "dev", "wg0"])
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(String::from))
+            .filter(|n| n != "10.99.0.0/24")
+            .collect()
+    };
+    wait("both worker subnets routed", 30, || {
+        wg_routes() == ["10.88.2.0/24", "10.88.3.0/24"]
+    });
+
+    // A peer announcing a default route and link-local gets no route for them.
+    let wg_file = b.state.join("wg/wg0.json");
+    let original = std::fs::read_to_string(&wg_file).unwrap();
+    let mut doc: Value = serde_json::from_str(&original).unwrap();
+    doc["peers"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "name": "rogue",
+            "public_key": "0fQ8dCHCJzvfVkXfkrVWLAq2iUcZrJ3OAi1h5fhXNlE=",
+            "allowed_ips": ["0.0.0.0/0", "169.254.0.0/16", "10.88.9.0/24"],
+        }));
+    std::fs::write(&wg_file, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    let hup = || {
+        let pid: i32 = std::fs::read_to_string(b.state.join("run/wireguard.pid"))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        // SAFETY: SIGHUP to the box's WireGuard component, PID from its pid file.
+        unsafe {
+            libc::kill(pid, libc::SIGHUP);
+        }
+    };
+    hup();
+    wait("the rogue peer's routes", 30, || {
+        wg_routes().contains(&"10.88.9.0/24".to_string())
+    });
+    let all = ipn(&b.control_netns, &["-4", "route"]);
+    assert!(
+        !all.contains("default") && !all.contains("169.254"),
+        "{all}"
+    );
+    wait("the refusals reported", 30, || {
+        let s: Value =
+            serde_json::from_slice(&std::fs::read(b.state.join("run/wg.json")).unwrap_or_default())
+                .unwrap_or_default();
+        let r = s["refused_routes"].to_string();
+        r.contains("0.0.0.0/0") && r.contains("169.254.0.0/16") && r.contains("rogue")
+    });
+    std::fs::write(&wg_file, original).unwrap();
+    hup();
+    wait("the rogue peer's routes gone", 30, || {
+        wg_routes() == ["10.88.2.0/24", "10.88.3.0/24"]
+    });
+
+    // Requests are served from both nodes: a function's workers spread over them.
+    let token = b.token();
+    let load = b
+        .python(&[
+            "load.py",
+            "--url",
+            &b.url(""),
+            "--ca",
+            &b.state.join("tls/ca.pem").display().to_string(),
+            "--token",
+            &token,
+            "--path",
+            "/echo",
+            "--seconds",
+            "8",
+            "--concurrency",
+            "8",
+        ])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&load.stdout)
+        .unwrap_or_else(|_| panic!("load.py said: {}", text(&load)));
+    assert_eq!(report["failed"], 0, "{report}");
+    // Both nodes hold workers that served requests (public's provisioned worker stayed on
+    // node-a; the load's echo workers were placed while node-b had room).
+    let (code, _) = b.curl(&[&b.url("/public")]);
+    assert_eq!(code, 200);
+    let status = b.status();
+    let nodes: std::collections::BTreeSet<String> = status["functions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|f| f["workers"].as_array().cloned().unwrap_or_default())
+        .filter_map(|w| w["node"].as_str().map(String::from))
+        .collect();
+    assert_eq!(
+        nodes.into_iter().collect::<Vec<_>>(),
+        ["node-a", "node-b"],
+        "{status}"
+    );
+    let human = b.ok(&["status"]);
+    assert!(
+        human.contains("node-a") && human.contains("ready"),
+        "{human}"
+    );
+
+    let left = node_b.esb(&["node", "leave"]);
+    assert!(left.status.success(), "{}", text(&left));
     let left = node.esb(&["node", "leave"]);
     assert!(left.status.success(), "{}", text(&left));
     assert!(!Path::new("/run/netns").join(&node.netns).exists());
