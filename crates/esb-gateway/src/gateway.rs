@@ -1144,7 +1144,20 @@ impl Gateway {
     async fn heartbeat(self: &Arc<Self>, ai: usize, agent: &Agent) {
         let now_secs = (crate::ids::now_ms() / 1000) as i64;
         let mut client = agent.client.clone();
-        match client.list_containers(ListContainersRequest {}).await {
+        // A node that does not answer within two intervals is down: with the janitor's
+        // round every interval, that is at most three intervals after it went silent.
+        let deadline = (self.config.heartbeat * 2).max(Duration::from_secs(1));
+        let answer =
+            match tokio::time::timeout(deadline, client.list_containers(ListContainersRequest {}))
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                    "no heartbeat answer in {}s",
+                    deadline.as_secs()
+                ))),
+            };
+        match answer {
             Ok(r) => {
                 if agent.set_up(true) {
                     self.logger.log(
