@@ -1510,31 +1510,40 @@ impl Gateway {
     }
 }
 
+/// Why a request to a worker failed, and whether it is known not to have left.
+struct SendError {
+    msg: String,
+    /// The connection was dead before the request was written.
+    unsent: bool,
+}
+
 impl Worker {
-    /// POSTs the payload to the worker's invoke endpoint over its kept-alive connection.
-    async fn call(
+    async fn send(
         &mut self,
         dialer: &agents::Dialer,
         payload: Bytes,
         trace: &str,
         client_context: Option<&HeaderValue>,
-    ) -> Result<WorkerAnswer, String> {
+    ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
+        let fail = |msg: String, unsent: bool| SendError { msg, unsent };
         if self.conn.as_ref().is_none_or(|c| c.is_closed()) {
-            let stream = dialer
-                .connect(self.addr)
-                .await
-                .map_err(|e| format!("connect to worker {} at {}: {e}", self.id, self.addr))?;
+            let stream = dialer.connect(self.addr).await.map_err(|e| {
+                fail(
+                    format!("connect to worker {} at {}: {e}", self.id, self.addr),
+                    false,
+                )
+            })?;
             let (send, conn) = hyper::client::conn::http1::Builder::new()
                 .handshake(hyper_util::rt::TokioIo::new(stream))
                 .await
-                .map_err(|e| format!("worker {}: {e}", self.id))?;
+                .map_err(|e| fail(format!("worker {}: {e}", self.id), false))?;
             tokio::spawn(conn);
             self.conn = Some(send);
         }
         let send = self.conn.as_mut().unwrap();
         send.ready()
             .await
-            .map_err(|e| format!("worker {}: {e}", self.id))?;
+            .map_err(|e| fail(format!("worker {}: {e}", self.id), true))?;
         let mut req = http::Request::post(WORKER_INVOKE_PATH)
             .body(Full::new(payload))
             .expect("static request");
@@ -1549,10 +1558,45 @@ impl Worker {
         if let Some(c) = client_context {
             h.insert("x-amz-client-context", c.clone());
         }
-        let resp = send
-            .send_request(req)
+        send.send_request(req).await.map_err(|e| {
+            // Canceled: hyper never wrote it. Closed or reset with no answer at all on a
+            // connection that had been idle: the worker's end was gone before the request
+            // (the caller retries only such a reused connection, once).
+            let reset = std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<std::io::Error>())
+                .is_some_and(|io| {
+                    matches!(
+                        io.kind(),
+                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                    )
+                });
+            let unsent = e.is_canceled() || e.is_closed() || e.is_incomplete_message() || reset;
+            fail(format!("worker {}: {e}", self.id), unsent)
+        })
+    }
+
+    /// POSTs the payload to the worker's invoke endpoint over its kept-alive connection.
+    /// A kept-alive connection found dead when the request goes out (the peer closed or
+    /// reset it while idle: nothing of the request reached the worker) is replaced once.
+    async fn call(
+        &mut self,
+        dialer: &agents::Dialer,
+        payload: Bytes,
+        trace: &str,
+        client_context: Option<&HeaderValue>,
+    ) -> Result<WorkerAnswer, String> {
+        let reused = self.conn.as_ref().is_some_and(|c| !c.is_closed());
+        let resp = match self
+            .send(dialer, payload.clone(), trace, client_context)
             .await
-            .map_err(|e| format!("worker {}: {e}", self.id))?;
+        {
+            Err(e) if reused && e.unsent => {
+                self.conn = None;
+                self.send(dialer, payload, trace, client_context).await
+            }
+            r => r,
+        }
+        .map_err(|e| e.msg)?;
         let (parts, body) = resp.into_parts();
         let body = Limited::new(body, MAX_WORKER_RESPONSE)
             .collect()

@@ -2,7 +2,7 @@
 //! docker-registry with a certificate from a box CA, a private containerd and the agent.
 //!
 //! 1. Cold start to the first answer of a Python function whose image (about 100 MB
-//!    compressed: the Python base plus a 40 MB code layer) must first be pulled from the
+//!    compressed: the Python base plus a 40 MB layer) must first be pulled from the
 //!    registry, against the same cold start with the image already in containerd.
 //!    Pulled = EnsureContainer with the digest reference containerd lacks (pull, import,
 //!    unpack, network, task, readiness) + the first invocation; between rounds the image is
@@ -21,7 +21,7 @@ use esb_agent_api::v1::*;
 use esb_netns::NetNs;
 
 const APP: &str = "def handler(event, context):\n    return {\"ok\": True, \"event\": event}\n";
-const TEMPLATE: &str = "Resources:\n  BigEcho:\n    Type: AWS::Serverless::Function\n    Properties:\n      FunctionName: big-echo\n      CodeUri: app/\n      Handler: app.handler\n      Runtime: python3.11\n";
+const TEMPLATE: &str = "Resources:\n  Data:\n    Type: AWS::Serverless::LayerVersion\n    Properties:\n      LayerName: data\n      ContentUri: data/\n  BigEcho:\n    Type: AWS::Serverless::Function\n    Properties:\n      FunctionName: big-echo\n      CodeUri: app/\n      Handler: app.handler\n      Runtime: python3.11\n      Layers:\n        - !Ref Data\n";
 
 fn esb_bin() -> PathBuf {
     std::env::var_os("ESB_BIN")
@@ -198,7 +198,9 @@ async fn main() {
             x.to_le_bytes()
         })
         .collect();
-    std::fs::write(src.join("app/data.bin"), blob).unwrap();
+    // In a layer of its own (as a dependency would be): a code edit leaves it alone.
+    std::fs::create_dir_all(src.join("data")).unwrap();
+    std::fs::write(src.join("data/data.bin"), blob).unwrap();
     std::fs::write(src.join("template.yaml"), TEMPLATE).unwrap();
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let target = std::env::current_exe()

@@ -403,7 +403,7 @@ fn a_compute_node_joins_over_wireguard_and_serves_the_e2e_app() {
             }
         }
     }
-    wait("node-b marked down", 10, || {
+    wait("node-b marked down", 60, || {
         agents(&b.status())
             .iter()
             .any(|a| a["node"] == "node-b" && a["up"] == false)
@@ -458,6 +458,54 @@ fn a_compute_node_joins_over_wireguard_and_serves_the_e2e_app() {
             .collect();
         ls.status.success() && running.is_subset(&known(&b.status()))
     });
+
+    // Bad input, each refused by name, nothing made on either side.
+    let nodes_before = std::fs::read(b.state.join("cluster/nodes.json")).unwrap();
+    let bad = Compute::new(&node_host_b, "n4");
+    let mut forged = esb_cluster::JoinToken::decode(&token_b).unwrap();
+    forged.secret = "00".repeat(32);
+    let out = bad.esb(&["node", "join", &forged.encode(), "--node-id", "node-c"]);
+    assert!(
+        text(&out).contains("not known to this control node"),
+        "{}",
+        text(&out)
+    );
+    let expired = b
+        .ok(&["node", "token", "--endpoint", &endpoint, "--ttl", "1s"])
+        .trim()
+        .to_string();
+    std::thread::sleep(Duration::from_secs(2));
+    let out = bad.esb(&["node", "join", &expired, "--node-id", "node-c"]);
+    assert!(text(&out).contains("expired"), "{}", text(&out));
+    let fresh = b
+        .ok(&["node", "token", "--endpoint", &endpoint])
+        .trim()
+        .to_string();
+    let out = bad.esb(&["node", "join", &fresh, "--node-id", "node-a"]);
+    assert!(
+        text(&out).contains("taken by another node"),
+        "{}",
+        text(&out)
+    );
+    let mut elsewhere = esb_cluster::JoinToken::decode(&fresh).unwrap();
+    elsewhere.endpoint = format!("192.168.77.99:{}", b.gateway_port);
+    let out = bad.esb(&["node", "join", &elsewhere.encode(), "--node-id", "node-c"]);
+    assert!(text(&out).contains("192.168.77.99"), "{}", text(&out));
+    let mut other_ca = esb_cluster::JoinToken::decode(&fresh).unwrap();
+    other_ca.ca_fingerprint = format!("sha256:{}", "ab".repeat(32));
+    let out = bad.esb(&["node", "join", &other_ca.encode(), "--node-id", "node-c"]);
+    assert!(
+        text(&out).contains("not the box this token is for"),
+        "{}",
+        text(&out)
+    );
+    assert!(!bad.state.join("cluster/node.json").exists());
+    assert!(!Path::new("/run/netns").join(&bad.netns).exists());
+    assert_eq!(
+        std::fs::read(b.state.join("cluster/nodes.json")).unwrap(),
+        nodes_before,
+        "a refused join changed the control's registry"
+    );
 
     let left = node_b.esb(&["node", "leave"]);
     assert!(left.status.success(), "{}", text(&left));
