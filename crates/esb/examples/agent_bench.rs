@@ -7,13 +7,14 @@
 //! first invocation answered. Floor = `ctr run -d` of the same image in a namespace
 //! attached beforehand (not timed) + the first invocation answered.
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{first_invocation, median_ms};
 use esb_agent_api::v1::*;
 use esb_netns::NetNs;
 
@@ -88,38 +89,6 @@ impl Drop for Bench {
             .output();
         let _ = std::fs::remove_dir_all(&self.state);
     }
-}
-
-/// Polls the worker until it answers one invocation (from inside the node namespace).
-fn first_invocation(netns: &NetNs, ip: &str) {
-    let addr: SocketAddr = format!("{ip}:8080").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let conn = netns
-            .run(|| TcpStream::connect_timeout(&addr, Duration::from_secs(1)))
-            .unwrap();
-        if let Ok(mut s) = conn {
-            let body = r#"{"n":1}"#;
-            let req = format!(
-                "POST /2015-03-31/functions/function/invocations HTTP/1.1\r\nHost: w\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let mut resp = String::new();
-            if s.write_all(req.as_bytes()).is_ok()
-                && s.read_to_string(&mut resp).is_ok()
-                && resp.starts_with("HTTP/1.1 200")
-            {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "worker {ip} never answered");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-fn median_ms(mut v: Vec<Duration>) -> f64 {
-    v.sort();
-    v[v.len() / 2].as_secs_f64() * 1e3
 }
 
 fn rss_kib(pid: u32) -> u64 {

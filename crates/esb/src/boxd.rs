@@ -22,8 +22,10 @@ use tokio::sync::watch;
 
 use crate::daemon;
 use crate::provision;
-use crate::supervise::{save, signal_pid, supervise, update, ChildSpec, Ready, Shared};
-pub use crate::supervise::{stop_leftovers, BoxStatus, ComponentStatus};
+use crate::supervise::{
+    destroy_workers, pending_components, save, signal_pid, start, update, ChildSpec, Ready, Shared,
+};
+pub use crate::supervise::{stop_leftovers, BoxStatus};
 
 /// Everything the box needs, checked before anything is created.
 #[derive(Debug, Clone)]
@@ -699,17 +701,7 @@ pub async fn run(plan: Plan) -> Result<()> {
             "logs": format!("http://{}", dial_addr(plan.logstore)),
         }),
         ca: plan.ca_path().display().to_string(),
-        components: specs
-            .iter()
-            .map(|s| ComponentStatus {
-                name: s.name.into(),
-                state: "pending".into(),
-                pid: None,
-                restarts: 0,
-                last_exit: None,
-                log: log_file(&state, s.name).display().to_string(),
-            })
-            .collect(),
+        components: pending_components(&state, &specs),
         generation: 0,
         last_build: serde_json::Value::Null,
     }));
@@ -761,20 +753,8 @@ pub async fn run(plan: Plan) -> Result<()> {
                 let built = build_and_provision(&plan).await?;
                 update(&state, &shared, |s| s.last_build = built);
             }
-            update(&state, &shared, |s| {
-                s.message = format!("starting {}", spec.name)
-            });
-            let (tx, rx) = watch::channel(false);
-            let (ftx, frx) = tokio::sync::oneshot::channel();
-            let h = tokio::spawn(supervise(
-                spec.clone(),
-                state.clone(),
-                shared.clone(),
-                rx,
-                ftx,
-            ));
+            let (tx, h) = start(spec, &state, &shared).await?;
             stops.push((spec.name.to_string(), tx, h));
-            frx.await.context("supervisor task")??;
         }
         anyhow::Ok(())
     };
@@ -904,21 +884,12 @@ async fn shutdown(
         if name == "proxy" {
             // Workers first (the gateway, already stopped, removes its own; this catches
             // any left by a crash), while containerd still runs.
-            let socket = plan.containerd_dir().join("containerd.sock");
-            if socket.exists() {
-                let acfg = esb_agent::AgentConfig::with_defaults(
-                    state.join("agent"),
-                    plan.node.clone(),
-                    socket,
-                );
-                if let Ok(agent) = esb_agent::Agent::connect(acfg).await {
-                    if let Ok(list) = agent.list().await {
-                        for w in list {
-                            let _ = agent.destroy(&w.id).await;
-                        }
-                    }
-                }
-            }
+            destroy_workers(
+                state.join("agent"),
+                plan.node.clone(),
+                plan.containerd_dir().join("containerd.sock"),
+            )
+            .await;
         }
         update(state, shared, |s| s.message = format!("stopping {name}"));
         let _ = tx.send(true);

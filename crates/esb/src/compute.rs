@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 
 use crate::boxd::{box_pid_file, hosts_dir, log_file, run_dir, status_file};
 use crate::cluster::{cluster_dir, wg_file, wg_key_file, AGENT_PORT};
 use crate::daemon;
 use crate::settings::{NodeArgs, StateArgs};
 use crate::supervise::{
-    save, supervise, update, BoxStatus, ChildSpec, ComponentStatus, Ready, Shared,
+    destroy_workers, pending_components, save, start, update, BoxStatus, ChildSpec, Ready, Running,
+    Shared,
 };
 
 /// Arguments of `esb node join`.
@@ -404,24 +404,14 @@ async fn run(dir: PathBuf, a: JoinArgs, j: Joined) -> Result<()> {
         endpoints: serde_json::json!({"node": j.node.id, "wg": j.node.wg_address().to_string(),
             "workers": j.node.cni_subnet().to_string()}),
         ca: tls(&dir).join(esb_pki::CA_FILE).display().to_string(),
-        components: specs
-            .iter()
-            .map(|s| ComponentStatus {
-                name: s.name.into(),
-                state: "pending".into(),
-                pid: None,
-                restarts: 0,
-                last_exit: None,
-                log: log_file(&dir, s.name).display().to_string(),
-            })
-            .collect(),
+        components: pending_components(&dir, &specs),
         generation: 0,
         last_build: serde_json::Value::Null,
     }));
     save(&dir, &shared.lock().unwrap());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut stops: Vec<(watch::Sender<bool>, tokio::task::JoinHandle<()>)> = Vec::new();
+    let mut stops: Vec<Running> = Vec::new();
     let start = async {
         update(&dir, &shared, |s| {
             s.message = "creating the node network".into()
@@ -430,20 +420,7 @@ async fn run(dir: PathBuf, a: JoinArgs, j: Joined) -> Result<()> {
         esb_netns::NetNs::open(&netns)?.write_sysctl("net/ipv4/ip_forward", "1")?;
         prepare(&dir, &a, &j, &netns)?;
         for spec in &specs {
-            update(&dir, &shared, |s| {
-                s.message = format!("starting {}", spec.name)
-            });
-            let (tx, rx) = watch::channel(false);
-            let (ftx, frx) = tokio::sync::oneshot::channel();
-            let h = tokio::spawn(supervise(
-                spec.clone(),
-                dir.clone(),
-                shared.clone(),
-                rx,
-                ftx,
-            ));
-            stops.push((tx, h));
-            frx.await.context("supervisor task")??;
+            stops.push(start(spec, &dir, &shared).await?);
         }
         anyhow::Ok(())
     };
@@ -489,11 +466,7 @@ fn stop_leftovers(dir: &Path) -> Vec<String> {
     stopped
 }
 
-async fn shutdown(
-    dir: &Path,
-    rn: &esb_runtime_node::RuntimeNode,
-    mut stops: Vec<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>,
-) {
+async fn shutdown(dir: &Path, rn: &esb_runtime_node::RuntimeNode, mut stops: Vec<Running>) {
     // The agent first; then the workers it left, while containerd still runs.
     let mut containerd = None;
     while let Some((tx, h)) = stops.pop() {
@@ -504,18 +477,12 @@ async fn shutdown(
         let _ = tx.send(true);
         let _ = h.await;
     }
-    let socket = dir.join("containerd/containerd.sock");
-    if socket.exists() {
-        let acfg =
-            esb_agent::AgentConfig::with_defaults(dir.join("agent"), rn.config().clone(), socket);
-        if let Ok(agent) = esb_agent::Agent::connect(acfg).await {
-            if let Ok(list) = agent.list().await {
-                for w in list {
-                    let _ = agent.destroy(&w.id).await;
-                }
-            }
-        }
-    }
+    destroy_workers(
+        dir.join("agent"),
+        rn.config().clone(),
+        dir.join("containerd/containerd.sock"),
+    )
+    .await;
     if let Some((tx, h)) = containerd {
         let _ = tx.send(true);
         let _ = h.await;

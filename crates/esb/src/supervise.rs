@@ -373,3 +373,64 @@ pub fn stop_leftovers(state: &Path) -> Vec<String> {
     }
     stopped
 }
+
+/// Every component as `pending`, for a fresh status file.
+pub(crate) fn pending_components(state: &Path, specs: &[ChildSpec]) -> Vec<ComponentStatus> {
+    specs
+        .iter()
+        .map(|s| ComponentStatus {
+            name: s.name.into(),
+            state: "pending".into(),
+            pid: None,
+            restarts: 0,
+            last_exit: None,
+            log: log_file(state, s.name).display().to_string(),
+        })
+        .collect()
+}
+
+/// A supervised component: its stop switch and its task.
+pub(crate) type Running = (watch::Sender<bool>, tokio::task::JoinHandle<()>);
+
+/// Starts `spec` under supervision and waits until it is ready (or failed to start).
+pub(crate) async fn start(spec: &ChildSpec, state: &Path, shared: &Shared) -> Result<Running> {
+    update(state, shared, |s| {
+        s.message = format!("starting {}", spec.name)
+    });
+    let (tx, rx) = watch::channel(false);
+    let (ftx, frx) = tokio::sync::oneshot::channel();
+    let h = tokio::spawn(supervise(
+        spec.clone(),
+        state.to_path_buf(),
+        shared.clone(),
+        rx,
+        ftx,
+    ));
+    match frx.await.context("supervisor task")? {
+        Ok(()) => Ok((tx, h)),
+        Err(e) => {
+            let _ = h.await;
+            Err(e)
+        }
+    }
+}
+
+/// Destroys every worker the node's containerd still runs (after the agent stopped, while
+/// containerd runs).
+pub(crate) async fn destroy_workers(
+    agent_dir: PathBuf,
+    node: esb_runtime_node::NodeConfig,
+    containerd_socket: PathBuf,
+) {
+    if !containerd_socket.exists() {
+        return;
+    }
+    let cfg = esb_agent::AgentConfig::with_defaults(agent_dir, node, containerd_socket);
+    if let Ok(agent) = esb_agent::Agent::connect(cfg).await {
+        if let Ok(list) = agent.list().await {
+            for w in list {
+                let _ = agent.destroy(&w.id).await;
+            }
+        }
+    }
+}
