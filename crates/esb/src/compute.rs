@@ -523,7 +523,23 @@ pub fn leave(state: &StateArgs, a: &LeaveArgs) -> Result<()> {
     if let Some(j) = &joined {
         cfg.worker_subnet = j.node.cni_subnet();
     }
-    esb_runtime_node::RuntimeNode::from_state_or(cfg)?.down()?;
+    let rn = esb_runtime_node::RuntimeNode::from_state_or(cfg)?;
+    // Workers a killed node left running (their shims outlive containerd): removed through
+    // a temporary containerd, as `esb down` does after an unclean stop.
+    let st = StateArgs {
+        state_dir: dir.clone(),
+    };
+    let ctd = crate::node::PrivateContainerd::of(&st);
+    if rn.status()?.up && ctd.dir.join("config.toml").exists() {
+        ctd.start()?;
+        let removed = crate::node::destroy_workers(&st, rn.config(), ctd.socket());
+        ctd.stop()?;
+        let n = removed?;
+        if n > 0 {
+            println!("removed {n} worker(s) left by an unclean stop");
+        }
+    }
+    rn.down()?;
     for p in [cluster_dir(&dir), dir.join("wg"), tls(&dir)] {
         let _ = std::fs::remove_dir_all(p);
     }
