@@ -95,12 +95,61 @@ pub fn apply(node: &NetNs, cfg: &NodeConfig) -> Result<(), NodeError> {
     nft(node, &["-f", "-"], Some(&ruleset(cfg))).map(drop)
 }
 
+/// The table fencing workers on a compute node ([`apply_fence`]).
+const FENCE: &str = "ip esb-fence";
+
+/// Fences the workers of a compute node (system.md §9): from the bridge they reach
+/// exactly the NAT targets of 10.88.0.1 (the local proxy's ports) and, through `wg`,
+/// `control`:443 (chain invokes); not the node's other addresses (its agent on the
+/// WireGuard address), not other nodes, not the control node's other relays. Answers of
+/// connections opened towards workers (the gateway's invocations) pass.
+pub fn apply_fence(
+    node: &NetNs,
+    cfg: &NodeConfig,
+    wg: &str,
+    control: std::net::Ipv4Addr,
+) -> Result<(), NodeError> {
+    let ports: Vec<String> = cfg
+        .dnat
+        .targets()
+        .map(|(_, t)| t.port.to_string())
+        .collect();
+    let local = if ports.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "\t\tiifname \"{br}\" ip daddr 127.0.0.1 tcp dport {{ {} }} accept\n",
+            ports.join(", "),
+            br = cfg.bridge
+        )
+    };
+    let br = &cfg.bridge;
+    let script = format!(
+        "table {FENCE}\n\
+         delete table {FENCE}\n\
+         table {FENCE} {{\n\
+         \tchain input {{\n\t\ttype filter hook input priority 0; policy accept;\n\
+         \t\tiifname \"{br}\" ct state established,related accept\n\
+         {local}\
+         \t\tiifname \"{br}\" ip protocol icmp accept\n\
+         \t\tiifname \"{br}\" drop\n\t}}\n\
+         \tchain forward {{\n\t\ttype filter hook forward priority 0; policy accept;\n\
+         \t\tiifname \"{br}\" ct state established,related accept\n\
+         \t\tiifname \"{br}\" oifname \"{wg}\" ip daddr {control} tcp dport 443 accept\n\
+         \t\tiifname \"{br}\" drop\n\t}}\n\
+         }}\n"
+    );
+    nft(node, &["-f", "-"], Some(&script)).map(drop)
+}
+
 /// Removes esb's table (and nothing else); no table is not an error.
 pub fn remove(node: &NetNs) -> Result<(), NodeError> {
     nft(
         node,
         &["-f", "-"],
-        Some(&format!("table {TABLE}\ndelete table {TABLE}\n")),
+        Some(&format!(
+            "table {TABLE}\ndelete table {TABLE}\ntable {FENCE}\ndelete table {FENCE}\n"
+        )),
     )
     .map(drop)
 }

@@ -417,7 +417,10 @@ async fn run(dir: PathBuf, a: JoinArgs, j: Joined) -> Result<()> {
             s.message = "creating the node network".into()
         });
         rn.up().context("node network")?;
-        esb_netns::NetNs::open(&netns)?.write_sysctl("net/ipv4/ip_forward", "1")?;
+        let ns = esb_netns::NetNs::open(&netns)?;
+        ns.write_sysctl("net/ipv4/ip_forward", "1")?;
+        esb_runtime_node::nat::apply_fence(&ns, &cfg, "wg0", j.control_host)
+            .context("fence the workers")?;
         prepare(&dir, &a, &j, &netns)?;
         for spec in &specs {
             stops.push(start(spec, &dir, &shared).await?);

@@ -353,6 +353,39 @@ fn a_compute_node_joins_over_wireguard_and_serves_the_e2e_app() {
             agent_lines.join("\n")
         );
     }
+    // A worker on node-b reaches 10.88.0.1's services and the gateway at 10.99.0.1:443,
+    // nothing else: not its agent, not node-a's, not control's other relays.
+    let worker = status["functions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|f| f["workers"].as_array().cloned().unwrap_or_default())
+        .find(|w| w["node"] == "node-b")
+        .and_then(|w| w["id"].as_str().map(String::from))
+        .expect("a worker on node-b");
+    let reach = |addr: &str, port: u16| -> bool {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{worker}"))
+            .args(["--", "timeout", "3", "bash", "-c"])
+            .arg(format!("exec 3<>/dev/tcp/{addr}/{port}"))
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    for (addr, port) in [("10.88.0.1", 9000), ("10.88.0.1", 8001), ("10.99.0.1", 443)] {
+        assert!(reach(addr, port), "a worker cannot reach {addr}:{port}");
+    }
+    for (addr, port) in [
+        ("10.99.0.3", 50051),
+        ("10.99.0.2", 50051),
+        ("10.99.0.1", 5010),
+        ("10.99.0.1", 9000),
+        ("10.88.0.1", 50051),
+    ] {
+        assert!(!reach(addr, port), "a worker reached {addr}:{port}");
+    }
+
     let human = b.ok(&["status"]);
     assert!(
         human.contains("node-a") && human.contains("ready"),
