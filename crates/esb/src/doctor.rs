@@ -250,6 +250,7 @@ fn box_checks(state: &StateArgs, cfg: &esb_runtime_node::NodeConfig, r: &mut Rep
         Ok(reply.status)
     })();
     registry_checks(state, &ca, &rt, r);
+    wireguard_checks(state, r);
     r.check(
         matches!(worker_view, Ok(200)),
         format!(
@@ -308,4 +309,59 @@ fn registry_checks(
         format!("registry https://{host}/v2/_catalog from inside {control}: relay and certificate SAN ({relayed:?})"),
         "the relay (STATE_DIR/logs/relay.log) forwards 10.99.0.1:5010 to esb-registry; the certificate STATE_DIR/tls/registry.pem must name 10.99.0.1",
     );
+}
+
+/// The control side of compute nodes: wg0 in the control namespace, each joined node's
+/// handshake (WireGuard rekeys every two minutes: an older one means a silent node) and the
+/// route of its worker subnet through wg0.
+fn wireguard_checks(state: &StateArgs, r: &mut Report) {
+    let control = std::env::var("ESB_CONTROL_NETNS")
+        .unwrap_or_else(|_| esb_runtime_node::DEFAULT_CONTROL_NETNS.into());
+    let link = std::process::Command::new("ip")
+        .args(["-n", &control, "-o", "addr", "show", "dev", "wg0"])
+        .output();
+    let up = link.as_ref().is_ok_and(|o| {
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("10.99.0.1/")
+    });
+    r.check(
+        up,
+        format!("wireguard: wg0 with 10.99.0.1 in {control}"),
+        "see STATE_DIR/logs/wireguard.log",
+    );
+    let nodes = esb_cluster::Registry::new(&crate::cluster::cluster_dir(&state.state_dir)).list();
+    if nodes.is_empty() {
+        println!("info  no compute node joined (esb node token, esb node join)");
+        return;
+    }
+    let status: serde_json::Value =
+        std::fs::read(crate::boxd::run_dir(&state.state_dir).join("wg.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+    let routes = std::process::Command::new("ip")
+        .args(["-n", &control, "-4", "route", "show", "dev", "wg0"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    for n in nodes {
+        let age = status["peers"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["name"] == n.id.as_str()))
+            .and_then(|p| p["last_handshake"]["secs"].as_u64());
+        r.check(
+            age.is_some_and(|a| a < 180),
+            format!(
+                "node {}: WireGuard handshake {}",
+                n.id,
+                age.map(|a| format!("{a}s ago")).unwrap_or_else(|| "never".into())
+            ),
+            "the node is down or cannot reach this host's UDP port (ESB_WG_PORT); `esb node join` on it restarts it",
+        );
+        let subnet = n.cni_subnet().to_string();
+        r.check(
+            routes.lines().any(|l| l.starts_with(&format!("{subnet} "))),
+            format!("node {}: route {subnet} dev wg0 in {control}", n.id),
+            "routes follow the peers' AllowedIPs; see STATE_DIR/run/wg.json (refused_routes)",
+        );
+    }
 }

@@ -386,6 +386,11 @@ fn a_compute_node_joins_over_wireguard_and_serves_the_e2e_app() {
         assert!(!reach(addr, port), "a worker reached {addr}:{port}");
     }
 
+    let doctor = b.ok(&["doctor"]);
+    assert!(
+        doctor.contains("node node-b: WireGuard handshake") && doctor.contains("all checks passed"),
+        "{doctor}"
+    );
     let human = b.ok(&["status"]);
     assert!(
         human.contains("node-a") && human.contains("ready"),
