@@ -208,6 +208,23 @@ impl Http {
         }
     }
 
+    /// The digest of the manifest `repository:tag` names (`HEAD`), if the tag exists.
+    async fn tagged_digest(&self, repository: &str, tag: &str) -> Result<Option<String>, Error> {
+        let (status, headers, _) = self
+            .send(
+                Method::HEAD,
+                &format!("/v2/{repository}/manifests/{tag}"),
+                &[("accept", ACCEPT_MANIFESTS.into())],
+                Bytes::new(),
+            )
+            .await?;
+        Ok(headers
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .filter(|_| status.is_success())
+            .map(str::to_string))
+    }
+
     /// Resolves a path or a `Location` header (absolute or relative) against the base.
     fn uri(&self, target: &str) -> Result<Uri, Error> {
         if target.starts_with("http://") || target.starts_with("https://") {
@@ -390,18 +407,7 @@ pub async fn push_mounting(
         )));
     }
     // The same manifest under the same tag already: nothing to send.
-    let (status, headers, _) = http
-        .send(
-            Method::HEAD,
-            &format!("/v2/{repository}/manifests/{tag}"),
-            &[("accept", ACCEPT_MANIFESTS.into())],
-            Bytes::new(),
-        )
-        .await?;
-    let have = headers
-        .get("docker-content-digest")
-        .and_then(|v| v.to_str().ok());
-    if status == StatusCode::OK && have == Some(manifest_digest.as_str()) {
+    if http.tagged_digest(repository, tag).await?.as_deref() == Some(manifest_digest.as_str()) {
         return Ok(PushReport {
             reference: format!("{}/{repository}:{tag}", registry.host()),
             digest: manifest_digest,
@@ -748,19 +754,8 @@ pub async fn tagged_digests(
         serde_json::from_slice(&body).map_err(|e| reg(format!("{repository} tags: {e}")))?;
     let mut out = Vec::new();
     for tag in strings(&v["tags"]) {
-        let (status, headers, _) = http
-            .send(
-                Method::HEAD,
-                &format!("/v2/{repository}/manifests/{tag}"),
-                &[("accept", ACCEPT_MANIFESTS.into())],
-                Bytes::new(),
-            )
-            .await?;
-        let digest = headers
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok());
-        if let (true, Some(d)) = (status.is_success(), digest) {
-            out.push((tag, d.to_string()));
+        if let Some(d) = http.tagged_digest(repository, &tag).await? {
+            out.push((tag, d));
         }
     }
     Ok(out)
