@@ -308,24 +308,7 @@ fn a_compute_node_joins_over_wireguard_and_serves_the_e2e_app() {
 
     // Requests are served from both nodes: a function's workers spread over them.
     let token = b.token();
-    let load = b
-        .python(&[
-            "load.py",
-            "--url",
-            &b.url(""),
-            "--ca",
-            &b.state.join("tls/ca.pem").display().to_string(),
-            "--token",
-            &token,
-            "--path",
-            "/echo",
-            "--seconds",
-            "8",
-            "--concurrency",
-            "8",
-        ])
-        .output()
-        .unwrap();
+    let load = b.load(&token, "/echo", 8, 8).output().unwrap();
     let report: Value = serde_json::from_slice(&load.stdout)
         .unwrap_or_else(|_| panic!("load.py said: {}", text(&load)));
     assert_eq!(report["failed"], 0, "{report}");
@@ -400,21 +383,7 @@ fn a_compute_node_joins_over_wireguard_and_serves_the_e2e_app() {
     // Node loss under load: every process of node-b killed (SIGKILL, by the PIDs it
     // recorded); node-a keeps answering; node-b is marked down within 3 heartbeats.
     let load = b
-        .python(&[
-            "load.py",
-            "--url",
-            &b.url(""),
-            "--ca",
-            &b.state.join("tls/ca.pem").display().to_string(),
-            "--token",
-            &token,
-            "--path",
-            "/echo",
-            "--seconds",
-            "20",
-            "--concurrency",
-            "4",
-        ])
+        .load(&token, "/echo", 20, 4)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

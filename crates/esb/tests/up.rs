@@ -143,21 +143,7 @@ fn watch_swaps_code_under_continuous_load_with_zero_failed_requests() {
         .spawn()
         .unwrap();
     let load = b
-        .python(&[
-            "load.py",
-            "--url",
-            &b.url(""),
-            "--ca",
-            &b.state.join("tls/ca.pem").display().to_string(),
-            "--token",
-            &token,
-            "--path",
-            "/echo",
-            "--seconds",
-            "30",
-            "--concurrency",
-            "4",
-        ])
+        .load(&token, "/echo", 30, 4)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();

@@ -352,6 +352,27 @@ impl TestBox {
         assert!(out.status.success(), "{file} failed:\n{text}");
     }
 
+    /// `load.py` against this box's gateway: `path` for `seconds` from `concurrency`
+    /// threads, authenticated with `token` (crates/esb/tests/e2e/load.py).
+    pub fn load(&self, token: &str, path: &str, seconds: u32, concurrency: u32) -> Command {
+        let (secs, conc) = (seconds.to_string(), concurrency.to_string());
+        self.python(&[
+            "load.py",
+            "--url",
+            &self.url(""),
+            "--ca",
+            &self.state.join("tls/ca.pem").display().to_string(),
+            "--token",
+            token,
+            "--path",
+            path,
+            "--seconds",
+            &secs,
+            "--concurrency",
+            &conc,
+        ])
+    }
+
     /// An IdToken from the auth endpoint (curl).
     pub fn token(&self) -> String {
         let s = self.secrets();
