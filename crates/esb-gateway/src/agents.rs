@@ -93,7 +93,8 @@ pub struct Agent {
     pub client: AgentServiceClient<Channel>,
     /// Dials this node's workers.
     pub dialer: Dialer,
-    up: AtomicBool,
+    /// Whether it answered its last call; receivers learn when it is marked down.
+    up: tokio::sync::watch::Sender<bool>,
     removed: AtomicBool,
     usage: Mutex<Usage>,
 }
@@ -188,7 +189,7 @@ impl Agent {
             addr,
             client: AgentServiceClient::new(channel),
             dialer,
-            up: AtomicBool::new(true),
+            up: tokio::sync::watch::Sender::new(true),
             removed: AtomicBool::new(false),
             usage: Mutex::new(Usage::default()),
         })
@@ -196,12 +197,29 @@ impl Agent {
 
     /// Whether the agent answered its last call.
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        *self.up.borrow()
     }
 
     /// Records whether it answered; returns true when this changes the state.
     pub fn set_up(&self, up: bool) -> bool {
-        self.up.swap(up, Ordering::Relaxed) != up
+        self.up.send_replace(up) != up
+    }
+
+    /// Resolves when the agent is next marked down (a change after this call: an agent
+    /// already down when it is called must go down again). For calls in flight on its
+    /// workers: they fail at once instead of waiting for their deadline.
+    pub fn marked_down(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.up.subscribe();
+        async move {
+            loop {
+                if rx.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+                if !*rx.borrow_and_update() {
+                    return;
+                }
+            }
+        }
     }
 
     /// Whether a reload of the agents removed it: no new worker goes there.
@@ -378,6 +396,35 @@ mod tests {
 
     fn agent(max: usize, workers: usize) -> Arc<Agent> {
         agent_mem(max, 0, &vec![0; workers])
+    }
+
+    #[tokio::test]
+    async fn marked_down_resolves_on_the_next_fall_only() {
+        use std::future::Future;
+        use std::task::{Context, Poll};
+        let pending = |f: &mut std::pin::Pin<Box<dyn Future<Output = ()> + Send>>| {
+            f.as_mut()
+                .poll(&mut Context::from_waker(std::task::Waker::noop()))
+                == Poll::Pending
+        };
+        let a = agent(0, 0);
+        let mut f: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(a.marked_down());
+        assert!(pending(&mut f), "an agent that is up");
+        a.set_up(true);
+        assert!(pending(&mut f), "up again is no fall");
+        a.set_up(false);
+        tokio::time::timeout(Duration::from_secs(5), f)
+            .await
+            .unwrap();
+        // Already down when asked: only the next fall counts.
+        let mut g: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(a.marked_down());
+        assert!(pending(&mut g), "down before the call");
+        a.set_up(true);
+        assert!(pending(&mut g));
+        a.set_up(false);
+        tokio::time::timeout(Duration::from_secs(5), g)
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

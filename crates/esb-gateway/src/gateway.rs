@@ -39,6 +39,10 @@ const TIMEOUT_GRACE: Duration = Duration::from_secs(3);
 /// another one has room.
 const CREATE_ATTEMPTS: usize = 2;
 
+/// How long a worker whose destruction began is not taken for an orphan (a heartbeat's
+/// list sent before the agent removed it may still show it).
+const DESTROYED_MEMORY: Duration = Duration::from_secs(60);
+
 /// A function the gateway serves: what `esb` hands over from the template and the build.
 ///
 /// Two specs are the same function version when they are equal in every field; a reload
@@ -338,6 +342,17 @@ pub(crate) struct WorkerAnswer {
     pub body: Bytes,
 }
 
+/// Where an invocation ran, for the access log.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Served {
+    /// A worker was created for it (a cold start).
+    pub cold: bool,
+    /// The node of the worker that ran it (none when no worker was reached).
+    pub node: Option<String>,
+    /// That worker's id.
+    pub worker: Option<String>,
+}
+
 /// The outcome of one invocation.
 pub(crate) enum Outcome {
     /// The worker answered (possibly with a function error).
@@ -379,6 +394,9 @@ pub(crate) struct Gateway {
     /// Workers the gateway holds, by (node id, worker id): ids are the agents' own, so
     /// two nodes could in principle use the same one.
     pub known: Mutex<HashMap<(String, String), Known>>,
+    /// Workers whose destruction began lately, by (node id, worker id), with when: a
+    /// heartbeat's list may still show them, and they are not orphans.
+    destroyed: Mutex<HashMap<(String, String), Instant>>,
     pub metrics: Metrics,
     pub logger: Logger,
     pub queue: mpsc::Sender<AsyncJob>,
@@ -531,6 +549,7 @@ impl Gateway {
             set: ArcSwap::from_pointee(set),
             agents: ArcSwap::from_pointee(agents),
             known: Mutex::new(HashMap::new()),
+            destroyed: Mutex::new(HashMap::new()),
             metrics,
             logger,
             queue,
@@ -667,7 +686,7 @@ impl Gateway {
         payload: Bytes,
         trace: &str,
         client_context: Option<&HeaderValue>,
-    ) -> (Outcome, bool) {
+    ) -> (Outcome, Served) {
         let gw = self.clone();
         let f = f.clone();
         let trace = trace.to_string();
@@ -681,7 +700,7 @@ impl Gateway {
             Ok(r) => r,
             Err(e) => (
                 Outcome::WorkerFailed(format!("invocation task ended: {e}")),
-                false,
+                Served::default(),
             ),
         }
     }
@@ -693,22 +712,22 @@ impl Gateway {
         payload: Bytes,
         trace: &str,
         client_context: Option<&HeaderValue>,
-    ) -> (Outcome, bool) {
+    ) -> (Outcome, Served) {
         let mut f = f.clone();
         let mut moves = 0;
         let (permit, grant) = loop {
             let permit = f.breaker.permit(Instant::now());
             if permit == Permit::Rejected {
-                return (Outcome::BreakerOpen, false);
+                return (Outcome::BreakerOpen, Served::default());
             }
             match f.pool.acquire(self.config.pool_acquire_timeout).await {
                 Ok(g) => break (permit, g),
                 Err(e) => {
                     f.breaker.release_trial(permit);
                     match e {
-                        AcquireError::Timeout => return (Outcome::Throttled, false),
+                        AcquireError::Timeout => return (Outcome::Throttled, Served::default()),
                         AcquireError::Closed if self.stopping() => {
-                            return (Outcome::ShuttingDown, false)
+                            return (Outcome::ShuttingDown, Served::default())
                         }
                         AcquireError::Closed => {
                             let next = self.set.load().by_spec_name(&f.spec.name).cloned();
@@ -717,8 +736,8 @@ impl Gateway {
                                     f = n;
                                     moves += 1;
                                 }
-                                Some(_) => return (Outcome::ShuttingDown, false),
-                                None => return (Outcome::Gone, false),
+                                Some(_) => return (Outcome::ShuttingDown, Served::default()),
+                                None => return (Outcome::Gone, Served::default()),
                             }
                         }
                     }
@@ -743,7 +762,11 @@ impl Gateway {
                     Err(e) => {
                         drop(slot);
                         f.breaker.record(permit, false, Instant::now());
-                        return (Outcome::AgentDown(e), true);
+                        let served = Served {
+                            cold: true,
+                            ..Served::default()
+                        };
+                        return (Outcome::AgentDown(e), served);
                     }
                 }
             }
@@ -751,13 +774,28 @@ impl Gateway {
         let mut lease = Lease::new(self, f.clone(), worker);
         let deadline = self.deadline(&f);
         let agent = self.agent(lease.worker.as_ref().unwrap().agent);
+        let served = Served {
+            cold,
+            node: Some(agent.addr.node_id.clone()),
+            worker: lease.worker.as_ref().map(|w| w.id.clone()),
+        };
         let call =
             lease
                 .worker
                 .as_mut()
                 .unwrap()
                 .call(&agent.dialer, payload, trace, client_context);
-        let result = tokio::time::timeout(deadline, call).await;
+        // A node marked down (missed heartbeats) fails its calls in flight at once (502),
+        // rather than each waiting for its deadline.
+        let down = agent.marked_down();
+        let mut node_lost = false;
+        let result = tokio::select! {
+            r = tokio::time::timeout(deadline, call) => r,
+            () = down => {
+                node_lost = true;
+                Ok(Err(format!("node {} is down", agent.addr.node_id)))
+            }
+        };
         let outcome = match result {
             Err(_) => Outcome::TimedOut(None),
             Ok(Err(e)) => Outcome::WorkerFailed(e),
@@ -783,13 +821,18 @@ impl Gateway {
             }
             _ => false,
         };
-        f.breaker.record(permit, healthy, Instant::now());
+        if node_lost {
+            // The node failed, not the function: its breaker is left as it was.
+            f.breaker.release_trial(permit);
+        } else {
+            f.breaker.record(permit, healthy, Instant::now());
+        }
         if healthy {
             lease.release();
         } else {
             drop(lease);
         }
-        (outcome, cold)
+        (outcome, served)
     }
 
     /// Asks an agent for a new worker of `f`: the node [`agents::choose`] picks (or, when
@@ -863,7 +906,16 @@ impl Gateway {
             labels: Default::default(),
         };
         let mut client = agent.client.clone();
-        let info = match client.ensure_container(req).await {
+        // A node marked down meanwhile fails the creation at once: another node is tried.
+        let down = agent.marked_down();
+        let created = tokio::select! {
+            r = client.ensure_container(req) => r,
+            () = down => Err(tonic::Status::unavailable(format!(
+                "node {} was marked down",
+                agent.addr.node_id
+            ))),
+        };
+        let info = match created {
             Ok(r) => {
                 agent.set_up(true);
                 r.into_inner()
@@ -944,6 +996,10 @@ impl Gateway {
         if let Some(k) = known {
             self.agent(k.agent).release(k.memory_mb);
         }
+        self.destroyed
+            .lock()
+            .unwrap()
+            .insert(key.clone(), Instant::now());
         let mut client = agent.client.clone();
         let r = client
             .destroy_container(DestroyContainerRequest {
@@ -952,6 +1008,8 @@ impl Gateway {
             })
             .await;
         if let Err(s) = r {
+            // Still there, for all we know: an orphan for a later heartbeat to remove.
+            self.destroyed.lock().unwrap().remove(&key);
             if agents::is_unreachable(&s) {
                 self.agent_down(ai, &s.to_string());
             }
@@ -1168,9 +1226,14 @@ impl Gateway {
                             .collect(),
                     );
                 }
+                self.destroyed
+                    .lock()
+                    .unwrap()
+                    .retain(|_, at| at.elapsed() < DESTROYED_MEMORY);
                 for c in r.into_inner().containers {
                     let key = (agent.addr.node_id.clone(), c.container_id.clone());
-                    let known = self.known.lock().unwrap().contains_key(&key);
+                    let known = self.known.lock().unwrap().contains_key(&key)
+                        || self.destroyed.lock().unwrap().contains_key(&key);
                     let age = now_secs - c.created_at;
                     if !known && age >= self.config.orphan_grace.as_secs() as i64 {
                         self.logger.log(
@@ -1443,7 +1506,7 @@ impl Gateway {
             // The current version of the function: a reload may have replaced it.
             let current = self.set.load().by_spec_name(&job.function).cloned();
             // Already on a task of its own: no need for `invoke`'s extra one.
-            let (outcome, _) = match current {
+            let (outcome, served) = match current {
                 Some(f) => {
                     self.invoke_here(
                         &f,
@@ -1453,7 +1516,7 @@ impl Gateway {
                     )
                     .await
                 }
-                None => (Outcome::Gone, false),
+                None => (Outcome::Gone, Served::default()),
             };
             let failure = match &outcome {
                 Outcome::Answer(a) if a.function_error.is_none() && a.status.is_success() => None,
@@ -1485,6 +1548,9 @@ impl Gateway {
             ]
             .into_iter()
             .collect();
+            if let Some(node) = served.node {
+                fields.insert("node".to_string(), json!(node));
+            }
             match failure {
                 None => {
                     self.metrics.queue_depth.dec();

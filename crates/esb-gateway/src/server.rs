@@ -25,7 +25,9 @@ use tokio_rustls::TlsAcceptor;
 use crate::auth::{Auth, Login, AUTHORIZED_HEADER};
 use crate::config::Config;
 use crate::events::{self, EventRequest};
-use crate::gateway::{FunctionSet, FunctionSpec, Gateway, Outcome, ReloadReport, WorkerAnswer};
+use crate::gateway::{
+    FunctionSet, FunctionSpec, Gateway, Outcome, ReloadReport, Served, WorkerAnswer,
+};
 use crate::ids;
 use crate::logs::Logger;
 use crate::metrics::{FnLabel, FnStatus, Metrics};
@@ -483,7 +485,7 @@ async fn drain(mut body: Incoming) {
 struct Handled {
     resp: Resp,
     function: Option<Arc<str>>,
-    cold: bool,
+    served: Served,
 }
 
 impl From<Resp> for Handled {
@@ -491,7 +493,7 @@ impl From<Resp> for Handled {
         Handled {
             resp,
             function: None,
-            cold: false,
+            served: Served::default(),
         }
     }
 }
@@ -545,7 +547,13 @@ async fn handle(front: Arc<Front>, req: Request<Incoming>, remote: SocketAddr) -
     m.insert("remote".into(), remote.ip().to_string().into());
     if let Some(f) = &h.function {
         m.insert("function".into(), f.as_ref().into());
-        m.insert("cold".into(), h.cold.into());
+        m.insert("cold".into(), h.served.cold.into());
+        if let Some(node) = h.served.node {
+            m.insert("node".into(), node.into());
+        }
+        if let Some(worker) = h.served.worker {
+            m.insert("worker".into(), worker.into());
+        }
     }
     let level = if status.is_server_error() {
         "error"
@@ -698,7 +706,7 @@ async fn api_route(
                 return Handled {
                     resp: apigw_error(StatusCode::UNAUTHORIZED, "Unauthorized"),
                     function: label,
-                    cold: false,
+                    served: Served::default(),
                 };
             }
         }
@@ -713,14 +721,14 @@ async fn api_route(
             return Handled {
                 resp: apigw_error(StatusCode::PAYLOAD_TOO_LARGE, "Request Too Long"),
                 function: label,
-                cold: false,
+                served: Served::default(),
             }
         }
         Err(BodyError::Read(_)) => {
             return Handled {
                 resp: apigw_error(StatusCode::BAD_REQUEST, "Bad Request"),
                 function: label,
-                cold: false,
+                served: Served::default(),
             }
         }
     };
@@ -763,7 +771,7 @@ async fn api_route(
         events::v1_event(&ereq)
     };
     let payload = Bytes::from(serde_json::to_vec(&event).expect("JSON value"));
-    let (outcome, cold) = gw.invoke(f, payload, trace, None).await;
+    let (outcome, served) = gw.invoke(f, payload, trace, None).await;
     let resp = match outcome {
         Outcome::Answer(a) => answer_to_http(gw, f, a, v2, request_id),
         Outcome::BreakerOpen => apigw_error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"),
@@ -801,7 +809,7 @@ async fn api_route(
     Handled {
         resp,
         function: label,
-        cold,
+        served,
     }
 }
 
@@ -946,7 +954,7 @@ async fn invoke_api(
     let err = |r: Resp| Handled {
         resp: r,
         function: label.clone(),
-        cold: false,
+        served: Served::default(),
     };
     let itype = parts
         .headers
@@ -1026,7 +1034,7 @@ async fn invoke_api(
             }
         }
         _ => {
-            let (outcome, cold) = gw.invoke(f, payload, trace, client_context.as_ref()).await;
+            let (outcome, served) = gw.invoke(f, payload, trace, client_context.as_ref()).await;
             let resp = match outcome {
                 Outcome::Answer(a) | Outcome::TimedOut(Some(a)) => invoke_answer(a),
                 Outcome::TimedOut(None) => {
@@ -1102,7 +1110,7 @@ async fn invoke_api(
             Handled {
                 resp,
                 function: label,
-                cold,
+                served,
             }
         }
     }
