@@ -12,8 +12,8 @@ use esb_cluster::{ClusterError, Registry, TokenStore};
 
 use crate::daemon;
 use crate::layout::{
-    agents_file, ca_file, cluster_dir, component_pid_file, gateway_client_cert, tls_dir,
-    wg_file, wg_key_file,
+    agents_file, ca_file, cluster_dir, component_pid_file, gateway_client_cert, tls_dir, wg_file,
+    wg_key_file,
 };
 use crate::{Error, Result};
 
@@ -253,8 +253,14 @@ mod tests {
 
     #[test]
     fn the_control_nodes_own_numbers_are_reserved() {
-        assert_eq!(reserved_numbers("10.88.1.0/24".parse().unwrap()), vec![1, 1]);
-        assert_eq!(reserved_numbers("10.88.7.0/24".parse().unwrap()), vec![1, 7]);
+        assert_eq!(
+            reserved_numbers("10.88.1.0/24".parse().unwrap()),
+            vec![1, 1]
+        );
+        assert_eq!(
+            reserved_numbers("10.88.7.0/24".parse().unwrap()),
+            vec![1, 7]
+        );
         assert_eq!(reserved_numbers("10.77.0.0/24".parse().unwrap()), vec![1]);
     }
 

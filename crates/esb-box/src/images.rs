@@ -215,7 +215,6 @@ pub async fn build_and_provision(plan: &Plan) -> Result<serde_json::Value> {
     }))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -141,7 +141,10 @@ mod tests {
         let s = Path::new("/var/lib/esb");
         assert_eq!(box_pid_file(s), Path::new("/var/lib/esb/run/box.pid"));
         assert_eq!(status_file(s), Path::new("/var/lib/esb/run/box.json"));
-        assert_eq!(log_file(s, "gateway"), Path::new("/var/lib/esb/logs/gateway.log"));
+        assert_eq!(
+            log_file(s, "gateway"),
+            Path::new("/var/lib/esb/logs/gateway.log")
+        );
         assert_eq!(
             component_pid_file(s, "gateway"),
             Path::new("/var/lib/esb/run/gateway.pid")
@@ -159,7 +162,13 @@ mod tests {
             hosts_dir(s).path(),
             Path::new("/var/lib/esb/containerd/certs.d")
         );
-        assert_eq!(cluster_socket(s), Path::new("/var/lib/esb/run/cluster.sock"));
-        assert_eq!(ca_file(s), Path::new("/var/lib/esb/tls").join(esb_pki::CA_FILE));
+        assert_eq!(
+            cluster_socket(s),
+            Path::new("/var/lib/esb/run/cluster.sock")
+        );
+        assert_eq!(
+            ca_file(s),
+            Path::new("/var/lib/esb/tls").join(esb_pki::CA_FILE)
+        );
     }
 }

@@ -28,5 +28,5 @@ pub mod provision;
 pub mod status;
 pub mod supervise;
 
-pub use error::{Error, Result};
 pub(crate) use error::ResultExt;
+pub use error::{Error, Result};

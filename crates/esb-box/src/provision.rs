@@ -235,10 +235,7 @@ pub async fn provision(template: &esb_template::Template, t: &Target<'_>) -> Res
                 let r = s3(t, "PUT", &path, b"").await?;
                 if r.status != 200 {
                     return Err(Error::Provision {
-                        resource: format!(
-                            "bucket {} (template line {})",
-                            bucket.name, bucket.line
-                        ),
+                        resource: format!("bucket {} (template line {})", bucket.name, bucket.line),
                         answer: format!(
                             "CreateBucket refused: {} {}",
                             r.status,

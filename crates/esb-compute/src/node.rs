@@ -1,291 +1,74 @@
-//! A compute node (`esb node join`): joins a box with a token, then runs in the background
-//! like `esb up` — its node network (worker subnet 10.88.N.0/24 from the control node), its
-//! WireGuard interface in the node namespace (10.99.0.N, peer: the control node), a private
-//! containerd trusting the box's registry at 10.99.0.1:5010, the local proxy whose backends
-//! (s3-storage, database, victorialogs, gateway, esb-registry) are the control node's relays
-//! at ESB_CONTROL_HOST, dialled over wg0, and the agent, listening only on 10.99.0.N:50051
-//! with mTLS (and its local socket). `esb node join` with no token restarts a node that
-//! joined before, with its identity; `esb node leave` stops it and removes what it made.
+//! The compute node's process: its components supervised like the control box's
+//! (containerd, WireGuard, the local proxy, the agent), the status file `esb status`
+//! reads, and the stop that removes what it made.
 
 use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use clap::Args;
-use serde::{Deserialize, Serialize};
-
-use crate::boxd::{box_pid_file, hosts_dir, log_file, run_dir, status_file};
-use crate::cluster::{cluster_dir, wg_file, wg_key_file, AGENT_PORT};
-use crate::daemon;
-use crate::settings::{NodeArgs, StateArgs};
-use crate::supervise::{
-    destroy_workers, pending_components, save, start, update, BoxStatus, ChildSpec, Ready, Running,
-    Shared,
+use esb_box::cluster::AGENT_PORT;
+use esb_box::daemon;
+use esb_box::layout::{
+    agent_dir, agent_socket, box_pid_file, ca_file, containerd_dir, containerd_socket, hosts_dir,
+    hosts_file, log_file, ready_file, tls_dir, wg_file, wg_key_file, wg_status_file,
 };
+use esb_box::status::{save, update, BoxStatus, Shared};
+use esb_box::supervise::{pending_components, start, ChildSpec, Ready, Running};
 
-/// Arguments of `esb node join`.
-#[derive(Debug, Clone, Args)]
-pub struct JoinArgs {
-    /// The token from `esb node token` on the control node (none: restart this node).
-    pub token: Option<String>,
-    /// This node's id (default: the host name).
-    #[arg(long, env = "ESB_NODE_ID")]
-    pub node_id: Option<String>,
-    /// WireGuard UDP port of this node.
-    #[arg(long, env = "ESB_WG_PORT", default_value_t = 51820)]
-    pub wg_port: u16,
-    /// Memory the workers of this node may use (MiB; 0 = no limit).
-    #[arg(long, env = "ESB_NODE_MAX_MEMORY_MB", default_value_t = 0)]
-    pub max_memory_mb: u32,
-    /// Stay in the foreground (for a service manager).
-    #[arg(long)]
-    pub foreground: bool,
-    #[command(flatten)]
-    pub node: NodeArgs,
-}
-
-/// Arguments of `esb node leave`.
-#[derive(Debug, Clone, Args)]
-pub struct LeaveArgs {
-    #[command(flatten)]
-    pub node: NodeArgs,
-}
-
-/// What a node keeps of its join (`STATE/cluster/node.json`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Joined {
-    /// Its record on the control node.
-    pub node: esb_cluster::NodeRecord,
-    /// The control node's WireGuard address (10.99.0.1).
-    pub control_host: Ipv4Addr,
-    /// Where the control node's WireGuard listens.
-    pub control_wg_endpoint: String,
-    /// Its public key.
-    pub control_wg_public_key: String,
-    /// The control node's gateway, as the token named it.
-    pub control_endpoint: String,
-    /// Credentials and region for workers.
-    pub credentials: (String, String, String),
-}
-
-fn joined_file(state: &Path) -> PathBuf {
-    cluster_dir(state).join("node.json")
-}
-
-fn tls(state: &Path) -> PathBuf {
-    state.join("tls")
-}
+use crate::join::{JoinConfig, Joined};
+use crate::{Error, Result, ResultExt};
 
 /// The components of a compute node, in start order.
-const COMPONENTS: &[&str] = &["containerd", "wireguard", "proxy", "agent"];
+pub const COMPONENTS: &[&str] = &["containerd", "wireguard", "proxy", "agent"];
 
-fn redeem(state: &Path, a: &JoinArgs, text: &str) -> Result<Joined> {
-    if joined_file(state).exists() {
-        bail!(
-            "{} joined a box already: `esb node join` with no token restarts it; `esb node leave` first to join another",
-            state.display()
-        );
-    }
-    let token = esb_cluster::JoinToken::decode(text)?;
-    let id = a.node_id.clone().unwrap_or_else(crate::cluster::host_name);
-    esb_cluster::registry::validate_node_id(&id)?;
-    let key = esb_wireguard::ensure_private_key(&wg_key_file(state))?;
-    let req = esb_cluster::JoinRequest {
-        secret: token.secret.clone(),
-        node_id: id,
-        wg_public_key: key.public().to_base64(),
-        wg_port: a.wg_port,
-        clock: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0),
-        max_memory_mb: a.max_memory_mb,
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let answer = rt.block_on(esb_cluster::join::join(&token, &req))?;
-    if answer.control_wg_public_key != token.wg_public_key {
-        bail!("the control node answered with another WireGuard key than its token's");
-    }
-    let host = token
-        .endpoint
-        .rsplit_once(':')
-        .map(|(h, _)| h.to_string())
-        .unwrap_or_else(|| token.endpoint.clone());
-    let t = tls(state);
-    std::fs::create_dir_all(&t)?;
-    write_private(&t.join(esb_pki::CA_FILE), &answer.ca_pem, false)?;
-    write_private(&t.join("node.pem"), &answer.node_cert_pem, false)?;
-    write_private(&t.join("node.key"), &answer.node_key_pem, true)?;
-    let joined = Joined {
-        control_host: answer.control_host.parse().context("control_host")?,
-        control_wg_endpoint: format!("{host}:{}", answer.control_wg_port),
-        control_wg_public_key: answer.control_wg_public_key,
-        control_endpoint: token.endpoint,
-        credentials: answer.credentials,
-        node: answer.node,
-    };
-    std::fs::create_dir_all(cluster_dir(state))?;
-    write_private(
-        &joined_file(state),
-        &serde_json::to_string_pretty(&joined)?,
-        true,
-    )?;
-    Ok(joined)
+/// The running node process, if any.
+pub fn running(state: &Path) -> Option<daemon::Tracked> {
+    daemon::read_live(&box_pid_file(state))
 }
 
-fn write_private(path: &Path, text: &str, private: bool) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(if private { 0o600 } else { 0o644 })
-        .open(&tmp)
-        .with_context(|| format!("write {}", tmp.display()))?;
-    f.write_all(text.as_bytes())?;
-    std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))?;
-    Ok(())
+/// The node network of a joined node: the configured one with the worker subnet the
+/// control node gave.
+pub fn node_config(cfg: &JoinConfig, j: &Joined) -> esb_runtime_node::NodeConfig {
+    let mut node = cfg.node.clone();
+    node.worker_subnet = j.node.cni_subnet();
+    node
 }
 
-/// `esb node join [TOKEN]`.
-pub fn join(state: &StateArgs, a: &JoinArgs) -> Result<()> {
-    let dir = std::path::absolute(&state.state_dir)?;
-    std::fs::create_dir_all(run_dir(&dir))?;
-    if let Some(t) = daemon::read_live(&box_pid_file(&dir)) {
-        println!("this node runs already (pid {}, {})", t.pid, dir.display());
-        return Ok(());
-    }
-    let joined = match &a.token {
-        Some(text) => redeem(&dir, a, text)?,
-        None => serde_json::from_slice(&std::fs::read(joined_file(&dir)).with_context(|| {
-            format!(
-                "{} has not joined a box: give the token from `esb node token`",
-                dir.display()
-            )
-        })?)?,
-    };
-    if a.foreground {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
-        return rt.block_on(run(dir, a.clone(), joined));
-    }
-    // Background: the same command with no token, in the foreground, detached.
-    let log = log_file(&dir, "box");
-    let mut args: Vec<String> = vec![
-        format!("--state-dir={}", dir.display()),
-        "node".into(),
-        "join".into(),
-        "--foreground".into(),
-        format!("--wg-port={}", a.wg_port),
-    ];
-    args.extend(
-        std::env::args().skip(1).filter(|x| {
-            x.starts_with("--netns") || x.starts_with("--cni") || x.starts_with("--dnat")
-        }),
-    );
-    let mut child = daemon::detached(std::env::current_exe()?.as_os_str(), &args, &log)?
-        .spawn()
-        .context("start the node process")?;
-    let started = Instant::now();
-    loop {
-        if let Some(st) = child.try_wait()? {
-            let s: Option<BoxStatus> = std::fs::read(status_file(&dir))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok());
-            bail!(
-                "the node did not start ({st}): {}",
-                s.map(|s| s.message)
-                    .unwrap_or_else(|| daemon::tail(&log, 15))
-            );
-        }
-        let s: Option<BoxStatus> = std::fs::read(status_file(&dir))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
-        if s.is_some_and(|s| s.state == "ready") {
-            println!(
-                "compute node {} is up: wg {}, workers {}, agent {}:{AGENT_PORT} (control {})",
-                joined.node.id,
-                joined.node.wg_address(),
-                joined.node.cni_subnet(),
-                joined.node.wg_address(),
-                joined.control_endpoint
-            );
-            return Ok(());
-        }
-        if started.elapsed() > Duration::from_secs(300) {
-            bail!(
-                "the node is not ready after 5 minutes; see {}",
-                log.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn node_config(dir: &Path, a: &NodeArgs, j: &Joined) -> esb_runtime_node::NodeConfig {
-    let mut cfg = a.node_config(&StateArgs {
-        state_dir: dir.to_path_buf(),
-    });
-    cfg.worker_subnet = j.node.cni_subnet();
-    cfg
-}
-
-fn child_specs(dir: &Path, a: &JoinArgs, j: &Joined, netns: &str) -> Result<Vec<ChildSpec>> {
-    let exe = crate::boxd::esb_exe()?;
+/// The node's components, in start order.
+pub fn child_specs(cfg: &JoinConfig, j: &Joined, netns: &str) -> Vec<ChildSpec> {
+    let dir = &cfg.state;
     let st = format!("--state-dir={}", dir.display());
-    let esb = |name: &'static str, args: Vec<String>, env: Vec<(String, String)>, ready: Ready| {
+    let esb = |name: &'static str, args: Vec<String>, env: Vec<(String, String)>, ready| {
         let mut all = vec![st.clone()];
         all.extend(args);
-        ChildSpec {
-            name,
-            program: exe.clone(),
-            args: all,
-            env,
-            ready,
-            ready_timeout: Duration::from_secs(60),
-            stop_grace: Duration::from_secs(15),
-        }
+        ChildSpec::new(name, cfg.esb.clone(), all, env, ready)
     };
-    let ctd = dir.join("containerd");
-    let t = tls(dir);
+    let ctd = containerd_dir(dir);
+    let t = tls_dir(dir);
     let (ak, sk, region) = j.credentials.clone();
     let control = j.control_host;
-    Ok(vec![
-        ChildSpec {
-            name: "containerd",
-            program: PathBuf::from(
-                std::env::var("ESB_CONTAINERD").unwrap_or_else(|_| "containerd".into()),
-            ),
-            args: vec![
+    vec![
+        ChildSpec::new(
+            "containerd",
+            cfg.containerd.clone(),
+            vec![
                 "--config".into(),
                 ctd.join("config.toml").display().to_string(),
             ],
-            env: vec![],
-            ready: Ready::Containerd(ctd.join("containerd.sock")),
-            ready_timeout: Duration::from_secs(60),
-            stop_grace: Duration::from_secs(15),
-        },
+            vec![],
+            Ready::Containerd(ctd.join("containerd.sock")),
+        ),
         esb(
             "wireguard",
             vec![
                 "wireguard".into(),
                 format!("--interface-file={}", wg_file(dir).display()),
-                format!("--status-file={}", run_dir(dir).join("wg.json").display()),
-                format!(
-                    "--ready-file={}",
-                    run_dir(dir).join("wireguard.ready").display()
-                ),
+                format!("--status-file={}", wg_status_file(dir).display()),
+                format!("--ready-file={}", ready_file(dir, "wireguard").display()),
             ],
             vec![],
-            Ready::PidFile(run_dir(dir).join("wireguard.ready")),
+            Ready::PidFile(ready_file(dir, "wireguard")),
         ),
         esb(
             "proxy",
@@ -293,20 +76,20 @@ fn child_specs(dir: &Path, a: &JoinArgs, j: &Joined, netns: &str) -> Result<Vec<
                 "proxy".into(),
                 format!("--netns={netns}"),
                 format!("--dial-netns={netns}"),
-                format!("--pid-file={}", run_dir(dir).join("proxy.ready").display()),
+                format!("--pid-file={}", ready_file(dir, "proxy").display()),
                 "--s3-backend=s3-storage:9000".into(),
                 "--db-backend=database:8000".into(),
                 "--logs-backend=victorialogs:9428".into(),
-                format!("--hosts-file={}", dir.join("hosts").display()),
+                format!("--hosts-file={}", hosts_file(dir).display()),
             ],
             vec![],
-            Ready::PidFile(run_dir(dir).join("proxy.ready")),
+            Ready::PidFile(ready_file(dir, "proxy")),
         ),
         esb(
             "agent",
             vec![
                 "agent".into(),
-                format!("--socket={}", dir.join("agent.sock").display()),
+                format!("--socket={}", agent_socket(dir).display()),
                 format!("--ca-file={}", t.join(esb_pki::CA_FILE).display()),
                 format!("--registry-hosts-dir={}", hosts_dir(dir).path().display()),
                 format!("--registry-netns={netns}"),
@@ -327,40 +110,45 @@ fn child_specs(dir: &Path, a: &JoinArgs, j: &Joined, netns: &str) -> Result<Vec<
                 ("ESB_ACCESS_KEY_ID".into(), ak),
                 ("ESB_SECRET_ACCESS_KEY".into(), sk),
                 ("ESB_REGION".into(), region),
-                ("ESB_NODE_MAX_MEMORY_MB".into(), a.max_memory_mb.to_string()),
+                (
+                    "ESB_NODE_MAX_MEMORY_MB".into(),
+                    cfg.max_memory_mb.to_string(),
+                ),
             ],
-            Ready::Unix(dir.join("agent.sock")),
+            Ready::Unix(agent_socket(dir)),
         ),
-    ])
+    ]
 }
 
-/// Everything a compute node needs before its components start.
-fn prepare(dir: &Path, a: &JoinArgs, j: &Joined, netns: &str) -> Result<()> {
+/// Everything a compute node needs before its components start: the hosts file (the
+/// backends are the control node's relays), containerd's trust of the box's registry, the
+/// WireGuard interface file, containerd's configuration.
+fn prepare(cfg: &JoinConfig, j: &Joined, netns: &str) -> Result<()> {
+    let dir = &cfg.state;
     let control = j.control_host;
     std::fs::write(
-        dir.join("hosts"),
+        hosts_file(dir),
         format!(
             "# Written by esb node join: the backends are the control node's relays.\n{control} s3-storage database victorialogs gateway esb-registry\n"
         ),
     )?;
     let host = format!("{control}:{}", esb_registry::DEFAULT_PORT);
-    hosts_dir(dir).write(
-        &host,
-        &format!("https://{host}"),
-        &tls(dir).join(esb_pki::CA_FILE),
-    )?;
+    hosts_dir(dir).write(&host, &format!("https://{host}"), &ca_file(dir))?;
     let endpoint: SocketAddr = j
         .control_wg_endpoint
         .to_socket_addrs()
-        .with_context(|| format!("resolve the control node {}", j.control_wg_endpoint))?
+        .map_err(|source| Error::ResolveControl {
+            endpoint: j.control_wg_endpoint.clone(),
+            source,
+        })?
         .find(|a| a.is_ipv4())
-        .with_context(|| format!("{} has no IPv4 address", j.control_wg_endpoint))?;
+        .ok_or_else(|| Error::NoIpv4(j.control_wg_endpoint.clone()))?;
     let f = esb_wireguard::WgFile {
         ifname: "wg0".into(),
         netns: netns.into(),
         address: format!("{}/24", j.node.wg_address()),
         private_key_file: wg_key_file(dir),
-        listen: SocketAddr::from(([0, 0, 0, 0], a.wg_port)),
+        listen: SocketAddr::from(([0, 0, 0, 0], cfg.wg_port)),
         mtu: 1420,
         routes: false,
         worker_route_via: None,
@@ -374,27 +162,29 @@ fn prepare(dir: &Path, a: &JoinArgs, j: &Joined, netns: &str) -> Result<()> {
     };
     std::fs::create_dir_all(dir.join("wg"))?;
     f.write(&wg_file(dir))?;
-    let ctd = dir.join("containerd");
+    let ctd = containerd_dir(dir);
     std::fs::create_dir_all(&ctd)?;
     let ctd = std::fs::canonicalize(&ctd)?;
     std::fs::write(ctd.join("config.toml"), esb_containerd::config_toml(&ctd))?;
     Ok(())
 }
 
-/// Runs the compute node until SIGTERM/SIGINT.
-async fn run(dir: PathBuf, a: JoinArgs, j: Joined) -> Result<()> {
-    let _lock = crate::boxd::lock(&dir)?;
+/// Runs the compute node until SIGTERM/SIGINT (the foreground process). Returns an error
+/// when it could not start; then nothing it made is left behind.
+pub async fn run(cfg: JoinConfig, j: Joined) -> Result<()> {
+    let dir = cfg.state.clone();
+    let _lock = esb_box::control::lock(&dir)?;
     daemon::write_pid_file(&box_pid_file(&dir))?;
     let left = stop_leftovers(&dir);
     if !left.is_empty() {
         tracing::warn!("stopped leftovers of an unclean stop: {}", left.join(", "));
     }
-    let _ = std::fs::remove_file(dir.join("agent.sock"));
-    let _ = std::fs::remove_file(dir.join("containerd/containerd.sock"));
-    let cfg = node_config(&dir, &a.node, &j);
-    let netns = cfg.netns.clone();
-    let rn = esb_runtime_node::RuntimeNode::new(cfg.clone())?;
-    let specs = child_specs(&dir, &a, &j, &netns)?;
+    let _ = std::fs::remove_file(agent_socket(&dir));
+    let _ = std::fs::remove_file(containerd_socket(&dir));
+    let node = node_config(&cfg, &j);
+    let netns = node.netns.clone();
+    let rn = esb_runtime_node::RuntimeNode::new(node.clone())?;
+    let specs = child_specs(&cfg, &j, &netns);
     let shared: Shared = Arc::new(Mutex::new(BoxStatus {
         pid: std::process::id() as i32,
         state: "starting".into(),
@@ -403,7 +193,7 @@ async fn run(dir: PathBuf, a: JoinArgs, j: Joined) -> Result<()> {
         gateway_url: j.control_endpoint.clone(),
         endpoints: serde_json::json!({"node": j.node.id, "wg": j.node.wg_address().to_string(),
             "workers": j.node.cni_subnet().to_string()}),
-        ca: tls(&dir).join(esb_pki::CA_FILE).display().to_string(),
+        ca: ca_file(&dir).display().to_string(),
         components: pending_components(&dir, &specs),
         generation: 0,
         last_build: serde_json::Value::Null,
@@ -416,27 +206,27 @@ async fn run(dir: PathBuf, a: JoinArgs, j: Joined) -> Result<()> {
         update(&dir, &shared, |s| {
             s.message = "creating the node network".into()
         });
-        rn.up().context("node network")?;
+        rn.up().step("node network")?;
         let ns = esb_netns::NetNs::open(&netns)?;
         ns.write_sysctl("net/ipv4/ip_forward", "1")?;
-        esb_runtime_node::nat::apply_fence(&ns, &cfg, "wg0", j.control_host)
-            .context("fence the workers")?;
-        prepare(&dir, &a, &j, &netns)?;
+        esb_runtime_node::nat::apply_fence(&ns, &node, "wg0", j.control_host)
+            .step("fence the workers")?;
+        prepare(&cfg, &j, &netns)?;
         for spec in &specs {
             stops.push(start(spec, &dir, &shared).await?);
         }
-        anyhow::Ok(())
+        Ok::<_, Error>(())
     };
     let started = tokio::select! {
         r = start => r,
-        _ = term.recv() => Err(anyhow::anyhow!("stopped while starting (SIGTERM)")),
-        _ = int.recv() => Err(anyhow::anyhow!("stopped while starting (SIGINT)")),
+        _ = term.recv() => Err(Error::StoppedWhileStarting("SIGTERM")),
+        _ = int.recv() => Err(Error::StoppedWhileStarting("SIGINT")),
     };
     if let Err(e) = started {
-        tracing::error!("the node did not start: {e:#}");
+        tracing::error!("the node did not start: {}", e.chain());
         update(&dir, &shared, |s| {
             s.state = "failed".into();
-            s.message = format!("{e:#}");
+            s.message = e.chain();
         });
         shutdown(&dir, &rn, stops).await;
         let _ = std::fs::remove_file(box_pid_file(&dir));
@@ -453,20 +243,49 @@ async fn run(dir: PathBuf, a: JoinArgs, j: Joined) -> Result<()> {
     }
     update(&dir, &shared, |s| s.state = "stopping".into());
     shutdown(&dir, &rn, stops).await;
-    let _ = std::fs::remove_file(status_file(&dir));
+    let _ = std::fs::remove_file(esb_box::layout::status_file(&dir));
     let _ = std::fs::remove_file(box_pid_file(&dir));
     Ok(())
 }
 
-fn stop_leftovers(dir: &Path) -> Vec<String> {
-    let mut stopped = Vec::new();
-    for name in COMPONENTS.iter().rev() {
-        let pf = crate::boxd::component_pid_file(dir, name);
-        if let Ok(Some(pid)) = daemon::stop(&pf, Duration::from_secs(10)) {
-            stopped.push(format!("{name} (pid {pid})"));
+/// Starts the node process in the background (`esb ARGS…`: the same join, in the
+/// foreground, detached, logging to `STATE/logs/box.log`) and waits until its status file
+/// says ready.
+pub fn start_background(cfg: &JoinConfig, args: &[String]) -> Result<()> {
+    let dir = &cfg.state;
+    let log = log_file(dir, "box");
+    let mut child = daemon::detached(cfg.esb.as_os_str(), args, &log)?
+        .spawn()
+        .map_err(|source| {
+            Error::Box(esb_box::Error::Spawn {
+                component: "the node process".into(),
+                program: cfg.esb.clone(),
+                source,
+            })
+        })?;
+    let started = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait()? {
+            return Err(Error::DidNotStart {
+                status: st.to_string(),
+                why: esb_box::status::read(dir)
+                    .map(|s| s.message)
+                    .unwrap_or_else(|| daemon::tail(&log, 15)),
+            });
         }
+        if esb_box::status::read(dir).is_some_and(|s| s.state == "ready") {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            return Err(Error::NotReady(log));
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
-    stopped
+}
+
+/// Stops the components a node that did not stop cleanly left running.
+pub fn stop_leftovers(dir: &Path) -> Vec<String> {
+    esb_box::supervise::stop_leftovers(dir, COMPONENTS)
 }
 
 async fn shutdown(dir: &Path, rn: &esb_runtime_node::RuntimeNode, mut stops: Vec<Running>) {
@@ -480,10 +299,10 @@ async fn shutdown(dir: &Path, rn: &esb_runtime_node::RuntimeNode, mut stops: Vec
         let _ = tx.send(true);
         let _ = h.await;
     }
-    destroy_workers(
-        dir.join("agent"),
+    esb_box::containerd::destroy_leftover_workers(
+        agent_dir(dir),
         rn.config().clone(),
-        dir.join("containerd/containerd.sock"),
+        containerd_socket(dir),
     )
     .await;
     if let Some((tx, h)) = containerd {
@@ -494,60 +313,56 @@ async fn shutdown(dir: &Path, rn: &esb_runtime_node::RuntimeNode, mut stops: Vec
     if let Err(e) = rn.down() {
         tracing::error!("remove the node network: {e}");
     }
-    for f in ["proxy.ready", "wireguard.ready"] {
-        let _ = std::fs::remove_file(run_dir(dir).join(f));
+    for f in ["proxy", "wireguard"] {
+        let _ = std::fs::remove_file(ready_file(dir, f));
     }
-    let _ = std::fs::remove_file(dir.join("agent.sock"));
+    let _ = std::fs::remove_file(agent_socket(dir));
 }
 
-/// `esb node leave`: stops the node and removes its network, workers and identity.
-pub fn leave(state: &StateArgs, a: &LeaveArgs) -> Result<()> {
-    let dir = std::path::absolute(&state.state_dir)?;
-    if let Some(t) = daemon::read_live(&box_pid_file(&dir)) {
-        // SAFETY: kill(2) on the node process recorded with its start time, checked now.
-        unsafe {
-            libc::kill(t.pid, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while daemon::start_time(t.pid) == Some(t.start_time) {
-            if Instant::now() > deadline {
-                bail!("the node (pid {}) did not stop in 2 minutes", t.pid);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    let _ = stop_leftovers(&dir);
-    let joined: Option<Joined> = std::fs::read(joined_file(&dir))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    let mut cfg = a.node.node_config(&StateArgs {
-        state_dir: dir.clone(),
-    });
-    if let Some(j) = &joined {
-        cfg.worker_subnet = j.node.cni_subnet();
-    }
-    let rn = esb_runtime_node::RuntimeNode::from_state_or(cfg)?;
-    // Workers a killed node left running (their shims outlive containerd): removed through
-    // a temporary containerd, as `esb down` does after an unclean stop.
-    let st = StateArgs {
-        state_dir: dir.clone(),
-    };
-    let ctd = crate::node::PrivateContainerd::of(&st);
-    if rn.status()?.up && ctd.dir.join("config.toml").exists() {
-        ctd.start()?;
-        let removed = crate::node::destroy_workers(&st, rn.config(), ctd.socket());
-        ctd.stop()?;
-        let n = removed?;
-        if n > 0 {
-            println!("removed {n} worker(s) left by an unclean stop");
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn joined() -> Joined {
+        Joined {
+            node: esb_cluster::NodeRecord {
+                id: "node-a".into(),
+                number: 2,
+                wg_public_key: String::new(),
+                wg_endpoint: None,
+                joined_at: 0,
+                max_memory_mb: 512,
+            },
+            control_host: Ipv4Addr::new(10, 99, 0, 1),
+            control_wg_endpoint: "control.example:51820".into(),
+            control_wg_public_key: String::new(),
+            control_endpoint: "control.example:443".into(),
+            credentials: ("ak".into(), "sk".into(), "ap-northeast-1".into()),
         }
     }
-    rn.down()?;
-    for p in [cluster_dir(&dir), dir.join("wg"), tls(&dir)] {
-        let _ = std::fs::remove_dir_all(p);
+
+    #[test]
+    fn a_joined_node_runs_its_components_on_its_own_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::join::tests::config(dir.path());
+        let j = joined();
+        assert_eq!(
+            node_config(&cfg, &j).worker_subnet.to_string(),
+            "10.88.2.0/24"
+        );
+        let specs = child_specs(&cfg, &j, "esb-node");
+        let names: Vec<&str> = specs.iter().map(|s| s.name).collect();
+        assert_eq!(names, COMPONENTS);
+        let agent = specs.iter().find(|s| s.name == "agent").unwrap();
+        assert_eq!(agent.program, Path::new("/usr/local/bin/esb"));
+        assert!(agent.args.contains(&"--listen=10.99.0.2:50051".to_string()));
+        assert!(agent
+            .args
+            .contains(&"--cni-subnet=10.88.2.0/24".to_string()));
+        assert!(agent.env.contains(&(
+            "GATEWAY_INTERNAL_URL".into(),
+            "https://10.99.0.1:443".into()
+        )));
+        assert_eq!(specs[0].program, Path::new("containerd"));
     }
-    println!(
-        "this node left its box (the control node keeps its record until it is removed there)"
-    );
-    Ok(())
 }
