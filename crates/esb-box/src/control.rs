@@ -78,6 +78,8 @@ pub struct Plan {
     pub esb: PathBuf,
     /// The containerd program (`ESB_CONTAINERD`).
     pub containerd: PathBuf,
+    /// The registry program (`esb_registry::server::program`).
+    pub registry_program: PathBuf,
     /// The local agent's node id in the gateway's agents (`ESB_NODE_ID`).
     pub node_id: String,
     /// More names for the gateway's certificate (`ESB_GATEWAY_SANS`).
@@ -148,7 +150,7 @@ pub const COMPONENTS: &[&str] = &[
 ];
 
 /// The components a plan runs, in start order (see [`COMPONENTS`]).
-pub fn child_specs(plan: &Plan) -> Result<Vec<ChildSpec>> {
+pub fn child_specs(plan: &Plan) -> Vec<ChildSpec> {
     let state = plan.state.display().to_string();
     let esb = |name: &'static str, mut args: Vec<String>, env, ready| {
         let mut a = vec![format!("--state-dir={state}")];
@@ -255,7 +257,7 @@ pub fn child_specs(plan: &Plan) -> Result<Vec<ChildSpec>> {
     );
     let registry = ChildSpec::new(
         "registry",
-        esb_registry::server::program()?,
+        plan.registry_program.clone(),
         vec![
             "serve".into(),
             plan.registry().config_path().display().to_string(),
@@ -318,7 +320,7 @@ pub fn child_specs(plan: &Plan) -> Result<Vec<ChildSpec>> {
         vec![],
         Ready::PidFile(ready_file(&plan.state, "wireguard")),
     );
-    Ok(vec![
+    vec![
         containerd,
         esb(
             "s3",
@@ -344,7 +346,7 @@ pub fn child_specs(plan: &Plan) -> Result<Vec<ChildSpec>> {
         wireguard,
         agent,
         gateway,
-    ])
+    ]
 }
 
 /// Makes sure the box CA and its certificates exist: the gateway's (`ESB_GATEWAY_SANS`
@@ -430,7 +432,7 @@ pub async fn run(plan: Plan) -> Result<()> {
     ] {
         let _ = std::fs::remove_file(stale);
     }
-    let specs = child_specs(&plan)?;
+    let specs = child_specs(&plan);
     let shared: Shared = Arc::new(Mutex::new(BoxStatus {
         pid: std::process::id() as i32,
         state: "starting".into(),
@@ -650,5 +652,110 @@ async fn shutdown(
         cluster_socket(state),
     ] {
         let _ = std::fs::remove_file(f);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(state: &Path, local_workers: bool) -> Plan {
+        let node = esb_runtime_node::NodeConfig::with_defaults(state.join("node/esb-node"));
+        let control = esb_runtime_node::ControlNetwork::new("esb-control").unwrap();
+        Plan {
+            state: state.to_path_buf(),
+            template: state.join("app/template.yaml"),
+            parameter_overrides: Some("Stage=prod".into()),
+            node: node.clone(),
+            proxy_ports: [9000, 8001, 9428],
+            proxy_args: vec!["--max-connections=10".into()],
+            gateway_listen: "0.0.0.0:8443".parse().unwrap(),
+            s3: "127.0.0.1:9000".parse().unwrap(),
+            dynamodb: "127.0.0.1:8000".parse().unwrap(),
+            logstore: "127.0.0.1:9428".parse().unwrap(),
+            supervisor: "/usr/local/bin/esb-supervisor".into(),
+            creds: ("ak".into(), "sk".into()),
+            region: "ap-northeast-1".into(),
+            registry_listen: "127.0.0.1:5010".parse().unwrap(),
+            registry_sans: vec![],
+            control: control.clone(),
+            pull_images: false,
+            cluster: crate::cluster::ControlSide {
+                state: state.to_path_buf(),
+                netns: control.netns.clone(),
+                ip: control.ip,
+                wg_port: 51820,
+                reserved: crate::cluster::reserved_numbers(node.worker_subnet),
+                worker_route_via: None,
+                credentials: ("ak".into(), "sk".into(), "ap-northeast-1".into()),
+            },
+            local_workers,
+            esb: "/opt/esb/bin/esb".into(),
+            containerd: "containerd".into(),
+            registry_program: "/usr/bin/docker-registry".into(),
+            node_id: "node-1".into(),
+            gateway_sans: vec![],
+            gateway_log_stderr: "0".into(),
+        }
+    }
+
+    fn env<'a>(spec: &'a ChildSpec, key: &str) -> &'a str {
+        spec.env
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("{} has no {key}", spec.name))
+    }
+
+    #[test]
+    fn a_plan_starts_every_component_in_order() {
+        let p = plan(Path::new("/s"), true);
+        let specs = child_specs(&p);
+        let names: Vec<&str> = specs.iter().map(|s| s.name).collect();
+        assert_eq!(names, COMPONENTS);
+        for s in specs
+            .iter()
+            .filter(|s| !["containerd", "registry"].contains(&s.name))
+        {
+            assert_eq!(s.program, Path::new("/opt/esb/bin/esb"), "{}", s.name);
+            assert_eq!(s.args[0], "--state-dir=/s", "{}", s.name);
+        }
+        let gw = specs.iter().find(|s| s.name == "gateway").unwrap();
+        assert!(gw
+            .args
+            .contains(&"--parameter-overrides=Stage=prod".to_string()));
+        assert_eq!(env(gw, "ESB_GATEWAY_LISTEN"), "0.0.0.0:8443");
+        // The gateway's readiness is dialled on loopback.
+        assert!(matches!(gw.ready, Ready::Tcp(a) if a.to_string() == "127.0.0.1:8443"));
+        assert_eq!(
+            env(gw, "ESB_AGENTS"),
+            "unix:///s/agent.sock,netns=esb-node,node=node-1"
+        );
+        let relay = specs.iter().find(|s| s.name == "relay").unwrap();
+        assert!(relay
+            .args
+            .contains(&"--route=registry=10.99.0.1:5010=esb-registry:5010".to_string()));
+        assert!(relay.args.contains(&"--max-connections=10".to_string()));
+    }
+
+    #[test]
+    fn without_local_workers_the_gateway_has_only_remote_agents() {
+        let p = plan(Path::new("/s"), false);
+        let specs = child_specs(&p);
+        let gw = specs.iter().find(|s| s.name == "gateway").unwrap();
+        assert_eq!(env(gw, "ESB_AGENTS"), "");
+        assert_eq!(env(gw, "ESB_AGENTS_FILE"), "/s/cluster/agents");
+    }
+
+    #[test]
+    fn unspecified_listeners_are_dialled_on_loopback() {
+        assert_eq!(
+            dial_addr("0.0.0.0:443".parse().unwrap()).to_string(),
+            "127.0.0.1:443"
+        );
+        assert_eq!(
+            dial_addr("127.0.0.2:9000".parse().unwrap()).to_string(),
+            "127.0.0.2:9000"
+        );
     }
 }

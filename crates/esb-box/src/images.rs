@@ -37,7 +37,7 @@ pub async fn prepare_registry(plan: &Plan) -> Result<()> {
         .map(|mut d| d.next().is_some())
         .unwrap_or(false);
     if has_data {
-        let program = esb_registry::server::program()?;
+        let program = plan.registry_program.clone();
         let summary =
             tokio::task::spawn_blocking(move || server.garbage_collect(&program)).await??;
         tracing::info!("registry garbage collection: {summary}");

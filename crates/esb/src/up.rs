@@ -225,7 +225,7 @@ pub fn plan(state: &StateArgs, a: &UpArgs) -> Result<(Plan, Vec<(String, String)
         );
     }
     check_port_free(a.registry_listen, "ESB_REGISTRY_LISTEN")?;
-    esb_registry::server::program()?;
+    let registry_program = esb_registry::server::program()?;
     let control = a.control.network()?;
     std::net::UdpSocket::bind(("0.0.0.0", a.wg_port))
         .map(drop)
@@ -279,6 +279,7 @@ pub fn plan(state: &StateArgs, a: &UpArgs) -> Result<(Plan, Vec<(String, String)
             local_workers: !a.no_local_workers && a.local_workers.trim() != "0",
             esb: esb_exe()?,
             containerd: containerd_program(),
+            registry_program,
             node_id: std::env::var("ESB_NODE_ID").unwrap_or_else(|_| "node-1".into()),
             gateway_sans: std::env::var("ESB_GATEWAY_SANS")
                 .map(|s| {
