@@ -16,6 +16,8 @@
 //! Every fallible function returns [`Error`], which names the file, component, setting or
 //! resource at fault.
 
+#![warn(missing_docs)]
+
 pub mod cluster;
 pub mod containerd;
 pub mod control;

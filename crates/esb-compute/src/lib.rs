@@ -10,6 +10,8 @@
 //! and removes what it made. Supervision, pid files and the status file come from
 //! `esb-box`.
 
+#![warn(missing_docs)]
+
 mod error;
 pub mod join;
 pub mod leave;
