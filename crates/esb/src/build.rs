@@ -1,6 +1,6 @@
 //! `esb build` and `esb init`: thin wrappers over esb-template and esb-image.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -26,7 +26,10 @@ pub struct TemplateArgs {
 impl TemplateArgs {
     /// Loads the template with generator.yml and the overrides.
     pub fn load(&self) -> Result<esb_template::Template> {
-        load_template(&self.template, self.parameter_overrides.as_deref())
+        Ok(esb_box::images::load_template(
+            &self.template,
+            self.parameter_overrides.as_deref(),
+        )?)
     }
 }
 
@@ -73,24 +76,6 @@ pub(crate) fn supervisor_path(given: &Option<PathBuf>) -> PathBuf {
             .and_then(|e| e.parent().map(|d| d.join("esb-supervisor")))
             .unwrap_or_else(|| PathBuf::from("/usr/local/bin/esb-supervisor"))
     })
-}
-
-/// Loads the template with generator.yml (beside it) and command-line overrides.
-pub fn load_template(path: &Path, overrides: Option<&str>) -> Result<esb_template::Template> {
-    let generator = path.with_file_name("generator.yml");
-    let mut o = if generator.exists() {
-        esb_template::load_generator(&generator)?
-    } else {
-        esb_template::Overrides::default()
-    };
-    if let Some(text) = overrides {
-        let params = esb_template::parse_parameter_overrides(text)?;
-        o = o.merge(esb_template::Overrides {
-            parameters: params,
-            ..Default::default()
-        });
-    }
-    Ok(esb_template::load(path, &o)?)
 }
 
 /// `esb build`.
@@ -146,11 +131,8 @@ pub fn build(state: &StateArgs, a: &BuildArgs) -> Result<()> {
         push_images(&template, &report, &registry)?;
     }
     let socket = a.containerd_socket.clone().or_else(|| {
-        Some(crate::node::PrivateContainerd::of(state).socket()).filter(|_| {
-            crate::node::PrivateContainerd::of(state)
-                .running()
-                .is_some()
-        })
+        let ctd = crate::settings::private_containerd(state);
+        Some(ctd.socket()).filter(|_| ctd.running().is_some())
     });
     if let Some(socket) = socket {
         let refs: Vec<String> = report.images.iter().map(|i| i.reference.clone()).collect();
@@ -173,7 +155,7 @@ fn push_target(state: &StateArgs, a: &BuildArgs) -> Result<Option<esb_image::Reg
         }
         return Ok(Some(r));
     }
-    if crate::up::running(&state.state_dir).is_none() {
+    if esb_box::status::running(&state.state_dir).is_none() {
         return Ok(None);
     }
     let mut r = esb_image::Registry::from_setting(&a.registry_listen.to_string())?;
@@ -313,13 +295,6 @@ fn gateway_functions(a: &GatewayArgs) -> Result<Vec<esb_gateway::FunctionSpec>> 
         .collect())
 }
 
-/// Where `esb gateway` records the outcome of each SIGHUP reload (next to its revisions
-/// file): `{"reloads": N, "ok": bool, "error": "..."}` (the functions), with
-/// `"agents": {"ok": bool, "report"|"error": …}` when `ESB_AGENTS_FILE` is set.
-pub fn reload_outcome_file(revisions: &Path) -> PathBuf {
-    revisions.with_file_name("gateway-reload.json")
-}
-
 /// `esb gateway`: serves the template's functions, images named as `esb build` names them.
 /// SIGHUP re-reads the template and the revisions and swaps the functions without failing
 /// requests; with `ESB_AGENTS_FILE`, it first re-reads that file and reloads the agents
@@ -341,7 +316,12 @@ pub fn gateway(state: &StateArgs, a: &GatewayArgs) -> Result<()> {
         let server = esb_gateway::Server::bind(cfg, functions).await?;
         let reloader = server.reloader();
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-        let outcome_file = a.revisions.as_deref().map(reload_outcome_file);
+        // `{"reloads": N, "ok": bool, "error": "..."}` (the functions), with
+        // `"agents": {"ok": bool, "report"|"error": …}` when `ESB_AGENTS_FILE` is set.
+        let outcome_file = a
+            .revisions
+            .as_deref()
+            .map(esb_box::layout::reload_outcome_file);
         if let Some(f) = &outcome_file {
             let _ = std::fs::remove_file(f);
         }

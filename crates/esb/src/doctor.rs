@@ -8,7 +8,9 @@ use esb_local_proxy::{Backend, Resolver};
 use esb_netns::NetNs;
 use esb_runtime_node::RuntimeNode;
 
-use crate::daemon;
+use esb_box::daemon;
+use esb_box::layout;
+
 use crate::settings::{NodeArgs, ProxyArgs, StateArgs};
 
 struct Report {
@@ -77,7 +79,7 @@ pub fn run(state: &StateArgs, node: &NodeArgs, proxy: &ProxyArgs) -> Result<()> 
     }
     // With a box running, its proxy is a component of the box and its backends follow the
     // box's service ports (as `esb up` sets them).
-    let running_box = crate::up::running(&state.state_dir).and_then(|(_, s)| s);
+    let running_box = esb_box::status::running(&state.state_dir).and_then(|(_, s)| s);
     let mut proxy = proxy.clone();
     if let Some(s) = &running_box {
         let port = |k: &str| {
@@ -92,9 +94,9 @@ pub fn run(state: &StateArgs, node: &NodeArgs, proxy: &ProxyArgs) -> Result<()> 
     }
     let proxy = &proxy;
     let proxy_pid = if running_box.is_some() {
-        daemon::read_live(&crate::boxd::component_pid_file(&state.state_dir, "proxy"))
+        daemon::read_live(&layout::component_pid_file(&state.state_dir, "proxy"))
     } else {
-        daemon::read_live(&daemon::proxy_pid_file(&cfg.state_dir))
+        daemon::read_live(&layout::proxy_pid_file(&cfg.state_dir))
     };
     r.check(
         proxy_pid.is_some(),
@@ -180,7 +182,7 @@ pub fn run(state: &StateArgs, node: &NodeArgs, proxy: &ProxyArgs) -> Result<()> 
 /// from the host, and the worker's path to the gateway (GATEWAY_INTERNAL_URL from inside
 /// the node namespace, TLS verified with the box CA).
 fn box_checks(state: &StateArgs, cfg: &esb_runtime_node::NodeConfig, r: &mut Report) {
-    let Some((t, Some(s))) = crate::up::running(&state.state_dir) else {
+    let Some((t, Some(s))) = esb_box::status::running(&state.state_dir) else {
         println!("info  no box runs (esb up): box checks skipped");
         return;
     };
@@ -203,7 +205,9 @@ fn box_checks(state: &StateArgs, cfg: &esb_runtime_node::NodeConfig, r: &mut Rep
         return;
     };
     let ca = std::path::PathBuf::from(&s.ca);
-    let health = |url: &str| crate::http::request("GET", url, bytes::Bytes::new());
+    let health = |url: &str| {
+        esb_box::http::request("GET", url, bytes::Bytes::new()).map_err(anyhow::Error::from)
+    };
     let port: u16 = s
         .gateway_url
         .rsplit(':')
@@ -212,13 +216,14 @@ fn box_checks(state: &StateArgs, cfg: &esb_runtime_node::NodeConfig, r: &mut Rep
         .unwrap_or(443);
     let host_ok = health(&format!("{}/health", s.gateway_url))
         .and_then(|req| {
-            rt.block_on(crate::http::https(
+            rt.block_on(esb_box::http::https(
                 "localhost",
                 port,
                 &ca,
                 req,
                 PROBE_TIMEOUT * 5,
             ))
+            .map_err(anyhow::Error::from)
         })
         .map(|r| r.status == 200);
     r.check(
@@ -245,7 +250,9 @@ fn box_checks(state: &StateArgs, cfg: &esb_runtime_node::NodeConfig, r: &mut Rep
         let req = health(&format!("https://{ihost}:{iport}/health"))?;
         let reply = rt.block_on(async {
             let tcp = tokio::net::TcpStream::from_std(std_stream)?;
-            crate::http::https_over(tcp, &ihost, &ca, req, PROBE_TIMEOUT * 5).await
+            esb_box::http::https_over(tcp, &ihost, &ca, req, PROBE_TIMEOUT * 5)
+                .await
+                .map_err(anyhow::Error::from)
         })?;
         Ok(reply.status)
     })();
@@ -292,7 +299,7 @@ fn registry_checks(
         "see STATE_DIR/logs/registry.log (Debian's docker-registry)",
     );
     let host = esb_registry::CONTROL_HOST;
-    let hosts = crate::boxd::hosts_dir(&state.state_dir);
+    let hosts = layout::hosts_dir(&state.state_dir);
     let trusted = hosts
         .lookup(host)
         .ok()
@@ -328,16 +335,15 @@ fn wireguard_checks(state: &StateArgs, r: &mut Report) {
         format!("wireguard: wg0 with 10.99.0.1 in {control}"),
         "see STATE_DIR/logs/wireguard.log",
     );
-    let nodes = esb_cluster::Registry::new(&crate::cluster::cluster_dir(&state.state_dir)).list();
+    let nodes = esb_cluster::Registry::new(&layout::cluster_dir(&state.state_dir)).list();
     if nodes.is_empty() {
         println!("info  no compute node joined (esb node token, esb node join)");
         return;
     }
-    let status: serde_json::Value =
-        std::fs::read(crate::boxd::run_dir(&state.state_dir).join("wg.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+    let status: serde_json::Value = std::fs::read(layout::wg_status_file(&state.state_dir))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
     let routes = std::process::Command::new("ip")
         .args(["-n", &control, "-4", "route", "show", "dev", "wg0"])
         .output()

@@ -2,19 +2,12 @@
 //! wires the component crates together and prints results.
 
 mod agent;
-mod boxd;
 mod build;
-mod cluster;
-mod compute;
 mod config_file;
-mod daemon;
 mod doctor;
-mod http;
 mod node;
-mod provision;
 mod services;
 mod settings;
-mod supervise;
 mod up;
 
 use std::net::IpAddr;
@@ -201,9 +194,9 @@ enum NodeCommand {
     },
     /// Join a box as a compute node (runs in the background, like `esb up`); with no token,
     /// restart a node that joined before with its identity.
-    Join(compute::JoinArgs),
+    Join(settings::JoinArgs),
     /// Stop this compute node and remove everything it made.
-    Leave(compute::LeaveArgs),
+    Leave(settings::LeaveArgs),
     /// Build the node network and start the local proxy (idempotent).
     Up {
         #[command(flatten)]
@@ -330,9 +323,9 @@ fn main() -> ExitCode {
                 endpoint,
                 ttl,
                 wg_port,
-            } => cluster::token(&state.state_dir, endpoint, &ttl, wg_port),
-            NodeCommand::Join(args) => compute::join(state, &args),
-            NodeCommand::Leave(args) => compute::leave(state, &args),
+            } => node::token(state, endpoint, &ttl, wg_port),
+            NodeCommand::Join(args) => node::join(state, &args),
+            NodeCommand::Leave(args) => node::leave(state, &args),
             NodeCommand::Up {
                 node,
                 proxy,
@@ -377,7 +370,7 @@ fn main() -> ExitCode {
             .map_err(anyhow::Error::from)
             .and_then(|rt| {
                 let ready = || match &ready_file {
-                    Some(p) => daemon::write_pid_file(p).map_err(std::io::Error::other),
+                    Some(p) => esb_box::daemon::write_pid_file(p).map_err(std::io::Error::other),
                     None => Ok(()),
                 };
                 let r = rt.block_on(esb_wireguard::service::run(

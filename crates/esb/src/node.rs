@@ -1,14 +1,18 @@
-//! `esb node up|down|status|attach|detach` and `esb proxy`.
+//! `esb node up|down|status|attach|detach|token|join|leave`, `esb proxy` and `esb relay`.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use esb_box::daemon;
+use esb_box::layout::{agent_dir, proxy_pid_file};
 use esb_local_proxy::Proxy;
 use esb_runtime_node::{NodeConfig, RuntimeNode};
 
-use crate::daemon;
-use crate::settings::{NodeArgs, ProxyArgs, StateArgs};
+use crate::settings::{
+    containerd_program, esb_exe, private_containerd, JoinArgs, LeaveArgs, NodeArgs, ProxyArgs,
+    StateArgs,
+};
 
 /// Default hosts file of a single-node box: the backends live on this machine.
 pub(crate) const DEFAULT_HOSTS: &str = "\
@@ -29,106 +33,6 @@ pub(crate) fn proxy_ports(cfg: &NodeConfig) -> [u16; 3] {
         port(cfg.dnat.db, 8001),
         port(cfg.dnat.logs, 9428),
     ]
-}
-
-/// Whether the containerd at `socket` answers its version call.
-pub async fn containerd_answers(socket: &std::path::Path) -> bool {
-    match esb_containerd::connect(socket).await {
-        Ok(c) => c.version().await.is_ok(),
-        Err(_) => false,
-    }
-}
-
-/// The box's private containerd: directory, socket and pid file.
-pub struct PrivateContainerd {
-    /// Its directory (config, root, state, socket, log).
-    pub dir: std::path::PathBuf,
-}
-
-impl PrivateContainerd {
-    /// The private containerd of the box at `state`.
-    pub fn of(state: &StateArgs) -> PrivateContainerd {
-        PrivateContainerd {
-            dir: state.state_dir.join("containerd"),
-        }
-    }
-    /// Its gRPC socket.
-    pub fn socket(&self) -> std::path::PathBuf {
-        self.dir.join("containerd.sock")
-    }
-    fn pid_file(&self) -> std::path::PathBuf {
-        self.dir.join("containerd.pid")
-    }
-    /// The running instance, if any.
-    pub fn running(&self) -> Option<daemon::Tracked> {
-        daemon::read_live(&self.pid_file())
-    }
-
-    /// Starts it in the background unless it runs; returns its PID.
-    pub fn start(&self) -> Result<i32> {
-        if let Some(t) = self.running() {
-            return Ok(t.pid);
-        }
-        std::fs::create_dir_all(&self.dir)
-            .with_context(|| format!("create {}", self.dir.display()))?;
-        let dir = std::fs::canonicalize(&self.dir)?;
-        if dir.join("containerd.sock.ttrpc").as_os_str().len() > 107 {
-            anyhow::bail!(
-                "ESB_STATE_DIR {} is too long for containerd's socket paths",
-                dir.display()
-            );
-        }
-        for stale in ["containerd.sock", "containerd.sock.ttrpc"] {
-            let _ = std::fs::remove_file(dir.join(stale));
-        }
-        let config = dir.join("config.toml");
-        std::fs::write(&config, esb_containerd::config_toml(&dir))
-            .with_context(|| format!("write {}", config.display()))?;
-        let socket = self.socket();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let ready = || socket.exists() && rt.block_on(containerd_answers(&socket));
-        let bin = std::env::var("ESB_CONTAINERD").unwrap_or_else(|_| "containerd".into());
-        let t = daemon::spawn_program(
-            &bin,
-            &["--config".into(), config.display().to_string()],
-            &self.pid_file(),
-            &dir.join("containerd.log"),
-            Duration::from_secs(30),
-            ready,
-        )
-        .context("the private containerd did not start (Debian package containerd)")?;
-        Ok(t.pid)
-    }
-
-    /// Stops it (SIGTERM, then SIGKILL) if it runs; returns the PID it had.
-    pub fn stop(&self) -> Result<Option<i32>> {
-        daemon::stop(&self.pid_file(), Duration::from_secs(10))
-    }
-}
-
-/// Destroys every worker of the box through the agent library (used by `down`), so that
-/// no task, snapshot or namespace outlives the node.
-pub(crate) fn destroy_workers(
-    state: &StateArgs,
-    cfg: &NodeConfig,
-    socket: std::path::PathBuf,
-) -> Result<usize> {
-    let acfg =
-        esb_agent::AgentConfig::with_defaults(state.state_dir.join("agent"), cfg.clone(), socket);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let agent = esb_agent::Agent::connect(acfg).await?;
-        let workers = agent.list().await?;
-        for w in &workers {
-            agent.destroy(&w.id).await?;
-        }
-        Ok::<_, esb_agent::AgentError>(workers.len())
-    })
-    .context("remove the workers")
 }
 
 /// `esb node up`: the network, then the proxy in the background.
@@ -152,7 +56,7 @@ pub fn up(
         std::fs::write(&hosts, DEFAULT_HOSTS)
             .with_context(|| format!("write {}", hosts.display()))?;
     }
-    let pid_file = daemon::proxy_pid_file(&cfg.state_dir);
+    let pid_file = proxy_pid_file(&cfg.state_dir);
     let proxy_pid = if no_proxy {
         None
     } else if let Some(t) = daemon::read_live(&pid_file) {
@@ -170,27 +74,27 @@ pub fn up(
         ];
         args.extend(proxy.to_args(state));
         let log = state.log_dir().join(format!("proxy-{}.log", cfg.netns));
-        match daemon::spawn(&args, &pid_file, &log, Duration::from_secs(10)) {
+        match daemon::spawn(&esb_exe()?, &args, &pid_file, &log, Duration::from_secs(10)) {
             Ok(t) => Some(t.pid),
             Err(e) => {
                 if report.created {
                     let _ = rn.down();
                 }
-                return Err(e.context("the local proxy did not start"));
+                return Err(anyhow::Error::from(e).context("the local proxy did not start"));
             }
         }
     };
     let containerd_pid = if no_containerd {
         None
     } else {
-        match PrivateContainerd::of(state).start() {
+        match private_containerd(state).start() {
             Ok(pid) => Some(pid),
             Err(e) => {
                 if report.created {
                     let _ = daemon::stop(&pid_file, Duration::from_secs(5));
                     let _ = rn.down();
                 }
-                return Err(e);
+                return Err(e.into());
             }
         }
     };
@@ -223,9 +127,13 @@ fn saved_node(state: &StateArgs, node: &NodeArgs) -> Result<RuntimeNode> {
 /// `esb node down`: the proxy, every attachment, the network, the state.
 pub fn down(state: &StateArgs, node: &NodeArgs) -> Result<()> {
     let rn = saved_node(state, node)?;
-    let ctd = PrivateContainerd::of(state);
+    let ctd = private_containerd(state);
     if ctd.running().is_some() && rn.status()?.up {
-        let n = destroy_workers(state, rn.config(), ctd.socket())?;
+        let n = esb_box::containerd::destroy_workers_blocking(
+            agent_dir(&state.state_dir),
+            rn.config(),
+            ctd.socket(),
+        )?;
         if n > 0 {
             println!("removed {n} worker(s)");
         }
@@ -234,7 +142,7 @@ pub fn down(state: &StateArgs, node: &NodeArgs) -> Result<()> {
         println!("stopped containerd pid {pid}");
     }
     let stopped = daemon::stop(
-        &daemon::proxy_pid_file(&rn.config().state_dir),
+        &proxy_pid_file(&rn.config().state_dir),
         Duration::from_secs(5),
     )?;
     rn.down()?;
@@ -252,7 +160,7 @@ pub fn down(state: &StateArgs, node: &NodeArgs) -> Result<()> {
 pub fn status(state: &StateArgs, node: &NodeArgs, json: bool) -> Result<()> {
     let rn = saved_node(state, node)?;
     let st = rn.status()?;
-    let proxy = daemon::read_live(&daemon::proxy_pid_file(&rn.config().state_dir));
+    let proxy = daemon::read_live(&proxy_pid_file(&rn.config().state_dir));
     if json {
         let mut v = serde_json::to_value(&st)?;
         v["proxy_pid"] = proxy.map(|t| t.pid).into();
@@ -289,11 +197,11 @@ pub fn status(state: &StateArgs, node: &NodeArgs, json: bool) -> Result<()> {
         Some(t) => println!("  local proxy running, pid {}", t.pid),
         None => println!("  local proxy NOT RUNNING"),
     }
-    match PrivateContainerd::of(state).running() {
+    match private_containerd(state).running() {
         Some(t) => println!(
             "  containerd  running, pid {} ({})",
             t.pid,
-            PrivateContainerd::of(state).socket().display()
+            private_containerd(state).socket().display()
         ),
         None => println!("  containerd  not running"),
     }
@@ -420,4 +328,90 @@ fn run_proxy(
         }
         anyhow::Ok(())
     })
+}
+
+/// `esb node token`: prints a one-time join token for this box.
+pub fn token(state: &StateArgs, endpoint: Option<String>, ttl: &str, wg_port: u16) -> Result<()> {
+    let token =
+        esb_box::cluster::issue_token(&state.state_dir, endpoint, gateway_port(), ttl, wg_port)?;
+    println!("{}", token.encode());
+    Ok(())
+}
+
+/// The gateway's port as `esb up` got it (`ESB_GATEWAY_PORT`, else `ESB_GATEWAY_LISTEN`'s,
+/// else 443).
+fn gateway_port() -> u16 {
+    std::env::var("ESB_GATEWAY_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .or_else(|| {
+            std::env::var("ESB_GATEWAY_LISTEN")
+                .ok()
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+                .map(|a| a.port())
+        })
+        .unwrap_or(443)
+}
+
+/// `esb node join [TOKEN]`: joins (or, with no token, restarts) this compute node, in the
+/// background unless `--foreground`.
+pub fn join(state: &StateArgs, a: &JoinArgs) -> Result<()> {
+    let dir = std::path::absolute(&state.state_dir)?;
+    std::fs::create_dir_all(esb_box::layout::run_dir(&dir))?;
+    if let Some(t) = esb_compute::node::running(&dir) {
+        println!("this node runs already (pid {}, {})", t.pid, dir.display());
+        return Ok(());
+    }
+    let cfg = a.join_config(&dir)?;
+    let joined = esb_compute::join::load_or_redeem(&cfg, a.token.as_deref())?;
+    if a.foreground {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        return Ok(rt.block_on(esb_compute::node::run(cfg, joined))?);
+    }
+    // Background: the same command with no token, in the foreground, detached.
+    let mut args: Vec<String> = vec![
+        format!("--state-dir={}", dir.display()),
+        "node".into(),
+        "join".into(),
+        "--foreground".into(),
+        format!("--wg-port={}", a.wg_port),
+    ];
+    args.extend(
+        std::env::args().skip(1).filter(|x| {
+            x.starts_with("--netns") || x.starts_with("--cni") || x.starts_with("--dnat")
+        }),
+    );
+    esb_compute::node::start_background(&cfg, &args)?;
+    println!(
+        "compute node {} is up: wg {}, workers {}, agent {}:{} (control {})",
+        joined.node.id,
+        joined.node.wg_address(),
+        joined.node.cni_subnet(),
+        joined.node.wg_address(),
+        esb_box::cluster::AGENT_PORT,
+        joined.control_endpoint
+    );
+    Ok(())
+}
+
+/// `esb node leave`: stops the node and removes its network, workers and identity.
+pub fn leave(state: &StateArgs, a: &LeaveArgs) -> Result<()> {
+    let dir = std::path::absolute(&state.state_dir)?;
+    let node = a.node.node_config(&StateArgs {
+        state_dir: dir.clone(),
+    });
+    let report = esb_compute::leave(dir, node, containerd_program())?;
+    if report.workers_removed > 0 {
+        println!(
+            "removed {} worker(s) left by an unclean stop",
+            report.workers_removed
+        );
+    }
+    println!(
+        "this node left its box (the control node keeps its record until it is removed there)"
+    );
+    Ok(())
 }

@@ -141,7 +141,7 @@ pub struct LogsArgs {
 /// `esb logs`.
 pub fn logs(state: &StateArgs, a: &LogsArgs) -> Result<()> {
     let url = a.url.clone().unwrap_or_else(|| {
-        crate::up::running(&state.state_dir)
+        esb_box::status::running(&state.state_dir)
             .and_then(|(_, s)| s)
             .and_then(|s| s.endpoints["logs"].as_str().map(String::from))
             .unwrap_or_else(|| "http://127.0.0.1:9428".into())

@@ -27,12 +27,28 @@ pub struct StateArgs {
 impl StateArgs {
     /// The hosts file the local proxy resolves backend names with first.
     pub fn hosts_file(&self) -> PathBuf {
-        self.state_dir.join("hosts")
+        esb_box::layout::hosts_file(&self.state_dir)
     }
     /// Where background components write their logs.
     pub fn log_dir(&self) -> PathBuf {
         self.state_dir.join("logs")
     }
+}
+
+/// The `esb` executable: components run as its subcommands.
+pub fn esb_exe() -> Result<PathBuf> {
+    use anyhow::Context;
+    std::env::current_exe().context("locate the esb executable")
+}
+
+/// The containerd program (`ESB_CONTAINERD`, default `containerd` on the PATH).
+pub fn containerd_program() -> PathBuf {
+    PathBuf::from(std::env::var("ESB_CONTAINERD").unwrap_or_else(|_| "containerd".into()))
+}
+
+/// The box's private containerd at `state`.
+pub fn private_containerd(state: &StateArgs) -> esb_box::containerd::PrivateContainerd {
+    esb_box::containerd::PrivateContainerd::of(&state.state_dir, containerd_program())
 }
 
 /// The control side's namespace (system.md §4).
@@ -328,4 +344,49 @@ impl BoxArgs {
         }
         env
     }
+}
+
+/// Arguments of `esb node join`.
+#[derive(Debug, Clone, Args)]
+pub struct JoinArgs {
+    /// The token from `esb node token` on the control node (none: restart this node).
+    pub token: Option<String>,
+    /// This node's id (default: the host name).
+    #[arg(long, env = "ESB_NODE_ID")]
+    pub node_id: Option<String>,
+    /// WireGuard UDP port of this node.
+    #[arg(long, env = "ESB_WG_PORT", default_value_t = 51820)]
+    pub wg_port: u16,
+    /// Memory the workers of this node may use (MiB; 0 = no limit).
+    #[arg(long, env = "ESB_NODE_MAX_MEMORY_MB", default_value_t = 0)]
+    pub max_memory_mb: u32,
+    /// Stay in the foreground (for a service manager).
+    #[arg(long)]
+    pub foreground: bool,
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+impl JoinArgs {
+    /// The compute node's settings for the (absolute) state directory `dir`.
+    pub fn join_config(&self, dir: &std::path::Path) -> Result<esb_compute::JoinConfig> {
+        Ok(esb_compute::JoinConfig {
+            state: dir.to_path_buf(),
+            node_id: self.node_id.clone(),
+            wg_port: self.wg_port,
+            max_memory_mb: self.max_memory_mb,
+            node: self.node.node_config(&StateArgs {
+                state_dir: dir.to_path_buf(),
+            }),
+            esb: esb_exe()?,
+            containerd: containerd_program(),
+        })
+    }
+}
+
+/// Arguments of `esb node leave`.
+#[derive(Debug, Clone, Args)]
+pub struct LeaveArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
 }

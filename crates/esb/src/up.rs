@@ -9,10 +9,15 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::boxd::{self, BoxStatus, Plan};
+use esb_box::control::{self, Plan};
+use esb_box::daemon;
+use esb_box::layout;
+use esb_box::status::{running, BoxStatus};
+
 use crate::config_file;
-use crate::daemon;
-use crate::settings::{BoxArgs, NodeArgs, ProxyArgs, StateArgs};
+use crate::settings::{
+    containerd_program, esb_exe, private_containerd, BoxArgs, NodeArgs, ProxyArgs, StateArgs,
+};
 
 /// Arguments of `esb up`.
 #[derive(Debug, Clone, Args)]
@@ -169,10 +174,11 @@ pub fn box_backends(p: &ProxyArgs, s3: u16, dynamodb: u16, logs: u16) -> ProxyAr
 /// the generated secrets. Returns the plan and the secrets generated now.
 pub fn plan(state: &StateArgs, a: &UpArgs) -> Result<(Plan, Vec<(String, String)>)> {
     let template_path = resolve_template(a)?;
-    let _template = crate::build::load_template(&template_path, a.parameter_overrides.as_deref())?;
+    let _template =
+        esb_box::images::load_template(&template_path, a.parameter_overrides.as_deref())?;
     check_writable(&state.state_dir)?;
     let state_dir = std::path::absolute(&state.state_dir)?;
-    std::fs::create_dir_all(boxd::run_dir(&state_dir))?;
+    std::fs::create_dir_all(layout::run_dir(&state_dir))?;
     // Secrets missing everywhere are generated now, stored once every check passed.
     let generated = config_file::generate_missing_secrets()?;
     // The credentials may just have been generated: read them again.
@@ -219,22 +225,17 @@ pub fn plan(state: &StateArgs, a: &UpArgs) -> Result<(Plan, Vec<(String, String)
         );
     }
     check_port_free(a.registry_listen, "ESB_REGISTRY_LISTEN")?;
-    esb_registry::server::program()?;
+    let registry_program = esb_registry::server::program()?;
     let control = a.control.network()?;
     std::net::UdpSocket::bind(("0.0.0.0", a.wg_port))
         .map(drop)
         .map_err(|e| anyhow::anyhow!("ESB_WG_PORT: cannot use UDP port {}: {e}", a.wg_port))?;
-    let local_subnet = node.worker_subnet.network().octets();
-    let cluster = crate::cluster::ControlSide {
+    let cluster = esb_box::cluster::ControlSide {
         state: state_dir.clone(),
         netns: control.netns.clone(),
         ip: control.ip,
         wg_port: a.wg_port,
-        reserved: if local_subnet[0] == 10 && local_subnet[1] == 88 {
-            vec![1, local_subnet[2]]
-        } else {
-            vec![1]
-        },
+        reserved: esb_box::cluster::reserved_numbers(node.worker_subnet),
         worker_route_via: a.worker_route_via_host,
         credentials: (
             pair.0.clone(),
@@ -276,18 +277,23 @@ pub fn plan(state: &StateArgs, a: &UpArgs) -> Result<(Plan, Vec<(String, String)
             pull_images: a.image_source == "registry",
             cluster,
             local_workers: !a.no_local_workers && a.local_workers.trim() != "0",
+            esb: esb_exe()?,
+            containerd: containerd_program(),
+            registry_program,
+            node_id: std::env::var("ESB_NODE_ID").unwrap_or_else(|_| "node-1".into()),
+            gateway_sans: std::env::var("ESB_GATEWAY_SANS")
+                .map(|s| {
+                    s.split(',')
+                        .map(|x| x.trim().to_string())
+                        .filter(|x| !x.is_empty())
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default(),
+            gateway_log_stderr: std::env::var("ESB_GATEWAY_LOG_STDERR")
+                .unwrap_or_else(|_| "0".into()),
         },
         generated,
     ))
-}
-
-/// The running box's status file, when the box process is alive.
-pub fn running(state: &Path) -> Option<(daemon::Tracked, Option<BoxStatus>)> {
-    let t = daemon::read_live(&boxd::box_pid_file(state))?;
-    let s = std::fs::read(boxd::status_file(state))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    Some((t, s))
 }
 
 fn print_summary(s: &BoxStatus, generated: &[(String, String)]) {
@@ -374,10 +380,10 @@ pub fn up(state: &StateArgs, a: &UpArgs) -> Result<()> {
             .worker_threads(2)
             .enable_all()
             .build()?;
-        return rt.block_on(boxd::run(plan));
+        return Ok(rt.block_on(control::run(plan))?);
     }
     // Background: the same command in the foreground, detached, logging to box.log.
-    let log = boxd::log_file(&plan.state, "box");
+    let log = layout::log_file(&plan.state, "box");
     let offset = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     args.push("--foreground".into());
@@ -394,9 +400,7 @@ pub fn up(state: &StateArgs, a: &UpArgs) -> Result<()> {
             shown = follow(&log, shown);
         }
         if let Some(st) = child.try_wait()? {
-            let s: Option<BoxStatus> = std::fs::read(boxd::status_file(&plan.state))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok());
+            let s: Option<BoxStatus> = esb_box::status::read(&plan.state);
             let why = s
                 .map(|s| s.message)
                 .filter(|m| !m.is_empty())
@@ -460,22 +464,26 @@ pub fn down(
                 bail!(
                     "the box (pid {}) did not stop in 3 minutes; see {}",
                     t.pid,
-                    boxd::log_file(dir, "box").display()
+                    layout::log_file(dir, "box").display()
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
     } else {
         // No box process: remove whatever an unclean stop left behind.
-        let left = boxd::stop_leftovers(dir);
+        let left = esb_box::supervise::stop_leftovers(dir, control::COMPONENTS);
         if !left.is_empty() {
             println!("stopped leftovers: {}", left.join(", "));
         }
         let rn = esb_runtime_node::RuntimeNode::from_state_or(node.node_config(state))?;
-        let ctd = crate::node::PrivateContainerd::of(state);
+        let ctd = private_containerd(state);
         if rn.status()?.up && ctd.dir.join("config.toml").exists() {
             ctd.start()?;
-            let n = crate::node::destroy_workers(state, rn.config(), ctd.socket())?;
+            let n = esb_box::containerd::destroy_workers_blocking(
+                layout::agent_dir(dir),
+                rn.config(),
+                ctd.socket(),
+            )?;
             if n > 0 {
                 println!("removed {n} worker(s)");
             }
@@ -483,8 +491,8 @@ pub fn down(
         }
         rn.down()?;
         control.network()?.down()?;
-        let _ = std::fs::remove_file(boxd::status_file(dir));
-        let _ = std::fs::remove_file(boxd::box_pid_file(dir));
+        let _ = std::fs::remove_file(layout::status_file(dir));
+        let _ = std::fs::remove_file(layout::box_pid_file(dir));
     }
     if volumes {
         for d in ["s3", "dynamodb", "logstore"] {
@@ -550,7 +558,9 @@ pub fn status(state: &StateArgs, json: bool) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let gw = rt.block_on(boxd::gateway_status(&state.state_dir));
+    let gw = rt
+        .block_on(control::gateway_status(&state.state_dir))
+        .map_err(anyhow::Error::from);
     let registry_bytes = esb_registry::server::disk_usage(&state.state_dir.join("registry/data"));
     if json {
         let mut v = serde_json::to_value(&s)?;
@@ -623,7 +633,7 @@ pub fn status(state: &StateArgs, json: bool) -> Result<()> {
         Err(e) => println!("  functions: gateway not answering ({e:#})"),
     }
     if let Ok(g) = &gw {
-        let wg: serde_json::Value = std::fs::read(boxd::run_dir(&state.state_dir).join("wg.json"))
+        let wg: serde_json::Value = std::fs::read(layout::wg_status_file(&state.state_dir))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
@@ -706,7 +716,7 @@ pub fn invoke(state: &StateArgs, a: &InvokeArgs) -> Result<()> {
         "/2015-03-31/functions/{}/invocations",
         esb_sigv4::uri_encode(&a.function, true)
     );
-    let mut req = crate::http::request(
+    let mut req = esb_box::http::request(
         "POST",
         &format!("https://localhost:{port}{path}"),
         payload.clone(),
@@ -720,11 +730,11 @@ pub fn invoke(state: &StateArgs, a: &InvokeArgs) -> Result<()> {
         }
         .parse()?,
     );
-    crate::http::sign(&mut req, &payload, (&creds.0, &creds.1), &region, "lambda")?;
+    esb_box::http::sign(&mut req, &payload, (&creds.0, &creds.1), &region, "lambda")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let r = rt.block_on(crate::http::https(
+    let r = rt.block_on(esb_box::http::https(
         "localhost",
         port,
         Path::new(&s.ca),

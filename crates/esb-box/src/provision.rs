@@ -6,10 +6,10 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::http;
+use crate::{Error, Result, ResultExt};
 
 /// Where and as whom to provision.
 pub struct Target<'a> {
@@ -39,11 +39,14 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 async fn dynamodb(t: &Target<'_>, op: &str, body: Value) -> Result<(u16, Value)> {
     let payload = serde_json::to_vec(&body)?;
     let mut req = http::request("POST", &format!("http://{}/", t.dynamodb), payload.clone())?;
-    req.headers_mut()
-        .insert("x-amz-target", format!("DynamoDB_20120810.{op}").parse()?);
+    req.headers_mut().insert(
+        "x-amz-target",
+        ::http::HeaderValue::from_str(&format!("DynamoDB_20120810.{op}"))
+            .map_err(http::HttpError::from)?,
+    );
     req.headers_mut().insert(
         ::http::header::CONTENT_TYPE,
-        "application/x-amz-json-1.0".parse()?,
+        ::http::HeaderValue::from_static("application/x-amz-json-1.0"),
     );
     http::sign(&mut req, &payload, t.creds, t.region, "dynamodb")?;
     let r = http::tcp(t.dynamodb, req, TIMEOUT).await?;
@@ -161,7 +164,7 @@ pub fn table_drift(t: &esb_template::Table, described: &Value) -> Vec<String> {
 async fn s3(t: &Target<'_>, method: &str, path: &str, body: &'static [u8]) -> Result<http::Reply> {
     let mut req = http::request(method, &format!("http://{}{path}", t.s3), body)?;
     http::sign(&mut req, body, t.creds, t.region, "s3")?;
-    http::tcp(t.s3, req, TIMEOUT).await
+    Ok(http::tcp(t.s3, req, TIMEOUT).await?)
 }
 
 /// Makes every table and bucket of `template` exist.
@@ -170,7 +173,7 @@ pub async fn provision(template: &esb_template::Template, t: &Target<'_>) -> Res
     for table in &template.tables {
         let (status, body) = dynamodb(t, "DescribeTable", json!({"TableName": table.name}))
             .await
-            .with_context(|| format!("DynamoDB at {}", t.dynamodb))?;
+            .with_step(|| format!("DynamoDB at {}", t.dynamodb))?;
         if status == 200 {
             report.existing.push(format!("table {}", table.name));
             report.drift.extend(table_drift(table, &body));
@@ -180,16 +183,17 @@ pub async fn provision(template: &esb_template::Template, t: &Target<'_>) -> Res
             .as_str()
             .is_some_and(|s| s.ends_with("ResourceNotFoundException"))
         {
-            bail!("DescribeTable {}: {status} {body}", table.name);
+            return Err(Error::Provision {
+                resource: format!("DescribeTable {}", table.name),
+                answer: format!("{status} {body}"),
+            });
         }
         let (status, body) = dynamodb(t, "CreateTable", create_table_request(table)).await?;
         if status != 200 {
-            bail!(
-                "table {} (template line {}): CreateTable refused: {}",
-                table.name,
-                table.line,
-                body
-            );
+            return Err(Error::Provision {
+                resource: format!("table {} (template line {})", table.name, table.line),
+                answer: format!("CreateTable refused: {body}"),
+            });
         }
         if let Some(attr) = &table.ttl_attribute {
             let (status, body) = dynamodb(
@@ -212,7 +216,7 @@ pub async fn provision(template: &esb_template::Template, t: &Target<'_>) -> Res
         let path = format!("/{}", bucket.name);
         let head = s3(t, "HEAD", &path, b"")
             .await
-            .with_context(|| format!("S3 at {}", t.s3))?;
+            .with_step(|| format!("S3 at {}", t.s3))?;
         match head.status {
             200 => {
                 report.existing.push(format!("bucket {}", bucket.name));
@@ -230,13 +234,14 @@ pub async fn provision(template: &esb_template::Template, t: &Target<'_>) -> Res
             404 => {
                 let r = s3(t, "PUT", &path, b"").await?;
                 if r.status != 200 {
-                    bail!(
-                        "bucket {} (template line {}): CreateBucket refused: {} {}",
-                        bucket.name,
-                        bucket.line,
-                        r.status,
-                        String::from_utf8_lossy(&r.body)
-                    );
+                    return Err(Error::Provision {
+                        resource: format!("bucket {} (template line {})", bucket.name, bucket.line),
+                        answer: format!(
+                            "CreateBucket refused: {} {}",
+                            r.status,
+                            String::from_utf8_lossy(&r.body)
+                        ),
+                    });
                 }
                 if bucket.versioned {
                     const BODY: &[u8] = b"<VersioningConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Status>Enabled</Status></VersioningConfiguration>";
@@ -249,7 +254,12 @@ pub async fn provision(template: &esb_template::Template, t: &Target<'_>) -> Res
                 }
                 report.created.push(format!("bucket {}", bucket.name));
             }
-            s => bail!("HEAD bucket {}: status {s}", bucket.name),
+            s => {
+                return Err(Error::Provision {
+                    resource: format!("HEAD bucket {}", bucket.name),
+                    answer: format!("status {s}"),
+                })
+            }
         }
     }
     Ok(report)
@@ -290,5 +300,17 @@ mod tests {
         let d = table_drift(&t, &other);
         assert_eq!(d.len(), 2, "{d:?}");
         assert!(d[0].contains("orders"));
+    }
+
+    #[test]
+    fn refusals_name_the_resource_and_its_template_line() {
+        let e = Error::Provision {
+            resource: "table orders (template line 3)".into(),
+            answer: "CreateTable refused: {}".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "table orders (template line 3): CreateTable refused: {}"
+        );
     }
 }

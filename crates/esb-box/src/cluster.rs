@@ -1,49 +1,24 @@
 //! The control node's side of compute nodes, wired into the box: its WireGuard interface
 //! file (`STATE/wg/wg0.json`, peers = the joined nodes), the gateway's agents file (one
 //! remote agent per node, reached over wg0 from the control namespace with mTLS), and the
-//! join exchange behind the gateway (`STATE/run/cluster.sock`). `esb node token` prints a
-//! join token.
+//! join exchange behind the gateway (`STATE/run/cluster.sock`), and the join tokens
+//! `esb node token` prints.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
 use esb_cluster::join::{Control, JoinAnswer, JoinRequest, MAX_SKEW};
 use esb_cluster::{ClusterError, Registry, TokenStore};
 
 use crate::daemon;
+use crate::layout::{
+    agents_file, ca_file, cluster_dir, component_pid_file, gateway_client_cert, tls_dir, wg_file,
+    wg_key_file,
+};
+use crate::{Error, Result};
 
 /// Port of the agents of compute nodes on their WireGuard address.
 pub const AGENT_PORT: u16 = 50051;
-
-/// `STATE/cluster`: tokens, nodes, node certificates.
-pub fn cluster_dir(state: &Path) -> PathBuf {
-    state.join("cluster")
-}
-/// The control node's WireGuard private key.
-pub fn wg_key_file(state: &Path) -> PathBuf {
-    state.join("wg/private.key")
-}
-/// The interface file of `esb wireguard`.
-pub fn wg_file(state: &Path) -> PathBuf {
-    state.join("wg/wg0.json")
-}
-/// The gateway's agents file (remote agents, one per line).
-pub fn agents_file(state: &Path) -> PathBuf {
-    cluster_dir(state).join("agents")
-}
-/// The join exchange's socket (the gateway forwards `/esb/v1/nodes/` to it).
-pub fn socket(state: &Path) -> PathBuf {
-    state.join("run/cluster.sock")
-}
-/// The gateway's client certificate for agents.
-pub fn gateway_client_cert(state: &Path) -> (PathBuf, PathBuf) {
-    let tls = state.join("tls");
-    (
-        tls.join("gateway-client.pem"),
-        tls.join("gateway-client.key"),
-    )
-}
 
 /// What the control side needs to know.
 #[derive(Debug, Clone)]
@@ -62,6 +37,17 @@ pub struct ControlSide {
     pub worker_route_via: Option<Ipv4Addr>,
     /// The box's credential pair and region, for the workers of compute nodes.
     pub credentials: (String, String, String),
+}
+
+/// Node numbers the control side never gives: 1 (the control node itself) and, when this
+/// box runs workers in 10.88.N.0/24, that N.
+pub fn reserved_numbers(local_worker_subnet: ipnet::Ipv4Net) -> Vec<u8> {
+    let o = local_worker_subnet.network().octets();
+    if o[0] == 10 && o[1] == 88 {
+        vec![1, o[2]]
+    } else {
+        vec![1]
+    }
 }
 
 impl ControlSide {
@@ -98,7 +84,7 @@ impl ControlSide {
     /// Writes the gateway's agents file from the registry.
     pub fn write_agents_file(&self) -> Result<()> {
         let (cert, key) = gateway_client_cert(&self.state);
-        let ca = self.state.join("tls").join(esb_pki::CA_FILE);
+        let ca = ca_file(&self.state);
         let mut text = String::from("# Written by esb: the agents of the joined compute nodes.\n");
         for n in Registry::new(&cluster_dir(&self.state)).list() {
             text.push_str(&format!(
@@ -127,9 +113,8 @@ impl ControlSide {
     /// Tells the running tunnel and gateway about the nodes (SIGHUP by verified PID).
     fn notify(&self) {
         for name in ["wireguard", "gateway"] {
-            if let Some(t) = daemon::read_live(&crate::boxd::component_pid_file(&self.state, name))
-            {
-                crate::supervise::signal_pid(t.pid, libc::SIGHUP);
+            if let Some(t) = daemon::read_live(&component_pid_file(&self.state, name)) {
+                daemon::signal_pid(t.pid, libc::SIGHUP);
             }
         }
     }
@@ -164,7 +149,7 @@ impl ControlSide {
             )?;
             // Issued by the box CA (its key is in STATE/tls), kept beside it.
             let (cert, key) = esb_pki::ensure_node_cert(
-                &self.state.join("tls"),
+                &tls_dir(&self.state),
                 &format!("node-{}", node.id),
                 &node.id,
                 &[node.wg_address().to_string()],
@@ -179,7 +164,7 @@ impl ControlSide {
                     source,
                 })
             };
-            let ca = read(&self.state.join("tls").join(esb_pki::CA_FILE))?;
+            let ca = read(&ca_file(&self.state))?;
             let wg_public_key = esb_wireguard::ensure_private_key(&wg_key_file(&self.state))
                 .map_err(|e| ClusterError::Invalid {
                     field: "wireguard key",
@@ -210,7 +195,7 @@ impl ControlSide {
 
 impl Control for ControlSide {
     fn ca_pem(&self) -> String {
-        std::fs::read_to_string(self.state.join("tls").join(esb_pki::CA_FILE)).unwrap_or_default()
+        std::fs::read_to_string(ca_file(&self.state)).unwrap_or_default()
     }
 
     fn join(&self, req: JoinRequest, peer: Option<IpAddr>) -> Result<JoinAnswer, ClusterError> {
@@ -218,7 +203,7 @@ impl Control for ControlSide {
         if let Err(e) = self.write_wg_file().and_then(|_| self.write_agents_file()) {
             return Err(ClusterError::Invalid {
                 field: "control state",
-                msg: format!("{e:#}"),
+                msg: e.chain(),
             });
         }
         self.notify();
@@ -226,41 +211,33 @@ impl Control for ControlSide {
     }
 }
 
-/// `esb node token`: a one-time join token for this box.
-pub fn token(state: &Path, endpoint: Option<String>, ttl: &str, wg_port: u16) -> Result<()> {
+/// A one-time join token for this box (`esb node token`): compute nodes reach its gateway
+/// at `endpoint` (HOST or HOST:PORT; default this host's name), on `gateway_port` when the
+/// endpoint names none; `ttl` as `30m`, `1h`, `2d`.
+pub fn issue_token(
+    state: &Path,
+    endpoint: Option<String>,
+    gateway_port: u16,
+    ttl: &str,
+    wg_port: u16,
+) -> Result<esb_cluster::JoinToken> {
     let ttl = esb_cluster::token::parse_ttl(ttl)?;
-    let tls = state.join("tls");
-    let fingerprint = esb_pki::ca_fingerprint(&tls)
-        .with_context(|| format!("no box CA in {} (run `esb up` first)", tls.display()))?;
+    let tls = tls_dir(state);
+    let fingerprint = esb_pki::ca_fingerprint(&tls).map_err(|e| Error::NoBoxCa(tls, e))?;
     let key = esb_wireguard::ensure_private_key(&wg_key_file(state))?;
     let endpoint = match endpoint {
         Some(e) if e.contains(':') => e,
-        Some(host) => format!("{host}:{}", gateway_port()),
-        None => format!("{}:{}", host_name(), gateway_port()),
+        Some(host) => format!("{host}:{gateway_port}"),
+        None => format!("{}:{gateway_port}", host_name()),
     };
     let secret = TokenStore::new(&cluster_dir(state)).issue(ttl)?;
-    let token = esb_cluster::JoinToken {
+    Ok(esb_cluster::JoinToken {
         endpoint,
         wg_port,
         wg_public_key: key.public().to_base64(),
         ca_fingerprint: fingerprint,
         secret,
-    };
-    println!("{}", token.encode());
-    Ok(())
-}
-
-fn gateway_port() -> u16 {
-    std::env::var("ESB_GATEWAY_PORT")
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .or_else(|| {
-            std::env::var("ESB_GATEWAY_LISTEN")
-                .ok()
-                .and_then(|a| a.parse::<SocketAddr>().ok())
-                .map(|a| a.port())
-        })
-        .unwrap_or(443)
+    })
 }
 
 /// This machine's host name (lower case).
@@ -268,4 +245,46 @@ pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_ascii_lowercase())
         .unwrap_or_else(|_| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_control_nodes_own_numbers_are_reserved() {
+        assert_eq!(
+            reserved_numbers("10.88.1.0/24".parse().unwrap()),
+            vec![1, 1]
+        );
+        assert_eq!(
+            reserved_numbers("10.88.7.0/24".parse().unwrap()),
+            vec![1, 7]
+        );
+        assert_eq!(reserved_numbers("10.77.0.0/24".parse().unwrap()), vec![1]);
+    }
+
+    #[test]
+    fn a_token_needs_the_box_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = issue_token(dir.path(), None, 443, "1h", 51820).unwrap_err();
+        assert!(e.to_string().contains("run `esb up` first"), "{e}");
+    }
+
+    #[test]
+    fn agents_file_lists_joined_nodes_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let side = ControlSide {
+            state: dir.path().to_path_buf(),
+            netns: "esb-control".into(),
+            ip: Ipv4Addr::new(10, 99, 0, 1),
+            wg_port: 51820,
+            reserved: vec![1],
+            worker_route_via: None,
+            credentials: ("a".into(), "s".into(), "r".into()),
+        };
+        side.write_agents_file().unwrap();
+        let text = std::fs::read_to_string(agents_file(dir.path())).unwrap();
+        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 0);
+    }
 }

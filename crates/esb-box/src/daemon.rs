@@ -1,13 +1,13 @@
-//! Background components started by the CLI (today the local proxy): spawned detached,
-//! tracked by a pid file that records the PID and its start time, and stopped by that PID
-//! only after checking the start time (a recycled PID is never signalled).
+//! Background processes: spawned detached, tracked by a pid file that records the PID and
+//! its start time, and stopped by that PID only after checking the start time (a recycled
+//! PID is never signalled).
 
 use std::fs::OpenOptions;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use crate::{Error, Result};
 
 /// A process the box started, as its pid file describes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,11 +33,22 @@ pub fn start_time(pid: i32) -> Option<u64> {
 /// Writes this process's pid file (called by the background component once it is ready).
 pub fn write_pid_file(path: &Path) -> Result<()> {
     let pid = std::process::id() as i32;
-    let st = start_time(pid).context("read own start time")?;
+    let st = start_time(pid).ok_or_else(|| {
+        Error::file(
+            "read own start time from",
+            format!("/proc/{pid}/stat"),
+            std::io::ErrorKind::NotFound.into(),
+        )
+    })?;
+    write_pid(path, pid, st)
+}
+
+/// Writes `PID STARTTIME` to `path` (through a temporary file, so readers never see half).
+pub fn write_pid(path: &Path, pid: i32, start_time: u64) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, format!("{pid} {st}\n"))
-        .with_context(|| format!("write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("write {}", path.display()))
+    std::fs::write(&tmp, format!("{pid} {start_time}\n"))
+        .map_err(|e| Error::file("write", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::file("write", path, e))
 }
 
 /// The process a pid file names, if it is still that process.
@@ -57,13 +68,13 @@ pub fn read_live(path: &Path) -> Option<Tracked> {
 pub fn detached(program: &std::ffi::OsStr, args: &[String], log: &Path) -> Result<Command> {
     use std::os::unix::process::CommandExt;
     if let Some(dir) = log.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::file("create", dir, e))?;
     }
     let out = OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
-        .with_context(|| format!("open {}", log.display()))?;
+        .map_err(|e| Error::file("open", log, e))?;
     let mut cmd = Command::new(program);
     cmd.args(args)
         .stdin(Stdio::null())
@@ -79,14 +90,24 @@ pub fn detached(program: &std::ffi::OsStr, args: &[String], log: &Path) -> Resul
     Ok(cmd)
 }
 
-/// Starts `esb ARGS…` detached (new session, stdin closed, output appended to `log`), and
-/// waits until it has written `pid_file` (ready) or has exited (an error with its log tail).
-pub fn spawn(args: &[String], pid_file: &Path, log: &Path, timeout: Duration) -> Result<Tracked> {
+/// Starts `esb ARGS…` (`esb` is the executable) detached (new session, stdin closed, output
+/// appended to `log`), and waits until it has written `pid_file` (ready) or has exited (an
+/// error with its log tail).
+pub fn spawn(
+    esb: &Path,
+    args: &[String],
+    pid_file: &Path,
+    log: &Path,
+    timeout: Duration,
+) -> Result<Tracked> {
     let _ = std::fs::remove_file(pid_file);
-    let exe = std::env::current_exe().context("locate the esb executable")?;
-    let mut child = detached(exe.as_os_str(), args, log)?
+    let mut child = detached(esb.as_os_str(), args, log)?
         .spawn()
-        .context("start background process")?;
+        .map_err(|e| Error::Spawn {
+            component: "background process".into(),
+            program: esb.to_path_buf(),
+            source: e,
+        })?;
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(t) = read_live(pid_file) {
@@ -95,16 +116,20 @@ pub fn spawn(args: &[String], pid_file: &Path, log: &Path, timeout: Duration) ->
             }
         }
         if let Some(status) = child.try_wait()? {
-            bail!("it exited ({status}); last log lines:\n{}", tail(log, 10));
+            return Err(Error::Exited {
+                program: "it".into(),
+                status: status.to_string(),
+                tail: tail(log, 10),
+            });
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            bail!(
-                "not ready after {}s; last log lines:\n{}",
-                timeout.as_secs(),
-                tail(log, 10)
-            );
+            return Err(Error::NotReady {
+                program: String::new(),
+                secs: timeout.as_secs(),
+                tail: tail(log, 10),
+            });
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -129,7 +154,8 @@ pub fn stop(pid_file: &Path, grace: Duration) -> Result<Option<i32>> {
     Ok(Some(t.pid))
 }
 
-fn signal(t: Tracked, sig: i32) {
+/// Sends `sig` to the tracked process if it is still that process (start time checked).
+pub fn signal(t: Tracked, sig: i32) {
     if start_time(t.pid) == Some(t.start_time) {
         // SAFETY: plain kill(2) on a PID we verified to be the process we started.
         unsafe {
@@ -138,16 +164,33 @@ fn signal(t: Tracked, sig: i32) {
     }
 }
 
+/// Sends `sig` to a child of ours (still unreaped, so its PID is not reused).
+pub fn signal_pid(pid: i32, sig: i32) {
+    // SAFETY: kill(2) on a child of ours (still unreaped, so the PID is not reused).
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// Sends SIGTERM to the tracked process and waits up to `wait` for it to end; `false` when
+/// it still runs then.
+pub fn terminate_and_wait(t: Tracked, wait: Duration) -> bool {
+    signal(t, libc::SIGTERM);
+    let deadline = Instant::now() + wait;
+    while start_time(t.pid) == Some(t.start_time) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    true
+}
+
 /// The last `n` lines of a log file.
 pub fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// Pid file of the local proxy of a node.
-pub fn proxy_pid_file(node_state: &Path) -> PathBuf {
-    node_state.join("proxy.pid")
 }
 
 /// Starts an external program detached (new session, output appended to `log`), records
@@ -162,12 +205,18 @@ pub fn spawn_program(
 ) -> Result<Tracked> {
     let mut child = detached(program.as_ref(), args, log)?
         .spawn()
-        .with_context(|| format!("run {program}"))?;
+        .map_err(|e| Error::Spawn {
+            component: program.into(),
+            program: program.into(),
+            source: e,
+        })?;
     let pid = child.id() as i32;
-    let st = start_time(pid).context("read the new process's start time")?;
-    let tmp = pid_file.with_extension("tmp");
-    std::fs::write(&tmp, format!("{pid} {st}\n"))?;
-    std::fs::rename(&tmp, pid_file)?;
+    let st = start_time(pid).ok_or_else(|| Error::Exited {
+        program: program.into(),
+        status: "gone at once".into(),
+        tail: tail(log, 10),
+    })?;
+    write_pid(pid_file, pid, st)?;
     let deadline = Instant::now() + timeout;
     loop {
         if ready() {
@@ -178,21 +227,41 @@ pub fn spawn_program(
         }
         if let Some(status) = child.try_wait()? {
             let _ = std::fs::remove_file(pid_file);
-            bail!(
-                "{program} exited ({status}); last log lines:\n{}",
-                tail(log, 10)
-            );
+            return Err(Error::Exited {
+                program: program.into(),
+                status: status.to_string(),
+                tail: tail(log, 10),
+            });
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
             let _ = std::fs::remove_file(pid_file);
-            bail!(
-                "{program} not ready after {}s; last log lines:\n{}",
-                timeout.as_secs(),
-                tail(log, 10)
-            );
+            return Err(Error::NotReady {
+                program: program.into(),
+                secs: timeout.as_secs(),
+                tail: tail(log, 10),
+            });
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_files_name_live_processes_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let pf = dir.path().join("me.pid");
+        write_pid_file(&pf).unwrap();
+        let me = read_live(&pf).expect("this process is alive");
+        assert_eq!(me.pid, std::process::id() as i32);
+        // Same PID, another start time: not this process.
+        write_pid(&pf, me.pid, me.start_time + 1).unwrap();
+        assert!(read_live(&pf).is_none());
+        std::fs::write(dir.path().join("log"), "a\nb\nc\n").unwrap();
+        assert_eq!(tail(&dir.path().join("log"), 2), "b\nc");
     }
 }

@@ -1,96 +1,22 @@
 //! Supervised child processes, shared by the box (control) and a compute node: how a
 //! component is started (own session, parent-death signal, pid file with start time, log
-//! rotated at start), when it counts as ready, and its restart with backoff; the status
-//! file (`STATE/run/box.json`) that `esb status` reads.
+//! rotated at start), when it counts as ready, and its restart with backoff. Each change
+//! is recorded in the status file ([`crate::status`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::boxd::{component_pid_file, log_file, status_file, COMPONENTS};
 use crate::daemon;
-
-/// One component as `esb status` shows it.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct ComponentStatus {
-    /// Name.
-    pub name: String,
-    /// `starting`, `running`, `restarting`, `stopped` or `failed`.
-    pub state: String,
-    /// Current PID.
-    pub pid: Option<i32>,
-    /// Restarts after a crash.
-    pub restarts: u32,
-    /// How it last ended.
-    pub last_exit: Option<String>,
-    /// Its log file.
-    pub log: String,
-}
-
-/// The whole box as `STATE/run/box.json` records it.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct BoxStatus {
-    /// The box process.
-    pub pid: i32,
-    /// `starting`, `ready`, `stopping` or `failed`.
-    pub state: String,
-    /// Why it failed, or what it is doing.
-    pub message: String,
-    /// The template served.
-    pub template: String,
-    /// Client endpoint of the gateway.
-    pub gateway_url: String,
-    /// Host endpoints of the services.
-    pub endpoints: serde_json::Value,
-    /// The CA clients trust.
-    pub ca: String,
-    /// Components in start order.
-    pub components: Vec<ComponentStatus>,
-    /// Completed rebuilds (SIGHUP / `esb watch`).
-    pub generation: u64,
-    /// Outcome of the last build and provisioning.
-    pub last_build: serde_json::Value,
-}
-
-pub(crate) type Shared = Arc<Mutex<BoxStatus>>;
-
-pub(crate) fn save(state: &Path, s: &BoxStatus) {
-    let path = status_file(state);
-    let tmp = path.with_extension("json.tmp");
-    if let Ok(text) = serde_json::to_vec_pretty(s) {
-        if std::fs::write(&tmp, text).is_ok() {
-            let _ = std::fs::rename(&tmp, &path);
-        }
-    }
-}
-
-pub(crate) fn update(state: &Path, shared: &Shared, f: impl FnOnce(&mut BoxStatus)) {
-    let mut s = shared.lock().unwrap();
-    f(&mut s);
-    save(state, &s);
-}
-
-pub(crate) fn update_component(
-    state: &Path,
-    shared: &Shared,
-    name: &str,
-    f: impl FnOnce(&mut ComponentStatus),
-) {
-    update(state, shared, |s| {
-        if let Some(c) = s.components.iter_mut().find(|c| c.name == name) {
-            f(c);
-        }
-    });
-}
+use crate::layout::{component_pid_file, log_file};
+use crate::status::{update, update_component, ComponentStatus, Shared};
+use crate::{Error, Result};
 
 /// How a component shows it is ready.
 #[derive(Debug, Clone)]
-pub(crate) enum Ready {
+pub enum Ready {
     /// Accepts TCP connections.
     Tcp(SocketAddr),
     /// Accepts connections on a unix socket.
@@ -145,7 +71,7 @@ impl Ready {
                 tokio::net::TcpStream::connect(a).await.is_ok() && listens_on(pid, a.port())
             }
             Ready::Unix(p) => tokio::net::UnixStream::connect(p).await.is_ok(),
-            Ready::Containerd(p) => crate::node::containerd_answers(p).await,
+            Ready::Containerd(p) => crate::containerd::answers(p).await,
             Ready::PidFile(p) => daemon::read_live(p).is_some_and(|t| t.pid == pid),
         }
     }
@@ -153,14 +79,42 @@ impl Ready {
 
 /// A child process the box runs.
 #[derive(Debug, Clone)]
-pub(crate) struct ChildSpec {
+pub struct ChildSpec {
+    /// The component's name (status, pid file, log file).
     pub name: &'static str,
+    /// The program.
     pub program: PathBuf,
+    /// Its arguments.
     pub args: Vec<String>,
+    /// Environment added to the box's.
     pub env: Vec<(String, String)>,
+    /// When it counts as ready.
     pub ready: Ready,
+    /// How long it may take to be ready.
     pub ready_timeout: Duration,
+    /// How long it may take to stop after SIGTERM (then SIGKILL).
     pub stop_grace: Duration,
+}
+
+impl ChildSpec {
+    /// A component with the usual timeouts (ready in 60 s, 15 s to stop).
+    pub fn new(
+        name: &'static str,
+        program: PathBuf,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        ready: Ready,
+    ) -> ChildSpec {
+        ChildSpec {
+            name,
+            program,
+            args,
+            env,
+            ready,
+            ready_timeout: Duration::from_secs(60),
+            stop_grace: Duration::from_secs(15),
+        }
+    }
 }
 
 /// A component's log is rotated when it (re)starts past this size (one old file kept).
@@ -178,7 +132,7 @@ fn spawn_child(spec: &ChildSpec, state: &Path) -> Result<tokio::process::Child> 
         .create(true)
         .append(true)
         .open(&log)
-        .with_context(|| format!("open {}", log.display()))?;
+        .map_err(|e| Error::file("open", &log, e))?;
     let mut cmd = tokio::process::Command::new(&spec.program);
     cmd.args(&spec.args)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
@@ -198,10 +152,15 @@ fn spawn_child(spec: &ChildSpec, state: &Path) -> Result<tokio::process::Child> 
             Ok(())
         });
     }
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("start {} ({})", spec.name, spec.program.display()))?;
-    let pid = child.id().context("child pid")? as i32;
+    let spawn_error = |source| Error::Spawn {
+        component: spec.name.into(),
+        program: spec.program.clone(),
+        source,
+    };
+    let child = cmd.spawn().map_err(spawn_error)?;
+    let pid = child
+        .id()
+        .ok_or_else(|| spawn_error(std::io::ErrorKind::NotFound.into()))? as i32;
     let st = daemon::start_time(pid).unwrap_or(0);
     let pf = component_pid_file(state, spec.name);
     let tmp = pf.with_extension("tmp");
@@ -210,16 +169,9 @@ fn spawn_child(spec: &ChildSpec, state: &Path) -> Result<tokio::process::Child> 
     Ok(child)
 }
 
-pub(crate) fn signal_pid(pid: i32, sig: i32) {
-    // SAFETY: kill(2) on a child of ours (still unreaped, so the PID is not reused).
-    unsafe {
-        libc::kill(pid, sig);
-    }
-}
-
 async fn stop_child(child: &mut tokio::process::Child, grace: Duration) -> String {
     if let Some(pid) = child.id() {
-        signal_pid(pid as i32, libc::SIGTERM);
+        daemon::signal_pid(pid as i32, libc::SIGTERM);
     }
     match tokio::time::timeout(grace, child.wait()).await {
         Ok(Ok(st)) => st.to_string(),
@@ -236,7 +188,7 @@ async fn stop_child(child: &mut tokio::process::Child, grace: Duration) -> Strin
 
 /// Runs one component: start, wait ready, then restart with backoff whenever it exits,
 /// until `stop` turns true. The first start's outcome goes to `first`.
-pub(crate) async fn supervise(
+pub async fn supervise(
     spec: ChildSpec,
     state: PathBuf,
     shared: Shared,
@@ -256,10 +208,11 @@ pub(crate) async fn supervise(
                     let _ = f.send(Err(e));
                     return;
                 }
-                tracing::error!(component = spec.name, "restart failed: {e:#}");
+                let e = e.chain();
+                tracing::error!(component = spec.name, "restart failed: {e}");
                 update_component(&state, &shared, spec.name, |c| {
                     c.state = "restarting".into();
-                    c.last_exit = Some(format!("{e:#}"));
+                    c.last_exit = Some(e);
                 });
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -320,12 +273,12 @@ pub(crate) async fn supervise(
         let how = exited.unwrap_or_default();
         let _ = std::fs::remove_file(component_pid_file(&state, spec.name));
         if let Some(f) = first.take() {
-            let _ = f.send(Err(anyhow::anyhow!(
-                "{} did not start: {how}; last log lines ({}):\n{}",
-                spec.name,
-                log.display(),
-                daemon::tail(&log, 15)
-            )));
+            let _ = f.send(Err(Error::ComponentStart {
+                component: spec.name.into(),
+                how: how.clone(),
+                log: log.clone(),
+                tail: daemon::tail(&log, 15),
+            }));
             update_component(&state, &shared, spec.name, |c| {
                 c.state = "failed".into();
                 c.pid = None;
@@ -362,10 +315,11 @@ pub(crate) async fn supervise(
 }
 
 /// Stops processes left by a box that did not stop cleanly (their pid files are ours and
-/// carry the start time, so only those very processes are signalled).
-pub fn stop_leftovers(state: &Path) -> Vec<String> {
+/// carry the start time, so only those very processes are signalled): `components` in
+/// start order, stopped in reverse. Returns "name (pid N)" for each one stopped.
+pub fn stop_leftovers(state: &Path, components: &[&str]) -> Vec<String> {
     let mut stopped = Vec::new();
-    for name in COMPONENTS.iter().rev() {
+    for name in components.iter().rev() {
         let pf = component_pid_file(state, name);
         if let Ok(Some(pid)) = daemon::stop(&pf, Duration::from_secs(10)) {
             stopped.push(format!("{name} (pid {pid})"));
@@ -375,7 +329,7 @@ pub fn stop_leftovers(state: &Path) -> Vec<String> {
 }
 
 /// Every component as `pending`, for a fresh status file.
-pub(crate) fn pending_components(state: &Path, specs: &[ChildSpec]) -> Vec<ComponentStatus> {
+pub fn pending_components(state: &Path, specs: &[ChildSpec]) -> Vec<ComponentStatus> {
     specs
         .iter()
         .map(|s| ComponentStatus {
@@ -390,10 +344,10 @@ pub(crate) fn pending_components(state: &Path, specs: &[ChildSpec]) -> Vec<Compo
 }
 
 /// A supervised component: its stop switch and its task.
-pub(crate) type Running = (watch::Sender<bool>, tokio::task::JoinHandle<()>);
+pub type Running = (watch::Sender<bool>, tokio::task::JoinHandle<()>);
 
 /// Starts `spec` under supervision and waits until it is ready (or failed to start).
-pub(crate) async fn start(spec: &ChildSpec, state: &Path, shared: &Shared) -> Result<Running> {
+pub async fn start(spec: &ChildSpec, state: &Path, shared: &Shared) -> Result<Running> {
     update(state, shared, |s| {
         s.message = format!("starting {}", spec.name)
     });
@@ -406,31 +360,25 @@ pub(crate) async fn start(spec: &ChildSpec, state: &Path, shared: &Shared) -> Re
         rx,
         ftx,
     ));
-    match frx.await.context("supervisor task")? {
+    let outcome = match frx.await {
+        Ok(o) => o,
+        Err(_) => {
+            // The task ended without a word (it panicked).
+            let cause = match h.await {
+                Err(j) => Error::Task(j),
+                Ok(()) => Error::Io(std::io::Error::other("ended without an answer")),
+            };
+            return Err(Error::Step {
+                step: "supervisor task".into(),
+                source: Box::new(cause),
+            });
+        }
+    };
+    match outcome {
         Ok(()) => Ok((tx, h)),
         Err(e) => {
             let _ = h.await;
             Err(e)
-        }
-    }
-}
-
-/// Destroys every worker the node's containerd still runs (after the agent stopped, while
-/// containerd runs).
-pub(crate) async fn destroy_workers(
-    agent_dir: PathBuf,
-    node: esb_runtime_node::NodeConfig,
-    containerd_socket: PathBuf,
-) {
-    if !containerd_socket.exists() {
-        return;
-    }
-    let cfg = esb_agent::AgentConfig::with_defaults(agent_dir, node, containerd_socket);
-    if let Ok(agent) = esb_agent::Agent::connect(cfg).await {
-        if let Ok(list) = agent.list().await {
-            for w in list {
-                let _ = agent.destroy(&w.id).await;
-            }
         }
     }
 }

@@ -1,18 +1,82 @@
-//! Small HTTP/1.1 client calls the CLI makes to the box's own services: the provisioner
-//! (S3 and DynamoDB on loopback, SigV4-signed), `esb status` (the gateway's admin unix
-//! socket) and `esb invoke` (the gateway's HTTPS Invoke API, trusting the box CA).
+//! Small HTTP/1.1 client calls to the box's own services: the provisioner (S3 and DynamoDB
+//! on loopback, SigV4-signed), `esb status` (the gateway's admin unix socket) and
+//! `esb invoke` / `esb doctor` (the gateway's HTTPS API, trusting the box CA).
 //! Built on hyper's connection API; one request per connection.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Results of the client.
+pub type Result<T, E = HttpError> = std::result::Result<T, E>;
+
+/// What went wrong with a call; `Display` names the peer, `source()` gives the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The connection could not be made.
+    #[error("connect {peer}")]
+    Connect {
+        /// `host:port` or the socket's path.
+        peer: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The connection was not made in time.
+    #[error("connect {0}: timed out")]
+    ConnectTimeout(String),
+    /// The TLS handshake failed.
+    #[error("TLS with {host}")]
+    Tls {
+        /// The server's name.
+        host: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS handshake did not finish in time.
+    #[error("TLS with {0}: timed out")]
+    TlsTimeout(String),
+    /// The CA file could not be read.
+    #[error("read the box CA {}", path.display())]
+    Ca {
+        /// The CA file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// No answer in time.
+    #[error("no answer in time")]
+    NoAnswer,
+    /// A request without host cannot be signed.
+    #[error("request without host")]
+    NoHost,
+    /// The server name is not a DNS name or address.
+    #[error(transparent)]
+    ServerName(#[from] rustls::pki_types::InvalidDnsNameError),
+    /// TLS configuration.
+    #[error(transparent)]
+    Rustls(#[from] rustls::Error),
+    /// The exchange itself.
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    /// A request that cannot be built.
+    #[error(transparent)]
+    Request(#[from] http::Error),
+    /// A header value that cannot be sent.
+    #[error(transparent)]
+    Header(#[from] http::header::InvalidHeaderValue),
+    /// Socket options.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
 
 /// A response: status, headers and the whole body.
 #[derive(Debug)]
@@ -49,7 +113,7 @@ where
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let body = resp.into_body().collect().await?.to_bytes();
-        anyhow::Ok(Reply {
+        Ok::<_, HttpError>(Reply {
             status,
             headers,
             body,
@@ -57,15 +121,18 @@ where
     };
     tokio::time::timeout(timeout, fut)
         .await
-        .context("no answer in time")?
+        .map_err(|_| HttpError::NoAnswer)?
 }
 
 /// One request over TCP to `addr` (`host:port`).
 pub async fn tcp(addr: &str, req: Request<Full<Bytes>>, timeout: Duration) -> Result<Reply> {
     let s = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
         .await
-        .with_context(|| format!("connect {addr}: timed out"))?
-        .with_context(|| format!("connect {addr}"))?;
+        .map_err(|_| HttpError::ConnectTimeout(addr.to_string()))?
+        .map_err(|source| HttpError::Connect {
+            peer: addr.to_string(),
+            source,
+        })?;
     s.set_nodelay(true)?;
     send(s, req, timeout).await
 }
@@ -74,7 +141,10 @@ pub async fn tcp(addr: &str, req: Request<Full<Bytes>>, timeout: Duration) -> Re
 pub async fn unix(path: &Path, req: Request<Full<Bytes>>, timeout: Duration) -> Result<Reply> {
     let s = tokio::net::UnixStream::connect(path)
         .await
-        .with_context(|| format!("connect {}", path.display()))?;
+        .map_err(|source| HttpError::Connect {
+            peer: path.display().to_string(),
+            source,
+        })?;
     send(s, req, timeout).await
 }
 
@@ -96,8 +166,11 @@ pub async fn https(
         tokio::net::TcpStream::connect((connect_host, port)),
     )
     .await
-    .with_context(|| format!("connect {host}:{port}: timed out"))?
-    .with_context(|| format!("connect {host}:{port}"))?;
+    .map_err(|_| HttpError::ConnectTimeout(format!("{host}:{port}")))?
+    .map_err(|source| HttpError::Connect {
+        peer: format!("{host}:{port}"),
+        source,
+    })?;
     https_over(tcp, host, ca_file, req, timeout).await
 }
 
@@ -113,10 +186,12 @@ pub async fn https_over(
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, ServerName};
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca_file)
-        .with_context(|| format!("read the box CA {}", ca_file.display()))?
-    {
-        roots.add(cert?)?;
+    let ca_error = |source| HttpError::Ca {
+        path: ca_file.to_path_buf(),
+        source,
+    };
+    for cert in CertificateDer::pem_file_iter(ca_file).map_err(ca_error)? {
+        roots.add(cert.map_err(ca_error)?)?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -128,8 +203,11 @@ pub async fn https_over(
     let name = ServerName::try_from(host.to_string())?;
     let tls = tokio::time::timeout(timeout, connector.connect(name, tcp))
         .await
-        .with_context(|| format!("TLS with {host}: timed out"))?
-        .with_context(|| format!("TLS with {host}"))?;
+        .map_err(|_| HttpError::TlsTimeout(host.to_string()))?
+        .map_err(|source| HttpError::Tls {
+            host: host.to_string(),
+            source,
+        })?;
     send(tls, req, timeout).await
 }
 
@@ -147,10 +225,11 @@ pub fn sign(
         .uri()
         .authority()
         .map(|a| a.to_string())
-        .context("request without host")?;
+        .ok_or(HttpError::NoHost)?;
     let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs() as i64;
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
     let date = esb_sigv4::format_amz_date(now);
     let hash = hex::encode(sha2::Sha256::digest(body));
     let h = req.headers_mut();

@@ -17,15 +17,19 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
 use tokio::sync::watch;
 
+use crate::containerd::destroy_leftover_workers;
 use crate::daemon;
-use crate::provision;
-use crate::supervise::{
-    destroy_workers, pending_components, save, signal_pid, start, update, ChildSpec, Ready, Shared,
+use crate::images::{build_and_provision, prepare_registry, prune_registry, read_revisions};
+use crate::layout::{
+    agent_socket, box_lock_file, box_pid_file, ca_file, cluster_socket, containerd_dir,
+    gateway_admin_socket, hosts_dir, log_file, ready_file, registry_server, revisions_file,
+    run_dir, status_file, tls_dir, wg_file, wg_status_file,
 };
-pub use crate::supervise::{stop_leftovers, BoxStatus};
+use crate::status::{save, update, BoxStatus, Shared};
+use crate::supervise::{pending_components, start, stop_leftovers, ChildSpec, Ready};
+use crate::{Error, Result, ResultExt};
 
 /// Everything the box needs, checked before anything is created.
 #[derive(Debug, Clone)]
@@ -70,6 +74,18 @@ pub struct Plan {
     /// Whether control runs workers itself (`--no-local-workers` / `ESB_LOCAL_WORKERS=0`:
     /// only on compute nodes).
     pub local_workers: bool,
+    /// The `esb` executable the components run as (`esb s3`, `esb gateway`, …).
+    pub esb: PathBuf,
+    /// The containerd program (`ESB_CONTAINERD`).
+    pub containerd: PathBuf,
+    /// The registry program (`esb_registry::server::program`).
+    pub registry_program: PathBuf,
+    /// The local agent's node id in the gateway's agents (`ESB_NODE_ID`).
+    pub node_id: String,
+    /// More names for the gateway's certificate (`ESB_GATEWAY_SANS`).
+    pub gateway_sans: Vec<String>,
+    /// `ESB_GATEWAY_LOG_STDERR` for the gateway ("0": its records go to the log store only).
+    pub gateway_log_stderr: String,
 }
 
 impl Plan {
@@ -78,18 +94,19 @@ impl Plan {
         run_dir(&self.state)
     }
     fn agent_socket(&self) -> PathBuf {
-        self.state.join("agent.sock")
+        agent_socket(&self.state)
     }
-    fn containerd_dir(&self) -> PathBuf {
-        self.state.join("containerd")
+    /// The private containerd's directory.
+    pub fn containerd_dir(&self) -> PathBuf {
+        containerd_dir(&self.state)
     }
     /// The box CA clients trust.
     pub fn ca_path(&self) -> PathBuf {
-        self.tls_dir().join(esb_pki::CA_FILE)
+        ca_file(&self.state)
     }
     /// The box CA and the certificates it issued.
     pub fn tls_dir(&self) -> PathBuf {
-        self.state.join("tls")
+        tls_dir(&self.state)
     }
     /// The registry's configuration and storage.
     pub fn registry(&self) -> esb_registry::ServerConfig {
@@ -104,48 +121,8 @@ impl Plan {
     }
     /// Where the box builds images.
     pub fn build_dir(&self) -> PathBuf {
-        self.state.join("build")
+        crate::layout::build_dir(&self.state)
     }
-}
-
-/// `STATE/run`: pid files, status, admin socket.
-pub fn run_dir(state: &Path) -> PathBuf {
-    state.join("run")
-}
-/// The box process's pid file.
-pub fn box_pid_file(state: &Path) -> PathBuf {
-    run_dir(state).join("box.pid")
-}
-/// The status the box keeps current.
-pub fn status_file(state: &Path) -> PathBuf {
-    run_dir(state).join("box.json")
-}
-/// The gateway's admin socket.
-pub fn gateway_admin_socket(state: &Path) -> PathBuf {
-    run_dir(state).join("gateway.sock")
-}
-/// Function name -> image manifest digest of the last build.
-pub fn revisions_file(state: &Path) -> PathBuf {
-    run_dir(state).join("revisions.json")
-}
-/// The registry's configuration and storage (`STATE/registry`, certificate in `STATE/tls`).
-pub fn registry_server(state: &Path, listen: SocketAddr) -> esb_registry::ServerConfig {
-    esb_registry::ServerConfig {
-        dir: state.join("registry"),
-        listen,
-        cert: state.join("tls/registry.pem"),
-        key: state.join("tls/registry.key"),
-    }
-}
-
-/// containerd's hosts directory of this host: how its agent reaches and trusts registries.
-pub fn hosts_dir(state: &Path) -> esb_registry::HostsDir {
-    esb_registry::HostsDir::new(state.join("containerd/certs.d"))
-}
-
-/// The log file of a component (or of the box itself).
-pub fn log_file(state: &Path, name: &str) -> PathBuf {
-    state.join("logs").join(format!("{name}.log"))
 }
 
 /// Where this machine reaches a listener bound to `a` (an unspecified address is dialled
@@ -172,53 +149,27 @@ pub const COMPONENTS: &[&str] = &[
     "gateway",
 ];
 
-/// The pid file of a component.
-pub fn component_pid_file(state: &Path, name: &str) -> PathBuf {
-    if name == "containerd" {
-        // Shared with `esb node up`'s private containerd.
-        return state.join("containerd/containerd.pid");
-    }
-    run_dir(state).join(format!("{name}.pid"))
-}
-
-pub(crate) fn esb_exe() -> Result<PathBuf> {
-    std::env::current_exe().context("locate the esb executable")
-}
-
-fn child_specs(plan: &Plan) -> Result<Vec<ChildSpec>> {
-    let exe = esb_exe()?;
+/// The components a plan runs, in start order (see [`COMPONENTS`]).
+pub fn child_specs(plan: &Plan) -> Vec<ChildSpec> {
     let state = plan.state.display().to_string();
-    let esb =
-        |name: &'static str, mut args: Vec<String>, env: Vec<(String, String)>, ready: Ready| {
-            let mut a = vec![format!("--state-dir={state}")];
-            a.append(&mut args);
-            ChildSpec {
-                name,
-                program: exe.clone(),
-                args: a,
-                env,
-                ready,
-                ready_timeout: Duration::from_secs(60),
-                stop_grace: Duration::from_secs(15),
-            }
-        };
+    let esb = |name: &'static str, mut args: Vec<String>, env, ready| {
+        let mut a = vec![format!("--state-dir={state}")];
+        a.append(&mut args);
+        ChildSpec::new(name, plan.esb.clone(), a, env, ready)
+    };
     let ctd_dir = plan.containerd_dir();
-    let containerd = ChildSpec {
-        name: "containerd",
-        program: PathBuf::from(
-            std::env::var("ESB_CONTAINERD").unwrap_or_else(|_| "containerd".into()),
-        ),
-        args: vec![
+    let containerd = ChildSpec::new(
+        "containerd",
+        plan.containerd.clone(),
+        vec![
             "--config".into(),
             ctd_dir.join("config.toml").display().to_string(),
         ],
-        env: vec![],
-        ready: Ready::Containerd(ctd_dir.join("containerd.sock")),
-        ready_timeout: Duration::from_secs(60),
-        stop_grace: Duration::from_secs(15),
-    };
+        vec![],
+        Ready::Containerd(ctd_dir.join("containerd.sock")),
+    );
     let netns = plan.node.netns.clone();
-    let proxy_pid = run_dir(&plan.state).join("proxy.ready");
+    let proxy_pid = ready_file(&plan.state, "proxy");
     let mut proxy_args = vec![
         "proxy".to_string(),
         format!("--netns={netns}"),
@@ -249,7 +200,7 @@ fn child_specs(plan: &Plan) -> Result<Vec<ChildSpec>> {
                     format!(
                         "unix://{},netns={netns},node={}",
                         plan.agent_socket().display(),
-                        std::env::var("ESB_NODE_ID").unwrap_or_else(|_| "node-1".into())
+                        plan.node_id
                     )
                 } else {
                     String::new()
@@ -257,17 +208,17 @@ fn child_specs(plan: &Plan) -> Result<Vec<ChildSpec>> {
             ),
             (
                 "ESB_AGENTS_FILE".into(),
-                crate::cluster::agents_file(&plan.state)
+                crate::layout::agents_file(&plan.state)
                     .display()
                     .to_string(),
             ),
             (
                 "ESB_CLUSTER_SOCKET".into(),
-                crate::cluster::socket(&plan.state).display().to_string(),
+                cluster_socket(&plan.state).display().to_string(),
             ),
             (
                 "ESB_GATEWAY_DATA_DIR".into(),
-                plan.state.join("tls").display().to_string(),
+                plan.tls_dir().display().to_string(),
             ),
             (
                 "ESB_GATEWAY_ADMIN_SOCKET".into(),
@@ -282,7 +233,7 @@ fn child_specs(plan: &Plan) -> Result<Vec<ChildSpec>> {
             // process's diagnostics only, unless asked otherwise.
             (
                 "ESB_GATEWAY_LOG_STDERR".into(),
-                std::env::var("ESB_GATEWAY_LOG_STDERR").unwrap_or_else(|_| "0".into()),
+                plan.gateway_log_stderr.clone(),
             ),
         ],
         Ready::Tcp(gateway_ready),
@@ -304,18 +255,16 @@ fn child_specs(plan: &Plan) -> Result<Vec<ChildSpec>> {
         vec![],
         Ready::Unix(plan.agent_socket()),
     );
-    let registry = ChildSpec {
-        name: "registry",
-        program: esb_registry::server::program()?,
-        args: vec![
+    let registry = ChildSpec::new(
+        "registry",
+        plan.registry_program.clone(),
+        vec![
             "serve".into(),
             plan.registry().config_path().display().to_string(),
         ],
-        env: vec![],
-        ready: Ready::Tcp(plan.registry_listen),
-        ready_timeout: Duration::from_secs(60),
-        stop_grace: Duration::from_secs(15),
-    };
+        vec![],
+        Ready::Tcp(plan.registry_listen),
+    );
     let mut relay_args = vec![
         "relay".to_string(),
         format!("--netns={}", plan.control.netns),
@@ -347,10 +296,7 @@ fn child_specs(plan: &Plan) -> Result<Vec<ChildSpec>> {
             plan.control.ip,
             plan.gateway_listen.port()
         ),
-        format!(
-            "--pid-file={}",
-            run_dir(&plan.state).join("relay.ready").display()
-        ),
+        format!("--pid-file={}", ready_file(&plan.state, "relay").display()),
     ];
     // The local proxy's hosts file and limits.
     relay_args.extend(plan.proxy_args.iter().cloned());
@@ -358,29 +304,23 @@ fn child_specs(plan: &Plan) -> Result<Vec<ChildSpec>> {
         "relay",
         relay_args,
         vec![],
-        Ready::PidFile(run_dir(&plan.state).join("relay.ready")),
+        Ready::PidFile(ready_file(&plan.state, "relay")),
     );
     let wireguard = esb(
         "wireguard",
         vec![
             "wireguard".into(),
-            format!(
-                "--interface-file={}",
-                crate::cluster::wg_file(&plan.state).display()
-            ),
-            format!(
-                "--status-file={}",
-                run_dir(&plan.state).join("wg.json").display()
-            ),
+            format!("--interface-file={}", wg_file(&plan.state).display()),
+            format!("--status-file={}", wg_status_file(&plan.state).display()),
             format!(
                 "--ready-file={}",
-                run_dir(&plan.state).join("wireguard.ready").display()
+                ready_file(&plan.state, "wireguard").display()
             ),
         ],
         vec![],
-        Ready::PidFile(run_dir(&plan.state).join("wireguard.ready")),
+        Ready::PidFile(ready_file(&plan.state, "wireguard")),
     );
-    Ok(vec![
+    vec![
         containerd,
         esb(
             "s3",
@@ -406,7 +346,7 @@ fn child_specs(plan: &Plan) -> Result<Vec<ChildSpec>> {
         wireguard,
         agent,
         gateway,
-    ])
+    ]
 }
 
 /// Makes sure the box CA and its certificates exist: the gateway's (`ESB_GATEWAY_SANS`
@@ -415,15 +355,7 @@ fn child_specs(plan: &Plan) -> Result<Vec<ChildSpec>> {
 /// trusts the registry at the control address.
 fn prepare_tls(plan: &Plan) -> Result<()> {
     let tls = plan.tls_dir();
-    let gateway_sans: Vec<String> = std::env::var("ESB_GATEWAY_SANS")
-        .map(|s| {
-            s.split(',')
-                .map(|x| x.trim().to_string())
-                .filter(|x| !x.is_empty())
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    esb_pki::ensure_box_certs(&tls, &esb_pki::default_sans(&gateway_sans))?;
+    esb_pki::ensure_box_certs(&tls, &esb_pki::default_sans(&plan.gateway_sans))?;
     let mut sans: Vec<String> = vec![
         plan.control.ip.to_string(),
         esb_registry::BACKEND_NAME.into(),
@@ -438,7 +370,7 @@ fn prepare_tls(plan: &Plan) -> Result<()> {
         }
     }
     esb_pki::ensure_server_cert(&tls, "registry", "esb registry", &sans)
-        .context("the registry's certificate (ESB_REGISTRY_SANS)")?;
+        .step("the registry's certificate (ESB_REGISTRY_SANS)")?;
     let host = format!("{}:{}", plan.control.ip, esb_registry::DEFAULT_PORT);
     hosts_dir(&plan.state).write(&host, &format!("https://{host}"), &plan.ca_path())?;
     // The gateway calls the agents of compute nodes with this (mTLS).
@@ -448,195 +380,8 @@ fn prepare_tls(plan: &Plan) -> Result<()> {
         "esb gateway",
         &[plan.control.ip.to_string()],
     )
-    .context("the gateway's client certificate")?;
+    .step("the gateway's client certificate")?;
     Ok(())
-}
-
-/// Writes the registry's configuration and collects what deleted revisions left (the
-/// registry is not running yet: distribution collects only offline).
-async fn prepare_registry(plan: &Plan) -> Result<()> {
-    let server = plan.registry();
-    server.write()?;
-    let has_data = std::fs::read_dir(server.data_dir())
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false);
-    if has_data {
-        let program = esb_registry::server::program()?;
-        let summary =
-            tokio::task::spawn_blocking(move || server.garbage_collect(&program)).await??;
-        tracing::info!("registry garbage collection: {summary}");
-    }
-    Ok(())
-}
-
-/// Deletes from the registry every function image that is not the current revision of a
-/// function (`revisions`: function name -> manifest digest); its blobs go at the
-/// registry's next start. Failures are logged: they cost disk, not service.
-async fn prune_registry(plan: &Plan, revisions: &serde_json::Map<String, serde_json::Value>) {
-    let registry = plan.registry_client();
-    let wanted: std::collections::HashMap<String, String> = revisions
-        .iter()
-        .filter_map(|(f, d)| {
-            Some((
-                esb_registry::function_repository(f),
-                d.as_str()?.to_string(),
-            ))
-        })
-        .collect();
-    let repos = match esb_image::catalog(&registry).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!("registry prune: {e}");
-            return;
-        }
-    };
-    let prefix = esb_registry::function_repository("x");
-    let prefix = prefix.trim_end_matches('x');
-    for repo in repos.iter().filter(|r| r.starts_with(prefix)) {
-        let tagged = match esb_image::tagged_digests(&registry, repo).await {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!("registry prune {repo}: {e}");
-                continue;
-            }
-        };
-        let mut seen = std::collections::HashSet::new();
-        for (_, digest) in tagged {
-            if wanted.get(repo) == Some(&digest) || !seen.insert(digest.clone()) {
-                continue;
-            }
-            match esb_image::delete_manifest(&registry, repo, &digest).await {
-                Ok(()) => tracing::info!("registry: deleted {repo}@{digest} (no longer built)"),
-                Err(e) => tracing::warn!("registry prune: {e}"),
-            }
-        }
-    }
-}
-
-/// The revisions file's content.
-fn read_revisions(state: &Path) -> serde_json::Map<String, serde_json::Value> {
-    std::fs::read(revisions_file(state))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
-}
-
-/// Builds the images, imports them into containerd, writes the revisions file and
-/// provisions tables and buckets. Returns a summary for `box.json`.
-async fn build_and_provision(plan: &Plan) -> Result<serde_json::Value> {
-    let p = plan.clone();
-    let (template, report) = tokio::task::spawn_blocking(move || -> Result<_> {
-        let template = crate::build::load_template(&p.template, p.parameter_overrides.as_deref())?;
-        let mut opts = esb_image::BuildOptions::new(&template, p.supervisor.clone());
-        opts.out_dir = p.build_dir();
-        let progress = |e: &esb_image::Progress| {
-            use esb_image::Progress::*;
-            match e {
-                Planned { images, layers } => {
-                    tracing::info!("building {images} image(s), {layers} layer(s)")
-                }
-                Base(line) => tracing::info!("base image: {line}"),
-                Layer {
-                    what,
-                    size,
-                    cached: false,
-                    ..
-                } => tracing::info!("built layer {what} ({size} bytes)"),
-                Image {
-                    function,
-                    reference,
-                    changed,
-                    ..
-                } => tracing::info!(
-                    "image {function}: {reference}{}",
-                    if *changed { "" } else { " (unchanged)" }
-                ),
-                Skipped { function, reason } => tracing::warn!("skipped {function}: {reason}"),
-                Warning(w) => tracing::warn!("{w}"),
-                _ => {}
-            }
-        };
-        let report = esb_image::build(&template, &opts, &progress)?;
-        Ok((template, report))
-    })
-    .await??;
-    // Every image goes to the box's registry (compute nodes pull from there), named by
-    // function and revision; the local containerd gets them directly unless the box was
-    // asked to pull like a compute node.
-    let registry = plan.registry_client();
-    let mut pushed = Vec::new();
-    let mut named = Vec::new();
-    let mut revisions = serde_json::Map::new();
-    let mut repos: Vec<String> = Vec::new();
-    for i in &report.images {
-        let Some(f) = template.function(&i.function) else {
-            continue;
-        };
-        let repo = esb_registry::function_repository(&f.name);
-        let tag = esb_registry::revision_tag(&i.manifest_digest);
-        let layout = esb_image::Layout::open(&report.layout)?;
-        let r = esb_image::push_mounting(&layout, &i.reference, &registry, &repo, &tag, &repos)
-            .await
-            .with_context(|| format!("push {} to the box's registry", f.name))?;
-        repos.push(repo);
-        if r.manifest_pushed {
-            tracing::info!(
-                "pushed {}: {} layer(s) sent, {} blob(s) present",
-                r.reference,
-                r.layers_uploaded,
-                r.blobs_present
-            );
-        }
-        pushed.push(serde_json::json!({
-            "function": f.name, "reference": r.reference,
-            "layers_uploaded": r.layers_uploaded, "blobs_uploaded": r.blobs_uploaded,
-            "manifest_pushed": r.manifest_pushed}));
-        named.push((
-            i.reference.clone(),
-            esb_registry::image_reference(esb_registry::CONTROL_HOST, &f.name, &i.manifest_digest),
-        ));
-        revisions.insert(f.name.clone(), i.manifest_digest.clone().into());
-    }
-    if !plan.pull_images {
-        let socket = plan.containerd_dir().join("containerd.sock");
-        esb_image::import_named(&report.layout, &named, &socket)
-            .await
-            .context("import the images into containerd")?;
-    }
-    let path = revisions_file(&plan.state);
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&revisions)?)?;
-    std::fs::rename(&tmp, &path)?;
-    let s3 = dial_addr(plan.s3).to_string();
-    let ddb = dial_addr(plan.dynamodb).to_string();
-    let prov = provision::provision(
-        &template,
-        &provision::Target {
-            dynamodb: &ddb,
-            s3: &s3,
-            creds: (&plan.creds.0, &plan.creds.1),
-            region: &plan.region,
-        },
-    )
-    .await
-    .context("provision tables and buckets")?;
-    for c in &prov.created {
-        tracing::info!("created {c}");
-    }
-    for d in &prov.drift {
-        tracing::warn!("drift: {d}");
-    }
-    Ok(serde_json::json!({
-        "ok": true,
-        "images": report.images.iter().map(|i| serde_json::json!({
-            "function": i.function, "reference": i.reference,
-            "digest": i.manifest_digest, "changed": i.changed})).collect::<Vec<_>>(),
-        "layers_built": report.layers_built,
-        "pushed": pushed,
-        "layers_cached": report.layers_cached,
-        "warnings": report.warnings,
-        "provisioned": prov,
-    }))
 }
 
 /// Holds the box's exclusive lock (`STATE/run/box.lock`) for the life of the process.
@@ -645,22 +390,21 @@ pub struct BoxLock(#[allow(dead_code)] std::fs::File);
 /// Takes the lock, or says which box holds it.
 pub fn lock(state: &Path) -> Result<BoxLock> {
     use std::os::fd::AsRawFd;
-    let path = run_dir(state).join("box.lock");
+    let path = box_lock_file(state);
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .with_context(|| format!("open {}", path.display()))?;
+        .map_err(|e| Error::file("open", &path, e))?;
     // SAFETY: flock(2) on a file descriptor we own.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        bail!(
-            "another box runs on {} (pid {})",
-            state.display(),
-            daemon::read_live(&box_pid_file(state))
+        return Err(Error::BoxRunning {
+            state: state.to_path_buf(),
+            pid: daemon::read_live(&box_pid_file(state))
                 .map(|t| t.pid.to_string())
-                .unwrap_or_else(|| "?".into())
-        );
+                .unwrap_or_else(|| "?".into()),
+        });
     }
     Ok(BoxLock(f))
 }
@@ -676,7 +420,7 @@ pub async fn run(plan: Plan) -> Result<()> {
     std::fs::create_dir_all(plan.run_dir())?;
     let _lock = lock(&state)?;
     daemon::write_pid_file(&box_pid_file(&state))?;
-    let left = stop_leftovers(&state);
+    let left = stop_leftovers(&state, COMPONENTS);
     if !left.is_empty() {
         tracing::warn!("stopped leftovers of an unclean stop: {}", left.join(", "));
     }
@@ -688,7 +432,7 @@ pub async fn run(plan: Plan) -> Result<()> {
     ] {
         let _ = std::fs::remove_file(stale);
     }
-    let specs = child_specs(&plan)?;
+    let specs = child_specs(&plan);
     let shared: Shared = Arc::new(Mutex::new(BoxStatus {
         pid: std::process::id() as i32,
         state: "starting".into(),
@@ -720,8 +464,8 @@ pub async fn run(plan: Plan) -> Result<()> {
         update(&state, &shared, |s| {
             s.message = "creating the node network".into()
         });
-        rn.up().context("node network")?;
-        plan.control.up().context("control network")?;
+        rn.up().step("node network")?;
+        plan.control.up().step("control network")?;
         std::fs::create_dir_all(plan.containerd_dir())?;
         let dir = std::fs::canonicalize(plan.containerd_dir())?;
         std::fs::write(dir.join("config.toml"), esb_containerd::config_toml(&dir))?;
@@ -732,10 +476,10 @@ pub async fn run(plan: Plan) -> Result<()> {
                 plan.cluster.write_agents_file()?;
             }
             if spec.name == "gateway" {
-                let path = crate::cluster::socket(&state);
+                let path = cluster_socket(&state);
                 let _ = std::fs::remove_file(&path);
                 let listener = tokio::net::UnixListener::bind(&path)
-                    .with_context(|| format!("listen on {}", path.display()))?;
+                    .map_err(|e| Error::file("listen on", &path, e))?;
                 let control: Arc<dyn esb_cluster::join::Control> = Arc::new(plan.cluster.clone());
                 let mut stopped = cluster_stop.subscribe();
                 tokio::spawn(esb_cluster::join::serve(listener, control, async move {
@@ -756,19 +500,19 @@ pub async fn run(plan: Plan) -> Result<()> {
             let (tx, h) = start(spec, &state, &shared).await?;
             stops.push((spec.name.to_string(), tx, h));
         }
-        anyhow::Ok(())
+        Ok::<_, Error>(())
     };
     let started = tokio::select! {
         r = start => r,
-        _ = term.recv() => Err(anyhow::anyhow!("stopped while starting (SIGTERM)")),
-        _ = int.recv() => Err(anyhow::anyhow!("stopped while starting (SIGINT)")),
+        _ = term.recv() => Err(Error::StoppedWhileStarting("SIGTERM")),
+        _ = int.recv() => Err(Error::StoppedWhileStarting("SIGINT")),
     };
     drop(stop_tx);
     if let Err(e) = started {
-        tracing::error!("the box did not start: {e:#}");
+        tracing::error!("the box did not start: {}", e.chain());
         update(&state, &shared, |s| {
             s.state = "failed".into();
-            s.message = format!("{e:#}");
+            s.message = e.chain();
         });
         let _ = cluster_stop.send(true);
         shutdown(&plan, &rn, &shared, stops).await;
@@ -804,8 +548,9 @@ pub async fn run(plan: Plan) -> Result<()> {
                     match outcome {
                         Ok(v) => { s.last_build = v; s.message = "serving".into(); }
                         Err(e) => {
-                            tracing::error!("rebuild failed (still serving the previous build): {e:#}");
-                            s.last_build = serde_json::json!({"ok": false, "error": format!("{e:#}")});
+                            let e = e.chain();
+                            tracing::error!("rebuild failed (still serving the previous build): {e}");
+                            s.last_build = serde_json::json!({"ok": false, "error": e});
                             s.message = "serving (last rebuild failed)".into();
                         }
                     }
@@ -828,7 +573,7 @@ pub async fn run(plan: Plan) -> Result<()> {
 
 /// Asks the gateway to reload (SIGHUP) and waits for the outcome it records.
 async fn reload_gateway(state: &Path) -> Result<()> {
-    let outcome_file = crate::build::reload_outcome_file(&revisions_file(state));
+    let outcome_file = crate::layout::reload_outcome_file(&revisions_file(state));
     let read = || -> (u64, serde_json::Value) {
         let v: serde_json::Value = std::fs::read(&outcome_file)
             .ok()
@@ -837,9 +582,9 @@ async fn reload_gateway(state: &Path) -> Result<()> {
         (v["reloads"].as_u64().unwrap_or(0), v)
     };
     let (before, _) = read();
-    let t = daemon::read_live(&component_pid_file(state, "gateway"))
-        .context("the gateway is not running")?;
-    signal_pid(t.pid, libc::SIGHUP);
+    let t = daemon::read_live(&crate::layout::component_pid_file(state, "gateway"))
+        .ok_or(Error::GatewayNotRunning)?;
+    daemon::signal_pid(t.pid, libc::SIGHUP);
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -848,16 +593,12 @@ async fn reload_gateway(state: &Path) -> Result<()> {
             if v["ok"] == true {
                 return Ok(());
             }
-            bail!(
-                "the gateway refused the new build: {}",
-                v["error"].as_str().unwrap_or("?")
-            );
+            return Err(Error::GatewayRefused(
+                v["error"].as_str().unwrap_or("?").to_string(),
+            ));
         }
         if Instant::now() > deadline {
-            bail!(
-                "the gateway did not take the new build; see {}",
-                log_file(state, "gateway").display()
-            );
+            return Err(Error::GatewayNoReload(log_file(state, "gateway")));
         }
     }
 }
@@ -867,7 +608,7 @@ pub async fn gateway_status(state: &Path) -> Result<serde_json::Value> {
     let req = crate::http::request("GET", "http://localhost/status", bytes::Bytes::new())?;
     let r = crate::http::unix(&gateway_admin_socket(state), req, Duration::from_secs(10)).await?;
     if r.status != 200 {
-        bail!("gateway admin status: {}", r.status);
+        return Err(Error::GatewayAdmin(r.status));
     }
     Ok(r.json())
 }
@@ -884,8 +625,8 @@ async fn shutdown(
         if name == "proxy" {
             // Workers first (the gateway, already stopped, removes its own; this catches
             // any left by a crash), while containerd still runs.
-            destroy_workers(
-                state.join("agent"),
+            destroy_leftover_workers(
+                crate::layout::agent_dir(state),
                 plan.node.clone(),
                 plan.containerd_dir().join("containerd.sock"),
             )
@@ -895,7 +636,7 @@ async fn shutdown(
         let _ = tx.send(true);
         let _ = h.await;
     }
-    let _ = stop_leftovers(state);
+    let _ = stop_leftovers(state, COMPONENTS);
     if let Err(e) = rn.down() {
         tracing::error!("remove the node network: {e}");
     }
@@ -905,11 +646,116 @@ async fn shutdown(
     for f in [
         gateway_admin_socket(state),
         plan.agent_socket(),
-        run_dir(state).join("proxy.ready"),
-        run_dir(state).join("relay.ready"),
-        run_dir(state).join("wireguard.ready"),
-        crate::cluster::socket(state),
+        ready_file(state, "proxy"),
+        ready_file(state, "relay"),
+        ready_file(state, "wireguard"),
+        cluster_socket(state),
     ] {
         let _ = std::fs::remove_file(f);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(state: &Path, local_workers: bool) -> Plan {
+        let node = esb_runtime_node::NodeConfig::with_defaults(state.join("node/esb-node"));
+        let control = esb_runtime_node::ControlNetwork::new("esb-control").unwrap();
+        Plan {
+            state: state.to_path_buf(),
+            template: state.join("app/template.yaml"),
+            parameter_overrides: Some("Stage=prod".into()),
+            node: node.clone(),
+            proxy_ports: [9000, 8001, 9428],
+            proxy_args: vec!["--max-connections=10".into()],
+            gateway_listen: "0.0.0.0:8443".parse().unwrap(),
+            s3: "127.0.0.1:9000".parse().unwrap(),
+            dynamodb: "127.0.0.1:8000".parse().unwrap(),
+            logstore: "127.0.0.1:9428".parse().unwrap(),
+            supervisor: "/usr/local/bin/esb-supervisor".into(),
+            creds: ("ak".into(), "sk".into()),
+            region: "ap-northeast-1".into(),
+            registry_listen: "127.0.0.1:5010".parse().unwrap(),
+            registry_sans: vec![],
+            control: control.clone(),
+            pull_images: false,
+            cluster: crate::cluster::ControlSide {
+                state: state.to_path_buf(),
+                netns: control.netns.clone(),
+                ip: control.ip,
+                wg_port: 51820,
+                reserved: crate::cluster::reserved_numbers(node.worker_subnet),
+                worker_route_via: None,
+                credentials: ("ak".into(), "sk".into(), "ap-northeast-1".into()),
+            },
+            local_workers,
+            esb: "/opt/esb/bin/esb".into(),
+            containerd: "containerd".into(),
+            registry_program: "/usr/bin/docker-registry".into(),
+            node_id: "node-1".into(),
+            gateway_sans: vec![],
+            gateway_log_stderr: "0".into(),
+        }
+    }
+
+    fn env<'a>(spec: &'a ChildSpec, key: &str) -> &'a str {
+        spec.env
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("{} has no {key}", spec.name))
+    }
+
+    #[test]
+    fn a_plan_starts_every_component_in_order() {
+        let p = plan(Path::new("/s"), true);
+        let specs = child_specs(&p);
+        let names: Vec<&str> = specs.iter().map(|s| s.name).collect();
+        assert_eq!(names, COMPONENTS);
+        for s in specs
+            .iter()
+            .filter(|s| !["containerd", "registry"].contains(&s.name))
+        {
+            assert_eq!(s.program, Path::new("/opt/esb/bin/esb"), "{}", s.name);
+            assert_eq!(s.args[0], "--state-dir=/s", "{}", s.name);
+        }
+        let gw = specs.iter().find(|s| s.name == "gateway").unwrap();
+        assert!(gw
+            .args
+            .contains(&"--parameter-overrides=Stage=prod".to_string()));
+        assert_eq!(env(gw, "ESB_GATEWAY_LISTEN"), "0.0.0.0:8443");
+        // The gateway's readiness is dialled on loopback.
+        assert!(matches!(gw.ready, Ready::Tcp(a) if a.to_string() == "127.0.0.1:8443"));
+        assert_eq!(
+            env(gw, "ESB_AGENTS"),
+            "unix:///s/agent.sock,netns=esb-node,node=node-1"
+        );
+        let relay = specs.iter().find(|s| s.name == "relay").unwrap();
+        assert!(relay
+            .args
+            .contains(&"--route=registry=10.99.0.1:5010=esb-registry:5010".to_string()));
+        assert!(relay.args.contains(&"--max-connections=10".to_string()));
+    }
+
+    #[test]
+    fn without_local_workers_the_gateway_has_only_remote_agents() {
+        let p = plan(Path::new("/s"), false);
+        let specs = child_specs(&p);
+        let gw = specs.iter().find(|s| s.name == "gateway").unwrap();
+        assert_eq!(env(gw, "ESB_AGENTS"), "");
+        assert_eq!(env(gw, "ESB_AGENTS_FILE"), "/s/cluster/agents");
+    }
+
+    #[test]
+    fn unspecified_listeners_are_dialled_on_loopback() {
+        assert_eq!(
+            dial_addr("0.0.0.0:443".parse().unwrap()).to_string(),
+            "127.0.0.1:443"
+        );
+        assert_eq!(
+            dial_addr("127.0.0.2:9000".parse().unwrap()).to_string(),
+            "127.0.0.2:9000"
+        );
     }
 }
