@@ -7,7 +7,9 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use esb_cluster::join::{Control, JoinAnswer, JoinRequest, MAX_SKEW};
+use esb_cluster::join::{
+    Control, JoinAnswer, JoinRequest, LeaveAnswer, LeaveRequest, DRAIN_TIMEOUT, MAX_SKEW,
+};
 use esb_cluster::{ClusterError, Registry, TokenStore};
 
 use crate::daemon;
@@ -83,10 +85,16 @@ impl ControlSide {
 
     /// Writes the gateway's agents file from the registry.
     pub fn write_agents_file(&self) -> Result<()> {
+        self.write_agents_file_without(None)
+    }
+
+    /// Writes the gateway's agents file from the registry, leaving out node `except`.
+    fn write_agents_file_without(&self, except: Option<&str>) -> Result<()> {
         let (cert, key) = gateway_client_cert(&self.state);
         let ca = ca_file(&self.state);
         let mut text = String::from("# Written by esb: the agents of the joined compute nodes.\n");
-        for n in Registry::new(&cluster_dir(&self.state)).list() {
+        let nodes = Registry::new(&cluster_dir(&self.state)).list();
+        for n in nodes.iter().filter(|n| Some(n.id.as_str()) != except) {
             text.push_str(&format!(
                 "https://{}:{AGENT_PORT},netns={},node={},ca={},cert={},key={}{}\n",
                 n.wg_address(),
@@ -112,7 +120,12 @@ impl ControlSide {
 
     /// Tells the running tunnel and gateway about the nodes (SIGHUP by verified PID).
     fn notify(&self) {
-        for name in ["wireguard", "gateway"] {
+        self.notify_only(&["wireguard", "gateway"]);
+    }
+
+    /// SIGHUP to the named running components.
+    fn notify_only(&self, names: &[&str]) {
+        for name in names {
             if let Some(t) = daemon::read_live(&component_pid_file(&self.state, name)) {
                 daemon::signal_pid(t.pid, libc::SIGHUP);
             }
@@ -172,7 +185,9 @@ impl ControlSide {
                 })?
                 .public()
                 .to_base64();
+            let leave_secret = registry.issue_leave_secret(&node.id)?;
             Ok(JoinAnswer {
+                leave_secret,
                 control_host: self.ip.to_string(),
                 control_wg_public_key: wg_public_key,
                 control_wg_port: self.wg_port,
@@ -193,6 +208,55 @@ impl ControlSide {
     }
 }
 
+/// Workers the gateway holds on node `id` (none when its status cannot be read: the
+/// gateway is down, and holds nothing).
+fn workers_on(state: &Path, id: &str) -> usize {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return 0;
+    };
+    let Ok(status) = handle.block_on(crate::control::gateway_status(state)) else {
+        return 0;
+    };
+    status["functions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|f| f["workers"].as_array().cloned().unwrap_or_default())
+        .filter(|w| w["node"] == id)
+        .count()
+}
+
+impl ControlSide {
+    /// Lets node `id` go: no new worker there (the gateway's agents without it), its
+    /// workers drained (idle ones destroyed at once, busy ones when their request ends,
+    /// for at most `drain`), then its record, certificate, tunnel peer and route removed.
+    /// Returns the workers still there when the drain's time ran out.
+    fn let_go(&self, id: &str, drain: std::time::Duration) -> Result<usize, ClusterError> {
+        let control_state = |e: Error| ClusterError::Invalid {
+            field: "control state",
+            msg: e.chain(),
+        };
+        self.write_agents_file_without(Some(id))
+            .map_err(control_state)?;
+        self.notify_only(&["gateway"]);
+        let deadline = std::time::Instant::now() + drain;
+        let mut left = workers_on(&self.state, id);
+        while left > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(250));
+            left = workers_on(&self.state, id);
+        }
+        Registry::new(&cluster_dir(&self.state)).remove(id)?;
+        for ext in ["pem", "key", "sans"] {
+            let _ = std::fs::remove_file(tls_dir(&self.state).join(format!("node-{id}.{ext}")));
+        }
+        self.write_wg_file()
+            .and_then(|_| self.write_agents_file())
+            .map_err(control_state)?;
+        self.notify();
+        Ok(left)
+    }
+}
+
 impl Control for ControlSide {
     fn ca_pem(&self) -> String {
         std::fs::read_to_string(ca_file(&self.state)).unwrap_or_default()
@@ -208,6 +272,30 @@ impl Control for ControlSide {
         }
         self.notify();
         Ok(answer)
+    }
+
+    fn remove(&self, node_id: &str) -> Result<LeaveAnswer, ClusterError> {
+        let known = Registry::new(&cluster_dir(&self.state))
+            .list()
+            .iter()
+            .any(|n| n.id == node_id);
+        if !known {
+            return Err(ClusterError::UnknownNode(node_id.to_string()));
+        }
+        let workers_left = self.let_go(node_id, DRAIN_TIMEOUT)?;
+        Ok(LeaveAnswer {
+            node_id: node_id.to_string(),
+            workers_left,
+        })
+    }
+
+    fn leave(&self, req: LeaveRequest) -> Result<LeaveAnswer, ClusterError> {
+        Registry::new(&cluster_dir(&self.state)).check_leave_secret(&req.node_id, &req.secret)?;
+        let workers_left = self.let_go(&req.node_id, DRAIN_TIMEOUT)?;
+        Ok(LeaveAnswer {
+            node_id: req.node_id,
+            workers_left,
+        })
     }
 }
 

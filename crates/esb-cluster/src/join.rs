@@ -7,7 +7,11 @@
 //!    name: the control node may be reached by any address), and `POST
 //!    /esb/v1/nodes/join` with the secret, its id, its WireGuard key and port and its clock;
 //! 3. gets its number, addresses, the control's WireGuard key and endpoint, the CA and its
-//!    own certificate and key.
+//!    own certificate and key, and a secret of its own to leave with.
+//!
+//! A node that leaves `POST /esb/v1/nodes/leave` with that secret (over the same pinned CA):
+//! the control node stops placing workers there, waits for the node's workers to drain,
+//! then forgets it (record, certificate, tunnel peer, route).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -26,6 +30,12 @@ use crate::{sha256_hex, ClusterError};
 
 /// Path prefix of the exchange on the gateway.
 pub const PREFIX: &str = "/esb/v1/nodes/";
+/// How long a joining node waits for each answer.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the control node waits for a leaving node's workers to drain.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a leaving node waits for the answer (the drain, then the rest).
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest clock difference accepted (seconds).
 pub const MAX_SKEW: i64 = 300;
 
@@ -66,6 +76,27 @@ pub struct JoinAnswer {
     pub node_key_pem: String,
     /// The credential pair and region workers get (system.md §6).
     pub credentials: (String, String, String),
+    /// The node's own secret for leaving (hex; the control node keeps only its hash).
+    #[serde(default)]
+    pub leave_secret: String,
+}
+
+/// What a leaving node sends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaveRequest {
+    /// Its id.
+    pub node_id: String,
+    /// The leave secret of its join.
+    pub secret: String,
+}
+
+/// What the control node answers when a node left.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LeaveAnswer {
+    /// The node that left.
+    pub node_id: String,
+    /// Workers the gateway still held there when the drain's time ran out (0: drained).
+    pub workers_left: usize,
 }
 
 /// `sha256:HEX` of the first certificate in a PEM text.
@@ -89,6 +120,50 @@ pub trait Control: Send + Sync + 'static {
     fn ca_pem(&self) -> String;
     /// Admits the node of `req`, seen coming from `peer`.
     fn join(&self, req: JoinRequest, peer: Option<IpAddr>) -> Result<JoinAnswer, ClusterError>;
+    /// Lets the node of `req` go (drained first); blocking, called off the async threads.
+    fn leave(&self, req: LeaveRequest) -> Result<LeaveAnswer, ClusterError>;
+    /// Removes node `node_id` without its secret (a node gone for good), asked by the
+    /// control host's root through the socket; blocking.
+    fn remove(&self, node_id: &str) -> Result<LeaveAnswer, ClusterError>;
+}
+
+/// What `POST /esb/v1/nodes/remove` carries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoveRequest {
+    /// The node to remove.
+    pub node_id: String,
+}
+
+/// The HTTP status of a refusal.
+fn refusal_status(e: &ClusterError) -> StatusCode {
+    match e {
+        ClusterError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        ClusterError::IdTaken(_) => StatusCode::CONFLICT,
+        ClusterError::UnknownNode(_) => StatusCode::NOT_FOUND,
+        _ => StatusCode::FORBIDDEN,
+    }
+}
+
+/// Reads a JSON request body of at most 64 KiB.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request<hyper::body::Incoming>,
+    what: &str,
+) -> Result<T, Response<Full<Bytes>>> {
+    let body = match Limited::new(req.into_body(), 64 << 10).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return Err(json(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                serde_json::json!({"error": format!("the {what} is too large")}).to_string(),
+            ))
+        }
+    };
+    serde_json::from_slice(&body).map_err(|e| {
+        json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": format!("not a {what}: {e}")}).to_string(),
+        )
+    })
 }
 
 fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
@@ -116,24 +191,9 @@ async fn handle(
             .body(Full::new(Bytes::from(control.ca_pem())))
             .expect("a valid response"),
         (Method::POST, Some("join")) => {
-            let body = match Limited::new(req.into_body(), 64 << 10).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(_) => {
-                    return json(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        r#"{"error":"the join request is too large"}"#.into(),
-                    )
-                }
-            };
-            let parsed: JoinRequest = match serde_json::from_slice(&body) {
+            let parsed: JoinRequest = match read_json(req, "join request").await {
                 Ok(r) => r,
-                Err(e) => {
-                    return json(
-                        StatusCode::BAD_REQUEST,
-                        serde_json::json!({"error": format!("not a join request: {e}")})
-                            .to_string(),
-                    )
-                }
+                Err(resp) => return resp,
             };
             let node = parsed.node_id.clone();
             let c = control.clone();
@@ -147,13 +207,60 @@ async fn handle(
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(node = %node, "join refused: {e}");
-                    let status = match e {
-                        ClusterError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-                        ClusterError::IdTaken(_) => StatusCode::CONFLICT,
-                        _ => StatusCode::FORBIDDEN,
-                    };
                     json(
-                        status,
+                        refusal_status(&e),
+                        serde_json::json!({"error": e.to_string()}).to_string(),
+                    )
+                }
+                Err(e) => json(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    serde_json::json!({"error": e.to_string()}).to_string(),
+                ),
+            }
+        }
+        (Method::POST, Some(op @ ("leave" | "remove"))) => {
+            // `remove` skips the node's secret: only for callers on the socket itself
+            // (root on the control host), never for what the gateway forwards.
+            let forwarded = req.headers().contains_key("x-forwarded-for");
+            if op == "remove" && forwarded {
+                return json(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#.into());
+            }
+            let parsed: LeaveRequest = if op == "leave" {
+                match read_json(req, "leave request").await {
+                    Ok(r) => r,
+                    Err(resp) => return resp,
+                }
+            } else {
+                match read_json::<RemoveRequest>(req, "remove request").await {
+                    Ok(r) => LeaveRequest {
+                        node_id: r.node_id,
+                        secret: String::new(),
+                    },
+                    Err(resp) => return resp,
+                }
+            };
+            let node = parsed.node_id.clone();
+            let c = control.clone();
+            let by_secret = op == "leave";
+            let work = move || {
+                if by_secret {
+                    c.leave(parsed)
+                } else {
+                    c.remove(&parsed.node_id)
+                }
+            };
+            match tokio::task::spawn_blocking(work).await {
+                Ok(Ok(answer)) => {
+                    tracing::info!(node = %node, left = answer.workers_left, "node left");
+                    json(
+                        StatusCode::OK,
+                        serde_json::to_string(&answer).expect("serializable"),
+                    )
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(node = %node, "leave refused: {e}");
+                    json(
+                        refusal_status(&e),
                         serde_json::json!({"error": e.to_string()}).to_string(),
                     )
                 }
@@ -293,6 +400,7 @@ async fn exchange(
     endpoint: &str,
     verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
     req: Request<Full<Bytes>>,
+    timeout: Duration,
 ) -> Result<(StatusCode, Bytes), ClusterError> {
     let fail = |msg: String| ClusterError::Unreachable {
         endpoint: endpoint.to_string(),
@@ -336,9 +444,9 @@ async fn exchange(
             .to_bytes();
         Ok::<_, ClusterError>((status, body))
     };
-    tokio::time::timeout(Duration::from_secs(20), work)
+    tokio::time::timeout(timeout, work)
         .await
-        .map_err(|_| fail("no answer in 20 s".into()))?
+        .map_err(|_| fail(format!("no answer in {} s", timeout.as_secs())))?
 }
 
 fn request(method: Method, endpoint: &str, path: &str, body: Bytes) -> Request<Full<Bytes>> {
@@ -351,6 +459,106 @@ fn request(method: Method, endpoint: &str, path: &str, body: Bytes) -> Request<F
         .expect("a valid request")
 }
 
+/// A verifier of the control node's certificate against the box CA `ca_pem` (not its
+/// name: the control node may be reached by any address).
+fn pinned(ca_pem: &str) -> Result<Arc<PinnedCa>, ClusterError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()).flatten() {
+        let _ = roots.add(c);
+    }
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| ClusterError::Invalid {
+                field: "CA",
+                msg: e.to_string(),
+            })?;
+    Ok(Arc::new(PinnedCa(verifier)))
+}
+
+/// The error text of a refusal's JSON body (or its status).
+fn refusal(status: StatusCode, body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(String::from))
+        .unwrap_or_else(|| format!("{status}"))
+}
+
+/// Removes node `node_id` through the control node's own exchange socket (`esb node
+/// remove` on the control host): drained, then forgotten, without the node's secret.
+pub async fn remove_local(
+    socket: &std::path::Path,
+    node_id: &str,
+) -> Result<LeaveAnswer, ClusterError> {
+    let fail = |msg: String| ClusterError::Unreachable {
+        endpoint: socket.display().to_string(),
+        msg,
+    };
+    let body = serde_json::to_vec(&RemoveRequest {
+        node_id: node_id.to_string(),
+    })
+    .expect("serializable");
+    let req = request(
+        Method::POST,
+        "esb-cluster",
+        &format!("{PREFIX}remove"),
+        Bytes::from(body),
+    );
+    let work = async {
+        let stream = tokio::net::UnixStream::connect(socket)
+            .await
+            .map_err(|e| fail(format!("connect: {e} (is the box running?)")))?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+        tokio::spawn(conn);
+        let resp = send
+            .send_request(req)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .to_bytes();
+        Ok::<_, ClusterError>((status, body))
+    };
+    let (status, answer) = tokio::time::timeout(LEAVE_TIMEOUT, work)
+        .await
+        .map_err(|_| fail(format!("no answer in {} s", LEAVE_TIMEOUT.as_secs())))??;
+    if !status.is_success() {
+        return Err(ClusterError::LeaveRefused(refusal(status, &answer)));
+    }
+    serde_json::from_slice(&answer).map_err(|e| fail(format!("not a leave answer: {e}")))
+}
+
+/// Leaves the box whose gateway is at `endpoint`, trusted through the box CA `ca_pem`:
+/// answers once the control node drained and forgot the node.
+pub async fn leave(
+    endpoint: &str,
+    ca_pem: &str,
+    req: &LeaveRequest,
+) -> Result<LeaveAnswer, ClusterError> {
+    let body = Bytes::from(serde_json::to_vec(req).expect("serializable"));
+    let (status, answer) = exchange(
+        endpoint,
+        pinned(ca_pem)?,
+        request(Method::POST, endpoint, &format!("{PREFIX}leave"), body),
+        LEAVE_TIMEOUT,
+    )
+    .await?;
+    if !status.is_success() {
+        return Err(ClusterError::LeaveRefused(refusal(status, &answer)));
+    }
+    serde_json::from_slice(&answer).map_err(|e| ClusterError::Unreachable {
+        endpoint: endpoint.into(),
+        msg: format!("not a leave answer: {e}"),
+    })
+}
+
 /// Joins the control node of `token`: checks its CA against the token's fingerprint, then
 /// sends `req`. Returns the answer and the verified CA.
 pub async fn join(token: &JoinToken, req: &JoinRequest) -> Result<JoinAnswer, ClusterError> {
@@ -359,6 +567,7 @@ pub async fn join(token: &JoinToken, req: &JoinRequest) -> Result<JoinAnswer, Cl
         ep,
         Arc::new(FetchOnly(provider())),
         request(Method::GET, ep, &format!("{PREFIX}ca"), Bytes::new()),
+        JOIN_TIMEOUT,
     )
     .await?;
     let ca_pem = String::from_utf8_lossy(&ca).to_string();
@@ -376,30 +585,17 @@ pub async fn join(token: &JoinToken, req: &JoinRequest) -> Result<JoinAnswer, Cl
             want: token.ca_fingerprint.clone(),
         });
     }
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()).flatten() {
-        let _ = roots.add(c);
-    }
-    let verifier =
-        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
-            .build()
-            .map_err(|e| ClusterError::Invalid {
-                field: "CA",
-                msg: e.to_string(),
-            })?;
+    let verifier = pinned(&ca_pem)?;
     let body = Bytes::from(serde_json::to_vec(req).expect("serializable"));
     let (status, answer) = exchange(
         ep,
-        Arc::new(PinnedCa(verifier)),
+        verifier,
         request(Method::POST, ep, &format!("{PREFIX}join"), body),
+        JOIN_TIMEOUT,
     )
     .await?;
     if !status.is_success() {
-        let msg = serde_json::from_slice::<serde_json::Value>(&answer)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(String::from))
-            .unwrap_or_else(|| format!("{status}"));
-        return Err(ClusterError::Refused(msg));
+        return Err(ClusterError::Refused(refusal(status, &answer)));
     }
     serde_json::from_slice(&answer).map_err(|e| ClusterError::Unreachable {
         endpoint: ep.into(),

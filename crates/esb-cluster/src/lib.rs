@@ -12,7 +12,7 @@ pub mod join;
 pub mod registry;
 pub mod token;
 
-pub use join::{JoinAnswer, JoinRequest};
+pub use join::{JoinAnswer, JoinRequest, LeaveAnswer, LeaveRequest};
 pub use registry::{NodeRecord, Registry};
 pub use token::{JoinToken, TokenStore};
 
@@ -39,6 +39,12 @@ pub enum ClusterError {
     /// Another node holds the id.
     #[error("node id {0:?} is taken by another node (another key): choose another --node-id")]
     IdTaken(String),
+    /// No node of this id is a member.
+    #[error("node {0:?} is not a member of this box (it left, or was never joined)")]
+    UnknownNode(String),
+    /// A leave request without the node's own secret.
+    #[error("node {0:?}: the request does not carry this node's secret (only the node itself may leave)")]
+    NodeSecret(String),
     /// No number left.
     #[error("no node number left (at most 253 compute nodes)")]
     Full,
@@ -63,6 +69,9 @@ pub enum ClusterError {
     /// The control node refused.
     #[error("the control node refused the join: {0}")]
     Refused(String),
+    /// The control node refused a leave.
+    #[error("the control node refused the leave: {0}")]
+    LeaveRefused(String),
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -93,6 +102,16 @@ pub(crate) fn now_secs() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+/// 32 random bytes from the kernel, in hex (secrets of tokens and nodes).
+pub(crate) fn random_hex() -> Result<String, ClusterError> {
+    use std::io::Read;
+    let mut raw = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .map_err(io_err(std::path::Path::new("/dev/urandom")))?;
+    Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 pub(crate) fn sha256_hex(data: &[u8]) -> String {

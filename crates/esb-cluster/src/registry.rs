@@ -135,7 +135,7 @@ impl Registry {
         Ok(rec)
     }
 
-    /// Forgets a node; true when it was there.
+    /// Forgets a node (and its leave secret); true when it was there.
     pub fn remove(&self, id: &str) -> Result<bool, ClusterError> {
         let mut all = self.list();
         let before = all.len();
@@ -143,7 +143,48 @@ impl Registry {
         if all.len() != before {
             crate::write_private_json(&self.path, &all)?;
         }
+        let mut secrets = self.secrets();
+        if secrets.remove(id).is_some() {
+            crate::write_private_json(&self.secrets_path(), &secrets)?;
+        }
         Ok(all.len() != before)
+    }
+
+    /// `node-secrets.json`: the SHA-256 of each node's leave secret, by id.
+    fn secrets_path(&self) -> PathBuf {
+        self.path.with_file_name("node-secrets.json")
+    }
+
+    fn secrets(&self) -> std::collections::BTreeMap<String, String> {
+        std::fs::read(self.secrets_path())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// A new secret with which node `id` proves itself when it leaves (only its hash is
+    /// kept; a join again replaces it).
+    pub fn issue_leave_secret(&self, id: &str) -> Result<String, ClusterError> {
+        let secret = crate::random_hex()?;
+        let mut secrets = self.secrets();
+        secrets.insert(id.to_string(), crate::sha256_hex(secret.as_bytes()));
+        crate::write_private_json(&self.secrets_path(), &secrets)?;
+        Ok(secret)
+    }
+
+    /// The record of node `id` if `secret` is its leave secret.
+    pub fn check_leave_secret(&self, id: &str, secret: &str) -> Result<NodeRecord, ClusterError> {
+        let node = self
+            .list()
+            .into_iter()
+            .find(|n| n.id == id)
+            .ok_or_else(|| ClusterError::UnknownNode(id.to_string()))?;
+        // Hashes are compared: how long that takes tells nothing of the secret.
+        let want = self.secrets().get(id).cloned().unwrap_or_default();
+        if want.is_empty() || want != crate::sha256_hex(secret.as_bytes()) {
+            return Err(ClusterError::NodeSecret(id.to_string()));
+        }
+        Ok(node)
     }
 }
 
@@ -177,8 +218,27 @@ mod tests {
         ));
         assert!(r.admit("node-c", "KA", None, 0, &[1, 2]).is_err());
         assert!(r.admit("Bad_Id", "KC", None, 0, &[]).is_err());
+        // Leaving takes the node's own secret.
+        let secret = r.issue_leave_secret("node-a").unwrap();
+        assert_eq!(r.check_leave_secret("node-a", &secret).unwrap().number, 3);
+        assert!(matches!(
+            r.check_leave_secret("node-a", "0000"),
+            Err(ClusterError::NodeSecret(_))
+        ));
+        assert!(matches!(
+            r.check_leave_secret("node-b", &secret),
+            Err(ClusterError::NodeSecret(_))
+        ));
+        assert!(matches!(
+            r.check_leave_secret("node-x", &secret),
+            Err(ClusterError::UnknownNode(_))
+        ));
         assert!(r.remove("node-a").unwrap());
         assert!(!r.remove("node-a").unwrap());
+        assert!(matches!(
+            r.check_leave_secret("node-a", &secret),
+            Err(ClusterError::UnknownNode(_))
+        ));
         assert_eq!(r.admit("node-c", "KC", None, 0, &[1, 2]).unwrap().number, 3);
     }
 }

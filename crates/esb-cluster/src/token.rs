@@ -81,12 +81,7 @@ impl TokenStore {
 
     /// A new secret valid for `ttl_secs`; returns it (hex) to put in a token.
     pub fn issue(&self, ttl_secs: i64) -> Result<String, ClusterError> {
-        use std::io::Read;
-        let mut raw = [0u8; 32];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut raw))
-            .map_err(crate::io_err(Path::new("/dev/urandom")))?;
-        let secret: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let secret = crate::random_hex()?;
         let now = now_secs();
         let mut all = self.load();
         // Forget what expired a day ago.

@@ -44,6 +44,9 @@ pub struct Joined {
     pub control_endpoint: String,
     /// Credentials and region for workers.
     pub credentials: (String, String, String),
+    /// Its secret for leaving (hex).
+    #[serde(default)]
+    pub leave_secret: String,
 }
 
 /// Where a node keeps its join.
@@ -120,6 +123,7 @@ fn redeem(cfg: &JoinConfig, text: &str) -> Result<Joined> {
         control_wg_public_key: answer.control_wg_public_key,
         control_endpoint: token.endpoint,
         credentials: answer.credentials,
+        leave_secret: answer.leave_secret,
         node: answer.node,
     };
     std::fs::create_dir_all(cluster_dir(state))?;

@@ -20,4 +20,4 @@ pub mod node;
 pub(crate) use error::ResultExt;
 pub use error::{Error, Result};
 pub use join::{JoinConfig, Joined};
-pub use leave::{leave, LeaveReport};
+pub use leave::{leave, Deregistration, LeaveReport};

@@ -338,6 +338,7 @@ mod tests {
             control_wg_public_key: String::new(),
             control_endpoint: "control.example:443".into(),
             credentials: ("ak".into(), "sk".into(), "ap-northeast-1".into()),
+            leave_secret: String::new(),
         }
     }
 

@@ -14,6 +14,11 @@ use hyper::body::Incoming;
 
 /// The forwarded path prefix.
 pub const PREFIX: &str = "/esb/v1/nodes/";
+/// What the outside may ask under it (a node's own join and leave); the rest of the
+/// exchange (`remove`, for the control host's root) is served on the socket only.
+const PUBLIC: [&str; 3] = ["ca", "join", "leave"];
+/// How long the exchange may take (a leave waits for the node's workers to drain).
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_BODY: usize = 64 << 10;
 
 fn error(status: StatusCode, msg: &str) -> Response<Full<Bytes>> {
@@ -33,10 +38,20 @@ pub async fn forward(
     remote: SocketAddr,
 ) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
+    // The body is read before any refusal: a client still sending it would see its
+    // connection reset instead of the answer.
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "the request is too large"),
     };
+    let public = parts
+        .uri
+        .path()
+        .strip_prefix(PREFIX)
+        .is_some_and(|p| PUBLIC.contains(&p));
+    if !public {
+        return error(StatusCode::NOT_FOUND, "not found");
+    }
     let mut out = Request::builder()
         .method(parts.method)
         .uri(parts.uri.path())
@@ -67,7 +82,7 @@ pub async fn forward(
             .to_bytes();
         Ok::<_, std::io::Error>(Response::from_parts(parts, Full::new(body)))
     };
-    match tokio::time::timeout(Duration::from_secs(30), work).await {
+    match tokio::time::timeout(EXCHANGE_TIMEOUT, work).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             tracing::warn!("cluster exchange: {e}");

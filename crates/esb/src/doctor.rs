@@ -28,7 +28,205 @@ impl Report {
     }
 }
 
+impl Report {
+    /// The verdict: an error when a check failed.
+    fn finish(self) -> Result<()> {
+        if self.failed > 0 {
+            anyhow::bail!("{} check(s) failed", self.failed);
+        }
+        println!("all checks passed");
+        Ok(())
+    }
+}
+
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether `addr` accepts a TCP connection from inside namespace `netns`.
+fn reachable_in(netns: &str, addr: SocketAddr) -> bool {
+    NetNs::open(netns)
+        .and_then(|ns| ns.run(|| TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).is_ok()))
+        .unwrap_or(false)
+}
+
+/// `ip -n NETNS ARGS…`'s output ("" when it fails).
+fn ip_in(netns: &str, args: &[&str]) -> String {
+    std::process::Command::new("ip")
+        .arg("-n")
+        .arg(netns)
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// A compute node's checks: the node process and its components, wg0 with 10.99.0.N and a
+/// recent handshake with the control node, the route to the control network, the five
+/// backend names resolving to the control address and each relay answering over wg0, the
+/// worker's way to the gateway (`https://10.99.0.1:443/health`, the box CA), and the agent
+/// listening on its wg0 address only, behind the workers' fence.
+fn compute_checks(
+    state: &StateArgs,
+    cfg: &esb_runtime_node::NodeConfig,
+    j: &esb_compute::Joined,
+    r: &mut Report,
+) {
+    let dir = &state.state_dir;
+    let netns = cfg.netns.as_str();
+    match esb_box::status::running(dir) {
+        Some((t, Some(s))) => {
+            r.check(
+                s.state == "ready",
+                format!("compute node {} (pid {}) is {}", j.node.id, t.pid, s.state),
+                "see STATE_DIR/logs/box.log",
+            );
+            for c in &s.components {
+                r.check(
+                    c.state == "running",
+                    format!("component {} {} (restarts {})", c.name, c.state, c.restarts),
+                    &format!("see {}", c.log),
+                );
+            }
+        }
+        _ => r.check(
+            false,
+            format!("compute node {} running", j.node.id),
+            "`esb node join` with no token restarts it",
+        ),
+    }
+    let wg_addr = j.node.wg_address();
+    r.check(
+        ip_in(netns, &["-o", "addr", "show", "dev", "wg0"]).contains(&format!("{wg_addr}/24")),
+        format!("wireguard: wg0 with {wg_addr} in {netns}"),
+        "see STATE_DIR/logs/wireguard.log",
+    );
+    let status: serde_json::Value = std::fs::read(layout::wg_status_file(dir))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let age = status["peers"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["name"] == "control"))
+        .and_then(|p| p["last_handshake"]["secs"].as_u64());
+    r.check(
+        age.is_some_and(|a| a < 180),
+        format!(
+            "control node {}: WireGuard handshake {}",
+            j.control_wg_endpoint,
+            age.map(|a| format!("{a}s ago"))
+                .unwrap_or_else(|| "never".into())
+        ),
+        "the control node is down, or its UDP port (ESB_WG_PORT) is not reachable from here",
+    );
+    let control_net = format!(
+        "{}/24",
+        std::net::Ipv4Addr::from(u32::from(j.control_host) & !0xff)
+    );
+    r.check(
+        ip_in(netns, &["-4", "route", "show", "dev", "wg0"])
+            .lines()
+            .any(|l| l.starts_with(&format!("{control_net} "))),
+        format!("route {control_net} dev wg0 in {netns}"),
+        "see STATE_DIR/logs/wireguard.log",
+    );
+    // Names: the local proxy's backends are the control node's relays.
+    let resolver = Resolver::new(Some(layout::hosts_file(dir)), Duration::ZERO);
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    for (name, port) in [
+        ("s3-storage", 9000u16),
+        ("database", 8000),
+        ("victorialogs", 9428),
+        ("esb-registry", esb_registry::DEFAULT_PORT),
+        ("gateway", 443),
+    ] {
+        let backend = Backend::parse("backend", &format!("{name}:{port}"));
+        let addrs = match backend {
+            Ok(b) => rt.block_on(resolver.resolve(&b)).unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        let to_control = !addrs.is_empty() && addrs.iter().all(|a| a.ip() == j.control_host);
+        r.check(
+            to_control,
+            format!(
+                "name {name} resolves to the control node {}",
+                j.control_host
+            ),
+            &format!(
+                "{} is written by `esb node join`",
+                layout::hosts_file(dir).display()
+            ),
+        );
+        let addr = SocketAddr::from((j.control_host, port));
+        r.check(
+            reachable_in(netns, addr),
+            format!("{name}: {addr} answers over wg0 from {netns}"),
+            "the control node's relays run in its control namespace: `esb doctor` there",
+        );
+    }
+    // The worker's view of the gateway: TLS with the box CA, from the node namespace.
+    let ca = layout::tls_dir(dir).join(esb_pki::CA_FILE);
+    let gw = SocketAddr::from((j.control_host, 443));
+    let health = (|| -> anyhow::Result<u16> {
+        let tcp =
+            NetNs::open(netns)?.run(move || TcpStream::connect_timeout(&gw, PROBE_TIMEOUT))??;
+        tcp.set_nonblocking(true)?;
+        let req = esb_box::http::request(
+            "GET",
+            &format!("https://{}:443/health", j.control_host),
+            bytes::Bytes::new(),
+        )?;
+        let host = j.control_host.to_string();
+        let reply = rt.block_on(async {
+            let tcp = tokio::net::TcpStream::from_std(tcp)?;
+            esb_box::http::https_over(tcp, &host, &ca, req, PROBE_TIMEOUT * 5)
+                .await
+                .map_err(anyhow::Error::from)
+        })?;
+        Ok(reply.status)
+    })();
+    r.check(
+        matches!(health, Ok(200)),
+        format!("worker -> gateway: https://{gw}/health from inside {netns} ({health:?})"),
+        "GATEWAY_INTERNAL_URL of compute nodes; the control node's gateway listens on 10.99.0.1:443 in its control namespace",
+    );
+    // The agent: on its wg0 address only, and workers fenced off it.
+    let agent = SocketAddr::from((wg_addr, esb_box::cluster::AGENT_PORT));
+    r.check(
+        reachable_in(netns, agent),
+        format!("agent listens on {agent} (wg0) in {netns}"),
+        "see STATE_DIR/logs/agent.log",
+    );
+    let on_host = SocketAddr::from(([127, 0, 0, 1], esb_box::cluster::AGENT_PORT));
+    r.check(
+        TcpStream::connect_timeout(&on_host, PROBE_TIMEOUT).is_err(),
+        format!("agent not on the host's loopback ({on_host})"),
+        "something else listens on the agent's port on this host",
+    );
+    let fence = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            netns,
+            "nft",
+            "list",
+            "table",
+            "ip",
+            "esb-fence",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    r.check(
+        fence,
+        format!("workers fenced (nft table ip esb-fence in {netns})"),
+        "`esb node join` (no token) restarts the node and applies the fence",
+    );
+}
 
 /// Runs every check; fails (non-zero exit) when one does.
 pub fn run(state: &StateArgs, node: &NodeArgs, proxy: &ProxyArgs) -> Result<()> {
@@ -77,6 +275,13 @@ pub fn run(state: &StateArgs, node: &NodeArgs, proxy: &ProxyArgs) -> Result<()> 
             "DNAT to 127.0.0.1 needs net.ipv4.conf.all.route_localnet=1; `esb node up` sets it",
         );
     }
+    // A compute node: its own checks (its backends are the control node's relays, dialled
+    // over wg0 from the node namespace).
+    if let Some(j) = esb_compute::join::read_joined(&state.state_dir) {
+        compute_checks(state, &cfg, &j, &mut r);
+        return r.finish();
+    }
+
     // With a box running, its proxy is a component of the box and its backends follow the
     // box's service ports (as `esb up` sets them).
     let running_box = esb_box::status::running(&state.state_dir).and_then(|(_, s)| s);
@@ -170,12 +375,7 @@ pub fn run(state: &StateArgs, node: &NodeArgs, proxy: &ProxyArgs) -> Result<()> 
     }
 
     box_checks(state, &cfg, &mut r);
-
-    if r.failed > 0 {
-        anyhow::bail!("{} check(s) failed", r.failed);
-    }
-    println!("all checks passed");
-    Ok(())
+    r.finish()
 }
 
 /// The box's own checks when `esb up` runs: every component running, the gateway's health

@@ -195,8 +195,15 @@ enum NodeCommand {
     /// Join a box as a compute node (runs in the background, like `esb up`); with no token,
     /// restart a node that joined before with its identity.
     Join(settings::JoinArgs),
-    /// Stop this compute node and remove everything it made.
+    /// Stop this compute node and remove everything it made (the control node drains and
+    /// forgets it first).
     Leave(settings::LeaveArgs),
+    /// On the control node: drain and forget a compute node that cannot leave itself (its
+    /// host is gone), by id.
+    Remove {
+        /// The node's id, as `esb status` lists it.
+        node_id: String,
+    },
     /// Build the node network and start the local proxy (idempotent).
     Up {
         #[command(flatten)]
@@ -326,6 +333,7 @@ fn main() -> ExitCode {
             } => node::token(state, endpoint, &ttl, wg_port),
             NodeCommand::Join(args) => node::join(state, &args),
             NodeCommand::Leave(args) => node::leave(state, &args),
+            NodeCommand::Remove { node_id } => node::remove(state, &node_id),
             NodeCommand::Up {
                 node,
                 proxy,

@@ -338,6 +338,24 @@ pub fn token(state: &StateArgs, endpoint: Option<String>, ttl: &str, wg_port: u1
     Ok(())
 }
 
+/// `esb node remove ID` (control node): the node drained and forgotten through the box's
+/// own exchange socket.
+pub fn remove(state: &StateArgs, node_id: &str) -> Result<()> {
+    let socket = esb_box::layout::cluster_socket(&state.state_dir);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let a = rt.block_on(esb_cluster::join::remove_local(&socket, node_id))?;
+    if a.workers_left > 0 {
+        println!(
+            "{} worker(s) of node {node_id} were still busy when the drain's time ran out",
+            a.workers_left
+        );
+    }
+    println!("node {node_id} removed: no worker goes there, its tunnel peer and route are gone");
+    Ok(())
+}
+
 /// The gateway's port as `esb up` got it (`ESB_GATEWAY_PORT`, else `ESB_GATEWAY_LISTEN`'s,
 /// else 443).
 fn gateway_port() -> u16 {
@@ -410,8 +428,25 @@ pub fn leave(state: &StateArgs, a: &LeaveArgs) -> Result<()> {
             report.workers_removed
         );
     }
-    println!(
-        "this node left its box (the control node keeps its record until it is removed there)"
-    );
+    match report.control {
+        esb_compute::Deregistration::NotJoined => println!("this node had not joined a box"),
+        esb_compute::Deregistration::Done {
+            endpoint,
+            workers_left,
+        } => {
+            println!("the control node at {endpoint} drained and forgot this node");
+            if workers_left > 0 {
+                println!(
+                    "  ({workers_left} worker(s) were still busy when the drain's time ran out)"
+                );
+            }
+            println!("this node left its box");
+        }
+        esb_compute::Deregistration::Failed { endpoint, why } => {
+            eprintln!("warning: the control node at {endpoint} was not told: {why}");
+            eprintln!("  it keeps this node's record (shown down in `esb status` there)");
+            println!("this node left its box");
+        }
+    }
     Ok(())
 }

@@ -447,6 +447,16 @@ fn a_compute_node_joins_over_wireguard_and_serves_the_e2e_app() {
         doctor.contains("node node-b: WireGuard handshake") && doctor.contains("all checks passed"),
         "{doctor}"
     );
+    // The compute side: wg0, handshake, routes, names, relays, worker -> gateway, agent.
+    let doctor = node_b.esb(&["doctor"]);
+    assert!(
+        doctor.status.success()
+            && text(&doctor).contains("control node")
+            && text(&doctor).contains("worker -> gateway: https://10.99.0.1:443/health")
+            && text(&doctor).contains("all checks passed"),
+        "{}",
+        text(&doctor)
+    );
     let human = b.ok(&["status"]);
     assert!(
         human.contains("node-a") && human.contains("ready"),
@@ -646,10 +656,67 @@ fn a_compute_node_joins_over_wireguard_and_serves_the_e2e_app() {
         "a refused join changed the control's registry"
     );
 
+    // node-b leaves: the control node drains it and forgets it (record, certificate,
+    // tunnel peer and route); the gateway places nothing there any more.
     let left = node_b.esb(&["node", "leave"]);
     assert!(left.status.success(), "{}", text(&left));
+    assert!(
+        text(&left).contains("drained and forgot this node"),
+        "{}",
+        text(&left)
+    );
+    let member_ids = || -> Vec<String> {
+        let nodes: Value =
+            serde_json::from_slice(&std::fs::read(b.state.join("cluster/nodes.json")).unwrap())
+                .unwrap();
+        nodes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n["id"].as_str().map(String::from))
+            .collect()
+    };
+    assert_eq!(member_ids(), ["node-a"]);
+    assert!(!b.state.join("tls/node-node-b.pem").exists());
+    wait("node-b's route gone", 30, || {
+        wg_routes() == ["10.88.2.0/24"]
+    });
+    wait_status(&b, "node-b removed in the gateway", 30, |s| {
+        agents(s)
+            .iter()
+            .filter(|a| a["node"] == "node-b")
+            .all(|a| a["removed"] == true)
+    });
+    // The outside can neither remove a node nor leave in another node's name.
+    let post = |op: &str, body: &str| -> (u16, String) {
+        b.curl(&[
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            body,
+            &b.url(&format!("/esb/v1/nodes/{op}")),
+        ])
+    };
+    let (code, body) = post("remove", r#"{"node_id":"node-a"}"#);
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = post("leave", r#"{"node_id":"node-a","secret":"00"}"#);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("only the node itself may leave"), "{body}");
+    assert_eq!(member_ids(), ["node-a"]);
+    // A node that cannot leave itself (its host gone) is removed on the control node.
+    let out = b.esb(&["node", "remove", "node-zz"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("not a member"), "{}", text(&out));
+    let removed = b.ok(&["node", "remove", "node-a"]);
+    assert!(removed.contains("node node-a removed"), "{removed}");
+    assert!(member_ids().is_empty());
+    wait("no worker route left", 30, || wg_routes().is_empty());
+    // node-a, forgotten already, still leaves cleanly here, with a warning.
     let left = node.esb(&["node", "leave"]);
     assert!(left.status.success(), "{}", text(&left));
+    assert!(text(&left).contains("was not told"), "{}", text(&left));
     assert!(!Path::new("/run/netns").join(&node.netns).exists());
     b.down_clean();
 }
