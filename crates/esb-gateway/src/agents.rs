@@ -195,6 +195,30 @@ impl Agent {
         })
     }
 
+    /// Whether the agent's endpoint takes a connection within `timeout` (its socket, or its
+    /// TCP port from its namespace): tells an agent that is slow to answer (its containerd
+    /// busy) from one that is gone (killed, or behind a partition).
+    pub async fn probe(&self, timeout: Duration) -> bool {
+        let dial = async {
+            if let Some(path) = self.addr.endpoint.strip_prefix("unix:") {
+                return tokio::net::UnixStream::connect(path).await.is_ok();
+            }
+            let target = match self.addr.tls_addr() {
+                Ok(Some(sock)) => Some(sock),
+                _ => self
+                    .addr
+                    .endpoint
+                    .strip_prefix("http://")
+                    .and_then(|r| r.trim_end_matches('/').parse().ok()),
+            };
+            match target {
+                Some(sock) => self.dialer.connect(sock).await.is_ok(),
+                None => false,
+            }
+        };
+        tokio::time::timeout(timeout, dial).await.unwrap_or(false)
+    }
+
     /// Whether the agent answered its last call.
     pub fn is_up(&self) -> bool {
         *self.up.borrow()
@@ -202,7 +226,12 @@ impl Agent {
 
     /// Records whether it answered; returns true when this changes the state.
     pub fn set_up(&self, up: bool) -> bool {
-        self.up.send_replace(up) != up
+        // Only a change is sent: waiters on `marked_down` see falls, not repeats.
+        self.up.send_if_modified(|now| {
+            let changed = *now != up;
+            *now = up;
+            changed
+        })
     }
 
     /// Resolves when the agent is next marked down (a change after this call: an agent
@@ -396,6 +425,32 @@ mod tests {
 
     fn agent(max: usize, workers: usize) -> Arc<Agent> {
         agent_mem(max, 0, &vec![0; workers])
+    }
+
+    #[tokio::test]
+    async fn probe_tells_a_listening_endpoint_from_a_gone_one() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let at = |endpoint: String| {
+            Agent::connect(
+                AgentAddr {
+                    node_id: "n".into(),
+                    endpoint,
+                    ..AgentAddr::default()
+                },
+                Duration::from_secs(1),
+            )
+            .unwrap()
+        };
+        let t = Duration::from_secs(2);
+        assert!(at(format!("http://127.0.0.1:{port}")).probe(t).await);
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("agent.sock");
+        assert!(!at(format!("unix:{}", sock.display())).probe(t).await);
+        let _u = tokio::net::UnixListener::bind(&sock).unwrap();
+        assert!(at(format!("unix:{}", sock.display())).probe(t).await);
+        drop(l);
+        assert!(!at(format!("http://127.0.0.1:{port}")).probe(t).await);
     }
 
     #[tokio::test]

@@ -43,6 +43,12 @@ const CREATE_ATTEMPTS: usize = 2;
 /// list sent before the agent removed it may still show it).
 const DESTROYED_MEMORY: Duration = Duration::from_secs(60);
 
+/// How long a heartbeat that timed out waits for a connection to the agent's endpoint:
+/// half an interval, from 0.5 to 5 s.
+fn probe_time(heartbeat: Duration) -> Duration {
+    (heartbeat / 2).clamp(Duration::from_millis(500), Duration::from_secs(5))
+}
+
 /// A function the gateway serves: what `esb` hands over from the template and the build.
 ///
 /// Two specs are the same function version when they are equal in every field; a reload
@@ -1202,9 +1208,13 @@ impl Gateway {
     async fn heartbeat(self: &Arc<Self>, ai: usize, agent: &Agent) {
         let now_secs = (crate::ids::now_ms() / 1000) as i64;
         let mut client = agent.client.clone();
-        // A node that does not answer within two intervals is down: with the janitor's
-        // round every interval, that is at most three intervals after it went silent.
-        let deadline = (self.config.heartbeat * 2).max(Duration::from_secs(1));
+        // A node whose list does not come within two intervals (less the probe's time)
+        // and whose endpoint then takes no connection is down: with the janitor's round
+        // every interval, that is at most three intervals after it went silent.
+        let probe = probe_time(self.config.heartbeat);
+        let deadline = (self.config.heartbeat * 2)
+            .saturating_sub(probe)
+            .max(Duration::from_secs(1));
         let answer =
             match tokio::time::timeout(deadline, client.list_containers(ListContainersRequest {}))
                 .await
@@ -1251,6 +1261,20 @@ impl Gateway {
                             .await;
                     }
                 }
+            }
+            Err(s) if s.code() == tonic::Code::DeadlineExceeded && agent.probe(probe).await => {
+                // Slow, not gone: its endpoint takes connections (a busy containerd makes
+                // the list slow). Marking it down would fail its calls in flight.
+                self.logger.log(
+                    "warn",
+                    "agent slow to answer its heartbeat",
+                    [
+                        ("node".to_string(), json!(agent.addr.node_id)),
+                        ("error".to_string(), json!(s.message())),
+                    ]
+                    .into_iter()
+                    .collect(),
+                );
             }
             Err(s) => {
                 if agents::is_unreachable(&s) {

@@ -374,9 +374,15 @@ fn a_compute_node_joins_over_wireguard_and_serves_the_e2e_app() {
             })
             .collect()
     };
-    wait_status(&b, "only public's provisioned worker left", 120, |s| {
-        workers_of(s) == ["public@node-a"]
-    });
+    wait_status(
+        &b,
+        "only public's provisioned worker left, both nodes up",
+        120,
+        |s| {
+            workers_of(s) == ["public@node-a"]
+                && agents(s).iter().filter(|a| a["up"] == true).count() == 2
+        },
+    );
     b.pytest("test_cluster.py");
 
     // Requests are served from both nodes: a function's workers spread over them.
