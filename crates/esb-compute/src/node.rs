@@ -209,7 +209,7 @@ pub async fn run(cfg: JoinConfig, j: Joined) -> Result<()> {
         rn.up().step("node network")?;
         let ns = esb_netns::NetNs::open(&netns)?;
         ns.write_sysctl("net/ipv4/ip_forward", "1")?;
-        esb_runtime_node::nat::apply_fence(&ns, &node, "wg0", j.control_host)
+        esb_runtime_node::nat::apply_fence(&ns, &node, Some(("wg0", j.control_host)))
             .step("fence the workers")?;
         prepare(&cfg, &j, &netns)?;
         for spec in &specs {

@@ -219,6 +219,7 @@ impl RuntimeNode {
             node.write_sysctl("net/ipv4/conf/all/route_localnet", "1")?;
         }
         nat::apply(node, cfg)?;
+        nat::apply_fence(node, cfg, None)?;
         write_json(&cfg.state_dir.join(CONFLIST), &cni::conflist(cfg))?;
         write_json(&cfg.state_dir.join(SAVED_CONFIG), cfg)?;
         Ok(())

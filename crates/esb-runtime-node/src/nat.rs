@@ -95,51 +95,81 @@ pub fn apply(node: &NetNs, cfg: &NodeConfig) -> Result<(), NodeError> {
     nft(node, &["-f", "-"], Some(&ruleset(cfg))).map(drop)
 }
 
-/// The table fencing workers on a compute node ([`apply_fence`]).
+/// The tables fencing the workers ([`fence_script`]).
 const FENCE: &str = "ip esb-fence";
+const ISOLATE: &str = "bridge esb-isolate";
 
-/// Fences the workers of a compute node (system.md §9): from the bridge they reach
-/// exactly the NAT targets of 10.88.0.1 (the local proxy's ports) and, through `wg`,
-/// `control`:443 (chain invokes); not the node's other addresses (its agent on the
-/// WireGuard address), not other nodes, not the control node's other relays. Answers of
-/// connections opened towards workers (the gateway's invocations) pass.
-pub fn apply_fence(
-    node: &NetNs,
-    cfg: &NodeConfig,
-    wg: &str,
-    control: std::net::Ipv4Addr,
-) -> Result<(), NodeError> {
-    let ports: Vec<String> = cfg
-        .dnat
-        .targets()
-        .map(|(_, t)| t.port.to_string())
-        .collect();
-    let local = if ports.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "\t\tiifname \"{br}\" ip daddr 127.0.0.1 tcp dport {{ {} }} accept\n",
-            ports.join(", "),
-            br = cfg.bridge
-        )
-    };
+/// The port of the gateway's internal listener on the bridge address (the workers'
+/// `GATEWAY_INTERNAL_URL` on a single machine).
+pub const GATEWAY_INTERNAL_PORT: u16 = 443;
+
+/// The nft script of the workers' fence (system.md §9), in one transaction:
+///
+/// - `ip esb-fence`: from the bridge a worker opens connections only to the NAT targets of
+///   the bridge address (connections our DNAT rules rewrote: the local proxy's ports) and
+///   to `GATEWAY_IP:443` (the gateway's internal listener on a single machine); with
+///   `remote = Some((wg, control))` (a compute node), also to `control:443` through `wg`.
+///   Not the node's other addresses or ports (an agent on a WireGuard address), not
+///   other nodes. Answers of connections opened towards workers (the gateway's
+///   invocations) pass.
+/// - `bridge esb-isolate`: no frame is forwarded between two ports of a bridge of the
+///   node namespace (it has one: the workers'), so a worker reaches no other worker; the
+///   node namespace (the gateway, the agent) still reaches every worker, and every worker
+///   the bridge address.
+pub fn fence_script(cfg: &NodeConfig, remote: Option<(&str, std::net::Ipv4Addr)>) -> String {
     let br = &cfg.bridge;
-    let script = format!(
+    let gw = cfg.gateway_ip;
+    let to_control = match remote {
+        Some((wg, control)) => format!(
+            "\t\tiifname \"{br}\" oifname \"{wg}\" ip daddr {control} tcp dport {GATEWAY_INTERNAL_PORT} accept\n"
+        ),
+        None => String::new(),
+    };
+    format!(
         "table {FENCE}\n\
          delete table {FENCE}\n\
          table {FENCE} {{\n\
          \tchain input {{\n\t\ttype filter hook input priority 0; policy accept;\n\
          \t\tiifname \"{br}\" ct state established,related accept\n\
-         {local}\
+         \t\tiifname \"{br}\" ct status dnat accept\n\
+         \t\tiifname \"{br}\" ip daddr {gw} tcp dport {GATEWAY_INTERNAL_PORT} accept\n\
          \t\tiifname \"{br}\" ip protocol icmp accept\n\
          \t\tiifname \"{br}\" drop\n\t}}\n\
          \tchain forward {{\n\t\ttype filter hook forward priority 0; policy accept;\n\
          \t\tiifname \"{br}\" ct state established,related accept\n\
-         \t\tiifname \"{br}\" oifname \"{wg}\" ip daddr {control} tcp dport 443 accept\n\
+         \t\tiifname \"{br}\" ct status dnat accept\n\
+         {to_control}\
          \t\tiifname \"{br}\" drop\n\t}}\n\
+         }}\n\
+         table {ISOLATE}\n\
+         delete table {ISOLATE}\n\
+         table {ISOLATE} {{\n\
+         \tchain forward {{\n\t\ttype filter hook forward priority 0; policy drop;\n\t}}\n\
          }}\n"
-    );
-    nft(node, &["-f", "-"], Some(&script)).map(drop)
+    )
+}
+
+/// Applies [`fence_script`] inside the node namespace (atomically, idempotently).
+pub fn apply_fence(
+    node: &NetNs,
+    cfg: &NodeConfig,
+    remote: Option<(&str, std::net::Ipv4Addr)>,
+) -> Result<(), NodeError> {
+    nft(node, &["-f", "-"], Some(&fence_script(cfg, remote))).map(drop)
+}
+
+/// The fence's tables as nft prints them, or `None` when they are missing.
+pub fn list_fence(node: &NetNs) -> Result<Option<String>, NodeError> {
+    let mut out = String::new();
+    for t in [FENCE, ISOLATE] {
+        let fam_name: Vec<&str> = t.split(' ').collect();
+        match nft(node, &["list", "table", fam_name[0], fam_name[1]], None) {
+            Ok(s) => out.push_str(&s),
+            Err(NodeError::Nat(msg)) if msg.contains("No such file") => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Some(out))
 }
 
 /// Removes esb's table (and nothing else); no table is not an error.
@@ -148,7 +178,8 @@ pub fn remove(node: &NetNs) -> Result<(), NodeError> {
         node,
         &["-f", "-"],
         Some(&format!(
-            "table {TABLE}\ndelete table {TABLE}\ntable {FENCE}\ndelete table {FENCE}\n"
+            "table {TABLE}\ndelete table {TABLE}\ntable {FENCE}\ndelete table {FENCE}\n\
+             table {ISOLATE}\ndelete table {ISOLATE}\n"
         )),
     )
     .map(drop)
@@ -190,6 +221,21 @@ mod tests {
         let r = ruleset(&cfg);
         assert!(!r.contains("dport 9000"));
         assert_eq!(r.matches("dnat to").count(), 2);
+    }
+
+    #[test]
+    fn the_fence_admits_the_nat_targets_and_the_gateway_only() {
+        let cfg = NodeConfig::with_defaults("/tmp/s".into());
+        let local = fence_script(&cfg, None);
+        assert!(local.contains("iifname \"esb0\" ct status dnat accept"));
+        assert!(local.contains("iifname \"esb0\" ip daddr 10.88.0.1 tcp dport 443 accept"));
+        assert!(local.contains("table bridge esb-isolate"));
+        assert!(local.contains("hook forward priority 0; policy drop;"));
+        assert!(!local.contains("oifname"));
+        assert_eq!(local.matches("iifname \"esb0\" drop").count(), 2);
+        let compute = fence_script(&cfg, Some(("wg0", Ipv4Addr::new(10, 99, 0, 1))));
+        assert!(compute
+            .contains("iifname \"esb0\" oifname \"wg0\" ip daddr 10.99.0.1 tcp dport 443 accept"));
     }
 
     #[test]

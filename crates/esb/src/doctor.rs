@@ -208,22 +208,15 @@ fn compute_checks(
         format!("agent not on the host's loopback ({on_host})"),
         "something else listens on the agent's port on this host",
     );
-    let fence = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            netns,
-            "nft",
-            "list",
-            "table",
-            "ip",
-            "esb-fence",
-        ])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let fence = NetNs::open(netns)
+        .ok()
+        .and_then(|ns| esb_runtime_node::nat::list_fence(&ns).ok().flatten());
     r.check(
-        fence,
-        format!("workers fenced (nft table ip esb-fence in {netns})"),
+        fence.is_some_and(|t| t.contains(&format!("ip daddr {} tcp dport 443", j.control_host))),
+        format!(
+            "workers may reach the control node only at {}:443",
+            j.control_host
+        ),
         "`esb node join` (no token) restarts the node and applies the fence",
     );
 }
@@ -267,6 +260,17 @@ pub fn run(state: &StateArgs, node: &NodeArgs, proxy: &ProxyArgs) -> Result<()> 
             &format!("`nft list table ip esb` inside the namespace (ip netns exec {} nft list ruleset); `esb node up` re-applies", cfg.netns),
         );
     }
+    let fence = NetNs::open(&cfg.netns)
+        .ok()
+        .and_then(|ns| esb_runtime_node::nat::list_fence(&ns).ok().flatten());
+    r.check(
+        fence.is_some_and(|t| t.contains("ct status dnat accept")),
+        format!(
+            "workers fenced in {} (nft tables ip esb-fence, bridge esb-isolate)",
+            cfg.netns
+        ),
+        "`esb node up` (or `esb up`) applies them with the node network",
+    );
     let needs_localnet = cfg.dnat.targets().any(|(_, t)| t.ip.is_loopback());
     if needs_localnet {
         r.check(

@@ -416,7 +416,18 @@ fn a_compute_node_joins_over_wireguard_and_serves_the_e2e_app() {
         );
     }
     // A worker on node-b reaches 10.88.0.1's services and the gateway at 10.99.0.1:443,
-    // nothing else: not its agent, not node-a's, not control's other relays.
+    // nothing else: not its agent, not node-a's, not control's other relays, not another
+    // worker. A load keeps the workers busy meanwhile (idle ones go after 3 s).
+    let keep = b
+        .load(&token, "/echo", 60, 8)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_status(&b, "echo workers busy on both nodes", 60, |s| {
+        let w = workers_of(s);
+        w.contains(&"echo@node-a".to_string()) && w.contains(&"echo@node-b".to_string())
+    });
+    let status = b.status();
     let worker = status["functions"]
         .as_array()
         .into_iter()
@@ -447,6 +458,38 @@ fn a_compute_node_joins_over_wireguard_and_serves_the_e2e_app() {
     ] {
         assert!(!reach(addr, port), "a worker reached {addr}:{port}");
     }
+    // Nor any other worker, on its node or the other one (their :8080, where the
+    // gateway invokes them).
+    let others: Vec<String> = status["functions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|f| f["workers"].as_array().cloned().unwrap_or_default())
+        .filter_map(|w| w["id"].as_str().map(String::from))
+        .filter(|id| *id != worker)
+        .filter(|id| Path::new("/run/netns").join(id).exists())
+        .filter_map(|id| {
+            let a = ipn(&id, &["-4", "-o", "addr", "show", "dev", "eth0"]);
+            a.split_whitespace()
+                .nth(3)
+                .and_then(|c| c.split('/').next())
+                .map(String::from)
+        })
+        .collect();
+    assert!(others.len() >= 2, "{status}");
+    for ip in &others {
+        assert!(
+            !reach(ip, 8080),
+            "a worker reached another worker at {ip}:8080"
+        );
+    }
+    // (A probe from a namespace that went away would prove nothing.)
+    assert!(
+        Path::new("/run/netns").join(&worker).exists(),
+        "the probing worker {worker} went away"
+    );
+    let _ = Command::new("kill").arg(keep.id().to_string()).status();
+    let _ = keep.wait_with_output();
 
     let doctor = b.ok(&["doctor"]);
     assert!(

@@ -41,6 +41,23 @@ fn roundtrip(stream: TcpStream) -> String {
     tag.trim().to_string()
 }
 
+/// Whether a TCP connection to `addr` from namespace `ns` is accepted within 3 s.
+fn reaches(ns: &str, addr: SocketAddr) -> bool {
+    NetNs::open(ns)
+        .unwrap()
+        .run(|| TcpStream::connect_timeout(&addr, Duration::from_secs(3)).is_ok())
+        .unwrap()
+}
+
+/// A listener on `addr` inside namespace `ns` (accepting until dropped).
+fn listen_in(ns: &str, addr: SocketAddr) -> std::net::TcpListener {
+    NetNs::open(ns)
+        .unwrap()
+        .run(|| std::net::TcpListener::bind(addr))
+        .unwrap()
+        .unwrap_or_else(|e| panic!("listen on {addr} in {ns}: {e}"))
+}
+
 fn proxy_pid(status: &Value) -> i32 {
     status["proxy_pid"].as_i64().expect("proxy running") as i32
 }
@@ -118,6 +135,20 @@ fn workers_reach_backends_through_nat_and_proxy_and_down_cleans_everything() {
     // A second worker gets another address; `up` again adds nothing.
     let w2 = node.attach();
     assert_ne!(w2["ip"], w["ip"]);
+
+    // The fence: a worker reaches no other worker and no other port of the node
+    // namespace; the node namespace (the gateway's side) reaches every worker.
+    let worker2 = w2["name"].as_str().unwrap().to_string();
+    let ip2: Ipv4Addr = w2["ip"].as_str().unwrap().parse().unwrap();
+    let in_worker2 = listen_in(&worker2, (Ipv4Addr::UNSPECIFIED, 8080).into());
+    let in_node = listen_in(&node.netns, (gw, 7777).into());
+    let gateway_port = listen_in(&node.netns, (gw, 443).into());
+    assert!(reaches(&node.netns, (ip2, 8080).into()), "node -> worker");
+    assert!(!reaches(&worker, (ip2, 8080).into()), "worker -> worker");
+    assert!(!reaches(&worker, (gw, 7777).into()), "worker -> node port");
+    assert!(reaches(&worker, (gw, 443).into()), "worker -> gateway port");
+    assert!(reaches(&node.netns, (gw, 7777).into()), "node -> node port");
+    drop((in_worker2, in_node, gateway_port));
     let before = node.status();
     node.ok(&["node", "up"]);
     let after = node.status();
