@@ -230,6 +230,18 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Byte
     if parts.method == http::Method::GET && parts.uri.path() == "/" {
         return respond(StatusCode::OK, b"healthy: esb-dynamodb".to_vec());
     }
+    // The health check the seed's troubleshooting can use (the API itself is POST /).
+    if parts.method == http::Method::GET && parts.uri.path() == "/health" {
+        let mut r = respond(
+            StatusCode::OK,
+            br#"{"status":"ok","service":"esb-dynamodb"}"#.to_vec(),
+        );
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        return r;
+    }
     if parts.method != http::Method::POST {
         return error_response(&DdbError::serialization("Only POST requests are accepted"));
     }

@@ -164,6 +164,9 @@ async fn close_after_unread_body(
     service: s3s::service::S3Service,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Result<hyper::Response<s3s::Body>, s3s::HttpError> {
+    if let Some(resp) = health(&req) {
+        return Ok(resp);
+    }
     let has_body = req.headers().contains_key(hyper::header::EXPECT)
         || req.headers().contains_key(hyper::header::TRANSFER_ENCODING)
         || req
@@ -180,6 +183,34 @@ async fn close_after_unread_body(
         );
     }
     Ok(resp)
+}
+
+/// `GET`/`HEAD /health` without credentials, as RustFS (the seed's S3) answers it: 200 with
+/// a small JSON body. A signed request to `/health` is the S3 API's (a bucket so named).
+fn health(req: &hyper::Request<hyper::body::Incoming>) -> Option<hyper::Response<s3s::Body>> {
+    let anonymous = !req.headers().contains_key(hyper::header::AUTHORIZATION)
+        && !req
+            .uri()
+            .query()
+            .is_some_and(|q| q.contains("X-Amz-Signature"));
+    let method = req.method();
+    if req.uri().path() != "/health"
+        || !anonymous
+        || !(method == hyper::Method::GET || method == hyper::Method::HEAD)
+    {
+        return None;
+    }
+    let body = r#"{"status":"ok","service":"esb-s3"}"#;
+    let mut resp = hyper::Response::new(if method == hyper::Method::HEAD {
+        s3s::Body::empty()
+    } else {
+        s3s::Body::from(body.to_string())
+    });
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    Some(resp)
 }
 
 /// Runs the S3 server described by `config` until `shutdown` completes.

@@ -124,3 +124,15 @@ def test_nesting_limit(client, make_table):
     with pytest.raises(ClientError) as e:
         client.put_item(TableName=t, Item={"pk": {"S": "no"}, "deep": {"L": [v]}})
     assert error_code(e) == "ValidationException" and "Nesting" in error_message(e)
+
+
+def test_health_endpoint_answers_without_credentials():
+    """GET /health (for the seed's troubleshooting and `esb doctor`); the API is POST /."""
+    import json
+    import urllib.request
+
+    from conftest import ENDPOINT
+
+    with urllib.request.urlopen(ENDPOINT.rstrip("/") + "/health", timeout=10) as r:
+        assert r.status == 200
+        assert json.loads(r.read()) == {"status": "ok", "service": "esb-dynamodb"}

@@ -784,3 +784,24 @@ def test_parallel_error_before_body_does_not_spoil_the_connection():
     for t in threads:
         t.join()
     assert problems == [], problems[:5]
+
+
+def test_health_without_credentials_and_a_bucket_named_health(s3):
+    """GET /health answers anonymously (as RustFS does); signed, /health is a bucket."""
+    import json
+    import urllib.request
+
+    from conftest import ENDPOINT
+
+    with urllib.request.urlopen(ENDPOINT + "/health", timeout=10) as r:
+        assert r.status == 200
+        assert json.loads(r.read())["status"] == "ok"
+    s3.create_bucket(Bucket="health")
+    try:
+        s3.put_object(Bucket="health", Key="k", Body=b"v")
+        assert s3.get_object(Bucket="health", Key="k")["Body"].read() == b"v"
+        names = [b["Name"] for b in s3.list_buckets()["Buckets"]]
+        assert "health" in names
+    finally:
+        s3.delete_object(Bucket="health", Key="k")
+        s3.delete_bucket(Bucket="health")
