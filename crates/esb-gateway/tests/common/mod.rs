@@ -271,6 +271,13 @@ pub fn now_secs() -> i64 {
 
 #[tonic::async_trait]
 impl AgentService for ProcessAgent {
+    type WatchWorkersStream = tonic::codegen::BoxStream<WorkerEvent>;
+    async fn watch_workers(
+        &self,
+        _: Request<WatchWorkersRequest>,
+    ) -> Result<Response<Self::WatchWorkersStream>, Status> {
+        Err(Status::unimplemented("the test agent reports exits through ListContainers only"))
+    }
     async fn ensure_container(
         &self,
         req: Request<EnsureContainerRequest>,
