@@ -21,8 +21,9 @@ use containerd_client::services::v1::{
     ApplyRequest, Container, CreateContainerRequest, CreateRequest as CreateLeaseRequest,
     CreateTaskRequest, DeleteContainerRequest, DeleteRequest as DeleteLeaseRequest,
     DeleteTaskRequest, GetContainerRequest, GetImageRequest, GetRequest, KillRequest,
-    ListContainersRequest, PauseTaskRequest, ReadContentRequest, ResumeTaskRequest, StartRequest,
-    PublishRequest, SubscribeRequest, UpdateContainerRequest, UpdateRequest as UpdateContentRequest, WaitRequest,
+    ListContainersRequest, PauseTaskRequest, PublishRequest, ReadContentRequest, ResumeTaskRequest,
+    StartRequest, SubscribeRequest, UpdateContainerRequest, UpdateRequest as UpdateContentRequest,
+    WaitRequest,
 };
 use containerd_client::types::v1::{Process, Status};
 use containerd_client::types::{Descriptor, Mount};
