@@ -505,6 +505,8 @@ async fn admin_socket_status_shape_and_mode() {
             "logical_id",
             "image",
             "last_error",
+            "last_replacement",
+            "replacements",
             "revision",
             "routes",
             "capacity",
