@@ -22,6 +22,14 @@ pub mod status {
     pub const UNKNOWN: &str = "UNKNOWN";
 }
 
+/// Values of `WorkerEvent.kind`.
+pub mod event {
+    /// The stream is live: no exit after this message is missed.
+    pub const WATCHING: &str = "WATCHING";
+    /// A worker's task ended.
+    pub const EXITED: &str = "EXITED";
+}
+
 /// Container label holding the function name.
 pub const LABEL_FUNCTION: &str = "esb.function";
 /// Container label holding the creation time (Unix seconds).

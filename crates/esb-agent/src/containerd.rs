@@ -9,6 +9,7 @@ use containerd_client::services::v1::container::Runtime;
 use containerd_client::services::v1::containers_client::ContainersClient;
 use containerd_client::services::v1::content_client::ContentClient;
 use containerd_client::services::v1::diff_client::DiffClient;
+use containerd_client::services::v1::events_client::EventsClient;
 use containerd_client::services::v1::images_client::ImagesClient;
 use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
@@ -20,8 +21,9 @@ use containerd_client::services::v1::{
     ApplyRequest, Container, CreateContainerRequest, CreateRequest as CreateLeaseRequest,
     CreateTaskRequest, DeleteContainerRequest, DeleteRequest as DeleteLeaseRequest,
     DeleteTaskRequest, GetContainerRequest, GetImageRequest, GetRequest, KillRequest,
-    ListContainersRequest, PauseTaskRequest, ReadContentRequest, ResumeTaskRequest, StartRequest,
-    UpdateContainerRequest, UpdateRequest as UpdateContentRequest, WaitRequest,
+    ListContainersRequest, PauseTaskRequest, PublishRequest, ReadContentRequest, ResumeTaskRequest,
+    StartRequest, SubscribeRequest, UpdateContainerRequest, UpdateRequest as UpdateContentRequest,
+    WaitRequest,
 };
 use containerd_client::types::v1::{Process, Status};
 use containerd_client::types::{Descriptor, Mount};
@@ -533,6 +535,97 @@ impl Containerd {
             .map_err(err("resume task"))
     }
 }
+
+/// A task's end as containerd's event stream tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskExit {
+    /// The container (= worker id).
+    pub container_id: String,
+    /// Exit status (128 + signal when killed).
+    pub exit_status: u32,
+    /// When (Unix milliseconds; 0 unknown).
+    pub exited_at_ms: i64,
+}
+
+/// The exits of init processes in the stream's namespace, in order; `Ok(None)` when
+/// containerd ended the stream.
+pub struct TaskExits {
+    stream: tonic::Streaming<containerd_client::types::Envelope>,
+}
+
+impl TaskExits {
+    /// The next exit of a task's init process (exec'd processes are skipped).
+    pub async fn next(&mut self) -> CtdResult<Option<TaskExit>> {
+        use prost::Message;
+        loop {
+            let Some(env) = self.stream.message().await.map_err(err("events"))? else {
+                return Ok(None);
+            };
+            let Some(any) = env.event else { continue };
+            if !any.type_url.ends_with("TaskExit") {
+                continue;
+            }
+            let Ok(e) = containerd_client::events::TaskExit::decode(any.value.as_slice()) else {
+                continue;
+            };
+            if !e.id.is_empty() && e.id != e.container_id {
+                continue;
+            }
+            let exited_at_ms = e
+                .exited_at
+                .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+                .unwrap_or(0);
+            return Ok(Some(TaskExit {
+                container_id: e.container_id,
+                exit_status: e.exit_status,
+                exited_at_ms,
+            }));
+        }
+    }
+}
+
+impl Containerd {
+    /// Subscribes to the exits of tasks in this namespace (containerd's `/tasks/exit`) and
+    /// returns once containerd delivers to the subscription: it sends nothing (not even
+    /// the stream's headers) before a first event, so marker events are published on a
+    /// topic of our own until one comes back. No exit after this returns is missed.
+    pub async fn task_exits(&self) -> CtdResult<TaskExits> {
+        let ns = &self.namespace;
+        let filters = vec![
+            format!("namespace=={ns},topic==\"/tasks/exit\""),
+            format!("namespace=={ns},topic==\"{WATCH_MARKER_TOPIC}\""),
+        ];
+        let mut client = EventsClient::new(self.channel.clone());
+        let subscribe = client.subscribe(SubscribeRequest { filters });
+        tokio::pin!(subscribe);
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+        let stream = loop {
+            tokio::select! {
+                r = &mut subscribe => break r.map_err(err("subscribe to events"))?.into_inner(),
+                _ = tick.tick() => {
+                    let marker = prost_types::Any {
+                        type_url: "esb.agent.v1.WatchMarker".into(),
+                        value: Vec::new(),
+                    };
+                    EventsClient::new(self.channel.clone())
+                        .publish(self.req(
+                            PublishRequest {
+                                topic: WATCH_MARKER_TOPIC.into(),
+                                event: Some(marker),
+                            },
+                            None,
+                        ))
+                        .await
+                        .map_err(err("publish event"))?;
+                }
+            }
+        };
+        Ok(TaskExits { stream })
+    }
+}
+
+/// Topic of the agent's own marker events (see [`Containerd::task_exits`]).
+const WATCH_MARKER_TOPIC: &str = "/esb/agent/watching";
 
 /// A task status as the agent API names it.
 pub fn status_name(status: i32) -> &'static str {

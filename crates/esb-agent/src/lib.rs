@@ -234,6 +234,28 @@ pub struct ReconcileReport {
     pub removed_attachments: Vec<String>,
 }
 
+/// What [`Agent::watch`] tells its receivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerEvent {
+    /// A worker's task ended (a crash, the OOM killer, a kill, a destroy).
+    Exited {
+        /// Worker id.
+        id: String,
+        /// Its function (empty when the container was already removed).
+        function_name: String,
+        /// Exit status (137 = SIGKILL).
+        exit_status: u32,
+        /// When (Unix milliseconds; 0 unknown).
+        exited_at_ms: i64,
+    },
+    /// The agent's own subscription to containerd broke: exits may have been missed
+    /// (receivers list the workers again).
+    Lost,
+}
+
+/// Events kept for slow receivers before they miss some (and must list again).
+const WATCH_BACKLOG: usize = 1024;
+
 /// The agent.
 pub struct Agent {
     cfg: AgentConfig,
@@ -242,6 +264,18 @@ pub struct Agent {
     node_ns: Arc<NetNs>,
     unpack: Mutex<()>,
     puller: Option<pull::Puller>,
+    events: tokio::sync::broadcast::Sender<WorkerEvent>,
+    /// Whether the subscription to containerd's task exits is live.
+    following: tokio::sync::watch::Sender<bool>,
+    watcher: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(w) = self.watcher.lock().unwrap().take() {
+            w.abort();
+        }
+    }
 }
 
 fn now_secs() -> i64 {
@@ -303,14 +337,50 @@ impl Agent {
             .pull
             .clone()
             .map(|p| pull::Puller::new(p, &cfg.containerd_socket));
-        Ok(Arc::new(Agent {
+        let agent = Arc::new(Agent {
             cfg,
             ctd,
             node,
             node_ns: Arc::new(node_ns),
             unpack: Mutex::new(()),
             puller,
-        }))
+            events: tokio::sync::broadcast::channel(WATCH_BACKLOG).0,
+            following: tokio::sync::watch::Sender::new(false),
+            watcher: std::sync::Mutex::new(None),
+        });
+        let task = tokio::spawn(watch_exits(Arc::downgrade(&agent)));
+        *agent.watcher.lock().unwrap() = Some(task.abort_handle());
+        Ok(agent)
+    }
+
+    /// The exits of this box's workers from now on (see [`WorkerEvent`]). A receiver that
+    /// falls more than 1024 events behind gets `Lagged` and should list the workers again.
+    pub fn watch(&self) -> tokio::sync::broadcast::Receiver<WorkerEvent> {
+        self.events.subscribe()
+    }
+
+    /// Resolves once the agent follows containerd's task exits (at once, but for a moment
+    /// after the start or while containerd is away): receivers of [`Agent::watch`] made
+    /// before then miss nothing after it.
+    pub async fn following(&self) {
+        let mut rx = self.following.subscribe();
+        let _ = rx.wait_for(|live| *live).await;
+    }
+
+    /// Turns a task exit into an event for this box's watchers (`None`: another box's).
+    async fn exit_event(&self, exit: containerd::TaskExit) -> Option<WorkerEvent> {
+        let function_name = match self.ctd.container(&exit.container_id).await {
+            Ok(c) if c.labels.get(LABEL_BOX) != Some(&self.cfg.box_id) => return None,
+            Ok(c) => c.labels.get(LABEL_FUNCTION).cloned().unwrap_or_default(),
+            // Already removed (a destroy): the watcher knows the id or ignores it.
+            Err(_) => String::new(),
+        };
+        Some(WorkerEvent::Exited {
+            id: exit.container_id,
+            function_name,
+            exit_status: exit.exit_status,
+            exited_at_ms: exit.exited_at_ms,
+        })
     }
 
     /// The settings.
@@ -691,6 +761,58 @@ impl Agent {
             exit_time,
             collected_at: now_secs(),
         })
+    }
+}
+
+/// Follows containerd's task exits for the agent's watchers, subscribing again (after a
+/// pause) when containerd ends or breaks the stream; ends with the agent.
+async fn watch_exits(agent: std::sync::Weak<Agent>) {
+    let mut broken = false;
+    loop {
+        let Some(ctd) = agent.upgrade().map(|a| a.ctd.clone()) else {
+            return;
+        };
+        match ctd.task_exits().await {
+            Ok(mut exits) => {
+                if let Some(a) = agent.upgrade() {
+                    a.following.send_replace(true);
+                }
+                if broken {
+                    tracing::info!("following containerd's task exits again");
+                }
+                loop {
+                    match exits.next().await {
+                        Ok(Some(exit)) => {
+                            let Some(a) = agent.upgrade() else { return };
+                            if let Some(ev) = a.exit_event(exit).await {
+                                tracing::info!(event = ?ev, "worker exited");
+                                let _ = a.events.send(ev);
+                            }
+                        }
+                        Ok(None) => {
+                            tracing::warn!("containerd ended the task exit stream");
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "containerd's task exit stream broke");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) if !broken => tracing::warn!(error = %e, "containerd's task exits"),
+            Err(_) => {}
+        }
+        // Events between the break and the next subscription are lost: say so.
+        match agent.upgrade() {
+            Some(a) => {
+                a.following.send_replace(false);
+                let _ = a.events.send(WorkerEvent::Lost);
+            }
+            None => return,
+        }
+        broken = true;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

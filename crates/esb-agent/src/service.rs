@@ -55,6 +55,70 @@ impl AgentGrpc {
 
 #[tonic::async_trait]
 impl AgentService for AgentGrpc {
+    type WatchWorkersStream = tonic::codegen::BoxStream<WorkerEvent>;
+
+    async fn watch_workers(
+        &self,
+        _req: Request<WatchWorkersRequest>,
+    ) -> Result<Response<Self::WatchWorkersStream>, Status> {
+        use tokio::sync::broadcast::error::RecvError;
+        // Subscribed before WATCHING is sent: nothing after it is missed.
+        let mut events = self.agent.watch();
+        let node_id = self.agent.config().node_id.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<WorkerEvent, Status>>(64);
+        let agent = self.agent.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = agent.following() => {}
+                () = tx.closed() => return,
+            }
+            drop(agent);
+            let watching = WorkerEvent {
+                kind: esb_agent_api::event::WATCHING.into(),
+                node_id: node_id.clone(),
+                ..Default::default()
+            };
+            if tx.send(Ok(watching)).await.is_err() {
+                return;
+            }
+            loop {
+                let next = tokio::select! {
+                    r = events.recv() => r,
+                    () = tx.closed() => return,
+                };
+                let item = match next {
+                    Ok(crate::WorkerEvent::Exited {
+                        id,
+                        function_name,
+                        exit_status,
+                        exited_at_ms,
+                    }) => Ok(WorkerEvent {
+                        kind: esb_agent_api::event::EXITED.into(),
+                        container_id: id,
+                        function_name,
+                        exit_status,
+                        exited_at_ms,
+                        node_id: node_id.clone(),
+                    }),
+                    Ok(crate::WorkerEvent::Lost) => Err(Status::unavailable(
+                        "the agent's subscription to containerd broke: list and watch again",
+                    )),
+                    Err(RecvError::Lagged(n)) => Err(Status::data_loss(format!(
+                        "{n} worker events were missed: list and watch again"
+                    ))),
+                    Err(RecvError::Closed) => return,
+                };
+                let end = item.is_err();
+                if tx.send(item).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn ensure_container(
         &self,
         req: Request<EnsureContainerRequest>,

@@ -82,6 +82,13 @@ struct Fake(Arc<FakeAgent>);
 
 #[tonic::async_trait]
 impl AgentService for Fake {
+    type WatchWorkersStream = tonic::codegen::BoxStream<WorkerEvent>;
+    async fn watch_workers(
+        &self,
+        _: Request<WatchWorkersRequest>,
+    ) -> Result<Response<Self::WatchWorkersStream>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
     async fn ensure_container(
         &self,
         _: Request<EnsureContainerRequest>,

@@ -23,6 +23,13 @@ struct FixedAgent {
 
 #[tonic::async_trait]
 impl AgentService for FixedAgent {
+    type WatchWorkersStream = tonic::codegen::BoxStream<WorkerEvent>;
+    async fn watch_workers(
+        &self,
+        _: Request<WatchWorkersRequest>,
+    ) -> Result<Response<Self::WatchWorkersStream>, Status> {
+        Err(Status::unimplemented("bench"))
+    }
     async fn ensure_container(
         &self,
         _: Request<EnsureContainerRequest>,

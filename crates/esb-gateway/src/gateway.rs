@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use esb_agent_api::v1::{
-    DestroyContainerRequest, EnsureContainerRequest, GetContainerMetricsRequest,
-    ListContainersRequest,
+    ContainerState, DestroyContainerRequest, EnsureContainerRequest, GetContainerMetricsRequest,
+    ListContainersRequest, WatchWorkersRequest,
 };
 use http::header::{HeaderValue, CONTENT_TYPE, HOST};
 use http_body_util::{BodyExt, Full, Limited};
@@ -38,6 +38,18 @@ const TIMEOUT_GRACE: Duration = Duration::from_secs(3);
 /// Agents tried for one new worker: a node that fails does not fail the request while
 /// another one has room.
 const CREATE_ATTEMPTS: usize = 2;
+
+/// How long connecting to a worker may take: on the bridge or over WireGuard a connection
+/// is made in milliseconds; one that takes longer goes to a worker that is gone (its
+/// address removed), and the request is sent to another one.
+const WORKER_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Delivery attempts of one request at most (each on another worker; see
+/// [`CallError::NotDelivered`]), within its deadline.
+const DELIVERY_ATTEMPTS: usize = 8;
+
+/// Pauses between attempts to follow an agent's worker events.
+const WATCH_RETRY_MIN: Duration = Duration::from_millis(500);
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// How long a worker whose destruction began is not taken for an orphan (a heartbeat's
 /// list sent before the agent removed it may still show it).
@@ -149,6 +161,10 @@ pub(crate) struct Function {
     /// Why the last worker could not be created (cleared by the next success), with when
     /// (Unix seconds): what `esb status` shows of a pool that cannot grow.
     last_error: Mutex<Option<(String, u64)>>,
+    /// The last worker lost (exited, or found unreachable before a request reached it) and
+    /// why, with when (Unix seconds); and how many were lost.
+    last_replacement: Mutex<Option<(String, u64)>>,
+    replacements: AtomicU64,
 }
 
 impl Function {
@@ -163,8 +179,16 @@ impl Function {
             starting: Mutex::new(HashMap::new()),
             placing: Mutex::new(()),
             last_error: Mutex::new(None),
+            last_replacement: Mutex::new(None),
+            replacements: AtomicU64::new(0),
             spec,
         }
+    }
+
+    /// Records a lost worker for `/status`.
+    fn note_replacement(&self, what: String) {
+        self.replacements.fetch_add(1, Ordering::Relaxed);
+        *self.last_replacement.lock().unwrap() = Some((what, crate::ids::now_ms() / 1000));
     }
 
     /// How many workers (idle, busy, starting) it holds on each of `n` agents.
@@ -357,6 +381,8 @@ pub(crate) struct Served {
     pub node: Option<String>,
     /// That worker's id.
     pub worker: Option<String>,
+    /// Workers the request could not be delivered to before it reached this one.
+    pub redelivered: u32,
 }
 
 /// The outcome of one invocation.
@@ -403,6 +429,11 @@ pub(crate) struct Gateway {
     /// Workers whose destruction began lately, by (node id, worker id), with when: a
     /// heartbeat's list may still show them, and they are not orphans.
     destroyed: Mutex<HashMap<(String, String), Instant>>,
+    /// Busy workers whose task exited, by (node id, worker id): destroyed when their
+    /// request ends instead of going back to a pool.
+    exited: Mutex<std::collections::HashSet<(String, String)>>,
+    /// The tasks following the agents' worker events (aborted at shutdown).
+    watchers: Mutex<Vec<tokio::task::AbortHandle>>,
     pub metrics: Metrics,
     pub logger: Logger,
     pub queue: mpsc::Sender<AsyncJob>,
@@ -463,6 +494,10 @@ impl Drop for Lease<'_> {
             self.f.busy.lock().unwrap().remove(&w.id);
             self.f.pool.discard();
             self.gw.destroy(w, &self.f.spec.name);
+            // A provisioned function gets its place filled again at once.
+            if self.f.spec.provisioned > 0 && !self.gw.stopping() {
+                self.gw.provision_function(&self.f);
+            }
         }
     }
 }
@@ -556,6 +591,8 @@ impl Gateway {
             agents: ArcSwap::from_pointee(agents),
             known: Mutex::new(HashMap::new()),
             destroyed: Mutex::new(HashMap::new()),
+            exited: Mutex::new(Default::default()),
+            watchers: Mutex::new(Vec::new()),
             metrics,
             logger,
             queue,
@@ -576,7 +613,13 @@ impl Gateway {
     /// Returns a healthy worker to `f`'s pool; destroys it instead when the pool closed
     /// (reload, shutdown) or its agent was removed.
     fn give_back(self: &Arc<Self>, f: &Function, w: Worker) {
-        if self.agent(w.agent).is_removed() {
+        let agent = self.agent(w.agent);
+        let exited = self
+            .exited
+            .lock()
+            .unwrap()
+            .contains(&(agent.addr.node_id.clone(), w.id.clone()));
+        if agent.is_removed() || exited {
             f.pool.discard();
             self.destroy(w, &f.spec.name);
         } else if let Some(w) = f.pool.release(w) {
@@ -712,6 +755,11 @@ impl Gateway {
     }
 
     /// [`Gateway::invoke`] on the caller's task (for callers already on a task of their own).
+    ///
+    /// A request that could not be delivered to its worker (see [`CallError`]: certain
+    /// that nothing of it reached the worker) evicts that worker and goes to another one,
+    /// warm or new, within the deadline its first attempt started; one that was delivered
+    /// and failed is never sent again (a synchronous invocation runs at most once).
     async fn invoke_here(
         self: &Arc<Self>,
         f: &Arc<Function>,
@@ -721,124 +769,189 @@ impl Gateway {
     ) -> (Outcome, Served) {
         let mut f = f.clone();
         let mut moves = 0;
-        let (permit, grant) = loop {
-            let permit = f.breaker.permit(Instant::now());
-            if permit == Permit::Rejected {
-                return (Outcome::BreakerOpen, Served::default());
-            }
-            match f.pool.acquire(self.config.pool_acquire_timeout).await {
-                Ok(g) => break (permit, g),
-                Err(e) => {
-                    f.breaker.release_trial(permit);
-                    match e {
-                        AcquireError::Timeout => return (Outcome::Throttled, Served::default()),
-                        AcquireError::Closed if self.stopping() => {
-                            return (Outcome::ShuttingDown, Served::default())
-                        }
-                        AcquireError::Closed => {
-                            let next = self.set.load().by_spec_name(&f.spec.name).cloned();
-                            match next {
-                                Some(n) if !Arc::ptr_eq(&n, &f) && moves < 8 => {
-                                    f = n;
-                                    moves += 1;
+        // Set when the first attempt starts; retries happen before it.
+        let mut until: Option<Instant> = None;
+        let mut any_cold = false;
+        let mut redelivered = 0u32;
+        loop {
+            let wait = match until {
+                None => self.config.pool_acquire_timeout,
+                Some(t) => self
+                    .config
+                    .pool_acquire_timeout
+                    .min(t.saturating_duration_since(Instant::now())),
+            };
+            let (permit, grant) = loop {
+                let permit = f.breaker.permit(Instant::now());
+                if permit == Permit::Rejected {
+                    return (Outcome::BreakerOpen, Served::default());
+                }
+                match f.pool.acquire(wait).await {
+                    Ok(g) => break (permit, g),
+                    Err(e) => {
+                        f.breaker.release_trial(permit);
+                        match e {
+                            AcquireError::Timeout if until.is_some_and(|t| Instant::now() >= t) => {
+                                return (Outcome::TimedOut(None), Served::default())
+                            }
+                            AcquireError::Timeout => {
+                                return (Outcome::Throttled, Served::default())
+                            }
+                            AcquireError::Closed if self.stopping() => {
+                                return (Outcome::ShuttingDown, Served::default())
+                            }
+                            AcquireError::Closed => {
+                                let next = self.set.load().by_spec_name(&f.spec.name).cloned();
+                                match next {
+                                    Some(n) if !Arc::ptr_eq(&n, &f) && moves < 8 => {
+                                        f = n;
+                                        moves += 1;
+                                    }
+                                    Some(_) => return (Outcome::ShuttingDown, Served::default()),
+                                    None => return (Outcome::Gone, Served::default()),
                                 }
-                                Some(_) => return (Outcome::ShuttingDown, Served::default()),
-                                None => return (Outcome::Gone, Served::default()),
                             }
                         }
                     }
                 }
-            }
-        };
-        let (worker, cold) = match grant {
-            Grant::Warm(w) => (w, false),
-            Grant::Create => {
-                let mut slot = Slot { f: &f, armed: true };
-                match self.create_worker(&f).await {
-                    Ok(w) => {
-                        slot.armed = false;
-                        self.metrics
-                            .cold_starts
-                            .get_or_create(&FnLabel {
-                                function: f.label.clone(),
-                            })
-                            .inc();
-                        (w, true)
-                    }
-                    Err(e) => {
-                        drop(slot);
-                        f.breaker.record(permit, false, Instant::now());
-                        let served = Served {
-                            cold: true,
-                            ..Served::default()
-                        };
-                        return (Outcome::AgentDown(e), served);
+            };
+            let (worker, cold) = match grant {
+                Grant::Warm(w) => (w, false),
+                Grant::Create => {
+                    let mut slot = Slot { f: &f, armed: true };
+                    let created = match until {
+                        None => Some(self.create_worker(&f).await),
+                        Some(t) => tokio::time::timeout_at(t.into(), self.create_worker(&f))
+                            .await
+                            .ok(),
+                    };
+                    let served = Served {
+                        cold: true,
+                        redelivered,
+                        ..Served::default()
+                    };
+                    match created {
+                        Some(Ok(w)) => {
+                            slot.armed = false;
+                            self.metrics
+                                .cold_starts
+                                .get_or_create(&FnLabel {
+                                    function: f.label.clone(),
+                                })
+                                .inc();
+                            (w, true)
+                        }
+                        None => {
+                            // The request's deadline passed while a replacement started.
+                            drop(slot);
+                            f.breaker.release_trial(permit);
+                            return (Outcome::TimedOut(None), served);
+                        }
+                        Some(Err(e)) => {
+                            drop(slot);
+                            f.breaker.record(permit, false, Instant::now());
+                            return (Outcome::AgentDown(e), served);
+                        }
                     }
                 }
-            }
-        };
-        let mut lease = Lease::new(self, f.clone(), worker);
-        let deadline = self.deadline(&f);
-        let agent = self.agent(lease.worker.as_ref().unwrap().agent);
-        let served = Served {
-            cold,
-            node: Some(agent.addr.node_id.clone()),
-            worker: lease.worker.as_ref().map(|w| w.id.clone()),
-        };
-        let call =
-            lease
-                .worker
-                .as_mut()
-                .unwrap()
-                .call(&agent.dialer, payload, trace, client_context);
-        // A node marked down (missed heartbeats) fails its calls in flight at once (502),
-        // rather than each waiting for its deadline.
-        let down = agent.marked_down();
-        let mut node_lost = false;
-        let result = tokio::select! {
-            r = tokio::time::timeout(deadline, call) => r,
-            () = down => {
-                node_lost = true;
-                Ok(Err(format!("node {} is down", agent.addr.node_id)))
-            }
-        };
-        let outcome = match result {
-            Err(_) => Outcome::TimedOut(None),
-            Ok(Err(e)) => Outcome::WorkerFailed(e),
-            Ok(Ok(a)) => {
-                let timed_out = a
-                    .error_type
-                    .as_ref()
-                    .is_some_and(|t| t.as_bytes().ends_with(b"Timedout"))
-                    || (a.function_error.is_some()
-                        && a.body.windows(16).any(|w| w == b"Sandbox.Timedout"));
-                if timed_out {
-                    Outcome::TimedOut(Some(a))
-                } else {
-                    Outcome::Answer(a)
+            };
+            any_cold |= cold;
+            let mut lease = Lease::new(self, f.clone(), worker);
+            let deadline = *until.get_or_insert_with(|| Instant::now() + self.deadline(&f));
+            let agent = self.agent(lease.worker.as_ref().unwrap().agent);
+            let served = Served {
+                cold: any_cold,
+                node: Some(agent.addr.node_id.clone()),
+                worker: lease.worker.as_ref().map(|w| w.id.clone()),
+                redelivered,
+            };
+            let call = lease.worker.as_mut().unwrap().call(
+                &agent.dialer,
+                payload.clone(),
+                trace,
+                client_context,
+            );
+            // A node marked down (missed heartbeats) fails its calls in flight at once (502),
+            // rather than each waiting for its deadline.
+            let down = agent.marked_down();
+            let mut node_lost = false;
+            let result = tokio::select! {
+                r = tokio::time::timeout_at(deadline.into(), call) => r,
+                () = down => {
+                    node_lost = true;
+                    Ok(Err(CallError::Failed(format!("node {} is down", agent.addr.node_id))))
                 }
+            };
+            let outcome = match result {
+                Err(_) => Outcome::TimedOut(None),
+                Ok(Err(CallError::NotDelivered(e))) => {
+                    // Nothing of the request reached the worker: the function did not run.
+                    f.breaker.release_trial(permit);
+                    let id = served.worker.clone().unwrap_or_default();
+                    let why = format!(
+                        "worker {id} could not be reached ({e}); evicted, the request went to another worker"
+                    );
+                    self.logger.log(
+                        "warn",
+                        "worker unreachable",
+                        [
+                            ("kind".to_string(), json!("worker")),
+                            ("function".to_string(), json!(f.spec.name)),
+                            ("node".to_string(), json!(agent.addr.node_id)),
+                            ("worker".to_string(), json!(id)),
+                            ("error".to_string(), json!(e)),
+                        ]
+                        .into_iter()
+                        .collect(),
+                    );
+                    f.note_replacement(why);
+                    // Evicted: its place is freed and it is destroyed.
+                    drop(lease);
+                    redelivered += 1;
+                    if Instant::now() < deadline && (redelivered as usize) < DELIVERY_ATTEMPTS {
+                        continue;
+                    }
+                    return (
+                        Outcome::WorkerFailed(format!("{e} (after {redelivered} workers)")),
+                        served,
+                    );
+                }
+                Ok(Err(CallError::Failed(e))) => Outcome::WorkerFailed(e),
+                Ok(Ok(a)) => {
+                    let timed_out = a
+                        .error_type
+                        .as_ref()
+                        .is_some_and(|t| t.as_bytes().ends_with(b"Timedout"))
+                        || (a.function_error.is_some()
+                            && a.body.windows(16).any(|w| w == b"Sandbox.Timedout"));
+                    if timed_out {
+                        Outcome::TimedOut(Some(a))
+                    } else {
+                        Outcome::Answer(a)
+                    }
+                }
+            };
+            let healthy = match &outcome {
+                Outcome::Answer(a) => {
+                    !a.status.is_server_error()
+                        && a.status != http::StatusCode::TOO_MANY_REQUESTS
+                        && a.function_error.as_ref().is_none_or(|v| v != "Unhandled")
+                }
+                _ => false,
+            };
+            if node_lost {
+                // The node failed, not the function: its breaker is left as it was.
+                f.breaker.release_trial(permit);
+            } else {
+                f.breaker.record(permit, healthy, Instant::now());
             }
-        };
-        let healthy = match &outcome {
-            Outcome::Answer(a) => {
-                !a.status.is_server_error()
-                    && a.status != http::StatusCode::TOO_MANY_REQUESTS
-                    && a.function_error.as_ref().is_none_or(|v| v != "Unhandled")
+            if healthy {
+                lease.release();
+            } else {
+                drop(lease);
             }
-            _ => false,
-        };
-        if node_lost {
-            // The node failed, not the function: its breaker is left as it was.
-            f.breaker.release_trial(permit);
-        } else {
-            f.breaker.record(permit, healthy, Instant::now());
+            return (outcome, served);
         }
-        if healthy {
-            lease.release();
-        } else {
-            drop(lease);
-        }
-        (outcome, served)
     }
 
     /// Asks an agent for a new worker of `f`: the node [`agents::choose`] picks (or, when
@@ -1002,6 +1115,7 @@ impl Gateway {
         if let Some(k) = known {
             self.agent(k.agent).release(k.memory_mb);
         }
+        self.exited.lock().unwrap().remove(&key);
         self.destroyed
             .lock()
             .unwrap()
@@ -1106,8 +1220,15 @@ impl Gateway {
             l.sort();
         }
         let mut next = (*current).clone();
+        let first_new = next.len();
         next.extend(fresh);
+        let count = next.len();
         self.agents.store(Arc::new(next));
+        if self.running.load(Ordering::SeqCst) {
+            for ai in first_new..count {
+                self.watch_agent(ai);
+            }
+        }
         for ai in retire {
             self.retire_agent(ai);
         }
@@ -1207,6 +1328,7 @@ impl Gateway {
     /// Lists one agent's workers: marks it up or down, destroys orphans.
     async fn heartbeat(self: &Arc<Self>, ai: usize, agent: &Agent) {
         let now_secs = (crate::ids::now_ms() / 1000) as i64;
+        let held = self.held_on(ai);
         let mut client = agent.client.clone();
         // A node whose list does not come within two intervals (less the probe's time)
         // and whose endpoint then takes no connection is down: with the janitor's round
@@ -1240,7 +1362,10 @@ impl Gateway {
                     .lock()
                     .unwrap()
                     .retain(|_, at| at.elapsed() < DESTROYED_MEMORY);
-                for c in r.into_inner().containers {
+                let containers = r.into_inner().containers;
+                // The backstop of the agents' worker events.
+                self.find_lost(ai, &held, &containers);
+                for c in containers {
                     let key = (agent.addr.node_id.clone(), c.container_id.clone());
                     let known = self.known.lock().unwrap().contains_key(&key)
                         || self.destroyed.lock().unwrap().contains_key(&key);
@@ -1284,6 +1409,137 @@ impl Gateway {
         }
     }
 
+    /// Follows every agent's worker events (see [`Gateway::watch_agent`]).
+    pub fn watch_agents(self: &Arc<Self>) {
+        for ai in 0..self.agents.load().len() {
+            self.watch_agent(ai);
+        }
+    }
+
+    /// Follows the worker events of agent `ai` (`WatchWorkers`) until it is removed or the
+    /// gateway stops: a worker whose task exited leaves its pool at once and is replaced.
+    /// Each time the stream is (re)established, the agent's list is checked for workers
+    /// that ended while nobody watched. An agent without the call (Unimplemented) is
+    /// asked again now and then; the heartbeat's list is the backstop.
+    fn watch_agent(self: &Arc<Self>, ai: usize) {
+        let gw = Arc::downgrade(self);
+        let task = tokio::spawn(async move {
+            let mut pause = WATCH_RETRY_MIN;
+            loop {
+                let Some(me) = gw.upgrade() else { return };
+                let agent = me.agent(ai);
+                if agent.is_removed() || me.stopping() {
+                    return;
+                }
+                let mut client = agent.client.clone();
+                match client.watch_workers(WatchWorkersRequest {}).await {
+                    Ok(r) => {
+                        drop(me);
+                        let mut stream = r.into_inner();
+                        while let Ok(Some(ev)) = stream.message().await {
+                            let Some(me) = gw.upgrade() else { return };
+                            if ev.kind == esb_agent_api::event::WATCHING {
+                                pause = WATCH_RETRY_MIN;
+                                me.check_agent(ai).await;
+                            } else if ev.kind == esb_agent_api::event::EXITED {
+                                let why = format!("exited (code {})", ev.exit_status);
+                                me.worker_lost(ai, &ev.container_id, &why);
+                            }
+                        }
+                    }
+                    Err(s) if s.code() == tonic::Code::Unimplemented => {
+                        pause = WATCH_RETRY_MAX.max(me.config.heartbeat);
+                    }
+                    Err(_) => {}
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(WATCH_RETRY_MAX);
+            }
+        });
+        self.watchers.lock().unwrap().push(task.abort_handle());
+    }
+
+    /// The workers held on agent `ai` now (idle or busy): a list asked for after this
+    /// must show each of them unless it ended.
+    fn held_on(&self, ai: usize) -> Vec<String> {
+        let node = self.agent(ai).addr.node_id.clone();
+        self.known
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|((n, _), k)| *n == node && k.agent == ai)
+            .map(|((_, id), _)| id.clone())
+            .collect()
+    }
+
+    /// Lists agent `ai`'s workers and treats those it no longer runs as lost.
+    async fn check_agent(self: &Arc<Self>, ai: usize) {
+        let held = self.held_on(ai);
+        let mut client = self.agent(ai).client.clone();
+        if let Ok(r) = client.list_containers(ListContainersRequest {}).await {
+            self.find_lost(ai, &held, &r.into_inner().containers);
+        }
+    }
+
+    /// Of the workers `held` on agent `ai` before `listed` was asked for, those the agent
+    /// shows stopped or no longer lists are lost.
+    fn find_lost(self: &Arc<Self>, ai: usize, held: &[String], listed: &[ContainerState]) {
+        for id in held {
+            match listed.iter().find(|c| c.container_id == *id) {
+                Some(c) if c.status == esb_agent_api::status::STOPPED => {
+                    self.worker_lost(ai, id, "exited")
+                }
+                Some(_) => {}
+                None => self.worker_lost(ai, id, "disappeared"),
+            }
+        }
+    }
+
+    /// A worker of agent `ai` ended (`why`: "exited (code 137)"): idle, it leaves its pool
+    /// at once, is destroyed (the agent frees what is left of it) and provisioned
+    /// concurrency is restored; busy, its request ends as it ends (a failure, not sent
+    /// again) and it is destroyed then. Unknown ids (not ours, being destroyed) are ignored.
+    pub fn worker_lost(self: &Arc<Self>, ai: usize, id: &str, why: &str) {
+        let agent = self.agent(ai);
+        let key = (agent.addr.node_id.clone(), id.to_string());
+        let Some(k) = self.known.lock().unwrap().get(&key).cloned() else {
+            return;
+        };
+        let set = self.set.load();
+        let Some(f) = set.by_spec_name(&k.function) else {
+            return;
+        };
+        let idle = f.pool.remove_idle_where(|w| w.agent == ai && w.id == id);
+        let state = if idle.is_empty() { "busy" } else { "idle" };
+        let what = if idle.is_empty() {
+            self.exited.lock().unwrap().insert(key);
+            format!("worker {id} {why} while busy")
+        } else {
+            format!("worker {id} {why} while idle; replaced")
+        };
+        self.logger.log(
+            "warn",
+            "worker lost",
+            [
+                ("kind".to_string(), json!("worker")),
+                ("function".to_string(), json!(f.spec.name)),
+                ("node".to_string(), json!(agent.addr.node_id)),
+                ("worker".to_string(), json!(id)),
+                ("state".to_string(), json!(state)),
+                ("error".to_string(), json!(what)),
+            ]
+            .into_iter()
+            .collect(),
+        );
+        f.note_replacement(what);
+        for w in idle {
+            self.destroy(w, &f.spec.name);
+        }
+        if !self.stopping() {
+            self.provision_function(f);
+        }
+    }
+
     /// Starts workers for provisioned concurrency where fewer exist.
     pub fn provision(self: &Arc<Self>) {
         if self.stopping() {
@@ -1316,6 +1572,9 @@ impl Gateway {
         // Waits for a reload in progress; none starts after this.
         let _no_reload = self.reload_lock.lock().await;
         self.stopping.store(true, Ordering::SeqCst);
+        for w in self.watchers.lock().unwrap().drain(..) {
+            w.abort();
+        }
         let mut idle = Vec::new();
         for f in &self.set.load().functions {
             for w in f.pool.close() {
@@ -1410,6 +1669,10 @@ impl Gateway {
                     "breaker": f.breaker.state_name(),
                     "workers": workers,
                     "last_error": f.last_error.lock().unwrap().as_ref().map(|(msg, at)| {
+                        json!({"message": msg, "at": at})
+                    }),
+                    "replacements": f.replacements.load(Ordering::Relaxed),
+                    "last_replacement": f.last_replacement.lock().unwrap().as_ref().map(|(msg, at)| {
                         json!({"message": msg, "at": at})
                     }),
                 })
@@ -1600,11 +1863,23 @@ impl Gateway {
     }
 }
 
-/// Why a request to a worker failed, and whether it is known not to have left.
-struct SendError {
-    msg: String,
-    /// The connection was dead before the request was written.
-    unsent: bool,
+/// Why a call to a worker failed: whether the request certainly did not reach it.
+///
+/// The rule ("not delivered"), strict so that a synchronous invocation runs at most once:
+/// the TCP connection could not be made (refused, unreachable, reset during the
+/// handshake, or not made within [`WORKER_CONNECT_TIMEOUT`]), or the HTTP/1 connection
+/// was found closed before the request was handed to it (`ready()` failed), or hyper gave
+/// the request back (`TrySendError::take_message()`: hyper's guarantee that it failed
+/// before any byte of it was written). Anything else — an error while or after the
+/// request was written, a reset or close before the whole answer came, even on a
+/// connection that had been idle — may have reached the function, and is a failure of
+/// this request.
+#[derive(Debug)]
+pub(crate) enum CallError {
+    /// Nothing of the request reached the worker: it may go to another one.
+    NotDelivered(String),
+    /// The request may have reached the function.
+    Failed(String),
 }
 
 impl Worker {
@@ -1614,26 +1889,34 @@ impl Worker {
         payload: Bytes,
         trace: &str,
         client_context: Option<&HeaderValue>,
-    ) -> Result<http::Response<hyper::body::Incoming>, SendError> {
-        let fail = |msg: String, unsent: bool| SendError { msg, unsent };
+    ) -> Result<http::Response<hyper::body::Incoming>, CallError> {
         if self.conn.as_ref().is_none_or(|c| c.is_closed()) {
-            let stream = dialer.connect(self.addr).await.map_err(|e| {
-                fail(
-                    format!("connect to worker {} at {}: {e}", self.id, self.addr),
-                    false,
-                )
-            })?;
+            let stream = tokio::time::timeout(WORKER_CONNECT_TIMEOUT, dialer.connect(self.addr))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no connection in {}s", WORKER_CONNECT_TIMEOUT.as_secs()),
+                    ))
+                })
+                .map_err(|e| {
+                    CallError::NotDelivered(format!(
+                        "connect to worker {} at {}: {e}",
+                        self.id, self.addr
+                    ))
+                })?;
+            // The HTTP/1 handshake only sets the connection up: nothing is written.
             let (send, conn) = hyper::client::conn::http1::Builder::new()
                 .handshake(hyper_util::rt::TokioIo::new(stream))
                 .await
-                .map_err(|e| fail(format!("worker {}: {e}", self.id), false))?;
+                .map_err(|e| CallError::NotDelivered(format!("worker {}: {e}", self.id)))?;
             tokio::spawn(conn);
             self.conn = Some(send);
         }
         let send = self.conn.as_mut().unwrap();
         send.ready()
             .await
-            .map_err(|e| fail(format!("worker {}: {e}", self.id), true))?;
+            .map_err(|e| CallError::NotDelivered(format!("worker {}: {e}", self.id)))?;
         let mut req = http::Request::post(WORKER_INVOKE_PATH)
             .body(Full::new(payload))
             .expect("static request");
@@ -1648,50 +1931,42 @@ impl Worker {
         if let Some(c) = client_context {
             h.insert("x-amz-client-context", c.clone());
         }
-        send.send_request(req).await.map_err(|e| {
-            // Canceled: hyper never wrote it. Closed or reset with no answer at all on a
-            // connection that had been idle: the worker's end was gone before the request
-            // (the caller retries only such a reused connection, once).
-            let reset = std::error::Error::source(&e)
-                .and_then(|s| s.downcast_ref::<std::io::Error>())
-                .is_some_and(|io| {
-                    matches!(
-                        io.kind(),
-                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-                    )
-                });
-            let unsent = e.is_canceled() || e.is_closed() || e.is_incomplete_message() || reset;
-            fail(format!("worker {}: {e}", self.id), unsent)
+        send.try_send_request(req).await.map_err(|mut e| {
+            let msg = format!("worker {}: {}", self.id, e.error());
+            if e.take_message().is_some() {
+                CallError::NotDelivered(msg)
+            } else {
+                CallError::Failed(msg)
+            }
         })
     }
 
     /// POSTs the payload to the worker's invoke endpoint over its kept-alive connection.
-    /// A kept-alive connection found dead when the request goes out (the peer closed or
-    /// reset it while idle: nothing of the request reached the worker) is replaced once.
+    /// A kept-alive connection found dead before the request was handed to it is replaced
+    /// once by a new connection; [`CallError`] says whether the request reached the worker.
     async fn call(
         &mut self,
         dialer: &agents::Dialer,
         payload: Bytes,
         trace: &str,
         client_context: Option<&HeaderValue>,
-    ) -> Result<WorkerAnswer, String> {
+    ) -> Result<WorkerAnswer, CallError> {
         let reused = self.conn.as_ref().is_some_and(|c| !c.is_closed());
         let resp = match self
             .send(dialer, payload.clone(), trace, client_context)
             .await
         {
-            Err(e) if reused && e.unsent => {
+            Err(CallError::NotDelivered(_)) if reused => {
                 self.conn = None;
                 self.send(dialer, payload, trace, client_context).await
             }
             r => r,
-        }
-        .map_err(|e| e.msg)?;
+        }?;
         let (parts, body) = resp.into_parts();
         let body = Limited::new(body, MAX_WORKER_RESPONSE)
             .collect()
             .await
-            .map_err(|e| format!("worker {}: reading the answer: {e}", self.id))?
+            .map_err(|e| CallError::Failed(format!("worker {}: reading the answer: {e}", self.id)))?
             .to_bytes();
         Ok(WorkerAnswer {
             status: parts.status,

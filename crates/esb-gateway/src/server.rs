@@ -254,6 +254,7 @@ impl Server {
         // Leftovers of an earlier run, then provisioned workers, then the janitor.
         gw.clean_leftovers().await;
         gw.set_running();
+        gw.watch_agents();
         gw.provision();
         let janitor = {
             let gw = gw.clone();
@@ -553,6 +554,9 @@ async fn handle(front: Arc<Front>, req: Request<Incoming>, remote: SocketAddr) -
         }
         if let Some(worker) = h.served.worker {
             m.insert("worker".into(), worker.into());
+        }
+        if h.served.redelivered > 0 {
+            m.insert("redelivered".into(), h.served.redelivered.into());
         }
     }
     let level = if status.is_server_error() {

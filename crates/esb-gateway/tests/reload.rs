@@ -505,6 +505,8 @@ async fn admin_socket_status_shape_and_mode() {
             "logical_id",
             "image",
             "last_error",
+            "last_replacement",
+            "replacements",
             "revision",
             "routes",
             "capacity",
@@ -532,6 +534,8 @@ async fn admin_socket_status_shape_and_mode() {
             "breaker": "closed",
             "workers": [{"id": worker, "node": "test", "state": "idle"}],
             "last_error": null,
+            "replacements": 0,
+            "last_replacement": null,
         })
     );
     let n = &v["functions"][1];

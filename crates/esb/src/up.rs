@@ -628,6 +628,9 @@ pub fn status(state: &StateArgs, json: bool) -> Result<()> {
                 if let Some(e) = f["last_error"]["message"].as_str() {
                     println!("      last worker start failed: {e}");
                 }
+                if let Some(e) = f["last_replacement"]["message"].as_str() {
+                    println!("      last worker lost: {e}");
+                }
             }
         }
         Err(e) => println!("  functions: gateway not answering ({e:#})"),

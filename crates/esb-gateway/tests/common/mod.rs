@@ -160,6 +160,18 @@ impl ProcessAgent {
             .count()
     }
 
+    /// SIGKILLs one worker's supervisor (its runtime goes with it) and reaps it, leaving
+    /// the record: a worker that crashed or met the OOM killer. False if unknown.
+    pub fn kill(&self, id: &str) -> bool {
+        let mut procs = self.procs.lock().unwrap();
+        let Some(p) = procs.get_mut(id) else {
+            return false;
+        };
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+        true
+    }
+
     /// Kills every worker (test cleanup).
     pub fn kill_all(&self) {
         for (_, mut p) in self.procs.lock().unwrap().drain() {
@@ -271,6 +283,15 @@ pub fn now_secs() -> i64 {
 
 #[tonic::async_trait]
 impl AgentService for ProcessAgent {
+    type WatchWorkersStream = tonic::codegen::BoxStream<WorkerEvent>;
+    async fn watch_workers(
+        &self,
+        _: Request<WatchWorkersRequest>,
+    ) -> Result<Response<Self::WatchWorkersStream>, Status> {
+        Err(Status::unimplemented(
+            "the test agent reports exits through ListContainers only",
+        ))
+    }
     async fn ensure_container(
         &self,
         req: Request<EnsureContainerRequest>,

@@ -155,3 +155,19 @@ def slow(event, context):
     """Sleeps 10 s; its Timeout is 2 s."""
     time.sleep(10)
     return _json(200, {"woke": True})
+
+
+def crasher(event, context):
+    """Counts its run (DynamoDB: pk "crasher", sk the event's id, ADD runs 1), then
+    crashes as the event says: "exit" ends the runtime process; "hang" waits (at most
+    `sleep` seconds) for the test to kill the worker."""
+    _ddb.update_item(
+        TableName=TABLE,
+        Key={"pk": {"S": "crasher"}, "sk": {"S": event["id"]}},
+        UpdateExpression="ADD runs :one",
+        ExpressionAttributeValues={":one": {"N": "1"}},
+    )
+    if event.get("mode") == "exit":
+        os._exit(3)
+    time.sleep(float(event.get("sleep", 25)))
+    return {"survived": True, **_worker()}
