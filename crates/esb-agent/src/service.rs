@@ -537,6 +537,11 @@ async fn accept_tls(
                 Ok(Ok(tls)) => {
                     let _ = conns.send(TlsConn(tls)).await;
                 }
+                // A connection closed before any TLS byte is a reachability probe (the
+                // gateway's, when a heartbeat is slow), not a refused client.
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    tracing::debug!(%peer, "connection closed before a TLS handshake")
+                }
                 Ok(Err(e)) => tracing::warn!(%peer, error = %e, "TLS handshake refused"),
                 Err(_) => tracing::warn!(%peer, "TLS handshake timed out"),
             }

@@ -55,10 +55,14 @@ const WATCH_RETRY_MAX: Duration = Duration::from_secs(10);
 /// list sent before the agent removed it may still show it).
 const DESTROYED_MEMORY: Duration = Duration::from_secs(60);
 
+/// The least heartbeat deadline of a node reached over a tunnel (`https://` agents).
+const REMOTE_HEARTBEAT_FLOOR: Duration = Duration::from_secs(10);
+
 /// How long a heartbeat that timed out waits for a connection to the agent's endpoint:
-/// half an interval, from 0.5 to 5 s.
+/// an interval, from 1 to 5 s (a connection over a userspace tunnel on a busy machine may
+/// take a while; one that does not come in that time is a node gone).
 fn probe_time(heartbeat: Duration) -> Duration {
-    (heartbeat / 2).clamp(Duration::from_millis(500), Duration::from_secs(5))
+    heartbeat.clamp(Duration::from_secs(1), Duration::from_secs(5))
 }
 
 /// A function the gateway serves: what `esb` hands over from the template and the build.
@@ -849,7 +853,17 @@ impl Gateway {
                         }
                         Some(Err(e)) => {
                             drop(slot);
-                            f.breaker.record(permit, false, Instant::now());
+                            // No node up to take it: the nodes failed, not the function.
+                            let any_up = self
+                                .agents
+                                .load()
+                                .iter()
+                                .any(|a| a.is_up() && !a.is_removed());
+                            if any_up {
+                                f.breaker.record(permit, false, Instant::now());
+                            } else {
+                                f.breaker.release_trial(permit);
+                            }
                             return (Outcome::AgentDown(e), served);
                         }
                     }
@@ -1334,9 +1348,15 @@ impl Gateway {
         // and whose endpoint then takes no connection is down: with the janitor's round
         // every interval, that is at most three intervals after it went silent.
         let probe = probe_time(self.config.heartbeat);
-        let deadline = (self.config.heartbeat * 2)
-            .saturating_sub(probe)
-            .max(Duration::from_secs(1));
+        // A node over a tunnel gets at least REMOTE_HEARTBEAT_FLOOR: its tunnel may be busy
+        // with an image pull, which delays every answer (a killed node is still seen at
+        // once: its connection is reset).
+        let floor = if agent.addr.endpoint.starts_with("https://") {
+            REMOTE_HEARTBEAT_FLOOR
+        } else {
+            Duration::from_secs(1)
+        };
+        let deadline = (self.config.heartbeat * 2).saturating_sub(probe).max(floor);
         let answer =
             match tokio::time::timeout(deadline, client.list_containers(ListContainersRequest {}))
                 .await

@@ -460,6 +460,29 @@ fn box_checks(state: &StateArgs, cfg: &esb_runtime_node::NodeConfig, r: &mut Rep
         })?;
         Ok(reply.status)
     })();
+    // The data services' own health endpoints (the seed's troubleshooting step 4).
+    for (name, key, component) in [
+        ("S3", "s3", "s3"),
+        ("DynamoDB", "dynamodb", "dynamodb"),
+        ("log store", "logs", "logstore"),
+    ] {
+        let Some(base) = s.endpoints[key].as_str() else {
+            continue;
+        };
+        let addr = base.trim_start_matches("http://").trim_end_matches('/');
+        let status = esb_box::http::request("GET", &format!("{base}/health"), bytes::Bytes::new())
+            .map_err(anyhow::Error::from)
+            .and_then(|req| {
+                rt.block_on(esb_box::http::tcp(addr, req, PROBE_TIMEOUT * 2))
+                    .map_err(anyhow::Error::from)
+            })
+            .map(|r| r.status);
+        r.check(
+            matches!(status, Ok(200)),
+            format!("{name} {base}/health answers ({status:?})"),
+            &format!("see `esb logs --component {component}`"),
+        );
+    }
     registry_checks(state, &ca, &rt, r);
     wireguard_checks(state, r);
     r.check(

@@ -136,10 +136,89 @@ pub struct LogsArgs {
     pub url: Option<String>,
     /// Extra LogsQL filter.
     pub query: Option<String>,
+    /// A component's own log instead of the log store (the seed's `docker logs`): box,
+    /// gateway, proxy, agent, s3, dynamodb, logstore, containerd, registry, relay,
+    /// wireguard.
+    #[arg(long, conflicts_with_all = ["function", "trace", "query"])]
+    pub component: Option<String>,
+}
+
+/// `esb logs --component NAME`: the last `limit` lines of `STATE/logs/NAME.log`, then, with
+/// `follow`, what is appended (from the start again when the file is truncated).
+fn component_log(state: &StateArgs, name: &str, limit: usize, follow: bool) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let dir = state.log_dir();
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let path = esb_box::layout::log_file(&state.state_dir, name);
+    if !valid || !path.is_file() {
+        let mut have: Vec<String> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| {
+                        let n = e.file_name().to_string_lossy().into_owned();
+                        n.strip_suffix(".log").map(String::from)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        have.sort();
+        anyhow::bail!(
+            "--component {name:?}: no such log in {} (there: {})",
+            dir.display(),
+            if have.is_empty() {
+                "none; is the box running here? see --state-dir".to_string()
+            } else {
+                have.join(", ")
+            }
+        );
+    }
+    let mut f = std::fs::File::open(&path).with_context(|| format!("{}", path.display()))?;
+    let len = f.metadata()?.len();
+    // The tail: the last 4 MiB at most, then its last `limit` lines.
+    let start = len.saturating_sub(4 << 20);
+    f.seek(SeekFrom::Start(start))?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = std::io::stdout().lock();
+    for l in &lines[lines.len().saturating_sub(limit)..] {
+        writeln!(out, "{l}")?;
+    }
+    out.flush()?;
+    drop(out);
+    if !follow {
+        return Ok(());
+    }
+    let mut pos = start + buf.len() as u64;
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        let now = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if now < pos {
+            // Truncated or replaced: from its start.
+            f = std::fs::File::open(&path)?;
+            pos = 0;
+        }
+        if now > pos {
+            f.seek(SeekFrom::Start(pos))?;
+            let mut more = Vec::new();
+            (&mut f).take(now - pos).read_to_end(&mut more)?;
+            pos += more.len() as u64;
+            let mut out = std::io::stdout().lock();
+            out.write_all(&more)?;
+            out.flush()?;
+        }
+    }
 }
 
 /// `esb logs`.
 pub fn logs(state: &StateArgs, a: &LogsArgs) -> Result<()> {
+    if let Some(name) = &a.component {
+        return component_log(state, name, a.limit, a.follow);
+    }
     let url = a.url.clone().unwrap_or_else(|| {
         esb_box::status::running(&state.state_dir)
             .and_then(|(_, s)| s)

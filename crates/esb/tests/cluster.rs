@@ -506,6 +506,21 @@ fn a_compute_node_joins_over_wireguard_and_serves_the_e2e_app() {
         "{}",
         text(&doctor)
     );
+    // A component's own log, on either side (the seed's `docker logs esb-local-proxy`).
+    let proxy_log = node_b.esb(&["logs", "--component", "proxy", "-n", "5"]);
+    assert!(
+        proxy_log.status.success() && !proxy_log.stdout.is_empty(),
+        "{}",
+        text(&proxy_log)
+    );
+    let gw_log = b.ok(&["logs", "--component", "gateway", "-n", "3"]);
+    assert_eq!(gw_log.lines().count(), 3, "{gw_log}");
+    let bad = b.esb(&["logs", "--component", "../secrets"]);
+    assert!(
+        !bad.status.success() && text(&bad).contains("gateway"),
+        "{}",
+        text(&bad)
+    );
     let human = b.ok(&["status"]);
     assert!(
         human.contains("node-a") && human.contains("ready"),

@@ -255,6 +255,17 @@ impl TestBox {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
+    /// The last `n` lines of component `name`'s log that are not access records.
+    pub fn log_events(&self, name: &str, n: usize) -> String {
+        let text = std::fs::read_to_string(self.state.join(format!("logs/{name}.log")))
+            .unwrap_or_default();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.contains("\"_msg\":\"request\""))
+            .collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
     /// `esb up`.
     pub fn up(&self) -> String {
         self.ok(&["up"])
@@ -349,7 +360,12 @@ impl TestBox {
             String::from_utf8_lossy(&out.stderr)
         );
         println!("{text}");
-        assert!(out.status.success(), "{file} failed:\n{text}");
+        assert!(
+            out.status.success(),
+            "{file} failed:\n{text}\nstatus: {}\ngateway log (all but access records, last 150):\n{}",
+            String::from_utf8_lossy(&self.esb(&["status", "--json"]).stdout),
+            self.log_events("gateway", 150)
+        );
     }
 
     /// `load.py` against this box's gateway: `path` for `seconds` from `concurrency`
