@@ -118,21 +118,26 @@ pub fn destroy_workers_blocking(
 }
 
 /// Destroys what workers the node's containerd still runs, as far as it can (after the
-/// agent stopped, while containerd runs): failures are skipped.
+/// agent stopped, while containerd runs): failures are skipped. Returns how many it
+/// destroyed.
 pub async fn destroy_leftover_workers(
     agent_dir: PathBuf,
     node: esb_runtime_node::NodeConfig,
     containerd_socket: PathBuf,
-) {
+) -> usize {
     if !containerd_socket.exists() {
-        return;
+        return 0;
     }
+    let mut destroyed = 0;
     let cfg = esb_agent::AgentConfig::with_defaults(agent_dir, node, containerd_socket);
     if let Ok(agent) = esb_agent::Agent::connect(cfg).await {
         if let Ok(list) = agent.list().await {
             for w in list {
-                let _ = agent.destroy(&w.id).await;
+                if agent.destroy(&w.id).await.is_ok() {
+                    destroyed += 1;
+                }
             }
         }
     }
+    destroyed
 }

@@ -21,13 +21,13 @@ use tokio::sync::watch;
 
 use crate::containerd::destroy_leftover_workers;
 use crate::daemon;
-use crate::images::{build_and_provision, prepare_registry, prune_registry, read_revisions};
+use crate::images::{build_and_provision, prepare_registry, prune_registry, read_revisions, Warn};
 use crate::layout::{
     agent_socket, box_lock_file, box_pid_file, ca_file, cluster_socket, containerd_dir,
     gateway_admin_socket, hosts_dir, log_file, ready_file, registry_server, revisions_file,
-    run_dir, status_file, tls_dir, wg_file, wg_status_file,
+    run_dir, start_report_file, status_file, tls_dir, wg_file, wg_status_file,
 };
-use crate::status::{save, update, BoxStatus, Shared};
+use crate::status::{save, update, BoxStatus, Failure, Shared, StartReport};
 use crate::supervise::{pending_components, start, stop_leftovers, ChildSpec, Ready};
 use crate::{Error, Result, ResultExt};
 
@@ -413,16 +413,36 @@ async fn signal_stream(kind: tokio::signal::unix::SignalKind) -> tokio::signal::
     tokio::signal::unix::signal(kind).expect("signal handler")
 }
 
-/// Runs the box until SIGTERM/SIGINT. Returns an error when it could not start; then
-/// nothing it made is left behind.
+/// Runs the box until SIGTERM/SIGINT. Returns an error when it could not start
+/// ([`Error::DidNotStart`] once the box holds its lock: the failing step's error, what
+/// was cleaned up, the warnings; also kept in `STATE/run/start.json`); then nothing it
+/// made is left behind.
 pub async fn run(plan: Plan) -> Result<()> {
     let state = plan.state.clone();
     std::fs::create_dir_all(plan.run_dir())?;
     let _lock = lock(&state)?;
     daemon::write_pid_file(&box_pid_file(&state))?;
+    // The report of this start: warnings as they are found, and why it failed.
+    let report = Arc::new(Mutex::new(StartReport {
+        pid: std::process::id() as i32,
+        ..StartReport::default()
+    }));
+    report.lock().unwrap().save(&state);
+    let warn: Warn = {
+        let (report, state) = (report.clone(), state.clone());
+        Arc::new(move |w: String| {
+            tracing::warn!("{w}");
+            let mut r = report.lock().unwrap();
+            r.warnings.push(w);
+            r.save(&state);
+        })
+    };
     let left = stop_leftovers(&state, COMPONENTS);
     if !left.is_empty() {
-        tracing::warn!("stopped leftovers of an unclean stop: {}", left.join(", "));
+        warn(format!(
+            "stopped leftovers of an unclean stop: {}",
+            left.join(", ")
+        ));
     }
     for stale in [
         gateway_admin_socket(&state),
@@ -466,14 +486,26 @@ pub async fn run(plan: Plan) -> Result<()> {
         });
         rn.up().step("node network")?;
         plan.control.up().step("control network")?;
-        std::fs::create_dir_all(plan.containerd_dir())?;
-        let dir = std::fs::canonicalize(plan.containerd_dir())?;
-        std::fs::write(dir.join("config.toml"), esb_containerd::config_toml(&dir))?;
-        prepare_tls(&plan)?;
+        let ctd = plan.containerd_dir();
+        std::fs::create_dir_all(&ctd)
+            .and_then(|()| std::fs::canonicalize(&ctd))
+            .and_then(|dir| {
+                std::fs::write(dir.join("config.toml"), esb_containerd::config_toml(&dir))
+            })
+            .map_err(|e| Error::file("write the configuration in", &ctd, e))
+            .step("containerd's configuration")?;
+        prepare_tls(&plan).step("the box's certificates")?;
         for spec in &specs {
+            update(&state, &shared, |s| {
+                s.message = format!("starting {}", spec.name)
+            });
             if spec.name == "wireguard" {
-                plan.cluster.write_wg_file()?;
-                plan.cluster.write_agents_file()?;
+                plan.cluster
+                    .write_wg_file()
+                    .step("the WireGuard interface file")?;
+                plan.cluster
+                    .write_agents_file()
+                    .step("the gateway's agents file")?;
             }
             if spec.name == "gateway" {
                 let path = cluster_socket(&state);
@@ -490,11 +522,13 @@ pub async fn run(plan: Plan) -> Result<()> {
                 update(&state, &shared, |s| {
                     s.message = "collecting the registry".into()
                 });
-                prepare_registry(&plan).await?;
+                prepare_registry(&plan)
+                    .await
+                    .step("collect the registry's garbage")?;
             }
             if spec.name == "agent" {
                 update(&state, &shared, |s| s.message = "building images".into());
-                let built = build_and_provision(&plan).await?;
+                let built = build_and_provision(&plan, warn.clone()).await?;
                 update(&state, &shared, |s| s.last_build = built);
             }
             let (tx, h) = start(spec, &state, &shared).await?;
@@ -510,15 +544,43 @@ pub async fn run(plan: Plan) -> Result<()> {
     drop(stop_tx);
     if let Err(e) = started {
         tracing::error!("the box did not start: {}", e.chain());
+        // The step's own error first and complete; the cleanup adds to it, never
+        // replaces it (its own failures are listed among what was cleaned up).
+        let (step, lines) = e.explain();
+        let step = step.unwrap_or_else(|| shared.lock().unwrap().message.clone());
+        let failed = format!("{step} failed");
+        {
+            let mut r = report.lock().unwrap();
+            r.failure = Some(Failure {
+                step,
+                lines,
+                cleaned_up: Vec::new(),
+            });
+            r.save(&state);
+        }
         update(&state, &shared, |s| {
             s.state = "failed".into();
-            s.message = e.chain();
+            s.message = failed.clone();
         });
         let _ = cluster_stop.send(true);
-        shutdown(&plan, &rn, &shared, stops).await;
-        update(&state, &shared, |s| s.state = "failed".into());
+        let cleaned = shutdown(&plan, &rn, &shared, stops, &format!("{failed}; ")).await;
+        let report = {
+            let mut r = report.lock().unwrap();
+            if let Some(f) = r.failure.as_mut() {
+                f.cleaned_up = cleaned;
+            }
+            r.save(&state);
+            r.clone()
+        };
+        update(&state, &shared, |s| {
+            s.state = "failed".into();
+            s.message = failed;
+        });
+        if let Some(f) = &report.failure {
+            tracing::info!("cleaned up: {}", f.cleaned_up.join("; "));
+        }
         let _ = std::fs::remove_file(box_pid_file(&state));
-        return Err(e);
+        return Err(Error::DidNotStart(Box::new(report)));
     }
     update(&state, &shared, |s| {
         s.state = "ready".into();
@@ -533,7 +595,8 @@ pub async fn run(plan: Plan) -> Result<()> {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: rebuilding");
                 update(&state, &shared, |s| s.message = "rebuilding".into());
-                let outcome = match build_and_provision(&plan).await {
+                let log_only: Warn = Arc::new(|w| tracing::warn!("{w}"));
+                let outcome = match build_and_provision(&plan, log_only).await {
                     Ok(v) => match reload_gateway(&state).await {
                         Ok(()) => {
                             prune_registry(&plan, &read_revisions(&state)).await;
@@ -563,8 +626,9 @@ pub async fn run(plan: Plan) -> Result<()> {
         s.message = "stopping".into();
     });
     let _ = cluster_stop.send(true);
-    shutdown(&plan, &rn, &shared, stops).await;
+    shutdown(&plan, &rn, &shared, stops, "").await;
     let _ = std::fs::remove_file(status_file(&state));
+    let _ = std::fs::remove_file(start_report_file(&state));
     let _ = std::fs::remove_file(box_pid_file(&state));
     let _ = std::fs::remove_file(revisions_file(&state));
     tracing::info!("the box is down");
@@ -614,34 +678,80 @@ pub async fn gateway_status(state: &Path) -> Result<serde_json::Value> {
 }
 
 /// Stops the components in reverse order, removes what workers remain, then the network.
+/// Returns what it did, one item per kind ("stopped gateway (pid 12), …", "removed the
+/// node network esb-node"), its own failures included. `context` prefixes the status
+/// message while it works (the failure it cleans up after, if any).
 async fn shutdown(
     plan: &Plan,
     rn: &esb_runtime_node::RuntimeNode,
     shared: &Shared,
     mut stops: Vec<(String, watch::Sender<bool>, tokio::task::JoinHandle<()>)>,
-) {
+    context: &str,
+) -> Vec<String> {
     let state = &plan.state;
+    let mut stopped = Vec::new();
+    let mut done = Vec::new();
     while let Some((name, tx, h)) = stops.pop() {
         if name == "proxy" {
             // Workers first (the gateway, already stopped, removes its own; this catches
             // any left by a crash), while containerd still runs.
-            destroy_leftover_workers(
+            let n = destroy_leftover_workers(
                 crate::layout::agent_dir(state),
                 plan.node.clone(),
                 plan.containerd_dir().join("containerd.sock"),
             )
             .await;
+            if n > 0 {
+                done.push(format!("destroyed {n} leftover worker(s)"));
+            }
         }
-        update(state, shared, |s| s.message = format!("stopping {name}"));
+        let pid = shared
+            .lock()
+            .unwrap()
+            .components
+            .iter()
+            .find(|c| c.name == name)
+            .and_then(|c| c.pid);
+        update(state, shared, |s| {
+            s.message = format!("{context}stopping {name}")
+        });
         let _ = tx.send(true);
         let _ = h.await;
+        stopped.push(match pid {
+            Some(p) => format!("{name} (pid {p})"),
+            None => name,
+        });
     }
-    let _ = stop_leftovers(state, COMPONENTS);
-    if let Err(e) = rn.down() {
-        tracing::error!("remove the node network: {e}");
+    if !stopped.is_empty() {
+        done.insert(0, format!("stopped {}", stopped.join(", ")));
     }
-    if let Err(e) = plan.control.down() {
-        tracing::error!("remove the control network: {e}");
+    let left = stop_leftovers(state, COMPONENTS);
+    if !left.is_empty() {
+        done.push(format!("stopped leftovers {}", left.join(", ")));
+    }
+    match rn.down() {
+        Ok(()) => done.push(format!("removed the node network ({})", plan.node.netns)),
+        Err(e) => {
+            tracing::error!("remove the node network: {e}");
+            done.push(format!(
+                "could not remove the node network ({}): {e}",
+                plan.node.netns
+            ));
+        }
+    }
+    match plan.control.down() {
+        Ok(true) => done.push(format!(
+            "removed the control network ({})",
+            plan.control.netns
+        )),
+        Ok(false) => {}
+        Err(e) => {
+            tracing::error!("remove the control network: {e}");
+            done.push(format!(
+                "could not remove the control network ({}): {e}",
+                plan.control.netns
+            ));
+        }
     }
     for f in [
         gateway_admin_socket(state),
@@ -653,6 +763,7 @@ async fn shutdown(
     ] {
         let _ = std::fs::remove_file(f);
     }
+    done
 }
 
 #[cfg(test)]

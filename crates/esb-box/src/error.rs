@@ -80,6 +80,10 @@ pub enum Error {
         /// The box holding it ("?" when unknown).
         pid: String,
     },
+    /// The box did not start: the failing step's error, what was cleaned up, and the
+    /// warnings found on the way.
+    #[error("the box did not start: {0}")]
+    DidNotStart(Box<crate::status::StartReport>),
     /// The box was stopped before it was ready.
     #[error("stopped while starting ({0})")]
     StoppedWhileStarting(&'static str),
@@ -168,6 +172,49 @@ impl Error {
         text
     }
 
+    /// The step this error belongs to, and the error as lines for a person (what
+    /// [`crate::status::Failure`] carries): the outermost step named with
+    /// [`Error::Step`] (or the component that did not start); then the cause, with one
+    /// line per function that cannot be built and the component's log lines each on its
+    /// own. `None` when no step is named.
+    pub fn explain(&self) -> (Option<String>, Vec<String>) {
+        match self {
+            Error::Step { step, source } => (Some(step.clone()), source.lines()),
+            Error::ComponentStart { component, .. } | Error::Spawn { component, .. } => {
+                (Some(format!("start {component}")), self.lines())
+            }
+            _ => (None, self.lines()),
+        }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        match self {
+            Error::Step { step, source } => {
+                let mut inner = source.lines();
+                match inner.first_mut() {
+                    Some(first) => *first = format!("{step}: {first}"),
+                    None => inner.push(step.clone()),
+                }
+                inner
+            }
+            Error::Image(esb_image::Error::Build(items)) => items.clone(),
+            Error::ComponentStart {
+                component,
+                how,
+                log,
+                tail,
+            } => {
+                let mut v = vec![
+                    format!("{component} did not start: {how}"),
+                    format!("last lines of {}:", log.display()),
+                ];
+                v.extend(tail.lines().map(|l| format!("  {l}")));
+                v
+            }
+            _ => self.chain().lines().map(String::from).collect(),
+        }
+    }
+
     /// An I/O error on `path`.
     pub fn file(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Error {
         Error::File {
@@ -235,5 +282,51 @@ mod tests {
             tail: "t".into(),
         };
         assert_eq!(e.to_string(), "not ready after 10s; last log lines:\nt");
+    }
+
+    #[test]
+    fn explained_errors_name_the_step_and_keep_every_item() {
+        let build: Result<()> = Err(Error::Image(esb_image::Error::Build(vec![
+            "function A: runtime java21 has no base image".into(),
+            "function B: CodeUri nope/ is not a directory".into(),
+        ])));
+        let (step, lines) = build.step("build the images").unwrap_err().explain();
+        assert_eq!(step.as_deref(), Some("build the images"));
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[1].starts_with("function B"));
+        let e = Error::ComponentStart {
+            component: "gateway".into(),
+            how: "exit status: 1".into(),
+            log: "/s/logs/gateway.log".into(),
+            tail: "line 1\nAddress already in use".into(),
+        };
+        let (step, lines) = e.explain();
+        assert_eq!(step.as_deref(), Some("start gateway"));
+        assert_eq!(
+            lines,
+            [
+                "gateway did not start: exit status: 1",
+                "last lines of /s/logs/gateway.log:",
+                "  line 1",
+                "  Address already in use"
+            ]
+        );
+        let nested: Result<()> = Err(Error::Provision {
+            resource: "table t (template line 2)".into(),
+            answer: "CreateTable refused: {}".into(),
+        });
+        let (step, lines) = nested
+            .step("DynamoDB at x")
+            .step("provision tables and buckets")
+            .unwrap_err()
+            .explain();
+        assert_eq!(step.as_deref(), Some("provision tables and buckets"));
+        assert_eq!(
+            lines,
+            ["DynamoDB at x: table t (template line 2): CreateTable refused: {}"]
+        );
+        let (step, lines) = Error::StoppedWhileStarting("SIGTERM").explain();
+        assert_eq!(step, None);
+        assert_eq!(lines, ["stopped while starting (SIGTERM)"]);
     }
 }

@@ -4,6 +4,7 @@
 //! registry's upkeep (offline garbage collection, pruning of revisions no longer built).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::control::{dial_addr, Plan};
 use crate::layout::revisions_file;
@@ -97,12 +98,23 @@ pub fn read_revisions(state: &Path) -> serde_json::Map<String, serde_json::Value
         .unwrap_or_default()
 }
 
+/// Where a build tells what the user should know (each warning is also logged).
+pub type Warn = Arc<dyn Fn(String) + Send + Sync>;
+
 /// Builds the images, imports them into containerd, writes the revisions file and
-/// provisions tables and buckets. Returns a summary for `box.json`.
-pub async fn build_and_provision(plan: &Plan) -> Result<serde_json::Value> {
+/// provisions tables and buckets. Returns a summary for `box.json`. Warnings (the
+/// template's, a runtime served by another interpreter version, a function left out,
+/// drift of a provisioned resource) go to `warn` as they are found; each error names its
+/// step ("build the images", "provision tables and buckets", …).
+pub async fn build_and_provision(plan: &Plan, warn: Warn) -> Result<serde_json::Value> {
     let p = plan.clone();
+    let w = warn.clone();
     let (template, report) = tokio::task::spawn_blocking(move || -> Result<_> {
-        let template = load_template(&p.template, p.parameter_overrides.as_deref())?;
+        let template = load_template(&p.template, p.parameter_overrides.as_deref())
+            .step("load the template")?;
+        for t in &template.warnings {
+            w(format!("template: {t}"));
+        }
         let mut opts = esb_image::BuildOptions::new(&template, p.supervisor.clone());
         opts.out_dir = p.build_dir();
         let progress = |e: &esb_image::Progress| {
@@ -127,12 +139,12 @@ pub async fn build_and_provision(plan: &Plan) -> Result<serde_json::Value> {
                     "image {function}: {reference}{}",
                     if *changed { "" } else { " (unchanged)" }
                 ),
-                Skipped { function, reason } => tracing::warn!("skipped {function}: {reason}"),
-                Warning(w) => tracing::warn!("{w}"),
+                Skipped { function, reason } => w(format!("skipped {function}: {reason}")),
+                Warning(text) => w(text.clone()),
                 _ => {}
             }
         };
-        let report = esb_image::build(&template, &opts, &progress)?;
+        let report = esb_image::build(&template, &opts, &progress).step("build the images")?;
         Ok((template, report))
     })
     .await??;
@@ -150,7 +162,8 @@ pub async fn build_and_provision(plan: &Plan) -> Result<serde_json::Value> {
         };
         let repo = esb_registry::function_repository(&f.name);
         let tag = esb_registry::revision_tag(&i.manifest_digest);
-        let layout = esb_image::Layout::open(&report.layout)?;
+        let layout = esb_image::Layout::open(&report.layout)
+            .with_step(|| format!("open the built images ({})", report.layout.display()))?;
         let r = esb_image::push_mounting(&layout, &i.reference, &registry, &repo, &tag, &repos)
             .await
             .with_step(|| format!("push {} to the box's registry", f.name))?;
@@ -181,8 +194,9 @@ pub async fn build_and_provision(plan: &Plan) -> Result<serde_json::Value> {
     }
     let path = revisions_file(&plan.state);
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&revisions)?)?;
-    std::fs::rename(&tmp, &path)?;
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&revisions)?)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| crate::Error::file("write", &path, e))?;
     let s3 = dial_addr(plan.s3).to_string();
     let ddb = dial_addr(plan.dynamodb).to_string();
     let prov = provision::provision(
@@ -200,7 +214,7 @@ pub async fn build_and_provision(plan: &Plan) -> Result<serde_json::Value> {
         tracing::info!("created {c}");
     }
     for d in &prov.drift {
-        tracing::warn!("drift: {d}");
+        warn(format!("drift: {d}"));
     }
     Ok(serde_json::json!({
         "ok": true,

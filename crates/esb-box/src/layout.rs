@@ -20,6 +20,11 @@ pub fn box_lock_file(state: &Path) -> PathBuf {
 pub fn status_file(state: &Path) -> PathBuf {
     run_dir(state).join("box.json")
 }
+/// How the last start went: its warnings and, after a failed start, why
+/// ([`crate::status::StartReport`]).
+pub fn start_report_file(state: &Path) -> PathBuf {
+    run_dir(state).join("start.json")
+}
 /// The gateway's admin socket.
 pub fn gateway_admin_socket(state: &Path) -> PathBuf {
     run_dir(state).join("gateway.sock")

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::daemon::{self, Tracked};
-use crate::layout::{box_pid_file, status_file};
+use crate::layout::{box_pid_file, start_report_file, status_file};
 
 /// One component as `esb status` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -101,6 +101,94 @@ pub fn running(state: &Path) -> Option<(Tracked, Option<BoxStatus>)> {
     Some((t, read(state)))
 }
 
+/// Why the box did not start: the failing step, its error complete (every function that
+/// cannot be built, the resource and the service's answer, the component and its log's
+/// last lines), and what was cleaned up after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// The step that failed ("build the images", "start gateway", …).
+    pub step: String,
+    /// Its error, one line per item.
+    pub lines: Vec<String>,
+    /// What was stopped or removed after it (empty while cleaning up).
+    pub cleaned_up: Vec<String>,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} failed:", self.step)?;
+        for l in &self.lines {
+            write!(f, "\n  {l}")?;
+        }
+        if self.cleaned_up.is_empty() {
+            write!(f, "\ncleaning up …")
+        } else {
+            write!(f, "\ncleaned up: {}", self.cleaned_up.join("; "))
+        }
+    }
+}
+
+/// How the last start of the box went (`STATE/run/start.json`, kept after a failed start
+/// so that the waiting `esb up` and a later `esb status` can say why): the warnings found
+/// while starting and, when it did not start, the [`Failure`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartReport {
+    /// The box process that wrote it.
+    pub pid: i32,
+    /// Warnings found while starting (a runtime served by another interpreter version, a
+    /// function left out, drift of a provisioned resource, leftovers stopped, …).
+    pub warnings: Vec<String>,
+    /// Why it did not start.
+    pub failure: Option<Failure>,
+}
+
+impl StartReport {
+    /// Writes the report (through a temporary file; failures are ignored, as for
+    /// [`save`]).
+    pub fn save(&self, state: &Path) {
+        let path = start_report_file(state);
+        let tmp = path.with_extension("json.tmp");
+        if let Ok(text) = serde_json::to_vec_pretty(self) {
+            if std::fs::write(&tmp, text).is_ok() {
+                let _ = std::fs::rename(&tmp, &path);
+            }
+        }
+    }
+
+    /// The report of the last start, if there is one.
+    pub fn read(state: &Path) -> Option<StartReport> {
+        std::fs::read(start_report_file(state))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    }
+
+    /// The warnings as lines (`warning: …`), for printing after the rest.
+    pub fn warning_lines(&self) -> Vec<String> {
+        self.warnings
+            .iter()
+            .map(|w| format!("warning: {w}"))
+            .collect()
+    }
+}
+
+impl std::fmt::Display for StartReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut first = true;
+        if let Some(failure) = &self.failure {
+            write!(f, "{failure}")?;
+            first = false;
+        }
+        for w in self.warning_lines() {
+            if !first {
+                writeln!(f)?;
+            }
+            write!(f, "{w}")?;
+            first = false;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,5 +221,33 @@ mod tests {
         assert_eq!(s.components[0].state, "running");
         // No pid file: nothing runs.
         assert!(running(dir.path()).is_none());
+    }
+
+    #[test]
+    fn a_failed_start_reads_back_error_first_then_cleanup_then_warnings() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(crate::layout::run_dir(dir.path())).unwrap();
+        assert!(StartReport::read(dir.path()).is_none());
+        let r = StartReport {
+            pid: 7,
+            warnings: vec!["Old: runtime python3.9: served by Python 3.11".into()],
+            failure: Some(Failure {
+                step: "build the images".into(),
+                lines: vec![
+                    "function A: runtime java21 has no base image".into(),
+                    "function B: CodeUri nope/ is not a directory".into(),
+                ],
+                cleaned_up: vec!["stopped s3, containerd".into()],
+            }),
+        };
+        r.save(dir.path());
+        let back = StartReport::read(dir.path()).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(
+            back.to_string(),
+            "build the images failed:\n  function A: runtime java21 has no base image\n  \
+             function B: CodeUri nope/ is not a directory\ncleaned up: stopped s3, containerd\n\
+             warning: Old: runtime python3.9: served by Python 3.11"
+        );
     }
 }

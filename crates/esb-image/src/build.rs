@@ -316,10 +316,7 @@ pub fn build(
         });
     }
     if !failures.is_empty() {
-        return Err(Error::Function {
-            function: "(build)".into(),
-            message: failures.join("; "),
-        });
+        return Err(Error::Build(failures));
     }
     if !opts.supervisor.is_file() && !opts.dry_run {
         return Err(Error::Base(format!(
@@ -381,10 +378,7 @@ pub fn build(
         }
     }
     if !errors.is_empty() {
-        return Err(Error::Function {
-            function: "(build)".into(),
-            message: errors.join("; "),
-        });
+        return Err(Error::Build(errors));
     }
     let built: HashMap<Task, Built> = results.drain().map(|(k, v)| (k, v.unwrap())).collect();
     let layers_built = built.values().filter(|b| b.rebuilt).count();

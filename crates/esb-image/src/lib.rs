@@ -49,6 +49,10 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// Functions (or their layers) cannot be built: one entry per function or layer,
+    /// naming it and what is wrong (every one found, not only the first).
+    #[error("cannot build: {}", .0.join("; "))]
+    Build(Vec<String>),
     /// Building a base image failed.
     #[error("base image: {0}")]
     Base(String),

@@ -12,7 +12,7 @@ use clap::Args;
 use esb_box::control::{self, Plan};
 use esb_box::daemon;
 use esb_box::layout;
-use esb_box::status::{running, BoxStatus};
+use esb_box::status::{running, BoxStatus, StartReport};
 
 use crate::config_file;
 use crate::settings::{
@@ -296,7 +296,15 @@ pub fn plan(state: &StateArgs, a: &UpArgs) -> Result<(Plan, Vec<(String, String)
     ))
 }
 
-fn print_summary(s: &BoxStatus, generated: &[(String, String)]) {
+/// The warnings of the box's start (`STATE/run/start.json`), when it was written by `pid`.
+fn start_warnings(state: &Path, pid: i32) -> Vec<String> {
+    StartReport::read(state)
+        .filter(|r| r.pid == pid)
+        .map(|r| r.warnings)
+        .unwrap_or_default()
+}
+
+fn print_summary(s: &BoxStatus, generated: &[(String, String)], warnings: &[String]) {
     println!("esb is up (pid {}), serving {}", s.pid, s.template);
     println!("  gateway   {}", s.gateway_url);
     println!("  CA        {}", s.ca);
@@ -305,11 +313,16 @@ fn print_summary(s: &BoxStatus, generated: &[(String, String)]) {
             println!("  {k:<9} {v}");
         }
     }
-    let prov = &s.last_build["provisioned"];
-    for (what, label) in [("created", "created"), ("drift", "drift")] {
-        for item in prov[what].as_array().into_iter().flatten() {
-            println!("  {label:<9} {}", item.as_str().unwrap_or(""));
-        }
+    for item in s.last_build["provisioned"]["created"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        println!("  created   {}", item.as_str().unwrap_or(""));
+    }
+    // Drift, a runtime served by another interpreter version, a function left out, …
+    for w in warnings {
+        println!("  warning   {w}");
     }
     let get = |k: &str| std::env::var(k).unwrap_or_default();
     if !generated.is_empty() {
@@ -348,7 +361,7 @@ pub fn up(state: &StateArgs, a: &UpArgs) -> Result<()> {
                     state.state_dir.display(),
                     t.pid
                 );
-                print_summary(&s, &[]);
+                print_summary(&s, &[], &start_warnings(&state.state_dir, t.pid));
             }
             Some(s) => println!(
                 "a box is already running on {} (pid {}, {}: {})",
@@ -400,7 +413,15 @@ pub fn up(state: &StateArgs, a: &UpArgs) -> Result<()> {
             shown = follow(&log, shown);
         }
         if let Some(st) = child.try_wait()? {
-            let s: Option<BoxStatus> = esb_box::status::read(&plan.state);
+            // The box's own account: the failing step's error, what it cleaned up, the
+            // warnings (the same text `esb up --foreground` and `esb status` show).
+            let pid = child.id() as i32;
+            if let Some(r) =
+                StartReport::read(&plan.state).filter(|r| r.pid == pid && r.failure.is_some())
+            {
+                return Err(esb_box::Error::DidNotStart(Box::new(r)).into());
+            }
+            let s: Option<BoxStatus> = esb_box::status::read(&plan.state).filter(|s| s.pid == pid);
             let why = s
                 .map(|s| s.message)
                 .filter(|m| !m.is_empty())
@@ -412,9 +433,9 @@ pub fn up(state: &StateArgs, a: &UpArgs) -> Result<()> {
                 });
             bail!("the box did not start: {why}");
         }
-        if let Some((_, Some(s))) = running(&plan.state) {
+        if let Some((t, Some(s))) = running(&plan.state) {
             if s.state == "ready" {
-                print_summary(&s, &generated);
+                print_summary(&s, &generated, &start_warnings(&plan.state, t.pid));
                 return Ok(());
             }
         }
@@ -492,6 +513,7 @@ pub fn down(
         rn.down()?;
         control.network()?.down()?;
         let _ = std::fs::remove_file(layout::status_file(dir));
+        let _ = std::fs::remove_file(layout::start_report_file(dir));
         let _ = std::fs::remove_file(layout::box_pid_file(dir));
     }
     if volumes {
@@ -544,17 +566,27 @@ pub fn reset(
 
 /// `esb status [--json]`.
 pub fn status(state: &StateArgs, json: bool) -> Result<()> {
+    // Why the last start failed, while the box cleans up and after it exited.
+    let failed_start = StartReport::read(&state.state_dir).filter(|r| r.failure.is_some());
     let Some((t, s)) = running(&state.state_dir) else {
         if json {
-            println!("{}", serde_json::json!({"running": false}));
+            let mut v = serde_json::json!({"running": false});
+            if let Some(r) = &failed_start {
+                v["start"] = serde_json::to_value(r)?;
+            }
+            println!("{v}");
         } else {
             println!(
                 "esb is not running (state directory {})",
                 state.state_dir.display()
             );
+            if let Some(r) = &failed_start {
+                println!("its last start failed: {r}");
+            }
         }
         std::process::exit(3);
     };
+    let failed_start = failed_start.filter(|r| r.pid == t.pid);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -567,6 +599,9 @@ pub fn status(state: &StateArgs, json: bool) -> Result<()> {
         v["running"] = true.into();
         v["pid"] = t.pid.into();
         v["registry"] = serde_json::json!({"disk_bytes": registry_bytes});
+        if let Some(r) = StartReport::read(&state.state_dir).filter(|r| r.pid == t.pid) {
+            v["start"] = serde_json::to_value(&r)?;
+        }
         match &gw {
             Ok(g) => {
                 v["functions"] = g["functions"].clone();
@@ -585,6 +620,9 @@ pub fn status(state: &StateArgs, json: bool) -> Result<()> {
         return Ok(());
     };
     println!("esb box pid {}: {} ({})", t.pid, s.state, s.message);
+    if let Some(r) = &failed_start {
+        println!("the box did not start: {r}");
+    }
     println!("  template  {}", s.template);
     println!("  gateway   {}   CA {}", s.gateway_url, s.ca);
     println!(
