@@ -451,8 +451,9 @@ async fn gateway_on_the_real_agent_with_containerd_workers() {
     let specs = build_images(&b.state.path().join("src"), &b.ctd_socket()).await;
     // The CA exists before the agent starts, so that it mounts it in workers.
     esb_gateway::tls::ensure_box_certs(&b.tls_dir(), &esb_gateway::tls::default_sans(&[])).unwrap();
-    // The internal listener: on the node's bridge address, in the node namespace.
-    let internal: SocketAddr = "10.88.0.1:8443".parse().unwrap();
+    // The internal listener: on the node's bridge address, in the node namespace, on the
+    // port the workers' fence admits (esb_runtime_node::nat::GATEWAY_INTERNAL_PORT).
+    let internal: SocketAddr = "10.88.0.1:443".parse().unwrap();
     b.start_agent(&format!("https://{internal}"));
     let (logs, records) = capture_logs().await;
     let mut gw = Gw::start(config(&b, internal, logs), specs.clone()).await;
