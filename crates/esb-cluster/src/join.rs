@@ -396,6 +396,26 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Sends `req` over `io` (HTTP/1.1) and reads the whole answer.
+async fn send_over<Io>(io: Io, req: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), String>
+where
+    Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, body))
+}
+
 async fn exchange(
     endpoint: &str,
     verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
@@ -426,23 +446,7 @@ async fn exchange(
             .connect(name, tcp)
             .await
             .map_err(|e| fail(format!("TLS: {e}")))?;
-        let (mut send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                .await
-                .map_err(|e| fail(e.to_string()))?;
-        tokio::spawn(conn);
-        let resp = send
-            .send_request(req)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| fail(e.to_string()))?
-            .to_bytes();
-        Ok::<_, ClusterError>((status, body))
+        send_over(tls, req).await.map_err(fail)
     };
     tokio::time::timeout(timeout, work)
         .await
@@ -508,23 +512,7 @@ pub async fn remove_local(
         let stream = tokio::net::UnixStream::connect(socket)
             .await
             .map_err(|e| fail(format!("connect: {e} (is the box running?)")))?;
-        let (mut send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| fail(e.to_string()))?;
-        tokio::spawn(conn);
-        let resp = send
-            .send_request(req)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| fail(e.to_string()))?
-            .to_bytes();
-        Ok::<_, ClusterError>((status, body))
+        send_over(stream, req).await.map_err(fail)
     };
     let (status, answer) = tokio::time::timeout(LEAVE_TIMEOUT, work)
         .await

@@ -41,6 +41,18 @@ impl Report {
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The box process (or compute node) ready, and each of its components running.
+fn process_checks(r: &mut Report, what: String, s: &esb_box::status::BoxStatus) {
+    r.check(s.state == "ready", what, "see STATE_DIR/logs/box.log");
+    for c in &s.components {
+        r.check(
+            c.state == "running",
+            format!("component {} {} (restarts {})", c.name, c.state, c.restarts),
+            &format!("see {}", c.log),
+        );
+    }
+}
+
 /// Whether `addr` accepts a TCP connection from inside namespace `netns`.
 fn reachable_in(netns: &str, addr: SocketAddr) -> bool {
     NetNs::open(netns)
@@ -75,20 +87,11 @@ fn compute_checks(
     let dir = &state.state_dir;
     let netns = cfg.netns.as_str();
     match esb_box::status::running(dir) {
-        Some((t, Some(s))) => {
-            r.check(
-                s.state == "ready",
-                format!("compute node {} (pid {}) is {}", j.node.id, t.pid, s.state),
-                "see STATE_DIR/logs/box.log",
-            );
-            for c in &s.components {
-                r.check(
-                    c.state == "running",
-                    format!("component {} {} (restarts {})", c.name, c.state, c.restarts),
-                    &format!("see {}", c.log),
-                );
-            }
-        }
+        Some((t, Some(s))) => process_checks(
+            r,
+            format!("compute node {} (pid {}) is {}", j.node.id, t.pid, s.state),
+            &s,
+        ),
         _ => r.check(
             false,
             format!("compute node {} running", j.node.id),
@@ -390,18 +393,11 @@ fn box_checks(state: &StateArgs, cfg: &esb_runtime_node::NodeConfig, r: &mut Rep
         println!("info  no box runs (esb up): box checks skipped");
         return;
     };
-    r.check(
-        s.state == "ready",
+    process_checks(
+        r,
         format!("box pid {} is {} ({})", t.pid, s.state, s.message),
-        "see STATE_DIR/logs/box.log",
+        &s,
     );
-    for c in &s.components {
-        r.check(
-            c.state == "running",
-            format!("component {} {} (restarts {})", c.name, c.state, c.restarts),
-            &format!("see {}", c.log),
-        );
-    }
     let Ok(rt) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

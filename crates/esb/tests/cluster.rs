@@ -184,6 +184,23 @@ fn only_in_flight_failed(report: &Value) {
     );
 }
 
+/// The containers of a compute node's containerd (`None` when `ctr` cannot list them).
+fn containers(state: &Path) -> Option<std::collections::BTreeSet<String>> {
+    let ls = Command::new("ctr")
+        .arg("--address")
+        .arg(state.join("containerd/containerd.sock"))
+        .args(["-n", "esb-runtime", "containers", "ls", "-q"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    Some(
+        String::from_utf8_lossy(&ls.stdout)
+            .lines()
+            .map(String::from)
+            .collect(),
+    )
+}
+
 /// Waits for the box's status to satisfy `f`; the last status in the failure.
 fn wait_status(b: &boxkit::TestBox, what: &str, secs: u64, f: impl Fn(&Value) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -598,36 +615,14 @@ fn a_compute_node_joins_over_wireguard_and_serves_the_e2e_app() {
             .collect()
     };
     wait("no orphan worker on node-b", 120, || {
-        let ls = Command::new("ctr")
-            .arg("--address")
-            .arg(node_b.state.join("containerd/containerd.sock"))
-            .args(["-n", "esb-runtime", "containers", "ls", "-q"])
-            .output()
-            .unwrap();
-        let running: std::collections::BTreeSet<String> = String::from_utf8_lossy(&ls.stdout)
-            .lines()
-            .map(String::from)
-            .collect();
-        ls.status.success() && running.is_subset(&known(&b.status()))
+        containers(&node_b.state).is_some_and(|c| c.is_subset(&known(&b.status())))
     });
 
     // A partition that heals: node-b's cable cut under load. The other node answers,
     // node-b is marked down and its workers leave the pools (they keep running there);
     // once the cable is back, node-b is up again and the workers the gateway gave up
     // on are destroyed: no orphan.
-    let containers_b = || -> std::collections::BTreeSet<String> {
-        let ls = Command::new("ctr")
-            .arg("--address")
-            .arg(node_b.state.join("containerd/containerd.sock"))
-            .args(["-n", "esb-runtime", "containers", "ls", "-q"])
-            .output()
-            .unwrap();
-        assert!(ls.status.success(), "ctr: {}", text(&ls));
-        String::from_utf8_lossy(&ls.stdout)
-            .lines()
-            .map(String::from)
-            .collect()
-    };
+    let containers_b = || containers(&node_b.state).expect("ctr lists node-b's containers");
     wait_status(&b, "only public's provisioned worker left", 120, |s| {
         workers_of(s) == ["public@node-a"]
     });
