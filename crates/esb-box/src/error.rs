@@ -151,6 +151,18 @@ pub enum Error {
     Task(#[from] tokio::task::JoinError),
 }
 
+/// Any error and its causes on one line, joined by ": " (as anyhow's `{:#}`).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 fn subject(program: &str) -> String {
     if program.is_empty() {
         String::new()
@@ -162,14 +174,7 @@ fn subject(program: &str) -> String {
 impl Error {
     /// The error and its causes on one line, joined by ": " (as anyhow's `{:#}`).
     pub fn chain(&self) -> String {
-        let mut text = self.to_string();
-        let mut cause = std::error::Error::source(self);
-        while let Some(c) = cause {
-            text.push_str(": ");
-            text.push_str(&c.to_string());
-            cause = c.source();
-        }
-        text
+        chain(self)
     }
 
     /// The step this error belongs to, and the error as lines for a person (what

@@ -31,4 +31,4 @@ pub mod status;
 pub mod supervise;
 
 pub(crate) use error::ResultExt;
-pub use error::{Error, Result};
+pub use error::{chain, Error, Result};

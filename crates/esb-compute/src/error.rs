@@ -105,14 +105,7 @@ pub enum Error {
 impl Error {
     /// The error and its causes on one line, joined by ": ".
     pub fn chain(&self) -> String {
-        let mut text = self.to_string();
-        let mut cause = std::error::Error::source(self);
-        while let Some(c) = cause {
-            text.push_str(": ");
-            text.push_str(&c.to_string());
-            cause = c.source();
-        }
-        text
+        esb_box::chain(self)
     }
 }
 

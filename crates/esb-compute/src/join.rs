@@ -135,29 +135,13 @@ fn redeem(cfg: &JoinConfig, text: &str) -> Result<Joined> {
     Ok(joined)
 }
 
-/// Writes `text` to `path` through a temporary file, mode 0600 when `private`.
+/// Writes `text` to `path` atomically, mode 0600 when `private` (esb-pki's writer).
 fn write_private(path: &Path, text: &str, private: bool) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let file_error = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| Error::File {
-            action: "write",
-            path: p,
-            source,
-        }
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(if private { 0o600 } else { 0o644 })
-        .open(&tmp)
-        .map_err(file_error(&tmp))?;
-    f.write_all(text.as_bytes())?;
-    std::fs::rename(&tmp, path).map_err(file_error(path))?;
-    Ok(())
+    esb_pki::write_atomic(path, text, private).map_err(|e| Error::File {
+        action: "write",
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })
 }
 
 #[cfg(test)]

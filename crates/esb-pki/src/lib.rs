@@ -82,8 +82,9 @@ fn ca_params() -> Result<CertificateParams, PkiError> {
     Ok(p)
 }
 
-/// Writes a file atomically (temporary file, then rename), with mode 0600 for keys.
-fn write_atomic(path: &Path, data: &str, private: bool) -> Result<(), PkiError> {
+/// Writes a file atomically (temporary file, synced, then renamed), with mode 0600 for
+/// keys (`private`), 0644 otherwise.
+pub fn write_atomic(path: &Path, data: &str, private: bool) -> Result<(), PkiError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");

@@ -363,6 +363,15 @@ def logs_by_trace(root):
     return [json.loads(line) for line in r.text.splitlines() if line.strip()]
 
 
+def recorder_lines(records):
+    """The recorder's own "recorder: got" lines among a trace's records (a function's
+    lines may arrive in more than one batch: wait for this one, not just any record)."""
+    return [
+        rec for rec in records
+        if rec.get("function_name") == "recorder" and "recorder: got" in rec.get("_msg", "")
+    ]
+
+
 def test_chain_sync_and_event_share_one_trace_root(http, token):
     root = new_trace_root()
     r = http.post(
@@ -384,12 +393,7 @@ def test_chain_sync_and_event_share_one_trace_root(http, token):
     def found():
         records = logs_by_trace(root)
         names = {rec.get("function_name") for rec in records}
-        # A function's lines may arrive in more than one batch: wait for the recorder's
-        # own line, not just any of its records.
-        recorded = [
-            rec for rec in records
-            if rec.get("function_name") == "recorder" and "recorder: got" in rec.get("_msg", "")
-        ]
+        recorded = recorder_lines(records)
         return recorded if {"chain", "echo", "recorder"} <= names and recorded else None
 
     recorded = poll(f"log records of chain, echo and recorder with trace {root}", found)

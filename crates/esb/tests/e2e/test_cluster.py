@@ -15,6 +15,7 @@ from test_box import (  # noqa: F401  (fixtures are used by name)
     logs_by_trace,
     new_trace_root,
     poll,
+    recorder_lines,
     status,
     token,
     url,
@@ -54,10 +55,7 @@ def test_chain_across_two_nodes_keeps_one_trace_root(http, token):
     def found():
         records = logs_by_trace(root)
         recs = gateway_records(root)
-        recorded = [
-            rec for rec in records
-            if rec.get("function_name") == "recorder" and "recorder: got" in rec.get("_msg", "")
-        ]
+        recorded = recorder_lines(records)
         seen["records"] = [
             {k: rec.get(k) for k in ("_msg", "kind", "function", "function_name", "node", "status")}
             for rec in records
