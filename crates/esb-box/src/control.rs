@@ -54,6 +54,8 @@ pub struct Plan {
     pub dynamodb: SocketAddr,
     /// Log store.
     pub logstore: SocketAddr,
+    /// Where the gateway ships its logs (`VICTORIALOGS_URL`).
+    pub gateway_logs_url: String,
     /// The static supervisor put into images.
     pub supervisor: PathBuf,
     /// The credential pair.
@@ -224,11 +226,9 @@ pub fn child_specs(plan: &Plan) -> Vec<ChildSpec> {
                 "ESB_GATEWAY_ADMIN_SOCKET".into(),
                 gateway_admin_socket(&plan.state).display().to_string(),
             ),
-            // The gateway runs in the host namespace: it ships to the log store directly.
-            (
-                "VICTORIALOGS_URL".into(),
-                format!("http://{}", dial_addr(plan.logstore)),
-            ),
+            // The gateway runs in the host namespace: by default it ships to the log
+            // store directly (`VICTORIALOGS_URL` of the seed).
+            ("VICTORIALOGS_URL".into(), plan.gateway_logs_url.clone()),
             // Its records are in the log store (`esb logs`); its own log file keeps the
             // process's diagnostics only, unless asked otherwise.
             (
@@ -784,6 +784,7 @@ mod tests {
             s3: "127.0.0.1:9000".parse().unwrap(),
             dynamodb: "127.0.0.1:8000".parse().unwrap(),
             logstore: "127.0.0.1:9428".parse().unwrap(),
+            gateway_logs_url: "http://127.0.0.1:9428".into(),
             supervisor: "/usr/local/bin/esb-supervisor".into(),
             creds: ("ak".into(), "sk".into()),
             region: "ap-northeast-1".into(),

@@ -393,6 +393,44 @@ impl Default for Config {
     }
 }
 
+/// The default of every setting the gateway reads from the environment whose default is
+/// a value (secrets, paths and lists that default to "none" are left out), as the text a
+/// user would write: what `esb config` shows for settings nobody set.
+pub fn setting_defaults() -> Vec<(&'static str, String)> {
+    let c = Config::default();
+    let secs = |d: Duration| {
+        let s = d.as_secs_f64();
+        if s.fract() == 0.0 {
+            format!("{}", s as u64)
+        } else {
+            format!("{s}")
+        }
+    };
+    vec![
+        ("AUTH_ENDPOINT_PATH", c.auth_path.clone()),
+        ("CIRCUIT_BREAKER_RECOVERY_TIMEOUT", secs(c.breaker_recovery)),
+        ("CIRCUIT_BREAKER_THRESHOLD", c.breaker_threshold.to_string()),
+        ("ESB_ACCOUNT_ID", c.account_id.clone()),
+        ("ESB_AGENT_TIMEOUT", secs(c.agent_timeout)),
+        ("ESB_API_STAGE", c.stage.clone()),
+        ("ESB_DEFAULT_CONCURRENCY", c.default_concurrency.to_string()),
+        ("ESB_DRAIN_SECONDS", secs(c.drain_timeout)),
+        ("ESB_EVENT_QUEUE", c.event_queue_len.to_string()),
+        ("ESB_EVENT_QUEUE_BYTES", c.event_queue_bytes.to_string()),
+        (
+            "ESB_EVENT_RETRY_DELAY_MS",
+            c.event_retry_delay.as_millis().to_string(),
+        ),
+        ("ESB_MAX_BODY_BYTES", c.max_body.to_string()),
+        ("GATEWAY_IDLE_TIMEOUT_SECONDS", secs(c.idle_timeout)),
+        ("HEARTBEAT_INTERVAL", secs(c.heartbeat)),
+        ("JWT_EXPIRES_DELTA", secs(c.jwt_expires)),
+        ("LAMBDA_INVOKE_TIMEOUT", secs(c.invoke_timeout)),
+        ("ORPHAN_GRACE_PERIOD_SECONDS", secs(c.orphan_grace)),
+        ("POOL_ACQUIRE_TIMEOUT", secs(c.pool_acquire_timeout)),
+    ]
+}
+
 impl Config {
     /// Reads the settings from the process environment over the defaults.
     pub fn from_env() -> anyhow::Result<Config> {

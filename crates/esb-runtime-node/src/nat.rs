@@ -1,12 +1,20 @@
-//! The node's NAT rules, kept in an nftables table of esb's own (`ip esb`) inside the node
-//! namespace, so that they are applied atomically, listed with `nft list table ip esb`,
-//! and removed exactly.
+//! The node's NAT rules and the workers' fence, inside the node namespace.
 //!
-//! Rules (seed, "DNAT ルール"): for each service with a target,
+//! DNAT rules (seed, "DNAT ルール"): for each service with a target,
 //! `CNI_GW_IP:dport -> ip:port` in PREROUTING (traffic from workers) and, with
 //! `DNAT_APPLY_OUTPUT`, in OUTPUT (traffic from inside the node namespace); a target that
 //! is not 127.0.0.1 is also masqueraded on the way out. Reaching 127.0.0.1 from the bridge
 //! needs `route_localnet=1`, which [`crate::RuntimeNode::up`] sets.
+//!
+//! They live in the `nat` table that `iptables` itself manages (through this machine's
+//! `iptables-save` and `iptables-restore`, whichever backend `iptables` is), so the seed's
+//! troubleshooting commands (`iptables -t nat -S`, `iptables -t nat -L PREROUTING -n -v`)
+//! list them with their counters. Each rule carries the comment `esb-SERVICE`: applying
+//! replaces exactly the rules with such a comment in one `iptables-restore` transaction
+//! (other rules of the table and their counters are kept; a rule that stays keeps its
+//! counters), and removal takes exactly those rules away.
+//!
+//! The fence is nftables tables of esb's own ([`fence_script`]).
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -15,46 +23,117 @@ use esb_netns::NetNs;
 
 use crate::{NodeConfig, NodeError};
 
-/// nftables family and name of esb's table.
-pub const TABLE: &str = "ip esb";
+/// The nftables table that held the DNAT rules before they moved to iptables' own `nat`
+/// table; removed whenever the rules are applied or removed.
+const OLD_TABLE: &str = "ip esb";
 
-/// The nft script that (re)creates the table with exactly the configured rules, in one
-/// transaction: the table is declared, flushed away and rebuilt, so applying it twice
-/// leaves one copy and a failure leaves the previous rules untouched.
-pub fn ruleset(cfg: &NodeConfig) -> String {
+/// Prefix of the comment of every rule esb adds to the `nat` table.
+pub const COMMENT_PREFIX: &str = "esb-";
+
+/// The rules esb wants in the `nat` table, as `iptables-save` prints them (without
+/// counters): `-A PREROUTING -d 10.88.0.1/32 -p tcp -m tcp --dport 9000 -m comment
+/// --comment esb-s3 -j DNAT --to-destination 127.0.0.1:9000`, …
+pub fn rules(cfg: &NodeConfig) -> Vec<String> {
     let gw = cfg.gateway_ip;
-    let mut dnat = String::new();
-    let mut masq = String::new();
+    let mut chains = vec!["PREROUTING"];
+    if cfg.dnat.apply_output {
+        chains.push("OUTPUT");
+    }
+    let mut out = Vec::new();
+    for chain in chains {
+        for (name, t) in cfg.dnat.targets() {
+            out.push(format!(
+                "-A {chain} -d {gw}/32 -p tcp -m tcp --dport {} -m comment --comment {COMMENT_PREFIX}{name} -j DNAT --to-destination {}:{}",
+                t.dport, t.ip, t.port
+            ));
+        }
+    }
     for (name, t) in cfg.dnat.targets() {
-        dnat.push_str(&format!(
-            "\t\tip daddr {gw} tcp dport {} dnat to {}:{} comment \"esb {name}\"\n",
-            t.dport, t.ip, t.port
-        ));
         if !t.ip.is_loopback() {
-            masq.push_str(&format!(
-                "\t\tip daddr {} tcp dport {} masquerade comment \"esb {name}\"\n",
+            out.push(format!(
+                "-A POSTROUTING -d {}/32 -p tcp -m tcp --dport {} -m comment --comment {COMMENT_PREFIX}{name} -j MASQUERADE",
                 t.ip, t.port
             ));
         }
     }
-    let output = if cfg.dnat.apply_output {
-        dnat.as_str()
-    } else {
-        ""
-    };
-    format!(
-        "table {TABLE}\n\
-         delete table {TABLE}\n\
-         table {TABLE} {{\n\
-         \tchain prerouting {{\n\t\ttype nat hook prerouting priority -100; policy accept;\n{dnat}\t}}\n\
-         \tchain output {{\n\t\ttype nat hook output priority -100; policy accept;\n{output}\t}}\n\
-         \tchain postrouting {{\n\t\ttype nat hook postrouting priority 100; policy accept;\n{masq}\t}}\n\
-         }}\n"
-    )
+    out
 }
 
-fn nft(node: &NetNs, args: &[&str], stdin: Option<&str>) -> Result<String, NodeError> {
-    let mut cmd = Command::new("nft");
+/// Whether a rule line of `iptables-save` is one of esb's.
+fn is_ours(rule: &str) -> bool {
+    rule.contains(&format!("--comment {COMMENT_PREFIX}"))
+        || rule.contains(&format!("--comment \"{COMMENT_PREFIX}"))
+}
+
+/// Splits an `iptables-save -c` rule line into its counters (`p:b`) and the rule.
+fn split_counters(line: &str) -> (Option<&str>, &str) {
+    match line.strip_prefix('[').and_then(|r| r.split_once("] ")) {
+        Some((c, rule)) => (Some(c), rule),
+        None => (None, line),
+    }
+}
+
+/// The `iptables-restore -c` input that turns the `nat` table `saved` (the output of
+/// `iptables-save -c -t nat`, possibly empty) into the same table with esb's rules
+/// replaced by `wanted`. Chains and rules of others keep their place and counters; a rule
+/// of esb's that stays keeps its counters.
+pub fn restore_input(saved: &str, wanted: &[String]) -> String {
+    let mut chains = Vec::new();
+    let mut kept = Vec::new();
+    let mut old_ours: Vec<(String, String)> = Vec::new();
+    let mut in_nat = false;
+    for line in saved.lines() {
+        let line = line.trim_end();
+        if line.starts_with('*') {
+            in_nat = line == "*nat";
+            continue;
+        }
+        if !in_nat || line.is_empty() || line.starts_with('#') || line == "COMMIT" {
+            continue;
+        }
+        if line.starts_with(':') {
+            chains.push(line.to_string());
+            continue;
+        }
+        let (counters, rule) = split_counters(line);
+        if is_ours(rule) {
+            old_ours.push((rule.to_string(), counters.unwrap_or("0:0").to_string()));
+        } else {
+            kept.push(line.to_string());
+        }
+    }
+    if chains.is_empty() {
+        for c in ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"] {
+            chains.push(format!(":{c} ACCEPT [0:0]"));
+        }
+    }
+    let mut out = String::from("*nat\n");
+    for line in chains.iter().chain(&kept) {
+        out.push_str(line);
+        out.push('\n');
+    }
+    for w in wanted {
+        let counters = old_ours
+            .iter()
+            .position(|(r, _)| r == w)
+            .map(|i| old_ours.remove(i).1)
+            .unwrap_or_else(|| "0:0".into());
+        out.push_str(&format!("[{counters}] {w}\n"));
+    }
+    out.push_str("COMMIT\n");
+    out
+}
+
+/// Runs `program args` inside `node`, feeding it `stdin`: its stdout, or what it printed
+/// on failure. `package` is the Debian package named when the program is missing.
+fn run_in(
+    node: &NetNs,
+    program: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+    package: &str,
+) -> Result<String, NodeError> {
+    let mut cmd = Command::new(program);
     cmd.args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -66,9 +145,9 @@ fn nft(node: &NetNs, args: &[&str], stdin: Option<&str>) -> Result<String, NodeE
     node.enter_on_exec(&mut cmd);
     let mut child = cmd.spawn().map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            NodeError::Missing("nft (install Debian's nftables)".into())
+            NodeError::Missing(format!("{program} (install Debian's {package})"))
         } else {
-            NodeError::io("run nft", e)
+            NodeError::io(&format!("run {program}"), e)
         }
     })?;
     if let Some(input) = stdin {
@@ -77,22 +156,57 @@ fn nft(node: &NetNs, args: &[&str], stdin: Option<&str>) -> Result<String, NodeE
             .take()
             .expect("piped")
             .write_all(input.as_bytes())
-            .map_err(|e| NodeError::io("write nft script", e))?;
+            .map_err(|e| NodeError::io(&format!("write {program} input"), e))?;
     }
     let out = child
         .wait_with_output()
-        .map_err(|e| NodeError::io("run nft", e))?;
+        .map_err(|e| NodeError::io(&format!("run {program}"), e))?;
     if !out.status.success() {
-        return Err(NodeError::Nat(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ));
+        return Err(NodeError::Nat(format!(
+            "{program}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+fn nft(node: &NetNs, args: &[&str], stdin: Option<&str>) -> Result<String, NodeError> {
+    run_in(node, "nft", args, stdin, "nftables")
+}
+
+/// The `nat` table as `iptables-save -c` prints it (empty when there is none).
+fn save_nat(node: &NetNs) -> Result<String, NodeError> {
+    run_in(
+        node,
+        "iptables-save",
+        &["-c", "-t", "nat"],
+        None,
+        "iptables",
+    )
+}
+
+/// Replaces esb's rules of the `nat` table with `wanted`, in one transaction, and drops
+/// the nftables table of earlier versions.
+fn replace_rules(node: &NetNs, wanted: &[String]) -> Result<(), NodeError> {
+    let input = restore_input(&save_nat(node)?, wanted);
+    run_in(
+        node,
+        "iptables-restore",
+        &["-w", "-c", "-T", "nat"],
+        Some(&input),
+        "iptables",
+    )?;
+    nft(
+        node,
+        &["-f", "-"],
+        Some(&format!("table {OLD_TABLE}\ndelete table {OLD_TABLE}\n")),
+    )
+    .map(drop)
+}
+
 /// Applies the rules inside the node namespace (atomically, idempotently).
 pub fn apply(node: &NetNs, cfg: &NodeConfig) -> Result<(), NodeError> {
-    nft(node, &["-f", "-"], Some(&ruleset(cfg))).map(drop)
+    replace_rules(node, &rules(cfg))
 }
 
 /// The tables fencing the workers ([`fence_script`]).
@@ -172,27 +286,28 @@ pub fn list_fence(node: &NetNs) -> Result<Option<String>, NodeError> {
     Ok(Some(out))
 }
 
-/// Removes esb's table (and nothing else); no table is not an error.
+/// Removes esb's NAT rules and fence tables (and nothing else); none is not an error.
 pub fn remove(node: &NetNs) -> Result<(), NodeError> {
+    replace_rules(node, &[])?;
     nft(
         node,
         &["-f", "-"],
         Some(&format!(
-            "table {TABLE}\ndelete table {TABLE}\ntable {FENCE}\ndelete table {FENCE}\n\
-             table {ISOLATE}\ndelete table {ISOLATE}\n"
+            "table {FENCE}\ndelete table {FENCE}\ntable {ISOLATE}\ndelete table {ISOLATE}\n"
         )),
     )
     .map(drop)
 }
 
-/// The table as nft prints it, or `None` when there is no such table.
+/// esb's NAT rules as `iptables-save -c` prints them (`[packets:bytes] -A PREROUTING …`),
+/// one per line, or `None` when there is none.
 pub fn list(node: &NetNs) -> Result<Option<String>, NodeError> {
-    let fam_name: Vec<&str> = TABLE.split(' ').collect();
-    match nft(node, &["list", "table", fam_name[0], fam_name[1]], None) {
-        Ok(s) => Ok(Some(s)),
-        Err(NodeError::Nat(msg)) if msg.contains("No such file") => Ok(None),
-        Err(e) => Err(e),
-    }
+    let saved = save_nat(node)?;
+    let ours: Vec<&str> = saved
+        .lines()
+        .filter(|l| is_ours(split_counters(l).1))
+        .collect();
+    Ok((!ours.is_empty()).then(|| ours.join("\n") + "\n"))
 }
 
 #[cfg(test)]
@@ -203,14 +318,20 @@ mod tests {
     #[test]
     fn local_proxy_mode_rules() {
         let cfg = NodeConfig::with_defaults("/tmp/s".into());
-        let r = ruleset(&cfg);
-        assert!(r.contains("ip daddr 10.88.0.1 tcp dport 9000 dnat to 127.0.0.1:9000"));
-        assert!(r.contains("ip daddr 10.88.0.1 tcp dport 8001 dnat to 127.0.0.1:8001"));
-        assert!(r.contains("ip daddr 10.88.0.1 tcp dport 9428 dnat to 127.0.0.1:9428"));
+        let r = rules(&cfg).join("\n");
+        assert!(r.contains(
+            "-A PREROUTING -d 10.88.0.1/32 -p tcp -m tcp --dport 9000 -m comment --comment esb-s3 -j DNAT --to-destination 127.0.0.1:9000"
+        ));
+        assert!(r.contains(
+            "--dport 8001 -m comment --comment esb-db -j DNAT --to-destination 127.0.0.1:8001"
+        ));
+        assert!(r.contains(
+            "--dport 9428 -m comment --comment esb-logs -j DNAT --to-destination 127.0.0.1:9428"
+        ));
         // PREROUTING and OUTPUT each hold the three rules; no masquerade for loopback.
-        assert_eq!(r.matches("dnat to").count(), 6);
-        assert!(!r.contains("masquerade"));
-        assert!(r.starts_with("table ip esb\ndelete table ip esb\n"));
+        assert_eq!(r.matches("-j DNAT").count(), 6);
+        assert_eq!(r.matches("-A OUTPUT").count(), 3);
+        assert!(!r.contains("MASQUERADE"));
     }
 
     #[test]
@@ -218,9 +339,40 @@ mod tests {
         let mut cfg = NodeConfig::with_defaults("/tmp/s".into());
         cfg.dnat.s3 = None;
         cfg.dnat.apply_output = false;
-        let r = ruleset(&cfg);
+        let r = rules(&cfg).join("\n");
         assert!(!r.contains("dport 9000"));
-        assert_eq!(r.matches("dnat to").count(), 2);
+        assert_eq!(r.matches("-j DNAT").count(), 2);
+        assert!(!r.contains("-A OUTPUT"));
+    }
+
+    #[test]
+    fn restore_replaces_only_ours_and_keeps_counters() {
+        let cfg = NodeConfig::with_defaults("/tmp/s".into());
+        let wanted = rules(&cfg);
+        // No table yet: the built-in chains are declared.
+        let fresh = restore_input("", &wanted);
+        assert!(fresh.starts_with("*nat\n:PREROUTING ACCEPT [0:0]\n"));
+        assert!(fresh.ends_with("COMMIT\n"));
+        assert_eq!(fresh.matches("[0:0] -A").count(), 6);
+        // A table with somebody else's rule and one of ours that stays, one that goes.
+        let saved = format!(
+            "# Generated by iptables-save\n*nat\n:PREROUTING ACCEPT [5:300]\n:INPUT ACCEPT [0:0]\n\
+             :OUTPUT ACCEPT [1:60]\n:POSTROUTING ACCEPT [1:60]\n:OTHER - [0:0]\n\
+             [7:420] -A PREROUTING -p udp -j OTHER\n[3:180] {}\n\
+             [9:540] -A OUTPUT -d 10.88.0.1/32 -p tcp -m tcp --dport 7 -m comment --comment esb-old -j DNAT --to-destination 127.0.0.1:7\nCOMMIT\n",
+            wanted[0]
+        );
+        let r = restore_input(&saved, &wanted);
+        assert!(r.contains(":OTHER - [0:0]\n"));
+        assert!(r.contains("[7:420] -A PREROUTING -p udp -j OTHER\n"));
+        assert!(r.contains(&format!("[3:180] {}\n", wanted[0])));
+        assert!(!r.contains("esb-old"));
+        assert!(!r.contains("# Generated"));
+        assert_eq!(r.matches("-j DNAT").count(), 6);
+        // Removal: ours go, the rest stays.
+        let gone = restore_input(&saved, &[]);
+        assert!(!gone.contains("--comment esb-"));
+        assert!(gone.contains("-j OTHER"));
     }
 
     #[test]
@@ -244,8 +396,12 @@ mod tests {
         let db = cfg.dnat.db.as_mut().unwrap();
         db.ip = Ipv4Addr::new(10, 99, 0, 1);
         db.port = 8000;
-        let r = ruleset(&cfg);
-        assert!(r.contains("tcp dport 8001 dnat to 10.99.0.1:8000"));
-        assert!(r.contains("ip daddr 10.99.0.1 tcp dport 8000 masquerade"));
+        let r = rules(&cfg).join("\n");
+        assert!(r.contains(
+            "--dport 8001 -m comment --comment esb-db -j DNAT --to-destination 10.99.0.1:8000"
+        ));
+        assert!(r.contains(
+            "-A POSTROUTING -d 10.99.0.1/32 -p tcp -m tcp --dport 8000 -m comment --comment esb-db -j MASQUERADE"
+        ));
     }
 }

@@ -252,15 +252,36 @@ pub fn run(state: &StateArgs, node: &NodeArgs, proxy: &ProxyArgs) -> Result<()> 
     let rules = st.nat_rules.clone().unwrap_or_default();
     for (name, t) in cfg.dnat.targets() {
         let rule = format!(
-            "ip daddr {} tcp dport {} dnat to {}:{}",
-            cfg.gateway_ip, t.dport, t.ip, t.port
+            "--dport {} -m comment --comment {}{name} -j DNAT --to-destination {}:{}",
+            t.dport,
+            esb_runtime_node::nat::COMMENT_PREFIX,
+            t.ip,
+            t.port
         );
-        let want = if cfg.dnat.apply_output { 2 } else { 1 };
+        let chains: &[&str] = if cfg.dnat.apply_output {
+            &["PREROUTING", "OUTPUT"]
+        } else {
+            &["PREROUTING"]
+        };
+        let present = chains.iter().all(|c| {
+            rules.lines().any(|l| {
+                l.contains(&format!("-A {c} -d {}/32 ", cfg.gateway_ip)) && l.contains(&rule)
+            })
+        });
         r.check(
-            rules.matches(&rule).count() >= want,
-            format!("NAT rule {name}: {}:{} -> {}:{} (PREROUTING{})", cfg.gateway_ip, t.dport, t.ip, t.port,
-                if cfg.dnat.apply_output { " and OUTPUT" } else { "" }),
-            &format!("`nft list table ip esb` inside the namespace (ip netns exec {} nft list ruleset); `esb node up` re-applies", cfg.netns),
+            present,
+            format!(
+                "NAT rule {name}: {}:{} -> {}:{} ({})",
+                cfg.gateway_ip,
+                t.dport,
+                t.ip,
+                t.port,
+                chains.join(" and ")
+            ),
+            &format!(
+                "ip netns exec {} iptables -t nat -S; `esb node up` re-applies",
+                cfg.netns
+            ),
         );
     }
     let fence = NetNs::open(&cfg.netns)

@@ -205,7 +205,7 @@ pub fn status(state: &StateArgs, node: &NodeArgs, json: bool) -> Result<()> {
         ),
         None => println!("  containerd  not running"),
     }
-    println!("  NAT rules (nft table ip esb):");
+    println!("  NAT rules (iptables -t nat, comment esb-*):");
     for line in st.nat_rules.as_deref().unwrap_or("    (none)").lines() {
         println!("    {line}");
     }

@@ -127,8 +127,9 @@ pub struct NodeArgs {
     /// NAT target of the log store port 9428 ("" = no rule).
     #[arg(long, env = "DNAT_VL_IP", default_value = "127.0.0.1", value_parser = parse_optional_ip)]
     pub dnat_vl_ip: OptionalIp,
-    /// DynamoDB port behind the NAT (default: 8001 for a loopback target, the local proxy;
-    /// 8000 otherwise).
+    /// DynamoDB port behind the NAT: the seed's default is 8000 (the database itself);
+    /// with a loopback `DNAT_DB_IP` (the local proxy, as in a box) the default is the
+    /// proxy's DynamoDB port, 8001.
     #[arg(long, env = "DNAT_DB_PORT", value_parser = parse_port)]
     pub dnat_db_port: Option<u16>,
     /// DynamoDB port that workers dial on the gateway address.
@@ -309,13 +310,17 @@ pub struct BoxArgs {
         default_value = "https://10.88.0.1:443"
     )]
     pub gateway_internal_url: String,
-    /// URL workers ship logs to.
+    /// Where the gateway ships its logs (the seed's `VICTORIALOGS_URL`; default: the log
+    /// store, `http://ESB_LOGSTORE_LISTEN`).
+    #[arg(long, env = "VICTORIALOGS_URL")]
+    pub victorialogs_url: Option<String>,
+    /// URL workers ship their logs to (their `VICTORIALOGS_URL`).
     #[arg(
         long,
-        env = "VICTORIALOGS_URL",
+        env = "ESB_WORKER_LOGS_URL",
         default_value = "http://10.88.0.1:9428"
     )]
-    pub victorialogs_url: String,
+    pub worker_logs_url: String,
 }
 
 impl BoxArgs {
@@ -335,7 +340,7 @@ impl BoxArgs {
             "AWS_ENDPOINT_URL_LAMBDA".into(),
             self.gateway_internal_url.clone(),
         );
-        env.insert("VICTORIALOGS_URL".into(), self.victorialogs_url.clone());
+        env.insert("VICTORIALOGS_URL".into(), self.worker_logs_url.clone());
         env.insert("AWS_REGION".into(), self.creds.region.clone());
         env.insert("AWS_DEFAULT_REGION".into(), self.creds.region.clone());
         if let Ok((a, s)) = self.creds.pair() {

@@ -58,6 +58,21 @@ fn listen_in(ns: &str, addr: SocketAddr) -> std::net::TcpListener {
         .unwrap_or_else(|e| panic!("listen on {addr} in {ns}: {e}"))
 }
 
+/// What `ip netns exec NS ARGS...` prints (the command must succeed).
+fn in_netns(ns: &str, args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?} in {ns}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn proxy_pid(status: &Value) -> i32 {
     status["proxy_pid"].as_i64().expect("proxy running") as i32
 }
@@ -157,7 +172,21 @@ fn workers_reach_backends_through_nat_and_proxy_and_down_cleans_everything() {
     assert_eq!(proxy_pid(&before), proxy_pid(&after));
     assert_eq!(after["attachments"].as_array().unwrap().len(), 2);
     let rules = after["nat_rules"].as_str().unwrap();
-    assert_eq!(rules.matches("dnat to").count(), 6, "{rules}");
+    assert_eq!(rules.matches("-j DNAT").count(), 6, "{rules}");
+    // The seed's own troubleshooting command lists them (step 1).
+    let listed = in_netns(&node.netns, &["iptables", "-t", "nat", "-S"]);
+    for port in [9000, 8001, 9428] {
+        for chain in ["PREROUTING", "OUTPUT"] {
+            assert!(
+                listed
+                    .lines()
+                    .any(|l| l.starts_with(&format!("-A {chain} -d 10.88.0.1/32"))
+                        && l.contains(&format!("--dport {port} "))
+                        && l.contains("-j DNAT")),
+                "{chain} {port} in {listed}"
+            );
+        }
+    }
 
     // Down leaves no namespace, veth, rule, lease or process.
     let pid = proxy_pid(&after);
@@ -227,11 +256,14 @@ fn empty_dnat_ip_means_no_rule() {
     let rules = node.status()["nat_rules"].as_str().unwrap().to_string();
     assert!(!rules.contains("dport 9000"), "{rules}");
     assert!(
-        rules.contains("tcp dport 8001 dnat to 127.0.0.1:8001"),
+        rules.contains(
+            "--dport 8001 -m comment --comment esb-db -j DNAT --to-destination 127.0.0.1:8001"
+        ),
         "{rules}"
     );
     // Without DNAT_APPLY_OUTPUT only PREROUTING holds rules.
-    assert_eq!(rules.matches("dnat to").count(), 2, "{rules}");
+    assert_eq!(rules.matches("-j DNAT").count(), 2, "{rules}");
+    assert!(!rules.contains("-A OUTPUT"), "{rules}");
 }
 
 #[test]
