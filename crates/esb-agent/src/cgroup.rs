@@ -41,6 +41,66 @@ pub fn swap_accounting(root: &Path) -> bool {
     is_v2(root) || root.join("memory/memory.memsw.limit_in_bytes").exists()
 }
 
+/// Makes `rel` (the parent of all workers, e.g. `/esb-runtime`) and sets the ceilings of
+/// all workers together: `memory_mb` MiB of memory and `pids` processes.
+pub fn set_ceiling(root: &Path, rel: &str, memory_mb: u64, pids: u64) -> Result<(), String> {
+    let rel = rel.trim_start_matches('/');
+    let write = |path: PathBuf, value: &str| {
+        std::fs::write(&path, value)
+            .map_err(|e| format!("write {value:?} to {}: {e}", path.display()))
+    };
+    let mkdir = |path: &PathBuf| {
+        std::fs::create_dir_all(path).map_err(|e| format!("create cgroup {}: {e}", path.display()))
+    };
+    let bytes = (memory_mb << 20).to_string();
+    if is_v2(root) {
+        // The root delegates memory and pids to its children (systemd does it already).
+        let _ = std::fs::write(root.join("cgroup.subtree_control"), "+memory +pids");
+        let dir = root.join(rel);
+        mkdir(&dir)?;
+        write(dir.join("memory.max"), &bytes)?;
+        write(dir.join("pids.max"), &pids.to_string())?;
+    } else {
+        let mem = root.join("memory").join(rel);
+        mkdir(&mem)?;
+        // Children count against the parent (always so on recent kernels).
+        let _ = std::fs::write(mem.join("memory.use_hierarchy"), "1");
+        write(mem.join("memory.limit_in_bytes"), &bytes)?;
+        let p = root.join("pids").join(rel);
+        mkdir(&p)?;
+        write(p.join("pids.max"), &pids.to_string())?;
+    }
+    Ok(())
+}
+
+/// Removes the parent cgroup `rel` of the workers in every hierarchy, where it is empty
+/// (best effort: a cgroup that still holds a worker stays).
+pub fn remove_parent(root: &Path, rel: &str) {
+    let rel = rel.trim_start_matches('/');
+    if rel.is_empty() {
+        return;
+    }
+    if is_v2(root) {
+        let _ = std::fs::remove_dir(root.join(rel));
+        return;
+    }
+    if let Ok(dirs) = std::fs::read_dir(root) {
+        for d in dirs.flatten() {
+            let _ = std::fs::remove_dir(d.path().join(rel));
+        }
+    }
+}
+
+/// Memory of this machine (MiB), from /proc/meminfo.
+pub fn machine_memory_mb() -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb / 1024)
+}
+
 /// Reads the figures of cgroup `rel` (e.g. `/esb-runtime/ID`) under `root` (/sys/fs/cgroup).
 pub fn read(root: &Path, rel: &str) -> CgroupFigures {
     let rel = rel.trim_start_matches('/');

@@ -409,9 +409,10 @@ impl Containerd {
             .map_err(err("delete container"))
     }
 
-    /// Creates the container's task with its root filesystem and output files.
-    pub async fn create_task(&self, id: &str, rootfs: Vec<Mount>, log: &Path) -> CtdResult<u32> {
-        let uri = format!("file://{}", log.display());
+    /// Creates the container's task with its root filesystem; its stdout and stderr go
+    /// to the stdio URI `uri` (`file://PATH`, `binary://PROGRAM?ARGS`).
+    pub async fn create_task(&self, id: &str, rootfs: Vec<Mount>, uri: &str) -> CtdResult<u32> {
+        let uri = uri.to_string();
         let resp = TasksClient::new(self.channel.clone())
             .create(self.req(
                 CreateTaskRequest {

@@ -8,9 +8,11 @@
 //! them and removes whatever a crash left half-made ([`Agent::reconcile`]).
 
 mod cgroup;
+pub mod console;
 pub mod containerd;
 mod image;
 mod pull;
+pub mod seccomp;
 pub mod service;
 mod spec;
 
@@ -72,6 +74,35 @@ pub struct AgentConfig {
     /// Pulling images containerd lacks from their registry (`None`: never pull; images
     /// must be built or imported into the node's containerd).
     pub pull: Option<PullConfig>,
+    /// The console logger of workers ([`console`]): `(program, cap in bytes)`. `None`:
+    /// containerd writes the console to `workers/ID.log` itself, without a cap (for
+    /// embedders whose executable cannot act as the logger).
+    pub console_logger: Option<(PathBuf, u64)>,
+    /// Ceilings of the parent cgroup of all workers: memory (MiB) and processes; `None`
+    /// leaves the parent as it is.
+    pub workers_ceiling: Option<WorkersCeiling>,
+}
+
+impl WorkersCeiling {
+    /// The defaults: 75% of this machine's memory, 16384 processes.
+    pub fn default_for_machine() -> WorkersCeiling {
+        WorkersCeiling {
+            memory_mb: cgroup::machine_memory_mb().unwrap_or(4096) * 3 / 4,
+            pids: DEFAULT_WORKERS_MAX_PIDS,
+        }
+    }
+}
+
+/// Default ceiling of all workers' processes together.
+pub const DEFAULT_WORKERS_MAX_PIDS: u64 = 16384;
+
+/// What all workers of a node may use together (their parent cgroup's limits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkersCeiling {
+    /// Memory of all workers together, MiB.
+    pub memory_mb: u64,
+    /// Processes of all workers together.
+    pub pids: u64,
 }
 
 impl AgentConfig {
@@ -97,6 +128,8 @@ impl AgentConfig {
             cgroup_parent: "/esb-runtime".into(),
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             pull: None,
+            console_logger: None,
+            workers_ceiling: None,
         }
     }
 }
@@ -333,6 +366,10 @@ impl Agent {
         std::fs::create_dir_all(cfg.state_dir.join("workers")).map_err(|e| {
             AgentError::Internal(format!("create {}: {e}", cfg.state_dir.display()))
         })?;
+        if let Some(c) = cfg.workers_ceiling {
+            cgroup::set_ceiling(&cfg.cgroup_root, &cfg.cgroup_parent, c.memory_mb, c.pids)
+                .map_err(AgentError::Internal)?;
+        }
         let puller = cfg
             .pull
             .clone()
@@ -383,6 +420,11 @@ impl Agent {
         })
     }
 
+    /// Removes the workers' parent cgroup where it is empty (when the agent stops).
+    pub fn remove_cgroup_parent(&self) {
+        cgroup::remove_parent(&self.cfg.cgroup_root, &self.cfg.cgroup_parent);
+    }
+
     /// The settings.
     pub fn config(&self) -> &AgentConfig {
         &self.cfg
@@ -429,7 +471,9 @@ impl Agent {
             .map_err(|e| AgentError::Internal(e.to_string()))??;
         for id in &report.removed_attachments {
             let _ = ignore_missing(self.ctd.remove_snapshot(id).await);
-            let _ = std::fs::remove_file(self.log_path(id));
+            for f in console::files(&self.log_path(id)) {
+                let _ = std::fs::remove_file(f);
+            }
         }
         Ok(report)
     }
@@ -532,7 +576,11 @@ impl Agent {
             .prepare_snapshot(id, &image.chain_id, Some(lease))
             .await?;
         let log = self.log_path(id);
-        self.ctd.create_task(id, mounts, &log).await?;
+        let stdio = match &self.cfg.console_logger {
+            Some((program, max)) => console::uri(program, &log, *max),
+            None => format!("file://{}", log.display()),
+        };
+        self.ctd.create_task(id, mounts, &stdio).await?;
         self.ctd.start_task(id).await?;
         self.wait_ready(id, &req.function_name, &attachment.ip)
             .await?;
@@ -667,7 +715,9 @@ impl Agent {
         existed |= tokio::task::spawn_blocking(move || node.detach(&name))
             .await
             .map_err(|e| AgentError::Internal(e.to_string()))??;
-        let _ = std::fs::remove_file(self.log_path(id));
+        for f in console::files(&self.log_path(id)) {
+            let _ = std::fs::remove_file(f);
+        }
         if let (Some(puller), Some(image)) = (&self.puller, image) {
             puller.prune(&self.ctd, &image).await;
         }

@@ -3,7 +3,9 @@
 //! Read-only root with a 512 MiB tmpfs at /tmp (Lambda's), the worker's own network
 //! namespace (made by the runtime-node), memory limit from MemorySize with swap off, CPU
 //! shares in proportion to memory as Lambda does, no capabilities, no new privileges, a
-//! non-root user (Lambda's uid 993), a seccomp filter, and the box CA mounted read-only.
+//! non-root user (Lambda's uid 993), a seccomp allowlist ([`crate::seccomp`]), an
+//! `oom_score_adj` that makes workers the kernel's first choice, and the box CA mounted
+//! read-only.
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +17,9 @@ pub const WORKER_UID: u32 = 993;
 pub const WORKER_GID: u32 = 990;
 /// Where the box CA appears inside workers.
 pub const CA_PATH_IN_WORKER: &str = "/etc/esb/ca.pem";
+/// `oom_score_adj` of every worker process: when the machine runs out of memory, the
+/// kernel kills a worker before any component of the box.
+pub const OOM_SCORE_ADJ: i32 = 1000;
 /// Memory per vCPU on Lambda (MiB): CPU shares scale with memory against it.
 const MB_PER_VCPU: u64 = 1769;
 
@@ -41,60 +46,6 @@ pub struct WorkerSpec<'a> {
     /// Whether the kernel accounts swap (cgroup v1 memsw); swap is then pinned to the limit.
     pub swap_accounting: bool,
 }
-
-/// Syscalls a worker never needs; everything else is allowed (capabilities are already
-/// dropped, so most of these would fail anyway: the filter is a second wall).
-const DENIED_SYSCALLS: &[&str] = &[
-    "acct",
-    "add_key",
-    "bpf",
-    "clock_adjtime",
-    "clock_settime",
-    "create_module",
-    "delete_module",
-    "finit_module",
-    "fsconfig",
-    "fsmount",
-    "fsopen",
-    "fspick",
-    "get_kernel_syms",
-    "init_module",
-    "ioperm",
-    "iopl",
-    "kcmp",
-    "kexec_file_load",
-    "kexec_load",
-    "keyctl",
-    "lookup_dcookie",
-    "mount",
-    "mount_setattr",
-    "move_mount",
-    "nfsservctl",
-    "open_by_handle_at",
-    "open_tree",
-    "perf_event_open",
-    "pivot_root",
-    "process_vm_readv",
-    "process_vm_writev",
-    "ptrace",
-    "query_module",
-    "quotactl",
-    "reboot",
-    "request_key",
-    "setns",
-    "settimeofday",
-    "swapoff",
-    "swapon",
-    "sysfs",
-    "_sysctl",
-    "umount",
-    "umount2",
-    "unshare",
-    "uselib",
-    "userfaultfd",
-    "ustat",
-    "vhangup",
-];
 
 /// The spec as JSON (containerd stores it in the container record).
 pub fn worker_spec(w: &WorkerSpec<'_>) -> Value {
@@ -127,7 +78,8 @@ pub fn worker_spec(w: &WorkerSpec<'_>) -> Value {
             "cwd": w.cwd,
             "capabilities": { "bounding": no_caps, "effective": no_caps, "inheritable": no_caps, "permitted": no_caps, "ambient": no_caps },
             "rlimits": [{ "type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024 }],
-            "noNewPrivileges": true
+            "noNewPrivileges": true,
+            "oomScoreAdj": OOM_SCORE_ADJ
         },
         "root": { "path": "rootfs", "readonly": true },
         "hostname": "localhost",
@@ -152,11 +104,7 @@ pub fn worker_spec(w: &WorkerSpec<'_>) -> Value {
             "readonlyPaths": [
                 "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"
             ],
-            "seccomp": {
-                "defaultAction": "SCMP_ACT_ALLOW",
-                "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32", "SCMP_ARCH_AARCH64"],
-                "syscalls": [{ "names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": 1 }]
-            }
+            "seccomp": crate::seccomp::profile()
         }
     })
 }
@@ -192,6 +140,8 @@ mod tests {
         assert_eq!(s["linux"]["resources"]["cpu"]["shares"], 1024);
         assert_eq!(s["root"]["readonly"], true);
         assert_eq!(s["process"]["noNewPrivileges"], true);
+        assert_eq!(s["process"]["oomScoreAdj"], OOM_SCORE_ADJ);
+        assert_eq!(s["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
         assert_eq!(s["process"]["capabilities"]["effective"], json!([]));
         assert_eq!(s["linux"]["namespaces"][4]["path"], "/run/netns/w1");
         assert_eq!(s["linux"]["cgroupsPath"], "/esb-runtime/w1");

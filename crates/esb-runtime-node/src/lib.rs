@@ -125,7 +125,7 @@ pub struct NodeStatus {
     pub bridge: Option<BridgeInfo>,
     /// `net.ipv4.conf.all.route_localnet` in the node namespace.
     pub route_localnet: Option<String>,
-    /// esb's NAT table as nft lists it.
+    /// esb's NAT rules as `iptables-save -c` prints them ([`nat::list`]).
     pub nat_rules: Option<String>,
     /// Attached worker namespaces.
     pub attachments: Vec<Attachment>,
@@ -225,7 +225,7 @@ impl RuntimeNode {
         Ok(())
     }
 
-    /// Removes the node: every attachment, the NAT table, the namespace (with the bridge
+    /// Removes the node: every attachment, esb's NAT rules and fence, the namespace (with the bridge
     /// and veths), the IPAM leases and the node's state files.
     pub fn down(&self) -> Result<(), NodeError> {
         let cfg = &self.cfg;

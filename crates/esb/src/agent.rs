@@ -49,6 +49,16 @@ pub struct AgentArgs {
     /// The box CA file to mount in workers (default STATE_DIR/tls/ca.pem when it exists).
     #[arg(long, env = "ESB_CA_FILE")]
     pub ca_file: Option<PathBuf>,
+    /// Cap of a worker's console files (STATE/agent/workers/ID.log and its rotated .1), MiB.
+    #[arg(long, env = "ESB_WORKER_CONSOLE_MAX_MB", default_value_t = 10)]
+    pub worker_console_max_mb: u64,
+    /// Memory of all workers of this node together (their parent cgroup), MiB; 0 = 75% of
+    /// this machine's memory.
+    #[arg(long, env = "ESB_WORKERS_MAX_MEMORY_MB", default_value_t = 0)]
+    pub workers_max_memory_mb: u64,
+    /// Processes of all workers of this node together (their parent cgroup).
+    #[arg(long, env = "ESB_WORKERS_MAX_PIDS", default_value_t = esb_agent::DEFAULT_WORKERS_MAX_PIDS)]
+    pub workers_max_pids: u64,
     /// containerd's hosts directory: images the node lacks are pulled from registries
     /// configured here (`HOST/hosts.toml`; default STATE_DIR/containerd/certs.d).
     #[arg(long, env = "ESB_REGISTRY_HOSTS_DIR")]
@@ -114,6 +124,17 @@ pub fn run(state: &StateArgs, a: &AgentArgs) -> Result<()> {
     cfg.readiness_timeout = Duration::from_secs(a.readiness_timeout.max(1));
     cfg.default_memory_mb = a.default_memory_mb;
     cfg.box_env = a.box_args.worker_env(node.gateway_ip, a.node.dnat_db_dport);
+    // The console logger is this executable (`esb _ESB_WORKER_CONSOLE …`).
+    let exe = std::env::current_exe().context("the path of this executable")?;
+    cfg.console_logger = Some((exe, a.worker_console_max_mb.max(1) << 20));
+    let mut ceiling = esb_agent::WorkersCeiling::default_for_machine();
+    if a.workers_max_memory_mb > 0 {
+        ceiling.memory_mb = a.workers_max_memory_mb;
+    }
+    ceiling.pids = a.workers_max_pids.max(1);
+    cfg.workers_ceiling = Some(ceiling);
+    // One parent cgroup per node network: the ceilings of one box are its own.
+    cfg.cgroup_parent = format!("/esb-runtime/{}", node.netns);
     cfg.ca_file = a
         .ca_file
         .clone()
@@ -151,7 +172,9 @@ pub fn run(state: &StateArgs, a: &AgentArgs) -> Result<()> {
             removed_attachments = ?report.removed_attachments, "reconciled");
         tracing::info!(socket = ?listen.unix, tcp = ?listen.tcp, netns = ?listen.tcp_netns,
             mtls = listen.tls.is_some(), "agent serving esb.agent.v1");
-        Ok(serve(agent, listen, shutdown_signal()).await?)
+        let served = serve(agent.clone(), listen, shutdown_signal()).await;
+        agent.remove_cgroup_parent();
+        Ok(served?)
     })
 }
 

@@ -251,6 +251,10 @@ enum NodeCommand {
 
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Started by containerd's shim as a worker's console logger (not a user command).
+    if args.get(1).is_some_and(|a| a == esb_agent::console::ARG) {
+        esb_agent::console::run_logger();
+    }
     let command = Cli::command();
     let loaded = match config_file::preload(
         &args,
