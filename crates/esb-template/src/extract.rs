@@ -647,6 +647,7 @@ fn function(p: &Props, base_dir: &Path, warnings: &mut Vec<String>) -> Result<Fu
     } else {
         vec![]
     };
+    let policies = permissions(p, serverless, warnings)?;
     Ok(Function {
         logical_id: p.id.to_string(),
         name,
@@ -671,8 +672,74 @@ fn function(p: &Props, base_dir: &Path, warnings: &mut Vec<String>) -> Result<Fu
         } else {
             None
         },
+        policies,
         line: p.res.line,
     })
+}
+
+/// The function's permissions as policy items (see [`Function::policies`]): its `Role`
+/// when that is a role of the template (the role's `Policies[].PolicyDocument` and
+/// `ManagedPolicyArns`), else its `Policies` (SAM ignores `Policies` when `Role` is set).
+fn permissions(
+    p: &Props,
+    serverless: bool,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Vec<serde_json::Value>>, Error> {
+    if let Some(raw) = p.raw("Role") {
+        let loc = p.loc("Role");
+        let role_id = raw.intrinsic().and_then(|(f, a)| match f {
+            "Ref" => a.as_str().map(str::to_string),
+            "Fn::GetAtt" => match &a.value {
+                Value::Str(s) => s.split_once('.').map(|(id, _)| id.to_string()),
+                Value::Seq(items) => items.first().and_then(Node::as_str).map(str::to_string),
+                _ => None,
+            },
+            _ => None,
+        });
+        let role = role_id.as_deref().and_then(|id| {
+            p.rv.resources
+                .get(id)
+                .filter(|r| r.rtype == "AWS::IAM::Role")
+                .map(|r| (id, r))
+        });
+        let Some((id, role)) = role else {
+            let shown = p.rv.resolve(raw, &loc)?.and_then(|n| n.scalar_string());
+            warnings.push(format!(
+                "{}: Role {} is not a role of this template: the function gets no permissions",
+                p.id,
+                shown.unwrap_or_else(|| "(unresolved)".into())
+            ));
+            return Ok(Some(Vec::new()));
+        };
+        let rloc = Loc::new(id, "Policies");
+        let mut items = Vec::new();
+        if let Some(list) = role.props.get("Policies") {
+            if let Some(list) = p.rv.resolve(list, &rloc)? {
+                for (i, pol) in list.as_seq().unwrap_or_default().iter().enumerate() {
+                    let doc = pol.get("PolicyDocument").ok_or_else(|| {
+                        rloc.err(pol.line, format!("Policies[{i}] has no PolicyDocument"))
+                    })?;
+                    items.push(doc.to_json());
+                }
+            }
+        }
+        if let Some(arns) = role.props.get("ManagedPolicyArns") {
+            let mloc = Loc::new(id, "ManagedPolicyArns");
+            if let Some(arns) = p.rv.resolve(arns, &mloc)? {
+                for a in arns.as_seq().unwrap_or_default() {
+                    items.push(serde_json::Value::String(string_of(a, &mloc)?));
+                }
+            }
+        }
+        return Ok(Some(items));
+    }
+    if !serverless {
+        return Ok(None);
+    }
+    Ok(p.get("Policies")?.map(|n| match n.to_json() {
+        serde_json::Value::Array(items) => items,
+        one => vec![one],
+    }))
 }
 
 fn events(p: &Props, warnings: &mut Vec<String>) -> Result<Vec<Event>, Error> {

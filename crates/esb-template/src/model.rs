@@ -127,6 +127,12 @@ pub struct Function {
     /// `AutoPublishAlias`.
     #[serde(default)]
     pub auto_publish_alias: Option<String>,
+    /// The function's permissions, intrinsics resolved: each item a managed policy name or
+    /// ARN, a SAM policy template (`{DynamoDBReadPolicy: {TableName: …}}`) or a policy
+    /// document, from `Policies` or from the template role named by `Role`. `None`: the
+    /// template gives none.
+    #[serde(default)]
+    pub policies: Option<Vec<serde_json::Value>>,
     /// Line of the resource in the template.
     #[serde(skip)]
     pub line: usize,
