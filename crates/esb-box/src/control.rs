@@ -56,6 +56,10 @@ pub struct Plan {
     pub logstore: SocketAddr,
     /// Where the gateway ships its logs (`VICTORIALOGS_URL`).
     pub gateway_logs_url: String,
+    /// How functions' policies are applied (`ESB_IAM`).
+    pub iam_mode: esb_iam::Mode,
+    /// Account id in ARNs (`ESB_ACCOUNT_ID`).
+    pub account_id: String,
     /// The static supervisor put into images.
     pub supervisor: PathBuf,
     /// The credential pair.
@@ -229,6 +233,10 @@ pub fn child_specs(plan: &Plan) -> Vec<ChildSpec> {
             // The gateway runs in the host namespace: by default it ships to the log
             // store directly (`VICTORIALOGS_URL` of the seed).
             ("VICTORIALOGS_URL".into(), plan.gateway_logs_url.clone()),
+            (
+                "ESB_IAM_FILE".into(),
+                crate::layout::iam_file(&plan.state).display().to_string(),
+            ),
             // Its records are in the log store (`esb logs`); its own log file keeps the
             // process's diagnostics only, unless asked otherwise.
             (
@@ -785,6 +793,8 @@ mod tests {
             dynamodb: "127.0.0.1:8000".parse().unwrap(),
             logstore: "127.0.0.1:9428".parse().unwrap(),
             gateway_logs_url: "http://127.0.0.1:9428".into(),
+            iam_mode: esb_iam::Mode::Enforce,
+            account_id: "000000000000".into(),
             supervisor: "/usr/local/bin/esb-supervisor".into(),
             creds: ("ak".into(), "sk".into()),
             region: "ap-northeast-1".into(),

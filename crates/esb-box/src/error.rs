@@ -140,6 +140,9 @@ pub enum Error {
     /// The agent library (worker removal).
     #[error(transparent)]
     Agent(#[from] esb_agent::AgentError),
+    /// Functions' credentials and policies.
+    #[error(transparent)]
+    Iam(#[from] esb_iam::Error),
     /// JSON of a state file.
     #[error(transparent)]
     Json(#[from] serde_json::Error),

@@ -192,6 +192,17 @@ pub async fn build_and_provision(plan: &Plan, warn: Warn) -> Result<serde_json::
             .await
             .step("import the images into containerd")?;
     }
+    // Keys first: the gateway reads them when it learns of the new revisions.
+    crate::iam::issue(
+        &plan.state,
+        &template,
+        &revisions,
+        plan.iam_mode,
+        &plan.region,
+        &plan.account_id,
+        &warn,
+    )
+    .step("issue the functions' credentials")?;
     let path = revisions_file(&plan.state);
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(&revisions)?)

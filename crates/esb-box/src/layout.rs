@@ -29,6 +29,10 @@ pub fn start_report_file(state: &Path) -> PathBuf {
 pub fn gateway_admin_socket(state: &Path) -> PathBuf {
     run_dir(state).join("gateway.sock")
 }
+/// The functions' key pairs and policies (0600; docs/iam.md).
+pub fn iam_file(state: &Path) -> PathBuf {
+    state.join("iam").join("credentials.json")
+}
 /// Function name -> image manifest digest of the last build.
 pub fn revisions_file(state: &Path) -> PathBuf {
     run_dir(state).join("revisions.json")

@@ -24,6 +24,7 @@ pub mod control;
 pub mod daemon;
 mod error;
 pub mod http;
+pub mod iam;
 pub mod images;
 pub mod layout;
 pub mod provision;

@@ -20,6 +20,7 @@
 
 pub mod error;
 pub mod expr;
+mod iam;
 mod legacy;
 mod ops;
 pub mod store;
@@ -60,6 +61,9 @@ pub struct Config {
     pub secret_key: String,
     /// Region reported in ARNs (requests signed for any region are accepted).
     pub region: String,
+    /// The box's credentials file of functions' keys and policies (`STATE/iam/
+    /// credentials.json`); `None`: only the box's key is accepted.
+    pub iam_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Config {
@@ -70,6 +74,7 @@ impl std::fmt::Debug for Config {
             .field("access_key", &self.access_key)
             .field("secret_key", &"<redacted>")
             .field("region", &self.region)
+            .field("iam_file", &self.iam_file)
             .finish()
     }
 }
@@ -88,6 +93,7 @@ impl Config {
             access_key: access_key.into(),
             secret_key: secret_key.into(),
             region: DEFAULT_REGION.to_owned(),
+            iam_file: None,
         }
     }
 }
@@ -110,6 +116,60 @@ pub struct Server {
 struct State {
     db: Arc<store::Db>,
     verifier: esb_sigv4::Verifier,
+    box_key: String,
+    region: String,
+    functions: Option<esb_iam::CredentialStore>,
+}
+
+impl State {
+    /// The function principal the request is signed as (`None`: the box's key, or a key
+    /// nobody issued), and the verifier that checks its signature.
+    fn caller(
+        &self,
+        parts: &http::request::Parts,
+    ) -> (Option<Arc<esb_iam::Principal>>, Option<esb_sigv4::Verifier>) {
+        let key = parts
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| esb_sigv4::parse_authorization(v).ok())
+            .map(|a| a.access_key);
+        match (key, &self.functions) {
+            (Some(k), Some(store)) if k != self.box_key => match store.lookup(&k) {
+                Some(p) => {
+                    let v = esb_sigv4::Verifier::new(p.access_key.clone(), p.secret_key.clone());
+                    (Some(p), Some(v))
+                }
+                None => (None, None),
+            },
+            _ => (None, None),
+        }
+    }
+
+    /// `Err(AccessDeniedException)` when the function's policy refuses the operation.
+    fn authorize(
+        &self,
+        p: &esb_iam::Principal,
+        op: &str,
+        req: &serde_json::Value,
+    ) -> Result<(), DdbError> {
+        let Some(store) = &self.functions else {
+            return Ok(());
+        };
+        for access in iam::accesses(op, req, &self.region, &store.account()) {
+            match store.authorize(p, &access) {
+                esb_iam::Verdict::Allowed => {}
+                esb_iam::Verdict::Warned(m) => {
+                    tracing::warn!(function = %p.function, "ESB_IAM=warn lets through: {m}")
+                }
+                esb_iam::Verdict::Denied(m) => {
+                    tracing::info!(function = %p.function, "denied: {m}");
+                    return Err(DdbError::new("AccessDeniedException", m));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Server {
@@ -119,10 +179,24 @@ impl Server {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        let functions = match &config.iam_file {
+            Some(path) => Some(
+                esb_iam::CredentialStore::open(path)
+                    .map_err(|e| anyhow::anyhow!("the credentials file: {e}"))?,
+            ),
+            None => None,
+        };
+        let box_key = config.access_key.clone();
         let verifier = esb_sigv4::Verifier::new(config.access_key, config.secret_key);
         Ok(Server {
             listener,
-            state: Arc::new(State { db, verifier }),
+            state: Arc::new(State {
+                db,
+                verifier,
+                box_key,
+                region: config.region.clone(),
+                functions,
+            }),
         })
     }
 
@@ -256,7 +330,12 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Byte
             return error_response(&e);
         }
     };
-    if let Err(e) = state.verifier.verify(&parts, &body) {
+    let (principal, function_verifier) = state.caller(&parts);
+    if let Err(e) = function_verifier
+        .as_ref()
+        .unwrap_or(&state.verifier)
+        .verify(&parts, &body)
+    {
         let code = e.json_code();
         let mut err = DdbError::new(code, e.to_string());
         if code == "MissingAuthenticationTokenException" {
@@ -284,6 +363,11 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Byte
             }
         }
     };
+    if let Some(p) = &principal {
+        if let Err(e) = state.authorize(p, op, &json) {
+            return error_response(&e);
+        }
+    }
     match ops::dispatch(&state.db, op, json).await {
         Ok(ops::Reply::Json(out)) => {
             respond(StatusCode::OK, serde_json::to_vec(&out).unwrap_or_default())

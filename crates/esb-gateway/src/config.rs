@@ -241,6 +241,9 @@ pub struct Config {
     /// `ESB_DEFAULT_CONCURRENCY` (default 10): pool capacity of functions without
     /// `ReservedConcurrentExecutions`.
     pub default_concurrency: u32,
+    /// `ESB_IAM_FILE`: the box's credentials file of functions' keys and policies, checked
+    /// by the Invoke API (`None`: only the box's key is accepted).
+    pub iam_file: Option<PathBuf>,
     /// `VICTORIALOGS_URL`: where structured logs are shipped (`/insert/jsonline`);
     /// `None` = stderr only.
     pub victorialogs_url: Option<String>,
@@ -322,6 +325,7 @@ impl std::fmt::Debug for Config {
             .field("pool_acquire_timeout", &self.pool_acquire_timeout)
             .field("default_concurrency", &self.default_concurrency)
             .field("victorialogs_url", &self.victorialogs_url)
+            .field("iam_file", &self.iam_file)
             .field("log_stderr", &self.log_stderr)
             .field("access_key", &self.access_key)
             .field("secret_key", &redact(&self.secret_key))
@@ -368,6 +372,7 @@ impl Default for Config {
             pool_acquire_timeout: Duration::from_secs(10),
             default_concurrency: 10,
             victorialogs_url: None,
+            iam_file: None,
             log_stderr: true,
             access_key: String::new(),
             secret_key: String::new(),
@@ -508,6 +513,7 @@ impl Config {
         c.default_concurrency =
             num("ESB_DEFAULT_CONCURRENCY", c.default_concurrency.into())? as u32;
         c.victorialogs_url = var("VICTORIALOGS_URL");
+        c.iam_file = var("ESB_IAM_FILE").map(Into::into);
         if let Some(v) = var("ESB_GATEWAY_LOG_STDERR") {
             c.log_stderr = !matches!(v.as_str(), "0" | "false" | "no");
         }

@@ -46,7 +46,37 @@ struct Front {
     gw: Arc<Gateway>,
     auth: Auth,
     verifier: esb_sigv4::Verifier,
+    /// Functions' keys and policies (`ESB_IAM_FILE`).
+    functions: Option<esb_iam::CredentialStore>,
     dash: Arc<str>,
+}
+
+impl Front {
+    /// The function principal the Invoke API request is signed as (`None`: the box's key or
+    /// an unknown one) and the verifier of its signature.
+    fn caller(
+        &self,
+        parts: &http::request::Parts,
+    ) -> (
+        Option<Arc<esb_iam::Principal>>,
+        &esb_sigv4::Verifier,
+        Option<esb_sigv4::Verifier>,
+    ) {
+        let key = parts
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| esb_sigv4::parse_authorization(v).ok())
+            .map(|a| a.access_key);
+        if let (Some(k), Some(store)) = (key, &self.functions) {
+            if let Some(p) = store.lookup(&k) {
+                let v = esb_sigv4::Verifier::new(p.access_key.clone(), p.secret_key.clone())
+                    .service("lambda");
+                return (Some(p), &self.verifier, Some(v));
+            }
+        }
+        (None, &self.verifier, None)
+    }
 }
 
 /// A bound gateway, ready to run: [`Server::bind`] then [`Server::run`].
@@ -171,12 +201,20 @@ impl Server {
         );
         let verifier =
             esb_sigv4::Verifier::new(&config.access_key, &config.secret_key).service("lambda");
+        let functions = match &config.iam_file {
+            Some(path) => Some(
+                esb_iam::CredentialStore::open(path)
+                    .map_err(|e| anyhow::anyhow!("ESB_IAM_FILE: {e}"))?,
+            ),
+            None => None,
+        };
         let gw = Arc::new(Gateway::new(config, set, logger, metrics, qtx)?);
         Ok(Server {
             front: Arc::new(Front {
                 gw,
                 auth,
                 verifier,
+                functions,
                 dash: Arc::from("-"),
             }),
             listener,
@@ -933,7 +971,12 @@ async fn invoke_api(
             .into()
         }
     };
-    if let Err(e) = front.verifier.verify(&parts, &body) {
+    let (principal, box_verifier, function_verifier) = front.caller(&parts);
+    if let Err(e) = function_verifier
+        .as_ref()
+        .unwrap_or(box_verifier)
+        .verify(&parts, &body)
+    {
         let status = match e {
             esb_sigv4::AuthError::MissingAuthentication => StatusCode::FORBIDDEN,
             esb_sigv4::AuthError::IncompleteSignature(_) => StatusCode::BAD_REQUEST,
@@ -960,6 +1003,31 @@ async fn invoke_api(
         function: label.clone(),
         served: Served::default(),
     };
+    if let (Some(p), Some(store)) = (&principal, &front.functions) {
+        let access = esb_iam::Access::new(
+            "lambda:InvokeFunction",
+            format!(
+                "arn:aws:lambda:{}:{}:function:{}",
+                gw.config.region,
+                store.account(),
+                f.spec.name
+            ),
+        );
+        match store.authorize(p, &access) {
+            esb_iam::Verdict::Allowed => {}
+            esb_iam::Verdict::Warned(m) => {
+                tracing::warn!(function = %p.function, "ESB_IAM=warn lets through: {m}")
+            }
+            esb_iam::Verdict::Denied(m) => {
+                tracing::info!(function = %p.function, "denied: {m}");
+                return err(lambda_error(
+                    StatusCode::FORBIDDEN,
+                    "AccessDeniedException",
+                    &m,
+                ));
+            }
+        }
+    }
     let itype = parts
         .headers
         .get("x-amz-invocation-type")

@@ -12,7 +12,7 @@ pub mod sam;
 pub mod store;
 
 pub use policy::{Decision, Effect, Policy, Statement};
-pub use store::{CredentialStore, Principal};
+pub use store::{CredentialStore, Principal, Verdict};
 
 /// How denials are handled (`ESB_IAM`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]

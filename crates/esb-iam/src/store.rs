@@ -38,6 +38,9 @@ pub struct Principal {
 pub struct CredentialsFile {
     /// How denials are handled.
     pub mode: Mode,
+    /// The box's account id (principal ARNs in denials).
+    #[serde(default)]
+    pub account: String,
     /// Every issued key.
     pub principals: Vec<Principal>,
 }
@@ -114,6 +117,7 @@ pub fn issue(
     path: &Path,
     functions: &[FunctionGrant],
     mode: Mode,
+    account: &str,
     grace: Duration,
 ) -> Result<HashMap<String, Principal>, Error> {
     let now = now_secs();
@@ -151,7 +155,14 @@ pub fn issue(
         p.expires_at = Some(p.expires_at.unwrap_or(now + grace.as_secs()));
         principals.push(p);
     }
-    write(path, &CredentialsFile { mode, principals })?;
+    write(
+        path,
+        &CredentialsFile {
+            mode,
+            account: account.to_string(),
+            principals,
+        },
+    )?;
     Ok(current)
 }
 
@@ -174,6 +185,17 @@ fn new_secret_key() -> String {
     random_string(SECRET_ALPHABET, 40)
 }
 
+/// The outcome of [`CredentialStore::authorize`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The policy allows it (or `ESB_IAM=off`).
+    Allowed,
+    /// The policy denies it but `ESB_IAM=warn` lets it through: log the message.
+    Warned(String),
+    /// Refused: answer AWS's access-denied error with this message.
+    Denied(String),
+}
+
 /// How often a lookup may look at the file's modification time.
 const RECHECK: Duration = Duration::from_millis(500);
 
@@ -181,6 +203,7 @@ struct Loaded {
     modified: Option<SystemTime>,
     checked: Instant,
     mode: Mode,
+    account: String,
     by_key: HashMap<String, Arc<Principal>>,
 }
 
@@ -208,6 +231,7 @@ impl CredentialStore {
                 modified: None,
                 checked: Instant::now() - RECHECK * 2,
                 mode: Mode::Enforce,
+                account: String::new(),
                 by_key: HashMap::new(),
             }),
         };
@@ -235,6 +259,7 @@ impl CredentialStore {
         let file = read(&self.path)?;
         l.modified = modified;
         l.mode = file.mode;
+        l.account = file.account;
         l.by_key = file
             .principals
             .into_iter()
@@ -252,6 +277,50 @@ impl CredentialStore {
             .get(access_key)
             .filter(|p| p.live(now_secs()))
             .cloned()
+    }
+
+    /// The box's account id (`000000000000` when the file names none).
+    pub fn account(&self) -> String {
+        let _ = self.refresh(false);
+        let account = self
+            .loaded
+            .lock()
+            .expect("credentials lock")
+            .account
+            .clone();
+        if account.is_empty() {
+            "000000000000".to_string()
+        } else {
+            account
+        }
+    }
+
+    /// The ARN AWS names a function's principal by in denials.
+    pub fn principal_arn(&self, p: &Principal) -> String {
+        let account = self.account();
+        format!(
+            "arn:aws:sts::{account}:assumed-role/{f}-role/{f}",
+            f = p.function
+        )
+    }
+
+    /// Decides `access` for principal `p` under the file's mode.
+    pub fn authorize(&self, p: &Principal, access: &crate::Access) -> Verdict {
+        let mode = self.mode();
+        if mode == Mode::Off {
+            return Verdict::Allowed;
+        }
+        let (resource, explicit) = match p.policy.evaluate(&access.action, &access.resources) {
+            crate::Decision::Allow => return Verdict::Allowed,
+            crate::Decision::ImplicitDeny(r) => (r, false),
+            crate::Decision::ExplicitDeny(r) => (r, true),
+        };
+        let message =
+            crate::denial_message(&self.principal_arn(p), &access.action, &resource, explicit);
+        match mode {
+            Mode::Warn => Verdict::Warned(message),
+            _ => Verdict::Denied(message),
+        }
     }
 
     /// The mode in the file.
@@ -283,6 +352,7 @@ mod tests {
             &path,
             &[grant("a", "r1"), grant("b", "r1")],
             Mode::Enforce,
+            "000000000000",
             grace,
         )
         .unwrap();
@@ -296,17 +366,34 @@ mod tests {
         let store = CredentialStore::open(&path).unwrap();
         assert_eq!(store.lookup(&a1).unwrap().function, "a");
         assert!(store.lookup("AKIANOTAKEY").is_none());
+        let p = store.lookup(&a1).unwrap();
+        let access = crate::Access::new("s3:GetObject", "arn:aws:s3:::b/k");
+        match store.authorize(&p, &access) {
+            Verdict::Denied(m) => assert_eq!(
+                m,
+                "User: arn:aws:sts::000000000000:assumed-role/a-role/a is not authorized to perform: s3:GetObject on resource: arn:aws:s3:::b/k because no identity-based policy allows the s3:GetObject action"
+            ),
+            other => panic!("{other:?}"),
+        }
 
         // Same revision: same key. New revision of a: new key; the old one has a deadline.
         let again = issue(
             &path,
             &[grant("a", "r1"), grant("b", "r1")],
             Mode::Enforce,
+            "000000000000",
             grace,
         )
         .unwrap();
         assert_eq!(again["a"].access_key, a1);
-        let next = issue(&path, &[grant("a", "r2")], Mode::Warn, grace).unwrap();
+        let next = issue(
+            &path,
+            &[grant("a", "r2")],
+            Mode::Warn,
+            "000000000000",
+            grace,
+        )
+        .unwrap();
         assert_ne!(next["a"].access_key, a1);
         let file = read(&path).unwrap();
         assert_eq!(file.mode, Mode::Warn);
@@ -329,7 +416,14 @@ mod tests {
         let store = CredentialStore::open(&path).unwrap();
         assert!(store.lookup(&a1).is_none());
         assert_eq!(store.mode(), Mode::Warn);
-        issue(&path, &[grant("a", "r2")], Mode::Enforce, grace).unwrap();
+        issue(
+            &path,
+            &[grant("a", "r2")],
+            Mode::Enforce,
+            "000000000000",
+            grace,
+        )
+        .unwrap();
         assert!(!read(&path)
             .unwrap()
             .principals

@@ -12,12 +12,14 @@
 //!     access_key: "esb".into(),
 //!     secret_key: "esb-secret".into(),
 //!     region: esb_s3::DEFAULT_REGION.into(),
+//!     iam_file: None,
 //! };
 //! esb_s3::serve(config, async { let _ = tokio::signal::ctrl_c().await; }).await
 //! # }
 //! ```
 
 mod host;
+pub mod iam;
 mod io;
 mod service;
 mod store;
@@ -48,6 +50,9 @@ pub struct Config {
     pub secret_key: String,
     /// Region reported by GetBucketLocation / HeadBucket (default [`DEFAULT_REGION`]).
     pub region: String,
+    /// The box's credentials file of functions' keys and policies (`STATE/iam/
+    /// credentials.json`); `None`: only the box's key is accepted.
+    pub iam_file: Option<PathBuf>,
 }
 
 /// A bound, ready-to-run S3 server.
@@ -81,10 +86,21 @@ impl Server {
         let s3 = service::EsbS3::new(Arc::new(store), region.clone());
 
         let mut builder = s3s::service::S3ServiceBuilder::new(s3);
-        builder.set_auth(s3s::auth::SimpleAuth::from_single(
-            config.access_key.clone(),
-            config.secret_key.clone(),
-        ));
+        let functions = match &config.iam_file {
+            Some(path) => Some(Arc::new(
+                esb_iam::CredentialStore::open(path).context("the credentials file")?,
+            )),
+            None => None,
+        };
+        builder.set_auth(iam::Keys {
+            box_key: config.access_key.clone(),
+            box_secret: config.secret_key.clone(),
+            functions: functions.clone(),
+        });
+        builder.set_access(iam::Policies {
+            box_key: config.access_key.clone(),
+            functions,
+        });
         builder.set_host(host::BoxHost::new(&region));
         let mut s3config = s3s::config::S3Config::default();
         // Browser POST uploads are buffered in memory by s3s; keep them small.

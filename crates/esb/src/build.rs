@@ -279,6 +279,11 @@ fn gateway_functions(a: &GatewayArgs) -> Result<Vec<esb_gateway::FunctionSpec>> 
         .with_context(|| format!("{}: not a JSON object", p.display()))?,
         _ => Default::default(),
     };
+    // Each function's own key pair (ESB_IAM_FILE, written by the box with the revisions).
+    let keys = match std::env::var_os("ESB_IAM_FILE") {
+        Some(p) => esb_iam::store::read(std::path::Path::new(&p))?.principals,
+        None => Vec::new(),
+    };
     Ok(template
         .functions
         .iter()
@@ -289,6 +294,21 @@ fn gateway_functions(a: &GatewayArgs) -> Result<Vec<esb_gateway::FunctionSpec>> 
                 // A build of the box: the image as every node finds it, pinned by digest.
                 spec.image = esb_registry::image_reference(esb_registry::CONTROL_HOST, &f.name, r);
                 spec.revision = r.to_string();
+            }
+            if let Some(k) = keys
+                .iter()
+                .find(|k| k.function == f.name && k.expires_at.is_none())
+            {
+                spec.env.retain(|(name, _)| {
+                    !matches!(
+                        name.as_str(),
+                        "AWS_ACCESS_KEY_ID" | "AWS_SECRET_ACCESS_KEY" | "AWS_SESSION_TOKEN"
+                    )
+                });
+                spec.env
+                    .push(("AWS_ACCESS_KEY_ID".into(), k.access_key.clone()));
+                spec.env
+                    .push(("AWS_SECRET_ACCESS_KEY".into(), k.secret_key.clone()));
             }
             spec
         })

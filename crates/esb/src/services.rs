@@ -48,6 +48,11 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// The box's credentials file of functions' keys (`STATE/iam/credentials.json`).
+fn iam_file(state: &StateArgs) -> PathBuf {
+    esb_box::layout::iam_file(&state.state_dir)
+}
+
 /// `esb s3`.
 pub fn s3(state: &StateArgs, args: &ServiceArgs, creds: &Credentials) -> Result<()> {
     let (listen, data_dir) = args.resolve(state, "s3", "127.0.0.1:9000")?;
@@ -58,6 +63,7 @@ pub fn s3(state: &StateArgs, args: &ServiceArgs, creds: &Credentials) -> Result<
         access_key,
         secret_key,
         region: creds.region.clone(),
+        iam_file: Some(iam_file(state)),
     };
     tracing::info!(%listen, "S3 serving");
     runtime()?.block_on(esb_s3::serve(cfg, shutdown_signal()))
@@ -69,6 +75,7 @@ pub fn dynamodb(state: &StateArgs, args: &ServiceArgs, creds: &Credentials) -> R
     let (access_key, secret_key) = creds.pair()?;
     let cfg = esb_dynamodb::Config {
         region: creds.region.clone(),
+        iam_file: Some(iam_file(state)),
         ..esb_dynamodb::Config::new(listen, data_dir, access_key, secret_key)
     };
     tracing::info!(%listen, "DynamoDB serving");

@@ -343,10 +343,8 @@ impl BoxArgs {
         env.insert("VICTORIALOGS_URL".into(), self.worker_logs_url.clone());
         env.insert("AWS_REGION".into(), self.creds.region.clone());
         env.insert("AWS_DEFAULT_REGION".into(), self.creds.region.clone());
-        if let Ok((a, s)) = self.creds.pair() {
-            env.insert("AWS_ACCESS_KEY_ID".into(), a.clone());
-            env.insert("AWS_SECRET_ACCESS_KEY".into(), s.clone());
-        }
+        // No credentials: the box's own pair never enters a worker; each function gets
+        // its own key from the gateway (docs/iam.md).
         env
     }
 }

@@ -65,6 +65,11 @@ pub struct UpArgs {
     /// WireGuard UDP port of the control node, on the host's addresses.
     #[arg(long, env = "ESB_WG_PORT", default_value_t = 51820)]
     pub wg_port: u16,
+    /// How functions' policies apply: `enforce` (denied calls to S3, DynamoDB and the
+    /// Invoke API are refused), `warn` (they pass and are logged) or `off`.
+    #[arg(long, env = "ESB_IAM", default_value = "enforce",
+          value_parser = ["enforce", "warn", "off"])]
+    pub iam: String,
     /// Run workers only on compute nodes (no local agent).
     #[arg(long)]
     pub no_local_workers: bool,
@@ -273,6 +278,11 @@ pub fn plan(state: &StateArgs, a: &UpArgs) -> Result<(Plan, Vec<(String, String)
             s3: a.s3_listen,
             dynamodb: a.dynamodb_listen,
             logstore: a.logstore_listen,
+            iam_mode: a.iam.parse()?,
+            account_id: std::env::var("ESB_ACCOUNT_ID")
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .unwrap_or_else(|| "000000000000".into()),
             gateway_logs_url: a
                 .box_args
                 .victorialogs_url

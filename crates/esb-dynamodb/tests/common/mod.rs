@@ -86,6 +86,7 @@ pub fn config(dir: &Path, listen: SocketAddr) -> esb_dynamodb::Config {
         access_key: ACCESS_KEY.into(),
         secret_key: SECRET_KEY.into(),
         region: REGION.into(),
+        iam_file: None,
     }
 }
 
