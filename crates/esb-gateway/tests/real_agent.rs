@@ -299,7 +299,14 @@ async fn build_images(dir: &Path, ctd_socket: &Path) -> Vec<FunctionSpec> {
             esb_containerd::OciImage::from_layout(&report.layout, &img.reference).expect("layout");
         client.import(&oci, &img.reference).await.expect("import");
         let f = template.function(&img.function).unwrap();
-        specs.push(FunctionSpec::from_template(f, img.reference.clone()));
+        // Workers get credentials from the gateway's function specs (the agent adds none):
+        // without a box issuing per-function keys, the test's own pair.
+        let mut spec = FunctionSpec::from_template(f, img.reference.clone());
+        spec.env
+            .push(("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()));
+        spec.env
+            .push(("AWS_SECRET_ACCESS_KEY".into(), SECRET_KEY.into()));
+        specs.push(spec);
     }
     specs
 }

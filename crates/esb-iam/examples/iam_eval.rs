@@ -27,7 +27,9 @@ fn main() {
             {"Effect": "Allow", "Action": "logs:*", "Resource": "*"}
         ]}),
     ];
-    let policy = function_policy("bench", &items, &cx).expect("policy").policy;
+    let policy = function_policy("bench", &items, &cx)
+        .expect("policy")
+        .policy;
     let allowed = vec![cx.table("orders")];
     let denied = vec![cx.table("payments")];
     let mut out = serde_json::Map::new();

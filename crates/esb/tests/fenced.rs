@@ -86,6 +86,48 @@ fn a_worker_cannot_leave_its_fence_or_starve_the_box() {
     assert_eq!(v["unshare_user"]["ok"], false, "{text}");
     box_still_serves(&b, "the escape attempts");
 
+    // Another worker's :8080 is out of reach (the gateway's path works: box_still_serves);
+    // of 10.88.0.1 only the gateway and the three services answer.
+    let status = b.status();
+    let bystander = status["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "bystander")
+        .and_then(|f| {
+            f["workers"].as_array()?.first()?["id"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .expect("a bystander worker");
+    let addr = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", &bystander, "ip", "-4", "-o", "addr", "show", "eth0",
+        ])
+        .output()
+        .unwrap();
+    let addr = String::from_utf8_lossy(&addr.stdout);
+    let ip = addr
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .unwrap_or_else(|| panic!("no address of {bystander}: {addr}"))
+        .to_string();
+    let (ok, v, text) = invoke(&b, "probe", &format!(r#"{{"op":"neighbor","ip":"{ip}"}}"#));
+    assert!(ok, "{text}");
+    assert_eq!(
+        v["reached"], false,
+        "a worker reached {ip}:8080 directly: {text}"
+    );
+    let (ok, v, text) = invoke(&b, "probe", r#"{"op":"scan","timeout":0.7}"#);
+    assert!(ok, "{text}");
+    assert_eq!(
+        v["open"],
+        serde_json::json!([443, 8001, 9000, 9428]),
+        "ports of 10.88.0.1 open to a worker: {text}"
+    );
+
     // The workers' parent cgroup carries the box's ceilings; workers are the kernel's
     // first choice when memory runs out.
     let parent = format!("esb-runtime/{}", b.netns);

@@ -99,6 +99,51 @@ def _tmpfs(mib):
     return {"written_mib": mib}
 
 
+def _neighbor(ip):
+    """Calls another worker's invoke endpoint directly, bypassing the gateway."""
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"http://{ip}:8080/2015-03-31/functions/function/invocations",
+        data=b'{"forged": true}',
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=3) as r:
+            return {"reached": True, "status": r.status}
+    except Exception as e:  # refused or timed out: the fence held
+        return {"reached": False, "error": type(e).__name__}
+
+
+def _scan(host, first, last, timeout):
+    """Which TCP ports of `host` accept a connection (many attempts at once)."""
+    import asyncio
+
+    async def one(port, sem, found):
+        async with sem:
+            for _ in range(20):
+                try:
+                    _, w = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+                    found.append(port)
+                    w.close()
+                    return
+                except OSError as e:
+                    if e.errno not in (errno.EMFILE, errno.ENFILE, errno.EAGAIN):
+                        return  # refused, unreachable
+                    await asyncio.sleep(0.05)  # out of descriptors: try again
+                except asyncio.TimeoutError:
+                    return  # dropped by the fence
+
+    async def run():
+        # Well under the worker's 1024 descriptors.
+        sem = asyncio.Semaphore(800)
+        found = []
+        await asyncio.gather(*(one(p, sem, found) for p in range(first, last + 1)))
+        return sorted(found)
+
+    return {"open": asyncio.run(run())}
+
+
 def probe(event, context):
     op = event.get("op")
     if op == "escape":
@@ -107,6 +152,10 @@ def probe(event, context):
             "io_uring_setup": _io_uring(),
             "unshare_user": _unshare_user(),
         }
+    if op == "neighbor":
+        return _neighbor(event["ip"])
+    if op == "scan":
+        return _scan(event.get("host", "10.88.0.1"), 1, 65535, float(event.get("timeout", 0.5)))
     if op == "console":
         return _console(int(event["mib"]))
     if op == "fork":
