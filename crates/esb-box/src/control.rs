@@ -587,7 +587,7 @@ pub async fn run(plan: Plan) -> Result<()> {
         s.message = "serving".into();
     });
     tracing::info!("the box is ready");
-    prune_registry(&plan, &read_revisions(&state)).await;
+    prune_registry(&plan, read_revisions(&state).as_ref()).await;
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -599,7 +599,7 @@ pub async fn run(plan: Plan) -> Result<()> {
                 let outcome = match build_and_provision(&plan, log_only).await {
                     Ok(v) => match reload_gateway(&state).await {
                         Ok(()) => {
-                            prune_registry(&plan, &read_revisions(&state)).await;
+                            prune_registry(&plan, read_revisions(&state).as_ref()).await;
                             Ok(v)
                         }
                         Err(e) => Err(e),
