@@ -12,11 +12,13 @@
 //!     access_key: "esb".into(),
 //!     secret_key: "esb-secret".into(),
 //!     region: esb_s3::DEFAULT_REGION.into(),
+//!     allow_sigv2: false,
 //! };
 //! esb_s3::serve(config, async { let _ = tokio::signal::ctrl_c().await; }).await
 //! # }
 //! ```
 
+pub mod access;
 mod host;
 mod io;
 mod service;
@@ -48,6 +50,9 @@ pub struct Config {
     pub secret_key: String,
     /// Region reported by GetBucketLocation / HeadBucket (default [`DEFAULT_REGION`]).
     pub region: String,
+    /// Accept Signature Version 2 (header and presigned); off by default, as AWS has
+    /// retired it (`ESB_S3_SIGV2` in the box).
+    pub allow_sigv2: bool,
 }
 
 /// A bound, ready-to-run S3 server.
@@ -86,6 +91,9 @@ impl Server {
             config.secret_key.clone(),
         ));
         builder.set_host(host::BoxHost::new(&region));
+        builder.set_access(access::BoxAccess {
+            allow_sigv2: config.allow_sigv2,
+        });
         let mut s3config = s3s::config::S3Config::default();
         // Browser POST uploads are buffered in memory by s3s; keep them small.
         s3config.post_object_max_file_size = 64 * 1024 * 1024;

@@ -49,7 +49,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 /// `esb s3`.
-pub fn s3(state: &StateArgs, args: &ServiceArgs, creds: &Credentials) -> Result<()> {
+pub fn s3(state: &StateArgs, args: &ServiceArgs, creds: &Credentials, sigv2: bool) -> Result<()> {
     let (listen, data_dir) = args.resolve(state, "s3", "127.0.0.1:9000")?;
     let (access_key, secret_key) = creds.pair()?;
     let cfg = esb_s3::Config {
@@ -58,6 +58,7 @@ pub fn s3(state: &StateArgs, args: &ServiceArgs, creds: &Credentials) -> Result<
         access_key,
         secret_key,
         region: creds.region.clone(),
+        allow_sigv2: sigv2,
     };
     tracing::info!(%listen, "S3 serving");
     runtime()?.block_on(esb_s3::serve(cfg, shutdown_signal()))

@@ -25,6 +25,7 @@ pub fn config(data_dir: &Path) -> esb_s3::Config {
         access_key: ACCESS_KEY.into(),
         secret_key: SECRET_KEY.into(),
         region: esb_s3::DEFAULT_REGION.into(),
+        allow_sigv2: false,
     }
 }
 

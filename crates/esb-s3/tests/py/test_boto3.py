@@ -609,9 +609,28 @@ def test_presigned_urls(bucket):
         urllib.request.urlopen(other_key)
     assert e.value.code == 403
     assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in get_url
-    # boto3's legacy default (SigV2 query strings) works for GET as well.
-    v2_url = make_client().generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "pre"}, ExpiresIn=300)
-    assert urllib.request.urlopen(v2_url).read() == b"via presigned put"
+    # Seven days at most, as on AWS.
+    week = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "pre"}, ExpiresIn=604800)
+    assert urllib.request.urlopen(week).read() == b"via presigned put"
+    longer = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "pre"}, ExpiresIn=604801)
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(longer)
+    assert e.value.code == 400
+    assert b"AuthorizationQueryParametersError" in e.value.read()
+    # boto3's legacy default (SigV2 query strings) is refused: SigV2 is off unless enabled.
+    v2_url = make_client(signature_version="s3").generate_presigned_url(
+        "get_object", Params={"Bucket": bucket, "Key": "pre"}, ExpiresIn=300
+    )
+    assert "AWSAccessKeyId=" in v2_url
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(v2_url)
+    assert e.value.code == 400
+    assert b"InvalidRequest" in e.value.read()
+    # And so is a SigV2 header.
+    with pytest.raises(ClientError) as e:
+        make_client(signature_version="s3").list_objects(Bucket=bucket)
+    assert err(e) == ("InvalidRequest", 400)
+    assert s3.get_object(Bucket=bucket, Key="pre")["Body"].read() == b"via presigned put"
 
 
 def test_virtual_host_addressing(s3, bucket):
