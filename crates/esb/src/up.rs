@@ -662,6 +662,7 @@ pub fn status(state: &StateArgs, json: bool) -> Result<()> {
             Ok(g) => {
                 v["functions"] = g["functions"].clone();
                 v["agents"] = g["agents"].clone();
+                v["gateway_logs_dropped"] = g["logs_dropped"].clone();
             }
             Err(e) => {
                 v["functions"] = serde_json::json!([]);
@@ -725,6 +726,14 @@ pub fn status(state: &StateArgs, json: bool) -> Result<()> {
                 if let Some(e) = f["last_replacement"]["message"].as_str() {
                     println!("      last worker lost: {e}");
                 }
+                if let Some(n) = f["logs_dropped"].as_u64().filter(|n| *n > 0) {
+                    println!(
+                        "      log records dropped by its workers (log store away too long): {n}"
+                    );
+                }
+            }
+            if let Some(n) = g["logs_dropped"].as_u64().filter(|n| *n > 0) {
+                println!("  gateway log records dropped (log store away too long): {n}");
             }
         }
         Err(e) => println!("  functions: gateway not answering ({e:#})"),
