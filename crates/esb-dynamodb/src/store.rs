@@ -802,7 +802,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(format!("{DB_FILE}-wal")), b"frames").unwrap();
         let err = format!("{:#}", Db::open(dir.path(), "r").err().unwrap());
-        assert!(err.contains("write-ahead log") && err.contains("refusing"), "{err}");
+        assert!(
+            err.contains("write-ahead log") && err.contains("refusing"),
+            "{err}"
+        );
         assert!(!dir.path().join(DB_FILE).exists(), "nothing was created");
         assert_eq!(
             std::fs::read(dir.path().join(format!("{DB_FILE}-wal"))).unwrap(),

@@ -521,7 +521,19 @@ async fn full_pool_answers_429_after_the_acquire_timeout() {
         b.agent.running_of("rust-echo") == 1
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Polled: the slow invocation holds the only worker.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = c.get("/metrics", &[]).await.text();
+        if m.contains("esb_gateway_pool_workers{function=\"rust-echo\",state=\"busy\"} 1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow invocation never held the worker: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let r = c.invoke("rust-echo", b"{}", &[]).await;
     assert_eq!(r.status, 429, "{}", r.text());
     assert_eq!(

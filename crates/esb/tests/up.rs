@@ -333,7 +333,20 @@ fn up_after_an_unclean_stop_recovers_and_leaves_nothing() {
             libc::kill(*p, libc::SIGKILL);
         }
     }
-    std::thread::sleep(Duration::from_secs(1));
+    // Polled: a loaded machine may take its time to tear the processes down.
+    b.wait_for("the killed processes gone", || {
+        pids.iter().all(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .map(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+                .unwrap_or(true)
+        })
+    });
     b.ok(&["down"]);
     let left = b.leftovers(&pids);
     assert!(left.is_empty(), "down after kill -9 left: {left:#?}");
