@@ -1038,6 +1038,11 @@ fn check_identity(db: &Database, root: &Path, data_files: usize) -> anyhow::Resu
             file.display()
         ),
         (Some(a), None) => write_store_id(root, &a),
+        (None, None) if data_files > 0 && index_is_empty(db)? => anyhow::bail!(
+            "{}: the index is empty while {data_files} data file(s) exist; refusing to start \
+             so that nothing is deleted. Put back the store's own {INDEX_FILE}",
+            index.display()
+        ),
         (None, known) => {
             // A new store, or one made before ids existed (its index is the authority):
             // record the id in the file first, then in the index.
@@ -1048,6 +1053,16 @@ fn check_identity(db: &Database, root: &Path, data_files: usize) -> anyhow::Resu
             txn.commit()?;
             Ok(())
         }
+    }
+}
+
+/// Whether the index lists no bucket at all (or has no bucket table yet).
+fn index_is_empty(db: &Database) -> anyhow::Result<bool> {
+    let txn = db.begin_read()?;
+    match txn.open_table(BUCKETS) {
+        Ok(t) => Ok(t.is_empty()?),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(true),
+        Err(e) => Err(anyhow::Error::new(e).context("reading the index's bucket table")),
     }
 }
 
@@ -1281,6 +1296,17 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert!(store.get_object("bkt", "big").is_ok());
         assert!(store.data_path(&id).exists());
+    }
+
+    #[test]
+    fn an_empty_index_of_a_store_made_before_store_ids_refuses_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = filled(dir.path());
+        std::fs::remove_file(dir.path().join(STORE_ID_FILE)).unwrap();
+        std::fs::write(dir.path().join(INDEX_FILE), b"").unwrap();
+        let err = format!("{:#}", Store::open(dir.path()).err().unwrap());
+        assert!(err.contains("index is empty"), "{err}");
+        assert!(dir.path().join("data").join(&id[..2]).join(&id).exists());
     }
 
     #[test]
