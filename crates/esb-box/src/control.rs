@@ -427,7 +427,15 @@ async fn signal_stream(kind: tokio::signal::unix::SignalKind) -> tokio::signal::
 /// made is left behind.
 pub async fn run(plan: Plan) -> Result<()> {
     let state = plan.state.clone();
+    crate::perms::restrict_umask();
     std::fs::create_dir_all(plan.run_dir())?;
+    let tightened = crate::perms::secure_state(&state)?;
+    if tightened > 0 {
+        tracing::info!(
+            entries = tightened,
+            "state directory: took group and other permissions off what an older start left"
+        );
+    }
     let _lock = lock(&state)?;
     daemon::write_pid_file(&box_pid_file(&state))?;
     // The report of this start: warnings as they are found, and why it failed.
@@ -595,7 +603,7 @@ pub async fn run(plan: Plan) -> Result<()> {
         s.message = "serving".into();
     });
     tracing::info!("the box is ready");
-    prune_registry(&plan, &read_revisions(&state)).await;
+    prune_registry(&plan, read_revisions(&state).as_ref()).await;
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -607,7 +615,7 @@ pub async fn run(plan: Plan) -> Result<()> {
                 let outcome = match build_and_provision(&plan, log_only).await {
                     Ok(v) => match reload_gateway(&state).await {
                         Ok(()) => {
-                            prune_registry(&plan, &read_revisions(&state)).await;
+                            prune_registry(&plan, read_revisions(&state).as_ref()).await;
                             Ok(v)
                         }
                         Err(e) => Err(e),

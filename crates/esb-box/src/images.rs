@@ -48,8 +48,19 @@ pub async fn prepare_registry(plan: &Plan) -> Result<()> {
 
 /// Deletes from the registry every function image that is not the current revision of a
 /// function (`revisions`: function name -> manifest digest); its blobs go at the
-/// registry's next start. Failures are logged: they cost disk, not service.
-pub async fn prune_registry(plan: &Plan, revisions: &serde_json::Map<String, serde_json::Value>) {
+/// registry's next start. Failures are logged: they cost disk, not service. Without a
+/// readable revisions file nothing is deleted (nothing can be proven unused then).
+pub async fn prune_registry(
+    plan: &Plan,
+    revisions: Option<&serde_json::Map<String, serde_json::Value>>,
+) {
+    let Some(revisions) = revisions else {
+        tracing::warn!(
+            "registry prune skipped: {} is missing or unreadable",
+            revisions_file(&plan.state).display()
+        );
+        return;
+    };
     let registry = plan.registry_client();
     let wanted: std::collections::HashMap<String, String> = revisions
         .iter()
@@ -90,12 +101,11 @@ pub async fn prune_registry(plan: &Plan, revisions: &serde_json::Map<String, ser
     }
 }
 
-/// The revisions file's content.
-pub fn read_revisions(state: &Path) -> serde_json::Map<String, serde_json::Value> {
+/// The revisions file's content (`None` when it is missing or unreadable).
+pub fn read_revisions(state: &Path) -> Option<serde_json::Map<String, serde_json::Value>> {
     std::fs::read(revisions_file(state))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
 }
 
 /// Where a build tells what the user should know (each warning is also logged).

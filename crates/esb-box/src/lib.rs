@@ -11,6 +11,7 @@
 //!   and the template's tables and buckets.
 //! - [`containerd`]: the box's private containerd and the removal of leftover workers.
 //! - [`layout`]: where everything lives under the state directory.
+//! - [`perms`]: the state directory readable by its owner only (umask, start-up fix).
 //! - [`http`]: the tiny HTTP/1.1 client the box uses for its own services.
 //!
 //! Every fallible function returns [`Error`], which names the file, component, setting or
@@ -27,6 +28,7 @@ pub mod http;
 pub mod iam;
 pub mod images;
 pub mod layout;
+pub mod perms;
 pub mod provision;
 pub mod status;
 pub mod supervise;

@@ -141,9 +141,15 @@ fn spawn_child(spec: &ChildSpec, state: &Path) -> Result<tokio::process::Child> 
         .stderr(out)
         .kill_on_drop(false);
     let parent = std::process::id() as i32;
+    // containerd keeps the usual umask: its snapshots hold the workers' files, which keep
+    // their layers' modes (the box's own umask is 077, see `crate::perms`).
+    let umask = (spec.name == "containerd").then_some(crate::perms::CONTAINERD_UMASK);
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
+            if let Some(m) = umask {
+                libc::umask(m as libc::mode_t);
+            }
             libc::setsid();
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
             if libc::getppid() != parent {

@@ -163,6 +163,19 @@ impl Db {
     pub fn open(data_dir: &Path, region: &str) -> anyhow::Result<Arc<Db>> {
         std::fs::create_dir_all(data_dir)?;
         let path = data_dir.join(DB_FILE);
+        let wal = data_dir.join(format!("{DB_FILE}-wal"));
+        if !path.exists() && std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+            // A new database next to the old one's write-ahead log would reset that log:
+            // committed writes would go. Nothing is created or removed.
+            anyhow::bail!(
+                "{}: the database is missing but its write-ahead log {} holds data; refusing \
+                 to start (nothing was changed). Put the database back, or move {} aside to \
+                 start empty",
+                path.display(),
+                wal.display(),
+                data_dir.display()
+            );
+        }
         let conn = open(&path, false)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS catalog (name TEXT PRIMARY KEY, meta TEXT NOT NULL);
@@ -778,4 +791,25 @@ pub fn refresh_ttl(conn: &Connection, meta: &TableMeta) -> Result<()> {
         stmt.execute(params![k.h, k.hk, k.rk, ttl])?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_database_next_to_its_log_refuses_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(format!("{DB_FILE}-wal")), b"frames").unwrap();
+        let err = format!("{:#}", Db::open(dir.path(), "r").err().unwrap());
+        assert!(
+            err.contains("write-ahead log") && err.contains("refusing"),
+            "{err}"
+        );
+        assert!(!dir.path().join(DB_FILE).exists(), "nothing was created");
+        assert_eq!(
+            std::fs::read(dir.path().join(format!("{DB_FILE}-wal"))).unwrap(),
+            b"frames"
+        );
+    }
 }

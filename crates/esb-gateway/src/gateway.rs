@@ -123,6 +123,8 @@ pub(crate) struct Worker {
     pub agent: usize,
     pub addr: SocketAddr,
     conn: Option<SendRequest<Full<Bytes>>>,
+    /// Log records the worker said it dropped so far (`x-esb-logs-dropped`).
+    logs_dropped: u64,
 }
 
 /// The state of a worker as `GET /status` shows it.
@@ -169,6 +171,9 @@ pub(crate) struct Function {
     /// why, with when (Unix seconds); and how many were lost.
     last_replacement: Mutex<Option<(String, u64)>>,
     replacements: AtomicU64,
+    /// Log records its workers dropped (their log buffer full: the log store was away
+    /// too long), as they reported them.
+    logs_dropped: AtomicU64,
 }
 
 impl Function {
@@ -185,6 +190,7 @@ impl Function {
             last_error: Mutex::new(None),
             last_replacement: Mutex::new(None),
             replacements: AtomicU64::new(0),
+            logs_dropped: AtomicU64::new(0),
             spec,
         }
     }
@@ -374,6 +380,8 @@ pub(crate) struct WorkerAnswer {
     pub error_type: Option<HeaderValue>,
     pub amz_error_type: Option<HeaderValue>,
     pub body: Bytes,
+    /// Log records the worker dropped since its previous answer.
+    pub logs_dropped: u64,
 }
 
 /// Where an invocation ran, for the access log.
@@ -932,6 +940,7 @@ impl Gateway {
                 }
                 Ok(Err(CallError::Failed(e))) => Outcome::WorkerFailed(e),
                 Ok(Ok(a)) => {
+                    f.logs_dropped.fetch_add(a.logs_dropped, Ordering::Relaxed);
                     let timed_out = a
                         .error_type
                         .as_ref()
@@ -1098,6 +1107,7 @@ impl Gateway {
                     agent: ai,
                     addr: SocketAddr::from(([0, 0, 0, 0], 0)),
                     conn: None,
+                    logs_dropped: 0,
                 };
                 self.destroy(w, &f.spec.name);
                 return Err(format!(
@@ -1111,6 +1121,7 @@ impl Gateway {
             agent: ai,
             addr,
             conn: None,
+            logs_dropped: 0,
         })
     }
 
@@ -1692,6 +1703,7 @@ impl Gateway {
                         json!({"message": msg, "at": at})
                     }),
                     "replacements": f.replacements.load(Ordering::Relaxed),
+                    "logs_dropped": f.logs_dropped.load(Ordering::Relaxed),
                     "last_replacement": f.last_replacement.lock().unwrap().as_ref().map(|(msg, at)| {
                         json!({"message": msg, "at": at})
                     }),
@@ -1718,6 +1730,8 @@ impl Gateway {
             "agents": agents,
             "started_at": crate::ids::rfc3339(self.started_at_ms),
             "reloads": self.reloads.load(Ordering::SeqCst),
+            // The gateway's own log records dropped (its shipping queue full).
+            "logs_dropped": self.metrics.logs_dropped.get(),
         })
     }
 
@@ -1988,7 +2002,15 @@ impl Worker {
             .await
             .map_err(|e| CallError::Failed(format!("worker {}: reading the answer: {e}", self.id)))?
             .to_bytes();
+        let dropped: u64 = parts
+            .headers
+            .get("x-esb-logs-dropped")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0);
+        let logs_dropped = dropped.saturating_sub(self.logs_dropped);
+        self.logs_dropped = self.logs_dropped.max(dropped);
         Ok(WorkerAnswer {
+            logs_dropped,
             status: parts.status,
             function_error: parts.headers.get("x-amz-function-error").cloned(),
             error_type: parts

@@ -495,7 +495,13 @@ async fn admin_socket_status_shape_and_mode() {
     };
     assert_eq!(
         keys(&v),
-        sorted(vec!["functions", "agents", "started_at", "reloads"])
+        sorted(vec![
+            "functions",
+            "agents",
+            "started_at",
+            "reloads",
+            "logs_dropped"
+        ])
     );
     let f = &v["functions"][0];
     assert_eq!(
@@ -507,6 +513,7 @@ async fn admin_socket_status_shape_and_mode() {
             "last_error",
             "last_replacement",
             "replacements",
+            "logs_dropped",
             "revision",
             "routes",
             "capacity",
@@ -535,6 +542,7 @@ async fn admin_socket_status_shape_and_mode() {
             "workers": [{"id": worker, "node": "test", "state": "idle"}],
             "last_error": null,
             "replacements": 0,
+            "logs_dropped": 0,
             "last_replacement": null,
         })
     );

@@ -175,6 +175,24 @@ fn walk_frames(path: &Path, mut on_record: impl FnMut(u32, &[u8])) -> io::Result
     }
 }
 
+/// Whether the bytes of `path` after `valid` (up to `len`) are one frame cut short by a
+/// crash (a partial header, or a header whose payload runs past the end), as opposed to
+/// damage that may be followed by more frames.
+fn is_torn_tail(path: &Path, valid: u64, len: u64) -> io::Result<bool> {
+    if len - valid < FRAME_HEADER as u64 {
+        return Ok(true);
+    }
+    let mut header = [0u8; FRAME_HEADER];
+    File::open(path)?.read_exact_at(&mut header, valid)?;
+    let magic = u32::from_le_bytes(header[0..4].try_into().unwrap());
+    let plen = u32::from_le_bytes(header[4..8].try_into().unwrap()) as u64;
+    Ok(
+        magic == FRAME_MAGIC
+            && plen <= MAX_FRAME as u64
+            && valid + FRAME_HEADER as u64 + plen > len,
+    )
+}
+
 /// Fills `buf` completely; false on a clean or torn end of input.
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
     let mut n = 0;
@@ -656,6 +674,24 @@ impl Active {
             }
         })?;
         let actual = a.file.metadata()?.len();
+        if actual > valid && !is_torn_tail(&path, valid, actual)? {
+            // Not a write cut short but damage: the bytes after it may hold acknowledged
+            // records, so they are kept aside rather than deleted.
+            let aside = dir.join(format!("seg-{id:010}.damaged-{valid}"));
+            let mut src = File::open(&path)?;
+            io::Seek::seek(&mut src, io::SeekFrom::Start(valid))?;
+            let mut dst = File::create(&aside)?;
+            io::copy(&mut src, &mut dst)?;
+            dst.sync_all()?;
+            sync_dir(dir);
+            tracing::error!(
+                segment = id,
+                kept = valid,
+                moved = actual - valid,
+                file = %aside.display(),
+                "damaged log segment: the bytes after the damage were moved aside"
+            );
+        }
         if actual > valid {
             tracing::warn!(
                 segment = id,
@@ -1191,6 +1227,45 @@ mod tests {
         assert_eq!(s.stats().records, 20);
         s.append(vec![rec(100, "after", &[])]).unwrap();
         assert_eq!(find(&s, "after"), ["after"]);
+        let torn_aside = fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().contains(".damaged-"));
+        assert!(!torn_aside, "a torn tail is cut, not kept");
+    }
+
+    #[test]
+    fn damage_inside_a_log_keeps_the_bytes_after_it_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = StoreOptions::default();
+        {
+            let s = Store::open(dir.path(), opts.clone()).unwrap();
+            for i in 0..3 {
+                s.append(vec![rec(i, &format!("m{i}"), &[])]).unwrap();
+            }
+        }
+        let log = log_path(dir.path(), 1);
+        let before = fs::read(&log).unwrap();
+        let second = walk_len(&log, 1);
+        // Flip a payload byte of the second frame: its checksum fails, frame 3 follows.
+        let mut bytes = before.clone();
+        bytes[second as usize + FRAME_HEADER + 2] ^= 0xff;
+        fs::write(&log, &bytes).unwrap();
+        let s = Store::open(dir.path(), opts).unwrap();
+        assert_eq!(find(&s, "m0"), ["m0"]);
+        let aside = dir.path().join(format!("seg-{:010}.damaged-{second}", 1));
+        assert_eq!(fs::read(aside).unwrap(), &bytes[second as usize..]);
+    }
+
+    /// Offset of the end of the first `frames` frames of a log.
+    fn walk_len(path: &Path, frames: usize) -> u64 {
+        let bytes = fs::read(path).unwrap();
+        let mut pos = 0usize;
+        for _ in 0..frames {
+            let plen = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().unwrap()) as usize;
+            pos += FRAME_HEADER + plen;
+        }
+        pos as u64
     }
 
     #[test]

@@ -83,17 +83,21 @@ fn ca_params() -> Result<CertificateParams, PkiError> {
 }
 
 /// Writes a file atomically (temporary file, synced, then renamed), with mode 0600 for
-/// keys (`private`), 0644 otherwise.
+/// keys (`private`), 0644 otherwise whatever the umask (workers, which run as another
+/// user, read the CA certificate through a bind mount).
 pub fn write_atomic(path: &Path, data: &str, private: bool) -> Result<(), PkiError> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let tmp = path.with_extension("tmp");
+    let mode = if private { 0o600 } else { 0o644 };
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(if private { 0o600 } else { 0o644 })
+        .mode(mode)
         .open(&tmp)
+        .map_err(io(&tmp))?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
         .map_err(io(&tmp))?;
     f.write_all(data.as_bytes()).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;

@@ -21,6 +21,7 @@ async fn main() -> anyhow::Result<()> {
         secret_key: std::env::var("ESB_SECRET_ACCESS_KEY").unwrap_or_else(|_| "esb-secret".into()),
         region: std::env::var("ESB_REGION").unwrap_or_else(|_| esb_s3::DEFAULT_REGION.into()),
         iam_file: None,
+        allow_sigv2: std::env::var("ESB_S3_SIGV2").is_ok_and(|v| v == "1"),
     };
     esb_s3::serve(config, async {
         let _ = tokio::signal::ctrl_c().await;

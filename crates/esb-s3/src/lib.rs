@@ -13,11 +13,13 @@
 //!     secret_key: "esb-secret".into(),
 //!     region: esb_s3::DEFAULT_REGION.into(),
 //!     iam_file: None,
+//!     allow_sigv2: false,
 //! };
 //! esb_s3::serve(config, async { let _ = tokio::signal::ctrl_c().await; }).await
 //! # }
 //! ```
 
+pub mod access;
 mod host;
 pub mod iam;
 mod io;
@@ -53,6 +55,9 @@ pub struct Config {
     /// The box's credentials file of functions' keys and policies (`STATE/iam/
     /// credentials.json`); `None`: only the box's key is accepted.
     pub iam_file: Option<PathBuf>,
+    /// Accept Signature Version 2 (header and presigned); off by default, as AWS has
+    /// retired it (`ESB_S3_SIGV2` in the box).
+    pub allow_sigv2: bool,
 }
 
 /// A bound, ready-to-run S3 server.
@@ -102,6 +107,9 @@ impl Server {
             functions,
         });
         builder.set_host(host::BoxHost::new(&region));
+        builder.set_access(access::BoxAccess {
+            allow_sigv2: config.allow_sigv2,
+        });
         let mut s3config = s3s::config::S3Config::default();
         // Browser POST uploads are buffered in memory by s3s; keep them small.
         s3config.post_object_max_file_size = 64 * 1024 * 1024;

@@ -11,7 +11,14 @@
 //!   becomes visible whole or not at all. Files are never modified after that: an overwrite
 //!   references a new file and unlinks the old one after the commit. Small objects live
 //!   inline in their index record.
-//! - On open, data files that no record references (writes cut by a crash) are removed.
+//! - `store-id`: a random id, also recorded in the index (table `meta`). It ties the index
+//!   to its data files: an index that is missing, new, or not the one the data files were
+//!   written with makes [`Store::open`] refuse to start (naming the problem) instead of
+//!   treating every data file as an orphan. Data files hold object bytes only (the key,
+//!   bucket and headers live in the index, small objects wholly), so the index cannot be
+//!   rebuilt from them.
+//! - On open, data files that no record of the (verified) index references (writes cut by
+//!   a crash) are removed. Any doubt (a bucket's table missing or unreadable) keeps them.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -25,6 +32,12 @@ use redb::{
 use serde::{Deserialize, Serialize};
 
 const BUCKETS: TableDefinition<&str, &[u8]> = TableDefinition::new("buckets");
+/// Store-wide settings: `store_id` (see [`STORE_ID_FILE`]).
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+/// The file next to the index that holds the store's id (see the module docs).
+pub const STORE_ID_FILE: &str = "store-id";
+/// The index file's name.
+pub const INDEX_FILE: &str = "index.redb";
 
 /// A bucket's object table: key -> encoded object record (see [`encode_object`]).
 type ObjectsDef<'a> = TableDefinition<'a, &'static str, &'static [u8]>;
@@ -339,7 +352,25 @@ fn writer_loop(db: Arc<Database>, jobs: std::sync::mpsc::Receiver<Job>) {
 
 impl Store {
     /// Opens the store under `root` (creating it), then removes orphaned data files.
+    ///
+    /// Refuses to start, changing nothing, when the index is missing or new while data
+    /// files exist, when it is not the index of these data files (its id differs from
+    /// `store-id`), or when a bucket's table cannot be read.
     pub fn open(root: &Path) -> anyhow::Result<Store> {
+        let index_path = root.join(INDEX_FILE);
+        let data_files = count_data_files(root)?;
+        if !index_path.exists() && (data_files > 0 || root.join(STORE_ID_FILE).exists()) {
+            anyhow::bail!(
+                "{}: the index is missing but the store exists ({} data file(s) under {}); \
+                 refusing to start so that nothing is deleted (data files hold object bytes \
+                 only, small objects live in the index: it cannot be rebuilt from them). \
+                 Restore {INDEX_FILE} from a backup, or move {} aside to start an empty store",
+                index_path.display(),
+                data_files,
+                root.join("data").display(),
+                root.display()
+            );
+        }
         std::fs::create_dir_all(root.join("data"))
             .with_context(|| format!("creating {}", root.display()))?;
         for i in 0..=255u8 {
@@ -351,8 +382,9 @@ impl Store {
         fsync_dir(&root.join("data"))?;
         let db = Database::builder()
             .set_cache_size(16 * 1024 * 1024)
-            .create(root.join("index.redb"))
-            .context("opening the index (index.redb)")?;
+            .create(&index_path)
+            .with_context(|| format!("opening the index ({})", index_path.display()))?;
+        check_identity(&db, root, data_files)?;
         {
             let txn = db.begin_write()?;
             txn.open_table(BUCKETS)?;
@@ -390,7 +422,9 @@ impl Store {
         uuid::Uuid::new_v4().simple().to_string()
     }
 
-    /// Removes data files that no index record references.
+    /// Removes data files that no index record references. A bucket whose table cannot be
+    /// read fails the open (naming the bucket); one whose table is missing keeps every data
+    /// file (nothing can be proven unreferenced then).
     fn collect_garbage(&self) -> anyhow::Result<usize> {
         let mut live: HashSet<String> = HashSet::new();
         let txn = self.db.begin_read()?;
@@ -398,18 +432,51 @@ impl Store {
         for item in buckets.iter()? {
             let (name, _) = item?;
             let name = name.value().to_owned();
-            if let Ok(t) = txn.open_table(ObjectsDef::new(&obj_table(&name))) {
-                for item in t.iter()? {
-                    let (_, v) = item?;
-                    let rec = decode_record(v.value()).map_err(store_anyhow)?;
-                    live.extend(rec.segments.into_iter().map(|s| s.id));
+            let objects = obj_table(&name);
+            match txn.open_table(ObjectsDef::new(&objects)) {
+                Ok(t) => {
+                    for item in t.iter()? {
+                        let (_, v) = item?;
+                        let rec = decode_record(v.value())
+                            .map_err(store_anyhow)
+                            .with_context(|| {
+                                format!("bucket {name:?}: reading an object record")
+                            })?;
+                        live.extend(rec.segments.into_iter().map(|s| s.id));
+                    }
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => {
+                    tracing::warn!(bucket = %name, "the bucket's object table is missing: keeping every data file");
+                    return Ok(0);
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "bucket {name:?}: cannot open its object table in the index; refusing \
+                         to start (no data file was removed)"
+                    )))
                 }
             }
-            if let Ok(t) = txn.open_table(UploadsDef::new(&mpu_table(&name))) {
-                for item in t.iter()? {
-                    let (_, v) = item?;
-                    let up: UploadRecord = from_json(v.value()).map_err(store_anyhow)?;
-                    live.extend(up.into_part_segments().map(|s| s.id));
+            match txn.open_table(UploadsDef::new(&mpu_table(&name))) {
+                Ok(t) => {
+                    for item in t.iter()? {
+                        let (_, v) = item?;
+                        let up: UploadRecord = from_json(v.value())
+                            .map_err(store_anyhow)
+                            .with_context(|| {
+                                format!("bucket {name:?}: reading a multipart upload record")
+                            })?;
+                        live.extend(up.into_part_segments().map(|s| s.id));
+                    }
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => {
+                    tracing::warn!(bucket = %name, "the bucket's multipart table is missing: keeping every data file");
+                    return Ok(0);
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "bucket {name:?}: cannot open its multipart table in the index; \
+                         refusing to start (no data file was removed)"
+                    )))
                 }
             }
         }
@@ -908,6 +975,112 @@ fn store_anyhow(e: StoreError) -> anyhow::Error {
     }
 }
 
+/// Number of files under `root/data/xx/` (0 when there is no data directory).
+fn count_data_files(root: &Path) -> anyhow::Result<usize> {
+    let data = root.join("data");
+    let entries = match std::fs::read_dir(&data) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {}", data.display()))),
+    };
+    let mut n = 0;
+    for sub in entries {
+        let sub = sub?;
+        if sub.file_type()?.is_dir() {
+            n += std::fs::read_dir(sub.path())
+                .with_context(|| format!("reading {}", sub.path().display()))?
+                .count();
+        }
+    }
+    Ok(n)
+}
+
+/// Checks that the index belongs to the data files under `root` (see the module docs),
+/// recording a new id in both when the store is new (or was made before ids existed).
+fn check_identity(db: &Database, root: &Path, data_files: usize) -> anyhow::Result<()> {
+    let file = root.join(STORE_ID_FILE);
+    let on_disk = match std::fs::read_to_string(&file) {
+        Ok(s) => Some(s.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {}", file.display()))),
+    };
+    let in_index = {
+        let txn = db.begin_read()?;
+        match txn.open_table(META) {
+            Ok(meta) => meta.get("store_id")?.map(|v| v.value().to_owned()),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(anyhow::Error::new(e).context("reading the index's store id")),
+        }
+    };
+    let index = root.join(INDEX_FILE);
+    match (in_index, on_disk) {
+        (Some(a), Some(b)) if a == b => Ok(()),
+        (Some(a), Some(b)) => anyhow::bail!(
+            "{}: this index (store id {a}) is not the one the data files were written with \
+             ({} says {b}); refusing to start so that no data file is deleted. Put back the \
+             store's own {INDEX_FILE}",
+            index.display(),
+            file.display()
+        ),
+        (Some(a), None) if data_files > 0 => anyhow::bail!(
+            "{} is missing while {} names store id {a} and {data_files} data file(s) exist; \
+             refusing to start (no data file was deleted). Write {a} into {} if this index \
+             belongs to these data files",
+            file.display(),
+            index.display(),
+            file.display()
+        ),
+        (None, Some(b)) if data_files > 0 => anyhow::bail!(
+            "{}: the index is new or was replaced (it has no store id) while {} names store \
+             {b} and {data_files} data file(s) exist; refusing to start so that nothing is \
+             deleted. Put back the store's own {INDEX_FILE}",
+            index.display(),
+            file.display()
+        ),
+        (Some(a), None) => write_store_id(root, &a),
+        (None, None) if data_files > 0 && index_is_empty(db)? => anyhow::bail!(
+            "{}: the index is empty while {data_files} data file(s) exist; refusing to start \
+             so that nothing is deleted. Put back the store's own {INDEX_FILE}",
+            index.display()
+        ),
+        (None, known) => {
+            // A new store, or one made before ids existed (its index is the authority):
+            // record the id in the file first, then in the index.
+            let id = known.unwrap_or_else(Store::new_data_id);
+            write_store_id(root, &id)?;
+            let txn = db.begin_write()?;
+            txn.open_table(META)?.insert("store_id", id.as_str())?;
+            txn.commit()?;
+            Ok(())
+        }
+    }
+}
+
+/// Whether the index lists no bucket at all (or has no bucket table yet).
+fn index_is_empty(db: &Database) -> anyhow::Result<bool> {
+    let txn = db.begin_read()?;
+    match txn.open_table(BUCKETS) {
+        Ok(t) => Ok(t.is_empty()?),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(true),
+        Err(e) => Err(anyhow::Error::new(e).context("reading the index's bucket table")),
+    }
+}
+
+/// Writes `root/store-id` durably (temporary file, fsync, rename, fsync of the directory).
+fn write_store_id(root: &Path, id: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let path = root.join(STORE_ID_FILE);
+    let tmp = root.join(format!("{STORE_ID_FILE}.tmp"));
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(format!("{id}\n").as_bytes())
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    fsync_dir(root)?;
+    Ok(())
+}
+
 /// fsync a directory so that entries created in it survive a crash.
 pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
@@ -1052,5 +1225,106 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert!(store.data_path(&id.0).exists());
         assert!(!store.data_path(&id.1).exists());
+    }
+
+    /// A store with one bucket, a large object (in a data file) and a small one (inline).
+    fn filled(dir: &Path) -> String {
+        let store = Store::open(dir).unwrap();
+        store.create_bucket("bkt", "r", 0).unwrap();
+        let id = Store::new_data_id();
+        std::fs::write(store.data_path(&id), b"big").unwrap();
+        let mut rec = record("e");
+        rec.segments = vec![Segment {
+            id: id.clone(),
+            len: 3,
+        }];
+        let cond = WriteCondition::default();
+        store.put_object("bkt", "big", &rec, b"", &cond).unwrap();
+        store
+            .put_object("bkt", "small", &record("s"), b"x", &cond)
+            .unwrap();
+        id
+    }
+
+    #[test]
+    fn a_missing_index_refuses_to_start_and_deletes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = filled(dir.path());
+        let index = dir.path().join(INDEX_FILE);
+        let saved = std::fs::read(&index).unwrap();
+        std::fs::remove_file(&index).unwrap();
+        let err = format!("{:#}", Store::open(dir.path()).err().unwrap());
+        assert!(
+            err.contains("index.redb") && err.contains("refusing"),
+            "{err}"
+        );
+        assert!(!index.exists(), "no new index was created");
+        assert!(dir.path().join("data").join(&id[..2]).join(&id).exists());
+        // Put back, everything is there.
+        std::fs::write(&index, saved).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.get_object("bkt", "big").unwrap().record.segments[0].id,
+            id
+        );
+        assert!(store.data_path(&id).exists());
+        assert_eq!(
+            &store.get_object("bkt", "small").unwrap().inline.unwrap()[..],
+            b"x"
+        );
+    }
+
+    #[test]
+    fn a_foreign_or_new_index_refuses_to_start_and_deletes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = filled(dir.path());
+        // Another store's index in its place.
+        let other = tempfile::tempdir().unwrap();
+        drop(Store::open(other.path()).unwrap());
+        let index = dir.path().join(INDEX_FILE);
+        let saved = std::fs::read(&index).unwrap();
+        std::fs::copy(other.path().join(INDEX_FILE), &index).unwrap();
+        let err = format!("{:#}", Store::open(dir.path()).err().unwrap());
+        assert!(err.contains("not the one"), "{err}");
+        assert!(dir.path().join("data").join(&id[..2]).join(&id).exists());
+        // An empty file in its place (a new index): refused too.
+        std::fs::write(&index, b"").unwrap();
+        let err = format!("{:#}", Store::open(dir.path()).err().unwrap());
+        assert!(err.contains("refusing"), "{err}");
+        assert!(dir.path().join("data").join(&id[..2]).join(&id).exists());
+        std::fs::write(&index, saved).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.get_object("bkt", "big").is_ok());
+        assert!(store.data_path(&id).exists());
+    }
+
+    #[test]
+    fn an_empty_index_of_a_store_made_before_store_ids_refuses_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = filled(dir.path());
+        std::fs::remove_file(dir.path().join(STORE_ID_FILE)).unwrap();
+        std::fs::write(dir.path().join(INDEX_FILE), b"").unwrap();
+        let err = format!("{:#}", Store::open(dir.path()).err().unwrap());
+        assert!(err.contains("index is empty"), "{err}");
+        assert!(dir.path().join("data").join(&id[..2]).join(&id).exists());
+    }
+
+    #[test]
+    fn a_store_made_before_store_ids_is_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = filled(dir.path());
+        std::fs::remove_file(dir.path().join(STORE_ID_FILE)).unwrap();
+        // An index without the id (as older versions wrote it).
+        {
+            let db = Database::create(dir.path().join(INDEX_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.delete_table(META).unwrap();
+            txn.commit().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.data_path(&id).exists());
+        drop(store);
+        assert!(dir.path().join(STORE_ID_FILE).exists());
+        Store::open(dir.path()).unwrap();
     }
 }

@@ -39,6 +39,9 @@ pub enum AuthError {
     /// The credential scope names another region or service than the one this verifier
     /// accepts.
     InvalidScope(String),
+    /// `x-amz-content-sha256` is `UNSIGNED-PAYLOAD` or a streaming mode, which only S3
+    /// accepts (see [`Verifier::allow_unsigned_payload`]).
+    UnsignedPayload,
 }
 
 impl AuthError {
@@ -52,6 +55,7 @@ impl AuthError {
             AuthError::RequestExpired(_) => "InvalidSignatureException",
             AuthError::ContentSha256Mismatch => "InvalidSignatureException",
             AuthError::InvalidScope(_) => "InvalidSignatureException",
+            AuthError::UnsignedPayload => "InvalidSignatureException",
         }
     }
 
@@ -65,6 +69,7 @@ impl AuthError {
             AuthError::RequestExpired(_) => "RequestTimeTooSkewed",
             AuthError::ContentSha256Mismatch => "XAmzContentSHA256Mismatch",
             AuthError::InvalidScope(_) => "AuthorizationHeaderMalformed",
+            AuthError::UnsignedPayload => "InvalidRequest",
         }
     }
 }
@@ -89,6 +94,10 @@ impl fmt::Display for AuthError {
                 "The provided 'x-amz-content-sha256' header does not match what was computed.",
             ),
             AuthError::InvalidScope(m) => f.write_str(m),
+            AuthError::UnsignedPayload => f.write_str(
+                "x-amz-content-sha256: an unsigned or streaming payload is accepted by S3 only; \
+                 sign the payload's SHA-256.",
+            ),
         }
     }
 }
@@ -107,6 +116,7 @@ pub struct Verifier {
     service: Option<String>,
     max_skew: Duration,
     double_encode_path: bool,
+    unsigned_payload: bool,
     /// The last derived signing key, by credential scope (it changes once a day).
     key_cache: std::sync::Arc<std::sync::Mutex<Option<CachedKey>>>,
 }
@@ -149,6 +159,7 @@ impl Verifier {
             service: None,
             max_skew: Duration::from_secs(15 * 60),
             double_encode_path: true,
+            unsigned_payload: false,
             key_cache: Default::default(),
         }
     }
@@ -168,6 +179,13 @@ impl Verifier {
     /// The largest accepted difference between the request's date and the clock.
     pub fn max_skew(mut self, skew: Duration) -> Self {
         self.max_skew = skew;
+        self
+    }
+
+    /// Accept `UNSIGNED-PAYLOAD` and streaming payload modes in `x-amz-content-sha256`
+    /// (S3's; every other service signs the payload, the default).
+    pub fn allow_unsigned_payload(mut self) -> Self {
+        self.unsigned_payload = true;
         self
     }
 
@@ -262,9 +280,16 @@ impl Verifier {
             )));
         }
 
-        let payload_hash = match (payload, request.header("x-amz-content-sha256")) {
+        let unsigned = |h: &str| h == "UNSIGNED-PAYLOAD" || h.starts_with("STREAMING-");
+        let claimed = request.header("x-amz-content-sha256");
+        if !self.unsigned_payload
+            && (claimed.is_some_and(unsigned) || matches!(payload, Payload::Hash(h) if unsigned(h)))
+        {
+            return Err(AuthError::UnsignedPayload);
+        }
+        let payload_hash = match (payload, claimed) {
             (Payload::Body(body), Some(claimed)) => {
-                if claimed == "UNSIGNED-PAYLOAD" || claimed.starts_with("STREAMING-") {
+                if unsigned(claimed) {
                     claimed.to_owned()
                 } else {
                     let actual = hex::encode(Sha256::digest(body));
@@ -908,6 +933,42 @@ mod tests {
             .verify_request(&req, Payload::Body(b"{ }"), at_suite_time())
             .unwrap_err();
         assert_eq!(err, AuthError::ContentSha256Mismatch);
+    }
+
+    #[test]
+    fn unsigned_payload_only_when_allowed() {
+        for claimed in ["UNSIGNED-PAYLOAD", "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"] {
+            let mut h = headers(&[("x-amz-content-sha256", claimed)]);
+            let req = Request {
+                method: "POST",
+                path: "/",
+                query: "",
+                headers: &h,
+            };
+            let auth = sign(AK, SK, "us-east-1", "service", &req, claimed);
+            h.push(("Authorization".to_owned(), auth));
+            let req = Request {
+                method: "POST",
+                path: "/",
+                query: "",
+                headers: &h,
+            };
+            let err = Verifier::new(AK, SK)
+                .verify_request(&req, Payload::Body(b"{}"), at_suite_time())
+                .unwrap_err();
+            assert_eq!(err, AuthError::UnsignedPayload, "{claimed}");
+            assert_eq!(err.json_code(), "InvalidSignatureException");
+            let err = Verifier::new(AK, SK)
+                .verify_request(&req, Payload::Hash(claimed), at_suite_time())
+                .unwrap_err();
+            assert_eq!(err, AuthError::UnsignedPayload, "{claimed}");
+            if claimed == "UNSIGNED-PAYLOAD" {
+                Verifier::new(AK, SK)
+                    .allow_unsigned_payload()
+                    .verify_request(&req, Payload::Body(b"{}"), at_suite_time())
+                    .unwrap();
+            }
+        }
     }
 
     #[test]

@@ -4,7 +4,12 @@
 //! REPORT lines, becomes a structured record (`_time`, `_msg`, function name, request id,
 //! trace id, level; a JSON object line keeps its fields). Records go either to the
 //! supervisor's stdout or, with `VICTORIALOGS_URL`, to VictoriaLogs' `/insert/jsonline`
-//! endpoint: batched, with a bounded queue, and flushed on request before exit.
+//! endpoint: batched, with a bounded queue, and flushed on request before exit. A batch
+//! the endpoint does not take (down, restarting, overloaded) is retried with backoff for
+//! as long as it takes while new records queue behind it; only when the queue's bound is
+//! reached are records dropped, counted (a notice record once shipping works again, and
+//! the `x-esb-logs-dropped` header of invocation answers, which the gateway's status
+//! shows).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -88,6 +93,7 @@ impl Logs {
         let shipper = Arc::new(Shipper {
             target,
             queue: Mutex::new(Queue::default()),
+            dropped_total: Default::default(),
             limit: buffer_bytes.max(64 * 1024),
             wake: Notify::new(),
             progress: Notify::new(),
@@ -302,6 +308,14 @@ impl Logs {
         }
     }
 
+    /// Records dropped so far because the buffer was full (or refused by the endpoint).
+    pub fn dropped_total(&self) -> u64 {
+        match &self.inner.sink {
+            Sink::Stdout { out, .. } => out.dropped_total.load(Ordering::Relaxed),
+            Sink::Ship(s) => s.dropped_total.load(Ordering::Relaxed),
+        }
+    }
+
     /// Ships everything queued so far, waiting at most until `deadline`. Returns whether
     /// the queue was emptied.
     pub async fn flush(&self, deadline: Instant) -> bool {
@@ -320,6 +334,7 @@ struct StdoutWriter {
     tx: std::sync::mpsc::Sender<WriterMsg>,
     queued: std::sync::atomic::AtomicUsize,
     dropped: std::sync::atomic::AtomicU64,
+    dropped_total: std::sync::atomic::AtomicU64,
     limit: usize,
 }
 
@@ -335,6 +350,7 @@ impl StdoutWriter {
             tx,
             queued: Default::default(),
             dropped: Default::default(),
+            dropped_total: Default::default(),
             limit,
         });
         let me = w.clone();
@@ -353,6 +369,7 @@ impl StdoutWriter {
         if self.queued.fetch_add(n, Ordering::SeqCst) + n > self.limit {
             self.queued.fetch_sub(n, Ordering::SeqCst);
             self.dropped.fetch_add(1, Ordering::SeqCst);
+            self.dropped_total.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let mut line = String::with_capacity(n);
@@ -624,6 +641,8 @@ struct Queue {
 struct Shipper {
     target: Target,
     queue: Mutex<Queue>,
+    /// Records dropped since the start (buffer full, or refused by the endpoint).
+    dropped_total: std::sync::atomic::AtomicU64,
     limit: usize,
     wake: Notify,
     progress: Notify,
@@ -636,6 +655,7 @@ impl Shipper {
             let mut q = self.queue.lock().unwrap();
             if q.bytes + line.len() > self.limit {
                 q.dropped += 1;
+                self.dropped_total.fetch_add(1, Ordering::Relaxed);
                 return;
             }
             q.bytes += line.len();
@@ -722,7 +742,7 @@ impl Shipper {
                 })
                 .await;
             }
-            let Some((body, _n)) = self.take_batch() else {
+            let Some((body, n)) = self.take_batch() else {
                 continue;
             };
             let body = Bytes::from(body);
@@ -741,6 +761,7 @@ impl Shipper {
                         // The endpoint refuses this batch for good (4xx): retrying cannot
                         // help and would block every later record.
                         eprintln!("esb-supervisor: log endpoint rejected a batch ({e}); dropped");
+                        self.dropped_total.fetch_add(n as u64, Ordering::Relaxed);
                         break;
                     }
                     Err(PostError::Failed(e)) => {

@@ -403,8 +403,17 @@ pub async fn invoke_endpoint(sup: Arc<Supervisor>, req: Request<Incoming>) -> Re
             h.insert("X-Amz-Executed-Version", v);
         }
     }
+    // For the gateway's status: log records this worker could not keep (buffer full).
+    let dropped = sup.logs_dropped();
+    if dropped > 0 {
+        h.insert(LOGS_DROPPED_HEADER, HeaderValue::from(dropped));
+    }
     r
 }
+
+/// Response header of an invocation: how many log records the worker has dropped so far
+/// (its log buffer was full), when any.
+pub const LOGS_DROPPED_HEADER: &str = "x-esb-logs-dropped";
 
 /// The Runtime API (2018-06-01) for the runtime client.
 pub async fn runtime_api(sup: Arc<Supervisor>, req: Request<Incoming>) -> Resp {

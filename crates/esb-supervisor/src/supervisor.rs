@@ -259,6 +259,11 @@ impl Supervisor {
     }
 
     /// The configuration.
+    /// Log records dropped so far because the log buffer was full.
+    pub fn logs_dropped(&self) -> u64 {
+        self.logs.dropped_total()
+    }
+
     pub fn config(&self) -> &Config {
         &self.cfg
     }

@@ -145,6 +145,10 @@ enum Command {
         svc: services::ServiceArgs,
         #[command(flatten)]
         creds: settings::Credentials,
+        /// Accept Signature Version 2 (header and presigned URLs); off by default, as on
+        /// AWS.
+        #[arg(long = "sigv2", env = "ESB_S3_SIGV2", default_value = "0", value_parser = settings::parse_bool01)]
+        sigv2: bool,
     },
     /// Run the embedded DynamoDB-compatible service alone (default 127.0.0.1:8000).
     Dynamodb {
@@ -396,7 +400,7 @@ fn main() -> ExitCode {
                 r.map_err(anyhow::Error::from)
             }),
         Command::Agent(args) => agent::run(state, &args),
-        Command::S3 { svc, creds } => services::s3(state, &svc, &creds),
+        Command::S3 { svc, creds, sigv2 } => services::s3(state, &svc, &creds, sigv2),
         Command::Dynamodb { svc, creds } => services::dynamodb(state, &svc, &creds),
         Command::Logstore { svc, limits } => services::logstore(state, &svc, &limits),
         Command::Logs(args) => services::logs(state, &args),

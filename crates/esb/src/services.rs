@@ -54,7 +54,7 @@ fn iam_file(state: &StateArgs) -> PathBuf {
 }
 
 /// `esb s3`.
-pub fn s3(state: &StateArgs, args: &ServiceArgs, creds: &Credentials) -> Result<()> {
+pub fn s3(state: &StateArgs, args: &ServiceArgs, creds: &Credentials, sigv2: bool) -> Result<()> {
     let (listen, data_dir) = args.resolve(state, "s3", "127.0.0.1:9000")?;
     let (access_key, secret_key) = creds.pair()?;
     let cfg = esb_s3::Config {
@@ -64,6 +64,7 @@ pub fn s3(state: &StateArgs, args: &ServiceArgs, creds: &Credentials) -> Result<
         secret_key,
         region: creds.region.clone(),
         iam_file: Some(iam_file(state)),
+        allow_sigv2: sigv2,
     };
     tracing::info!(%listen, "S3 serving");
     runtime()?.block_on(esb_s3::serve(cfg, shutdown_signal()))

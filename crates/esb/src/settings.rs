@@ -85,7 +85,7 @@ fn parse_optional_ip(s: &str) -> Result<OptionalIp, String> {
         .map_err(|_| format!("{s:?} is not an IPv4 address (leave it empty for no rule)"))
 }
 
-fn parse_bool01(s: &str) -> Result<bool, String> {
+pub fn parse_bool01(s: &str) -> Result<bool, String> {
     match s.trim() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" | "" => Ok(false),

@@ -325,6 +325,17 @@ fn start_warnings(state: &Path, pid: i32) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// What `esb up` says about the secrets it generated: their names and where they are,
+/// never their values.
+fn generated_note(generated: &[(String, String)], file: &Path) -> String {
+    let names: Vec<&str> = generated.iter().map(|(k, _)| k.as_str()).collect();
+    format!(
+        "generated secrets {} (kept 0600 in {}; `esb config --show-secrets` prints them)",
+        names.join(", "),
+        file.display()
+    )
+}
+
 fn print_summary(s: &BoxStatus, generated: &[(String, String)], warnings: &[String]) {
     println!("esb is up (pid {}), serving {}", s.pid, s.template);
     println!("  gateway   {}", s.gateway_url);
@@ -348,11 +359,9 @@ fn print_summary(s: &BoxStatus, generated: &[(String, String)], warnings: &[Stri
     let get = |k: &str| std::env::var(k).unwrap_or_default();
     if !generated.is_empty() {
         println!(
-            "  generated secrets (shown once; kept 0600 in the state directory's secrets.toml):"
+            "  {}",
+            generated_note(generated, Path::new("the state directory's secrets.toml"))
         );
-        for (k, v) in generated {
-            println!("    {k}={v}");
-        }
     }
     println!(
         "  credentials: AWS_ACCESS_KEY_ID={} (secret: `esb config --show-secrets`)",
@@ -372,8 +381,57 @@ fn print_summary(s: &BoxStatus, generated: &[(String, String)], warnings: &[Stri
     println!("    esb status · esb logs -f · esb invoke <function> · esb down");
 }
 
+/// `esb up --access-key A --secret-key S`: the pair becomes the box's keys (stored in the
+/// state directory's secrets.toml, so later starts keep them), then `esb up` runs again
+/// without the flags and with the pair in its environment, so that no process's command
+/// line holds a secret.
+fn adopt_keys_and_restart(
+    state: &StateArgs,
+    rest: &[std::ffi::OsString],
+    keys: &[(String, String)],
+) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let given = |env: &str| keys.iter().rev().find(|(k, _)| k == env).map(|(_, v)| v);
+    let (Some(ak), Some(sk)) = (given("ESB_ACCESS_KEY_ID"), given("ESB_SECRET_ACCESS_KEY")) else {
+        bail!("--access-key and --secret-key go together: give both (or neither)");
+    };
+    if ak.is_empty() || sk.is_empty() {
+        bail!("--access-key / --secret-key: empty value");
+    }
+    if let Some((t, _)) = running(&state.state_dir) {
+        bail!(
+            "a box is already running on {} (pid {}): `esb down` first to change its keys",
+            state.state_dir.display(),
+            t.pid
+        );
+    }
+    std::fs::create_dir_all(&state.state_dir).with_context(|| {
+        format!(
+            "ESB_STATE_DIR {}: cannot create it",
+            state.state_dir.display()
+        )
+    })?;
+    let pairs = [
+        ("ESB_ACCESS_KEY_ID".to_string(), ak.clone()),
+        ("ESB_SECRET_ACCESS_KEY".to_string(), sk.clone()),
+    ];
+    config_file::store_secrets(&state.state_dir, &pairs)?;
+    let err = std::process::Command::new(std::env::current_exe()?)
+        .args(&rest[1..])
+        .envs(pairs)
+        .exec();
+    Err(err).context("run esb up again without the key flags")
+}
+
 /// `esb up`.
 pub fn up(state: &StateArgs, a: &UpArgs) -> Result<()> {
+    // The state directory, secrets and databases are the owner's alone (0700/0600).
+    esb_box::perms::restrict_umask();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let (rest, keys) = config_file::take_secret_flags(&args);
+    if !keys.is_empty() {
+        return adopt_keys_and_restart(state, &rest, &keys);
+    }
     if let Some((t, s)) = running(&state.state_dir) {
         match s {
             Some(s) if s.state == "ready" => {
@@ -401,14 +459,12 @@ pub fn up(state: &StateArgs, a: &UpArgs) -> Result<()> {
     }
     let (plan, generated) = plan(state, a)?;
     if a.foreground {
+        // Never the values: this output often ends up in a journal.
         if !generated.is_empty() {
             eprintln!(
-                "generated secrets (shown once; kept 0600 in {}):",
-                config_file::secrets_path(&plan.state).display()
+                "{}",
+                generated_note(&generated, &config_file::secrets_path(&plan.state))
             );
-            for (k, v) in &generated {
-                eprintln!("  {k}={v}");
-            }
         }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -627,6 +683,7 @@ pub fn status(state: &StateArgs, json: bool) -> Result<()> {
             Ok(g) => {
                 v["functions"] = g["functions"].clone();
                 v["agents"] = g["agents"].clone();
+                v["gateway_logs_dropped"] = g["logs_dropped"].clone();
             }
             Err(e) => {
                 v["functions"] = serde_json::json!([]);
@@ -690,6 +747,14 @@ pub fn status(state: &StateArgs, json: bool) -> Result<()> {
                 if let Some(e) = f["last_replacement"]["message"].as_str() {
                     println!("      last worker lost: {e}");
                 }
+                if let Some(n) = f["logs_dropped"].as_u64().filter(|n| *n > 0) {
+                    println!(
+                        "      log records dropped by its workers (log store away too long): {n}"
+                    );
+                }
+            }
+            if let Some(n) = g["logs_dropped"].as_u64().filter(|n| *n > 0) {
+                println!("  gateway log records dropped (log store away too long): {n}");
             }
         }
         Err(e) => println!("  functions: gateway not answering ({e:#})"),

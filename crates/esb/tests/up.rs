@@ -19,20 +19,100 @@ fn component<'a>(status: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no component {name} in {status}"))
 }
 
+fn mode(p: &std::path::Path) -> u32 {
+    let m = std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777
+}
+
+/// Every process's command line (NUL-separated arguments joined by spaces).
+fn all_command_lines() -> Vec<(String, String)> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| {
+            let raw = std::fs::read(e.path().join("cmdline")).ok()?;
+            let text = String::from_utf8_lossy(&raw).replace('\0', " ");
+            Some((e.file_name().to_string_lossy().into_owned(), text))
+        })
+        .collect()
+}
+
 #[test]
 fn e2e_suite_through_real_clients_then_down_leaves_nothing() {
+    use std::os::unix::fs::PermissionsExt;
     let b = e2e_box();
-    let out = b.up();
+    // A state directory an older version left readable to everyone.
+    std::fs::create_dir_all(b.state.join("logs")).unwrap();
+    std::fs::write(b.state.join("logs/old.log"), "old\n").unwrap();
+    for (p, m) in [
+        (b.state.clone(), 0o755),
+        (b.state.join("logs"), 0o755),
+        (b.state.join("logs/old.log"), 0o644),
+    ] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m)).unwrap();
+    }
+    // The box's keys given on the command line: honoured, and kept off every command
+    // line (the box's own included).
+    let (access_key, secret_key) = ("AKIDE2EFLAGS", "e2e-flag-secret-0123456789abcdef");
+    let out = b.ok(&["up", "--access-key", access_key, "--secret-key", secret_key]);
     assert!(out.contains("esb is up"), "{out}");
     assert!(
         out.contains("generated secrets"),
-        "first up shows the secrets: {out}"
+        "first up names the generated secrets: {out}"
     );
-    let mode = std::fs::metadata(b.state.join("secrets.toml")).unwrap();
-    assert_eq!(
-        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
-        0o600
-    );
+    let secrets = b.secrets();
+    assert_eq!(secrets["ESB_ACCESS_KEY_ID"], access_key);
+    assert_eq!(secrets["ESB_SECRET_ACCESS_KEY"], secret_key);
+    let secret_values: Vec<String> = [
+        "ESB_SECRET_ACCESS_KEY",
+        "JWT_SECRET_KEY",
+        "X_API_KEY",
+        "AUTH_PASS",
+    ]
+    .iter()
+    .map(|k| secrets[*k].clone())
+    .collect();
+    for v in &secret_values {
+        assert!(v.len() >= 8, "{v}");
+        assert!(
+            !out.contains(v.as_str()),
+            "`esb up` printed a secret: {out}"
+        );
+    }
+    // Owner only: the state directory (it was 0755), its databases, secrets and logs.
+    assert_eq!(mode(&b.state), 0o700);
+    assert_eq!(mode(&b.state.join("logs")), 0o700);
+    assert_eq!(mode(&b.state.join("logs/old.log")), 0o600);
+    assert_eq!(mode(&b.state.join("secrets.toml")), 0o600);
+    assert_eq!(mode(&b.state.join("s3/index.redb")), 0o600);
+    assert_eq!(mode(&b.state.join("dynamodb/dynamodb.sqlite3")), 0o600);
+    assert_eq!(mode(&b.state.join("s3")), 0o700);
+    let segments: Vec<_> = std::fs::read_dir(b.state.join("logstore"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("seg-"))
+        .collect();
+    assert!(!segments.is_empty());
+    for s in segments {
+        assert_eq!(mode(&s.path()), 0o600, "{}", s.path().display());
+    }
+    // No process shows a secret on its command line; the box's foreground output (its
+    // log) holds none either.
+    for (pid, cmdline) in all_command_lines() {
+        for v in &secret_values {
+            assert!(!cmdline.contains(v.as_str()), "pid {pid}: {cmdline}");
+        }
+    }
+    let box_log = std::fs::read_to_string(b.state.join("logs/box.log")).unwrap();
+    for v in &secret_values {
+        assert!(!box_log.contains(v.as_str()), "box.log holds a secret");
+    }
     let pid = b.status()["pid"].as_i64().unwrap();
     // Provisioned concurrency is started with the box, without any request.
     b.wait_for("the provisioned worker of public", || {
@@ -253,7 +333,20 @@ fn up_after_an_unclean_stop_recovers_and_leaves_nothing() {
             libc::kill(*p, libc::SIGKILL);
         }
     }
-    std::thread::sleep(Duration::from_secs(1));
+    // Polled: a loaded machine may take its time to tear the processes down.
+    b.wait_for("the killed processes gone", || {
+        pids.iter().all(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .map(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+                .unwrap_or(true)
+        })
+    });
     b.ok(&["down"]);
     let left = b.leftovers(&pids);
     assert!(left.is_empty(), "down after kill -9 left: {left:#?}");

@@ -26,6 +26,7 @@ pub fn config(data_dir: &Path) -> esb_s3::Config {
         secret_key: SECRET_KEY.into(),
         region: esb_s3::DEFAULT_REGION.into(),
         iam_file: None,
+        allow_sigv2: false,
     }
 }
 

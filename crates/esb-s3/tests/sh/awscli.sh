@@ -47,7 +47,14 @@ aws s3 sync --delete "$work/tree" "s3://$b/tree" | grep -q "delete: s3://$b/tree
 # mv, presign, rm
 aws s3 mv "s3://$b/dir/small.txt" "s3://$b/moved.txt" >/dev/null
 aws s3 ls "s3://$b/dir/small.txt" && fail "mv left the source"
+# The CLI presigns with Signature Version 2 unless told otherwise: refused, as SigV2 is
+# off (ESB_S3_SIGV2); with `s3.signature_version = s3v4` in its config the URL works.
 url=$(aws s3 presign "s3://$b/moved.txt" --expires-in 300)
+code=$(curl -sS -o "$work/v2.xml" -w '%{http_code}' "$url")
+[ "$code" = 400 ] && grep -q InvalidRequest "$work/v2.xml" || fail "a SigV2 presigned URL was not refused ($code)"
+printf '[default]\ns3 =\n    signature_version = s3v4\n' > "$work/config"
+url=$(AWS_CONFIG_FILE="$work/config" aws s3 presign "s3://$b/moved.txt" --expires-in 300)
+[[ $url == *X-Amz-Signature=* ]] || fail "not a SigV4 URL: $url"
 curl -fsS "$url" | grep -q "hello cli" || fail "presigned GET"
 
 # s3api calls
