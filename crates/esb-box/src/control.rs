@@ -54,6 +54,8 @@ pub struct Plan {
     pub dynamodb: SocketAddr,
     /// Log store.
     pub logstore: SocketAddr,
+    /// The log store's listener for workers' records (signed, stamped, ingestion only).
+    pub logstore_workers: SocketAddr,
     /// Where the gateway ships its logs (`VICTORIALOGS_URL`).
     pub gateway_logs_url: String,
     /// How functions' policies are applied (`ESB_IAM`).
@@ -297,7 +299,7 @@ pub fn child_specs(plan: &Plan) -> Vec<ChildSpec> {
         format!(
             "--route=logs={}:9428=victorialogs:{}",
             plan.control.ip,
-            plan.logstore.port()
+            plan.logstore_workers.port()
         ),
         format!(
             "--route=gateway={}:443=gateway:{}",
@@ -344,7 +346,11 @@ pub fn child_specs(plan: &Plan) -> Vec<ChildSpec> {
         ),
         esb(
             "logstore",
-            vec!["logstore".into(), format!("--listen={}", plan.logstore)],
+            vec![
+                "logstore".into(),
+                format!("--listen={}", plan.logstore),
+                format!("--worker-listen={}", plan.logstore_workers),
+            ],
             vec![],
             Ready::Tcp(dial_addr(plan.logstore)),
         ),
@@ -800,6 +806,7 @@ mod tests {
             s3: "127.0.0.1:9000".parse().unwrap(),
             dynamodb: "127.0.0.1:8000".parse().unwrap(),
             logstore: "127.0.0.1:9428".parse().unwrap(),
+            logstore_workers: "127.0.0.1:9429".parse().unwrap(),
             gateway_logs_url: "http://127.0.0.1:9428".into(),
             iam_mode: esb_iam::Mode::Enforce,
             account_id: "000000000000".into(),

@@ -336,6 +336,17 @@ async fn do_ingest(
     req: Request,
     format: Format,
 ) -> Result<(crate::ingest::IngestReport, u128), Response> {
+    do_ingest_stamped(state, req, format, None).await
+}
+
+/// Ingests a request's body; with `function`, every record's `function_name` is that
+/// function's (the workers' listener, where the caller's key says who it is).
+pub(crate) async fn do_ingest_stamped(
+    state: AppState,
+    req: Request,
+    format: Format,
+    function: Option<String>,
+) -> Result<(crate::ingest::IngestReport, u128), Response> {
     if req.method() != Method::POST && req.method() != Method::PUT {
         return Err(text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -349,7 +360,11 @@ async fn do_ingest(
         .await
         .expect("semaphore never closed");
     let started = Instant::now();
-    let params = ingest_params(&req);
+    let mut params = ingest_params(&req);
+    if let Some(f) = function {
+        params.extra_fields.retain(|(k, _)| k != "function_name");
+        params.extra_fields.push(("function_name".into(), f));
+    }
     let encoding = req
         .headers()
         .get(header::CONTENT_ENCODING)

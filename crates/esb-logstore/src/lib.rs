@@ -19,6 +19,7 @@ pub mod query;
 pub mod record;
 pub mod store;
 pub mod time;
+mod workers;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -78,6 +79,11 @@ pub struct Config {
     /// Ingestion requests processed at once (each holds its body in memory, up to
     /// `max_request_bytes`); more wait their turn (default 4).
     pub max_concurrent_inserts: usize,
+    /// The workers' listener: ingestion only, signed with a function's key from
+    /// `iam_file`, records stamped with the function's name (`None`: no such listener).
+    pub worker_listen: Option<SocketAddr>,
+    /// The box's credentials file of functions' keys (needed by `worker_listen`).
+    pub iam_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -91,6 +97,8 @@ impl Default for Config {
             segment_bytes: 64 << 20,
             fsync_interval: Duration::from_secs(1),
             max_concurrent_inserts: 4,
+            worker_listen: None,
+            iam_file: None,
         }
     }
 }
@@ -98,6 +106,7 @@ impl Default for Config {
 /// A bound, not yet running, log store server.
 pub struct Server {
     listener: tokio::net::TcpListener,
+    workers: Option<(tokio::net::TcpListener, Arc<esb_iam::CredentialStore>)>,
     store: Arc<Store>,
     config: Arc<Config>,
     _lock: std::fs::File,
@@ -130,8 +139,23 @@ impl Server {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let workers = match config.worker_listen {
+            None => None,
+            Some(addr) => {
+                let file = config.iam_file.clone().context(
+                    "the workers' listener needs the credentials file of functions' keys",
+                )?;
+                let keys = esb_iam::CredentialStore::open(file)
+                    .map_err(|e| anyhow::anyhow!("the credentials file: {e}"))?;
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (workers)"))?;
+                Some((l, Arc::new(keys)))
+            }
+        };
         Ok(Server {
             listener,
+            workers,
             store: Arc::new(store),
             config: Arc::new(config),
             _lock: lock,
@@ -152,7 +176,7 @@ impl Server {
 
     /// Serves until `shutdown` completes, then stops (open tails are ended) and syncs.
     pub async fn run(
-        self,
+        mut self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -170,6 +194,21 @@ impl Server {
                 self.config.max_concurrent_inserts.max(1),
             )),
         };
+        let worker_task = self.workers.take().map(|(listener, keys)| {
+            let app = workers::router(workers::WorkerState {
+                app: state.clone(),
+                keys,
+            });
+            let mut stop = stop_rx.clone();
+            tracing::info!(addr = ?listener.local_addr().ok(), "log store listening for workers' records");
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await;
+            })
+        });
         let app = http::router(state);
         let bg = tokio::spawn(background(
             self.store.clone(),
@@ -191,6 +230,9 @@ impl Server {
         })
         .await;
         let _ = stop_tx.send(true);
+        if let Some(t) = worker_task {
+            let _ = t.await;
+        }
         let _ = bg.await;
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.sync()).await??;

@@ -71,6 +71,8 @@ pub struct Policies {
     pub box_key: String,
     /// The functions' keys and policies.
     pub functions: Option<Arc<CredentialStore>>,
+    /// The box's rules on signatures, checked first.
+    pub rules: crate::access::BoxAccess,
 }
 
 impl Policies {
@@ -121,6 +123,7 @@ impl Policies {
 #[async_trait::async_trait]
 impl S3Access for Policies {
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
+        self.rules.check(cx).await?;
         let key = cx.credentials().map(|c| c.access_key.clone());
         let action = action_of(cx.s3_op().name());
         // DeleteObjects names its keys in the body: each is checked in `delete_objects`

@@ -102,14 +102,15 @@ impl Server {
             box_secret: config.secret_key.clone(),
             functions: functions.clone(),
         });
+        // One access hook: the box's rules on signatures, then the functions' policies.
         builder.set_access(iam::Policies {
             box_key: config.access_key.clone(),
             functions,
+            rules: access::BoxAccess {
+                allow_sigv2: config.allow_sigv2,
+            },
         });
         builder.set_host(host::BoxHost::new(&region));
-        builder.set_access(access::BoxAccess {
-            allow_sigv2: config.allow_sigv2,
-        });
         let mut s3config = s3s::config::S3Config::default();
         // Browser POST uploads are buffered in memory by s3s; keep them small.
         s3config.post_object_max_file_size = 64 * 1024 * 1024;

@@ -12,6 +12,7 @@
 pub mod config;
 pub mod logs;
 pub mod server;
+pub mod sign;
 pub mod static_build;
 pub mod supervisor;
 mod util;

@@ -98,6 +98,7 @@ impl Logs {
             wake: Notify::new(),
             progress: Notify::new(),
             urgent: AtomicBool::new(false),
+            credentials: crate::sign::Credentials::from_env(),
         });
         tokio::spawn(shipper.clone().run());
         Ok(Logs::new(
@@ -647,6 +648,9 @@ struct Shipper {
     wake: Notify,
     progress: Notify,
     urgent: AtomicBool,
+    /// The function's key pair: requests are signed with it when set (the box's log store
+    /// stamps the records with the function the key belongs to).
+    credentials: Option<crate::sign::Credentials>,
 }
 
 impl Shipper {
@@ -794,9 +798,21 @@ impl Shipper {
         let sender = conn.as_mut().expect("connected above");
         let failed = |e: String| PostError::Failed(e);
         sender.ready().await.map_err(|e| failed(e.to_string()))?;
-        let req = hyper::Request::post(self.target.path.as_str())
+        let mut req = hyper::Request::post(self.target.path.as_str())
             .header(hyper::header::HOST, self.target.authority.as_str())
-            .header(hyper::header::CONTENT_TYPE, "application/stream+json")
+            .header(hyper::header::CONTENT_TYPE, "application/stream+json");
+        if let Some(c) = &self.credentials {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
+            for (name, value) in
+                crate::sign::sign_post(c, &self.target.authority, &self.target.path, &body, now)
+            {
+                req = req.header(name, value);
+            }
+        }
+        let req = req
             .body(Full::new(body))
             .map_err(|e| failed(e.to_string()))?;
         let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))

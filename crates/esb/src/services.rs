@@ -93,6 +93,11 @@ pub struct LogstoreArgs {
     /// Total size on disk (MiB); the oldest segments go first (0 = no limit).
     #[arg(long, env = "ESB_LOGSTORE_MAX_MB", default_value_t = 2048)]
     pub max_mb: u64,
+    /// Also serve workers' records on this address: ingestion only, signed with a
+    /// function's key from STATE/iam/credentials.json, each record stamped with the
+    /// function's name (docs/iam.md).
+    #[arg(long)]
+    pub worker_listen: Option<SocketAddr>,
     /// Age (days) after which records are dropped.
     #[arg(long, env = "ESB_LOGSTORE_RETENTION_DAYS", default_value_t = 7)]
     pub retention_days: u64,
@@ -115,6 +120,8 @@ pub fn logstore(state: &StateArgs, args: &ServiceArgs, limits: &LogstoreArgs) ->
             max_bytes: (limits.max_mb > 0).then_some(limits.max_mb << 20),
             ..Default::default()
         },
+        worker_listen: limits.worker_listen,
+        iam_file: limits.worker_listen.map(|_| iam_file(state)),
         ..Default::default()
     };
     tracing::info!(%listen, "log store serving");

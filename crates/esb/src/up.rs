@@ -43,6 +43,14 @@ pub struct UpArgs {
     /// Address of the embedded log store.
     #[arg(long, env = "ESB_LOGSTORE_LISTEN", default_value = "127.0.0.1:9428")]
     pub logstore_listen: SocketAddr,
+    /// Address of the log store's listener for workers' records (the local proxy's
+    /// `victorialogs` backend: ingestion only, signed with the function's key).
+    #[arg(
+        long,
+        env = "ESB_LOGSTORE_WORKER_LISTEN",
+        default_value = "127.0.0.1:9429"
+    )]
+    pub logstore_worker_listen: SocketAddr,
     /// The static esb-supervisor binary to put in images (default: next to `esb`).
     #[arg(long, env = "ESB_SUPERVISOR_BIN")]
     pub supervisor: Option<PathBuf>,
@@ -212,7 +220,7 @@ pub fn plan(state: &StateArgs, a: &UpArgs) -> Result<(Plan, Vec<(String, String)
         &a.proxy,
         a.s3_listen.port(),
         a.dynamodb_listen.port(),
-        a.logstore_listen.port(),
+        a.logstore_worker_listen.port(),
     );
     let st = StateArgs {
         state_dir: state_dir.clone(),
@@ -223,6 +231,7 @@ pub fn plan(state: &StateArgs, a: &UpArgs) -> Result<(Plan, Vec<(String, String)
         (a.s3_listen, "ESB_S3_LISTEN"),
         (a.dynamodb_listen, "ESB_DYNAMODB_LISTEN"),
         (a.logstore_listen, "ESB_LOGSTORE_LISTEN"),
+        (a.logstore_worker_listen, "ESB_LOGSTORE_WORKER_LISTEN"),
     ] {
         check_port_free(addr, setting)?;
     }
@@ -278,6 +287,7 @@ pub fn plan(state: &StateArgs, a: &UpArgs) -> Result<(Plan, Vec<(String, String)
             s3: a.s3_listen,
             dynamodb: a.dynamodb_listen,
             logstore: a.logstore_listen,
+            logstore_workers: a.logstore_worker_listen,
             iam_mode: a.iam.parse()?,
             account_id: std::env::var("ESB_ACCOUNT_ID")
                 .ok()

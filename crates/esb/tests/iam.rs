@@ -39,6 +39,25 @@ fn seed_object(b: &TestBox) {
     );
 }
 
+/// The log store's records (host side, main listener) whose message has `word`.
+fn query_logs(b: &TestBox, word: &str) -> Vec<Value> {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            &format!("http://127.0.0.1:{}/select/logsql/query", b.logs_port),
+            "--data-urlencode",
+            &format!("query={word}"),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
 fn denied(v: &Value, call: &str, code: &str, action: &str) {
     let r = &v[call];
     assert_eq!(r["ok"], false, "{call} should be denied: {v}");
@@ -90,6 +109,18 @@ fn functions_get_what_their_policies_allow_and_nothing_else() {
             "the box's key pair is in the worker's {what}"
         );
     }
+    // The log store: a worker may not query it, may not ingest unsigned, and what it
+    // ingests signed is stamped with its own function's name, whatever the body claims.
+    assert_eq!(v["logstore"]["query"], 403, "{v}");
+    assert_eq!(v["logstore"]["unsigned_insert"], 403, "{v}");
+    assert_eq!(v["logstore"]["signed_insert"], 200, "{v}");
+    b.wait_for("the reader's records in the log store", || {
+        let records = query_logs(&b, "forged-by-reader");
+        let own = query_logs(&b, "reader-was-here");
+        !records.is_empty()
+            && records.iter().all(|r| r["function_name"] == "reader")
+            && own.iter().any(|r| r["function_name"] == "reader")
+    });
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(b.state.join("iam/credentials.json"))
             .unwrap()

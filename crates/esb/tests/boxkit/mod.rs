@@ -180,6 +180,10 @@ impl TestBox {
                 format!("127.0.0.1:{logs_port}"),
             ),
             (
+                "ESB_LOGSTORE_WORKER_LISTEN".into(),
+                format!("127.0.0.1:{}", free_port()),
+            ),
+            (
                 "ESB_SUPERVISOR_BIN".into(),
                 static_supervisor().display().to_string(),
             ),

@@ -29,7 +29,36 @@ def _environ_of_pid1():
         return f"unreadable: {e}"
 
 
+def _logstore():
+    """What a worker may do with the log store at 10.88.0.1:9428: ingest its own records."""
+    import urllib.error
+    import urllib.request
+
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+
+    base = os.environ["VICTORIALOGS_URL"].rstrip("/")
+
+    def status(req):
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    query = status(urllib.request.Request(f"{base}/select/logsql/query?query=*"))
+    forged = json.dumps({"_msg": "forged-by-reader", "function_name": "target"}).encode()
+    url = f"{base}/insert/jsonline?_stream_fields=function_name"
+    unsigned = status(urllib.request.Request(url, data=forged, method="POST"))
+    aws = AWSRequest(method="POST", url=url, data=forged)
+    creds = boto3.Session().get_credentials()
+    SigV4Auth(creds, "logs", os.environ.get("AWS_REGION", "ap-northeast-1")).add_auth(aws)
+    signed = status(urllib.request.Request(url, data=forged, headers=dict(aws.headers), method="POST"))
+    return {"query": query, "unsigned_insert": unsigned, "signed_insert": signed}
+
+
 def reader(event, context):
+    print("reader-was-here")
     a, b, x = os.environ["TABLE_A"], os.environ["TABLE_B"], os.environ["BUCKET_X"]
     key = {"pk": {"S": "k"}}
     return {
@@ -44,6 +73,7 @@ def reader(event, context):
         "access_key": os.environ.get("AWS_ACCESS_KEY_ID"),
         "environ": json.dumps(dict(os.environ)),
         "pid1_environ": _environ_of_pid1(),
+        "logstore": _logstore(),
     }
 
 

@@ -1,0 +1,112 @@
+//! The workers' listener: ingestion only, signed with a function's own key pair, each
+//! record stamped with that function's name (`function_name`) whatever the body says.
+//! Queries are not served here: they need the main listener, which only the host reaches.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+
+use crate::http::{do_ingest_stamped, AppState};
+use crate::ingest::Format;
+
+/// What the workers' listener needs beyond the store.
+#[derive(Clone)]
+pub(crate) struct WorkerState {
+    pub app: AppState,
+    pub keys: Arc<esb_iam::CredentialStore>,
+}
+
+fn refuse(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, format!("{}\n", msg.into())).into_response()
+}
+
+/// The function a request is signed as, and its body, or the refusal.
+async fn authenticate(s: &WorkerState, req: Request) -> Result<(String, Request), Response> {
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, s.app.config.max_request_bytes)
+        .await
+        .map_err(|_| {
+            refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "request body larger than {} bytes",
+                    s.app.config.max_request_bytes
+                ),
+            )
+        })?;
+    let key = parts
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| esb_sigv4::parse_authorization(v).ok())
+        .map(|a| a.access_key)
+        .ok_or_else(|| {
+            refuse(
+                StatusCode::FORBIDDEN,
+                "workers' records must be signed (SigV4) with the function's key pair",
+            )
+        })?;
+    let principal = s.keys.lookup(&key).ok_or_else(|| {
+        refuse(
+            StatusCode::FORBIDDEN,
+            format!("the access key {key} is not a function's"),
+        )
+    })?;
+    esb_sigv4::Verifier::new(principal.access_key.clone(), principal.secret_key.clone())
+        .verify(&parts, &body)
+        .map_err(|e| refuse(StatusCode::FORBIDDEN, format!("{}: {e}", e.json_code())))?;
+    Ok((
+        principal.function.clone(),
+        Request::from_parts(parts, Body::from(body)),
+    ))
+}
+
+async fn insert(State(s): State<WorkerState>, req: Request, format: Format) -> Response {
+    let (function, req) = match authenticate(&s, req).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    match do_ingest_stamped(s.app.clone(), req, format, Some(function)).await {
+        Ok((report, _)) => {
+            let status = if report.ingested == 0 && report.rejected > 0 {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::OK
+            };
+            (
+                status,
+                [(http::header::CONTENT_TYPE, "application/json")],
+                serde_json::to_vec(&report).unwrap_or_default(),
+            )
+                .into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+/// The workers' router: `/health` and the ingestion endpoints, nothing else.
+pub(crate) fn router(state: WorkerState) -> Router {
+    Router::new()
+        .route("/health", get(|| async { "OK" }))
+        .route(
+            "/insert/jsonline",
+            any(|s: State<WorkerState>, r: Request| insert(s, r, Format::JsonLine)),
+        )
+        .route(
+            "/insert/elasticsearch/_bulk",
+            any(|s: State<WorkerState>, r: Request| insert(s, r, Format::EsBulk)),
+        )
+        .fallback(|| async {
+            refuse(
+                StatusCode::FORBIDDEN,
+                "workers may only ingest their own records here (queries: the box's host)",
+            )
+        })
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}
