@@ -52,24 +52,25 @@ pub enum Decision {
     ExplicitDeny(String),
 }
 
-/// `*` (any run) and `?` (one character) matching.
+/// `*` (any run) and `?` (one byte) matching, over bytes (ARNs and actions are ASCII);
+/// `fold_case` compares ASCII letters without case. No allocation.
 fn glob(pattern: &str, text: &str, fold_case: bool) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = if fold_case {
-        (
-            pattern.to_lowercase().chars().collect(),
-            text.to_lowercase().chars().collect(),
-        )
-    } else {
-        (pattern.chars().collect(), text.chars().collect())
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let eq = |a: u8, b: u8| {
+        if fold_case {
+            a.eq_ignore_ascii_case(&b)
+        } else {
+            a == b
+        }
     };
-    // Iterative matching with one backtrack point (no recursion, linear in practice).
+    // Iterative matching with one backtrack point (linear in practice).
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+        if pi < p.len() && (p[pi] == b'?' || eq(p[pi], t[ti])) {
             pi += 1;
             ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        } else if pi < p.len() && p[pi] == b'*' {
             star = Some((pi, ti));
             pi += 1;
         } else if let Some((sp, st)) = star {
@@ -80,7 +81,7 @@ fn glob(pattern: &str, text: &str, fold_case: bool) -> bool {
             return false;
         }
     }
-    while pi < p.len() && p[pi] == '*' {
+    while pi < p.len() && p[pi] == b'*' {
         pi += 1;
     }
     pi == p.len()
