@@ -157,16 +157,9 @@ impl State {
             return Ok(());
         };
         for access in iam::accesses(op, req, &self.region, &store.account()) {
-            match store.authorize(p, &access) {
-                esb_iam::Verdict::Allowed => {}
-                esb_iam::Verdict::Warned(m) => {
-                    tracing::warn!(function = %p.function, "ESB_IAM=warn lets through: {m}")
-                }
-                esb_iam::Verdict::Denied(m) => {
-                    tracing::info!(function = %p.function, "denied: {m}");
-                    return Err(DdbError::new("AccessDeniedException", m));
-                }
-            }
+            store
+                .check(p, &access)
+                .map_err(|m| DdbError::new("AccessDeniedException", m))?;
         }
         Ok(())
     }

@@ -1013,19 +1013,12 @@ async fn invoke_api(
                 f.spec.name
             ),
         );
-        match store.authorize(p, &access) {
-            esb_iam::Verdict::Allowed => {}
-            esb_iam::Verdict::Warned(m) => {
-                tracing::warn!(function = %p.function, "ESB_IAM=warn lets through: {m}")
-            }
-            esb_iam::Verdict::Denied(m) => {
-                tracing::info!(function = %p.function, "denied: {m}");
-                return err(lambda_error(
-                    StatusCode::FORBIDDEN,
-                    "AccessDeniedException",
-                    &m,
-                ));
-            }
+        if let Err(m) = store.check(p, &access) {
+            return err(lambda_error(
+                StatusCode::FORBIDDEN,
+                "AccessDeniedException",
+                &m,
+            ));
         }
     }
     let itype = parts

@@ -323,6 +323,23 @@ impl CredentialStore {
         }
     }
 
+    /// [`CredentialStore::authorize`] as a service applies it: a would-be denial under
+    /// `warn` and a denial are logged (naming the function); `Err` carries the denial's
+    /// message for the service's access-denied error.
+    pub fn check(&self, p: &Principal, access: &crate::Access) -> Result<(), String> {
+        match self.authorize(p, access) {
+            Verdict::Allowed => Ok(()),
+            Verdict::Warned(m) => {
+                tracing::warn!(function = %p.function, "ESB_IAM=warn lets through: {m}");
+                Ok(())
+            }
+            Verdict::Denied(m) => {
+                tracing::info!(function = %p.function, "denied: {m}");
+                Err(m)
+            }
+        }
+    }
+
     /// The mode in the file.
     pub fn mode(&self) -> Mode {
         let _ = self.refresh(false);

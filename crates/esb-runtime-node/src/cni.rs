@@ -253,7 +253,14 @@ pub fn del(
     };
     for plugin in list["plugins"].as_array().expect("plugins").iter().rev() {
         let conf = plugin_conf(&list, plugin, prev);
-        inv.exec(CniCommand::Del, &conf)?;
+        match inv.exec(CniCommand::Del, &conf) {
+            Ok(_) => {}
+            // A concurrent DEL of the same worker removed the interface between the
+            // plugin's lookup and its delete (the lease goes first in the plugin): gone
+            // is what DEL wants.
+            Err(NodeError::Cni { msg, .. }) if link_already_gone(&msg) => {}
+            Err(e) => return Err(e),
+        }
     }
     let lo = Invocation {
         ifname: "lo",
@@ -262,6 +269,11 @@ pub fn del(
     // Loopback DEL only brings lo down in a namespace that is about to go: best effort.
     let _ = lo.exec(CniCommand::Del, &loopback_conf());
     Ok(())
+}
+
+/// Whether a plugin's DEL failed only because the interface no longer exists.
+fn link_already_gone(msg: &str) -> bool {
+    msg.contains("no such device") || msg.contains("Link not found")
 }
 
 /// Extracts the worker's IPv4 address from a CNI 1.0 result.

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use esb_iam::{Access, CredentialStore, Verdict};
+use esb_iam::{Access, CredentialStore};
 use s3s::access::{S3Access, S3AccessContext};
 use s3s::auth::{S3Auth, SecretKey};
 use s3s::dto::{CopyObjectInput, CopySource, DeleteObjectsInput, UploadPartCopyInput};
@@ -89,17 +89,9 @@ impl Policies {
         let Some(p) = store.lookup(key) else {
             return Err(s3_error!(InvalidAccessKeyId));
         };
-        match store.authorize(&p, &access) {
-            Verdict::Allowed => Ok(()),
-            Verdict::Warned(m) => {
-                tracing::warn!(function = %p.function, "ESB_IAM=warn lets through: {m}");
-                Ok(())
-            }
-            Verdict::Denied(m) => {
-                tracing::info!(function = %p.function, "denied: {m}");
-                Err(s3_error!(AccessDenied, "{m}"))
-            }
-        }
+        store
+            .check(&p, &access)
+            .map_err(|m| s3_error!(AccessDenied, "{m}"))
     }
 
     fn key_of<T>(req: &S3Request<T>) -> Option<&str> {

@@ -165,6 +165,29 @@ impl Drop for Compute {
         }
         let _ = self.esb(&["node", "leave"]);
         let _ = NetNs::delete(&self.netns);
+        kill_shims_of(&self.state);
+    }
+}
+
+/// Kills (by PID) containerd shims whose containerd lived under `state`: a node killed
+/// with -9 leaves its shims behind (docs/next.md), and this test's must not outlive it.
+fn kill_shims_of(state: &std::path::Path) {
+    let state = state.display().to_string();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in procs.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains("containerd-shim") && cmd.contains(&state) {
+            // SAFETY: kill(2) on a PID read from /proc just now, a shim of this test.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
     }
 }
 
