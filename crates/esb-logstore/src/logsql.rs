@@ -277,6 +277,7 @@ pub fn parse(query: &str, now: i64) -> Result<Query, ParseError> {
         chars: query.char_indices().collect(),
         i: 0,
         now,
+        depth: 0,
     };
     p.skip_ws();
     let filter = if p.at_end() || p.peek() == Some('|') {
@@ -308,7 +309,13 @@ struct Parser<'a> {
     chars: Vec<(usize, char)>,
     i: usize,
     now: i64,
+    /// Nesting of groups and negations being parsed (bounded by [`MAX_DEPTH`]).
+    depth: usize,
 }
+
+/// How deep groups `( … )` and negations may nest: deeper queries are refused (400)
+/// instead of exhausting the parser's stack.
+pub const MAX_DEPTH: usize = 100;
 
 /// A word or quoted string as read.
 struct Lit {
@@ -496,9 +503,22 @@ impl Parser<'_> {
     /// A filter group in parentheses, whose bare words search `field`.
     fn parse_group(&mut self, field: &str) -> Result<Filter, ParseError> {
         self.expect('(')?;
+        self.enter()?;
         let f = self.parse_or(field)?;
+        self.depth -= 1;
         self.expect(')')?;
         Ok(f)
+    }
+
+    /// One more level of nesting, refused beyond [`MAX_DEPTH`].
+    fn enter(&mut self) -> Result<(), ParseError> {
+        if self.depth >= MAX_DEPTH {
+            return Err(self.err(format!(
+                "the query nests groups or negations deeper than {MAX_DEPTH} levels"
+            )));
+        }
+        self.depth += 1;
+        Ok(())
     }
 
     /// The filter a bare word (or phrase) makes on `field`; comparison and regexp
@@ -568,9 +588,17 @@ impl Parser<'_> {
                     && self.peek_at(1) != Some('=') =>
             {
                 self.i += 1;
-                Ok(Filter::Not(Box::new(self.parse_unary(field)?)))
+                self.enter()?;
+                let inner = self.parse_unary(field)?;
+                self.depth -= 1;
+                Ok(Filter::Not(Box::new(inner)))
             }
-            _ if self.eat_keyword("not") => Ok(Filter::Not(Box::new(self.parse_unary(field)?))),
+            _ if self.eat_keyword("not") => {
+                self.enter()?;
+                let inner = self.parse_unary(field)?;
+                self.depth -= 1;
+                Ok(Filter::Not(Box::new(inner)))
+            }
             _ => self.parse_primary(field),
         }
     }
@@ -948,6 +976,21 @@ fn word_filter(field: &str, lit: Lit) -> Filter {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        for q in [
+            "(".repeat(100_000),
+            format!("{}a{}", "(".repeat(5_000), ")".repeat(5_000)),
+            "!".repeat(100_000) + "a",
+            "not ".repeat(50_000) + "a",
+        ] {
+            let e = parse(&q, 0).unwrap_err();
+            assert!(e.reason.contains("deeper than 100 levels"), "{}", e.reason);
+        }
+        let ok = format!("{}a{}", "(".repeat(MAX_DEPTH), ")".repeat(MAX_DEPTH));
+        assert!(parse(&ok, 0).is_ok());
+    }
     use super::*;
 
     fn q(s: &str) -> Query {

@@ -319,3 +319,38 @@ fn kill_9_during_ingestion_loses_no_acknowledged_batch() {
     let out = python(&base, "crash_check", &[&acked.join(",")]);
     println!("{}", out.trim());
 }
+
+#[test]
+fn a_query_nested_100_000_deep_answers_400_and_the_store_lives() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut guard = KillOnDrop(Vec::new());
+    let base = start_child(dir.path(), &mut guard);
+    // Through a real socket, unauthenticated, as the issue found it (it used to abort the
+    // process with a stack overflow).
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "30",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("{base}/select/logsql/query"),
+            "--data-urlencode",
+            &format!("query={}", "(".repeat(100_000)),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "400");
+    let child = &mut guard.0[0];
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the log store process died"
+    );
+    let health = Command::new("curl")
+        .args(["-sf", "--max-time", "10", &format!("{base}/health")])
+        .output()
+        .unwrap();
+    assert!(health.status.success(), "the log store no longer answers");
+}
