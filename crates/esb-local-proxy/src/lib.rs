@@ -156,6 +156,10 @@ pub struct ProxyConfig {
     pub idle_timeout: Duration,
     /// Connections open at once, over all routes; beyond it the proxy stops accepting.
     pub max_connections: usize,
+    /// Connections open at once from one source address (one worker), over all routes;
+    /// beyond it that source's new connections are closed at once, so one worker cannot
+    /// take the slots of the others.
+    pub max_per_source: usize,
     /// Copy buffer per direction.
     pub buffer_size: usize,
     /// Listen backlog.
@@ -173,6 +177,7 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
             max_connections: 4096,
+            max_per_source: 256,
             buffer_size: 16 * 1024,
             backlog: 1024,
         }
@@ -190,6 +195,8 @@ pub struct RouteStats {
     pub backend_failures: AtomicU64,
     /// Connections closed by the idle timeout.
     pub idle_closed: AtomicU64,
+    /// Connections closed at once because their source had `max_per_source` open.
+    pub source_refused: AtomicU64,
     /// Bytes client -> backend.
     pub bytes_up: AtomicU64,
     /// Bytes backend -> client.
@@ -207,6 +214,8 @@ struct RouteState {
 struct FailureBurst {
     since: Option<Instant>,
     suppressed: u64,
+    /// When a source at its cap was last logged.
+    source_logged: Option<Instant>,
 }
 
 const BURST_WINDOW: Duration = Duration::from_secs(10);
@@ -230,6 +239,16 @@ impl RouteState {
         }
     }
 
+    /// Logs a source at its connection cap once per burst.
+    fn source_over_cap(&self, ip: std::net::IpAddr, cap: usize) {
+        let mut b = self.failures.lock().expect("burst lock");
+        if b.source_logged.is_none_or(|t| t.elapsed() >= BURST_WINDOW) {
+            b.source_logged = Some(Instant::now());
+            tracing::warn!(route = %self.route.name, source = %ip, cap,
+                "a source holds its maximum of open connections (ESB_PROXY_MAX_PER_SOURCE); closing its new ones");
+        }
+    }
+
     fn succeeded(&self) {
         let mut b = self.failures.lock().expect("burst lock");
         if b.since.take().is_some() {
@@ -245,6 +264,8 @@ struct Shared {
     resolver: Resolver,
     slots: Arc<Semaphore>,
     dial_ns: Option<Arc<esb_netns::NetNs>>,
+    /// Connections open per source address (entries removed at zero).
+    per_source: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
 }
 
 /// A bound proxy, ready to run.
@@ -287,6 +308,7 @@ impl Proxy {
             dial_ns,
             resolver: Resolver::new(cfg.hosts_file.clone(), cfg.resolve_ttl),
             slots: Arc::new(Semaphore::new(cfg.max_connections)),
+            per_source: Default::default(),
             cfg,
         };
         Ok(Proxy {
@@ -373,8 +395,15 @@ async fn accept_loop(
             _ = stop.changed() => break,
         };
         match accepted {
-            Ok((client, _peer)) => {
+            Ok((client, peer)) => {
                 state.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                let Some(source) = SourceSlot::take(&shared, peer.ip()) else {
+                    state.stats.source_refused.fetch_add(1, Ordering::Relaxed);
+                    state.source_over_cap(peer.ip(), shared.cfg.max_per_source);
+                    drop(client);
+                    drop(permit);
+                    continue;
+                };
                 let (shared, state) = (shared.clone(), state.clone());
                 let mut stop = stop.clone();
                 conns.spawn(async move {
@@ -382,6 +411,7 @@ async fn accept_loop(
                         _ = serve_connection(&shared, &state, client) => {}
                         _ = stop.wait_for(|s| *s) => {}
                     }
+                    drop(source);
                     drop(permit);
                 });
             }
@@ -395,6 +425,40 @@ async fn accept_loop(
     }
     drop(listener);
     while conns.join_next().await.is_some() {}
+}
+
+/// One connection counted against its source address; released on drop.
+struct SourceSlot {
+    shared: Arc<Shared>,
+    ip: std::net::IpAddr,
+}
+
+impl SourceSlot {
+    /// Counts a connection from `ip`, unless it already has `max_per_source` open.
+    fn take(shared: &Arc<Shared>, ip: std::net::IpAddr) -> Option<SourceSlot> {
+        let mut map = shared.per_source.lock().expect("per-source lock");
+        let n = map.entry(ip).or_insert(0);
+        if *n >= shared.cfg.max_per_source.max(1) {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            shared: shared.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut map = self.shared.per_source.lock().expect("per-source lock");
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
 }
 
 async fn connect_backend(shared: &Shared, backend: &Backend) -> io::Result<TcpStream> {
@@ -594,6 +658,61 @@ mod tests {
         let p = Proxy::bind(cfg).unwrap();
         let addr = p.local_addrs()[0].1;
         (p, addr)
+    }
+
+    #[tokio::test]
+    async fn one_source_holding_many_connections_does_not_starve_another() {
+        // Both ends of every connection live in this process: lift the soft descriptor
+        // limit to the hard one, and keep the numbers under 1024 descriptors in all.
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit with a valid, owned struct.
+        unsafe {
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+        let backend = echo_server().await;
+        // 120 slots in all, 100 per source: without the per-source cap one source would
+        // take every slot and the proxy would stop accepting for everyone.
+        let (p, addr) = proxy_to(backend, |c| {
+            c.max_connections = 120;
+            c.max_per_source = 100;
+        });
+        let stats = p.stats()[0].1.clone();
+        tokio::spawn(p.run(std::future::pending(), Duration::ZERO));
+        let mut held = Vec::new();
+        for _ in 0..400 {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            held.push(s.connect(addr).await.unwrap());
+        }
+        // Another source is served at once.
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+        let mut c = tokio::time::timeout(Duration::from_secs(10), s.connect(addr))
+            .await
+            .unwrap()
+            .unwrap();
+        c.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(10), c.read_exact(&mut buf))
+            .await
+            .expect("the second source is served")
+            .unwrap();
+        assert_eq!(&buf, b"ping");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while stats.source_refused.load(Ordering::Relaxed) < 400 - 100 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "refused {:?}",
+                stats.source_refused
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(stats.source_refused.load(Ordering::Relaxed), 400 - 100);
     }
 
     #[tokio::test]

@@ -193,6 +193,9 @@ pub struct ProxyArgs {
     /// Connections open at once through the proxy.
     #[arg(long, env = "ESB_PROXY_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
+    /// Connections open at once from one worker (source address).
+    #[arg(long, env = "ESB_PROXY_MAX_PER_SOURCE", default_value_t = 256)]
+    pub max_per_source: usize,
     /// Seconds without traffic after which a proxied connection is closed.
     #[arg(long, env = "ESB_PROXY_IDLE_TIMEOUT", default_value_t = 30)]
     pub idle_timeout: u64,
@@ -229,6 +232,9 @@ impl ProxyArgs {
         if self.max_connections == 0 {
             anyhow::bail!("ESB_PROXY_MAX_CONNECTIONS: must be at least 1");
         }
+        if self.max_per_source == 0 {
+            anyhow::bail!("ESB_PROXY_MAX_PER_SOURCE: must be at least 1");
+        }
         Ok(ProxyConfig {
             routes,
             listen_netns: netns,
@@ -240,6 +246,7 @@ impl ProxyArgs {
             connect_timeout: Duration::from_secs(self.connect_timeout.max(1)),
             idle_timeout: Duration::from_secs(self.idle_timeout.max(1)),
             max_connections: self.max_connections,
+            max_per_source: self.max_per_source,
             dial_netns: self.dial_netns.clone().filter(|n| !n.is_empty()),
             ..ProxyConfig::default()
         })
@@ -257,6 +264,7 @@ impl ProxyArgs {
             format!("--logs-backend={}", self.logs_backend),
             format!("--hosts-file={}", hosts.display()),
             format!("--max-connections={}", self.max_connections),
+            format!("--max-per-source={}", self.max_per_source),
             format!("--idle-timeout={}", self.idle_timeout),
             format!("--connect-timeout={}", self.connect_timeout),
         ];
