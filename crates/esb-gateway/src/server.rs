@@ -48,10 +48,32 @@ struct Front {
     verifier: esb_sigv4::Verifier,
     /// Functions' keys and policies (`ESB_IAM_FILE`).
     functions: Option<esb_iam::CredentialStore>,
+    /// The box's access key id.
+    box_key: String,
     dash: Arc<str>,
 }
 
 impl Front {
+    /// What the Invoke API can decide from the headers alone: a SigV4 `Authorization`
+    /// of the right shape, by the box's key or a function's (the signature itself needs
+    /// the body: [`esb_sigv4::Verifier::verify`] after it is read).
+    fn precheck(&self, headers: &http::HeaderMap) -> Result<(), esb_sigv4::AuthError> {
+        let value = headers
+            .get(http::header::AUTHORIZATION)
+            .ok_or(esb_sigv4::AuthError::MissingAuthentication)?;
+        let auth = esb_sigv4::parse_authorization(value.to_str().unwrap_or_default())?;
+        let known = auth.access_key == self.box_key
+            || self
+                .functions
+                .as_ref()
+                .is_some_and(|s| s.lookup(&auth.access_key).is_some());
+        if known {
+            Ok(())
+        } else {
+            Err(esb_sigv4::AuthError::UnrecognizedClient)
+        }
+    }
+
     /// The function principal the Invoke API request is signed as (`None`: the box's key or
     /// an unknown one) and the verifier of its signature.
     fn caller(
@@ -208,6 +230,7 @@ impl Server {
             ),
             None => None,
         };
+        let box_key = config.access_key.clone();
         let gw = Arc::new(Gateway::new(config, set, logger, metrics, qtx)?);
         Ok(Server {
             front: Arc::new(Front {
@@ -215,6 +238,7 @@ impl Server {
                 auth,
                 verifier,
                 functions,
+                box_key,
                 dash: Arc::from("-"),
             }),
             listener,
@@ -949,6 +973,15 @@ async fn invoke_api(
             &format!("Unknown operation {} {path}", req.method()),
         )
         .into();
+    }
+    // Decided from the headers before any of the body is read: an unsigned request, a
+    // malformed signature or a key nobody issued is refused without reading up to 6 MiB.
+    if let Err(e) = front.precheck(req.headers()) {
+        let status = match e {
+            esb_sigv4::AuthError::IncompleteSignature(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::FORBIDDEN,
+        };
+        return lambda_error(status, e.json_code(), &e.to_string()).into();
     }
     let declared = declared_len(&req);
     let (parts, body) = req.into_parts();

@@ -769,6 +769,15 @@ async fn bad_input_gets_clear_errors() {
         r.header("x-amzn-errortype").as_deref(),
         Some("InvalidSignatureException")
     );
+    // An unsigned 6 MiB body is refused from its headers: the answer comes after 64 KiB
+    // of it were sent, the rest never is.
+    let head = format!(
+        "POST /2015-03-31/functions/rust-echo/invocations HTTP/1.1\r\nhost: localhost:{}\r\ncontent-length: {}\r\n\r\n",
+        b.addr.port(),
+        6 * 1024 * 1024
+    );
+    let first = c.partial(&head, 64 * 1024).await.unwrap();
+    assert!(first.starts_with("HTTP/1.1 403"), "{first}");
     let huge = format!("\"{}\"", "x".repeat(6 * 1024 * 1024));
     let r = c.invoke("rust-echo", huge.as_bytes(), &[]).await;
     assert_eq!(r.status, 413);

@@ -757,6 +757,35 @@ impl Client {
         .expect("request")
     }
 
+    /// Sends `head` (request line and headers, HTTP/1.1) and only the first `sent` bytes of
+    /// a body it announces, then reads what the server answers without sending the rest:
+    /// the response's first line, or the error.
+    pub async fn partial(&self, head: &str, sent: usize) -> Result<String, String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tcp = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        tls.write_all(head.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        tls.write_all(&vec![b'x'; sent])
+            .await
+            .map_err(|e| e.to_string())?;
+        tls.flush().await.map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(20), tls.read(&mut buf))
+            .await
+            .map_err(|_| "no answer before the body was sent".to_string())?
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        Ok(text.lines().next().unwrap_or_default().to_string())
+    }
+
     pub async fn try_send(
         &self,
         method: &str,
