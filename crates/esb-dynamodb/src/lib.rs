@@ -122,28 +122,16 @@ struct State {
 }
 
 impl State {
-    /// The function principal the request is signed as (`None`: the box's key, or a key
-    /// nobody issued), and the verifier that checks its signature.
+    /// The function principal the request is signed as and the verifier of its
+    /// signature (`None`: the box's key, or a key nobody issued).
     fn caller(
         &self,
         parts: &http::request::Parts,
-    ) -> (Option<Arc<esb_iam::Principal>>, Option<esb_sigv4::Verifier>) {
-        let key = parts
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| esb_sigv4::parse_authorization(v).ok())
-            .map(|a| a.access_key);
-        match (key, &self.functions) {
-            (Some(k), Some(store)) if k != self.box_key => match store.lookup(&k) {
-                Some(p) => {
-                    let v = esb_sigv4::Verifier::new(p.access_key.clone(), p.secret_key.clone());
-                    (Some(p), Some(v))
-                }
-                None => (None, None),
-            },
-            _ => (None, None),
-        }
+    ) -> Option<(Arc<esb_iam::Principal>, esb_sigv4::Verifier)> {
+        let key = esb_sigv4::access_key(&parts.headers).filter(|k| *k != self.box_key)?;
+        let p = self.functions.as_ref()?.lookup(&key)?;
+        let v = esb_sigv4::Verifier::new(p.access_key.clone(), p.secret_key.clone());
+        Some((p, v))
     }
 
     /// `Err(AccessDeniedException)` when the function's policy refuses the operation.
@@ -323,7 +311,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Byte
             return error_response(&e);
         }
     };
-    let (principal, function_verifier) = state.caller(&parts);
+    let (principal, function_verifier) = state.caller(&parts).unzip();
     if let Err(e) = function_verifier
         .as_ref()
         .unwrap_or(&state.verifier)

@@ -79,25 +79,14 @@ impl Front {
     fn caller(
         &self,
         parts: &http::request::Parts,
-    ) -> (
-        Option<Arc<esb_iam::Principal>>,
-        &esb_sigv4::Verifier,
-        Option<esb_sigv4::Verifier>,
-    ) {
-        let key = parts
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| esb_sigv4::parse_authorization(v).ok())
-            .map(|a| a.access_key);
-        if let (Some(k), Some(store)) = (key, &self.functions) {
-            if let Some(p) = store.lookup(&k) {
-                let v = esb_sigv4::Verifier::new(p.access_key.clone(), p.secret_key.clone())
-                    .service("lambda");
-                return (Some(p), &self.verifier, Some(v));
-            }
-        }
-        (None, &self.verifier, None)
+    ) -> Option<(Arc<esb_iam::Principal>, esb_sigv4::Verifier)> {
+        let p = self
+            .functions
+            .as_ref()?
+            .lookup(&esb_sigv4::access_key(&parts.headers)?)?;
+        let v =
+            esb_sigv4::Verifier::new(p.access_key.clone(), p.secret_key.clone()).service("lambda");
+        Some((p, v))
     }
 }
 
@@ -1004,10 +993,10 @@ async fn invoke_api(
             .into()
         }
     };
-    let (principal, box_verifier, function_verifier) = front.caller(&parts);
+    let (principal, function_verifier) = front.caller(&parts).unzip();
     if let Err(e) = function_verifier
         .as_ref()
-        .unwrap_or(box_verifier)
+        .unwrap_or(&front.verifier)
         .verify(&parts, &body)
     {
         let status = match e {

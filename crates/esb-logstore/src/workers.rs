@@ -39,18 +39,12 @@ async fn authenticate(s: &WorkerState, req: Request) -> Result<(String, Request)
                 ),
             )
         })?;
-    let key = parts
-        .headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| esb_sigv4::parse_authorization(v).ok())
-        .map(|a| a.access_key)
-        .ok_or_else(|| {
-            refuse(
-                StatusCode::FORBIDDEN,
-                "workers' records must be signed (SigV4) with the function's key pair",
-            )
-        })?;
+    let key = esb_sigv4::access_key(&parts.headers).ok_or_else(|| {
+        refuse(
+            StatusCode::FORBIDDEN,
+            "workers' records must be signed (SigV4) with the function's key pair",
+        )
+    })?;
     let principal = s.keys.lookup(&key).ok_or_else(|| {
         refuse(
             StatusCode::FORBIDDEN,

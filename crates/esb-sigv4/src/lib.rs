@@ -386,6 +386,12 @@ impl Request<'_> {
     }
 }
 
+/// The access key id a request's `Authorization` header names, if it is a SigV4 one.
+pub fn access_key(headers: &http::HeaderMap) -> Option<String> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    parse_authorization(value).ok().map(|a| a.access_key)
+}
+
 /// Parses `AWS4-HMAC-SHA256 Credential=AK/20150830/us-east-1/service/aws4_request,
 /// SignedHeaders=host;x-amz-date, Signature=…`.
 pub fn parse_authorization(value: &str) -> Result<ParsedAuthorization, AuthError> {
