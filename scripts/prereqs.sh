@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what esb and its tests need on a Debian 12 machine (run as root).
-#   - Debian packages listed in scripts/deps/apt.txt and crates/*/deps/apt.txt
+#   - Debian packages listed in scripts/deps/apt.txt and crates/*/deps/apt.txt, and npm
+#     (for the Node.js base images) when the machine has none
 #   - a Python virtualenv with scripts/deps/requirements.txt and crates/*/deps/requirements.txt
 #   - cargo-nextest when missing
 # With --runtime-only, just the Debian packages the box needs to run.
@@ -25,6 +26,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# npm installs the AWS SDK for JavaScript into the Node.js base images. Any npm will do: a
+# machine with Node.js from elsewhere (NodeSource's package bundles npm) keeps its own,
+# otherwise Debian's nodejs and npm are installed.
+if ! command -v npm >/dev/null 2>&1; then
+  say "installing Debian packages: nodejs npm"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
 fi
 
 if [ "${1:-}" = "--runtime-only" ]; then

@@ -57,7 +57,8 @@ pub struct AgentConfig {
     /// Environment every worker gets (endpoints, credentials, region, log URL); it
     /// overrides the function's own variables of the same name.
     pub box_env: BTreeMap<String, String>,
-    /// The box CA, mounted read-only at [`CA_PATH_IN_WORKER`] (and `AWS_CA_BUNDLE`).
+    /// The box CA, mounted read-only at [`CA_PATH_IN_WORKER`] (and `AWS_CA_BUNDLE`,
+    /// `NODE_EXTRA_CA_CERTS`).
     pub ca_file: Option<PathBuf>,
     /// Where worker console logs go (`workers/ID.log`).
     pub state_dir: PathBuf,
@@ -618,7 +619,11 @@ impl Agent {
             format!("0.0.0.0:{}", self.cfg.worker_port),
         );
         if self.cfg.ca_file.is_some() {
+            // botocore and the AWS CLI read AWS_CA_BUNDLE; Node.js reads its extra CAs
+            // from NODE_EXTRA_CA_CERTS at start (the SDK for JavaScript has no such
+            // setting of its own).
             env.insert("AWS_CA_BUNDLE".into(), CA_PATH_IN_WORKER.into());
+            env.insert("NODE_EXTRA_CA_CERTS".into(), CA_PATH_IN_WORKER.into());
         }
         env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
     }

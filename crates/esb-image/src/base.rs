@@ -1,11 +1,23 @@
 //! Base images, chosen by a function's `Runtime`, built once and cached under
 //! `$ESB_CACHE_DIR/base-images/<key>/` (outside any clone, so CI reruns reuse them).
 //!
-//! - `python3.x`: Debian minbase from this machine's apt sources (debootstrap) with
-//!   `python3` and `ca-certificates`, trimmed (no apt lists, docs, man pages, locales), plus
-//!   `awslambdaric` and `boto3` from PyPI in `/var/runtime` (on `PYTHONPATH`).
-//! - `provided.al2`, `provided.al2023`, `provided`: the host's glibc loader and core
-//!   libraries, CA certificates and a minimal `/etc`: what a static or glibc binary needs.
+//! Every managed base is Debian minbase from this machine's apt mirror (debootstrap),
+//! trimmed (no apt lists, docs, man pages, locales), on the Debian release whose packaged
+//! interpreter is the runtime's, or the nearest one (with a warning naming it):
+//!
+//! | runtime | base |
+//! |---|---|
+//! | `python3.9`–`python3.11` | bookworm, Python 3.11 |
+//! | `python3.12`, `python3.13` | trixie, Python 3.13 |
+//! | `nodejs18.x` | bookworm, Node.js 18 |
+//! | `nodejs20.x`, `nodejs22.x` | trixie, Node.js 20 |
+//! | `provided`, `provided.al2`, `provided.al2023` | the host's glibc loader and core libraries, CA certificates, a minimal `/etc` |
+//!
+//! Python bases carry `awslambdaric` and `boto3` from PyPI in `/var/runtime` (on
+//! `PYTHONPATH`); Node.js bases carry the AWS SDK for JavaScript v3 clients (S3, DynamoDB
+//! and its document client, Lambda) in `/var/runtime/node_modules`, installed with npm from
+//! the lock file kept beside this crate, as Lambda's own Node.js runtimes do. The Node.js
+//! runtime interface client itself is esb's own and lives in the supervisor's layer.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -17,17 +29,58 @@ use crate::layer::write_rootfs;
 use crate::store::{file_digest, tmp_path, write_atomic, HashingWriter};
 use crate::Error;
 
-/// The Python version the Debian (bookworm) base provides.
+/// The Python version of the bookworm base (the oldest kept base, and the default).
 pub const BASE_PYTHON: &str = "3.11";
 
 /// Python packages installed into every python base.
 pub const PYTHON_PACKAGES: &[&str] = &["awslambdaric", "boto3"];
 
+/// The npm manifest and lock file of the SDK in Node.js bases (`/var/runtime/node_modules`).
+const NODE_SDK_PACKAGE: &str = include_str!("../runtimes/nodejs/sdk/package.json");
+const NODE_SDK_LOCK: &str = include_str!("../runtimes/nodejs/sdk/package-lock.json");
+
+/// The Debian release a base is made from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Release {
+    /// Debian 12: Python 3.11, Node.js 18.
+    Bookworm,
+    /// Debian 13: Python 3.13, Node.js 20.
+    Trixie,
+}
+
+impl Release {
+    /// The suite name.
+    pub fn suite(self) -> &'static str {
+        match self {
+            Release::Bookworm => "bookworm",
+            Release::Trixie => "trixie",
+        }
+    }
+
+    /// The Python version Debian packages in this release.
+    pub fn python(self) -> &'static str {
+        match self {
+            Release::Bookworm => "3.11",
+            Release::Trixie => "3.13",
+        }
+    }
+
+    /// The Node.js major version Debian packages in this release.
+    pub fn node(self) -> u32 {
+        match self {
+            Release::Bookworm => 18,
+            Release::Trixie => 20,
+        }
+    }
+}
+
 /// Which base a runtime needs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum BaseKind {
     /// Debian minbase + python3 + awslambdaric/boto3.
-    Python,
+    Python(Release),
+    /// Debian minbase + nodejs + the AWS SDK for JavaScript v3 clients.
+    Node(Release),
     /// Minimal glibc base for custom runtimes.
     Provided,
 }
@@ -35,37 +88,84 @@ pub enum BaseKind {
 impl BaseKind {
     /// The cache key (directory name) of this base on this machine's architecture.
     pub fn key(&self) -> String {
+        let arch = std::env::consts::ARCH;
         match self {
-            BaseKind::Python => {
-                format!("python{BASE_PYTHON}-bookworm-{}-v1", std::env::consts::ARCH)
-            }
-            BaseKind::Provided => format!("provided-bookworm-{}-v1", std::env::consts::ARCH),
+            BaseKind::Python(r) => format!("python{}-{}-{arch}-v1", r.python(), r.suite()),
+            BaseKind::Node(r) => format!("nodejs{}-{}-{arch}-v1", r.node(), r.suite()),
+            BaseKind::Provided => format!("provided-bookworm-{arch}-v1"),
+        }
+    }
+
+    /// The interpreter this base provides, as a user reads it (`Python 3.13 (Debian
+    /// trixie)`); `None` for the custom-runtime base.
+    pub fn interpreter(&self) -> Option<String> {
+        match self {
+            BaseKind::Python(r) => Some(format!("Python {} (Debian {})", r.python(), r.suite())),
+            BaseKind::Node(r) => Some(format!("Node.js {} (Debian {})", r.node(), r.suite())),
+            BaseKind::Provided => None,
+        }
+    }
+
+    /// The Python version of a Python base (`3.11`), for installing wheels that match it.
+    pub fn python_version(&self) -> Option<&'static str> {
+        match self {
+            BaseKind::Python(r) => Some(r.python()),
+            _ => None,
         }
     }
 }
 
-/// The base for `runtime`, and a warning when the base only approximates it.
+/// The base for `runtime`, and a warning when the base only approximates it (naming the
+/// interpreter used).
 pub fn base_for_runtime(runtime: &str) -> Result<(BaseKind, Option<String>), String> {
     if let Some(v) = runtime.strip_prefix("python") {
-        const KNOWN: &[&str] = &["3.9", "3.10", "3.11", "3.12", "3.13"];
-        if !KNOWN.contains(&v) {
-            return Err(format!(
-                "runtime {runtime} is not supported (python3.9 to python3.13)"
-            ));
-        }
-        let warn = (v != BASE_PYTHON).then(|| {
+        let release = match v {
+            "3.9" | "3.10" | "3.11" => Release::Bookworm,
+            "3.12" | "3.13" => Release::Trixie,
+            _ => {
+                return Err(format!(
+                    "runtime {runtime} is not supported (python3.9 to python3.13)"
+                ))
+            }
+        };
+        let kind = BaseKind::Python(release);
+        let warn = (v != release.python()).then(|| {
             format!(
-                "runtime {runtime}: the python base provides Python {BASE_PYTHON} (Debian bookworm); \
-                 code needing {v}-only features or binary wheels for {v} will not run"
+                "runtime {runtime} runs on {}, the nearest Python this machine can build a \
+                 base from; code that needs exactly {v} (or binary wheels built only for {v}) \
+                 may not run",
+                kind.interpreter().unwrap_or_default()
             )
         });
-        return Ok((BaseKind::Python, warn));
+        return Ok((kind, warn));
+    }
+    if let Some(v) = runtime.strip_prefix("nodejs") {
+        let (release, wanted) = match v {
+            "18.x" => (Release::Bookworm, 18),
+            "20.x" => (Release::Trixie, 20),
+            "22.x" => (Release::Trixie, 22),
+            _ => {
+                return Err(format!(
+                    "runtime {runtime} is not supported (nodejs18.x, nodejs20.x, nodejs22.x)"
+                ))
+            }
+        };
+        let kind = BaseKind::Node(release);
+        let warn = (wanted != release.node()).then(|| {
+            format!(
+                "runtime {runtime} runs on {}, the nearest Node.js this machine can build a \
+                 base from; code that needs Node.js {wanted} features may not run",
+                kind.interpreter().unwrap_or_default()
+            )
+        });
+        return Ok((kind, warn));
     }
     match runtime {
         "provided" | "provided.al2" | "provided.al2023" => Ok((BaseKind::Provided, None)),
         other => Err(format!(
-            "runtime {other} has no base image: use python3.x or provided.*, or PackageType Image \
-             with an image imported by `esb image import`"
+            "runtime {other} has no base image: use python3.9 to python3.13, nodejs18.x to \
+             nodejs22.x or provided.*, or PackageType Image with an image imported by \
+             `esb image import`"
         )),
     }
 }
@@ -111,7 +211,8 @@ pub fn ensure(
     fs::create_dir_all(&work).map_err(|e| Error::io(&work, e))?;
     let rootfs = work.join("rootfs");
     let description = match kind {
-        BaseKind::Python => build_python(&rootfs, cache_dir, log)?,
+        BaseKind::Python(release) => build_python(*release, &rootfs, cache_dir, log)?,
+        BaseKind::Node(release) => build_node(*release, &rootfs, &work, log)?,
         BaseKind::Provided => build_provided(&rootfs)?,
     };
     log(format!("base {}: writing layer", kind.key()));
@@ -284,25 +385,32 @@ pub(crate) fn pip_command(cache_dir: &Path) -> Command {
     c
 }
 
-fn build_python(
+/// Debian minbase of `release` with `packages`, trimmed of what a function never needs.
+/// Returns the mirror used.
+fn debootstrap(
+    release: Release,
+    packages: &str,
+    label: &str,
     rootfs: &Path,
-    cache_dir: &Path,
     log: &(dyn Fn(String) + Sync),
 ) -> Result<String, Error> {
-    let (mirror, suite) = apt_mirror();
+    let (mirror, _) = apt_mirror();
+    let suite = release.suite();
     log(format!(
-        "base python{BASE_PYTHON}: debootstrap --variant=minbase {suite} from {mirror}"
+        "base {label}: debootstrap --variant=minbase --include={packages} {suite} from {mirror}"
     ));
     run(
         Command::new("debootstrap")
             .arg("--variant=minbase")
-            .arg("--include=python3,ca-certificates")
-            .arg(&suite)
+            .arg(format!("--include={packages}"))
+            .arg(suite)
             .arg(rootfs)
             .arg(&mirror),
-        "debootstrap (is the debootstrap package installed? it needs root)",
+        &format!(
+            "base {label}: debootstrap of Debian {suite} (is the debootstrap package installed, \
+             and does it know {suite}? it needs root)"
+        ),
     )?;
-    // Trim what a function never needs.
     for rel in [
         "var/lib/apt/lists",
         "var/cache/apt",
@@ -326,12 +434,24 @@ fn build_python(
             }
         }
     }
+    Ok(mirror)
+}
+
+fn build_python(
+    release: Release,
+    rootfs: &Path,
+    cache_dir: &Path,
+    log: &(dyn Fn(String) + Sync),
+) -> Result<String, Error> {
+    let version = release.python();
+    let label = format!("python{version}");
+    let mirror = debootstrap(release, "python3,ca-certificates", &label, rootfs, log)?;
     let arch = match std::env::consts::ARCH {
         "aarch64" => "manylinux2014_aarch64",
         _ => "manylinux2014_x86_64",
     };
     log(format!(
-        "base python{BASE_PYTHON}: pip install {} into /var/runtime",
+        "base {label}: pip install {} into /var/runtime",
         PYTHON_PACKAGES.join(" ")
     ));
     let target = rootfs.join("var/runtime");
@@ -349,13 +469,13 @@ fn build_python(
                 "--platform",
                 arch,
                 "--python-version",
-                BASE_PYTHON,
+                version,
                 "--implementation",
                 "cp",
                 "--only-binary=:all:",
             ])
             .args(PYTHON_PACKAGES),
-        "pip install of the python runtime packages",
+        &format!("base {label}: pip install of the python runtime packages"),
     )?;
     remove_tree(&target.join("bin"));
     // Precompile with the image's own interpreter: faster cold starts.
@@ -364,8 +484,78 @@ fn build_python(
         .args(["python3", "-m", "compileall", "-q", "/var/runtime"])
         .output();
     Ok(format!(
-        "debian {suite} minbase + python3 ({BASE_PYTHON}) + ca-certificates from {mirror}; {} in /var/runtime",
+        "debian {} minbase + python3 ({version}) + ca-certificates from {mirror}; {} in /var/runtime",
+        release.suite(),
         PYTHON_PACKAGES.join(", ")
+    ))
+}
+
+/// The npm to install the Node.js SDK with: `$ESB_NPM`, else `npm` on PATH.
+fn npm_command() -> Command {
+    Command::new(std::env::var_os("ESB_NPM").unwrap_or_else(|| "npm".into()))
+}
+
+fn build_node(
+    release: Release,
+    rootfs: &Path,
+    work: &Path,
+    log: &(dyn Fn(String) + Sync),
+) -> Result<String, Error> {
+    let major = release.node();
+    let label = format!("nodejs{major}");
+    let mirror = debootstrap(release, "nodejs,ca-certificates", &label, rootfs, log)?;
+    // The SDK is plain JavaScript: the host's npm installs it, from the lock file, into a
+    // staging directory that then becomes /var/runtime/node_modules.
+    let staging = work.join("node-sdk");
+    fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+    write_atomic(&staging.join("package.json"), NODE_SDK_PACKAGE.as_bytes())?;
+    write_atomic(&staging.join("package-lock.json"), NODE_SDK_LOCK.as_bytes())?;
+    log(format!(
+        "base {label}: npm ci of the AWS SDK for JavaScript v3 clients into /var/runtime/node_modules"
+    ));
+    run(
+        npm_command()
+            .current_dir(&staging)
+            .args([
+                "ci",
+                "--omit=dev",
+                "--ignore-scripts",
+                "--no-audit",
+                "--no-fund",
+                "--loglevel=error",
+            ]),
+        &format!("base {label}: npm ci of the Node.js SDK (is npm installed? scripts/prereqs.sh installs it)"),
+    )?;
+    let runtime = rootfs.join("var/runtime");
+    fs::create_dir_all(&runtime).map_err(|e| Error::io(&runtime, e))?;
+    let from = staging.join("node_modules");
+    let to = runtime.join("node_modules");
+    fs::rename(&from, &to).map_err(|e| Error::io(&from, e))?;
+    // Check the interpreter the base really has, and that it loads the SDK.
+    let out = Command::new("chroot")
+        .arg(rootfs)
+        .args([
+            "env",
+            "NODE_PATH=/var/runtime/node_modules",
+            "node",
+            "-e",
+            "require('@aws-sdk/client-s3'); process.stdout.write(process.versions.node)",
+        ])
+        .output()
+        .map_err(|e| Error::Base(format!("base {label}: cannot run chroot: {e}")))?;
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || !version.starts_with(&format!("{major}.")) {
+        return Err(Error::Base(format!(
+            "base {label}: the built base's node does not run Node.js {major} with the SDK \
+             (version {version:?}): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(format!(
+        "debian {} minbase + nodejs ({version}) + ca-certificates from {mirror}; AWS SDK for \
+         JavaScript v3 (client-s3, client-dynamodb, lib-dynamodb, client-lambda) in \
+         /var/runtime/node_modules",
+        release.suite()
     ))
 }
 
@@ -466,23 +656,56 @@ mod tests {
 
     #[test]
     fn runtime_map_is_explicit_and_warns_on_mismatch() {
+        use Release::*;
         assert_eq!(
             base_for_runtime("python3.11").unwrap(),
-            (BaseKind::Python, None)
+            (BaseKind::Python(Bookworm), None)
         );
-        for v in ["python3.9", "python3.10", "python3.12", "python3.13"] {
+        assert_eq!(
+            base_for_runtime("python3.13").unwrap(),
+            (BaseKind::Python(Trixie), None)
+        );
+        for v in ["python3.9", "python3.10"] {
             let (kind, warn) = base_for_runtime(v).unwrap();
-            assert_eq!(kind, BaseKind::Python);
-            assert!(warn.unwrap().contains("Python 3.11"), "{v}");
+            assert_eq!(kind, BaseKind::Python(Bookworm));
+            assert!(
+                warn.unwrap().contains("Python 3.11 (Debian bookworm)"),
+                "{v}"
+            );
         }
-        assert!(base_for_runtime("python3.8").is_err());
-        assert!(base_for_runtime("python2.7").is_err());
+        let (kind, warn) = base_for_runtime("python3.12").unwrap();
+        assert_eq!(kind, BaseKind::Python(Trixie));
+        assert!(warn.unwrap().contains("Python 3.13 (Debian trixie)"));
+        assert_eq!(
+            base_for_runtime("nodejs18.x").unwrap(),
+            (BaseKind::Node(Bookworm), None)
+        );
+        assert_eq!(
+            base_for_runtime("nodejs20.x").unwrap(),
+            (BaseKind::Node(Trixie), None)
+        );
+        let (kind, warn) = base_for_runtime("nodejs22.x").unwrap();
+        assert_eq!(kind, BaseKind::Node(Trixie));
+        assert!(warn.unwrap().contains("Node.js 20 (Debian trixie)"));
+        for bad in [
+            "python3.8",
+            "python2.7",
+            "python3.14",
+            "nodejs16.x",
+            "nodejs24.x",
+        ] {
+            assert!(base_for_runtime(bad).unwrap_err().contains(bad), "{bad}");
+        }
         for v in ["provided", "provided.al2", "provided.al2023"] {
             assert_eq!(base_for_runtime(v).unwrap(), (BaseKind::Provided, None));
         }
-        assert!(base_for_runtime("nodejs20.x")
+        assert!(base_for_runtime("java21")
             .unwrap_err()
             .contains("esb image import"));
+        // The bookworm Python base keeps the key it always had (caches stay valid).
+        assert!(BaseKind::Python(Bookworm)
+            .key()
+            .starts_with("python3.11-bookworm-"));
     }
 
     #[test]

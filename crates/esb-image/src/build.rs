@@ -20,6 +20,16 @@ use crate::Error;
 
 /// Where the supervisor goes in every image.
 pub const SUPERVISOR_PATH: &str = "/usr/local/bin/esb-supervisor";
+/// Where esb's Node.js runtime interface client goes in every image (the supervisor's
+/// layer): the supervisor runs `node NODE_RIC_DIR/ric.mjs` for `nodejs*` runtimes.
+pub const NODE_RIC_DIR: &str = "/var/runtime/esb";
+const NODE_RIC_FILES: [(&str, &str); 2] = [
+    ("ric.mjs", include_str!("../runtimes/nodejs/ric.mjs")),
+    (
+        "resolve.mjs",
+        include_str!("../runtimes/nodejs/resolve.mjs"),
+    ),
+];
 
 /// How to build.
 #[derive(Debug, Clone)]
@@ -258,7 +268,8 @@ pub fn build(
         if let Some(arch) = f.architectures.first() {
             if arch != host_arch() {
                 failures.push(format!(
-                    "function {}: architecture {arch} cannot be built on this {} machine",
+                    "function {}: Architectures [{arch}] needs an {arch} machine; this one is \
+                     {} and esb does not emulate other architectures",
                     f.logical_id,
                     host_arch()
                 ));
@@ -305,6 +316,16 @@ pub fn build(
             }
             if runtime.starts_with("python") && path.join("requirements.txt").is_file() {
                 tasks.push(Task::Deps(f.logical_id.clone()));
+            }
+        }
+        if let Code::Zip { path, uri } = &f.code {
+            if !path.is_file() {
+                failures.push(format!(
+                    "function {}: CodeUri {uri} ({}) is not a zip file",
+                    f.logical_id,
+                    path.display()
+                ));
+                continue;
             }
         }
         tasks.push(Task::Code(f.logical_id.clone()));
@@ -532,22 +553,51 @@ impl Ctx<'_> {
         Ok(match task {
             Task::Base(_) => unreachable!(),
             Task::Supervisor => {
-                vec![Source::File {
+                let mut s = vec![Source::File {
                     src: self.opts.supervisor.clone(),
                     dest: SUPERVISOR_PATH.into(),
                     mode: 0o755,
-                }]
+                }];
+                // esb's Node.js runtime interface client, beside the supervisor that runs it.
+                for (name, text) in NODE_RIC_FILES {
+                    s.push(Source::Bytes {
+                        dest: format!("{NODE_RIC_DIR}/{name}"),
+                        data: text.as_bytes().to_vec(),
+                        mode: 0o644,
+                    });
+                }
+                s
             }
             Task::Layer(id) => {
                 let layer = self.template.layer(id).ok_or_else(|| Error::Function {
                     function: id.clone(),
                     message: "no such layer in the template".into(),
                 })?;
-                let Code::Dir { path, uri } = &layer.content else {
-                    return Err(Error::Function {
-                        function: id.clone(),
-                        message: "the layer's ContentUri is not a local directory".into(),
-                    });
+                let (path, uri) = match &layer.content {
+                    Code::Dir { path, uri } => (path, uri),
+                    Code::Zip { path, uri } => {
+                        if !path.is_file() {
+                            return Err(Error::Function {
+                                function: id.clone(),
+                                message: format!(
+                                    "ContentUri {uri} ({}) is not a zip file",
+                                    path.display()
+                                ),
+                            });
+                        }
+                        // A layer archive unpacks into /opt, as on Lambda.
+                        return Ok(vec![Source::Zip {
+                            src: path.clone(),
+                            dest: "/opt".into(),
+                        }]);
+                    }
+                    _ => {
+                        return Err(Error::Function {
+                            function: id.clone(),
+                            message: "the layer's ContentUri is not a local directory or zip file"
+                                .into(),
+                        })
+                    }
                 };
                 if !path.is_dir() {
                     return Err(Error::Function {
@@ -569,7 +619,13 @@ impl Ctx<'_> {
                     .is_some_and(|m| m.starts_with("python"))
                     && req.is_file()
                 {
-                    let staged = self.pip_install(&req, &format!("layer-{id}"))?;
+                    let version = layer
+                        .build_method
+                        .as_deref()
+                        .and_then(|m| base::base_for_runtime(m).ok())
+                        .and_then(|(b, _)| b.python_version())
+                        .unwrap_or(base::BASE_PYTHON);
+                    let staged = self.pip_install(&req, &format!("layer-{id}"), version)?;
                     s.push(Source::Dir {
                         src: staged,
                         dest: "/opt/python".into(),
@@ -582,8 +638,17 @@ impl Ctx<'_> {
                 let Code::Dir { path, .. } = &f.code else {
                     unreachable!()
                 };
-                let staged =
-                    self.pip_install(&path.join("requirements.txt"), &format!("deps-{fid}"))?;
+                let version = f
+                    .runtime
+                    .as_deref()
+                    .and_then(|r| base::base_for_runtime(r).ok())
+                    .and_then(|(b, _)| b.python_version())
+                    .unwrap_or(base::BASE_PYTHON);
+                let staged = self.pip_install(
+                    &path.join("requirements.txt"),
+                    &format!("deps-{fid}"),
+                    version,
+                )?;
                 vec![Source::Dir {
                     src: staged,
                     dest: "/var/task".into(),
@@ -593,6 +658,10 @@ impl Ctx<'_> {
                 let f = self.function(fid);
                 match &f.code {
                     Code::Dir { path, .. } => vec![Source::Dir {
+                        src: path.clone(),
+                        dest: "/var/task".into(),
+                    }],
+                    Code::Zip { path, .. } => vec![Source::Zip {
                         src: path.clone(),
                         dest: "/var/task".into(),
                     }],
@@ -618,9 +687,16 @@ impl Ctx<'_> {
     }
 
     /// Installs a requirements file with pip into a staging directory kept between builds
-    /// (keyed by the file's content), for the python base's interpreter and platform.
-    fn pip_install(&self, requirements: &Path, name: &str) -> Result<PathBuf, Error> {
-        let content = std::fs::read(requirements).map_err(|e| Error::io(requirements, e))?;
+    /// (keyed by the file's content and the Python version), for the python base's
+    /// interpreter (`python_version`) and platform.
+    fn pip_install(
+        &self,
+        requirements: &Path,
+        name: &str,
+        python_version: &str,
+    ) -> Result<PathBuf, Error> {
+        let mut content = std::fs::read(requirements).map_err(|e| Error::io(requirements, e))?;
+        content.extend_from_slice(format!("\0python{python_version}").as_bytes());
         let key = sha256_digest(&content);
         let dir = self.opts.out_dir.join("staging").join(name);
         let stamp = dir.join(".esb-requirements");
@@ -651,7 +727,7 @@ impl Ctx<'_> {
             "--platform",
             arch,
             "--python-version",
-            base::BASE_PYTHON,
+            python_version,
             "--implementation",
             "cp",
         ])

@@ -34,6 +34,9 @@ pub enum Source {
         dest: String,
         mode: u32,
     },
+    /// The entries of a zip archive (a `CodeUri`/`ContentUri` `.zip`), unpacked under
+    /// `dest` with their unix modes; an entry whose path leaves `dest` is refused.
+    Zip { src: PathBuf, dest: String },
 }
 
 /// Names skipped when copying code: caches and VCS metadata never belong in an image.
@@ -132,6 +135,19 @@ pub fn fingerprint(sources: &[Source]) -> Result<String, Error> {
             Source::Bytes { dest, data, mode } => {
                 h.update(format!("bytes\0{dest}\0{mode:o}\0{}\0", data.len()).as_bytes());
                 h.update(data);
+            }
+            Source::Zip { src, dest } => {
+                let m = fs::metadata(src).map_err(|e| Error::io(src, e))?;
+                h.update(
+                    format!(
+                        "zip\0{dest}\0{}\0{}\0{}.{}\0",
+                        src.display(),
+                        m.len(),
+                        m.mtime(),
+                        m.mtime_nsec()
+                    )
+                    .as_bytes(),
+                );
             }
             Source::File { src, dest, mode } => {
                 let m = fs::metadata(src).map_err(|e| Error::io(src, e))?;
@@ -239,6 +255,10 @@ pub fn write_layer(sources: &[Source], out: &mut dyn Write) -> Result<String, Er
                 b.append_data(&mut hd, dest.trim_start_matches('/'), f)
                     .map_err(io_err(src))?;
             }
+            Source::Zip { src, dest } => {
+                add_parents(&mut b, dest, &mut dirs).map_err(io_err(src))?;
+                append_zip(&mut b, src, dest.trim_matches('/'), &mut dirs)?;
+            }
         }
     }
     let hw = b
@@ -247,6 +267,90 @@ pub fn write_layer(sources: &[Source], out: &mut dyn Write) -> Result<String, Er
     let (gz, diff_id, _) = hw.finish();
     gz.finish().map_err(|e| Error::io(Path::new("layer"), e))?;
     Ok(diff_id)
+}
+
+/// Unix file type bits of a zip entry's external attributes.
+const S_IFMT: u32 = 0o170000;
+const S_IFLNK: u32 = 0o120000;
+
+/// Appends the entries of the zip archive `src` under `base`, sorted by name (so the layer
+/// is reproducible whatever the archive's order), with the parent directories an archive
+/// often leaves out. Modes are the entries' unix modes (0644/0755 when the archive has
+/// none); symlinks stay symlinks. An entry whose path is absolute or climbs out with `..`
+/// (zip-slip) fails the layer, naming the entry.
+fn append_zip<W: Write>(
+    b: &mut tar::Builder<W>,
+    src: &Path,
+    base: &str,
+    dirs: &mut Vec<String>,
+) -> Result<(), Error> {
+    let bad = |m: String| Error::Function {
+        function: src.display().to_string(),
+        message: m,
+    };
+    let file = fs::File::open(src).map_err(|e| Error::io(src, e))?;
+    let mut zip = zip::ZipArchive::new(io::BufReader::new(file))
+        .map_err(|e| bad(format!("not a readable zip archive: {e}")))?;
+    let mut order = Vec::with_capacity(zip.len());
+    for i in 0..zip.len() {
+        let entry = zip
+            .by_index_raw(i)
+            .map_err(|e| bad(format!("entry {i}: {e}")))?;
+        let name = entry
+            .name()
+            .map_err(|e| bad(format!("entry {i}: {e}")))?
+            .to_string();
+        let climbs =
+            name.starts_with(['/', '\\']) || name.split(['/', '\\']).any(|part| part == "..");
+        let Some(rel) = entry.enclosed_name().filter(|_| !climbs) else {
+            return Err(bad(format!(
+                "entry {name:?} leaves the directory it unpacks into (an absolute path or \
+                 `..`): refused"
+            )));
+        };
+        let rel = rel.to_string_lossy().trim_end_matches('/').to_string();
+        if rel.is_empty() {
+            continue;
+        }
+        order.push((rel, i));
+    }
+    order.sort();
+    let err = |e: io::Error| Error::io(src, e);
+    for (rel, i) in order {
+        let mut entry = zip
+            .by_index(i)
+            .map_err(|e| bad(format!("entry {rel:?}: {e}")))?;
+        let name = if base.is_empty() {
+            rel.clone()
+        } else {
+            format!("{base}/{rel}")
+        };
+        if let Some((parent, _)) = name.rsplit_once('/') {
+            add_parents(b, parent, dirs).map_err(err)?;
+        }
+        let unix = entry.unix_mode();
+        if entry.is_dir() {
+            if !dirs.contains(&name) {
+                dirs.push(name.clone());
+                let mode = unix.map(|m| m & 0o7777).unwrap_or(0o755);
+                let mut hd = header(tar::EntryType::Directory, mode, 0);
+                b.append_data(&mut hd, format!("{name}/"), io::empty())
+                    .map_err(err)?;
+            }
+        } else if unix.is_some_and(|m| m & S_IFMT == S_IFLNK) {
+            let mut target = String::new();
+            io::Read::read_to_string(&mut entry, &mut target)
+                .map_err(|e| bad(format!("entry {rel:?}: {e}")))?;
+            let mut hd = header(tar::EntryType::Symlink, 0o777, 0);
+            b.append_link(&mut hd, &name, &target).map_err(err)?;
+        } else {
+            let mode = unix.map(|m| m & 0o7777).unwrap_or(0o644);
+            let mut hd = header(tar::EntryType::Regular, mode, entry.size());
+            b.append_data(&mut hd, &name, &mut entry)
+                .map_err(|e| bad(format!("entry {rel:?}: {e}")))?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes a gzip-compressed tarball of a whole root filesystem (a base image), keeping
@@ -381,5 +485,101 @@ mod tests {
         assert_eq!(f1, fingerprint(&src).unwrap());
         fs::write(d.path().join("a.py"), "changed").unwrap();
         assert_ne!(f1, fingerprint(&src).unwrap());
+    }
+
+    fn zip_file(dir: &Path, name: &str, entries: &[(&str, u32, &[u8])]) -> PathBuf {
+        use zip::write::SimpleFileOptions;
+        let path = dir.join(name);
+        let mut w = zip::ZipWriter::new(fs::File::create(&path).unwrap());
+        for (n, mode, data) in entries {
+            let o = SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Stored)
+                .unix_permissions(*mode);
+            w.start_file(*n, o).unwrap();
+            w.write_all(data).unwrap();
+        }
+        w.finish().unwrap();
+        path
+    }
+
+    fn tar_entries(layer: &[u8]) -> Vec<(String, u32, Vec<u8>)> {
+        let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(layer));
+        ar.entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let name = e.path().unwrap().to_string_lossy().into_owned();
+                let mode = e.header().mode().unwrap();
+                let mut data = Vec::new();
+                io::Read::read_to_end(&mut e, &mut data).unwrap();
+                (name, mode, data)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn zip_unpacks_sorted_with_its_modes_and_parents() {
+        let d = tempfile::tempdir().unwrap();
+        let z = zip_file(
+            d.path(),
+            "app.zip",
+            &[
+                ("lib/util.py", 0o644, b"u"),
+                ("bootstrap", 0o755, b"#!/bin/sh"),
+                ("app.py", 0o600, b"a"),
+            ],
+        );
+        let src = [Source::Zip {
+            src: z.clone(),
+            dest: "/var/task".into(),
+        }];
+        let (one, diff1) = layer_bytes(&src);
+        let (_, diff2) = layer_bytes(&src);
+        assert_eq!(diff1, diff2, "reproducible");
+        let got: Vec<(String, u32)> = tar_entries(&one)
+            .into_iter()
+            .map(|(n, m, _)| (n, m))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("var/".to_string(), 0o755),
+                ("var/task/".into(), 0o755),
+                ("var/task/app.py".into(), 0o600),
+                ("var/task/bootstrap".into(), 0o755),
+                ("var/task/lib/".into(), 0o755),
+                ("var/task/lib/util.py".into(), 0o644),
+            ]
+        );
+        let f1 = fingerprint(&src).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        zip_file(d.path(), "app.zip", &[("app.py", 0o644, b"changed")]);
+        assert_ne!(f1, fingerprint(&src).unwrap());
+    }
+
+    #[test]
+    fn zip_slip_entries_are_refused_by_name() {
+        let d = tempfile::tempdir().unwrap();
+        for evil in ["../../etc/cron.d/x", "/etc/passwd"] {
+            let z = zip_file(
+                d.path(),
+                "evil.zip",
+                &[("ok.py", 0o644, b"x"), (evil, 0o644, b"y")],
+            );
+            let src = [Source::Zip {
+                src: z,
+                dest: "/var/task".into(),
+            }];
+            let mut out = Vec::new();
+            let err = write_layer(&src, &mut out).unwrap_err().to_string();
+            assert!(err.contains(evil) && err.contains("refused"), "{err}");
+        }
+        fs::write(d.path().join("not.zip"), "plain text").unwrap();
+        let src = [Source::Zip {
+            src: d.path().join("not.zip"),
+            dest: "/opt".into(),
+        }];
+        let err = write_layer(&src, &mut Vec::new()).unwrap_err().to_string();
+        assert!(err.contains("not a readable zip archive"), "{err}");
     }
 }

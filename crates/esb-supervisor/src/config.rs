@@ -10,6 +10,9 @@ use std::time::Duration;
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 /// Default address of the Runtime API served to the runtime client.
 pub const DEFAULT_RUNTIME_API: &str = "127.0.0.1:9001";
+/// esb's Node.js runtime interface client in the image (the image builder puts it in the
+/// supervisor's layer); `ESB_NODE_RIC` overrides it.
+pub const NODE_RIC: &str = "/var/runtime/esb/ric.mjs";
 
 /// Everything the supervisor needs to run one function.
 #[derive(Clone, Debug)]
@@ -141,6 +144,15 @@ impl Config {
                 "awslambdaric".into(),
                 handler.clone().into(),
             ]
+        } else if runtime.starts_with("nodejs") {
+            if handler.is_empty() {
+                return Err(ConfigError(format!(
+                    "ESB_RUNTIME={runtime} needs _HANDLER (file.export)"
+                )));
+            }
+            let node = var("ESB_NODE").unwrap_or_else(|| "node".into());
+            let ric = var("ESB_NODE_RIC").unwrap_or_else(|| NODE_RIC.into());
+            vec![node.into(), ric.into()]
         } else {
             let explicit = var("ESB_BOOTSTRAP").map(PathBuf::from);
             vec![explicit
@@ -254,6 +266,24 @@ impl Config {
             }
             env.push(("PYTHONPATH".into(), path));
         }
+        if let Some(major) = self
+            .runtime
+            .strip_prefix("nodejs")
+            .and_then(|v| v.strip_suffix(".x"))
+        {
+            // Lambda's module path: layers (version-specific first), the runtime's SDK,
+            // the runtime itself, the task root.
+            let mut path = format!(
+                "/opt/nodejs/node{major}/node_modules:/opt/nodejs/node_modules:\
+                 /var/runtime/node_modules:/var/runtime:{task_root}"
+            );
+            if let Ok(old) = std::env::var("NODE_PATH") {
+                if !old.is_empty() {
+                    path = format!("{path}:{old}");
+                }
+            }
+            env.push(("NODE_PATH".into(), path));
+        }
         if std::env::var_os("PATH").is_none() {
             env.push((
                 "PATH".into(),
@@ -312,6 +342,22 @@ mod tests {
         assert_eq!(c.runtime_api_listen.to_string(), "127.0.0.1:9001");
         assert_eq!(c.timeout, Duration::from_secs(3));
         assert!(cfg(&[("ESB_RUNTIME", "python3.12")]).is_err());
+    }
+
+    #[test]
+    fn nodejs_runtime_runs_the_esb_client_with_lambdas_module_path() {
+        let c = cfg(&[("ESB_RUNTIME", "nodejs20.x"), ("_HANDLER", "app.handler")]).unwrap();
+        assert_eq!(c.command, vec!["node", "/var/runtime/esb/ric.mjs"]);
+        let env = c.runtime_env("127.0.0.1:9001".parse().unwrap());
+        let node_path = &env.iter().find(|(k, _)| k == "NODE_PATH").unwrap().1;
+        assert!(
+            node_path.starts_with(
+                "/opt/nodejs/node20/node_modules:/opt/nodejs/node_modules:\
+                 /var/runtime/node_modules:/var/runtime:/var/task"
+            ),
+            "{node_path}"
+        );
+        assert!(cfg(&[("ESB_RUNTIME", "nodejs18.x")]).is_err());
     }
 
     #[test]

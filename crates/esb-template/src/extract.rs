@@ -424,6 +424,16 @@ fn local_code(uri: &str, base_dir: &Path) -> Code {
     }
     let path = base_dir.join(uri);
     let path = std::fs::canonicalize(&path).unwrap_or(path);
+    let is_zip = path.is_file()
+        || Path::new(uri)
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("zip"));
+    if is_zip {
+        return Code::Zip {
+            uri: uri.to_string(),
+            path,
+        };
+    }
     Code::Dir {
         uri: uri.to_string(),
         path,

@@ -70,6 +70,15 @@ pub enum Code {
         #[serde(skip)]
         path: PathBuf,
     },
+    /// A local zip archive (`CodeUri: app.zip`, what `sam build` and CI pipelines make),
+    /// as written and resolved; unpacked into the image.
+    Zip {
+        /// As written in the template.
+        uri: String,
+        /// Absolute path.
+        #[serde(skip)]
+        path: PathBuf,
+    },
     /// `InlineCode` / `Code.ZipFile`.
     Inline {
         /// The source text.

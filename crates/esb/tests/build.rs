@@ -104,3 +104,60 @@ fn a_bad_template_is_named_with_its_line_and_builds_nothing() {
     );
     assert!(!dir.path().join(".esb").exists(), "something was written");
 }
+
+#[test]
+fn other_architectures_and_zip_slip_archives_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("hello")).unwrap();
+    std::fs::write(
+        dir.path().join("hello/app.py"),
+        "def handler(e, c):\n    return e\n",
+    )
+    .unwrap();
+    let other = if std::env::consts::ARCH == "aarch64" {
+        "x86_64"
+    } else {
+        "arm64"
+    };
+    std::fs::write(
+        dir.path().join("template.yaml"),
+        TEMPLATE.replace(
+            "      Runtime: python3.11\n",
+            &format!("      Runtime: python3.11\n      Architectures: [{other}]\n"),
+        ),
+    )
+    .unwrap();
+    let out = esb(dir.path(), &["build"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("function Hello")
+            && stderr.contains(&format!("Architectures [{other}]"))
+            && stderr.contains("does not emulate"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join(".esb/build/index.json").exists());
+
+    // A code archive with an entry that climbs out of /var/task.
+    let zip_path = dir.path().join("evil.zip");
+    let mut w = zip::ZipWriter::new(std::fs::File::create(&zip_path).unwrap());
+    let o =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    w.start_file("app.py", o).unwrap();
+    std::io::Write::write_all(&mut w, b"def handler(e, c):\n    return e\n").unwrap();
+    w.start_file("../../etc/cron.d/evil", o).unwrap();
+    std::io::Write::write_all(&mut w, b"* * * * * root true\n").unwrap();
+    w.finish().unwrap();
+    std::fs::write(
+        dir.path().join("template.yaml"),
+        TEMPLATE.replace("CodeUri: hello/", "CodeUri: evil.zip"),
+    )
+    .unwrap();
+    let out = esb(dir.path(), &["build"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("../../etc/cron.d/evil") && stderr.contains("refused"),
+        "{stderr}"
+    );
+}
