@@ -90,9 +90,11 @@ impl BaseKind {
     pub fn key(&self) -> String {
         let arch = std::env::consts::ARCH;
         match self {
-            BaseKind::Python(r) => format!("python{}-{}-{arch}-v1", r.python(), r.suite()),
-            BaseKind::Node(r) => format!("nodejs{}-{}-{arch}-v1", r.node(), r.suite()),
-            BaseKind::Provided => format!("provided-bookworm-{arch}-v1"),
+            // v2: bases built by a process with umask 077 (the box, since v1) had
+            // directories only root could read; v2 bases are built with explicit modes.
+            BaseKind::Python(r) => format!("python{}-{}-{arch}-v2", r.python(), r.suite()),
+            BaseKind::Node(r) => format!("nodejs{}-{}-{arch}-v2", r.node(), r.suite()),
+            BaseKind::Provided => format!("provided-bookworm-{arch}-v2"),
         }
     }
 
@@ -277,8 +279,30 @@ fn remove_tree(p: &Path) {
     let _ = fs::remove_dir_all(p);
 }
 
+/// Gives a child that writes into a base's root filesystem the umask of a package
+/// manager (022), whatever the calling process has (the box runs with 077): a base's
+/// files must stay readable by the unprivileged user workers run as.
+fn base_umask(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: umask(2) is async-signal-safe and cannot fail; nothing else runs between
+    // fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0o022);
+            Ok(())
+        })
+    }
+}
+
+/// Sets `mode` on `path` (files and directories esb itself creates in a base, whose
+/// default mode would follow the process umask).
+fn set_mode(path: &Path, mode: u32) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| Error::io(path, e))
+}
+
 fn run(cmd: &mut Command, what: &str) -> Result<(), Error> {
-    let out = cmd
+    let out = base_umask(cmd)
         .output()
         .map_err(|e| Error::Base(format!("{what}: cannot run {:?}: {e}", cmd.get_program())))?;
     if !out.status.success() {
@@ -479,8 +503,7 @@ fn build_python(
     )?;
     remove_tree(&target.join("bin"));
     // Precompile with the image's own interpreter: faster cold starts.
-    let _ = Command::new("chroot")
-        .arg(rootfs)
+    let _ = base_umask(Command::new("chroot").arg(rootfs))
         .args(["python3", "-m", "compileall", "-q", "/var/runtime"])
         .output();
     Ok(format!(
@@ -528,6 +551,7 @@ fn build_node(
     )?;
     let runtime = rootfs.join("var/runtime");
     fs::create_dir_all(&runtime).map_err(|e| Error::io(&runtime, e))?;
+    set_mode(&runtime, 0o755)?;
     let from = staging.join("node_modules");
     let to = runtime.join("node_modules");
     fs::rename(&from, &to).map_err(|e| Error::io(&from, e))?;
@@ -631,10 +655,30 @@ fn build_provided(rootfs: &Path) -> Result<String, Error> {
     for (rel, text) in files {
         fs::write(rootfs.join(rel), text).map_err(|e| Error::io(&rootfs.join(rel), e))?;
     }
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(rootfs.join("tmp"), fs::Permissions::from_mode(0o1777))
-        .map_err(|e| Error::io(rootfs, e))?;
+    // Everything here was made by esb, under whatever umask this process has: give it the
+    // modes of a packaged system, readable by the unprivileged user workers run as.
+    open_modes(rootfs)?;
+    set_mode(&rootfs.join("tmp"), 0o1777)?;
     Ok(format!("glibc loader and core libraries of this Debian host ({triplet}), CA certificates, minimal /etc"))
+}
+
+/// Sets 0755 on every directory and executable file under `dir` and 0644 on every other
+/// file (symlinks untouched).
+fn open_modes(dir: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    set_mode(dir, 0o755)?;
+    for e in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let e = e.map_err(|e| Error::io(dir, e))?;
+        let path = e.path();
+        let meta = fs::symlink_metadata(&path).map_err(|e| Error::io(&path, e))?;
+        if meta.is_dir() {
+            open_modes(&path)?;
+        } else if meta.is_file() {
+            let exec = meta.permissions().mode() & 0o111 != 0;
+            set_mode(&path, if exec { 0o755 } else { 0o644 })?;
+        }
+    }
+    Ok(())
 }
 
 /// Verifies a cached base tarball against its recorded digest (used by `esb doctor`-style checks and tests).
@@ -702,10 +746,38 @@ mod tests {
         assert!(base_for_runtime("java21")
             .unwrap_err()
             .contains("esb image import"));
-        // The bookworm Python base keeps the key it always had (caches stay valid).
         assert!(BaseKind::Python(Bookworm)
             .key()
             .starts_with("python3.11-bookworm-"));
+    }
+
+    #[test]
+    fn a_base_built_under_a_strict_umask_is_readable_by_workers() {
+        // The box builds bases with umask 077 (its state is owner-only); workers run
+        // unprivileged, so every directory and file of a base must still be readable.
+        // (nextest runs each test in its own process: the umask stays here.)
+        // SAFETY: umask(2) only changes this process's file mode creation mask.
+        unsafe { libc::umask(0o077) };
+        let cache = tempfile::tempdir().unwrap();
+        let base = ensure(&BaseKind::Provided, cache.path(), &|_| {}).unwrap();
+        let file = fs::File::open(&base.path).unwrap();
+        let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(file));
+        let mut checked = 0;
+        for e in ar.entries().unwrap() {
+            let e = e.unwrap();
+            let h = e.header();
+            if h.entry_type().is_symlink() {
+                continue;
+            }
+            let mode = h.mode().unwrap();
+            let path = e.path().unwrap().display().to_string();
+            assert_eq!(mode & 0o004, 0o004, "{path} is {mode:o}");
+            if h.entry_type().is_dir() {
+                assert_eq!(mode & 0o001, 0o001, "{path} is {mode:o}");
+            }
+            checked += 1;
+        }
+        assert!(checked > 10);
     }
 
     #[test]

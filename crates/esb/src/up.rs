@@ -733,6 +733,16 @@ pub fn status(state: &StateArgs, json: bool) -> Result<()> {
                 .unwrap_or_default()
         );
     }
+    // What the start warned about (a runtime served by another interpreter version, a
+    // function left out, …) stays visible for as long as the box runs.
+    if let Some(r) = StartReport::read(&state.state_dir).filter(|r| r.pid == t.pid) {
+        if !r.warnings.is_empty() {
+            println!("  warnings:");
+            for w in &r.warnings {
+                println!("    {w}");
+            }
+        }
+    }
     match &gw {
         Ok(g) => {
             println!("  functions:");

@@ -79,7 +79,8 @@ fn node_python_and_zip_functions_run_as_on_lambda() {
         std::fs::set_permissions(src.join(p), std::fs::Permissions::from_mode(m)).unwrap()
     };
     set_mode("app/bin/run.sh", 0o755);
-    set_mode("app/app.py", 0o640);
+    set_mode("app/app.py", 0o644);
+    set_mode("app/private.txt", 0o600);
     zip_dir(&src.join("app"), &b.app.join("zipped/app.zip"));
     zip_dir(&src.join("layer"), &b.app.join("zipped/layer.zip"));
 
@@ -165,7 +166,8 @@ fn node_python_and_zip_functions_run_as_on_lambda() {
     assert!(ok, "{text}");
     assert_eq!(v["layer"], "from the zip layer", "{text}");
     assert_eq!(v["script_mode"], "0o755", "{text}");
-    assert_eq!(v["app_mode"], "0o640", "{text}");
+    assert_eq!(v["app_mode"], "0o644", "{text}");
+    assert_eq!(v["private_mode"], "0o600", "{text}");
 
     // Failures as Lambda reports them.
     let (_, v, text) = invoke(&b, "node-init-error", "{}");
