@@ -8,8 +8,8 @@ use std::sync::Mutex;
 
 use esb_template::{Code, Function, LayerRef, Template};
 use oci_spec::image::{
-    Arch, ConfigBuilder, Descriptor, Digest, ImageConfigurationBuilder, ImageManifestBuilder,
-    MediaType, Os, RootFsBuilder,
+    Arch, ConfigBuilder, Descriptor, Digest, ImageConfiguration, ImageConfigurationBuilder,
+    ImageManifest, ImageManifestBuilder, MediaType, Os, RootFsBuilder,
 };
 use serde::{Deserialize, Serialize};
 
@@ -129,6 +129,8 @@ pub struct LayerReport {
     pub size: u64,
     /// Whether this build wrote it (false: reused).
     pub rebuilt: bool,
+    /// Its media type (an imported image's layers keep theirs).
+    pub media_type: String,
 }
 
 /// One built image.
@@ -203,8 +205,20 @@ struct Built {
 struct Plan<'t> {
     function: &'t Function,
     runtime: String,
-    base: BaseKind,
+    /// The base (`None` for an imported image, which brings its own).
+    base: Option<BaseKind>,
     tasks: Vec<Task>,
+    /// `PackageType: Image` from an image on disk: its layers and configuration, under
+    /// the supervisor's layer.
+    imported: Option<Imported>,
+}
+
+/// An image brought by `PackageType: Image` with `ImageUri` naming an OCI layout or a
+/// `docker save` archive on disk.
+struct Imported {
+    layers: Vec<LayerReport>,
+    config: ImageConfiguration,
+    source: String,
 }
 
 /// The reference `build` gives a function's image: `<repository>/<name>:<tag>`.
@@ -248,9 +262,35 @@ pub fn build(
         if !opts.functions.is_empty() && !opts.functions.contains(&f.logical_id) {
             continue;
         }
+        if let Code::Image { uri } = &f.code {
+            let path = template.base_dir.join(uri);
+            if path.exists() {
+                if let Some(arch) = f.architectures.first().filter(|a| *a != host_arch()) {
+                    failures.push(format!(
+                        "function {}: Architectures [{arch}] needs an {arch} machine; this one \
+                         is {} and esb does not emulate other architectures",
+                        f.logical_id,
+                        host_arch()
+                    ));
+                    continue;
+                }
+                match plan_imported(f, uri, &path, opts) {
+                    Ok(imported) => plans.push(Plan {
+                        function: f,
+                        runtime: f.runtime.clone().unwrap_or_default(),
+                        base: None,
+                        tasks: vec![Task::Supervisor],
+                        imported: Some(imported),
+                    }),
+                    Err(e) => failures.push(format!("function {}: {e}", f.logical_id)),
+                }
+                continue;
+            }
+        }
         let skip = match &f.code {
             Code::Image { uri } => Some(format!(
-                "PackageType Image ({uri}): bring it in with `esb image import`"
+                "PackageType Image ({uri}) is not an OCI layout or docker save archive on \
+                 disk: bring it in with `esb image import`"
             )),
             Code::S3 { bucket, key } => Some(format!(
                 "code in s3://{bucket}/{key} cannot be built locally"
@@ -332,8 +372,9 @@ pub fn build(
         plans.push(Plan {
             function: f,
             runtime,
-            base,
+            base: Some(base),
             tasks,
+            imported: None,
         });
     }
     if !failures.is_empty() {
@@ -352,7 +393,8 @@ pub fn build(
     all.dedup();
     let bases: HashMap<String, BaseKind> = plans
         .iter()
-        .map(|p| (p.base.key(), p.base.clone()))
+        .filter_map(|p| p.base.as_ref())
+        .map(|b| (b.key(), b.clone()))
         .collect();
     progress(&Progress::Planned {
         images: plans.len(),
@@ -409,20 +451,22 @@ pub fn build(
     let mut refs = Vec::new();
     for p in &plans {
         let reference = image_reference(opts, p.function);
-        let layers: Vec<LayerReport> = p
-            .tasks
-            .iter()
-            .map(|t| {
-                let b = &built[t];
-                LayerReport {
-                    what: t.label(),
-                    digest: b.digest.clone(),
-                    diff_id: b.diff_id.clone(),
-                    size: b.size,
-                    rebuilt: b.rebuilt,
-                }
-            })
-            .collect();
+        let mut layers: Vec<LayerReport> = p
+            .imported
+            .as_ref()
+            .map(|i| i.layers.clone())
+            .unwrap_or_default();
+        layers.extend(p.tasks.iter().map(|t| {
+            let b = &built[t];
+            LayerReport {
+                what: t.label(),
+                digest: b.digest.clone(),
+                diff_id: b.diff_id.clone(),
+                size: b.size,
+                rebuilt: b.rebuilt,
+                media_type: MediaType::ImageLayerGzip.to_string(),
+            }
+        }));
         let (manifest_digest, changed) = match &layout {
             None => (String::new(), layers.iter().any(|l| l.rebuilt)),
             Some(layout) => {
@@ -795,6 +839,127 @@ pub(crate) fn image_env(f: &Function, runtime: &str) -> Vec<String> {
     env
 }
 
+/// Copies an image on disk (`ImageUri`) into the layout's blobs and reads what the
+/// function image needs of it: its layers and its configuration.
+fn plan_imported(
+    f: &Function,
+    uri: &str,
+    path: &Path,
+    opts: &BuildOptions,
+) -> Result<Imported, Error> {
+    let source = format!("ImageUri {uri} ({})", path.display());
+    let in_source = |e: Error| Error::Import(format!("{source}: {e}"));
+    if opts.dry_run {
+        return Ok(Imported {
+            layers: Vec::new(),
+            config: ImageConfiguration::default(),
+            source,
+        });
+    }
+    let layout = Layout::open(&opts.out_dir)?;
+    let (_, manifest_blob) =
+        crate::import::import_blobs(&layout, path, Some(&image_reference(opts, f)))
+            .map_err(in_source)?;
+    let manifest: ImageManifest = serde_json::from_slice(&layout.read_blob(&manifest_blob.digest)?)
+        .map_err(|e| Error::Import(format!("{source}: manifest: {e}")))?;
+    let config: ImageConfiguration =
+        serde_json::from_slice(&layout.read_blob(manifest.config().digest().as_ref())?)
+            .map_err(|e| Error::Import(format!("{source}: image configuration: {e}")))?;
+    let want = if host_arch() == "arm64" {
+        Arch::ARM64
+    } else {
+        Arch::Amd64
+    };
+    if *config.architecture() != want {
+        return Err(Error::Import(format!(
+            "{source} is a linux/{} image; this machine runs linux/{want} and esb does not \
+             emulate other architectures",
+            config.architecture()
+        )));
+    }
+    let diff_ids = config.rootfs().diff_ids();
+    if diff_ids.len() != manifest.layers().len() {
+        return Err(Error::Import(format!(
+            "{source}: {} layers but {} diff ids in its configuration",
+            manifest.layers().len(),
+            diff_ids.len()
+        )));
+    }
+    let runs = config.config().as_ref().is_some_and(|c| {
+        c.entrypoint().as_ref().is_some_and(|e| !e.is_empty())
+            || c.cmd().as_ref().is_some_and(|c| !c.is_empty())
+    });
+    if !runs {
+        return Err(Error::Import(format!(
+            "{source} has neither ENTRYPOINT nor CMD: nothing to run as the function's runtime"
+        )));
+    }
+    let layers = manifest
+        .layers()
+        .iter()
+        .zip(diff_ids)
+        .enumerate()
+        .map(|(i, (d, diff_id))| LayerReport {
+            what: format!("image layer {}", i + 1),
+            digest: d.digest().to_string(),
+            diff_id: diff_id.clone(),
+            size: d.size(),
+            rebuilt: false,
+            media_type: d.media_type().to_string(),
+        })
+        .collect();
+    Ok(Imported {
+        layers,
+        config,
+        source,
+    })
+}
+
+/// The configuration of a function image made from an imported one: the supervisor is
+/// the entrypoint and runs the image's own ENTRYPOINT + CMD as the runtime (an AWS base
+/// image's `/lambda-entrypoint.sh handler`, or `python -m awslambdaric handler`); the
+/// image's environment, then the Lambda variables and the template's.
+fn imported_config(
+    f: &Function,
+    imported: &Imported,
+    labels: HashMap<String, String>,
+) -> Result<oci_spec::image::Config, Error> {
+    let own = imported.config.config().clone().unwrap_or_default();
+    let mut command: Vec<String> = own.entrypoint().clone().unwrap_or_default();
+    command.extend(own.cmd().clone().unwrap_or_default());
+    let mut env: Vec<String> = own.env().clone().unwrap_or_default();
+    let key = |e: &str| e.split_once('=').map_or(e, |(k, _)| k).to_string();
+    for e in image_env(f, "") {
+        let k = key(&e);
+        let image_keeps = matches!(
+            k.as_str(),
+            "PATH" | "LANG" | "TZ" | "LAMBDA_TASK_ROOT" | "LAMBDA_RUNTIME_DIR"
+        ) && env.iter().any(|x| key(x) == k);
+        if image_keeps || (k == "ESB_RUNTIME" || k == "_HANDLER") && e.ends_with('=') {
+            continue;
+        }
+        env.retain(|x| key(x) != k);
+        env.push(e);
+    }
+    let working_dir = own
+        .working_dir()
+        .clone()
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| "/var/task".into());
+    let mut all_labels = own.labels().clone().unwrap_or_default();
+    all_labels.extend(labels);
+    all_labels.insert("esb.image-source".into(), imported.source.clone());
+    ConfigBuilder::default()
+        .entrypoint(vec![SUPERVISOR_PATH.to_string()])
+        .cmd(command)
+        .env(env)
+        .working_dir(working_dir)
+        .exposed_ports(vec!["8080/tcp".to_string()])
+        .labels(all_labels)
+        .build()
+        .map_err(oci_err)
+}
+
 fn write_image(layout: &Layout, p: &Plan, layers: &[LayerReport]) -> Result<Blob, Error> {
     let f = p.function;
     let mut labels = HashMap::new();
@@ -803,14 +968,17 @@ fn write_image(layout: &Layout, p: &Plan, layers: &[LayerReport]) -> Result<Blob
     labels.insert("esb.runtime".to_string(), p.runtime.clone());
     labels.insert("esb.timeout".to_string(), f.timeout.to_string());
     labels.insert("esb.memory-size".to_string(), f.memory_size.to_string());
-    let config = ConfigBuilder::default()
-        .entrypoint(vec![SUPERVISOR_PATH.to_string()])
-        .env(image_env(f, &p.runtime))
-        .working_dir("/var/task".to_string())
-        .exposed_ports(vec!["8080/tcp".to_string()])
-        .labels(labels)
-        .build()
-        .map_err(oci_err)?;
+    let config = match &p.imported {
+        Some(imported) => imported_config(f, imported, labels)?,
+        None => ConfigBuilder::default()
+            .entrypoint(vec![SUPERVISOR_PATH.to_string()])
+            .env(image_env(f, &p.runtime))
+            .working_dir("/var/task".to_string())
+            .exposed_ports(vec!["8080/tcp".to_string()])
+            .labels(labels)
+            .build()
+            .map_err(oci_err)?,
+    };
     let arch = if host_arch() == "arm64" {
         Arch::ARM64
     } else {
@@ -839,7 +1007,7 @@ fn write_image(layout: &Layout, p: &Plan, layers: &[LayerReport]) -> Result<Blob
         .iter()
         .map(|l| {
             Ok(Descriptor::new(
-                MediaType::ImageLayerGzip,
+                MediaType::from(l.media_type.as_str()),
                 l.size,
                 digest(&l.digest)?,
             ))

@@ -39,6 +39,19 @@ pub fn import(
     source: &Path,
     reference: Option<&str>,
 ) -> Result<ImportReport, Error> {
+    let (report, manifest) = import_blobs(layout, source, reference)?;
+    layout.set_refs(&[(report.reference.clone(), manifest)])?;
+    Ok(report)
+}
+
+/// Copies the image at `source` into `layout`'s blobs without naming it (the build names
+/// an imported function image only once every function has built): its report and its
+/// manifest blob.
+pub(crate) fn import_blobs(
+    layout: &Layout,
+    source: &Path,
+    reference: Option<&str>,
+) -> Result<(ImportReport, Blob), Error> {
     let meta = fs::metadata(source).map_err(|e| Error::io(source, e))?;
     if meta.is_dir() {
         return import_dir(layout, source, reference);
@@ -86,7 +99,11 @@ fn tempdir_in(dir: &Path) -> Result<Scratch, Error> {
     Ok(Scratch(p))
 }
 
-fn import_dir(layout: &Layout, dir: &Path, reference: Option<&str>) -> Result<ImportReport, Error> {
+fn import_dir(
+    layout: &Layout,
+    dir: &Path,
+    reference: Option<&str>,
+) -> Result<(ImportReport, Blob), Error> {
     if dir.join("index.json").is_file() {
         import_oci(layout, dir, reference)
     } else if dir.join("manifest.json").is_file() {
@@ -114,7 +131,11 @@ fn host_platform() -> &'static str {
     }
 }
 
-fn import_oci(layout: &Layout, dir: &Path, reference: Option<&str>) -> Result<ImportReport, Error> {
+fn import_oci(
+    layout: &Layout,
+    dir: &Path,
+    reference: Option<&str>,
+) -> Result<(ImportReport, Blob), Error> {
     let index = ImageIndex::from_file(dir.join("index.json"))
         .map_err(|e| imp(format!("index.json: {e}")))?;
     let mut candidates: Vec<Descriptor> = index.manifests().clone();
@@ -180,20 +201,22 @@ fn import_oci(layout: &Layout, dir: &Path, reference: Option<&str>) -> Result<Im
     let blob = copy_blob(layout, dir, &manifest_digest)?;
     let reference =
         name.ok_or_else(|| imp("the image has no name: give one (esb image import PATH NAME)"))?;
-    layout.set_refs(&[(reference.clone(), blob.clone())])?;
-    Ok(ImportReport {
-        reference,
-        manifest_digest: blob.digest,
-        layers: manifest.layers().len(),
-        format: "oci-layout".into(),
-    })
+    Ok((
+        ImportReport {
+            reference,
+            manifest_digest: blob.digest.clone(),
+            layers: manifest.layers().len(),
+            format: "oci-layout".into(),
+        },
+        blob,
+    ))
 }
 
 fn import_docker(
     layout: &Layout,
     dir: &Path,
     reference: Option<&str>,
-) -> Result<ImportReport, Error> {
+) -> Result<(ImportReport, Blob), Error> {
     let text = fs::read(dir.join("manifest.json")).map_err(|e| Error::io(dir, e))?;
     let entries: serde_json::Value =
         serde_json::from_slice(&text).map_err(|e| imp(format!("manifest.json: {e}")))?;
@@ -266,11 +289,13 @@ fn import_docker(
                 .map(str::to_string)
         })
         .ok_or_else(|| imp("the image has no RepoTags: give it a name"))?;
-    layout.set_refs(&[(reference.clone(), blob.clone())])?;
-    Ok(ImportReport {
-        reference,
-        manifest_digest: blob.digest,
-        layers: n,
-        format: "docker-save".into(),
-    })
+    Ok((
+        ImportReport {
+            reference,
+            manifest_digest: blob.digest.clone(),
+            layers: n,
+            format: "docker-save".into(),
+        },
+        blob,
+    ))
 }

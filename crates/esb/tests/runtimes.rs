@@ -2,7 +2,8 @@
 //! runtime's AWS SDK for JavaScript v3 against the box's DynamoDB and S3 and invoking a
 //! Python 3.13 function (one trace id through both), Node.js 18 in callback style, Python
 //! 3.12 code served by 3.13 with the warning naming it, a function and a layer from zip
-//! archives (modes kept), and Node.js failures reported as Lambda reports them.
+//! archives (modes kept), a `PackageType: Image` function from a `docker save` archive on
+//! disk, and Node.js failures reported as Lambda reports them.
 
 mod boxkit;
 
@@ -83,6 +84,21 @@ fn node_python_and_zip_functions_run_as_on_lambda() {
     set_mode("app/private.txt", 0o600);
     zip_dir(&src.join("app"), &b.app.join("zipped/app.zip"));
     zip_dir(&src.join("layer"), &b.app.join("zipped/layer.zip"));
+
+    // A container image on disk (PackageType Image), made as `docker save` would from a
+    // base `esb build` leaves in the cache.
+    b.ok(&["build"]);
+    std::fs::create_dir_all(b.app.join("images")).unwrap();
+    let made = std::process::Command::new(esb_testkit::python())
+        .arg(b.app.join("make_image.py"))
+        .arg(b.app.join("images/python-function.tar"))
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
 
     let out = b.up();
     assert!(out.contains("esb is up"), "{out}");
@@ -168,6 +184,15 @@ fn node_python_and_zip_functions_run_as_on_lambda() {
     assert_eq!(v["script_mode"], "0o755", "{text}");
     assert_eq!(v["app_mode"], "0o644", "{text}");
     assert_eq!(v["private_mode"], "0o600", "{text}");
+
+    // The image's own ENTRYPOINT and CMD run as the runtime, with its environment.
+    let (ok, v, text) = invoke(&b, "from-image", r#"{"via":"image"}"#);
+    assert!(ok, "{text}");
+    assert_eq!(v["from_image"], true, "{text}");
+    assert_eq!(v["cwd"], "/var/task", "{text}");
+    assert_eq!(v["image_env"], "set by the image", "{text}");
+    assert_eq!(v["function"], "from-image", "{text}");
+    assert_eq!(v["event"]["via"], "image", "{text}");
 
     // Failures as Lambda reports them.
     let (_, v, text) = invoke(&b, "node-init-error", "{}");
