@@ -229,7 +229,9 @@ fn globals_and_events_match_the_sam_translator() {
                 format!("{:?}", layer_arns(&translated, &t.layers)),
             );
             let code = |c: &Code| match c {
-                Code::Dir { uri, .. } => format!("s3://esb-test-bucket/{}", uri.trim_matches('/')),
+                Code::Dir { uri, .. } | Code::Zip { uri, .. } => {
+                    format!("s3://esb-test-bucket/{}", uri.trim_matches('/'))
+                }
                 Code::S3 { bucket, key } => format!("s3://{bucket}/{key}"),
                 Code::Image { uri } => uri.clone(),
                 Code::Inline { source } => source.clone(),
