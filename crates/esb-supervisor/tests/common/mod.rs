@@ -79,6 +79,31 @@ impl SupBuilder {
         .common()
     }
 
+    /// A Node.js function in `task_root` run by esb's runtime client (the repository's
+    /// `crates/esb-image/runtimes/nodejs/ric.mjs`) with this machine's `node`.
+    pub fn node(task_root: &Path, handler: &str) -> SupBuilder {
+        let ric = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../esb-image/runtimes/nodejs/ric.mjs")
+            .canonicalize()
+            .expect("ric.mjs");
+        SupBuilder {
+            env: vec![
+                ("ESB_RUNTIME".into(), "nodejs20.x".into()),
+                ("_HANDLER".into(), handler.into()),
+                ("ESB_NODE_RIC".into(), ric.to_string_lossy().into_owned()),
+                (
+                    "LAMBDA_TASK_ROOT".into(),
+                    task_root.to_string_lossy().into_owned(),
+                ),
+            ],
+            task_root: None,
+            wrapper: Vec::new(),
+            args: Vec::new(),
+            hold_stdout: false,
+        }
+        .common()
+    }
+
     /// The Rust lambda_runtime function as a custom runtime: `$LAMBDA_TASK_ROOT/bootstrap`.
     pub fn rust() -> SupBuilder {
         let bin = esb_test_functions::rust_function();
