@@ -119,7 +119,9 @@ fn thrown_errors_and_returned_undefined_as_lambda_reports_them() {
 
 #[test]
 fn load_failures_are_named_as_the_lambda_runtime_names_them() {
-    let cases: &[(&[(&str, &str)], &str, &str, &str)] = &[
+    /// Files of the task root, handler, expected errorType, part of the errorMessage.
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str, &'a str);
+    let cases: &[Case] = &[
         (
             &[("app.mjs", "export const other = 1;\n")],
             "app.handler",
