@@ -31,7 +31,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -111,6 +110,7 @@ pub async fn serve(
 pub struct Server {
     listener: TcpListener,
     state: Arc<State>,
+    limits: esb_serve::Limits,
 }
 
 struct State {
@@ -169,8 +169,10 @@ impl Server {
         };
         let box_key = config.access_key.clone();
         let verifier = esb_sigv4::Verifier::new(config.access_key, config.secret_key);
+        let limits = esb_serve::Limits::from_env("dynamodb").map_err(anyhow::Error::msg)?;
         Ok(Server {
             listener,
+            limits,
             state: Arc::new(State {
                 db,
                 verifier,
@@ -194,8 +196,6 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), sync = store::sync_mode(), "dynamodb listening");
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         let sweeper = {
             let db = self.state.db.clone();
             tokio::spawn(async move {
@@ -209,36 +209,21 @@ impl Server {
                 }
             })
         };
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            tokio::select! {
-                accepted = self.listener.accept() => {
-                    let (stream, _) = match accepted {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let state = self.state.clone();
-                    let service = hyper::service::service_fn(move |req| {
-                        let state = state.clone();
-                        async move { Ok::<_, std::convert::Infallible>(handle(state, req).await) }
-                    });
-                    let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                    let conn = graceful.watch(conn);
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
-                }
-                _ = &mut shutdown => break,
-            }
-        }
-        drop(self.listener);
+        let state = self.state.clone();
+        esb_serve::serve(
+            self.listener,
+            self.limits,
+            move |_peer| {
+                let state = state.clone();
+                hyper::service::service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, std::convert::Infallible>(handle(state, req).await) }
+                })
+            },
+            shutdown,
+        )
+        .await;
         sweeper.abort();
-        let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
         let db = self.state.db.clone();
         tokio::task::spawn_blocking(move || db.close()).await?;
         Ok(())

@@ -28,7 +28,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::serve::ListenerExt as _;
 use tokio::sync::watch;
 
 pub use client::{build_query, format_record, query as query_logs, tail as tail_logs, Record};
@@ -109,6 +108,7 @@ pub struct Server {
     workers: Option<(tokio::net::TcpListener, Arc<esb_iam::CredentialStore>)>,
     store: Arc<Store>,
     config: Arc<Config>,
+    limits: esb_serve::Limits,
     _lock: std::fs::File,
 }
 
@@ -153,11 +153,13 @@ impl Server {
                 Some((l, Arc::new(keys)))
             }
         };
+        let limits = esb_serve::Limits::from_env("logstore").map_err(anyhow::Error::msg)?;
         Ok(Server {
             listener,
             workers,
             store: Arc::new(store),
             config: Arc::new(config),
+            limits,
             _lock: lock,
         })
     }
@@ -201,12 +203,17 @@ impl Server {
             });
             let mut stop = stop_rx.clone();
             tracing::info!(addr = ?listener.local_addr().ok(), "log store listening for workers' records");
+            let limits = self.limits.clone();
             tokio::spawn(async move {
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
+                esb_serve::serve(
+                    listener,
+                    limits,
+                    move |_peer| hyper_util::service::TowerToHyperService::new(app.clone()),
+                    async move {
                         let _ = stop.wait_for(|s| *s).await;
-                    })
-                    .await;
+                    },
+                )
+                .await;
             })
         });
         let app = http::router(state);
@@ -217,17 +224,16 @@ impl Server {
         ));
         tracing::info!(addr = %self.local_addr(), dir = %self.config.data_dir.display(), "log store listening");
         let stop_tx2 = stop_tx.clone();
-        let result = axum::serve(
-            self.listener.tap_io(|tcp| {
-                // Small responses (a query's few lines) must not wait for delayed ACKs.
-                let _ = tcp.set_nodelay(true);
-            }),
-            app,
+        // (esb_serve sets TCP_NODELAY: a query's few lines must not wait for delayed ACKs.)
+        esb_serve::serve(
+            self.listener,
+            self.limits.clone(),
+            move |_peer| hyper_util::service::TowerToHyperService::new(app.clone()),
+            async move {
+                shutdown.await;
+                let _ = stop_tx2.send(true);
+            },
         )
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stop_tx2.send(true);
-        })
         .await;
         let _ = stop_tx.send(true);
         if let Some(t) = worker_task {
@@ -236,7 +242,7 @@ impl Server {
         let _ = bg.await;
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.sync()).await??;
-        result.context("log store server failed")
+        Ok(())
     }
 }
 

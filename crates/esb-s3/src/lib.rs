@@ -32,8 +32,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use tokio::net::TcpListener;
 
 /// Region reported by the store when none is configured.
@@ -64,6 +62,7 @@ pub struct Config {
 pub struct Server {
     listener: TcpListener,
     service: s3s::service::S3Service,
+    limits: esb_serve::Limits,
 }
 
 impl Server {
@@ -122,7 +121,12 @@ impl Server {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding the S3 listener on {}", config.listen))?;
-        Ok(Server { listener, service })
+        let limits = esb_serve::Limits::from_env("s3").map_err(anyhow::Error::msg)?;
+        Ok(Server {
+            listener,
+            service,
+            limits,
+        })
     }
 
     /// The address the server listens on (useful after binding port 0).
@@ -137,44 +141,24 @@ impl Server {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Server { listener, service } = self;
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let conn_builder = ConnBuilder::new(TokioExecutor::new());
-        tokio::pin!(shutdown);
+        let Server {
+            listener,
+            service,
+            mut limits,
+        } = self;
         tracing::info!(addr = %listener.local_addr()?, "S3 server listening");
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let (stream, _peer) = match accepted {
-                        Ok(v) => v,
-                        Err(err) => {
-                            // EMFILE and friends: back off briefly instead of spinning.
-                            tracing::warn!(%err, "accept failed");
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let svc = service.clone();
-                    let svc = hyper::service::service_fn(move |req| close_after_unread_body(svc.clone(), req));
-                    let conn = conn_builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-                    let conn = graceful.watch(conn);
-                    tokio::spawn(async move {
-                        if let Err(err) = conn.await {
-                            tracing::debug!(%err, "connection ended with an error");
-                        }
-                    });
-                }
-                () = &mut shutdown => break,
-            }
-        }
-        drop(listener);
-        tokio::select! {
-            () = graceful.shutdown() => {}
-            () = tokio::time::sleep(std::time::Duration::from_secs(30)) => {
-                tracing::warn!("S3 server: connections still open after 30s, closing");
-            }
-        }
+        // Large objects take their time: in-flight uploads get 30 s after shutdown.
+        limits.shutdown_grace = std::time::Duration::from_secs(30);
+        esb_serve::serve(
+            listener,
+            limits,
+            move |_peer| {
+                let svc = service.clone();
+                hyper::service::service_fn(move |req| close_after_unread_body(svc.clone(), req))
+            },
+            shutdown,
+        )
+        .await;
         Ok(())
     }
 }

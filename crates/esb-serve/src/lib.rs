@@ -45,6 +45,8 @@ pub struct Limits {
     /// HTTP/2 keep-alive ping interval; a peer that does not answer within the same time
     /// is dropped (default 30 s).
     pub h2_keep_alive: Duration,
+    /// How long [`serve`] lets open connections finish after its shutdown (default 10 s).
+    pub shutdown_grace: Duration,
 }
 
 impl Limits {
@@ -58,6 +60,7 @@ impl Limits {
             h2_max_concurrent_streams: 128,
             h2_max_header_list_size: 64 * 1024,
             h2_keep_alive: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 
@@ -173,7 +176,7 @@ impl Gate {
 }
 
 /// Serves `listener` with `limits` until `shutdown` resolves, then lets open connections
-/// finish (graceful shutdown). `service` makes the service of one connection from the
+/// finish (graceful shutdown, at most [`Limits::shutdown_grace`]). `service` makes the service of one connection from the
 /// peer's address.
 pub async fn serve<F, S, B>(
     listener: TcpListener,
@@ -226,7 +229,7 @@ pub async fn serve<F, S, B>(
         }
     }
     drop(listener);
-    graceful.shutdown().await;
+    let _ = tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await;
 }
 
 #[cfg(test)]
