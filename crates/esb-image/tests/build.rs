@@ -218,7 +218,7 @@ fn provided_runtime_dry_run_and_errors() {
 
     // An unsupported runtime is refused with the function's name.
     let t2 = esb_template::parse_str(
-        "Resources:\n  Js:\n    Type: AWS::Serverless::Function\n    Properties:\n      CodeUri: .\n      Handler: i.h\n      Runtime: nodejs20.x\n",
+        "Resources:\n  Js:\n    Type: AWS::Serverless::Function\n    Properties:\n      CodeUri: .\n      Handler: i.h\n      Runtime: nodejs16.x\n",
         app.path(),
         &Default::default(),
     )
@@ -230,7 +230,7 @@ fn provided_runtime_dry_run_and_errors() {
     )
     .unwrap_err();
     assert!(
-        err.to_string().contains("Js") && err.to_string().contains("nodejs20.x"),
+        err.to_string().contains("Js") && err.to_string().contains("nodejs16.x"),
         "{err}"
     );
 }
