@@ -184,6 +184,10 @@ pub fn check_agents(agents: &[AgentAddr]) -> anyhow::Result<()> {
 }
 
 /// Everything the gateway needs. [`Config::default`] gives the documented defaults;
+/// The gateway's default connection cap: higher than the data services' (every client of
+/// the box comes through it, and idle TLS connections must not lock a user out).
+pub const GATEWAY_MAX_CONNECTIONS: usize = 16384;
+
 /// [`Config::from_env`] reads the environment names of the seed. `Debug` shows every
 /// setting with the secrets redacted (for `esb config`-style output).
 #[derive(Clone)]
@@ -278,6 +282,10 @@ pub struct Config {
     pub max_body: usize,
     /// How long SIGTERM waits for in-flight requests (`ESB_DRAIN_SECONDS`, default 30).
     pub drain_timeout: Duration,
+    /// Connection cap, header timeout and HTTP/2 limits of both listeners
+    /// (`ESB_HTTP_MAX_CONNECTIONS`, default 16384 here; `ESB_HTTP_HEADER_TIMEOUT_SECONDS`;
+    /// `ESB_HTTP2_MAX_STREAMS`).
+    pub http_limits: esb_serve::Limits,
     /// Timeout of agent calls (`ESB_AGENT_TIMEOUT`, seconds, default 60: creating a
     /// worker can take a while).
     pub agent_timeout: Duration,
@@ -391,6 +399,10 @@ impl Default for Config {
             event_retry_delay: Duration::from_millis(1000),
             max_body: 10 << 20,
             drain_timeout: Duration::from_secs(30),
+            http_limits: esb_serve::Limits {
+                max_connections: GATEWAY_MAX_CONNECTIONS,
+                ..esb_serve::Limits::new("gateway")
+            },
             agent_timeout: Duration::from_secs(60),
             admin_socket: None,
             cluster_socket: None,
@@ -551,6 +563,11 @@ impl Config {
         )?);
         c.max_body = num("ESB_MAX_BODY_BYTES", c.max_body as u64)? as usize;
         c.drain_timeout = secs("ESB_DRAIN_SECONDS", c.drain_timeout)?;
+        c.http_limits =
+            esb_serve::Limits::from_lookup("gateway", &get).map_err(anyhow::Error::msg)?;
+        if var("ESB_HTTP_MAX_CONNECTIONS").is_none() {
+            c.http_limits.max_connections = GATEWAY_MAX_CONNECTIONS;
+        }
         c.agent_timeout = secs("ESB_AGENT_TIMEOUT", c.agent_timeout)?;
         c.admin_socket = var("ESB_GATEWAY_ADMIN_SOCKET").map(Into::into);
         c.cluster_socket = var("ESB_CLUSTER_SOCKET").map(Into::into);

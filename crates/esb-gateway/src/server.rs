@@ -15,8 +15,7 @@ use http::header::{HeaderName, HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE,
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -346,23 +345,16 @@ impl Server {
             accepts.push(spawn_accept(l, conn_tx.clone(), stop_rx.clone()));
         }
         drop(conn_tx);
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
-            .keep_alive(true);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(1024);
-        let builder = Arc::new(builder);
+        let builder = Arc::new(esb_serve::builder(&gw.config.http_limits));
+        let gate = esb_serve::Gate::new(&gw.config.http_limits);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
                 c = conn_rx.recv() => {
                     let Some((stream, remote)) = c else { break };
+                    // Past the cap the connection is closed before its TLS handshake.
+                    let Some(permit) = gate.admit(remote) else { continue };
                     let front = front.clone();
                     let tls = tls.clone();
                     let builder = builder.clone();
@@ -380,6 +372,7 @@ impl Server {
                         });
                         let conn = builder.serve_connection(TokioIo::new(tls_stream), svc);
                         let _ = watcher.watch(conn.into_owned()).await;
+                        drop(permit);
                     });
                 }
             }

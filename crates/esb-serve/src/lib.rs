@@ -128,8 +128,11 @@ pub struct Gate {
 }
 
 impl Gate {
-    /// A gate of `limits.max_connections` slots.
+    /// A gate of `limits.max_connections` slots. The process's soft limit of open files is
+    /// raised to its hard limit first (once), so that the cap, not the descriptor limit,
+    /// decides.
     pub fn new(limits: &Limits) -> Gate {
+        raise_open_files_limit();
         Gate {
             name: limits.name,
             limit: limits.max_connections,
@@ -173,6 +176,25 @@ impl Gate {
     pub fn open(&self) -> usize {
         self.limit - self.slots.available_permits()
     }
+}
+
+/// Raises this process's soft limit of open files to its hard limit (once per process;
+/// failures are ignored: the old limit stays).
+pub fn raise_open_files_limit() {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    DONE.call_once(|| {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit read and write a valid rlimit struct we own.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+                lim.rlim_cur = lim.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
+        }
+    });
 }
 
 /// Serves `listener` with `limits` until `shutdown` resolves, then lets open connections
