@@ -285,6 +285,27 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Byte
     if parts.method != http::Method::POST {
         return error_response(&DdbError::serialization("Only POST requests are accepted"));
     }
+    // Decided from the headers before the body is read: an unsigned, malformed, unknown or
+    // stale request is refused without reading up to 16 MiB.
+    if let Err(e) = esb_sigv4::precheck_headers(
+        &parts.headers,
+        |key| {
+            key == state.box_key
+                || state
+                    .functions
+                    .as_ref()
+                    .is_some_and(|s| s.lookup(key).is_some())
+        },
+        esb_sigv4::DEFAULT_MAX_SKEW,
+        std::time::SystemTime::now(),
+    ) {
+        let code = e.json_code();
+        let mut err = DdbError::new(code, e.to_string());
+        if code == "MissingAuthenticationTokenException" {
+            err.status = 400;
+        }
+        return error_response(&err);
+    }
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {

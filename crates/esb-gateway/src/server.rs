@@ -54,23 +54,22 @@ struct Front {
 
 impl Front {
     /// What the Invoke API can decide from the headers alone: a SigV4 `Authorization`
-    /// of the right shape, by the box's key or a function's (the signature itself needs
-    /// the body: [`esb_sigv4::Verifier::verify`] after it is read).
+    /// of the right shape, by the box's key or a function's, dated within the skew (the
+    /// signature itself needs the body: [`esb_sigv4::Verifier::verify`] after it is read).
     fn precheck(&self, headers: &http::HeaderMap) -> Result<(), esb_sigv4::AuthError> {
-        let value = headers
-            .get(http::header::AUTHORIZATION)
-            .ok_or(esb_sigv4::AuthError::MissingAuthentication)?;
-        let auth = esb_sigv4::parse_authorization(value.to_str().unwrap_or_default())?;
-        let known = auth.access_key == self.box_key
-            || self
-                .functions
-                .as_ref()
-                .is_some_and(|s| s.lookup(&auth.access_key).is_some());
-        if known {
-            Ok(())
-        } else {
-            Err(esb_sigv4::AuthError::UnrecognizedClient)
-        }
+        esb_sigv4::precheck_headers(
+            headers,
+            |key| {
+                key == self.box_key
+                    || self
+                        .functions
+                        .as_ref()
+                        .is_some_and(|s| s.lookup(key).is_some())
+            },
+            esb_sigv4::DEFAULT_MAX_SKEW,
+            std::time::SystemTime::now(),
+        )
+        .map(drop)
     }
 
     /// The function principal the Invoke API request is signed as (`None`: the box's key or

@@ -28,6 +28,23 @@ fn refuse(status: StatusCode, msg: impl Into<String>) -> Response {
 /// The function a request is signed as, and its body, or the refusal.
 async fn authenticate(s: &WorkerState, req: Request) -> Result<(String, Request), Response> {
     let (parts, body) = req.into_parts();
+    // Decided from the headers before the body is read: unsigned, malformed, unknown or
+    // stale requests are refused without reading their body.
+    esb_sigv4::precheck_headers(
+        &parts.headers,
+        |key| s.keys.lookup(key).is_some(),
+        esb_sigv4::DEFAULT_MAX_SKEW,
+        std::time::SystemTime::now(),
+    )
+    .map_err(|e| {
+        refuse(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{}: {e} (workers' records must be signed with the function's key pair)",
+                e.json_code()
+            ),
+        )
+    })?;
     let body = axum::body::to_bytes(body, s.app.config.max_request_bytes)
         .await
         .map_err(|_| {

@@ -157,7 +157,7 @@ impl Verifier {
             secret_key: secret_key.into(),
             region: None,
             service: None,
-            max_skew: Duration::from_secs(15 * 60),
+            max_skew: DEFAULT_MAX_SKEW,
             double_encode_path: true,
             unsigned_payload: false,
             key_cache: Default::default(),
@@ -385,6 +385,54 @@ impl Request<'_> {
             .map(|(_, v)| v.as_str())
     }
 }
+
+/// What can be decided about a SigV4 request from its headers alone, before a body is
+/// read: an `Authorization` header of the right shape, an access key `known` accepts, and
+/// an `x-amz-date` within `max_skew` of `now`. Returns the access key id. Servers call it
+/// first, so that an unsigned, malformed, unknown or stale request is refused without
+/// reading its body; the signature itself needs the body ([`Verifier::verify`]).
+pub fn precheck_headers(
+    headers: &http::HeaderMap,
+    known: impl Fn(&str) -> bool,
+    max_skew: Duration,
+    now: SystemTime,
+) -> Result<String, AuthError> {
+    let value = headers
+        .get(http::header::AUTHORIZATION)
+        .ok_or(AuthError::MissingAuthentication)?;
+    let auth = parse_authorization(value.to_str().unwrap_or_default())?;
+    if !known(&auth.access_key) {
+        return Err(AuthError::UnrecognizedClient);
+    }
+    let amz_date = headers
+        .get("x-amz-date")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            AuthError::IncompleteSignature(
+                "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' \
+                 header."
+                    .to_owned(),
+            )
+        })?;
+    let request_time = parse_amz_date(amz_date).ok_or_else(|| {
+        AuthError::IncompleteSignature(format!(
+            "Date must be in ISO-8601 'basic format'. Got '{amz_date}'. See \
+             http://en.wikipedia.org/wiki/ISO_8601"
+        ))
+    })?;
+    let now_secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+    if (now_secs - request_time).unsigned_abs() > max_skew.as_secs() {
+        return Err(AuthError::RequestExpired(format!(
+            "Signature expired: {amz_date} is now earlier or later than the allowed {} \
+             minutes of skew from the server time.",
+            max_skew.as_secs() / 60
+        )));
+    }
+    Ok(auth.access_key)
+}
+
+/// The skew [`Verifier`] allows by default (15 minutes, as AWS).
+pub const DEFAULT_MAX_SKEW: Duration = Duration::from_secs(15 * 60);
 
 /// The access key id a request's `Authorization` header names, if it is a SigV4 one.
 pub fn access_key(headers: &http::HeaderMap) -> Option<String> {
