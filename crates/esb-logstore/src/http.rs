@@ -4,7 +4,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::io::BufRead;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -353,12 +353,6 @@ pub(crate) async fn do_ingest_stamped(
             "use POST to ingest logs",
         ));
     }
-    let _slot = state
-        .ingest_slots
-        .clone()
-        .acquire_owned()
-        .await
-        .expect("semaphore never closed");
     let started = Instant::now();
     let mut params = ingest_params(&req);
     if let Some(f) = function {
@@ -393,17 +387,33 @@ pub(crate) async fn do_ingest_stamped(
                 ),
             )
         })?;
+    // An ingest slot only once the body is here: slow senders cannot hold the slots.
+    let _slot = state
+        .ingest_slots
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("semaphore never closed");
     let store = state.store.clone();
     let max_line = state.config.max_line_bytes;
+    let max_decompressed = state.config.max_decompressed_bytes;
+    let inflated = Arc::new(AtomicBool::new(false));
+    let inflated2 = inflated.clone();
     let stored = Arc::new(AtomicUsize::new(0));
     let stored2 = stored.clone();
     let result = state
         .ingest_pool
         .run(move || {
             let reader: Box<dyn BufRead> = if gzip {
+                // Decompressed bytes are counted as they come: a small body that inflates
+                // past the bound (a gzip bomb) stops there.
                 Box::new(std::io::BufReader::with_capacity(
                     256 << 10,
-                    flate2::read::MultiGzDecoder::new(&body[..]),
+                    Bounded {
+                        inner: flate2::read::MultiGzDecoder::new(&body[..]),
+                        left: max_decompressed,
+                        hit: inflated2,
+                    },
                 ))
             } else {
                 Box::new(&body[..])
@@ -443,11 +453,49 @@ pub(crate) async fn do_ingest_stamped(
                 ),
             ))
         }
+        (Err(_), None) if inflated.load(Ordering::Relaxed) => Err(text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the gzip body inflates past {} bytes: send smaller batches ({} records \
+                 before the bound were stored)",
+                state.config.max_decompressed_bytes,
+                stored.load(Ordering::Relaxed)
+            ),
+        )),
         (Err(e), None) => Err(bad_request(format!(
             "cannot read the request body{}: {e} ({} records before the error were stored)",
             if gzip { " (gzip)" } else { "" },
             stored.load(Ordering::Relaxed)
         ))),
+    }
+}
+
+/// A reader that fails once more than `left` bytes came through it (and says so in
+/// `hit`).
+struct Bounded<R> {
+    inner: R,
+    left: u64,
+    hit: Arc<AtomicBool>,
+}
+
+impl<R: std::io::Read> std::io::Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            // One byte more tells a body of exactly the bound from a larger one.
+            let mut probe = [0u8; 1];
+            if self.inner.read(&mut probe)? == 0 {
+                return Ok(0);
+            }
+            self.hit.store(true, Ordering::Relaxed);
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "decompressed body too large",
+            ));
+        }
+        let want = buf.len().min(self.left.min(usize::MAX as u64) as usize);
+        let n = self.inner.read(&mut buf[..want])?;
+        self.left -= n as u64;
+        Ok(n)
     }
 }
 

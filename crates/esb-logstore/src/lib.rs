@@ -68,6 +68,9 @@ pub struct Config {
     pub max_line_bytes: usize,
     /// Largest accepted request body, compressed size (default 64 MiB).
     pub max_request_bytes: usize,
+    /// Largest decompressed size of a gzip request body, counted as it inflates (default
+    /// 1 GiB): a gzip bomb stops there with 413.
+    pub max_decompressed_bytes: u64,
     /// Segment size at which the active segment is sealed and indexed (default 64 MiB;
     /// capped at a quarter of `retention.max_bytes` so size retention has something to drop).
     pub segment_bytes: u64,
@@ -93,6 +96,7 @@ impl Default for Config {
             retention: Retention::default(),
             max_line_bytes: 256 << 10,
             max_request_bytes: 64 << 20,
+            max_decompressed_bytes: 1 << 30,
             segment_bytes: 64 << 20,
             fsync_interval: Duration::from_secs(1),
             max_concurrent_inserts: 4,
@@ -129,6 +133,7 @@ impl Server {
         };
         if let Some(max) = config.retention.max_bytes {
             opts.segment_bytes = opts.segment_bytes.min((max / 4).max(4096));
+            opts.max_bytes = Some(max);
         }
         let dir = config.data_dir.clone();
         let store = tokio::task::spawn_blocking(move || Store::open(&dir, opts))

@@ -43,6 +43,10 @@ pub struct StoreOptions {
     pub segment_bytes: u64,
     /// Seal the active segment once its in-memory index holds this many entries.
     pub max_index_entries: usize,
+    /// The store's size cap: checked after every append, so that the oldest sealed
+    /// segments go as soon as the total passes it (not only on the periodic retention
+    /// pass); one burst, however large, cannot take the disk.
+    pub max_bytes: Option<u64>,
 }
 
 impl Default for StoreOptions {
@@ -50,6 +54,7 @@ impl Default for StoreOptions {
         StoreOptions {
             segment_bytes: 64 << 20,
             max_index_entries: 1_000_000,
+            max_bytes: None,
         }
     }
 }
@@ -888,6 +893,11 @@ impl Store {
         if self.tail_tx.receiver_count() > 0 {
             let _ = self.tail_tx.send(Arc::new((seq, recs)));
         }
+        if let Some(max) = self.opts.max_bytes {
+            if self.bytes_total.load(Ordering::Relaxed) > max {
+                self.enforce_retention(0, None, Some(max))?;
+            }
+        }
         Ok(())
     }
 
@@ -1191,6 +1201,7 @@ mod tests {
         let opts = StoreOptions {
             segment_bytes: 300,
             max_index_entries: 1000,
+            max_bytes: None,
         };
         {
             let s = Store::open(dir.path(), opts.clone()).unwrap();
@@ -1277,6 +1288,7 @@ mod tests {
                 StoreOptions {
                     segment_bytes: 8 << 10,
                     max_index_entries: 1000,
+                    max_bytes: None,
                 },
             )
             .unwrap(),
@@ -1361,6 +1373,7 @@ mod tests {
             StoreOptions {
                 segment_bytes: 1,
                 max_index_entries: 1000,
+                max_bytes: None,
             },
         )
         .unwrap();

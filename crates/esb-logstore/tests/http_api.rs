@@ -354,3 +354,76 @@ fn a_query_nested_100_000_deep_answers_400_and_the_store_lives() {
         .unwrap();
     assert!(health.status.success(), "the log store no longer answers");
 }
+
+/// Bytes of the files under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzip_bomb_is_refused_and_the_store_stays_under_its_cap() {
+    use std::io::Write as _;
+    const CAP: u64 = 4 << 20;
+    let server = TestServer::start(|c| {
+        c.retention = Retention {
+            max_age: None,
+            max_bytes: Some(CAP),
+            // The periodic pass never runs here: the cap must hold on its own.
+            check_interval: Duration::from_secs(3600),
+        };
+        c.max_decompressed_bytes = 32 << 20;
+    })
+    .await;
+    // One gzip member of 1 MiB of log lines, sent 64 times: 64 MiB inflated from a body
+    // of a few tens of KiB (MultiGzDecoder reads every member).
+    let mut lines = Vec::new();
+    let mut i = 0;
+    while lines.len() < 1 << 20 {
+        writeln!(
+            lines,
+            r#"{{"_msg":"bomb line {} with some padding to look real"}}"#,
+            i % 64
+        )
+        .unwrap();
+        i += 1;
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&lines).unwrap();
+    let member = gz.finish().unwrap();
+    let body: Vec<u8> = member.repeat(64);
+    assert!(body.len() < 2 << 20, "{}", body.len());
+    let addr = server.addr;
+    let answer = tokio::task::spawn_blocking(move || {
+        use std::io::Read as _;
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "POST /insert/jsonline HTTP/1.1\r\nhost: x\r\ncontent-encoding: gzip\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        s.write_all(&body).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("inflates past"), "{answer}");
+    let on_disk = dir_bytes(server._dir.path());
+    assert!(
+        on_disk <= CAP,
+        "the store holds {on_disk} bytes, over its cap of {CAP}"
+    );
+    // And it still takes records.
+    server.scenario("fill", &["1"]).await;
+    server.stop().await;
+}
