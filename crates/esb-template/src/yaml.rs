@@ -170,7 +170,14 @@ pub fn parse(src: &str) -> Result<Node, SyntaxError> {
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(src);
     parser.load(&mut builder, false).map_err(|e| SyntaxError {
-        message: e.info().to_string(),
+        message: match e.info() {
+            // The scanner's own bound on `[`/`{` nesting.
+            "recursion limit exceeded" => {
+                "the document nests flow maps and lists ([…], {…}) deeper than 255 levels"
+                    .to_string()
+            }
+            other => other.to_string(),
+        },
         line: e.marker().line(),
     })?;
     if let Some(err) = builder.error {
@@ -195,12 +202,30 @@ enum Frame {
     },
 }
 
+/// Deepest nesting of maps and sequences a template may have (CloudFormation templates
+/// stay far below; the bound keeps every recursive pass over the tree on a small stack).
+pub const MAX_DEPTH: usize = 100;
+/// Most nodes a document may expand to, aliases counted at their full size (a "billion
+/// laughs" document of nested aliases stops here instead of taking the memory).
+pub const MAX_NODES: usize = 1_000_000;
+
 #[derive(Default)]
 struct Builder {
     stack: Vec<Frame>,
     root: Option<Node>,
     anchors: HashMap<usize, Node>,
     error: Option<SyntaxError>,
+    /// Nodes made so far, aliases at their full size.
+    nodes: usize,
+}
+
+/// Nodes in the tree under `n` (itself included).
+fn tree_size(n: &Node) -> usize {
+    1 + match &n.value {
+        Value::Seq(items) => items.iter().map(tree_size).sum(),
+        Value::Map(entries) => entries.iter().map(|(_, v)| tree_size(v)).sum(),
+        _ => 0,
+    }
 }
 
 impl Builder {
@@ -326,6 +351,31 @@ impl MarkedEventReceiver for Builder {
             return;
         }
         let line = mark.line();
+        if matches!(ev, Event::SequenceStart(..) | Event::MappingStart(..))
+            && self.stack.len() >= MAX_DEPTH
+        {
+            self.fail(
+                format!("the document nests maps and lists deeper than {MAX_DEPTH} levels"),
+                line,
+            );
+            return;
+        }
+        let grows = match &ev {
+            Event::Scalar(..) | Event::SequenceStart(..) | Event::MappingStart(..) => 1,
+            Event::Alias(id) => self.anchors.get(id).map_or(0, tree_size),
+            _ => 0,
+        };
+        self.nodes += grows;
+        if self.nodes > MAX_NODES {
+            self.fail(
+                format!(
+                    "the document expands to more than {MAX_NODES} values (aliases counted \
+                     at their full size)"
+                ),
+                line,
+            );
+            return;
+        }
         match ev {
             Event::Scalar(text, style, anchor, tag) => {
                 let value = if style == TScalarStyle::Plain && tag.is_none() {
@@ -411,6 +461,41 @@ mod tests {
         let doc = parse("{\n  \"A\": {\"Ref\": \"B\"},\n  \"N\": 3\n}").unwrap();
         assert_eq!(doc.get("N").unwrap().value, Value::Int(3));
         assert_eq!(doc.get("A").unwrap().line, 2);
+    }
+
+    #[test]
+    fn deep_nesting_and_alias_bombs_are_refused_by_name() {
+        let flow = format!("A: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+        let e = parse(&flow).unwrap_err();
+        assert!(
+            e.message.contains("deeper than 255 levels"),
+            "{}",
+            e.message
+        );
+        let block: String = (0..150)
+            .map(|i| format!("{}k{i}:\n", "  ".repeat(i)))
+            .collect();
+        let e = parse(&block).unwrap_err();
+        assert!(
+            e.message.contains("deeper than 100 levels"),
+            "{}",
+            e.message
+        );
+        assert!(parse(&format!("A: {}{}\n", "[".repeat(50), "]".repeat(50))).is_ok());
+        // Nine levels of ten aliases each: 10^9 values once expanded.
+        let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..10 {
+            let p = i - 1;
+            bomb.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        let e = parse(&bomb).unwrap_err();
+        assert!(
+            e.message.contains("more than 1000000 values"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
