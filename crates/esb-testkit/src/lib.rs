@@ -5,6 +5,8 @@
 //! `ESB_VENV`; `scripts/test.sh` sets it. A test that needs the venv and does not find it
 //! fails with a message that says how to fix it: nothing is skipped.
 
+pub mod fuzz;
+
 use std::path::PathBuf;
 
 /// The virtualenv holding the real AWS clients (from `ESB_VENV`).
