@@ -154,6 +154,13 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// A connection with no traffic either way for this long is closed.
     pub idle_timeout: Duration,
+    /// A connection that moves fewer than [`ProxyConfig::min_progress_bytes`] in a whole
+    /// window of this length is closed: a trickle of bytes, which the idle timeout never
+    /// sees, cannot hold a slot for ever (default 60 s).
+    pub progress_window: Duration,
+    /// Bytes (both ways together, counted as read) a connection must move per
+    /// [`ProxyConfig::progress_window`] (default 1024).
+    pub min_progress_bytes: u64,
     /// Connections open at once, over all routes; beyond it the proxy stops accepting.
     pub max_connections: usize,
     /// Connections open at once from one source address (one worker), over all routes;
@@ -176,6 +183,8 @@ impl Default for ProxyConfig {
             resolve_ttl: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
+            progress_window: Duration::from_secs(60),
+            min_progress_bytes: 1024,
             max_connections: 4096,
             max_per_source: 256,
             buffer_size: 16 * 1024,
@@ -195,6 +204,8 @@ pub struct RouteStats {
     pub backend_failures: AtomicU64,
     /// Connections closed by the idle timeout.
     pub idle_closed: AtomicU64,
+    /// Connections closed because they moved too few bytes in a progress window.
+    pub slow_closed: AtomicU64,
     /// Connections closed at once because their source had `max_per_source` open.
     pub source_refused: AtomicU64,
     /// Bytes client -> backend.
@@ -516,28 +527,48 @@ async fn serve_connection(shared: &Shared, state: &RouteState, client: TcpStream
     stats.active.fetch_add(1, Ordering::Relaxed);
     let epoch = Instant::now();
     let last = AtomicU64::new(0);
+    let moved = AtomicU64::new(0);
     let mut a = Tracked {
         inner: client,
         last: &last,
+        moved: &moved,
         epoch,
     };
     let mut b = Tracked {
         inner: backend,
         last: &last,
+        moved: &moved,
         epoch,
     };
     let size = shared.cfg.buffer_size;
     let idle = shared.cfg.idle_timeout;
+    let window = shared.cfg.progress_window;
+    let min_bytes = shared.cfg.min_progress_bytes;
     let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, size, size);
+    // Why the watchdog closed a connection.
+    enum Cut {
+        Idle,
+        Slow,
+    }
     let watchdog = async {
+        let mut window_start = Duration::ZERO;
+        let mut moved_at_start = 0;
         loop {
-            let quiet = epoch
-                .elapsed()
-                .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+            let now = epoch.elapsed();
+            let quiet = now.saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
             if quiet >= idle {
-                return;
+                return Cut::Idle;
             }
-            tokio::time::sleep(idle - quiet).await;
+            if now >= window_start + window {
+                let n = moved.load(Ordering::Relaxed);
+                if n - moved_at_start < min_bytes {
+                    return Cut::Slow;
+                }
+                window_start = now;
+                moved_at_start = n;
+            }
+            let next_window = (window_start + window).saturating_sub(now);
+            tokio::time::sleep((idle - quiet).min(next_window)).await;
         }
     };
     tokio::select! {
@@ -547,24 +578,32 @@ async fn serve_connection(shared: &Shared, state: &RouteState, client: TcpStream
                 stats.bytes_down.fetch_add(down, Ordering::Relaxed);
             }
         }
-        _ = watchdog => {
-            stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+        cut = watchdog => match cut {
+            Cut::Idle => {
+                stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+            }
+            Cut::Slow => {
+                stats.slow_closed.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
     stats.active.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// A stream that notes when data last moved through it (milliseconds since `epoch`).
+/// A stream that notes when data last moved through it (milliseconds since `epoch`) and
+/// how much moved.
 struct Tracked<'a> {
     inner: TcpStream,
     last: &'a AtomicU64,
+    moved: &'a AtomicU64,
     epoch: Instant,
 }
 
 impl Tracked<'_> {
-    fn touch(&self) {
+    fn touch(&self, bytes: usize) {
         self.last
             .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.moved.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 }
 
@@ -577,7 +616,7 @@ impl AsyncRead for Tracked<'_> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.touch();
+            self.touch(buf.filled().len() - before);
         }
         r
     }
@@ -590,8 +629,11 @@ impl AsyncWrite for Tracked<'_> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
+        if let Poll::Ready(Ok(n)) = r {
+            if n > 0 {
+                // Counted once, when read: only the time of the write matters here.
+                self.touch(0);
+            }
         }
         r
     }
@@ -713,6 +755,38 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(stats.source_refused.load(Ordering::Relaxed), 400 - 100);
+    }
+
+    #[tokio::test]
+    async fn a_trickle_cannot_hold_a_connection() {
+        let backend = echo_server().await;
+        let (p, addr) = proxy_to(backend, |c| {
+            c.idle_timeout = Duration::from_secs(5);
+            c.progress_window = Duration::from_millis(500);
+            c.min_progress_bytes = 100;
+        });
+        let stats = p.stats()[0].1.clone();
+        tokio::spawn(p.run(std::future::pending(), Duration::ZERO));
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        // One byte every 50 ms: never idle for the idle timeout, far below the rate.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut buf = [0u8; 1];
+        loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a trickle held its connection"
+            );
+            if c.write_all(b"x").await.is_err() {
+                break;
+            }
+            // The echo (or the close) comes back at once; then wait out the 50 ms.
+            match tokio::time::timeout(Duration::from_millis(50), c.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        assert_eq!(stats.slow_closed.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.idle_closed.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]

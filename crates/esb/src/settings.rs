@@ -202,6 +202,13 @@ pub struct ProxyArgs {
     /// Seconds to wait for a backend connection.
     #[arg(long, env = "ESB_PROXY_CONNECT_TIMEOUT", default_value_t = 5)]
     pub connect_timeout: u64,
+    /// A proxied connection moving fewer than ESB_PROXY_MIN_PROGRESS_BYTES in a window of
+    /// this many seconds is closed (a trickle cannot hold a connection).
+    #[arg(long, env = "ESB_PROXY_PROGRESS_WINDOW", default_value_t = 60)]
+    pub progress_window: u64,
+    /// Bytes a proxied connection must move per progress window.
+    #[arg(long, env = "ESB_PROXY_MIN_PROGRESS_BYTES", default_value_t = 1024)]
+    pub min_progress_bytes: u64,
     /// Namespace to dial backends from (a compute node's node namespace, where wg0 is).
     #[arg(long, env = "ESB_PROXY_DIAL_NETNS")]
     pub dial_netns: Option<String>,
@@ -245,6 +252,8 @@ impl ProxyArgs {
             ),
             connect_timeout: Duration::from_secs(self.connect_timeout.max(1)),
             idle_timeout: Duration::from_secs(self.idle_timeout.max(1)),
+            progress_window: Duration::from_secs(self.progress_window.max(1)),
+            min_progress_bytes: self.min_progress_bytes,
             max_connections: self.max_connections,
             max_per_source: self.max_per_source,
             dial_netns: self.dial_netns.clone().filter(|n| !n.is_empty()),
@@ -267,6 +276,8 @@ impl ProxyArgs {
             format!("--max-per-source={}", self.max_per_source),
             format!("--idle-timeout={}", self.idle_timeout),
             format!("--connect-timeout={}", self.connect_timeout),
+            format!("--progress-window={}", self.progress_window),
+            format!("--min-progress-bytes={}", self.min_progress_bytes),
         ];
         if let Some(n) = &self.dial_netns {
             args.push(format!("--dial-netns={n}"));
