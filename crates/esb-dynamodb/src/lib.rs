@@ -28,7 +28,7 @@ pub mod table;
 pub mod value;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use std::future::Future;
@@ -306,9 +306,14 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Byte
         }
         return error_response(&err);
     }
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
+    let body = match esb_serve::read_body(body, MAX_BODY, esb_serve::BODY_IDLE_TIMEOUT).await {
+        Ok(b) => b,
+        Err(esb_serve::BodyError::Stalled | esb_serve::BodyError::Read(_)) => {
+            let mut e = DdbError::serialization("The request body could not be read in time");
+            e.status = 400;
+            return error_response(&e);
+        }
+        Err(esb_serve::BodyError::TooLarge) => {
             let mut e = DdbError::new(
                 "RequestEntityTooLarge",
                 "Request size exceeded 16777216 bytes",

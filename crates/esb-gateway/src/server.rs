@@ -490,7 +490,19 @@ async fn read_body(
         return Err(BodyError::TooLarge);
     }
     let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0).min(limit as u64) as usize);
-    while let Some(frame) = body.frame().await {
+    loop {
+        // A body that stops arriving is given up (the connection cap and header timeout
+        // bound the rest).
+        let frame = match tokio::time::timeout(esb_serve::BODY_IDLE_TIMEOUT, body.frame()).await {
+            Err(_) => {
+                return Err(BodyError::Read(format!(
+                    "no byte for {} s",
+                    esb_serve::BODY_IDLE_TIMEOUT.as_secs()
+                )))
+            }
+            Ok(None) => break,
+            Ok(Some(frame)) => frame,
+        };
         let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > limit {

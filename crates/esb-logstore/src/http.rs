@@ -376,17 +376,22 @@ pub(crate) async fn do_ingest_stamped(
             ))
         }
     };
-    let body = axum::body::to_bytes(req.into_body(), state.config.max_request_bytes)
-        .await
-        .map_err(|_| {
-            text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "request body larger than {} bytes: send smaller batches",
-                    state.config.max_request_bytes
-                ),
-            )
-        })?;
+    let body = esb_serve::read_body(
+        req.into_body(),
+        state.config.max_request_bytes,
+        esb_serve::BODY_IDLE_TIMEOUT,
+    )
+    .await
+    .map_err(|e| match e {
+        esb_serve::BodyError::TooLarge => text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "request body larger than {} bytes: send smaller batches",
+                state.config.max_request_bytes
+            ),
+        ),
+        other => text(StatusCode::BAD_REQUEST, other.to_string()),
+    })?;
     // An ingest slot only once the body is here: slow senders cannot hold the slots.
     let _slot = state
         .ingest_slots

@@ -45,17 +45,22 @@ async fn authenticate(s: &WorkerState, req: Request) -> Result<(String, Request)
             ),
         )
     })?;
-    let body = axum::body::to_bytes(body, s.app.config.max_request_bytes)
-        .await
-        .map_err(|_| {
-            refuse(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "request body larger than {} bytes",
-                    s.app.config.max_request_bytes
-                ),
-            )
-        })?;
+    let body = esb_serve::read_body(
+        body,
+        s.app.config.max_request_bytes,
+        esb_serve::BODY_IDLE_TIMEOUT,
+    )
+    .await
+    .map_err(|e| match e {
+        esb_serve::BodyError::TooLarge => refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "request body larger than {} bytes",
+                s.app.config.max_request_bytes
+            ),
+        ),
+        other => refuse(StatusCode::BAD_REQUEST, other.to_string()),
+    })?;
     let key = esb_sigv4::access_key(&parts.headers).ok_or_else(|| {
         refuse(
             StatusCode::FORBIDDEN,

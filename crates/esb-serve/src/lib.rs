@@ -178,6 +178,75 @@ impl Gate {
     }
 }
 
+/// How long a request body may go without a byte before the server gives up on it
+/// ([`read_body`]): a client that stops sending mid-body cannot hold the request.
+pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why [`read_body`] gave up.
+#[derive(Debug)]
+pub enum BodyError {
+    /// More than the limit.
+    TooLarge,
+    /// No byte for [`BODY_IDLE_TIMEOUT`].
+    Stalled,
+    /// The connection failed.
+    Read(String),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::TooLarge => f.write_str("the request body is too large"),
+            BodyError::Stalled => write!(
+                f,
+                "the request body stalled: no byte for {} s",
+                BODY_IDLE_TIMEOUT.as_secs()
+            ),
+            BodyError::Read(e) => write!(f, "the request body could not be read: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for BodyError {}
+
+/// Reads a whole request body of at most `limit` bytes, giving up when no byte arrives for
+/// `idle` (a trickle keeps it going: the header timeout and the connection cap bound the
+/// rest).
+pub async fn read_body<B>(
+    body: B,
+    limit: usize,
+    idle: Duration,
+) -> Result<hyper::body::Bytes, BodyError>
+where
+    B: hyper::body::Body,
+    B::Error: std::fmt::Display,
+{
+    use http_body_util::BodyExt as _;
+    let mut body = std::pin::pin!(body);
+    let mut buf = Vec::new();
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(BodyError::Stalled),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(BodyError::Read(e.to_string())),
+            Ok(Some(Ok(f))) => f,
+        };
+        if let Ok(mut data) = frame.into_data() {
+            use hyper::body::Buf as _;
+            if buf.len() + data.remaining() > limit {
+                return Err(BodyError::TooLarge);
+            }
+            while data.has_remaining() {
+                let chunk = data.chunk();
+                buf.extend_from_slice(chunk);
+                let n = chunk.len();
+                data.advance(n);
+            }
+        }
+    }
+    Ok(buf.into())
+}
+
 /// Raises this process's soft limit of open files to its hard limit (once per process;
 /// failures are ignored: the old limit stays).
 pub fn raise_open_files_limit() {

@@ -142,3 +142,50 @@ fn past_the_cap_new_connections_are_closed_and_open_ones_still_served() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn a_body_that_stops_arriving_is_given_up() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            esb_serve::serve(
+                listener,
+                Limits::new("test"),
+                |_peer| {
+                    hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async {
+                        let answer = match esb_serve::read_body(
+                            req.into_body(),
+                            1 << 20,
+                            Duration::from_secs(1),
+                        )
+                        .await
+                        {
+                            Ok(b) => format!("read {}", b.len()),
+                            Err(e) => e.to_string(),
+                        };
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from(answer),
+                        )))
+                    })
+                },
+                std::future::pending(),
+            )
+            .await;
+        });
+    });
+    let addr = rx.recv().unwrap();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nonly ten b")
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.contains("stalled"), "{answer}");
+}
