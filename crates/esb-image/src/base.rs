@@ -93,7 +93,8 @@ impl BaseKind {
             // v2: bases built by a process with umask 077 (the box, since v1) had
             // directories only root could read; v2 bases are built with explicit modes.
             BaseKind::Python(r) => format!("python{}-{}-{arch}-v2", r.python(), r.suite()),
-            BaseKind::Node(r) => format!("nodejs{}-{}-{arch}-v2", r.node(), r.suite()),
+            // v3: /var/node_modules, the SDK for ES modules without a resolve hook.
+            BaseKind::Node(r) => format!("nodejs{}-{}-{arch}-v3", r.node(), r.suite()),
             BaseKind::Provided => format!("provided-bookworm-{arch}-v2"),
         }
     }
@@ -555,6 +556,10 @@ fn build_node(
     let from = staging.join("node_modules");
     let to = runtime.join("node_modules");
     fs::rename(&from, &to).map_err(|e| Error::io(&from, e))?;
+    // ES modules ignore NODE_PATH: an import from /var/task finds the SDK by walking up
+    // to /var/node_modules, at no cost to start-up.
+    let link = rootfs.join("var/node_modules");
+    std::os::unix::fs::symlink("runtime/node_modules", &link).map_err(|e| Error::io(&link, e))?;
     // Check the interpreter the base really has, and that it loads the SDK.
     let out = Command::new("chroot")
         .arg(rootfs)

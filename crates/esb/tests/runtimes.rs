@@ -129,6 +129,7 @@ fn node_python_and_zip_functions_run_as_on_lambda() {
         "{text}"
     );
     assert_eq!(v["answer"], "42", "{text}");
+    assert_eq!(v["greeting"], "hello esm from a layer", "{text}");
     assert_eq!(v["text"], "hello from node", "{text}");
     assert_eq!(v["event"]["hello"], "node", "{text}");
     assert_eq!(v["python"]["major_minor"], "3.13", "{text}");

@@ -367,12 +367,16 @@ function invoke(handler, inv) {
 }
 
 async function main() {
-  // ES modules ignore NODE_PATH; a resolve hook gives bare imports the same fallback
-  // directories (the SDK in /var/runtime/node_modules, layers in /opt/nodejs), as Lambda does.
-  try {
-    register('./resolve.mjs', import.meta.url);
-  } catch {
-    // Older Node.js without module.register: CommonJS still finds everything by NODE_PATH.
+  // ES modules ignore NODE_PATH. The base's SDK is found without help (the base links
+  // /var/node_modules to it); layers' packages (/opt/nodejs/...) need a resolve hook that
+  // gives bare imports NODE_PATH's directories. The hook costs tens of milliseconds of
+  // start-up (a loader thread), so it is only registered when a layer brings packages.
+  if (fs.existsSync('/opt/nodejs')) {
+    try {
+      register('./resolve.mjs', import.meta.url);
+    } catch {
+      // Older Node.js without module.register: CommonJS still finds everything.
+    }
   }
   let handler;
   try {

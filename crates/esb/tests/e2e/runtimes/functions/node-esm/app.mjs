@@ -2,6 +2,7 @@
 import { DynamoDBClient, PutItemCommand, GetItemCommand } from '@aws-sdk/client-dynamodb';
 import { S3Client, PutObjectCommand, GetObjectCommand } from '@aws-sdk/client-s3';
 import { LambdaClient, InvokeCommand } from '@aws-sdk/client-lambda';
+import greeting from 'esb-greeting';
 
 const ddb = new DynamoDBClient({});
 const s3 = new S3Client({});
@@ -26,6 +27,7 @@ export const handler = async (event, context) => {
   console.log('node-esm done', id);
   return {
     node: process.versions.node,
+    greeting: greeting.greet('esm'),
     answer: item.Item.answer.N,
     text,
     key,
