@@ -10,8 +10,12 @@ use esb_serve::Limits;
 use http_body_util::Full;
 use hyper::body::Bytes;
 
-/// A server answering "ok" with `limits`, on a thread of its own.
-fn server(limits: Limits) -> SocketAddr {
+/// A server with `limits` answering every request with `answer(body read with a 1 s idle
+/// timeout)`, on a thread of its own.
+fn server_with(
+    limits: Limits,
+    answer: fn(Result<Bytes, esb_serve::BodyError>) -> String,
+) -> SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -24,12 +28,20 @@ fn server(limits: Limits) -> SocketAddr {
             esb_serve::serve(
                 listener,
                 limits,
-                |_peer| {
-                    hyper::service::service_fn(|_req| async {
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                            Bytes::from_static(b"ok"),
-                        )))
-                    })
+                move |_peer| {
+                    hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| async move {
+                            let body = esb_serve::read_body(
+                                req.into_body(),
+                                1 << 20,
+                                Duration::from_secs(1),
+                            )
+                            .await;
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                                Bytes::from(answer(body)),
+                            )))
+                        },
+                    )
                 },
                 std::future::pending(),
             )
@@ -37,6 +49,11 @@ fn server(limits: Limits) -> SocketAddr {
         });
     });
     rx.recv().unwrap()
+}
+
+/// A server answering "ok" with `limits`.
+fn server(limits: Limits) -> SocketAddr {
+    server_with(limits, |_| "ok".into())
 }
 
 /// Whether the server closed `s` (EOF or reset) within `limit`.
@@ -145,41 +162,10 @@ fn past_the_cap_new_connections_are_closed_and_open_ones_still_served() {
 
 #[test]
 fn a_body_that_stops_arriving_is_given_up() {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            esb_serve::serve(
-                listener,
-                Limits::new("test"),
-                |_peer| {
-                    hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async {
-                        let answer = match esb_serve::read_body(
-                            req.into_body(),
-                            1 << 20,
-                            Duration::from_secs(1),
-                        )
-                        .await
-                        {
-                            Ok(b) => format!("read {}", b.len()),
-                            Err(e) => e.to_string(),
-                        };
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                            Bytes::from(answer),
-                        )))
-                    })
-                },
-                std::future::pending(),
-            )
-            .await;
-        });
+    let addr = server_with(Limits::new("test"), |body| match body {
+        Ok(b) => format!("read {}", b.len()),
+        Err(e) => e.to_string(),
     });
-    let addr = rx.recv().unwrap();
     let mut s = TcpStream::connect(addr).unwrap();
     s.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nonly ten b")
         .unwrap();

@@ -255,29 +255,9 @@ impl Verifier {
                 )));
             }
         }
-        let amz_date = request.header("x-amz-date").ok_or_else(|| {
-            AuthError::IncompleteSignature(
-                "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' \
-                 header."
-                    .to_owned(),
-            )
-        })?;
-        let request_time = parse_amz_date(amz_date).ok_or_else(|| {
-            AuthError::IncompleteSignature(format!(
-                "Date must be in ISO-8601 'basic format'. Got '{amz_date}'. See \
-                 http://en.wikipedia.org/wiki/ISO_8601"
-            ))
-        })?;
+        let amz_date = check_date(request.header("x-amz-date"), now, self.max_skew)?;
         if !amz_date.starts_with(&auth.date) {
             return Err(AuthError::SignatureDoesNotMatch);
-        }
-        let now_secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
-        if (now_secs - request_time).unsigned_abs() > self.max_skew.as_secs() {
-            return Err(AuthError::RequestExpired(format!(
-                "Signature expired: {amz_date} is now earlier or later than the allowed \
-                 {} minutes of skew from the server time.",
-                self.max_skew.as_secs() / 60
-            )));
         }
 
         let unsigned = |h: &str| h == "UNSIGNED-PAYLOAD" || h.starts_with("STREAMING-");
@@ -404,16 +384,28 @@ pub fn precheck_headers(
     if !known(&auth.access_key) {
         return Err(AuthError::UnrecognizedClient);
     }
-    let amz_date = headers
-        .get("x-amz-date")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| {
-            AuthError::IncompleteSignature(
-                "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' \
-                 header."
-                    .to_owned(),
-            )
-        })?;
+    check_date(
+        headers.get("x-amz-date").and_then(|v| v.to_str().ok()),
+        now,
+        max_skew,
+    )?;
+    Ok(auth.access_key)
+}
+
+/// Checks an `x-amz-date` value: present, in ISO-8601 basic format, within `max_skew` of
+/// `now`. Returns it.
+fn check_date(
+    amz_date: Option<&str>,
+    now: SystemTime,
+    max_skew: Duration,
+) -> Result<&str, AuthError> {
+    let amz_date = amz_date.ok_or_else(|| {
+        AuthError::IncompleteSignature(
+            "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' \
+             header."
+                .to_owned(),
+        )
+    })?;
     let request_time = parse_amz_date(amz_date).ok_or_else(|| {
         AuthError::IncompleteSignature(format!(
             "Date must be in ISO-8601 'basic format'. Got '{amz_date}'. See \
@@ -428,7 +420,7 @@ pub fn precheck_headers(
             max_skew.as_secs() / 60
         )));
     }
-    Ok(auth.access_key)
+    Ok(amz_date)
 }
 
 /// The skew [`Verifier`] allows by default (15 minutes, as AWS).

@@ -9,31 +9,14 @@ mod boxkit;
 use std::path::Path;
 
 use boxkit::TestBox;
-use serde_json::Value;
 
 fn fenced_app() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/fenced")
 }
 
-/// `esb invoke FUNCTION --payload P`: (success, the JSON it printed or Null, all output).
-fn invoke(b: &TestBox, function: &str, payload: &str) -> (bool, Value, String) {
-    let out = b.esb(&["invoke", function, "--payload", payload]);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let json = text
-        .find('{')
-        .zip(text.rfind('}'))
-        .and_then(|(a, z)| serde_json::from_str(&text[a..=z]).ok())
-        .unwrap_or(Value::Null);
-    (out.status.success(), json, text)
-}
-
 /// The bystander function and the box's services still answer.
 fn box_still_serves(b: &TestBox, after: &str) {
-    let (ok, v, text) = invoke(b, "bystander", "{}");
+    let (ok, v, text) = b.invoke("bystander", "{}");
     assert!(ok && v["ok"] == true, "after {after}: bystander: {text}");
     let status = b.status();
     for c in status["components"].as_array().unwrap() {
@@ -77,7 +60,7 @@ fn a_worker_cannot_leave_its_fence_or_starve_the_box() {
     assert!(out.contains("esb is up"), "{out}");
 
     // No user namespace (either way), no io_uring.
-    let (ok, v, text) = invoke(&b, "probe", r#"{"op":"escape"}"#);
+    let (ok, v, text) = b.invoke("probe", r#"{"op":"escape"}"#);
     assert!(ok, "{text}");
     assert_eq!(v["clone_newuser"]["ok"], false, "{text}");
     assert_eq!(v["clone_newuser"]["errno"], "EPERM", "{text}");
@@ -114,13 +97,13 @@ fn a_worker_cannot_leave_its_fence_or_starve_the_box() {
         .and_then(|cidr| cidr.split('/').next())
         .unwrap_or_else(|| panic!("no address of {bystander}: {addr}"))
         .to_string();
-    let (ok, v, text) = invoke(&b, "probe", &format!(r#"{{"op":"neighbor","ip":"{ip}"}}"#));
+    let (ok, v, text) = b.invoke("probe", &format!(r#"{{"op":"neighbor","ip":"{ip}"}}"#));
     assert!(ok, "{text}");
     assert_eq!(
         v["reached"], false,
         "a worker reached {ip}:8080 directly: {text}"
     );
-    let (ok, v, text) = invoke(&b, "probe", r#"{"op":"scan","timeout":0.7}"#);
+    let (ok, v, text) = b.invoke("probe", r#"{"op":"scan","timeout":0.7}"#);
     assert!(ok, "{text}");
     assert_eq!(
         v["open"],
@@ -169,7 +152,7 @@ fn a_worker_cannot_leave_its_fence_or_starve_the_box() {
     assert!(workers > 0, "no worker process found under /{parent}");
 
     // A gigabyte written straight to the console leaves at most the cap (10 MiB) on disk.
-    let (ok, v, text) = invoke(&b, "probe", r#"{"op":"console","mib":1024}"#);
+    let (ok, v, text) = b.invoke("probe", r#"{"op":"console","mib":1024}"#);
     assert!(ok, "{text}");
     assert_eq!(v["written_mib"], 1024, "{text}");
     let on_disk = console_bytes(&b);
@@ -180,7 +163,7 @@ fn a_worker_cannot_leave_its_fence_or_starve_the_box() {
     box_still_serves(&b, "1 GiB on the console");
 
     // A fork bomb stops at the worker's process limit.
-    let (ok, v, text) = invoke(&b, "probe", r#"{"op":"fork","seconds":20}"#);
+    let (ok, v, text) = b.invoke("probe", r#"{"op":"fork","seconds":20}"#);
     assert!(ok, "{text}");
     assert_eq!(
         v["failed"], "EAGAIN",
@@ -190,10 +173,10 @@ fn a_worker_cannot_leave_its_fence_or_starve_the_box() {
     box_still_serves(&b, "the fork bomb");
 
     // A memory hog and a /tmp fill fail inside their 512 MB.
-    let (ok, _, text) = invoke(&b, "probe", r#"{"op":"hog"}"#);
+    let (ok, _, text) = b.invoke("probe", r#"{"op":"hog"}"#);
     assert!(!ok, "the memory hog returned: {text}");
     box_still_serves(&b, "the memory hog");
-    let (ok, _, text) = invoke(&b, "probe", r#"{"op":"tmpfs","mib":700}"#);
+    let (ok, _, text) = b.invoke("probe", r#"{"op":"tmpfs","mib":700}"#);
     assert!(!ok, "700 MiB in /tmp of a 512 MB function: {text}");
     box_still_serves(&b, "the /tmp fill");
 

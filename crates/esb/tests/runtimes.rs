@@ -12,26 +12,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use boxkit::TestBox;
-use serde_json::Value;
 
 fn runtimes_app() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/runtimes")
-}
-
-/// `esb invoke FUNCTION --payload P`: (success, the JSON it printed or Null, all output).
-fn invoke(b: &TestBox, function: &str, payload: &str) -> (bool, Value, String) {
-    let out = b.esb(&["invoke", function, "--payload", payload]);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let json = text
-        .find('{')
-        .zip(text.rfind('}'))
-        .and_then(|(a, z)| serde_json::from_str(&text[a..=z]).ok())
-        .unwrap_or(Value::Null);
-    (out.status.success(), json, text)
 }
 
 /// Zips `src` into `dest` as `sam build` would, keeping each file's unix mode.
@@ -113,16 +96,16 @@ fn node_python_and_zip_functions_run_as_on_lambda() {
     );
 
     // Python 3.13, with 3.12+ syntax.
-    let (ok, v, text) = invoke(&b, "py313", r#"{"n":1}"#);
+    let (ok, v, text) = b.invoke("py313", r#"{"n":1}"#);
     assert!(ok, "{text}");
     assert_eq!(v["major_minor"], "3.13", "{text}");
     assert_eq!(v["joined"], "python on trixie", "{text}");
-    let (ok, v, text) = invoke(&b, "py312", "{}");
+    let (ok, v, text) = b.invoke("py312", "{}");
     assert!(ok && v["major_minor"] == "3.13", "{text}");
 
     // Node.js 20, ES module: DynamoDB, S3 and Lambda through the runtime's SDK; the Python
     // function it invoked saw the same trace.
-    let (ok, v, text) = invoke(&b, "node-esm", r#"{"hello":"node"}"#);
+    let (ok, v, text) = b.invoke("node-esm", r#"{"hello":"node"}"#);
     assert!(ok, "{text}\n{}", b.log_events("gateway", 20));
     assert!(
         v["node"].as_str().is_some_and(|n| n.starts_with("20.")),
@@ -160,7 +143,7 @@ fn node_python_and_zip_functions_run_as_on_lambda() {
     );
 
     // Node.js 18, CommonJS, callback style: the answer waited for the event loop to empty.
-    let (ok, v, text) = invoke(&b, "node-callback", "{}");
+    let (ok, v, text) = b.invoke("node-callback", "{}");
     assert!(ok, "{text}");
     assert!(
         v["node"].as_str().is_some_and(|n| n.starts_with("18.")),
@@ -179,7 +162,7 @@ fn node_python_and_zip_functions_run_as_on_lambda() {
     );
 
     // Code and layer from zip archives, unix modes kept.
-    let (ok, v, text) = invoke(&b, "zipped", "{}");
+    let (ok, v, text) = b.invoke("zipped", "{}");
     assert!(ok, "{text}");
     assert_eq!(v["layer"], "from the zip layer", "{text}");
     assert_eq!(v["script_mode"], "0o755", "{text}");
@@ -187,7 +170,7 @@ fn node_python_and_zip_functions_run_as_on_lambda() {
     assert_eq!(v["private_mode"], "0o600", "{text}");
 
     // The image's own ENTRYPOINT and CMD run as the runtime, with its environment.
-    let (ok, v, text) = invoke(&b, "from-image", r#"{"via":"image"}"#);
+    let (ok, v, text) = b.invoke("from-image", r#"{"via":"image"}"#);
     assert!(ok, "{text}");
     assert_eq!(v["from_image"], true, "{text}");
     assert_eq!(v["cwd"], "/var/task", "{text}");
@@ -196,7 +179,7 @@ fn node_python_and_zip_functions_run_as_on_lambda() {
     assert_eq!(v["event"]["via"], "image", "{text}");
 
     // Failures as Lambda reports them.
-    let (_, v, text) = invoke(&b, "node-init-error", "{}");
+    let (_, v, text) = b.invoke("node-init-error", "{}");
     assert_eq!(v["errorType"], "Error", "{text}");
     assert!(
         v["errorMessage"]
@@ -204,14 +187,14 @@ fn node_python_and_zip_functions_run_as_on_lambda() {
             .is_some_and(|m| m.contains("init failed on purpose")),
         "{text}"
     );
-    let (_, v, text) = invoke(&b, "node-rejection", "{}");
+    let (_, v, text) = b.invoke("node-rejection", "{}");
     assert_eq!(
         v["errorType"], "Runtime.UnhandledPromiseRejection",
         "{text}"
     );
     assert_eq!(v["errorMessage"], "Error: rejected on purpose", "{text}");
     // The worker's runtime came back: the next call is answered the same way, not hung.
-    let (_, v, text) = invoke(&b, "node-rejection", "{}");
+    let (_, v, text) = b.invoke("node-rejection", "{}");
     assert_eq!(
         v["errorType"], "Runtime.UnhandledPromiseRejection",
         "{text}"

@@ -40,8 +40,8 @@ impl SupBuilder {
     /// A Python function run by awslambdaric from the venv, handler `module.function`.
     pub fn python(handler: &str) -> SupBuilder {
         let python = esb_testkit::python();
-        SupBuilder {
-            env: vec![
+        SupBuilder::with_env(
+            vec![
                 ("ESB_RUNTIME".into(), "python3.11".into()),
                 ("_HANDLER".into(), handler.into()),
                 ("ESB_PYTHON".into(), python.to_string_lossy().into_owned()),
@@ -52,18 +52,14 @@ impl SupBuilder {
                         .into_owned(),
                 ),
             ],
-            task_root: None,
-            wrapper: Vec::new(),
-            args: Vec::new(),
-            hold_stdout: false,
-        }
-        .common()
+            None,
+        )
     }
 
     /// A custom runtime whose `bootstrap` is in `task_root`.
     pub fn provided(task_root: &Path) -> SupBuilder {
-        SupBuilder {
-            env: vec![
+        SupBuilder::with_env(
+            vec![
                 ("ESB_RUNTIME".into(), "provided.al2023".into()),
                 ("_HANDLER".into(), "function.handler".into()),
                 (
@@ -71,12 +67,8 @@ impl SupBuilder {
                     task_root.to_string_lossy().into_owned(),
                 ),
             ],
-            task_root: None,
-            wrapper: Vec::new(),
-            args: Vec::new(),
-            hold_stdout: false,
-        }
-        .common()
+            None,
+        )
     }
 
     /// A Node.js function in `task_root` run by esb's runtime client (the repository's
@@ -86,8 +78,8 @@ impl SupBuilder {
             .join("../esb-image/runtimes/nodejs/ric.mjs")
             .canonicalize()
             .expect("ric.mjs");
-        SupBuilder {
-            env: vec![
+        SupBuilder::with_env(
+            vec![
                 ("ESB_RUNTIME".into(), "nodejs20.x".into()),
                 ("_HANDLER".into(), handler.into()),
                 ("ESB_NODE_RIC".into(), ric.to_string_lossy().into_owned()),
@@ -96,12 +88,8 @@ impl SupBuilder {
                     task_root.to_string_lossy().into_owned(),
                 ),
             ],
-            task_root: None,
-            wrapper: Vec::new(),
-            args: Vec::new(),
-            hold_stdout: false,
-        }
-        .common()
+            None,
+        )
     }
 
     /// The Rust lambda_runtime function as a custom runtime: `$LAMBDA_TASK_ROOT/bootstrap`.
@@ -109,8 +97,8 @@ impl SupBuilder {
         let bin = esb_test_functions::rust_function();
         let dir = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(&bin, dir.path().join("bootstrap")).unwrap();
-        SupBuilder {
-            env: vec![
+        SupBuilder::with_env(
+            vec![
                 ("ESB_RUNTIME".into(), "provided.al2023".into()),
                 ("_HANDLER".into(), "bootstrap".into()),
                 (
@@ -118,7 +106,16 @@ impl SupBuilder {
                     dir.path().to_string_lossy().into_owned(),
                 ),
             ],
-            task_root: Some(dir),
+            Some(dir),
+        )
+    }
+
+    /// A builder with `env` (and the task root directory to keep alive), plus the
+    /// settings every test shares.
+    fn with_env(env: Vec<(String, String)>, task_root: Option<tempfile::TempDir>) -> SupBuilder {
+        SupBuilder {
+            env,
+            task_root,
             wrapper: Vec::new(),
             args: Vec::new(),
             hold_stdout: false,

@@ -270,6 +270,23 @@ impl TestBox {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
+    /// `esb invoke FUNCTION --payload P`: whether it succeeded, the JSON it printed (or
+    /// Null), and all its output.
+    pub fn invoke(&self, function: &str, payload: &str) -> (bool, Value, String) {
+        let out = self.esb(&["invoke", function, "--payload", payload]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json = text
+            .find('{')
+            .zip(text.rfind('}'))
+            .and_then(|(a, z)| serde_json::from_str(&text[a..=z]).ok())
+            .unwrap_or(Value::Null);
+        (out.status.success(), json, text)
+    }
+
     /// `esb up`.
     pub fn up(&self) -> String {
         self.ok(&["up"])
