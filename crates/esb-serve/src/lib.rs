@@ -8,8 +8,10 @@
 //!   [`Limits::header_read_timeout`], and an idle keep-alive connection is closed after the
 //!   same time (hyper starts the timer as soon as it waits for the next request), which
 //!   cuts slowloris clients;
-//! - HTTP/2: at most [`Limits::h2_max_concurrent_streams`] streams per connection, a bound
-//!   on header lists, and keep-alive pings that close connections whose peer went away;
+//! - HTTP/2: at most [`Limits::h2_max_concurrent_streams`] streams per connection, bounded
+//!   header lists, flow-control windows (1 MiB per stream, 4 MiB per connection) and send
+//!   buffers, a bound on streams reset as soon as opened (rapid reset), and keep-alive pings
+//!   that close connections whose peer went away;
 //! - [`serve`]: the accept loop with these limits and a graceful shutdown, for plain TCP
 //!   servers (S3, DynamoDB, the log store). Servers with their own loop (TLS) use
 //!   [`builder`] and [`Gate`] directly.
@@ -112,7 +114,15 @@ pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
         .max_header_list_size(limits.h2_max_header_list_size)
         .keep_alive_interval(limits.h2_keep_alive)
-        .keep_alive_timeout(limits.h2_keep_alive);
+        .keep_alive_timeout(limits.h2_keep_alive)
+        // Flow-control windows and the send buffer bound what one connection may make the
+        // server hold; streams a client opens and resets at once (the "rapid reset"
+        // attack) are bounded too.
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        .max_send_buf_size(1 << 20)
+        .max_pending_accept_reset_streams(64)
+        .max_local_error_reset_streams(256);
     b
 }
 

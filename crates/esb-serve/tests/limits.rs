@@ -175,3 +175,48 @@ fn a_body_that_stops_arriving_is_given_up() {
     let answer = String::from_utf8_lossy(&buf[..n]);
     assert!(answer.contains("stalled"), "{answer}");
 }
+
+#[test]
+fn http2_clients_are_served_within_the_stream_limit() {
+    let mut l = Limits::new("test");
+    l.h2_max_concurrent_streams = 8;
+    let addr = server(l);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        // One request first: by its answer the client has the server's SETTINGS (before
+        // them it may open more streams than allowed, which the server refuses).
+        let mut first = send.clone();
+        first.ready().await.unwrap();
+        let req = hyper::Request::get(format!("http://{addr}/"))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        assert_eq!(first.send_request(req).await.unwrap().status(), 200);
+        // 50 requests at once on one connection: the server allows 8 streams at a time,
+        // the client waits for free ones, and every request is answered.
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let mut send = send.clone();
+            tasks.push(tokio::spawn(async move {
+                send.ready().await.unwrap();
+                let req = hyper::Request::get(format!("http://{addr}/"))
+                    .body(http_body_util::Empty::<Bytes>::new())
+                    .unwrap();
+                send.send_request(req).await.unwrap().status()
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), 200);
+        }
+    });
+}
