@@ -115,7 +115,7 @@ def _neighbor(ip):
         return {"reached": False, "error": type(e).__name__}
 
 
-def _scan(host, first, last, timeout):
+def _scan(host, ports, timeout):
     """Which TCP ports of `host` accept a connection (many attempts at once)."""
     import asyncio
 
@@ -138,7 +138,7 @@ def _scan(host, first, last, timeout):
         # Well under the worker's 1024 descriptors.
         sem = asyncio.Semaphore(800)
         found = []
-        await asyncio.gather(*(one(p, sem, found) for p in range(first, last + 1)))
+        await asyncio.gather(*(one(p, sem, found) for p in ports))
         return sorted(found)
 
     return {"open": asyncio.run(run())}
@@ -155,7 +155,8 @@ def probe(event, context):
     if op == "neighbor":
         return _neighbor(event["ip"])
     if op == "scan":
-        return _scan(event.get("host", "10.88.0.1"), 1, 65535, float(event.get("timeout", 0.5)))
+        ports = event.get("ports") or range(1, 65536)
+        return _scan(event.get("host", "10.88.0.1"), ports, float(event.get("timeout", 0.5)))
     if op == "console":
         return _console(int(event["mib"]))
     if op == "fork":
