@@ -124,14 +124,13 @@ struct State {
 impl State {
     /// The function principal the request is signed as and the verifier of its
     /// signature (`None`: the box's key, or a key nobody issued).
-    fn caller(
-        &self,
-        parts: &http::request::Parts,
-    ) -> Option<(Arc<esb_iam::Principal>, esb_sigv4::Verifier)> {
-        let key = esb_sigv4::access_key(&parts.headers).filter(|k| *k != self.box_key)?;
-        let p = self.functions.as_ref()?.lookup(&key)?;
+    fn caller(&self, key: &str) -> Option<Option<(Arc<esb_iam::Principal>, esb_sigv4::Verifier)>> {
+        if key == self.box_key {
+            return Some(None);
+        }
+        let p = self.functions.as_ref()?.lookup(key)?;
         let v = esb_sigv4::Verifier::new(p.access_key.clone(), p.secret_key.clone());
-        Some((p, v))
+        Some(Some((p, v)))
     }
 
     /// `Err(AccessDeniedException)` when the function's policy refuses the operation.
@@ -287,25 +286,22 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Byte
     }
     // Decided from the headers before the body is read: an unsigned, malformed, unknown or
     // stale request is refused without reading up to 16 MiB.
-    if let Err(e) = esb_sigv4::precheck_headers(
+    let caller = match esb_sigv4::precheck_headers(
         &parts.headers,
-        |key| {
-            key == state.box_key
-                || state
-                    .functions
-                    .as_ref()
-                    .is_some_and(|s| s.lookup(key).is_some())
-        },
+        |key| state.caller(key),
         esb_sigv4::DEFAULT_MAX_SKEW,
         std::time::SystemTime::now(),
     ) {
-        let code = e.json_code();
-        let mut err = DdbError::new(code, e.to_string());
-        if code == "MissingAuthenticationTokenException" {
-            err.status = 400;
+        Ok(c) => c,
+        Err(e) => {
+            let code = e.json_code();
+            let mut err = DdbError::new(code, e.to_string());
+            if code == "MissingAuthenticationTokenException" {
+                err.status = 400;
+            }
+            return error_response(&err);
         }
-        return error_response(&err);
-    }
+    };
     let body = match esb_serve::read_body(body, MAX_BODY, esb_serve::BODY_IDLE_TIMEOUT).await {
         Ok(b) => b,
         Err(esb_serve::BodyError::Stalled | esb_serve::BodyError::Read(_)) => {
@@ -322,7 +318,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Byte
             return error_response(&e);
         }
     };
-    let (principal, function_verifier) = state.caller(&parts).unzip();
+    let (principal, function_verifier) = caller.unzip();
     if let Err(e) = function_verifier
         .as_ref()
         .unwrap_or(&state.verifier)

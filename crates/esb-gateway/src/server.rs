@@ -52,39 +52,33 @@ struct Front {
     dash: Arc<str>,
 }
 
+/// A function's principal and the verifier of its signature; `None` for the box's key.
+type Caller = Option<(Arc<esb_iam::Principal>, esb_sigv4::Verifier)>;
+
 impl Front {
     /// What the Invoke API can decide from the headers alone: a SigV4 `Authorization`
     /// of the right shape, by the box's key or a function's, dated within the skew (the
     /// signature itself needs the body: [`esb_sigv4::Verifier::verify`] after it is read).
-    fn precheck(&self, headers: &http::HeaderMap) -> Result<(), esb_sigv4::AuthError> {
+    /// Returns the caller ([`Front::caller`]).
+    fn precheck(&self, headers: &http::HeaderMap) -> Result<Caller, esb_sigv4::AuthError> {
         esb_sigv4::precheck_headers(
             headers,
-            |key| {
-                key == self.box_key
-                    || self
-                        .functions
-                        .as_ref()
-                        .is_some_and(|s| s.lookup(key).is_some())
-            },
+            |key| self.caller(key),
             esb_sigv4::DEFAULT_MAX_SKEW,
             std::time::SystemTime::now(),
         )
-        .map(drop)
     }
 
-    /// The function principal the Invoke API request is signed as (`None`: the box's key or
-    /// an unknown one) and the verifier of its signature.
-    fn caller(
-        &self,
-        parts: &http::request::Parts,
-    ) -> Option<(Arc<esb_iam::Principal>, esb_sigv4::Verifier)> {
-        let p = self
-            .functions
-            .as_ref()?
-            .lookup(&esb_sigv4::access_key(&parts.headers)?)?;
+    /// Who signs with `key`: `Some(None)` the box, `Some(Some(..))` a function (its
+    /// principal and the verifier of its signature), `None` nobody.
+    fn caller(&self, key: &str) -> Option<Caller> {
+        if key == self.box_key {
+            return Some(None);
+        }
+        let p = self.functions.as_ref()?.lookup(key)?;
         let v =
             esb_sigv4::Verifier::new(p.access_key.clone(), p.secret_key.clone()).service("lambda");
-        Some((p, v))
+        Some(Some((p, v)))
     }
 }
 
@@ -969,13 +963,16 @@ async fn invoke_api(
     }
     // Decided from the headers before any of the body is read: an unsigned request, a
     // malformed signature or a key nobody issued is refused without reading up to 6 MiB.
-    if let Err(e) = front.precheck(req.headers()) {
-        let status = match e {
-            esb_sigv4::AuthError::IncompleteSignature(_) => StatusCode::BAD_REQUEST,
-            _ => StatusCode::FORBIDDEN,
-        };
-        return lambda_error(status, e.json_code(), &e.to_string()).into();
-    }
+    let caller = match front.precheck(req.headers()) {
+        Ok(c) => c,
+        Err(e) => {
+            let status = match e {
+                esb_sigv4::AuthError::IncompleteSignature(_) => StatusCode::BAD_REQUEST,
+                _ => StatusCode::FORBIDDEN,
+            };
+            return lambda_error(status, e.json_code(), &e.to_string()).into();
+        }
+    };
     let declared = declared_len(&req);
     let (parts, body) = req.into_parts();
     let body = match read_body(body, declared, MAX_SYNC_PAYLOAD + 1).await {
@@ -997,7 +994,7 @@ async fn invoke_api(
             .into()
         }
     };
-    let (principal, function_verifier) = front.caller(&parts).unzip();
+    let (principal, function_verifier) = caller.unzip();
     if let Err(e) = function_verifier
         .as_ref()
         .unwrap_or(&front.verifier)

@@ -30,9 +30,9 @@ async fn authenticate(s: &WorkerState, req: Request) -> Result<(String, Request)
     let (parts, body) = req.into_parts();
     // Decided from the headers before the body is read: unsigned, malformed, unknown or
     // stale requests are refused without reading their body.
-    esb_sigv4::precheck_headers(
+    let principal = esb_sigv4::precheck_headers(
         &parts.headers,
-        |key| s.keys.lookup(key).is_some(),
+        |key| s.keys.lookup(key),
         esb_sigv4::DEFAULT_MAX_SKEW,
         std::time::SystemTime::now(),
     )
@@ -60,18 +60,6 @@ async fn authenticate(s: &WorkerState, req: Request) -> Result<(String, Request)
             ),
         ),
         other => refuse(StatusCode::BAD_REQUEST, other.to_string()),
-    })?;
-    let key = esb_sigv4::access_key(&parts.headers).ok_or_else(|| {
-        refuse(
-            StatusCode::FORBIDDEN,
-            "workers' records must be signed (SigV4) with the function's key pair",
-        )
-    })?;
-    let principal = s.keys.lookup(&key).ok_or_else(|| {
-        refuse(
-            StatusCode::FORBIDDEN,
-            format!("the access key {key} is not a function's"),
-        )
     })?;
     esb_sigv4::Verifier::new(principal.access_key.clone(), principal.secret_key.clone())
         .verify(&parts, &body)

@@ -368,28 +368,28 @@ impl Request<'_> {
 
 /// What can be decided about a SigV4 request from its headers alone, before a body is
 /// read: an `Authorization` header of the right shape, an access key `known` accepts, and
-/// an `x-amz-date` within `max_skew` of `now`. Returns the access key id. Servers call it
-/// first, so that an unsigned, malformed, unknown or stale request is refused without
-/// reading its body; the signature itself needs the body ([`Verifier::verify`]).
-pub fn precheck_headers(
+/// an `x-amz-date` within `max_skew` of `now`. `known` looks the access key up; what it
+/// found (the caller's credentials, say) is returned, so that nothing is parsed or looked up
+/// twice. Servers call it first, so that an unsigned, malformed, unknown or stale request is
+/// refused without reading its body; the signature itself needs the body
+/// ([`Verifier::verify`]).
+pub fn precheck_headers<T>(
     headers: &http::HeaderMap,
-    known: impl Fn(&str) -> bool,
+    known: impl FnOnce(&str) -> Option<T>,
     max_skew: Duration,
     now: SystemTime,
-) -> Result<String, AuthError> {
+) -> Result<T, AuthError> {
     let value = headers
         .get(http::header::AUTHORIZATION)
         .ok_or(AuthError::MissingAuthentication)?;
     let auth = parse_authorization(value.to_str().unwrap_or_default())?;
-    if !known(&auth.access_key) {
-        return Err(AuthError::UnrecognizedClient);
-    }
+    let found = known(&auth.access_key).ok_or(AuthError::UnrecognizedClient)?;
     check_date(
         headers.get("x-amz-date").and_then(|v| v.to_str().ok()),
         now,
         max_skew,
     )?;
-    Ok(auth.access_key)
+    Ok(found)
 }
 
 /// Checks an `x-amz-date` value: present, in ISO-8601 basic format, within `max_skew` of
@@ -425,12 +425,6 @@ fn check_date(
 
 /// The skew [`Verifier`] allows by default (15 minutes, as AWS).
 pub const DEFAULT_MAX_SKEW: Duration = Duration::from_secs(15 * 60);
-
-/// The access key id a request's `Authorization` header names, if it is a SigV4 one.
-pub fn access_key(headers: &http::HeaderMap) -> Option<String> {
-    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    parse_authorization(value).ok().map(|a| a.access_key)
-}
 
 /// Parses `AWS4-HMAC-SHA256 Credential=AK/20150830/us-east-1/service/aws4_request,
 /// SignedHeaders=host;x-amz-date, Signature=…`.
