@@ -33,7 +33,8 @@ pub enum Login {
     Ok(Value),
     /// Wrong or missing `x-api-key`: 401 without the header.
     BadApiKey,
-    /// Right API key, wrong user or password: 401 with `PADMA_USER_AUTHORIZED: true`.
+    /// Right API key, wrong user or password: 401 with `PADMA_USER_AUTHORIZED: true` (a
+    /// successful login carries that header too, as upstream ESB's does).
     BadUser,
     /// The body is not `{"AuthParameters":{"USERNAME","PASSWORD"}}`: 400.
     BadRequest(String),
@@ -102,14 +103,10 @@ impl Auth {
             .expect("HS256 signing does not fail")
     }
 
-    /// Checks an `Authorization` header value; returns the token's claims.
+    /// Checks an `Authorization` header value, `Bearer TOKEN` or (as upstream ESB accepts)
+    /// the bare token; returns the token's claims.
     pub fn check_bearer(&self, header: Option<&[u8]>) -> Option<Value> {
-        let h = std::str::from_utf8(header?).ok()?;
-        let (scheme, token) = h.trim().split_once(' ')?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return None;
-        }
-        self.check_token(token.trim())
+        self.check_token(bearer_token(header?)?)
     }
 
     /// Verifies a token (signature, HS256 only, not expired); returns its claims.
@@ -117,6 +114,19 @@ impl Auth {
         jsonwebtoken::decode::<Value>(token, &self.dec, &self.validation)
             .ok()
             .map(|d| d.claims)
+    }
+}
+
+/// The token of an `Authorization` value: `Bearer TOKEN` (any case), or a bare token (three
+/// dot-separated parts, no scheme) as upstream ESB's clients send it. `None` for any other
+/// scheme (SigV4's `AWS4-HMAC-SHA256 …`, `Basic …`).
+pub fn bearer_token(header: &[u8]) -> Option<&str> {
+    let h = std::str::from_utf8(header).ok()?.trim();
+    match h.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Some(token.trim()),
+        Some(_) => None,
+        None if h.split('.').count() == 3 => Some(h),
+        None => None,
     }
 }
 
@@ -159,6 +169,12 @@ mod tests {
             .check_bearer(Some(format!("Bearer {token}").as_bytes()))
             .unwrap();
         assert_eq!(claims["cognito:username"], "alice");
+        // Upstream's clients send the bare token too; any case of the scheme works.
+        assert!(a.check_bearer(Some(token.as_bytes())).is_some());
+        assert!(a
+            .check_bearer(Some(format!("bearer  {token} ").as_bytes()))
+            .is_some());
+        assert!(a.check_bearer(Some(b"notatoken")).is_none());
     }
 
     #[test]
@@ -185,6 +201,9 @@ mod tests {
         assert!(a.check_token(&none).is_none());
         assert!(a.check_token("a.b.c").is_none());
         assert!(a.check_bearer(Some(b"Basic abc")).is_none());
+        assert!(a
+            .check_bearer(Some(b"AWS4-HMAC-SHA256 Credential=x"))
+            .is_none());
         assert!(a.check_bearer(None).is_none());
         // Tampered payload.
         let good = a.issue("alice", now());

@@ -220,8 +220,13 @@ pub struct Config {
     pub auth_user: String,
     /// `AUTH_PASS`: that user's password.
     pub auth_pass: String,
-    /// `AUTH_ENDPOINT_PATH` (default `/user/auth/ver1.0`).
-    pub auth_path: String,
+    /// Paths of the auth endpoint: both of upstream ESB's (`/user/auth/v1`, its default,
+    /// and `/user/auth/ver1.0`) unless `AUTH_ENDPOINT_PATH` names the one to serve.
+    pub auth_paths: Vec<String>,
+    /// `LOG_LEVEL` (upstream ESB's setting): the level functions log at when neither
+    /// their `LoggingConfig.ApplicationLogLevel` nor their own `LOG_LEVEL` says; given to
+    /// workers as `LOG_LEVEL` and `AWS_LAMBDA_LOG_LEVEL`. `None`: not set.
+    pub log_level: Option<String>,
     /// `JWT_EXPIRES_DELTA` in seconds (default 3600).
     pub jwt_expires: Duration,
     /// `LAMBDA_INVOKE_TIMEOUT` in seconds (default 900): upper bound of one invocation
@@ -322,7 +327,8 @@ impl std::fmt::Debug for Config {
             .field("api_key", &redact(&self.api_key))
             .field("auth_user", &self.auth_user)
             .field("auth_pass", &redact(&self.auth_pass))
-            .field("auth_path", &self.auth_path)
+            .field("auth_paths", &self.auth_paths)
+            .field("log_level", &self.log_level)
             .field("jwt_expires", &self.jwt_expires)
             .field("invoke_timeout", &self.invoke_timeout)
             .field("breaker_threshold", &self.breaker_threshold)
@@ -369,7 +375,8 @@ impl Default for Config {
             api_key: String::new(),
             auth_user: String::new(),
             auth_pass: String::new(),
-            auth_path: "/user/auth/ver1.0".into(),
+            auth_paths: vec!["/user/auth/v1".into(), "/user/auth/ver1.0".into()],
+            log_level: None,
             jwt_expires: Duration::from_secs(3600),
             invoke_timeout: Duration::from_secs(900),
             breaker_threshold: 5,
@@ -424,7 +431,7 @@ pub fn setting_defaults() -> Vec<(&'static str, String)> {
         }
     };
     vec![
-        ("AUTH_ENDPOINT_PATH", c.auth_path.clone()),
+        ("AUTH_ENDPOINT_PATH", c.auth_paths.join(",")),
         ("CIRCUIT_BREAKER_RECOVERY_TIMEOUT", secs(c.breaker_recovery)),
         ("CIRCUIT_BREAKER_THRESHOLD", c.breaker_threshold.to_string()),
         ("ESB_ACCOUNT_ID", c.account_id.clone()),
@@ -443,6 +450,7 @@ pub fn setting_defaults() -> Vec<(&'static str, String)> {
         ("HEARTBEAT_INTERVAL", secs(c.heartbeat)),
         ("JWT_EXPIRES_DELTA", secs(c.jwt_expires)),
         ("LAMBDA_INVOKE_TIMEOUT", secs(c.invoke_timeout)),
+        ("LOG_LEVEL", c.log_level.clone().unwrap_or_default()),
         ("ORPHAN_GRACE_PERIOD_SECONDS", secs(c.orphan_grace)),
         ("POOL_ACQUIRE_TIMEOUT", secs(c.pool_acquire_timeout)),
     ]
@@ -512,7 +520,10 @@ impl Config {
         c.auth_user = get("AUTH_USER").unwrap_or_default();
         c.auth_pass = get("AUTH_PASS").unwrap_or_default();
         if let Some(v) = var("AUTH_ENDPOINT_PATH") {
-            c.auth_path = v;
+            c.auth_paths = vec![v];
+        }
+        if let Some(v) = var("LOG_LEVEL") {
+            c.log_level = Some(log_level(&v).with_context(|| format!("LOG_LEVEL={v:?}"))?);
         }
         c.jwt_expires = secs("JWT_EXPIRES_DELTA", c.jwt_expires)?;
         c.invoke_timeout = secs("LAMBDA_INVOKE_TIMEOUT", c.invoke_timeout)?;
@@ -603,7 +614,7 @@ impl Config {
         if self.auth_user.is_empty() || self.auth_pass.is_empty() {
             bail!("AUTH_USER and AUTH_PASS must be set");
         }
-        if !self.auth_path.starts_with('/') {
+        if self.auth_paths.iter().any(|p| !p.starts_with('/')) {
             bail!("AUTH_ENDPOINT_PATH must start with '/'");
         }
         if self.access_key.is_empty() || self.secret_key.is_empty() {
@@ -634,6 +645,21 @@ impl Config {
 }
 
 /// `https://10.88.0.1:443` -> `10.88.0.1:443`.
+/// A log level as Lambda names them (`TRACE`, `DEBUG`, `INFO`, `WARN`, `ERROR`, `FATAL`);
+/// Python's `WARNING` and `CRITICAL` are taken too. Returns the Lambda name.
+pub fn log_level(v: &str) -> anyhow::Result<String> {
+    Ok(match v.trim().to_ascii_uppercase().as_str() {
+        "TRACE" => "TRACE",
+        "DEBUG" => "DEBUG",
+        "INFO" => "INFO",
+        "WARN" | "WARNING" => "WARN",
+        "ERROR" => "ERROR",
+        "FATAL" | "CRITICAL" => "FATAL",
+        _ => bail!("not a log level (TRACE, DEBUG, INFO, WARN, ERROR or FATAL)"),
+    }
+    .to_string())
+}
+
 fn internal_addr(url: &str) -> anyhow::Result<SocketAddr> {
     let rest = url
         .strip_prefix("https://")

@@ -131,6 +131,22 @@ fn params_obj(params: &[(String, String)]) -> Value {
     )
 }
 
+/// A token's claims as upstream ESB's events carry them: `cognito:username` and `username`
+/// both set (each from the other, else from `sub`).
+fn with_username(claims: &Value) -> Value {
+    let mut c = claims.clone();
+    if let Value::Object(m) = &mut c {
+        let user = ["cognito:username", "username", "sub"]
+            .iter()
+            .find_map(|k| m.get(*k).filter(|v| v.is_string()).cloned());
+        if let Some(user) = user {
+            m.entry("cognito:username").or_insert_with(|| user.clone());
+            m.entry("username").or_insert(user);
+        }
+    }
+    c
+}
+
 /// The REST API (v1) proxy event.
 pub fn v1_event(req: &EventRequest<'_>) -> Value {
     let mut headers = Map::new();
@@ -167,7 +183,12 @@ pub fn v1_event(req: &EventRequest<'_>) -> Value {
     };
     let (body, b64) = body_fields(req);
     let authorizer = match req.claims {
-        Some(c) => json!({ "claims": c }),
+        Some(c) => {
+            let claims = with_username(c);
+            // Upstream ESB also puts the user at the authorizer's top level.
+            let user = claims["cognito:username"].clone();
+            json!({ "claims": claims, "cognito:username": user })
+        }
         None => Value::Null,
     };
     let host = host(req);
@@ -289,7 +310,7 @@ pub fn v2_event(req: &EventRequest<'_>) -> Value {
         "timeEpoch": req.now_ms,
     });
     if let Some(c) = req.claims {
-        ctx["authorizer"] = json!({ "jwt": { "claims": c, "scopes": Value::Null } });
+        ctx["authorizer"] = json!({ "jwt": { "claims": with_username(c), "scopes": Value::Null } });
     }
     event.insert("requestContext".into(), ctx);
     if !req.path_params.is_empty() {
@@ -507,6 +528,8 @@ mod tests {
         assert_eq!(c["requestTime"], "09/Apr/2015:12:34:56 +0000");
         assert_eq!(c["requestTimeEpoch"], 1_428_582_896_123u64);
         assert_eq!(c["authorizer"]["claims"]["cognito:username"], "alice");
+        assert_eq!(c["authorizer"]["claims"]["username"], "alice");
+        assert_eq!(c["authorizer"]["cognito:username"], "alice");
         assert_eq!(e["body"], "{\"k\":1}");
         assert_eq!(e["isBase64Encoded"], false);
     }

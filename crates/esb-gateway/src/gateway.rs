@@ -103,11 +103,7 @@ impl FunctionSpec {
             logical_id: f.logical_id.clone(),
             image: image.into(),
             revision: String::new(),
-            env: f
-                .environment
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            env: function_env(f),
             timeout: Duration::from_secs(f.timeout.max(1) as u64),
             memory_mb: f.memory_size,
             reserved: f.reserved_concurrency,
@@ -115,6 +111,58 @@ impl FunctionSpec {
             events: f.events.clone(),
         }
     }
+}
+
+/// A function's own environment plus what its `LoggingConfig` sets, as Lambda names it:
+/// `AWS_LAMBDA_LOG_FORMAT` (`Text` or `JSON`), `AWS_LAMBDA_LOG_LEVEL` (the application
+/// level), `AWS_LAMBDA_LOG_GROUP_NAME`, and the system level for the supervisor
+/// (`ESB_SYSTEM_LOG_LEVEL`). The function's own variables win.
+fn function_env(f: &esb_template::Function) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = f
+        .environment
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let l = &f.logging;
+    let format = if l.json { "JSON" } else { "Text" };
+    let extra = [
+        ("AWS_LAMBDA_LOG_FORMAT", Some(format.to_string())),
+        ("AWS_LAMBDA_LOG_LEVEL", l.application_log_level.clone()),
+        ("AWS_LAMBDA_LOG_GROUP_NAME", l.log_group.clone()),
+        ("ESB_SYSTEM_LOG_LEVEL", l.system_log_level.clone()),
+    ];
+    for (k, v) in extra {
+        if let Some(v) = v {
+            if !f.environment.contains_key(k) {
+                env.push((k.to_string(), v));
+            }
+        }
+    }
+    env
+}
+
+/// The environment a worker of a function with environment `env` is started with: `env`,
+/// plus the box's `LOG_LEVEL` (upstream ESB's setting) when the function sets none, and
+/// that level as `AWS_LAMBDA_LOG_LEVEL` when no `ApplicationLogLevel` says otherwise, so
+/// that awslambdaric and esb's Node.js client apply it.
+pub(crate) fn worker_env(
+    env: &[(String, String)],
+    box_log_level: Option<&str>,
+) -> std::collections::HashMap<String, String> {
+    let mut out: std::collections::HashMap<String, String> = env.iter().cloned().collect();
+    if let Some(level) = box_log_level {
+        out.entry("LOG_LEVEL".into())
+            .or_insert_with(|| level.to_string());
+    }
+    if !out.contains_key("AWS_LAMBDA_LOG_LEVEL") {
+        if let Some(level) = out
+            .get("LOG_LEVEL")
+            .and_then(|l| crate::config::log_level(l).ok())
+        {
+            out.insert("AWS_LAMBDA_LOG_LEVEL".into(), level);
+        }
+    }
+    out
 }
 
 /// A worker held by the gateway.
@@ -382,6 +430,18 @@ pub(crate) struct WorkerAnswer {
     pub body: Bytes,
     /// Log records the worker dropped since its previous answer.
     pub logs_dropped: u64,
+    /// The invocation's Lambda request id (the worker's `x-amzn-RequestId`).
+    pub aws_request_id: Option<String>,
+}
+
+impl Outcome {
+    /// The Lambda request id of the invocation, when a worker answered.
+    pub(crate) fn aws_request_id(&self) -> Option<&str> {
+        match self {
+            Outcome::Answer(a) | Outcome::TimedOut(Some(a)) => a.aws_request_id.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 /// Where an invocation ran, for the access log.
@@ -395,6 +455,8 @@ pub(crate) struct Served {
     pub worker: Option<String>,
     /// Workers the request could not be delivered to before it reached this one.
     pub redelivered: u32,
+    /// The invocation's Lambda request id (set by the caller from the answer).
+    pub aws_request_id: Option<String>,
 }
 
 /// The outcome of one invocation.
@@ -886,6 +948,7 @@ impl Gateway {
                 node: Some(agent.addr.node_id.clone()),
                 worker: lease.worker.as_ref().map(|w| w.id.clone()),
                 redelivered,
+                aws_request_id: None,
             };
             let call = lease.worker.as_mut().unwrap().call(
                 &agent.dialer,
@@ -1041,7 +1104,7 @@ impl Gateway {
         let req = EnsureContainerRequest {
             function_name: f.spec.name.clone(),
             image: f.spec.image.clone(),
-            env: f.spec.env.iter().cloned().collect(),
+            env: worker_env(&f.spec.env, self.config.log_level.as_deref()),
             memory_mb: f.spec.memory_mb,
             timeout_seconds: f.spec.timeout.as_secs() as u32,
             // The agent labels workers with the function itself (`esb.` labels are its own).
@@ -2011,6 +2074,11 @@ impl Worker {
         self.logs_dropped = self.logs_dropped.max(dropped);
         Ok(WorkerAnswer {
             logs_dropped,
+            aws_request_id: parts
+                .headers
+                .get("x-amzn-requestid")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
             status: parts.status,
             function_error: parts.headers.get("x-amz-function-error").cloned(),
             error_type: parts

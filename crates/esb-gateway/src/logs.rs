@@ -39,15 +39,17 @@ impl Logger {
         (Logger { tx, dropped }, task)
     }
 
-    /// Logs one record: `fields` plus `_time`, `_msg`, `level`, `service`.
+    /// Logs one record: `fields` plus `_time`, `_msg`, `level` (upper-case),
+    /// `container_name` (`esb-gateway`) and `job` (`gateway`), upstream ESB's field names.
     pub fn log(&self, level: &str, msg: &str, mut fields: Map<String, Value>) {
         fields.insert(
             "_time".into(),
             crate::ids::rfc3339(crate::ids::now_ms()).into(),
         );
         fields.insert("_msg".into(), msg.into());
-        fields.insert("level".into(), level.into());
-        fields.insert("service".into(), "esb-gateway".into());
+        fields.insert("level".into(), level.to_ascii_uppercase().into());
+        fields.insert("container_name".into(), "esb-gateway".into());
+        fields.insert("job".into(), "gateway".into());
         let line = Value::Object(fields).to_string();
         if self.tx.try_send(line).is_err() {
             self.dropped.inc();
@@ -92,8 +94,9 @@ async fn run(mut rx: mpsc::Receiver<String>, url: Option<String>, stderr: bool, 
                 let notice = serde_json::json!({
                     "_time": crate::ids::rfc3339(crate::ids::now_ms()),
                     "_msg": format!("esb-gateway: dropped {} log records (log queue full)", lost - noticed),
-                    "level": "warn",
-                    "service": "esb-gateway",
+                    "level": "WARN",
+                    "container_name": "esb-gateway",
+                    "job": "gateway",
                 });
                 body.push_str(&notice.to_string());
                 body.push('\n');
@@ -193,7 +196,7 @@ impl Shipper {
             let send = self.conn.as_mut().expect("connection");
             send.ready().await.map_err(|e| e.to_string())?;
             let req = http::Request::post(format!(
-                "{base}/insert/jsonline?_stream_fields=service&_msg_field=_msg&_time_field=_time"
+                "{base}/insert/jsonline?_stream_fields=container_name,job&_msg_field=_msg&_time_field=_time"
             ))
             .header(http::header::HOST, authority)
             .header(http::header::CONTENT_TYPE, "application/stream+json")

@@ -332,10 +332,20 @@ impl Server {
         };
 
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let (conn_tx, mut conn_rx) = mpsc::channel::<(tokio::net::TcpStream, SocketAddr)>(64);
-        let mut accepts = vec![spawn_accept(listener, conn_tx.clone(), stop_rx.clone())];
+        let (conn_tx, mut conn_rx) = mpsc::channel::<Accepted>(64);
+        let mut accepts = vec![spawn_accept(
+            listener,
+            Listener::Public,
+            conn_tx.clone(),
+            stop_rx.clone(),
+        )];
         if let Some(l) = internal {
-            accepts.push(spawn_accept(l, conn_tx.clone(), stop_rx.clone()));
+            accepts.push(spawn_accept(
+                l,
+                Listener::Workers,
+                conn_tx.clone(),
+                stop_rx.clone(),
+            ));
         }
         drop(conn_tx);
         let builder = Arc::new(esb_serve::builder(&gw.config.http_limits));
@@ -345,7 +355,7 @@ impl Server {
             tokio::select! {
                 _ = &mut shutdown => break,
                 c = conn_rx.recv() => {
-                    let Some((stream, remote)) = c else { break };
+                    let Some((stream, remote, listener)) = c else { break };
                     // Past the cap the connection is closed before its TLS handshake.
                     let Some(permit) = gate.admit(remote) else { continue };
                     let front = front.clone();
@@ -361,7 +371,9 @@ impl Server {
                         };
                         let svc = hyper::service::service_fn(move |req| {
                             let front = front.clone();
-                            async move { Ok::<_, Infallible>(handle(front, req, remote).await) }
+                            async move {
+                                Ok::<_, Infallible>(handle(front, req, remote, listener).await)
+                            }
                         });
                         let conn = builder.serve_connection(TokioIo::new(tls_stream), svc);
                         let _ = watcher.watch(conn.into_owned()).await;
@@ -397,17 +409,31 @@ impl Server {
     }
 }
 
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    /// The clients' listener (`ESB_GATEWAY_LISTEN`).
+    Public,
+    /// The workers' internal listener (`GATEWAY_INTERNAL_URL`): the Invoke API there takes
+    /// only SigV4 with a function's own key or the box's, never an IdToken.
+    Workers,
+}
+
+/// An accepted connection, its peer and its listener.
+type Accepted = (tokio::net::TcpStream, SocketAddr, Listener);
+
 fn spawn_accept(
     listener: TcpListener,
-    tx: mpsc::Sender<(tokio::net::TcpStream, SocketAddr)>,
+    which: Listener,
+    tx: mpsc::Sender<Accepted>,
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 r = listener.accept() => match r {
-                    Ok(c) => {
-                        if tx.send(c).await.is_err() {
+                    Ok((stream, peer)) => {
+                        if tx.send((stream, peer, which)).await.is_err() {
                             return;
                         }
                     }
@@ -548,7 +574,12 @@ impl From<Resp> for Handled {
     }
 }
 
-async fn handle(front: Arc<Front>, req: Request<Incoming>, remote: SocketAddr) -> Resp {
+async fn handle(
+    front: Arc<Front>,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+    listener: Listener,
+) -> Resp {
     let start = Instant::now();
     let request_id = ids::request_id();
     let trace = ids::trace_from_header(
@@ -557,7 +588,7 @@ async fn handle(front: Arc<Front>, req: Request<Incoming>, remote: SocketAddr) -
     );
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let h = route(&front, req, remote, &request_id, &trace).await;
+    let h = route(&front, req, remote, listener, &request_id, &trace).await;
     let mut resp = h.resp;
     let status = resp.status();
     {
@@ -586,7 +617,9 @@ async fn handle(front: Arc<Front>, req: Request<Incoming>, remote: SocketAddr) -
     let mut m = Map::with_capacity(12);
     m.insert("kind".into(), "access".into());
     m.insert("request_id".into(), request_id.into());
-    m.insert("trace_id".into(), ids::trace_root(&trace).into());
+    // Upstream ESB's field: the whole X-Amzn-Trace-Id value (the functions' records carry
+    // the same value, so one query finds every record of a chained request).
+    m.insert("trace_id".into(), trace.clone().into());
     m.insert("method".into(), method.as_str().into());
     m.insert("path".into(), path.into());
     m.insert("status".into(), status.as_u16().into());
@@ -607,6 +640,9 @@ async fn handle(front: Arc<Front>, req: Request<Incoming>, remote: SocketAddr) -
         if h.served.redelivered > 0 {
             m.insert("redelivered".into(), h.served.redelivered.into());
         }
+        if let Some(id) = h.served.aws_request_id {
+            m.insert("aws_request_id".into(), id.into());
+        }
     }
     let level = if status.is_server_error() {
         "error"
@@ -621,6 +657,7 @@ async fn route(
     front: &Arc<Front>,
     req: Request<Incoming>,
     remote: SocketAddr,
+    listener: Listener,
     request_id: &str,
     trace: &str,
 ) -> Handled {
@@ -657,14 +694,14 @@ async fn route(
             return crate::cluster::forward(&socket, req, remote).await.into();
         }
     }
-    if path == gw.config.auth_path {
+    if gw.config.auth_paths.iter().any(|p| p == path) {
         if method != Method::POST {
             return method_not_allowed(&["POST".to_string()]).into();
         }
         return login(front, req).await.into();
     }
     if path.starts_with(INVOKE_PREFIX) {
-        return invoke_api(front, req, trace, request_id).await;
+        return invoke_api(front, req, listener, trace, request_id).await;
     }
     api_route(front, req, remote, request_id, trace).await
 }
@@ -696,22 +733,25 @@ async fn login(front: &Front, req: Request<Incoming>) -> Resp {
         .auth
         .login(key.as_ref().map(|k| k.as_bytes()), &body, now)
     {
-        Login::Ok(v) => json_resp(StatusCode::OK, v.to_string()),
+        // Past the API key check, both answers say so with upstream's header.
+        Login::Ok(v) => user_authorized(json_resp(StatusCode::OK, v.to_string())),
         Login::BadApiKey => apigw_error(StatusCode::UNAUTHORIZED, "Unauthorized"),
-        Login::BadUser => {
-            let mut r = apigw_error(StatusCode::UNAUTHORIZED, "Unauthorized");
-            r.headers_mut().insert(
-                HeaderName::from_static("padma_user_authorized"),
-                HeaderValue::from_static("true"),
-            );
-            debug_assert_eq!(
-                AUTHORIZED_HEADER.to_ascii_lowercase(),
-                "padma_user_authorized"
-            );
-            r
-        }
+        Login::BadUser => user_authorized(apigw_error(StatusCode::UNAUTHORIZED, "Unauthorized")),
         Login::BadRequest(m) => apigw_error(StatusCode::BAD_REQUEST, &m),
     }
+}
+
+/// Adds `PADMA_USER_AUTHORIZED: true` (the API key was right).
+fn user_authorized(mut r: Resp) -> Resp {
+    r.headers_mut().insert(
+        HeaderName::from_static("padma_user_authorized"),
+        HeaderValue::from_static("true"),
+    );
+    debug_assert_eq!(
+        AUTHORIZED_HEADER.to_ascii_lowercase(),
+        "padma_user_authorized"
+    );
+    r
 }
 
 fn protocol(v: http::Version) -> &'static str {
@@ -824,7 +864,8 @@ async fn api_route(
         events::v1_event(&ereq)
     };
     let payload = Bytes::from(serde_json::to_vec(&event).expect("JSON value"));
-    let (outcome, served) = gw.invoke(f, payload, trace, None).await;
+    let (outcome, mut served) = gw.invoke(f, payload, trace, None).await;
+    served.aws_request_id = outcome.aws_request_id().map(str::to_string);
     let resp = match outcome {
         Outcome::Answer(a) => answer_to_http(gw, f, a, v2, request_id),
         Outcome::BreakerOpen => apigw_error(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"),
@@ -936,6 +977,7 @@ fn function_name(raw: &str) -> String {
 async fn invoke_api(
     front: &Arc<Front>,
     req: Request<Incoming>,
+    listener: Listener,
     trace: &str,
     request_id: &str,
 ) -> Handled {
@@ -962,15 +1004,44 @@ async fn invoke_api(
         .into();
     }
     // Decided from the headers before any of the body is read: an unsigned request, a
-    // malformed signature or a key nobody issued is refused without reading up to 6 MiB.
-    let caller = match front.precheck(req.headers()) {
-        Ok(c) => c,
-        Err(e) => {
-            let status = match e {
-                esb_sigv4::AuthError::IncompleteSignature(_) => StatusCode::BAD_REQUEST,
-                _ => StatusCode::FORBIDDEN,
-            };
-            return lambda_error(status, e.json_code(), &e.to_string()).into();
+    // malformed signature, a key nobody issued or a bad IdToken is refused without
+    // reading up to 6 MiB.
+    let id_token = listener == Listener::Public
+        && req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| crate::auth::bearer_token(v.as_bytes()))
+            .is_some();
+    let caller = if id_token {
+        // A client's IdToken (upstream ESB's scripts call the Invoke API with it): the
+        // caller is the box's user, as with the box's key.
+        if front
+            .auth
+            .check_bearer(
+                req.headers()
+                    .get(http::header::AUTHORIZATION)
+                    .map(|v| v.as_bytes()),
+            )
+            .is_none()
+        {
+            return lambda_error(
+                StatusCode::FORBIDDEN,
+                "UnrecognizedClientException",
+                "The security token included in the request is invalid.",
+            )
+            .into();
+        }
+        None
+    } else {
+        match front.precheck(req.headers()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                let status = match e {
+                    esb_sigv4::AuthError::IncompleteSignature(_) => StatusCode::BAD_REQUEST,
+                    _ => StatusCode::FORBIDDEN,
+                };
+                return lambda_error(status, e.json_code(), &e.to_string()).into();
+            }
         }
     };
     let declared = declared_len(&req);
@@ -994,12 +1065,17 @@ async fn invoke_api(
             .into()
         }
     };
-    let (principal, function_verifier) = caller.unzip();
-    if let Err(e) = function_verifier
-        .as_ref()
-        .unwrap_or(&front.verifier)
-        .verify(&parts, &body)
-    {
+    let sigv4 = caller.is_some();
+    let (principal, function_verifier) = caller.flatten().unzip();
+    let signed = if sigv4 {
+        function_verifier
+            .as_ref()
+            .unwrap_or(&front.verifier)
+            .verify(&parts, &body)
+    } else {
+        Ok(())
+    };
+    if let Err(e) = signed {
         let status = match e {
             esb_sigv4::AuthError::MissingAuthentication => StatusCode::FORBIDDEN,
             esb_sigv4::AuthError::IncompleteSignature(_) => StatusCode::BAD_REQUEST,
@@ -1122,7 +1198,8 @@ async fn invoke_api(
             }
         }
         _ => {
-            let (outcome, served) = gw.invoke(f, payload, trace, client_context.as_ref()).await;
+            let (outcome, mut served) = gw.invoke(f, payload, trace, client_context.as_ref()).await;
+            served.aws_request_id = outcome.aws_request_id().map(str::to_string);
             let resp = match outcome {
                 Outcome::Answer(a) | Outcome::TimedOut(Some(a)) => invoke_answer(a),
                 Outcome::TimedOut(None) => {

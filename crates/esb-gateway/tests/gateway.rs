@@ -910,7 +910,8 @@ async fn logs_are_shipped_and_shutdown_drains_in_flight_requests() {
     assert_eq!(rec["trace_id"], root.as_str());
     assert_eq!(rec["function"], "rust-echo");
     assert_eq!(rec["status"], 200);
-    assert_eq!(rec["service"], "esb-gateway");
+    assert_eq!(rec["container_name"], "esb-gateway");
+    assert_eq!(rec["job"], "gateway");
     assert!(rec["_time"].as_str().unwrap().ends_with('Z'));
 
     // SIGTERM-like stop while a request runs: it completes, then the workers go.

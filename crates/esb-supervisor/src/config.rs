@@ -241,11 +241,11 @@ impl Config {
             ),
             (
                 "AWS_LAMBDA_LOG_GROUP_NAME".into(),
-                format!("/aws/lambda/{}", self.function_name),
+                crate::logs::log_group_name(&self.function_name),
             ),
             (
                 "AWS_LAMBDA_LOG_STREAM_NAME".into(),
-                "esb/[$LATEST]worker".into(),
+                crate::util::log_stream_name().into(),
             ),
             ("AWS_LAMBDA_INITIALIZATION_TYPE".into(), "on-demand".into()),
             ("AWS_REGION".into(), self.region.clone()),

@@ -58,10 +58,23 @@ pub struct Logs {
 struct Inner {
     function_name: String,
     function_version: String,
+    /// `/aws/lambda/FUNCTION`: the CloudWatch Logs group of this worker's records.
+    log_group: String,
+    /// Platform lines are kept out of the records (`SystemLogLevel: WARN`).
+    quiet_platform: bool,
     ctx: Mutex<Option<Arc<LogCtx>>>,
     /// The log tail being captured for one invocation (X-Amz-Log-Type: Tail).
     tail: Mutex<Option<(String, String)>>,
     sink: Sink,
+}
+
+/// The function's CloudWatch Logs group: `AWS_LAMBDA_LOG_GROUP_NAME` when its
+/// `LoggingConfig.LogGroup` set one, else Lambda's `/aws/lambda/FUNCTION`.
+pub fn log_group_name(function_name: &str) -> String {
+    std::env::var("AWS_LAMBDA_LOG_GROUP_NAME")
+        .ok()
+        .filter(|g| !g.is_empty())
+        .unwrap_or_else(|| format!("/aws/lambda/{function_name}"))
 }
 
 /// Bytes of log returned as the tail (Lambda's 4 KB).
@@ -113,6 +126,10 @@ impl Logs {
             inner: Arc::new(Inner {
                 function_name: function_name.to_string(),
                 function_version: function_version.to_string(),
+                log_group: log_group_name(function_name),
+                // SystemLogLevel WARN: Lambda's START/END/REPORT (INFO) are not shipped.
+                quiet_platform: std::env::var("ESB_SYSTEM_LOG_LEVEL")
+                    .is_ok_and(|l| l.eq_ignore_ascii_case("WARN")),
                 ctx: Mutex::new(None),
                 tail: Mutex::new(None),
                 sink,
@@ -203,6 +220,9 @@ impl Logs {
     /// Records a platform line (START / END / REPORT …) for the given invocation.
     pub fn platform(&self, ctx: &LogCtx, msg: &str, fields: Vec<(&'static str, Value)>) {
         self.capture(Some(&ctx.request_id), msg);
+        if self.inner.quiet_platform {
+            return;
+        }
         match &self.inner.sink {
             Sink::Stdout { json: false, out } => out.push(msg),
             _ => {
@@ -227,6 +247,9 @@ impl Logs {
     pub fn platform_many(&self, ctx: &LogCtx, lines: Vec<(String, Vec<(&'static str, Value)>)>) {
         for (msg, _) in &lines {
             self.capture(Some(&ctx.request_id), msg);
+        }
+        if self.inner.quiet_platform {
+            return;
         }
         match &self.inner.sink {
             Sink::Stdout { json: false, out } => {
@@ -263,7 +286,9 @@ impl Logs {
                 }
                 for key in ["level", "levelname", "severity"] {
                     if let Some(Value::String(s)) = obj.get(key) {
-                        level = Some(s.to_ascii_lowercase());
+                        level = Some(
+                            level_of(s).map_or_else(|| s.to_ascii_uppercase(), str::to_string),
+                        );
                         break;
                     }
                 }
@@ -276,6 +301,13 @@ impl Logs {
             "_msg".into(),
             Value::String(msg.unwrap_or_else(|| text.to_string())),
         );
+        // Upstream ESB's field names (its saved queries work unchanged), and CloudWatch
+        // Logs' group and stream (the log store's CloudWatch Logs API lists them).
+        rec.insert(
+            "container_name".into(),
+            Value::String(self.inner.function_name.clone()),
+        );
+        rec.insert("job".into(), Value::String("lambda".into()));
         rec.insert(
             "function_name".into(),
             Value::String(self.inner.function_name.clone()),
@@ -284,8 +316,19 @@ impl Logs {
             "function_version".into(),
             Value::String(self.inner.function_version.clone()),
         );
+        rec.insert(
+            "log_group".into(),
+            Value::String(self.inner.log_group.clone()),
+        );
+        rec.insert(
+            "log_stream".into(),
+            Value::String(crate::util::log_stream_name().into()),
+        );
         if let Some(ctx) = ctx {
-            rec.insert("request_id".into(), Value::String(ctx.request_id.clone()));
+            rec.insert(
+                "aws_request_id".into(),
+                Value::String(ctx.request_id.clone()),
+            );
             rec.insert("trace_id".into(), Value::String(ctx.trace_id.clone()));
         }
         rec.insert("level".into(), Value::String(level));
@@ -454,17 +497,19 @@ fn text_level(text: &str, _stream: &str) -> &'static str {
             second.trim_end_matches(':')
         }
     };
-    level_of(word).unwrap_or("info")
+    level_of(word).unwrap_or("INFO")
 }
 
+/// Lambda's name of a level word (`TRACE` … `FATAL`; Python's `WARNING` and `CRITICAL`
+/// too), upper-case as upstream ESB's records have it.
 fn level_of(word: &str) -> Option<&'static str> {
     Some(match word.to_ascii_uppercase().as_str() {
-        "TRACE" => "trace",
-        "DEBUG" => "debug",
-        "INFO" => "info",
-        "WARN" | "WARNING" => "warn",
-        "ERROR" => "error",
-        "CRITICAL" | "FATAL" => "fatal",
+        "TRACE" => "TRACE",
+        "DEBUG" => "DEBUG",
+        "INFO" => "INFO",
+        "WARN" | "WARNING" => "WARN",
+        "ERROR" => "ERROR",
+        "CRITICAL" | "FATAL" => "FATAL",
         _ => return None,
     })
 }
@@ -472,11 +517,11 @@ fn level_of(word: &str) -> Option<&'static str> {
 /// The level a telemetry frame type carries (`0xA55A00xx`: even = JSON, odd = text).
 fn frame_level(frame_type: u32) -> Option<&'static str> {
     Some(match frame_type & 0xfe {
-        0x0a => "debug",
-        0x0e => "info",
-        0x12 => "warn",
-        0x16 => "error",
-        0x1a => "fatal",
+        0x0a => "DEBUG",
+        0x0e => "INFO",
+        0x12 => "WARN",
+        0x16 => "ERROR",
+        0x1a => "FATAL",
         _ => return None,
     })
 }
@@ -612,7 +657,7 @@ impl Target {
             path.push_str("/insert/jsonline");
         }
         let query = query.map(str::to_string).unwrap_or_else(|| {
-            "_stream_fields=function_name&_msg_field=_msg&_time_field=_time".to_string()
+            "_stream_fields=container_name,job&_msg_field=_msg&_time_field=_time".to_string()
         });
         Ok(Target {
             host,
@@ -699,7 +744,7 @@ impl Shipper {
             let notice = serde_json::json!({
                 "_time": rfc3339(SystemTime::now()),
                 "_msg": format!("esb-supervisor: dropped {} log records (log buffer full)", q.dropped),
-                "level": "warn",
+                "level": "WARN",
                 "stream": "platform",
             });
             body.extend_from_slice(notice.to_string().as_bytes());
@@ -869,7 +914,7 @@ mod tests {
         assert_eq!((t.host.as_str(), t.port), ("10.88.0.1", 9428));
         assert_eq!(
             t.path,
-            "/insert/jsonline?_stream_fields=function_name&_msg_field=_msg&_time_field=_time"
+            "/insert/jsonline?_stream_fields=container_name,job&_msg_field=_msg&_time_field=_time"
         );
         let t = Target::parse("http://logs/vl/insert/jsonline?_stream_fields=a").unwrap();
         assert_eq!((t.host.as_str(), t.port), ("logs", 80));
@@ -883,25 +928,25 @@ mod tests {
     #[test]
     fn levels_from_frame_types() {
         assert_eq!(frame_level(0xA55A_0003), None);
-        assert_eq!(frame_level(0xA55A_000F), Some("info"));
-        assert_eq!(frame_level(0xA55A_0016), Some("error"));
-        assert_eq!(frame_level(0xA55A_0017), Some("error"));
-        assert_eq!(frame_level(0xA55A_001B), Some("fatal"));
+        assert_eq!(frame_level(0xA55A_000F), Some("INFO"));
+        assert_eq!(frame_level(0xA55A_0016), Some("ERROR"));
+        assert_eq!(frame_level(0xA55A_0017), Some("ERROR"));
+        assert_eq!(frame_level(0xA55A_001B), Some("FATAL"));
     }
 
     #[test]
     fn levels_from_text() {
         assert_eq!(
             text_level("[ERROR]\t2024-01-01T00:00:00.000Z\tid\tboom", "stdout"),
-            "error"
+            "ERROR"
         );
-        assert_eq!(text_level("[WARNING] x", "stdout"), "warn");
+        assert_eq!(text_level("[WARNING] x", "stdout"), "WARN");
         assert_eq!(
             text_level("2024-01-01T00:00:00Z  INFO handler: hi", "stdout"),
-            "info"
+            "INFO"
         );
-        assert_eq!(text_level("ERROR: bad", "stderr"), "error");
-        assert_eq!(text_level("hello", "stdout"), "info");
+        assert_eq!(text_level("ERROR: bad", "stderr"), "ERROR");
+        assert_eq!(text_level("hello", "stdout"), "INFO");
     }
 
     #[test]
@@ -919,9 +964,18 @@ mod tests {
             vec![],
         );
         assert_eq!(rec["_msg"], "hi");
-        assert_eq!(rec["level"], "warning");
+        assert_eq!(rec["level"], "WARN");
         assert_eq!(rec["order"], 7);
-        assert_eq!(rec["request_id"], "r");
+        assert_eq!(rec["aws_request_id"], "r");
+        assert_eq!(rec["trace_id"], "t");
         assert_eq!(rec["function_name"], "f");
+        assert_eq!(rec["container_name"], "f");
+        assert_eq!(rec["job"], "lambda");
+        assert_eq!(rec["log_group"], "/aws/lambda/f");
+        let stream = rec["log_stream"].as_str().unwrap();
+        assert!(
+            stream.contains("/[$LATEST]") && stream.len() == 10 + 9 + 32,
+            "{stream}"
+        );
     }
 }

@@ -100,6 +100,23 @@ fn fast_random(buf: &mut [u8]) {
     }
 }
 
+/// This worker's CloudWatch Logs stream name, in Lambda's form
+/// `YYYY/MM/DD/[$LATEST]{32 hex}` (the date of its start); the same for the whole process.
+pub fn log_stream_name() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let mut b = [0u8; 16];
+        fast_random(&mut b);
+        let days = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_secs()
+            / 86_400;
+        let (y, m, d) = civil_from_days(days as i64);
+        format!("{y:04}/{m:02}/{d:02}/[$LATEST]{}", hex(&b))
+    })
+}
+
 /// A random version-4 UUID, the shape of Lambda request ids.
 pub fn request_id() -> String {
     let mut b = [0u8; 16];

@@ -191,7 +191,7 @@ fn console_lines_carry_level_and_request_id_and_json_format_filters_by_level() {
     let id = r.header("x-amzn-requestid").unwrap().to_string();
     let warn = sup.wait_stdout("the WARN record", |l| l.contains("warn line"));
     let rec: serde_json::Value = serde_json::from_str(&warn).unwrap();
-    assert_eq!(rec["level"], "warn", "{rec}");
+    assert_eq!(rec["level"], "WARN", "{rec}");
     assert!(
         rec["_msg"]
             .as_str()

@@ -66,5 +66,5 @@ fn as_pid_1_it_reaps_orphans_and_stops_on_sigterm() {
         .any(|r| r["_msg"] == format!("stdout line 2 of {id}")));
     assert!(recs
         .iter()
-        .any(|r| r["type"] == "platform.report" && r["request_id"] == id));
+        .any(|r| r["type"] == "platform.report" && r["aws_request_id"] == id));
 }

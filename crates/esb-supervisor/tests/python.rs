@@ -426,9 +426,12 @@ fn logs_reach_the_endpoint_with_ids_and_nothing_is_lost_on_sigterm() {
             .iter()
             .find(|r| r["_msg"] == want)
             .unwrap_or_else(|| panic!("missing {want:?} among {} records", recs.len()));
-        assert_eq!(rec["request_id"], id);
+        assert_eq!(rec["aws_request_id"], id);
         assert_eq!(rec["trace_id"], trace);
         assert_eq!(rec["function_name"], "test-fn");
+        assert_eq!(rec["container_name"], "test-fn");
+        assert_eq!(rec["job"], "lambda");
+        assert_eq!(rec["log_group"], "/aws/lambda/test-fn");
         assert_eq!(rec["stream"], "stdout");
         assert!(rec["_time"].as_str().unwrap().ends_with('Z'));
     }
@@ -439,9 +442,9 @@ fn logs_reach_the_endpoint_with_ids_and_nothing_is_lost_on_sigterm() {
         .expect("the JSON line");
     assert_eq!(
         (structured["order"].clone(), structured["level"].clone()),
-        (json!(1), json!("warning"))
+        (json!(1), json!("WARN"))
     );
-    assert_eq!(structured["request_id"], id);
+    assert_eq!(structured["aws_request_id"], id);
     // awslambdaric's logging line carries its level.
     let logged = recs
         .iter()
@@ -451,7 +454,7 @@ fn logs_reach_the_endpoint_with_ids_and_nothing_is_lost_on_sigterm() {
                 .is_some_and(|m| m.contains("logged through logging"))
         })
         .expect("the logging line");
-    assert_eq!(logged["level"], "info");
+    assert_eq!(logged["level"], "INFO");
     // awslambdaric's error log comes framed on _LAMBDA_TELEMETRY_LOG_FD: the traceback is
     // one record, at level error.
     let traceback = recs
@@ -467,8 +470,8 @@ fn logs_reach_the_endpoint_with_ids_and_nothing_is_lost_on_sigterm() {
         text.contains("\nTraceback (most recent call last):"),
         "{text}"
     );
-    assert_eq!(traceback["level"], "error");
-    assert_eq!(traceback["request_id"], raised_id);
+    assert_eq!(traceback["level"], "ERROR");
+    assert_eq!(traceback["aws_request_id"], raised_id);
     // START / END / REPORT like Lambda's.
     for (kind, prefix) in [
         ("platform.start", format!("START RequestId: {id}")),
@@ -480,7 +483,7 @@ fn logs_reach_the_endpoint_with_ids_and_nothing_is_lost_on_sigterm() {
             .find(|r| r["type"] == kind)
             .unwrap_or_else(|| panic!("no {kind} record"));
         assert!(rec["_msg"].as_str().unwrap().starts_with(&prefix), "{rec}");
-        assert_eq!(rec["request_id"], id);
+        assert_eq!(rec["aws_request_id"], id);
         assert_eq!(rec["trace_id"], trace);
     }
     let report = recs

@@ -201,7 +201,7 @@ fn logs_of_a_rust_function_are_shipped_with_ids() {
                 .find(|r| r["_msg"] == want)
                 .unwrap_or_else(|| panic!("missing {want:?}"));
             assert_eq!(
-                (rec["request_id"].as_str(), rec["trace_id"].as_str()),
+                (rec["aws_request_id"].as_str(), rec["trace_id"].as_str()),
                 (Some(&*id), Some(&*trace))
             );
             assert_eq!(rec["stream"], stream);
@@ -210,9 +210,9 @@ fn logs_of_a_rust_function_are_shipped_with_ids() {
     let structured = recs.iter().find(|r| r["_msg"] == "structured").unwrap();
     assert_eq!(
         (structured["level"].as_str(), structured["order"].as_u64()),
-        (Some("warn"), Some(1))
+        (Some("WARN"), Some(1))
     );
     assert!(recs
         .iter()
-        .any(|r| r["type"] == "platform.report" && r["request_id"] == id));
+        .any(|r| r["type"] == "platform.report" && r["aws_request_id"] == id));
 }

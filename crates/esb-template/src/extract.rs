@@ -658,6 +658,7 @@ fn function(p: &Props, base_dir: &Path, warnings: &mut Vec<String>) -> Result<Fu
         vec![]
     };
     let policies = permissions(p, serverless, warnings)?;
+    let logging = logging_config(p)?;
     Ok(Function {
         logical_id: p.id.to_string(),
         name,
@@ -683,8 +684,61 @@ fn function(p: &Props, base_dir: &Path, warnings: &mut Vec<String>) -> Result<Fu
             None
         },
         policies,
+        logging,
         line: p.res.line,
     })
+}
+
+/// `LoggingConfig`, each value checked against the set Lambda accepts.
+fn logging_config(p: &Props) -> Result<LoggingConfig, Error> {
+    let mut out = LoggingConfig::default();
+    let Some(n) = p.get("LoggingConfig")? else {
+        return Ok(out);
+    };
+    let loc = p.loc("LoggingConfig");
+    let one_of = |key: &str, allowed: &[&str]| -> Result<Option<String>, Error> {
+        let Some(v) = n.get(key) else {
+            return Ok(None);
+        };
+        let s = string_of(v, &loc.child(key))?;
+        if !allowed.contains(&s.as_str()) {
+            return Err(loc.child(key).err(
+                v.line,
+                format!("{s:?} is not one of {}", allowed.join(", ")),
+            ));
+        }
+        Ok(Some(s))
+    };
+    for (key, _) in map_of(&n, &loc)? {
+        if ![
+            "LogFormat",
+            "ApplicationLogLevel",
+            "SystemLogLevel",
+            "LogGroup",
+        ]
+        .contains(&key.as_str())
+        {
+            return Err(loc.err(n.line, format!("unknown property {key}")));
+        }
+    }
+    out.json = one_of("LogFormat", &["Text", "JSON"])?.as_deref() == Some("JSON");
+    out.application_log_level = one_of(
+        "ApplicationLogLevel",
+        &["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"],
+    )?;
+    out.system_log_level = one_of("SystemLogLevel", &["DEBUG", "INFO", "WARN"])?;
+    if !out.json && (out.application_log_level.is_some() || out.system_log_level.is_some()) {
+        // As Lambda: the levels need the JSON format.
+        return Err(loc.err(
+            n.line,
+            "ApplicationLogLevel and SystemLogLevel need LogFormat: JSON",
+        ));
+    }
+    out.log_group = match n.get("LogGroup") {
+        None => None,
+        Some(v) => Some(string_of(v, &loc.child("LogGroup"))?),
+    };
+    Ok(out)
 }
 
 /// The function's permissions as policy items (see [`Function::policies`]): its `Role`

@@ -142,9 +142,29 @@ pub struct Function {
     /// template gives none.
     #[serde(default)]
     pub policies: Option<Vec<serde_json::Value>>,
+    /// `LoggingConfig` (Lambda's advanced logging controls).
+    #[serde(default)]
+    pub logging: LoggingConfig,
     /// Line of the resource in the template.
     #[serde(skip)]
     pub line: usize,
+}
+
+/// A function's `LoggingConfig`, as Lambda's advanced logging controls take it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LoggingConfig {
+    /// `LogFormat`: `Text` (default) or `JSON`.
+    #[serde(default)]
+    pub json: bool,
+    /// `ApplicationLogLevel` (`TRACE`, `DEBUG`, `INFO`, `WARN`, `ERROR`, `FATAL`).
+    #[serde(default)]
+    pub application_log_level: Option<String>,
+    /// `SystemLogLevel` (`DEBUG`, `INFO`, `WARN`).
+    #[serde(default)]
+    pub system_log_level: Option<String>,
+    /// `LogGroup` (default `/aws/lambda/FUNCTION`).
+    #[serde(default)]
+    pub log_group: Option<String>,
 }
 
 /// A reference to a layer from a function.

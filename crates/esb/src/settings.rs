@@ -359,6 +359,14 @@ impl BoxArgs {
             "AWS_ENDPOINT_URL_LAMBDA".into(),
             self.gateway_internal_url.clone(),
         );
+        // Upstream ESB's name for the same URL.
+        env.insert(
+            "GATEWAY_INTERNAL_URL".into(),
+            self.gateway_internal_url.clone(),
+        );
+        // The log store's CloudWatch Logs API (boto3's `logs` client), on the same port as
+        // the workers' log shipping.
+        env.insert("AWS_ENDPOINT_URL_LOGS".into(), self.worker_logs_url.clone());
         env.insert("VICTORIALOGS_URL".into(), self.worker_logs_url.clone());
         env.insert("AWS_REGION".into(), self.creds.region.clone());
         env.insert("AWS_DEFAULT_REGION".into(), self.creds.region.clone());

@@ -194,7 +194,7 @@ fn the_seeds_troubleshooting_steps_work_verbatim() {
                     "10",
                     &format!("http://127.0.0.1:{}/select/logsql/query", b.logs_port),
                     "--data-urlencode",
-                    "query=service:esb-gateway",
+                    "query=container_name:esb-gateway job:gateway",
                 ])
                 .output()
                 .unwrap();
