@@ -974,7 +974,7 @@ mod tests {
         assert_eq!(rec["log_group"], "/aws/lambda/f");
         let stream = rec["log_stream"].as_str().unwrap();
         assert!(
-            stream.contains("/[$LATEST]") && stream.len() == 10 + 9 + 32,
+            stream.contains("/[$LATEST]") && stream.len() == 10 + 1 + 9 + 32,
             "{stream}"
         );
     }
