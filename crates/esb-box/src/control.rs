@@ -40,6 +40,9 @@ pub struct Plan {
     pub template: PathBuf,
     /// Parameter overrides given on the command line.
     pub parameter_overrides: Option<String>,
+    /// Build every function image from scratch (`esb up --build`): no layer from the
+    /// cache; base images stay cached.
+    pub rebuild: bool,
     /// The node network.
     pub node: esb_runtime_node::NodeConfig,
     /// Ports the local proxy listens on inside the node namespace.
@@ -799,6 +802,7 @@ mod tests {
             state: state.to_path_buf(),
             template: state.join("app/template.yaml"),
             parameter_overrides: Some("Stage=prod".into()),
+            rebuild: false,
             node: node.clone(),
             proxy_ports: [9000, 8001, 9428],
             proxy_args: vec!["--max-connections=10".into()],

@@ -127,6 +127,7 @@ pub async fn build_and_provision(plan: &Plan, warn: Warn) -> Result<serde_json::
         }
         let mut opts = esb_image::BuildOptions::new(&template, p.supervisor.clone());
         opts.out_dir = p.build_dir();
+        opts.no_cache = p.rebuild;
         let progress = |e: &esb_image::Progress| {
             use esb_image::Progress::*;
             match e {

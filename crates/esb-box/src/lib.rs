@@ -32,6 +32,7 @@ pub mod perms;
 pub mod provision;
 pub mod status;
 pub mod supervise;
+pub mod trust;
 
 pub(crate) use error::ResultExt;
 pub use error::{chain, Error, Result};

@@ -10,13 +10,8 @@ use crate::settings::StateArgs;
 /// The template a command reads, with its parameter overrides.
 #[derive(Debug, Clone, Args)]
 pub struct TemplateArgs {
-    /// The SAM template.
-    #[arg(
-        long,
-        short = 't',
-        env = "ESB_TEMPLATE",
-        default_value = "template.yaml"
-    )]
+    /// The SAM template: the global `-t/--template` (default `template.yaml`).
+    #[arg(skip = PathBuf::from("template.yaml"))]
     pub template: PathBuf,
     /// Parameter overrides, `Key=Value` separated by spaces (after generator.yml's).
     #[arg(long)]
@@ -24,6 +19,13 @@ pub struct TemplateArgs {
 }
 
 impl TemplateArgs {
+    /// Takes the global `-t/--template` (if given).
+    pub fn set(&mut self, template: Option<PathBuf>) {
+        if let Some(t) = template {
+            self.template = t;
+        }
+    }
+
     /// Loads the template with generator.yml and the overrides.
     pub fn load(&self) -> Result<esb_template::Template> {
         Ok(esb_box::images::load_template(
@@ -211,8 +213,8 @@ fn push_images(
 /// Arguments of `esb init`.
 #[derive(Debug, Args)]
 pub struct InitArgs {
-    /// The SAM template.
-    #[arg(long, short = 't', default_value = "template.yaml")]
+    /// The SAM template: the global `-t/--template` (default `template.yaml`).
+    #[arg(skip = PathBuf::from("template.yaml"))]
     pub template: PathBuf,
     /// Stack name.
     #[arg(long, default_value = "esb")]

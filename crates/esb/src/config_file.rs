@@ -2,7 +2,8 @@
 //!
 //! Keys are the environment variable names (`CNI_SUBNET = "10.88.1.0/24"`,
 //! `JWT_SECRET_KEY = "…"`), so one name means one setting everywhere. Precedence is
-//! flags > environment > `esb.toml` > `STATE_DIR/secrets.toml` > defaults: before the
+//! flags > environment > `esb.toml` > `.env` beside the template (upstream ESB's file,
+//! its names translated) > `STATE_DIR/secrets.toml` > defaults: before the
 //! command line is parsed, every key of the files that the environment does not set is
 //! put into this process's environment, and clap's `env` fallback does the rest. Child
 //! processes of the box inherit the same environment.
@@ -85,6 +86,8 @@ pub fn settings(cmd: &clap::Command) -> BTreeMap<String, String> {
 pub enum Origin {
     /// The configuration file at this path.
     File(PathBuf),
+    /// The `.env` file beside the template (upstream ESB's configuration).
+    EnvFile(PathBuf),
     /// The box's generated secrets.
     Secrets,
 }
@@ -96,6 +99,207 @@ pub struct Loaded {
     pub config_file: Option<PathBuf>,
     /// Keys set from a file, and which.
     pub origins: BTreeMap<String, Origin>,
+    /// The `.env` file read, if any.
+    pub env_file: Option<PathBuf>,
+    /// What the user should know about the files (keys of `.env` that mean nothing in
+    /// esb, and the like), to be printed once.
+    pub warnings: Vec<String>,
+}
+
+/// Upstream ESB's settings that esb names otherwise: (upstream name, esb name, how the
+/// value converts).
+const UPSTREAM_ALIASES: &[(&str, &str, Convert)] = &[
+    ("RUSTFS_ACCESS_KEY", "ESB_ACCESS_KEY_ID", Convert::Same),
+    ("RUSTFS_SECRET_KEY", "ESB_SECRET_ACCESS_KEY", Convert::Same),
+    ("GATEWAY_PORT", "ESB_GATEWAY_PORT", Convert::Same),
+    ("RUSTFS_API_PORT", "ESB_S3_LISTEN", Convert::LoopbackPort),
+    (
+        "SCYLLADB_PORT",
+        "ESB_DYNAMODB_LISTEN",
+        Convert::LoopbackPort,
+    ),
+    (
+        "VICTORIALOGS_PORT",
+        "ESB_LOGSTORE_LISTEN",
+        Convert::LoopbackPort,
+    ),
+    (
+        "IDLE_TIMEOUT_MINUTES",
+        "GATEWAY_IDLE_TIMEOUT_SECONDS",
+        Convert::MinutesToSeconds,
+    ),
+    (
+        "DEFAULT_MAX_CAPACITY",
+        "ESB_DEFAULT_CONCURRENCY",
+        Convert::Same,
+    ),
+    (
+        "ENABLE_CONTAINER_PAUSE",
+        "ESB_CONTAINER_PAUSE",
+        Convert::Bool,
+    ),
+    (
+        "PAUSE_IDLE_SECONDS",
+        "ESB_PAUSE_IDLE_SECONDS",
+        Convert::Same,
+    ),
+];
+
+/// Upstream ESB's settings that have no meaning in esb (Docker Compose networks, the
+/// manager service, RustFS/ScyllaDB tuning): accepted in `.env` and ignored, with a note.
+const UPSTREAM_IGNORED: &[&str] = &[
+    "CONTAINERS_NETWORK",
+    "CONTAINER_CACHE_TTL",
+    "DATA_ROOT_PATH",
+    "EXTERNAL_NETWORK",
+    "FUNCTIONS_CONFIG_PATH",
+    "LAMBDA_NETWORK",
+    "LOGS_ROOT_PATH",
+    "MANAGER_PORT",
+    "MANAGER_TIMEOUT",
+    "MANAGER_URL",
+    "ROUTING_CONFIG_PATH",
+    "RUSTFS_COMPRESSION",
+    "RUSTFS_CONSOLE_PORT",
+    "RUSTFS_DEDUPLICATION",
+    "SCYLLADB_MEMORY",
+    "UVICORN_BIND_ADDR",
+    "UVICORN_WORKERS",
+];
+
+/// How an upstream value becomes esb's.
+#[derive(Debug, Clone, Copy)]
+enum Convert {
+    Same,
+    /// A port becomes `127.0.0.1:PORT` (esb's services listen on loopback).
+    LoopbackPort,
+    MinutesToSeconds,
+    /// `true`/`false` (any case) or `1`/`0` becomes `1`/`0`.
+    Bool,
+}
+
+impl Convert {
+    fn apply(self, key: &str, v: &str) -> Result<String> {
+        let v = v.trim();
+        Ok(match self {
+            Convert::Same => v.to_string(),
+            Convert::LoopbackPort => {
+                let port: u16 = v
+                    .parse()
+                    .with_context(|| format!("{key}={v:?} is not a port"))?;
+                format!("127.0.0.1:{port}")
+            }
+            Convert::MinutesToSeconds => {
+                let m: f64 = v
+                    .parse()
+                    .with_context(|| format!("{key}={v:?} is not a number of minutes"))?;
+                format!("{}", (m * 60.0).round() as u64)
+            }
+            Convert::Bool => match v.to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => "1".into(),
+                "0" | "false" | "no" | "off" | "" => "0".into(),
+                _ => bail!("{key}={v:?} is not true or false"),
+            },
+        })
+    }
+}
+
+/// The template path the command line or `ESB_TEMPLATE` names (before parsing), else
+/// `template.yaml`.
+pub fn template_of(args: &[OsString]) -> PathBuf {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let s = a.to_string_lossy();
+        if s == "-t" || s == "--template" {
+            if let Some(v) = it.next() {
+                return PathBuf::from(v);
+            }
+        }
+        if let Some(v) = s
+            .strip_prefix("--template=")
+            .or_else(|| s.strip_prefix("-t="))
+        {
+            return PathBuf::from(v);
+        }
+    }
+    std::env::var_os("ESB_TEMPLATE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("template.yaml"))
+}
+
+/// The `.env` file beside `template` (upstream ESB keeps its settings there).
+pub fn env_file_of(template: &Path) -> PathBuf {
+    match template.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.join(".env"),
+        _ => PathBuf::from(".env"),
+    }
+}
+
+/// Reads a `.env` file (`KEY=value` lines, `#` comments, quotes, `export`: dotenv's
+/// syntax, without expanding into the environment). Keys esb knows are taken as they
+/// are; upstream ESB's names are translated ([`UPSTREAM_ALIASES`]); upstream settings that
+/// mean nothing here and keys nobody knows are left out with a warning (a `.env` is often
+/// shared with other tools, so an unknown key is not an error there, unlike in esb.toml).
+pub fn read_env_file(
+    path: &Path,
+    known: &[String],
+    warnings: &mut Vec<String>,
+) -> Result<BTreeMap<String, String>> {
+    let iter = dotenvy::from_path_iter(path).with_context(|| format!("read {}", path.display()))?;
+    let mut out = BTreeMap::new();
+    for item in iter {
+        let (key, value) =
+            item.with_context(|| format!("{}: not a valid .env file", path.display()))?;
+        if let Some((_, esb, conv)) = UPSTREAM_ALIASES.iter().find(|(u, _, _)| *u == key) {
+            let v = conv
+                .apply(&key, &value)
+                .with_context(|| format!("{}", path.display()))?;
+            out.insert(esb.to_string(), v);
+        } else if key == "GATEWAY_INTERNAL_URL"
+            && !value
+                .trim()
+                .strip_prefix("https://")
+                .and_then(|r| r.split(['/', ':']).next())
+                .is_some_and(|h| h.parse::<std::net::IpAddr>().is_ok())
+        {
+            // Upstream names the gateway's container (https://esb-gateway); here workers
+            // reach it at an address of the node network.
+            warnings.push(format!(
+                "{}: GATEWAY_INTERNAL_URL={value:?} names a host; esb's workers reach the gateway at the default (https://10.88.0.1:443), so it is ignored",
+                path.display()
+            ));
+        } else if known.iter().any(|k| k == &key) {
+            out.insert(key, value);
+        } else if UPSTREAM_IGNORED.contains(&key.as_str()) {
+            warnings.push(format!(
+                "{}: {key} has no meaning in esb and is ignored (docs/migrating.md)",
+                path.display()
+            ));
+        } else {
+            warnings.push(format!(
+                "{}: {key} is not an esb setting and is ignored (`esb config` lists them)",
+                path.display()
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Puts upstream ESB's names of settings set in the environment under esb's names, when
+/// esb's own name is not set (`DEFAULT_MAX_CAPACITY=20` acts as `ESB_DEFAULT_CONCURRENCY`).
+/// Must run before any thread starts.
+pub fn apply_upstream_env_aliases() -> Result<()> {
+    for (upstream, esb, conv) in UPSTREAM_ALIASES {
+        if std::env::var_os(esb).is_some() {
+            continue;
+        }
+        if let Ok(v) = std::env::var(upstream) {
+            let v = conv.apply(upstream, &v)?;
+            // SAFETY: called from main before any other thread exists.
+            unsafe { std::env::set_var(esb, v) };
+        }
+    }
+    Ok(())
 }
 
 /// The value of `--NAME VALUE` / `--NAME=VALUE` in `args` (before any subcommand parsing).
@@ -189,8 +393,9 @@ pub fn read_settings(path: &Path, known: &[String]) -> Result<BTreeMap<String, S
 }
 
 /// Loads the configuration file (`--config`/`ESB_CONFIG`, else `./esb.toml`, else
-/// `STATE_DIR/esb.toml`) and the box's secrets into the environment, without overriding
-/// anything the environment already sets. Must run before any thread starts.
+/// `STATE_DIR/esb.toml`), the `.env` file beside the template and the box's secrets into
+/// the environment, in that order of precedence, without overriding anything the
+/// environment already sets. Must run before any thread starts.
 pub fn preload(args: &[OsString], known: &[String]) -> Result<Loaded> {
     let mut loaded = Loaded::default();
     let state = state_dir_of(args);
@@ -207,10 +412,19 @@ pub fn preload(args: &[OsString], known: &[String]) -> Result<Loaded> {
             .into_iter()
             .find(|p| p.is_file()),
     };
+    apply_upstream_env_aliases()?;
     let mut layers = Vec::new();
     if let Some(path) = &config {
         layers.push((read_settings(path, known)?, Origin::File(path.clone())));
         loaded.config_file = Some(path.clone());
+    }
+    // Upstream ESB's `.env` beside the template: below esb.toml, above the secrets.
+    let template = template_of(args);
+    let env_file = env_file_of(&template);
+    if template.is_file() && env_file.is_file() {
+        let values = read_env_file(&env_file, known, &mut loaded.warnings)?;
+        layers.push((values, Origin::EnvFile(env_file.clone())));
+        loaded.env_file = Some(env_file);
     }
     let secrets = secrets_path(&state);
     if secrets.is_file() {
@@ -434,5 +648,75 @@ mod tests {
     fn secrets_are_masked() {
         assert!(!mask("X_API_KEY", "abc").contains("abc"));
         assert_eq!(mask("CNI_SUBNET", "10.88.1.0/24"), "10.88.1.0/24");
+    }
+
+    #[test]
+    fn env_file_takes_upstream_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(".env");
+        std::fs::write(
+            &p,
+            "# upstream ESB's .env\n\
+             JWT_SECRET_KEY=0123456789abcdef0123456789abcdef\n\
+             X_API_KEY='quoted key'\n\
+             export CNI_SUBNET=10.88.7.0/24\n\
+             DEFAULT_MAX_CAPACITY=20\n\
+             ENABLE_CONTAINER_PAUSE=true\n\
+             IDLE_TIMEOUT_MINUTES=5\n\
+             RUSTFS_API_PORT=9100\n\
+             LAMBDA_NETWORK=onpre-internal-network\n\
+             GATEWAY_INTERNAL_URL=https://esb-gateway\n\
+             COMPOSE_PROJECT_NAME=x\n",
+        )
+        .unwrap();
+        let mut known = known();
+        known.push("JWT_SECRET_KEY".into());
+        let mut warnings = Vec::new();
+        let v = read_env_file(&p, &known, &mut warnings).unwrap();
+        assert_eq!(v["JWT_SECRET_KEY"], "0123456789abcdef0123456789abcdef");
+        assert_eq!(v["X_API_KEY"], "quoted key");
+        assert_eq!(v["CNI_SUBNET"], "10.88.7.0/24");
+        assert_eq!(v["ESB_DEFAULT_CONCURRENCY"], "20");
+        assert_eq!(v["ESB_CONTAINER_PAUSE"], "1");
+        assert_eq!(v["GATEWAY_IDLE_TIMEOUT_SECONDS"], "300");
+        assert_eq!(v["ESB_S3_LISTEN"], "127.0.0.1:9100");
+        assert!(!v.contains_key("LAMBDA_NETWORK"));
+        assert!(!v.contains_key("GATEWAY_INTERNAL_URL"));
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        assert!(warnings
+            .iter()
+            .any(|w| w.contains("LAMBDA_NETWORK has no meaning")));
+        assert!(warnings
+            .iter()
+            .any(|w| w.contains("COMPOSE_PROJECT_NAME is not an esb setting")));
+        // A bad value names the key and the file.
+        std::fs::write(&p, "ENABLE_CONTAINER_PAUSE=perhaps\n").unwrap();
+        let e = format!(
+            "{:#}",
+            read_env_file(&p, &known, &mut warnings).unwrap_err()
+        );
+        assert!(
+            e.contains("ENABLE_CONTAINER_PAUSE") && e.contains(".env"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn template_and_env_file_from_the_command_line() {
+        let args: Vec<OsString> = ["esb", "-t", "app/template.yaml", "up"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        assert_eq!(template_of(&args), PathBuf::from("app/template.yaml"));
+        assert_eq!(env_file_of(&template_of(&args)), PathBuf::from("app/.env"));
+        assert_eq!(
+            env_file_of(Path::new("template.yaml")),
+            PathBuf::from(".env")
+        );
+        let args: Vec<OsString> = ["esb", "up", "--template=/x/t.yaml"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        assert_eq!(template_of(&args), PathBuf::from("/x/t.yaml"));
     }
 }

@@ -30,6 +30,10 @@ struct Cli {
     /// STATE_DIR/esb.toml).
     #[arg(long, env = "ESB_CONFIG", global = true)]
     config: Option<PathBuf>,
+    /// The SAM template (default ./template.yaml; `esb up` falls back to the bundled
+    /// example application). A `.env` beside it is read as settings (below esb.toml).
+    #[arg(long, short = 't', env = "ESB_TEMPLATE", global = true)]
+    template: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -46,7 +50,7 @@ enum Command {
         #[command(flatten)]
         control: settings::ControlArgs,
         /// Also delete the data of S3, DynamoDB and the log store.
-        #[arg(long)]
+        #[arg(long, short = 'v')]
         volumes: bool,
     },
     /// Show the box: components, functions, routes, workers, pools and breakers.
@@ -62,7 +66,7 @@ enum Command {
         #[command(flatten)]
         control: settings::ControlArgs,
         /// Do not ask.
-        #[arg(long)]
+        #[arg(long, short = 'y')]
         yes: bool,
     },
     /// Invoke a function through the box's Lambda Invoke API.
@@ -72,6 +76,13 @@ enum Command {
         /// Rebuild once now and exit.
         #[arg(long)]
         once: bool,
+    },
+    /// Trust the box CA system-wide (Debian's trust store), so that curl and Python reach
+    /// the gateway without `--cacert`; `--remove` takes it out again.
+    Trust {
+        /// Remove the box CA from the trust store.
+        #[arg(long)]
+        remove: bool,
     },
     /// Print the effective configuration (secrets masked).
     Config {
@@ -253,6 +264,24 @@ enum NodeCommand {
     },
 }
 
+/// `esb trust [--remove]`.
+fn trust(state: &StateArgs, remove: bool) -> anyhow::Result<()> {
+    use esb_box::trust::{self, Trust};
+    let dir = std::path::Path::new(trust::LOCAL_CA_DIR);
+    let done = if remove {
+        trust::remove(dir)?
+    } else {
+        trust::install(&esb_box::layout::ca_file(&state.state_dir), dir)?
+    };
+    match done {
+        Trust::Installed(p) => println!("the box CA is trusted system-wide ({})", p.display()),
+        Trust::AlreadyTrusted(p) => println!("the box CA was trusted already ({})", p.display()),
+        Trust::Removed(p) => println!("the box CA is no longer trusted (removed {})", p.display()),
+        Trust::NotTrusted => println!("the box CA was not in the trust store"),
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     // Started by containerd's shim as a worker's console logger (not a user command).
@@ -272,10 +301,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let cli = match Cli::from_arg_matches(&Cli::command().get_matches_from(&args)) {
+    let mut cli = match Cli::from_arg_matches(&Cli::command().get_matches_from(&args)) {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
+    for w in &loaded.warnings {
+        eprintln!("esb: warning: {w}");
+    }
+    // The global `-t TEMPLATE` goes to the commands that read a template.
+    let template = cli.template.clone();
+    match &mut cli.command {
+        Command::Up(a) => a.template = template,
+        Command::Build(a) => a.template.set(template),
+        Command::Gateway(a) => a.template.set(template),
+        Command::Init(a) => a.template = template.unwrap_or_else(|| "template.yaml".into()),
+        _ => {}
+    }
     // Commands that print end quietly when their reader goes away, like other Unix tools.
     // Servers keep Rust's default (SIGPIPE ignored): a client that disconnects mid-write
     // must cost one connection, not the process.
@@ -332,6 +373,7 @@ fn main() -> ExitCode {
                 up::watch(state)
             }
         }
+        Command::Trust { remove } => trust(state, remove),
         Command::Config { show_secrets } => up::config(state, &loaded, &command, show_secrets),
         Command::Node { command } => match *command {
             NodeCommand::Token {

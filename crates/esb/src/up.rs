@@ -22,9 +22,14 @@ use crate::settings::{
 /// Arguments of `esb up`.
 #[derive(Debug, Clone, Args)]
 pub struct UpArgs {
-    /// The SAM template (default: ./template.yaml, else the bundled example application).
-    #[arg(long, short = 't', env = "ESB_TEMPLATE")]
+    /// The SAM template: the global `-t/--template` (default: ./template.yaml, else the
+    /// bundled example application).
+    #[arg(skip)]
     pub template: Option<PathBuf>,
+    /// Rebuild every function image from scratch (layers not taken from the cache; base
+    /// images stay cached).
+    #[arg(long)]
+    pub build: bool,
     /// Parameter overrides, `Key=Value` separated by spaces (after generator.yml's).
     #[arg(long)]
     pub parameter_overrides: Option<String>,
@@ -280,6 +285,7 @@ pub fn plan(state: &StateArgs, a: &UpArgs) -> Result<(Plan, Vec<(String, String)
             state: state_dir,
             template: template_path,
             parameter_overrides: a.parameter_overrides.clone(),
+            rebuild: a.build,
             node,
             proxy_ports: ports,
             proxy_args: proxy.to_args(&st),
@@ -1030,12 +1036,17 @@ pub fn config(
     show_secrets: bool,
 ) -> Result<()> {
     println!(
-        "# effective configuration (flags > environment > {} > secrets.toml > defaults)",
+        "# effective configuration (flags > environment > {} > {} > secrets.toml > defaults)",
         loaded
             .config_file
             .as_ref()
             .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "esb.toml (none found)".into())
+            .unwrap_or_else(|| "esb.toml (none found)".into()),
+        loaded
+            .env_file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| ".env (none beside the template)".into())
     );
     let mut defaults = config_file::settings(cmd);
     for (key, value) in esb_gateway::config::setting_defaults() {
@@ -1053,6 +1064,7 @@ pub fn config(
                 v,
                 match loaded.origins.get(&key) {
                     Some(config_file::Origin::File(_)) => "file",
+                    Some(config_file::Origin::EnvFile(_)) => ".env",
                     Some(config_file::Origin::Secrets) => "secrets",
                     _ => "env",
                 },
