@@ -454,9 +454,10 @@ async fn update_table(db: &Arc<Db>, req: Json) -> Result<Json> {
             let updates = updates
                 .as_array()
                 .ok_or_else(|| DdbError::serialization("GlobalSecondaryIndexUpdates must be a list"))?;
-            for u in updates {
+            for (n, u) in updates.iter().enumerate() {
                 if let Some(c) = present(u, "Create") {
-                    let mut idx = table::parse_index(c, &meta.attrs, &meta.hash, meta.range.as_ref(), false, &meta.billing)?;
+                    let at = format!("globalSecondaryIndexUpdates.{}.member.create", n + 1);
+                    let mut idx = table::parse_index(c, &meta.attrs, &meta.hash, meta.range.as_ref(), false, &meta.billing, &at)?;
                     if meta.indexes.iter().any(|i| i.name == idx.name) {
                         return Err(DdbError::validation(format!(
                             "One or more parameter values were invalid: Index with name: {} already exists",
