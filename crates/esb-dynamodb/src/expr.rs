@@ -49,11 +49,6 @@ impl Path {
         format!("[{}]", parts.join(", "))
     }
 
-    fn overlaps(&self, other: &Path) -> bool {
-        let n = self.0.len().min(other.0.len());
-        self.0[..n] == other.0[..n]
-    }
-
     /// Looks the path up in an item.
     pub fn get<'a>(&self, item: &'a Item) -> Option<&'a Value> {
         let mut cur: Option<&Value> = None;
@@ -436,6 +431,9 @@ struct Parser<'a> {
     kind: &'static str,
     ph: &'a Placeholders,
     depth: usize,
+    /// Token positions of the opening and closing parenthesis of the last parenthesised
+    /// condition parsed (to find `((…))`, which DynamoDB refuses as redundant).
+    last_group: Option<(usize, usize)>,
 }
 
 fn is_kw(t: &Tok, kw: &str) -> bool {
@@ -461,6 +459,7 @@ impl<'a> Parser<'a> {
             kind,
             ph,
             depth: 0,
+            last_group: None,
         })
     }
 
@@ -657,11 +656,19 @@ impl<'a> Parser<'a> {
 
     fn primary(&mut self) -> Result<Cond> {
         if *self.peek() == Tok::Sym("(") {
+            let open = self.pos;
             self.next();
             self.enter()?;
             let c = self.or()?;
             self.depth -= 1;
+            // `((c))`: the inner group ends right where this one does.
+            if self.last_group == Some((open + 1, self.pos.wrapping_sub(1)))
+                && *self.peek() == Tok::Sym(")")
+            {
+                return Err(self.invalid("The expression has redundant parentheses;"));
+            }
             self.expect(")")?;
+            self.last_group = Some((open, self.pos - 1));
             return Ok(c);
         }
         if let (Tok::Ident(f), Tok::Sym("(")) = (self.peek().clone(), self.peek2().clone()) {
@@ -740,7 +747,7 @@ impl<'a> Parser<'a> {
                 }
                 self.next();
                 self.next();
-                let p = self.path()?;
+                let p = self.path_arg("size")?;
                 self.expect(")")?;
                 Ok(Operand::Size(p))
             }
@@ -754,7 +761,8 @@ impl<'a> Parser<'a> {
         self.next();
         let c = match f {
             "attribute_exists" | "attribute_not_exists" => {
-                let p = self.path()?;
+                let p = self.path_arg(f)?;
+                self.no_more_operands(f, 1)?;
                 if f == "attribute_exists" {
                     Cond::Exists(p)
                 } else {
@@ -762,8 +770,8 @@ impl<'a> Parser<'a> {
                 }
             }
             "attribute_type" => {
-                let p = self.path()?;
-                self.expect(",")?;
+                let p = self.path_arg(f)?;
+                self.more_operands(f, 1)?;
                 let t = match self.operand()? {
                     Operand::Value(Value::S(s)) => s,
                     Operand::Value(v) => {
@@ -781,12 +789,14 @@ impl<'a> Parser<'a> {
                         "Invalid attribute type name found; type: {t}, valid types: {{B,NULL,SS,BOOL,L,BS,N,NS,S,M}}"
                     )));
                 }
+                self.no_more_operands(f, 2)?;
                 Cond::Type(p, t)
             }
             "begins_with" => {
                 let a = self.operand()?;
-                self.expect(",")?;
+                self.more_operands(f, 1)?;
                 let b = self.operand()?;
+                self.no_more_operands(f, 2)?;
                 for o in [&a, &b] {
                     if let Operand::Value(v) = o {
                         if !matches!(v, Value::S(_) | Value::B(_)) {
@@ -801,8 +811,9 @@ impl<'a> Parser<'a> {
             }
             "contains" => {
                 let a = self.operand()?;
-                self.expect(",")?;
+                self.more_operands(f, 1)?;
                 let b = self.operand()?;
+                self.no_more_operands(f, 2)?;
                 Cond::Contains(a, b)
             }
             "size" | "if_not_exists" | "list_append" => {
@@ -814,6 +825,85 @@ impl<'a> Parser<'a> {
         };
         self.expect(")")?;
         Ok(c)
+    }
+
+    /// The document path a function takes as its first operand: a value or a function
+    /// there is refused as DynamoDB refuses it.
+    fn path_arg(&mut self, f: &str) -> Result<Path> {
+        match (self.peek().clone(), self.peek2().clone()) {
+            (Tok::Val(_), _) => Err(self.invalid(format!(
+                "Operator or function requires a document path; operator or function: {f}"
+            ))),
+            (Tok::Ident(g), Tok::Sym("(")) => {
+                if g == "size" && f == "size" {
+                    Err(self.invalid(
+                        "Incorrect operand type for operator or function; operator or function: size, operand type: N",
+                    ))
+                } else if g == "size" {
+                    Err(self.invalid(format!(
+                        "Operator or function requires a document path; operator or function: {f}"
+                    )))
+                } else if is_function(&g) {
+                    Err(self.invalid(format!(
+                        "The function is not allowed to be used this way in an expression; function: {g}"
+                    )))
+                } else {
+                    Err(self.invalid(format!("Invalid function name; function: {g}")))
+                }
+            }
+            _ => self.path(),
+        }
+    }
+
+    /// Skips the rest of a function's operand list and reports how many there were.
+    fn operand_count(&mut self, f: &str, mut n: usize) -> DdbError {
+        let start = self.pos;
+        let mut depth = 0usize;
+        let mut any = false;
+        loop {
+            match self.peek() {
+                Tok::Eof => {
+                    self.pos = start;
+                    return self.err();
+                }
+                Tok::Sym("(") => depth += 1,
+                Tok::Sym(")") if depth == 0 => break,
+                Tok::Sym(")") => depth -= 1,
+                Tok::Sym(",") if depth == 0 => {
+                    n += usize::from(any);
+                    any = false;
+                    self.next();
+                    continue;
+                }
+                _ => {}
+            }
+            any = true;
+            self.next();
+        }
+        n += usize::from(any);
+        self.invalid(format!(
+            "Incorrect number of operands for operator or function; operator or function: {f}, number of operands: {n}"
+        ))
+    }
+
+    /// After `n` operands of `f`, a comma must follow (more are needed).
+    fn more_operands(&mut self, f: &str, n: usize) -> Result<()> {
+        match self.peek() {
+            Tok::Sym(",") => {
+                self.next();
+                Ok(())
+            }
+            Tok::Sym(")") => Err(self.operand_count(f, n)),
+            _ => Err(self.err()),
+        }
+    }
+
+    /// After `n` operands of `f`, the list must end.
+    fn no_more_operands(&mut self, f: &str, n: usize) -> Result<()> {
+        match self.peek() {
+            Tok::Sym(",") => Err(self.operand_count(f, n)),
+            _ => Ok(()),
+        }
     }
 
     // ----- update expressions
@@ -843,6 +933,11 @@ impl<'a> Parser<'a> {
                     "SET" => {
                         let p = self.path()?;
                         self.expect("=")?;
+                        // `SET a = (b + :c)`: one pair of parentheses around the value.
+                        let grouped = *self.peek() == Tok::Sym("(");
+                        if grouped {
+                            self.next();
+                        }
                         let a = self.set_operand()?;
                         let v = match self.peek() {
                             Tok::Sym("+") => {
@@ -855,6 +950,9 @@ impl<'a> Parser<'a> {
                             }
                             _ => SetValue::Plain(a),
                         };
+                        if grouped {
+                            self.expect(")")?;
+                        }
                         u.set.push((p, v));
                     }
                     "REMOVE" => u.remove.push(self.path()?),
@@ -914,7 +1012,7 @@ impl<'a> Parser<'a> {
                 self.enter()?;
                 let r = match f.as_str() {
                     "if_not_exists" => {
-                        let p = self.path()?;
+                        let p = self.path_arg("if_not_exists")?;
                         self.expect(",")?;
                         let v = self.set_operand()?;
                         SetOperand::IfNotExists(p, Box::new(v))
@@ -1021,22 +1119,35 @@ fn show_scalar(v: &Value) -> String {
     }
 }
 
+/// How two document paths relate: `Overlap` when one is a prefix of the other (or both
+/// are equal), `Conflict` when they part where one takes a map key and the other a
+/// list index.
+fn relation(a: &Path, b: &Path) -> Option<&'static str> {
+    for (x, y) in a.0.iter().zip(&b.0) {
+        match (x, y) {
+            (PathElem::Attr(_), PathElem::Index(_)) | (PathElem::Index(_), PathElem::Attr(_)) => {
+                return Some("conflict")
+            }
+            _ if x != y => return None,
+            _ => {}
+        }
+    }
+    Some("overlap")
+}
+
+/// Refuses two paths that overlap (reported first) or conflict, naming them in the order
+/// the expression gives them, as DynamoDB does.
 fn check_overlaps(paths: &[&Path], kind: &str) -> Result<()> {
-    for (i, a) in paths.iter().enumerate() {
-        for b in &paths[..i] {
-            if a.overlaps(b) {
-                let (one, two) = if b.0.len() <= a.0.len() {
-                    (b, a)
-                } else {
-                    (a, b)
-                };
-                let what = if a == b { "conflict" } else { "overlap" };
-                let _ = what;
-                return Err(DdbError::validation(format!(
-                    "Invalid {kind}: Two document paths overlap with each other; must remove or rewrite one of these paths; path one: {}, path two: {}",
-                    one.display(),
-                    two.display()
-                )));
+    for wanted in ["overlap", "conflict"] {
+        for (i, later) in paths.iter().enumerate() {
+            for earlier in &paths[..i] {
+                if relation(earlier, later) == Some(wanted) {
+                    return Err(DdbError::validation(format!(
+                        "Invalid {kind}: Two document paths {wanted} with each other; must remove or rewrite one of these paths; path one: {}, path two: {}",
+                        earlier.display(),
+                        later.display()
+                    )));
+                }
             }
         }
     }

@@ -25,13 +25,29 @@ fn values(spec: &Json) -> Result<Vec<Value>> {
     }
 }
 
-fn arity(op: &str, n: usize, want: usize) -> Result<()> {
-    if n != want {
-        return Err(DdbError::validation(format!(
-            "One or more parameter values were invalid: Invalid number of argument(s) for the {op} ComparisonOperator"
-        )));
+fn invalid(msg: impl std::fmt::Display) -> DdbError {
+    DdbError::validation(format!("One or more parameter values were invalid: {msg}"))
+}
+
+/// How many values each operator takes (`None`: one or more, for IN).
+fn arity_of(op: &str) -> Option<usize> {
+    match op {
+        "NULL" | "NOT_NULL" => Some(0),
+        "BETWEEN" => Some(2),
+        "IN" => None,
+        _ => Some(1),
     }
-    Ok(())
+}
+
+/// The value types an operator accepts in its AttributeValueList (EQ and NE take any).
+fn allowed_types(op: &str) -> Option<&'static [&'static str]> {
+    match op {
+        "LE" | "LT" | "GE" | "GT" | "CONTAINS" | "NOT_CONTAINS" | "IN" | "BETWEEN" => {
+            Some(&["S", "N", "B"])
+        }
+        "BEGINS_WITH" => Some(&["S", "B"]),
+        _ => None,
+    }
 }
 
 /// The ComparisonOperator values, in the order DynamoDB's error message lists them.
@@ -51,69 +67,89 @@ const COMPARISON_OPERATORS: &[&str] = &[
     "CONTAINS",
 ];
 
-/// One `{ComparisonOperator, AttributeValueList}` on an attribute.
-fn comparison(attr: &str, spec: &Json) -> Result<Cond> {
+/// Checks an operator's values as DynamoDB does: their number, one type for all of
+/// them, a type the operator takes, BETWEEN bounds in order.
+fn check_values(op: &str, vals: &[Value]) -> Result<()> {
+    let count_ok = match arity_of(op) {
+        Some(n) => vals.len() == n,
+        None => !vals.is_empty(),
+    };
+    if !count_ok {
+        return Err(invalid(format!(
+            "Invalid number of argument(s) for the {op} ComparisonOperator"
+        )));
+    }
+    if let Some(first) = vals.first() {
+        if vals.iter().any(|v| v.type_name() != first.type_name()) {
+            return Err(invalid(
+                "AttributeValues inside AttributeValueList must be of same type",
+            ));
+        }
+    }
+    if let Some(types) = allowed_types(op) {
+        if let Some(v) = vals.iter().find(|v| !types.contains(&v.type_name())) {
+            return Err(invalid(format!(
+                "ComparisonOperator {op} is not valid for {} AttributeValue type",
+                v.type_name()
+            )));
+        }
+    }
+    if op == "BETWEEN"
+        && crate::value::compare_values(&vals[0], &vals[1]) == Some(std::cmp::Ordering::Greater)
+    {
+        return Err(DdbError::validation(
+            "The BETWEEN condition was provided a range where the lower bound is greater than the upper bound",
+        ));
+    }
+    Ok(())
+}
+
+/// The operator of one condition; `at` names it in messages (`queryFilter.a.member`).
+fn operator<'a>(spec: &'a Json, at: &str) -> Result<&'a str> {
     let op = spec
         .get("ComparisonOperator")
-        .and_then(|v| v.as_str())
-        .ok_or_else(|| DdbError::validation("ComparisonOperator is required"))?;
-    let mut vals = values(spec)?;
+        .filter(|v| !v.is_null())
+        .ok_or_else(|| DdbError::missing_member(&format!("{at}.comparisonOperator")))?
+        .as_str()
+        .ok_or_else(|| DdbError::serialization("ComparisonOperator must be a string"))?;
+    if !COMPARISON_OPERATORS.contains(&op) {
+        return Err(DdbError::not_in_enum(
+            op,
+            &format!("{at}.comparisonOperator"),
+            COMPARISON_OPERATORS,
+        ));
+    }
+    Ok(op)
+}
+
+/// One `{ComparisonOperator, AttributeValueList}` on an attribute, as a condition.
+fn comparison(attr: &str, op: &str, mut vals: Vec<Value>) -> Result<Cond> {
+    check_values(op, &vals)?;
     let p = || Operand::Path(path(attr));
-    let cmp = |o| -> Result<Cond> {
-        arity(op, vals.len(), 1)?;
-        Ok(Cond::Cmp(p(), o, Operand::Value(vals[0].clone())))
-    };
+    let cmp = |o, vals: &mut Vec<Value>| Cond::Cmp(p(), o, Operand::Value(vals.remove(0)));
     Ok(match op {
-        "EQ" => cmp(CmpOp::Eq)?,
-        "NE" => cmp(CmpOp::Ne)?,
-        "LT" => cmp(CmpOp::Lt)?,
-        "LE" => cmp(CmpOp::Le)?,
-        "GT" => cmp(CmpOp::Gt)?,
-        "GE" => cmp(CmpOp::Ge)?,
-        "NOT_NULL" => {
-            arity(op, vals.len(), 0)?;
-            Cond::Exists(path(attr))
-        }
-        "NULL" => {
-            arity(op, vals.len(), 0)?;
-            Cond::NotExists(path(attr))
-        }
-        "CONTAINS" | "NOT_CONTAINS" => {
-            arity(op, vals.len(), 1)?;
-            let c = Cond::Contains(p(), Operand::Value(vals.remove(0)));
-            if op == "CONTAINS" {
-                c
-            } else {
-                Cond::And(
-                    Box::new(Cond::Exists(path(attr))),
-                    Box::new(Cond::Not(Box::new(c))),
-                )
-            }
-        }
-        "BEGINS_WITH" => {
-            arity(op, vals.len(), 1)?;
-            Cond::BeginsWith(p(), Operand::Value(vals.remove(0)))
-        }
-        "IN" => {
-            if vals.is_empty() {
-                return Err(DdbError::validation(
-                    "One or more parameter values were invalid: Invalid number of argument(s) for the IN ComparisonOperator",
-                ));
-            }
-            Cond::In(p(), vals.into_iter().map(Operand::Value).collect())
-        }
-        "BETWEEN" => {
-            arity(op, vals.len(), 2)?;
+        "EQ" => cmp(CmpOp::Eq, &mut vals),
+        "NE" => cmp(CmpOp::Ne, &mut vals),
+        "LT" => cmp(CmpOp::Lt, &mut vals),
+        "LE" => cmp(CmpOp::Le, &mut vals),
+        "GT" => cmp(CmpOp::Gt, &mut vals),
+        "GE" => cmp(CmpOp::Ge, &mut vals),
+        "NOT_NULL" => Cond::Exists(path(attr)),
+        "NULL" => Cond::NotExists(path(attr)),
+        "CONTAINS" => Cond::Contains(p(), Operand::Value(vals.remove(0))),
+        "NOT_CONTAINS" => Cond::And(
+            Box::new(Cond::Exists(path(attr))),
+            Box::new(Cond::Not(Box::new(Cond::Contains(
+                p(),
+                Operand::Value(vals.remove(0)),
+            )))),
+        ),
+        "BEGINS_WITH" => Cond::BeginsWith(p(), Operand::Value(vals.remove(0))),
+        "IN" => Cond::In(p(), vals.into_iter().map(Operand::Value).collect()),
+        _ => {
             let hi = vals.remove(1);
             let lo = vals.remove(0);
             Cond::Between(p(), Operand::Value(lo), Operand::Value(hi))
-        }
-        other => {
-            return Err(DdbError::not_in_enum(
-                other,
-                "comparisonOperator",
-                COMPARISON_OPERATORS,
-            ))
         }
     })
 }
@@ -139,35 +175,69 @@ fn combine(conds: Vec<Cond>, req: &Json) -> Result<Option<Cond>> {
     }))
 }
 
-/// `Expected` as a condition.
+/// `Expected` as a condition, checked as DynamoDB checks it (Value, Exists,
+/// ComparisonOperator and AttributeValueList combinations).
 pub fn expected(req: &Json) -> Result<Option<Cond>> {
     let Some(map) = req.get("Expected").and_then(|v| v.as_object()) else {
         return Ok(None);
     };
     let mut conds = Vec::new();
     for (attr, spec) in map {
-        if spec.get("ComparisonOperator").is_some_and(|v| !v.is_null()) {
-            conds.push(comparison(attr, spec)?);
-            continue;
-        }
-        let exists = spec.get("Exists").and_then(|v| v.as_bool());
+        let has = |f: &str| spec.get(f).is_some_and(|v| !v.is_null());
         let value = spec
             .get("Value")
             .filter(|v| !v.is_null())
             .map(Value::from_json)
             .transpose()?;
+        if has("AttributeValueList") && has("Value") {
+            return Err(invalid(format!(
+                "Value and AttributeValueList cannot be used together for Attribute: {attr}"
+            )));
+        }
+        if has("ComparisonOperator") {
+            if has("Exists") {
+                return Err(invalid(format!(
+                    "Exists and ComparisonOperator cannot be used together for Attribute: {attr}"
+                )));
+            }
+            let op = operator(spec, &format!("expected.{attr}.member"))?;
+            if op != "NULL" && op != "NOT_NULL" && !has("AttributeValueList") && !has("Value") {
+                return Err(invalid(format!(
+                    "Value or AttributeValueList must be used with ComparisonOperator: {op} for Attribute: {attr}"
+                )));
+            }
+            let vals = match value {
+                Some(v) => vec![v],
+                None => values(spec)?,
+            };
+            conds.push(comparison(attr, op, vals)?);
+            continue;
+        }
+        if has("AttributeValueList") {
+            return Err(invalid(format!(
+                "AttributeValueList can only be used with a ComparisonOperator for Attribute: {attr}"
+            )));
+        }
+        let exists = match spec.get("Exists").filter(|v| !v.is_null()) {
+            None => None,
+            Some(v) => Some(
+                v.as_bool()
+                    .ok_or_else(|| DdbError::serialization("Exists must be a boolean"))?,
+            ),
+        };
         conds.push(match (exists, value) {
             (Some(false), None) => Cond::NotExists(path(attr)),
             (Some(false), Some(_)) => {
-                return Err(DdbError::validation(
-                    "One or more parameter values were invalid: Value cannot be used when Exists is false",
-                ))
+                return Err(invalid(format!(
+                    "Value cannot be used when Exists is false for Attribute: {attr}"
+                )))
             }
             (_, Some(v)) => Cond::Cmp(Operand::Path(path(attr)), CmpOp::Eq, Operand::Value(v)),
-            (_, None) => {
-                return Err(DdbError::validation(
-                    "One or more parameter values were invalid: Value must be provided when Exists is true",
-                ))
+            (e, None) => {
+                return Err(invalid(format!(
+                    "Value must be provided when Exists is {} for Attribute: {attr}",
+                    if e.is_some() { "true" } else { "null" }
+                )))
             }
         });
     }
@@ -179,10 +249,16 @@ pub fn filter(req: &Json, field: &str) -> Result<Option<Cond>> {
     let Some(map) = req.get(field).and_then(|v| v.as_object()) else {
         return Ok(None);
     };
-    let conds = map
-        .iter()
-        .map(|(attr, spec)| comparison(attr, spec))
-        .collect::<Result<Vec<_>>>()?;
+    let at = if field == "QueryFilter" {
+        "queryFilter"
+    } else {
+        "scanFilter"
+    };
+    let mut conds = Vec::with_capacity(map.len());
+    for (attr, spec) in map {
+        let op = operator(spec, &format!("{at}.{attr}.member"))?;
+        conds.push(comparison(attr, op, values(spec)?)?);
+    }
     combine(conds, req)
 }
 
@@ -194,33 +270,64 @@ pub fn attributes_to_get(req: &Json) -> Result<Option<Vec<Path>>> {
     let list = list
         .as_array()
         .ok_or_else(|| DdbError::serialization("AttributesToGet must be a list"))?;
-    Ok(Some(
-        list.iter().filter_map(|v| v.as_str()).map(path).collect(),
-    ))
+    if list.is_empty() {
+        return Err(DdbError::validation(
+            "1 validation error detected: Value '[]' at 'attributesToGet' failed to satisfy constraint: Member must have length greater than or equal to 1",
+        ));
+    }
+    let mut names: Vec<&str> = Vec::with_capacity(list.len());
+    for v in list {
+        let name = v
+            .as_str()
+            .ok_or_else(|| DdbError::serialization("AttributesToGet members must be strings"))?;
+        if names.contains(&name) {
+            return Err(invalid(format!(
+                "Duplicate value in attribute name: {name}"
+            )));
+        }
+        names.push(name);
+    }
+    Ok(Some(names.into_iter().map(path).collect()))
 }
 
-/// `KeyConditions` against a key schema.
+/// `KeyConditions` against a key schema, validated as DynamoDB does: only EQ on the
+/// partition key, only EQ, LE, LT, GE, GT, BEGINS_WITH and BETWEEN on the sort key.
 pub fn key_conditions(req: &Json, hash: &str, range: Option<&str>) -> Result<KeyCond> {
     let map = req
         .get("KeyConditions")
         .and_then(|v| v.as_object())
-        .ok_or_else(|| DdbError::validation("KeyConditions must be a map"))?;
+        .ok_or_else(|| DdbError::serialization("KeyConditions must be a map"))?;
+    let mut parsed = Vec::with_capacity(map.len());
+    for (attr, spec) in map {
+        let op = operator(spec, &format!("keyConditions.{attr}.member"))?;
+        let vals = values(spec)?;
+        check_values(op, &vals)?;
+        parsed.push((attr, op, vals));
+    }
+    if parsed.is_empty() || parsed.len() > 2 {
+        return Err(DdbError::validation(
+            "Conditions can be of length 1 or 2 only",
+        ));
+    }
+    if parsed.iter().any(|(_, op, _)| {
+        !matches!(
+            *op,
+            "EQ" | "LE" | "LT" | "GE" | "GT" | "BEGINS_WITH" | "BETWEEN"
+        )
+    }) {
+        return Err(DdbError::validation(
+            "Attempted conditional constraint is not an indexable operation",
+        ));
+    }
     let mut hash_v = None;
     let mut range_c = None;
-    for (attr, spec) in map {
-        let op = spec
-            .get("ComparisonOperator")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default();
-        let mut vals = values(spec)?;
+    for (attr, op, mut vals) in parsed {
         if attr == hash {
-            if op != "EQ" || vals.len() != 1 {
+            if op != "EQ" {
                 return Err(DdbError::validation("Query key condition not supported"));
             }
             hash_v = Some(vals.remove(0));
         } else if Some(attr.as_str()) == range {
-            let want = if op == "BETWEEN" { 2 } else { 1 };
-            arity(op, vals.len(), want)?;
             range_c = Some(match op {
                 "EQ" => RangeCond::Cmp(CmpOp::Eq, vals.remove(0)),
                 "LT" => RangeCond::Cmp(CmpOp::Lt, vals.remove(0)),
@@ -228,16 +335,20 @@ pub fn key_conditions(req: &Json, hash: &str, range: Option<&str>) -> Result<Key
                 "GT" => RangeCond::Cmp(CmpOp::Gt, vals.remove(0)),
                 "GE" => RangeCond::Cmp(CmpOp::Ge, vals.remove(0)),
                 "BEGINS_WITH" => RangeCond::BeginsWith(vals.remove(0)),
-                "BETWEEN" => {
+                _ => {
                     let hi = vals.remove(1);
                     RangeCond::Between(vals.remove(0), hi)
                 }
-                _ => return Err(DdbError::validation("Query key condition not supported")),
             });
         } else {
-            return Err(DdbError::validation(
-                "Query condition missed key schema element",
-            ));
+            return Err(DdbError::validation(format!(
+                "Query condition missed key schema element: {}",
+                if map.contains_key(hash) {
+                    range.unwrap_or(hash)
+                } else {
+                    hash
+                }
+            )));
         }
     }
     KeyCond::from_parts(hash, hash_v, range_c)

@@ -454,9 +454,10 @@ async fn update_table(db: &Arc<Db>, req: Json) -> Result<Json> {
             let updates = updates
                 .as_array()
                 .ok_or_else(|| DdbError::serialization("GlobalSecondaryIndexUpdates must be a list"))?;
-            for u in updates {
+            for (n, u) in updates.iter().enumerate() {
                 if let Some(c) = present(u, "Create") {
-                    let mut idx = table::parse_index(c, &meta.attrs, &meta.hash, meta.range.as_ref(), false, &meta.billing)?;
+                    let at = format!("globalSecondaryIndexUpdates.{}.member.create", n + 1);
+                    let mut idx = table::parse_index(c, &meta.attrs, &meta.hash, meta.range.as_ref(), false, &meta.billing, &at)?;
                     if meta.indexes.iter().any(|i| i.name == idx.name) {
                         return Err(DdbError::validation(format!(
                             "One or more parameter values were invalid: Index with name: {} already exists",
@@ -830,13 +831,23 @@ fn key_type_matches(ty: KeyType, v: &Value) -> Result<()> {
 }
 
 /// Reads ExclusiveStartKey into storage positions.
+/// A Query whose start key does not name exactly the key attributes is told so briefly,
+/// a Scan at length, as DynamoDB words them; a key of the wrong type gets the long form.
 fn start_key(
     meta: &TableMeta,
     index: Option<&IndexMeta>,
     esk: &Item,
+    scan: bool,
 ) -> Result<(Option<StoredKey>, StoredKey)> {
     let invalid = || {
         DdbError::validation("The provided starting key is invalid: The provided key element does not match the schema")
+    };
+    let wrong_names = || {
+        if scan {
+            invalid()
+        } else {
+            DdbError::validation("The provided starting key is invalid")
+        }
     };
     let mut names: BTreeSet<&str> = meta.key_names().into_iter().collect();
     if let Some(i) = index {
@@ -846,9 +857,15 @@ fn start_key(
         }
     }
     if esk.len() != names.len() || !names.iter().all(|n| esk.contains_key(*n)) {
-        return Err(invalid());
+        return Err(wrong_names());
     }
-    for ka in std::iter::once(&meta.hash).chain(meta.range.as_ref()) {
+    let index_keys = index
+        .into_iter()
+        .flat_map(|i| std::iter::once(&i.hash).chain(i.range.as_ref()));
+    for ka in std::iter::once(&meta.hash)
+        .chain(meta.range.as_ref())
+        .chain(index_keys)
+    {
         if !ka.ty.matches(&esk[&ka.name]) {
             return Err(invalid());
         }
@@ -881,6 +898,9 @@ struct QueryPlan {
     esk: Option<Item>,
     segment: Option<(i64, i64)>,
     ph: Placeholders,
+    /// ConsistentRead (refused on a GSI).
+    consistent: bool,
+    scan: bool,
 }
 
 fn parse_query(req: &Json, scan: bool) -> Result<QueryPlan> {
@@ -925,6 +945,19 @@ fn parse_query(req: &Json, scan: bool) -> Result<QueryPlan> {
             Err(e)
         }
     })?;
+    // Query words these refusals as a validation error, Scan bare, as DynamoDB does.
+    let select_error = |m: String| {
+        DdbError::validation(if scan {
+            m
+        } else {
+            format!("1 validation error detected: {m}")
+        })
+    };
+    let projection_field = if present(req, "ProjectionExpression").is_some() {
+        "ProjectionExpression"
+    } else {
+        "AttributesToGet"
+    };
     let select = match (select, projection.is_some()) {
         ("", true) => "SPECIFIC_ATTRIBUTES",
         ("", false) => {
@@ -936,14 +969,14 @@ fn parse_query(req: &Json, scan: bool) -> Result<QueryPlan> {
         }
         ("SPECIFIC_ATTRIBUTES", true) => "SPECIFIC_ATTRIBUTES",
         (s, true) => {
-            return Err(DdbError::validation(format!(
-                "Cannot specify the ProjectionExpression when choosing to get {}",
-                if s == "COUNT" { "only the COUNT" } else { s }
+            return Err(select_error(format!(
+                "Cannot specify the {projection_field} when choosing to get {}",
+                if s == "COUNT" { "only the Count" } else { s }
             )))
         }
         ("SPECIFIC_ATTRIBUTES", false) => {
-            return Err(DdbError::validation(
-                "1 validation error detected: SPECIFIC_ATTRIBUTES requires a ProjectionExpression",
+            return Err(select_error(
+                "Must specify the AttributesToGet or ProjectionExpression when choosing to get SPECIFIC_ATTRIBUTES".to_owned(),
             ))
         }
         ("ALL_PROJECTED_ATTRIBUTES", false) if index.is_none() => {
@@ -975,8 +1008,21 @@ fn parse_query(req: &Json, scan: bool) -> Result<QueryPlan> {
         None => true,
     };
     let esk = present(req, "ExclusiveStartKey")
-        .map(item_from_json)
+        .map(|k| {
+            item_from_json(k).map_err(|e| {
+                DdbError::validation(format!(
+                    "The provided starting key is invalid: {}",
+                    e.message
+                ))
+            })
+        })
         .transpose()?;
+    let consistent = match present(req, "ConsistentRead") {
+        Some(v) => v
+            .as_bool()
+            .ok_or_else(|| DdbError::serialization("ConsistentRead must be a boolean"))?,
+        None => false,
+    };
     let segment = if scan {
         match (present(req, "Segment"), present(req, "TotalSegments")) {
             (None, None) => None,
@@ -1023,6 +1069,8 @@ fn parse_query(req: &Json, scan: bool) -> Result<QueryPlan> {
         esk,
         segment,
         ph,
+        consistent,
+        scan,
     })
 }
 
@@ -1040,6 +1088,11 @@ fn run_query(conn: &Connection, cat: &Catalog, plan: QueryPlan) -> Result<Reply>
         Some(n) => Some(meta.index(n)?),
         None => None,
     };
+    if plan.consistent && index.is_some_and(|i| !i.local) {
+        return Err(DdbError::validation(
+            "Consistent reads are not supported on global secondary indexes",
+        ));
+    }
     let (hash, range) = match index {
         Some(i) => (&i.hash, i.range.as_ref()),
         None => (&meta.hash, meta.range.as_ref()),
@@ -1122,10 +1175,30 @@ fn run_query(conn: &Connection, cat: &Catalog, plan: QueryPlan) -> Result<Reply>
         }
     }
     if let Some(esk) = &plan.esk {
-        let (ik, tk) = start_key(meta, index, esk)?;
+        let (ik, tk) = start_key(meta, index, esk, plan.scan)?;
         if let Some((h, hk)) = &r.partition {
             let pos = ik.as_ref().unwrap_or(&tk);
-            if pos.h != *h || pos.hk != *hk {
+            let below =
+                r.lower.as_ref().is_some_and(
+                    |(lo, incl)| {
+                        if *incl {
+                            pos.rk < *lo
+                        } else {
+                            pos.rk <= *lo
+                        }
+                    },
+                );
+            let above =
+                r.upper.as_ref().is_some_and(
+                    |(hi, incl)| {
+                        if *incl {
+                            pos.rk > *hi
+                        } else {
+                            pos.rk >= *hi
+                        }
+                    },
+                );
+            if pos.h != *h || pos.hk != *hk || below || above {
                 return Err(DdbError::validation(
                     "The provided starting key is outside query boundaries based on provided conditions",
                 ));
@@ -1532,10 +1605,93 @@ fn transact_items(req: &Json) -> Result<&Vec<Json>> {
     Ok(items)
 }
 
+/// Largest TransactWriteItems, counting its items, keys and expression values.
+pub const MAX_TRANSACT_SIZE: usize = 4 * 1024 * 1024;
+/// How long a ClientRequestToken makes TransactWriteItems idempotent.
+const TOKEN_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The size a transaction counts against [`MAX_TRANSACT_SIZE`]: its items, keys and
+/// expression attribute values, sized as DynamoDB sizes items.
+fn transaction_size(items: &[Json], ops: &[TxOp]) -> Result<usize> {
+    let mut total = 0;
+    for (entry, op) in items.iter().zip(ops) {
+        total += item_size(&op.key);
+        if let TxKind::Put(item) = &op.kind {
+            total += item_size(item);
+        }
+        if let Some(spec) = entry.as_object().and_then(|o| o.values().next()) {
+            if let Some(values) = present(spec, "ExpressionAttributeValues") {
+                total += item_size(&item_from_json(values)?);
+            }
+        }
+    }
+    Ok(total)
+}
+
 async fn transact_write(db: &Arc<Db>, req: Json) -> Result<Json> {
     let items = transact_items(&req)?;
+    let token = opt_str(&req, "ClientRequestToken")?.map(str::to_owned);
+    if let Some(t) = &token {
+        if t.is_empty() || t.len() > 36 {
+            return Err(DdbError::validation(format!(
+                "1 validation error detected: Value '{t}' at 'clientRequestToken' failed to satisfy constraint: Member must have length {}",
+                if t.is_empty() { "greater than or equal to 1" } else { "less than or equal to 36" }
+            )));
+        }
+    }
     let ops: Vec<TxOp> = items.iter().map(parse_tx_op).collect::<Result<_>>()?;
-    db.write(move |ctx| run_transaction(ctx, ops)).await
+    if transaction_size(items, &ops)? > MAX_TRANSACT_SIZE {
+        return Err(DdbError::validation(
+            "Transaction request cannot be larger than 4 MB",
+        ));
+    }
+    let Some(token) = token else {
+        return db.write(move |ctx| run_transaction(ctx, ops)).await;
+    };
+    // The token is looked up and recorded inside the write, which the single writer
+    // serialises: of two concurrent requests with one token, the second sees the first.
+    let items = Json::Array(items.clone());
+    let shared = db.clone();
+    let key = token.clone();
+    let answer = db
+        .write(move |ctx| {
+            let now = std::time::Instant::now();
+            {
+                let mut tokens = shared.tx_tokens.lock().unwrap_or_else(|p| p.into_inner());
+                tokens.retain(|_, t| now.duration_since(t.at) < TOKEN_WINDOW);
+                if let Some(t) = tokens.get(&key) {
+                    if t.items != items {
+                        return Err(DdbError::new(
+                            "IdempotentParameterMismatchException",
+                            "DynamoDB rejected the request because you retried a request with a different payload but with an idempotent token that was already used.",
+                        ));
+                    }
+                    return Ok(t.answer.clone());
+                }
+            }
+            let answer = run_transaction(ctx, ops)?;
+            let mut tokens = shared.tx_tokens.lock().unwrap_or_else(|p| p.into_inner());
+            tokens.insert(
+                key,
+                store::TxToken {
+                    items,
+                    answer: answer.clone(),
+                    at: now,
+                },
+            );
+            Ok(answer)
+        })
+        .await;
+    if let Err(e) = &answer {
+        // A commit that failed after the token was recorded: forget it, nothing was written.
+        if e.status >= 500 {
+            db.tx_tokens
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&token);
+        }
+    }
+    answer
 }
 
 fn run_transaction(ctx: &mut WriteCtx<'_>, ops: Vec<TxOp>) -> Result<Json> {

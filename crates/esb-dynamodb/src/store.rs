@@ -98,6 +98,19 @@ pub struct Db {
     path: PathBuf,
     /// Region reported in ARNs.
     pub region: String,
+    /// TransactWriteItems ClientRequestTokens seen in the last 10 minutes: the
+    /// transaction each was given with, its answer and when it was first used.
+    pub(crate) tx_tokens: Mutex<HashMap<String, TxToken>>,
+}
+
+/// One ClientRequestToken of TransactWriteItems, kept for its idempotency window.
+pub(crate) struct TxToken {
+    /// The TransactItems the token was first used with.
+    pub items: Json,
+    /// The answer given.
+    pub answer: Json,
+    /// When the transaction was run.
+    pub at: std::time::Instant,
 }
 
 /// The single writer: its connection and catalog behind a lock, and the queue of jobs
@@ -207,6 +220,7 @@ impl Db {
             readers: Mutex::new(Vec::new()),
             path,
             region: region.to_owned(),
+            tx_tokens: Mutex::new(HashMap::new()),
         }))
     }
 

@@ -252,11 +252,12 @@ impl TableMeta {
                 _ => len.min(max),
             };
             if size > max {
-                return Err(DdbError::validation(format!(
-                    "One or more parameter values were invalid: Size of {} key exceeded the maximum allowed size of {} bytes",
-                    if i == 0 { "hashkey" } else { "rangekey" },
-                    max
-                )));
+                // DynamoDB's wording, missing space included.
+                return Err(DdbError::validation(if i == 0 {
+                    "One or more parameter values were invalid: Size of hashkey has exceeded the maximum size limit of2048 bytes"
+                } else {
+                    "One or more parameter values were invalid: Aggregated size of all range keys has exceeded the size limit of 1024 bytes"
+                }));
             }
         }
         Ok(())
@@ -506,7 +507,11 @@ fn parse_key_schema(v: &Json, attrs: &[KeyAttr], what: &str) -> Result<(KeyAttr,
 
 /// Parses a `Projection` object.
 pub fn parse_projection(p: &Json) -> Result<Projection> {
-    let ty = p["ProjectionType"].as_str().unwrap_or("ALL");
+    let ty = p["ProjectionType"].as_str().ok_or_else(|| {
+        DdbError::validation(
+            "One or more parameter values were invalid: Unknown ProjectionType: null",
+        )
+    })?;
     let nka = p.get("NonKeyAttributes").filter(|v| !v.is_null());
     match ty {
         "ALL" | "KEYS_ONLY" if nka.is_some() => Err(DdbError::validation(format!(
@@ -567,7 +572,7 @@ pub fn parse_attribute_definitions(v: &Json) -> Result<Vec<KeyAttr>> {
         })?;
         if out.iter().any(|o| o.name == name) {
             return Err(DdbError::validation(format!(
-                "Cannot have two attributes with the same name: {name}"
+                "Attribute Name is duplicated: {name}"
             )));
         }
         out.push(KeyAttr { name, ty });
@@ -575,7 +580,8 @@ pub fn parse_attribute_definitions(v: &Json) -> Result<Vec<KeyAttr>> {
     Ok(out)
 }
 
-/// Parses one GSI or LSI definition.
+/// Parses one GSI or LSI definition; `at` names it in messages
+/// (`globalSecondaryIndexes.1.member`).
 pub fn parse_index(
     v: &Json,
     attrs: &[KeyAttr],
@@ -583,6 +589,7 @@ pub fn parse_index(
     table_range: Option<&KeyAttr>,
     local: bool,
     billing: &str,
+    at: &str,
 ) -> Result<IndexMeta> {
     let name = v["IndexName"].as_str().unwrap_or_default().to_owned();
     validate_name(&name, "indexName")?;
@@ -604,6 +611,9 @@ pub fn parse_index(
                 "One or more parameter values were invalid: Index KeySchema for index {name} must have a range key"
             )));
         }
+    }
+    if v.get("Projection").is_none_or(Json::is_null) {
+        return Err(DdbError::missing_member(&format!("{at}.projection")));
     }
     let projection = parse_projection(&v["Projection"])?;
     let throughput = parse_throughput(&v["ProvisionedThroughput"])?;
@@ -671,8 +681,24 @@ pub fn parse_create_table(req: &Json) -> Result<TableMeta> {
                     if local { "LocalSecondaryIndex" } else { "GlobalSecondaryIndex" }
                 )));
             }
-            for v in &list {
-                let idx = parse_index(v, &attrs, &hash, range.as_ref(), local, &billing)?;
+            for (n, v) in list.iter().enumerate() {
+                let idx = parse_index(
+                    v,
+                    &attrs,
+                    &hash,
+                    range.as_ref(),
+                    local,
+                    &billing,
+                    &format!(
+                        "{}.{}.member",
+                        if local {
+                            "localSecondaryIndexes"
+                        } else {
+                            "globalSecondaryIndexes"
+                        },
+                        n + 1
+                    ),
+                )?;
                 if indexes.iter().any(|i: &IndexMeta| i.name == idx.name) {
                     return Err(DdbError::validation(format!(
                         "One or more parameter values were invalid: Duplicate index name: {}",
@@ -688,9 +714,27 @@ pub fn parse_create_table(req: &Json) -> Result<TableMeta> {
         }
     }
     if used.len() != attrs.len() {
-        return Err(DdbError::validation(
-            "One or more parameter values were invalid: Number of attributes in KeySchema does not exactly match number of attributes defined in AttributeDefinitions",
-        ));
+        // Every defined attribute is used (a missing definition was refused above), so
+        // some definition is not.
+        let has_indexes = !indexes.is_empty();
+        return Err(DdbError::validation(if has_indexes {
+            let mut keys: Vec<&str> = vec![hash.name.as_str()];
+            keys.extend(range.as_ref().map(|r| r.name.as_str()));
+            for i in &indexes {
+                for k in std::iter::once(&i.hash).chain(i.range.as_ref()) {
+                    if !keys.contains(&k.name.as_str()) {
+                        keys.push(&k.name);
+                    }
+                }
+            }
+            format!(
+                "One or more parameter values were invalid: Some AttributeDefinitions are not used. AttributeDefinitions: [{}], keys used: [{}]",
+                attrs.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", "),
+                keys.join(", ")
+            )
+        } else {
+            "One or more parameter values were invalid: Number of attributes in KeySchema does not exactly match number of attributes defined in AttributeDefinitions".to_owned()
+        }));
     }
     let tags = parse_tags(&req["Tags"])?;
     Ok(TableMeta {

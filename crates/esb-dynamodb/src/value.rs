@@ -441,7 +441,8 @@ impl Number {
         n
     }
 
-    /// Exact sum, failing like DynamoDB when it needs more than 38 digits.
+    /// Sum, rounded to 38 significant digits as DynamoDB rounds arithmetic; overflow and
+    /// underflow of the rounded result fail like DynamoDB.
     pub fn add(&self, other: &Number) -> Result<Number> {
         if self.is_zero() {
             return Ok(other.clone());
@@ -496,6 +497,7 @@ impl Number {
         };
         res.reverse(); // big-endian
         let exp = low as i64 + res.len() as i64;
+        let (res, exp) = round_digits(res, exp);
         Number::from_parts(neg, res, exp)
     }
 
@@ -545,6 +547,40 @@ impl Number {
             _ => None,
         }
     }
+}
+
+/// Rounds big-endian digits (value `0.d × 10^exp`) to [`MAX_DIGITS`] significant digits,
+/// half up, as DynamoDB does with the result of arithmetic (an input number with more
+/// digits is refused instead).
+fn round_digits(mut digits: Vec<u8>, mut exp: i64) -> (Vec<u8>, i64) {
+    let lead = digits.iter().take_while(|&&d| d == 0).count();
+    digits.drain(..lead);
+    exp -= lead as i64;
+    if digits.len() <= MAX_DIGITS {
+        return (digits, exp);
+    }
+    let up = digits[MAX_DIGITS] >= 5;
+    digits.truncate(MAX_DIGITS);
+    if up {
+        let mut i = MAX_DIGITS;
+        loop {
+            if i == 0 {
+                // 99…9 rounded up: one more digit in front.
+                digits.insert(0, 1);
+                digits.truncate(MAX_DIGITS);
+                exp += 1;
+                break;
+            }
+            i -= 1;
+            if digits[i] == 9 {
+                digits[i] = 0;
+            } else {
+                digits[i] += 1;
+                break;
+            }
+        }
+    }
+    (digits, exp)
 }
 
 fn cmp_le_digits(a: &[u8], b: &[u8]) -> Ordering {
@@ -747,7 +783,35 @@ mod tests {
             assert_eq!(n(a).add(&n(b)).unwrap().to_string(), s, "{a} + {b}");
         }
         assert_eq!(n("10").sub(&n("20")).unwrap().to_string(), "-10");
-        assert!(n("1e30").add(&n("1e-30")).is_err());
+        // Results are rounded to 38 significant digits, half up.
+        assert_eq!(
+            n("1e30").add(&n("1e-30")).unwrap().to_string(),
+            "1000000000000000000000000000000"
+        );
+        assert_eq!(
+            n("12345678901234567890123456789012345678")
+                .add(&n("0.6"))
+                .unwrap()
+                .to_string(),
+            "12345678901234567890123456789012345679"
+        );
+        assert_eq!(
+            n("99999999999999999999999999999999999999")
+                .add(&n("0.5"))
+                .unwrap()
+                .to_string(),
+            "100000000000000000000000000000000000000"
+        );
+        assert!(n("9.9999999999999999999999999999999999999e125")
+            .add(&n("1e125"))
+            .unwrap_err()
+            .message
+            .starts_with("Number overflow"));
+        assert!(n("1.5e-130")
+            .sub(&n("1e-130"))
+            .unwrap_err()
+            .message
+            .starts_with("Number underflow"));
         assert_eq!(n("42").to_i64(), Some(42));
         assert_eq!(n("-7").to_i64(), Some(-7));
         assert_eq!(n("1.5").to_i64(), None);

@@ -93,3 +93,13 @@ fn unsigned_and_unknown_requests_are_refused_before_their_body_is_read() {
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("UnrecognizedClient"), "{answer}");
 }
+
+#[test]
+fn conformance_validation_messages() {
+    common::pytest("test_conformance_validation.py");
+}
+
+#[test]
+fn conformance_updates_legacy_and_transactions() {
+    common::pytest("test_conformance_updates.py");
+}
