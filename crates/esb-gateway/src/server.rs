@@ -593,7 +593,13 @@ async fn handle(
     let status = resp.status();
     {
         let hs = resp.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&request_id) {
+        // The Invoke API answers with the invocation's own request id (the function's
+        // `context.aws_request_id`), as Lambda does; API routes with the gateway's.
+        let answer_id = match &h.served.aws_request_id {
+            Some(id) if path.starts_with(INVOKE_PREFIX) => id.as_str(),
+            _ => request_id.as_str(),
+        };
+        if let Ok(v) = HeaderValue::from_str(answer_id) {
             hs.insert("x-amzn-RequestId", v);
         }
         if let Ok(v) = HeaderValue::from_str(&trace) {

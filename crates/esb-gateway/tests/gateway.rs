@@ -904,8 +904,10 @@ async fn logs_are_shipped_and_shutdown_drains_in_flight_requests() {
         .unwrap()
         .iter()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .find(|v| v["request_id"] == rid.as_str())
+        .find(|v| v["aws_request_id"] == rid.as_str())
         .unwrap();
+    // The Invoke API answers with the invocation's own request id, as Lambda does.
+    assert_ne!(rec["request_id"], rec["aws_request_id"]);
     assert_eq!(rec["kind"], "access");
     assert!(
         rec["trace_id"]
@@ -1155,7 +1157,7 @@ async fn log_records_shipped_while_the_log_store_is_down_arrive_after_it_returns
     let before = invoke(&c).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while store
-        .query(&format!("request_id:\"{before}\""))
+        .query(&format!("aws_request_id:\"{before}\""))
         .await
         .is_empty()
     {
@@ -1194,7 +1196,7 @@ async fn log_records_shipped_while_the_log_store_is_down_arrive_after_it_returns
         let access = store.query("kind:access").await;
         let missing: Vec<&String> = ids
             .iter()
-            .filter(|id| !access.iter().any(|r| r["request_id"] == id.as_str()))
+            .filter(|id| !access.iter().any(|r| r["aws_request_id"] == id.as_str()))
             .collect();
         if function_lines == 2 * lines * invocations && missing.is_empty() {
             break;
