@@ -256,11 +256,11 @@ pub fn read_env_file(
                 .with_context(|| format!("{}", path.display()))?;
             out.insert(esb.to_string(), v);
         } else if key == "GATEWAY_INTERNAL_URL"
-            && !value
+            && value
                 .trim()
                 .strip_prefix("https://")
                 .and_then(|r| r.split(['/', ':']).next())
-                .is_some_and(|h| h.parse::<std::net::IpAddr>().is_ok())
+                .is_none_or(|h| h.parse::<std::net::IpAddr>().is_err())
         {
             // Upstream names the gateway's container (https://esb-gateway); here workers
             // reach it at an address of the node network.
