@@ -171,9 +171,22 @@ impl Server {
 /// a connection the server is about to drop.
 async fn close_after_unread_body(
     service: s3s::service::S3Service,
-    req: hyper::Request<hyper::body::Incoming>,
+    mut req: hyper::Request<hyper::body::Incoming>,
 ) -> Result<hyper::Response<s3s::Body>, s3s::HttpError> {
     if let Some(resp) = health(&req) {
+        return Ok(resp);
+    }
+    let request_id = new_request_id();
+    // An empty Authorization header is no credential at all: the request is anonymous
+    // and refused as such (403 AccessDenied), as S3 answers it.
+    if req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .is_some_and(|v| v.as_bytes().iter().all(u8::is_ascii_whitespace))
+    {
+        req.headers_mut().remove(hyper::header::AUTHORIZATION);
+    }
+    if let Some(resp) = refuse_plain_chunked(&req, &request_id) {
         return Ok(resp);
     }
     let has_body = req.headers().contains_key(hyper::header::EXPECT)
@@ -185,13 +198,95 @@ async fn close_after_unread_body(
             .and_then(|v| v.parse::<u64>().ok())
             .is_some_and(|n| n > 0);
     let mut resp = hyper::service::Service::call(&service, req).await?;
-    if has_body && (resp.status().is_client_error() || resp.status().is_server_error()) {
+    let failed = resp.status().is_client_error() || resp.status().is_server_error();
+    if has_body && failed {
         resp.headers_mut().insert(
             hyper::header::CONNECTION,
             hyper::header::HeaderValue::from_static("close"),
         );
     }
+    if failed {
+        add_request_id_to_error_body(&mut resp, &request_id);
+    }
+    set_request_id_headers(resp.headers_mut(), &request_id);
     Ok(resp)
+}
+
+/// A request id as S3 makes them: 16 upper-case hex digits.
+fn new_request_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..16].to_ascii_uppercase()
+}
+
+/// `x-amz-request-id` (and `x-amz-id-2`, the host id) on every answer.
+fn set_request_id_headers(headers: &mut http::HeaderMap, request_id: &str) {
+    if let Ok(v) = http::HeaderValue::from_str(request_id) {
+        headers.insert("x-amz-request-id", v.clone());
+        headers.insert("x-amz-id-2", v);
+    }
+}
+
+/// Puts `<RequestId>` and `<HostId>` into an XML error body (s3s leaves them out), so that
+/// the body's RequestId equals the `x-amz-request-id` header, as on S3.
+fn add_request_id_to_error_body(resp: &mut hyper::Response<s3s::Body>, request_id: &str) {
+    let Some(body) = resp.body().bytes() else {
+        return;
+    };
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return;
+    };
+    if text.contains("<RequestId>") {
+        return;
+    }
+    let Some(at) = text.rfind("</Error>") else {
+        return;
+    };
+    let new = format!(
+        "{}<RequestId>{request_id}</RequestId><HostId>{request_id}</HostId>{}",
+        &text[..at],
+        &text[at..]
+    );
+    if let Ok(len) = http::HeaderValue::from_str(&new.len().to_string()) {
+        resp.headers_mut()
+            .insert(hyper::header::CONTENT_LENGTH, len);
+    }
+    *resp.body_mut() = s3s::Body::from(new);
+}
+
+/// S3 does not take a `Transfer-Encoding: chunked` upload whose length it cannot know in
+/// advance (neither `Content-Length` nor the `x-amz-decoded-content-length` of an
+/// aws-chunked body): 501 NotImplemented, naming the header. Checked before the body is read.
+fn refuse_plain_chunked(
+    req: &hyper::Request<hyper::body::Incoming>,
+    request_id: &str,
+) -> Option<hyper::Response<s3s::Body>> {
+    let h = req.headers();
+    let chunked = h.get_all(hyper::header::TRANSFER_ENCODING).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.to_ascii_lowercase().contains("chunked"))
+    });
+    if !chunked || h.contains_key("x-amz-decoded-content-length") {
+        return None;
+    }
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NotImplemented</Code>\
+         <Message>A header you provided implies functionality that is not implemented</Message>\
+         <Header>Transfer-Encoding</Header><RequestId>{request_id}</RequestId>\
+         <HostId>{request_id}</HostId></Error>"
+    );
+    let mut resp = hyper::Response::new(s3s::Body::from(body));
+    *resp.status_mut() = http::StatusCode::NOT_IMPLEMENTED;
+    let headers = resp.headers_mut();
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/xml"),
+    );
+    // The body was not read: the connection cannot carry another request.
+    headers.insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    set_request_id_headers(headers, request_id);
+    Some(resp)
 }
 
 /// `GET`/`HEAD /health` without credentials, as RustFS (the seed's S3) answers it: 200 with

@@ -17,9 +17,8 @@ use time::OffsetDateTime;
 
 use crate::io::{self, Algo, Data, Ingested};
 use crate::store::{
-    BucketRecord, DeleteItem, ListEntry, ListResult, ObjectRecord, PartRecord, Segment,
-    StdHeaders, Store, StoreError, StoredChecksum, StoredObject, UploadRecord, VersionEntry,
-    WriteCondition,
+    BucketRecord, DeleteItem, ListEntry, ListResult, ObjectRecord, PartRecord, Segment, StdHeaders,
+    Store, StoreError, StoredChecksum, StoredObject, UploadRecord, VersionEntry, WriteCondition,
 };
 
 const OWNER_ID: &str = "esb";
@@ -164,7 +163,10 @@ impl EsbS3 {
             );
             e.set_status_code(http::StatusCode::METHOD_NOT_ALLOWED);
             let mut h = http::HeaderMap::new();
-            h.insert("x-amz-delete-marker", http::HeaderValue::from_static("true"));
+            h.insert(
+                "x-amz-delete-marker",
+                http::HeaderValue::from_static("true"),
+            );
             if let Ok(v) = http::HeaderValue::from_str(vid) {
                 h.insert("x-amz-version-id", v);
             }
@@ -427,7 +429,9 @@ impl ReadConditions<'_> {
                 return Err(not_modified_err());
             }
         } else if let Some(t) = self.if_modified_since {
-            if lm <= to_secs(t) {
+            // A date in the future is invalid (RFC 7232 §3.3) and ignored, as S3 does.
+            let since = to_secs(t);
+            if since <= OffsetDateTime::now_utc().unix_timestamp() && lm <= since {
                 return Err(not_modified_err());
             }
         }
@@ -472,6 +476,44 @@ fn tagging_to_vec(t: Tagging) -> S3Result<Vec<(String, String)>> {
         .collect();
     validate_tags(&tags)?;
     Ok(tags)
+}
+
+/// The Content-Encoding to store: without `aws-chunked`, which only describes how the
+/// body was sent (S3 drops it too).
+fn stored_content_encoding(v: Option<String>) -> Option<String> {
+    let v = v?;
+    let kept: Vec<&str> = v
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty() && !e.eq_ignore_ascii_case("aws-chunked"))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(","))
+}
+
+/// S3 refuses an upload without `Content-Length` (411 MissingContentLength), unless it
+/// is an aws-chunked body that gives its length in `x-amz-decoded-content-length`.
+///
+/// Also refuses an empty `Content-MD5` header (400 InvalidDigest, which s3s would read as
+/// no header at all), before any of the body is read.
+fn check_upload_headers(headers: &http::HeaderMap) -> S3Result<()> {
+    if headers
+        .get("content-md5")
+        .is_some_and(|v| v.as_bytes().iter().all(u8::is_ascii_whitespace))
+    {
+        return Err(S3Error::with_message(
+            S3ErrorCode::InvalidDigest,
+            "The Content-MD5 you specified was invalid.",
+        ));
+    }
+    if headers.contains_key(http::header::CONTENT_LENGTH)
+        || headers.contains_key("x-amz-decoded-content-length")
+    {
+        return Ok(());
+    }
+    Err(S3Error::with_message(
+        S3ErrorCode::MissingContentLength,
+        "You must provide the Content-Length HTTP header.",
+    ))
 }
 
 fn expires_str(t: Option<&Timestamp>) -> Option<String> {
@@ -996,7 +1038,7 @@ macro_rules! impl_std_headers_input {
             fn take_std_headers(&mut self) -> StdHeaders {
                 StdHeaders {
                     content_type: self.content_type.take(),
-                    content_encoding: self.content_encoding.take(),
+                    content_encoding: stored_content_encoding(self.content_encoding.take()),
                     content_disposition: self.content_disposition.take(),
                     content_language: self.content_language.take(),
                     cache_control: self.cache_control.take(),
@@ -1161,12 +1203,18 @@ impl S3 for EsbS3 {
             }
         };
         // The continuation token is the last name of the previous page, hex-encoded.
-        let after = match input.continuation_token.as_deref().filter(|t| !t.is_empty()) {
+        let after = match input
+            .continuation_token
+            .as_deref()
+            .filter(|t| !t.is_empty())
+        {
             Some(tok) => Some(
                 hex::decode(tok)
                     .ok()
                     .and_then(|raw| String::from_utf8(raw).ok())
-                    .ok_or_else(|| invalid_argument("The continuation token provided is incorrect"))?,
+                    .ok_or_else(|| {
+                        invalid_argument("The continuation token provided is incorrect")
+                    })?,
             ),
             None => None,
         };
@@ -1191,7 +1239,10 @@ impl S3 for EsbS3 {
             });
         }
         let continuation_token = if more {
-            buckets.last().and_then(|b| b.name.as_ref()).map(hex::encode)
+            buckets
+                .last()
+                .and_then(|b| b.name.as_ref())
+                .map(hex::encode)
         } else {
             None
         };
@@ -1274,6 +1325,7 @@ impl S3 for EsbS3 {
         if input.sse_customer_algorithm.is_some() {
             return Err(s3_error!(NotImplemented, "SSE-C is not supported"));
         }
+        check_upload_headers(&req.headers)?;
         self.require_bucket(&input.bucket).await?;
         let tags = parse_tag_header(input.tagging.as_deref())?;
         let metadata = metadata_map(input.metadata.take())?;
@@ -1909,6 +1961,7 @@ impl S3 for EsbS3 {
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
         let mut input = req.input;
+        check_upload_headers(&req.headers)?;
         let number = check_part_number(input.part_number)?;
         let upload = self
             .load_upload(&input.bucket, &input.key, &input.upload_id)

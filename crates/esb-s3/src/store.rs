@@ -559,7 +559,9 @@ impl Store {
                         let (_, v) = item?;
                         let rec = decode_record(v.value())
                             .map_err(store_anyhow)
-                            .with_context(|| format!("bucket {name:?}: reading a version record"))?;
+                            .with_context(|| {
+                                format!("bucket {name:?}: reading a version record")
+                            })?;
                         live.extend(rec.segments.into_iter().map(|s| s.id));
                     }
                 }
@@ -781,7 +783,7 @@ impl Store {
     }
 
     /// Inserts or replaces an object (a new version in a versioned bucket); returns the
-    /// data files no longer referenced and the new version's id (versioned buckets).
+    /// data files no longer referenced and the new version's id (see [`Tables::put`]).
     pub fn put_object(
         &self,
         bucket: &str,
@@ -888,7 +890,12 @@ impl Store {
     }
 
     /// One version of an object (`null` included); it may be a delete marker.
-    pub fn get_version(&self, bucket: &str, key: &str, version_id: &str) -> StoreResult<StoredObject> {
+    pub fn get_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+    ) -> StoreResult<StoredObject> {
         let txn = self.db.begin_read()?;
         let rec: BucketRecord = {
             let t = txn.open_table(BUCKETS)?;
@@ -1276,7 +1283,8 @@ impl<'t> Tables<'t> {
 
     /// Makes `record` (`encoded` with `inline`) the current version of `key`. Returns the
     /// data files no longer referenced (the replaced object, or the replaced `null`
-    /// version of a suspended bucket) and the new version's id (versioning enabled).
+    /// version of a suspended bucket) and the new version's id (`null` when suspended;
+    /// `None` in a bucket whose versioning was never configured).
     fn put(
         &mut self,
         key: &str,
@@ -1302,7 +1310,7 @@ impl<'t> Tables<'t> {
         let value = encode_object(&record, inline)?;
         versions.insert((key, u64::MAX - seq), value.as_slice())?;
         self.objects.insert(key, value.as_slice())?;
-        Ok((unused, record.version_id))
+        Ok((unused, Some(record.version().to_owned())))
     }
 
     /// Deletes per `item`. Without a version id: the object (unversioned bucket), or a
@@ -1358,7 +1366,10 @@ impl<'t> Tables<'t> {
             version_id: (self.versioning == Versioning::Enabled).then(|| new_version_id(seq)),
             delete_marker: true,
         };
-        versions.insert((key, u64::MAX - seq), encode_object(&marker, &[])?.as_slice())?;
+        versions.insert(
+            (key, u64::MAX - seq),
+            encode_object(&marker, &[])?.as_slice(),
+        )?;
         self.objects.remove(key)?;
         Ok(Ok(Deleted {
             unused,
