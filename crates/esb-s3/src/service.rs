@@ -363,6 +363,18 @@ fn check_version_id(version_id: &str) -> S3Result<()> {
     Ok(())
 }
 
+/// Object tagging works on the current version only: a `versionId` naming another one
+/// answers NotImplemented rather than tagging the wrong version.
+fn current_version_only(version_id: Option<&str>, current: &ObjectRecord) -> S3Result<()> {
+    match version_id {
+        Some(v) if v != current.version() => Err(s3_error!(
+            NotImplemented,
+            "Tagging a noncurrent object version is not supported"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// A response with status 204 No Content.
 fn no_content<T>(output: T) -> S3Result<S3Response<T>> {
     let mut resp = S3Response::new(output);
@@ -1868,6 +1880,7 @@ impl S3 for EsbS3 {
         req: S3Request<GetObjectTaggingInput>,
     ) -> S3Result<S3Response<GetObjectTaggingOutput>> {
         let obj = self.load(&req.input.bucket, &req.input.key, None).await?;
+        current_version_only(req.input.version_id.as_deref(), &obj.record)?;
         let tag_set = obj
             .record
             .tags
@@ -1888,6 +1901,10 @@ impl S3 for EsbS3 {
         req: S3Request<PutObjectTaggingInput>,
     ) -> S3Result<S3Response<PutObjectTaggingOutput>> {
         let input = req.input;
+        if input.version_id.is_some() {
+            let obj = self.load(&input.bucket, &input.key, None).await?;
+            current_version_only(input.version_id.as_deref(), &obj.record)?;
+        }
         let tags = tagging_to_vec(input.tagging)?;
         self.on_key(&input.bucket, &input.key, move |s, b, k| {
             s.set_tags(b, k, tags)
@@ -1901,6 +1918,10 @@ impl S3 for EsbS3 {
         req: S3Request<DeleteObjectTaggingInput>,
     ) -> S3Result<S3Response<DeleteObjectTaggingOutput>> {
         let input = req.input;
+        if input.version_id.is_some() {
+            let obj = self.load(&input.bucket, &input.key, None).await?;
+            current_version_only(input.version_id.as_deref(), &obj.record)?;
+        }
         self.on_key(&input.bucket, &input.key, |s, b, k| {
             s.set_tags(b, k, Vec::new())
         })

@@ -794,16 +794,11 @@ impl Store {
     ) -> StoreResult<(Vec<Segment>, Option<String>)> {
         // Encoded here, off the writer thread (re-encoded there only for a versioned bucket).
         let value = encode_object(record, inline)?;
-        let (key, cond, record, inline) = (
-            key.to_owned(),
-            cond.clone(),
-            record.clone(),
-            inline.to_vec(),
-        );
+        let (key, cond) = (key.to_owned(), cond.clone());
         self.write_objects(bucket, move |t| {
             let current = current_object(&t.objects, &key)?;
             cond.check(current.as_ref().map(|c| &c.record))?;
-            t.put(&key, &record, &inline, &value)
+            t.put(&key, &value)
         })
     }
 
@@ -1174,7 +1169,7 @@ impl Store {
             let current = current_object(&t.objects, key)?;
             cond.check(current.as_ref().map(|c| &c.record))?;
             uploads.remove(id)?;
-            let (replaced, version_id) = t.put(key, &record, &[], &value)?;
+            let (replaced, version_id) = t.put(key, &value)?;
             let used: HashSet<&str> = record.segments.iter().map(|s| s.id.as_str()).collect();
             let mut unused: Vec<Segment> = up
                 .into_part_segments()
@@ -1281,17 +1276,12 @@ impl<'t> Tables<'t> {
         })
     }
 
-    /// Makes `record` (`encoded` with `inline`) the current version of `key`. Returns the
-    /// data files no longer referenced (the replaced object, or the replaced `null`
-    /// version of a suspended bucket) and the new version's id (`null` when suspended;
-    /// `None` in a bucket whose versioning was never configured).
-    fn put(
-        &mut self,
-        key: &str,
-        record: &ObjectRecord,
-        inline: &[u8],
-        encoded: &[u8],
-    ) -> StoreResult<(Vec<Segment>, Option<String>)> {
+    /// Makes the object `encoded` (see [`encode_object`]) the current version of `key`.
+    /// Returns the data files no longer referenced (the replaced object, or the replaced
+    /// `null` version of a suspended bucket) and the new version's id (`null` when
+    /// suspended; `None` in a bucket whose versioning was never configured, where the
+    /// encoded value is stored as it is).
+    fn put(&mut self, key: &str, encoded: &[u8]) -> StoreResult<(Vec<Segment>, Option<String>)> {
         let Some(versions) = &mut self.versions else {
             let old = self
                 .objects
@@ -1305,7 +1295,7 @@ impl<'t> Tables<'t> {
             _ => Vec::new(),
         };
         let seq = next_seq(self.txn)?;
-        let mut record = record.clone();
+        let (mut record, inline) = split_object(encoded)?;
         record.version_id = (self.versioning == Versioning::Enabled).then(|| new_version_id(seq));
         let value = encode_object(&record, inline)?;
         versions.insert((key, u64::MAX - seq), value.as_slice())?;
@@ -1764,6 +1754,86 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert!(store.data_path(&id.0).exists());
         assert!(!store.data_path(&id.1).exists());
+    }
+
+    #[test]
+    fn versions_markers_and_their_files_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let cond = WriteCondition::default();
+        let file_id = Store::new_data_id();
+        let (v1, v2) = {
+            let store = Store::open(dir.path()).unwrap();
+            store.create_bucket("bkt", "r", 0).unwrap();
+            // An object from before versioning becomes the null version.
+            store
+                .put_object("bkt", "k", &record("e0"), b"0", &cond)
+                .unwrap();
+            store.set_versioning("bkt", "Enabled").unwrap();
+            std::fs::write(store.data_path(&file_id), b"big").unwrap();
+            let mut rec = record("e1");
+            rec.segments = vec![Segment {
+                id: file_id.clone(),
+                len: 3,
+            }];
+            let v1 = store.put_object("bkt", "k", &rec, b"", &cond).unwrap();
+            let v2 = store
+                .put_object("bkt", "k", &record("e2"), b"2", &cond)
+                .unwrap();
+            assert!(
+                v1.0.is_empty() && v2.0.is_empty(),
+                "versions keep their files"
+            );
+            let d = store.delete_object("bkt", "k", None, None).unwrap();
+            assert!(d.delete_marker && d.unused.is_empty());
+            assert!(matches!(
+                store.get_object("bkt", "k"),
+                Err(StoreError::NoSuchKey)
+            ));
+            (v1.1.unwrap(), v2.1.unwrap())
+        };
+        let store = Store::open(dir.path()).unwrap();
+        assert!(
+            store.data_path(&file_id).exists(),
+            "a noncurrent version's file is kept"
+        );
+        let l = store
+            .list_versions("bkt", "", None, None, None, 1000)
+            .unwrap();
+        let got: Vec<(String, bool, bool)> = l
+            .entries
+            .iter()
+            .map(|e| match e {
+                VersionEntry::Version {
+                    record, is_latest, ..
+                } => (
+                    record.version().to_owned(),
+                    record.delete_marker,
+                    *is_latest,
+                ),
+                VersionEntry::Prefix(p) => (p.clone(), false, false),
+            })
+            .collect();
+        assert_eq!(got.len(), 4);
+        assert!(got[0].1 && got[0].2, "the marker is the latest");
+        assert_eq!(
+            got[1..],
+            [
+                (v2.clone(), false, false),
+                (v1.clone(), false, false),
+                ("null".to_owned(), false, false)
+            ]
+        );
+        // Deleting the marker makes v2 current again; deleting v1 frees its file.
+        store
+            .delete_object("bkt", "k", None, Some(&got[0].0))
+            .unwrap();
+        assert_eq!(store.get_object("bkt", "k").unwrap().record.etag, "e2");
+        let d = store.delete_object("bkt", "k", None, Some(&v1)).unwrap();
+        assert_eq!(d.unused.len(), 1);
+        assert!(matches!(
+            store.delete_bucket("bkt"),
+            Err(StoreError::BucketNotEmpty)
+        ));
     }
 
     /// A store with one bucket, a large object (in a data file) and a small one (inline).
