@@ -141,6 +141,16 @@ def test_versioned_puts_keep_every_version(s3, bucket):
         (ids[1], False),
         (ids[0], False),
     ]
+    # Tagging works on the current version; a noncurrent one is refused, never mis-tagged.
+    tags = {"TagSet": [{"Key": "t", "Value": "v"}]}
+    s3.put_object_tagging(Bucket=bucket, Key="k", VersionId=ids[2], Tagging=tags)
+    assert s3.get_object_tagging(Bucket=bucket, Key="k")["TagSet"] == tags["TagSet"]
+    with pytest.raises(ClientError) as e:
+        s3.put_object_tagging(Bucket=bucket, Key="k", VersionId=ids[0], Tagging=tags)
+    assert err(e) == ("NotImplemented", 501)
+    # The tags stay on the version they were put on.
+    s3.put_object(Bucket=bucket, Key="k", Body=b"v3")
+    assert s3.get_object_tagging(Bucket=bucket, Key="k")["TagSet"] == []
 
 
 def test_unknown_and_malformed_version_ids(s3, bucket):
