@@ -149,7 +149,22 @@ impl EsbS3 {
         version_id: Option<&str>,
     ) -> S3Result<StoredObject> {
         let Some(vid) = version_id else {
-            return self.on_key(bucket, key, |s, b, k| s.get_object(b, k)).await;
+            let found = self.on_key(bucket, key, |s, b, k| s.get_object(b, k)).await;
+            return match found {
+                // The current version is a delete marker: S3 says so in headers.
+                Err(e) if *e.code() == S3ErrorCode::NoSuchKey => {
+                    let marker = self
+                        .on_key(bucket, key, |s, b, k| s.current_marker(b, k))
+                        .await
+                        .ok()
+                        .flatten();
+                    Err(match marker {
+                        Some(m) => with_marker_headers(e, &m),
+                        None => e,
+                    })
+                }
+                other => other,
+            };
         };
         check_version_id(vid)?;
         let v = vid.to_owned();
@@ -162,16 +177,7 @@ impl EsbS3 {
                 "The specified method is not allowed against this resource.",
             );
             e.set_status_code(http::StatusCode::METHOD_NOT_ALLOWED);
-            let mut h = http::HeaderMap::new();
-            h.insert(
-                "x-amz-delete-marker",
-                http::HeaderValue::from_static("true"),
-            );
-            if let Ok(v) = http::HeaderValue::from_str(vid) {
-                h.insert("x-amz-version-id", v);
-            }
-            e.set_headers(h);
-            return Err(e);
+            return Err(with_marker_headers(e, vid));
         }
         Ok(obj)
     }
@@ -353,6 +359,20 @@ fn invalid_range() -> S3Error {
 
 fn missing_body() -> S3Error {
     s3_error!(IncompleteBody, "The request body is missing")
+}
+
+/// An error about a delete marker, with S3's headers naming it.
+fn with_marker_headers(mut e: S3Error, version_id: &str) -> S3Error {
+    let mut h = http::HeaderMap::new();
+    h.insert(
+        "x-amz-delete-marker",
+        http::HeaderValue::from_static("true"),
+    );
+    if let Ok(v) = http::HeaderValue::from_str(version_id) {
+        h.insert("x-amz-version-id", v);
+    }
+    e.set_headers(h);
+    e
 }
 
 /// A version id that this store cannot have made answers 400 InvalidArgument, as on S3.

@@ -1021,6 +1021,25 @@ impl Store {
         Ok(VersionList { entries, truncated })
     }
 
+    /// The version id of the delete marker that is the newest version of `key`, if it is
+    /// one (a GET of the key then answers 404 with `x-amz-delete-marker`, as on S3).
+    pub fn current_marker(&self, bucket: &str, key: &str) -> StoreResult<Option<String>> {
+        let txn = self.db.begin_read()?;
+        let t = match txn.open_table(VersionsDef::new(&ver_table(bucket))) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let newest = t.range((key, 0)..=(key, u64::MAX))?.next().transpose()?;
+        match newest {
+            Some((_, v)) => {
+                let rec = decode_record(v.value())?;
+                Ok(rec.delete_marker.then(|| rec.version().to_owned()))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// The bucket's versioning state as configured (`None`: never configured).
     pub fn versioning(&self, bucket: &str) -> StoreResult<Option<String>> {
         Ok(self.bucket(bucket)?.versioning)
