@@ -97,6 +97,15 @@ pub enum Versioning {
 }
 
 impl Versioning {
+    /// The id of a version written now (sequence number `seq`): a new one, or `null`
+    /// while versioning is suspended.
+    fn new_version(self, seq: u64) -> String {
+        match self {
+            Versioning::Enabled => new_version_id(seq),
+            _ => "null".to_owned(),
+        }
+    }
+
     fn of(rec: &BucketRecord) -> Versioning {
         match rec.versioning.as_deref() {
             Some("Enabled") => Versioning::Enabled,
@@ -209,7 +218,8 @@ pub struct ObjectRecord {
     /// Data files, in order. Empty when the data is inline (or the object is empty).
     #[serde(default)]
     pub segments: Vec<Segment>,
-    /// The version id; `None` is the `null` version.
+    /// The version id: `None` in a bucket whose versioning was never configured; in a
+    /// versioned bucket, a generated id or `null`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version_id: Option<String>,
     /// A delete marker (versioned buckets only): no data, never in the object table.
@@ -871,12 +881,34 @@ impl Store {
             rec.versioning = Some(status);
             let value = to_json(&rec)?;
             if first {
-                let objects = txn.open_table(ObjectsDef::new(&obj_table(&bucket)))?;
+                // Every object becomes its key's `null` version, marked as such (so that
+                // reads of it in a versioned bucket answer `x-amz-version-id: null`), in
+                // both tables; in slices, so that memory stays bounded.
+                let mut objects = txn.open_table(ObjectsDef::new(&obj_table(&bucket)))?;
                 let mut versions = txn.open_table(VersionsDef::new(&ver_table(&bucket)))?;
-                for item in objects.iter()? {
-                    let (k, v) = item?;
-                    let seq = next_seq(txn)?;
-                    versions.insert((k.value(), u64::MAX - seq), v.value())?;
+                let mut after: Option<String> = None;
+                loop {
+                    let mut slice: Vec<(String, Vec<u8>)> = Vec::new();
+                    let range = match &after {
+                        Some(a) => objects.range::<&str>((
+                            std::ops::Bound::Excluded(a.as_str()),
+                            std::ops::Bound::Unbounded,
+                        ))?,
+                        None => objects.range::<&str>(..)?,
+                    };
+                    for item in range.take(1000) {
+                        let (k, v) = item?;
+                        let (mut record, inline) = split_object(v.value())?;
+                        record.version_id = Some("null".to_owned());
+                        slice.push((k.value().to_owned(), encode_object(&record, inline)?));
+                    }
+                    let Some((last, _)) = slice.last() else { break };
+                    after = Some(last.clone());
+                    for (k, value) in &slice {
+                        let seq = next_seq(txn)?;
+                        versions.insert((k.as_str(), u64::MAX - seq), value.as_slice())?;
+                        objects.insert(k.as_str(), value.as_slice())?;
+                    }
                 }
             }
             buckets.insert(bucket.as_str(), value.as_slice())?;
@@ -1315,7 +1347,7 @@ impl<'t> Tables<'t> {
         };
         let seq = next_seq(self.txn)?;
         let (mut record, inline) = split_object(encoded)?;
-        record.version_id = (self.versioning == Versioning::Enabled).then(|| new_version_id(seq));
+        record.version_id = Some(self.versioning.new_version(seq));
         let value = encode_object(&record, inline)?;
         versions.insert((key, u64::MAX - seq), value.as_slice())?;
         self.objects.insert(key, value.as_slice())?;
@@ -1372,7 +1404,7 @@ impl<'t> Tables<'t> {
             checksum: None,
             part_sizes: Vec::new(),
             segments: Vec::new(),
-            version_id: (self.versioning == Versioning::Enabled).then(|| new_version_id(seq)),
+            version_id: Some(self.versioning.new_version(seq)),
             delete_marker: true,
         };
         versions.insert(
@@ -1458,7 +1490,7 @@ fn find_version(
     if vid == "null" {
         for item in t.range((key, 0)..=(key, u64::MAX))? {
             let (k, v) = item?;
-            if decode_record(v.value())?.version_id.is_none() {
+            if decode_record(v.value())?.version() == "null" {
                 return Ok(Some(k.value().1));
             }
         }

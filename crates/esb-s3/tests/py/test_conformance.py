@@ -286,7 +286,9 @@ def test_unversioned_bucket_lists_each_object_once_as_null(s3, bucket):
         ("d", "null", True),
     ]
     assert "DeleteMarkers" not in r
-    assert s3.get_object(Bucket=bucket, Key="a", VersionId="null")["Body"].read() == b"a"
+    g = s3.get_object(Bucket=bucket, Key="a", VersionId="null")
+    # Never versioned: no x-amz-version-id at all, as on S3.
+    assert g["Body"].read() == b"a" and "VersionId" not in g
     s3.delete_object(Bucket=bucket, Key="a", VersionId="null")
     assert keys_of(s3, bucket) == ["b/c", "d"]
     page = s3.list_object_versions(Bucket=bucket, MaxKeys=1)
@@ -350,12 +352,15 @@ def test_suspended_versioning_overwrites_the_null_version(s3, bucket):
     v1 = s3.put_object(Bucket=bucket, Key="k", Body=b"enabled")["VersionId"]
     vids = [(v["VersionId"], v["IsLatest"]) for v in s3.list_object_versions(Bucket=bucket)["Versions"]]
     assert vids == [(v1, True), ("null", False)]
+    # In a versioned bucket the null version is reported by that id.
+    assert s3.head_object(Bucket=bucket, Key="k", VersionId="null")["VersionId"] == "null"
     s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Suspended"})
     assert s3.put_object(Bucket=bucket, Key="k", Body=b"s1")["VersionId"] == "null"
     s3.put_object(Bucket=bucket, Key="k", Body=b"s2")
     vs = s3.list_object_versions(Bucket=bucket)["Versions"]
     assert [(v["VersionId"], v["IsLatest"]) for v in vs] == [("null", True), (v1, False)]
-    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"s2"
+    g = s3.get_object(Bucket=bucket, Key="k")
+    assert g["Body"].read() == b"s2" and g["VersionId"] == "null"
     assert s3.get_object(Bucket=bucket, Key="k", VersionId=v1)["Body"].read() == b"enabled"
     d = s3.delete_object(Bucket=bucket, Key="k")
     assert d["DeleteMarker"] is True and d["VersionId"] == "null"
