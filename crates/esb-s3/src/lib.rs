@@ -197,6 +197,11 @@ async fn close_after_unread_body(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .is_some_and(|n| n > 0);
+    let amz_date = req
+        .headers()
+        .get("x-amz-date")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let mut resp = hyper::service::Service::call(&service, req).await?;
     let failed = resp.status().is_client_error() || resp.status().is_server_error();
     if has_body && failed {
@@ -206,7 +211,7 @@ async fn close_after_unread_body(
         );
     }
     if failed {
-        add_request_id_to_error_body(&mut resp, &request_id);
+        add_request_id_to_error_body(&mut resp, &request_id, amz_date.as_deref());
     }
     set_request_id_headers(resp.headers_mut(), &request_id);
     Ok(resp)
@@ -226,8 +231,14 @@ fn set_request_id_headers(headers: &mut http::HeaderMap, request_id: &str) {
 }
 
 /// Puts `<RequestId>` and `<HostId>` into an XML error body (s3s leaves them out), so that
-/// the body's RequestId equals the `x-amz-request-id` header, as on S3.
-fn add_request_id_to_error_body(resp: &mut hyper::Response<s3s::Body>, request_id: &str) {
+/// the body's RequestId equals the `x-amz-request-id` header, as on S3. A
+/// RequestTimeTooSkewed error gets S3's message and its `RequestTime`, `ServerTime` and
+/// `MaxAllowedSkewMilliseconds` elements (`amz_date`: the request's `x-amz-date`).
+fn add_request_id_to_error_body(
+    resp: &mut hyper::Response<s3s::Body>,
+    request_id: &str,
+    amz_date: Option<&str>,
+) {
     let Some(body) = resp.body().bytes() else {
         return;
     };
@@ -240,9 +251,37 @@ fn add_request_id_to_error_body(resp: &mut hyper::Response<s3s::Body>, request_i
     let Some(at) = text.rfind("</Error>") else {
         return;
     };
+    let mut head = text[..at].to_owned();
+    if head.contains("<Code>RequestTimeTooSkewed</Code>") {
+        if let (Some(m0), Some(m1)) = (head.find("<Message>"), head.find("</Message>")) {
+            head.replace_range(
+                m0 + "<Message>".len()..m1,
+                "The difference between the request time and the current time is too large.",
+            );
+        }
+        let now = time::OffsetDateTime::now_utc();
+        let server_time = format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            now.year(),
+            u8::from(now.month()),
+            now.day(),
+            now.hour(),
+            now.minute(),
+            now.second()
+        );
+        // The header was parsed as a SigV4 date: plain ASCII digits, `T` and `Z`.
+        let request_time: String = amz_date
+            .unwrap_or_default()
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect();
+        head.push_str(&format!(
+            "<RequestTime>{request_time}</RequestTime><ServerTime>{server_time}</ServerTime>\
+             <MaxAllowedSkewMilliseconds>900000</MaxAllowedSkewMilliseconds>"
+        ));
+    }
     let new = format!(
-        "{}<RequestId>{request_id}</RequestId><HostId>{request_id}</HostId>{}",
-        &text[..at],
+        "{head}<RequestId>{request_id}</RequestId><HostId>{request_id}</HostId>{}",
         &text[at..]
     );
     if let Ok(len) = http::HeaderValue::from_str(&new.len().to_string()) {

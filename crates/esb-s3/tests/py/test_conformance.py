@@ -837,7 +837,8 @@ def test_x_amz_date_takes_precedence_over_date(s3, bucket):
 
 def test_skewed_and_expired_signatures(s3, bucket):
     """A header-signed request more than 15 minutes off the server's clock (either way):
-    403 RequestTimeTooSkewed; 10 minutes off is accepted. A presigned URL past its
+    403 RequestTimeTooSkewed with S3's message, RequestTime, ServerTime and
+    MaxAllowedSkewMilliseconds; 10 minutes off is accepted. A presigned URL past its
     X-Amz-Expires: 403 AccessDenied "Request has expired" (RESTAuthentication)."""
     now = datetime.datetime.utcnow()
     for off, want in ((-20, 403), (20, 403), (-10, 200)):
@@ -846,6 +847,12 @@ def test_skewed_and_expired_signatures(s3, bucket):
         assert status == want, (off, body)
         if want == 403:
             assert xml_field(body, "Code") == "RequestTimeTooSkewed"
+            assert xml_field(body, "Message") == (
+                "The difference between the request time and the current time is too large."
+            )
+            assert xml_field(body, "MaxAllowedSkewMilliseconds") == "900000"
+            assert xml_field(body, "RequestTime") == req.headers["X-Amz-Date"]
+            assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", xml_field(body, "ServerTime"))
     s3.put_object(Bucket=bucket, Key="p", Body=b"x")
     v4 = make_client(signature_version="s3v4")
     with mock.patch("botocore.auth.get_current_datetime", return_value=now - datetime.timedelta(hours=1)):
