@@ -8,7 +8,9 @@
 # Environment: SECONDS_PER_OP (default 10), CLIENTS (default 16), ROUNDS (1 GiB transfers
 # and floor copies per server, median reported; default 3), BENCH_DIR (scratch space,
 # default /var/tmp/esb-s3-bench), ESB_CACHE_DIR (where moto and s3rver get installed).
-# Every server listens on 127.0.0.1 only.
+# BASELINE_BIN: optionally, another build of the `s3_server` example (say, of an earlier
+# commit) run as "esb-s3-base" right after esb-s3 in each phase, to compare the two builds
+# in the same run. Every server listens on 127.0.0.1 only.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cache=${ESB_CACHE_DIR:-/var/cache/esb}/bench-s3
@@ -99,6 +101,10 @@ rm -rf "$scratch"/data-*
 for phase in small large; do
   ESB_ACCESS_KEY_ID=bench ESB_SECRET_ACCESS_KEY=bench-secret \
     run_peer esb-s3 19100 bench bench-secret "$phase" -- "$bin/s3_server" 127.0.0.1:19100 "$scratch/data-esb"
+  if [ -n "${BASELINE_BIN:-}" ]; then
+    ESB_ACCESS_KEY_ID=bench ESB_SECRET_ACCESS_KEY=bench-secret \
+      run_peer esb-s3-base 19103 bench bench-secret "$phase" -- "$BASELINE_BIN" 127.0.0.1:19103 "$scratch/data-esb-base"
+  fi
   run_peer moto 19101 bench bench-secret "$phase" -- "$cache/venv/bin/moto_server" -H 127.0.0.1 -p 19101
   run_peer s3rver 19102 S3RVER S3RVER "$phase" -- node "$cache/npm/node_modules/.bin/s3rver" \
     --address 127.0.0.1 --port 19102 --directory "$scratch/data-s3rver" --silent
@@ -144,5 +150,12 @@ print("Server RSS during the 1 GiB transfers (max of 100 ms samples): esb-s3 %d 
     v[("esb-s3", "rss_during_1g")], v[("moto", "rss_during_1g")], v[("s3rver", "rss_during_1g")]))
 print("esb-s3 peak RSS during the 4 KiB phase, 16 clients (VmHWM): %d MiB" % v[("esb-s3", "peak_rss")])
 print()
+if ("esb-s3-base", "put_4k_ops") in v:
+    print("| measure | esb-s3 | esb-s3-base (BASELINE_BIN) | esb-s3 / base |")
+    print("|---|---|---|---|")
+    for m, unit in [("put_4k_ops", "ops/s"), ("get_4k_ops", "ops/s"), ("put_1g", "MB/s"), ("get_1g", "MB/s")]:
+        e, b = v[("esb-s3", m)], v[("esb-s3-base", m)]
+        print("| %s (%s) | %.0f | %.0f | %.2f |" % (m, unit, e, b, e / b))
+    print()
 print("4 KiB figures: %s clients, %s s per operation; 1 GiB figures and floor: median of %d rounds." % (clients, secs, len(samples[("floor", "copy_1g")])))
 PY

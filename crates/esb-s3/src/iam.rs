@@ -56,6 +56,24 @@ pub fn action_of(op: &str) -> String {
     format!("s3:{a}")
 }
 
+/// The IAM action of an operation on one object version (a request with `versionId`), as
+/// AWS maps them; `None` when the operation has no version-specific action.
+pub fn version_action_of(op: &str) -> Option<&'static str> {
+    Some(match op {
+        "GetObject" | "HeadObject" => "s3:GetObjectVersion",
+        "DeleteObject" => "s3:DeleteObjectVersion",
+        "GetObjectTagging" => "s3:GetObjectVersionTagging",
+        "PutObjectTagging" => "s3:PutObjectVersionTagging",
+        "DeleteObjectTagging" => "s3:DeleteObjectVersionTagging",
+        _ => return None,
+    })
+}
+
+/// Whether a query string names an object version (`versionId=`).
+fn names_version(query: Option<&str>) -> bool {
+    query.is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "versionId"))
+}
+
 /// The resource ARN of a path (`*` for the service itself).
 pub fn resource_of(path: &S3Path) -> String {
     match path {
@@ -99,13 +117,20 @@ impl Policies {
     }
 
     fn check_source(&self, key: Option<&str>, source: &CopySource) -> S3Result<()> {
-        if let CopySource::Bucket { bucket, key: k, .. } = source {
+        if let CopySource::Bucket {
+            bucket,
+            key: k,
+            version_id,
+        } = source
+        {
+            let action = if version_id.is_some() {
+                "s3:GetObjectVersion"
+            } else {
+                "s3:GetObject"
+            };
             self.decide(
                 key,
-                Access::new(
-                    "s3:GetObject",
-                    esb_iam::sam::ArnContext::s3(bucket, Some(k)),
-                ),
+                Access::new(action, esb_iam::sam::ArnContext::s3(bucket, Some(k))),
             )?;
         }
         Ok(())
@@ -117,7 +142,11 @@ impl S3Access for Policies {
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
         self.rules.check(cx).await?;
         let key = cx.credentials().map(|c| c.access_key.clone());
-        let action = action_of(cx.s3_op().name());
+        let op = cx.s3_op().name();
+        let action = match version_action_of(op) {
+            Some(a) if names_version(cx.uri().query()) => a.to_owned(),
+            _ => action_of(op),
+        };
         // DeleteObjects names its keys in the body: each is checked in `delete_objects`
         // (s3:DeleteObject on the key); here only the signature.
         if cx.s3_op().name() == "DeleteObjects" {
@@ -142,12 +171,14 @@ impl S3Access for Policies {
         let key = Self::key_of(req);
         let bucket = req.input.bucket.clone();
         for o in &req.input.delete.objects {
+            let action = if o.version_id.is_some() {
+                "s3:DeleteObjectVersion"
+            } else {
+                "s3:DeleteObject"
+            };
             self.decide(
                 key,
-                Access::new(
-                    "s3:DeleteObject",
-                    esb_iam::sam::ArnContext::s3(&bucket, Some(&o.key)),
-                ),
+                Access::new(action, esb_iam::sam::ArnContext::s3(&bucket, Some(&o.key))),
             )?;
         }
         Ok(())
@@ -173,5 +204,14 @@ mod tests {
             "arn:aws:s3:::b/a/b"
         );
         assert_eq!(resource_of(&S3Path::Root), "*");
+        assert_eq!(version_action_of("HeadObject"), Some("s3:GetObjectVersion"));
+        assert_eq!(
+            version_action_of("DeleteObject"),
+            Some("s3:DeleteObjectVersion")
+        );
+        assert_eq!(version_action_of("PutObject"), None);
+        assert!(names_version(Some("versionId=abc&x=1")));
+        assert!(!names_version(Some("versions")));
+        assert!(!names_version(None));
     }
 }

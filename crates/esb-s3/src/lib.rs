@@ -171,9 +171,22 @@ impl Server {
 /// a connection the server is about to drop.
 async fn close_after_unread_body(
     service: s3s::service::S3Service,
-    req: hyper::Request<hyper::body::Incoming>,
+    mut req: hyper::Request<hyper::body::Incoming>,
 ) -> Result<hyper::Response<s3s::Body>, s3s::HttpError> {
     if let Some(resp) = health(&req) {
+        return Ok(resp);
+    }
+    let request_id = new_request_id();
+    // An empty Authorization header is no credential at all: the request is anonymous
+    // and refused as such (403 AccessDenied), as S3 answers it.
+    if req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .is_some_and(|v| v.as_bytes().iter().all(u8::is_ascii_whitespace))
+    {
+        req.headers_mut().remove(hyper::header::AUTHORIZATION);
+    }
+    if let Some(resp) = refuse_plain_chunked(&req, &request_id) {
         return Ok(resp);
     }
     let has_body = req.headers().contains_key(hyper::header::EXPECT)
@@ -184,14 +197,135 @@ async fn close_after_unread_body(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .is_some_and(|n| n > 0);
+    let amz_date = req
+        .headers()
+        .get("x-amz-date")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let mut resp = hyper::service::Service::call(&service, req).await?;
-    if has_body && (resp.status().is_client_error() || resp.status().is_server_error()) {
+    let failed = resp.status().is_client_error() || resp.status().is_server_error();
+    if has_body && failed {
         resp.headers_mut().insert(
             hyper::header::CONNECTION,
             hyper::header::HeaderValue::from_static("close"),
         );
     }
+    if failed {
+        add_request_id_to_error_body(&mut resp, &request_id, amz_date.as_deref());
+    }
+    set_request_id_headers(resp.headers_mut(), &request_id);
     Ok(resp)
+}
+
+/// A request id as S3 makes them: 16 upper-case hex digits.
+fn new_request_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..16].to_ascii_uppercase()
+}
+
+/// `x-amz-request-id` (and `x-amz-id-2`, the host id) on every answer.
+fn set_request_id_headers(headers: &mut http::HeaderMap, request_id: &str) {
+    if let Ok(v) = http::HeaderValue::from_str(request_id) {
+        headers.insert("x-amz-request-id", v.clone());
+        headers.insert("x-amz-id-2", v);
+    }
+}
+
+/// Puts `<RequestId>` and `<HostId>` into an XML error body (s3s leaves them out), so that
+/// the body's RequestId equals the `x-amz-request-id` header, as on S3. A
+/// RequestTimeTooSkewed error gets S3's message and its `RequestTime`, `ServerTime` and
+/// `MaxAllowedSkewMilliseconds` elements (`amz_date`: the request's `x-amz-date`).
+fn add_request_id_to_error_body(
+    resp: &mut hyper::Response<s3s::Body>,
+    request_id: &str,
+    amz_date: Option<&str>,
+) {
+    let Some(body) = resp.body().bytes() else {
+        return;
+    };
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return;
+    };
+    if text.contains("<RequestId>") {
+        return;
+    }
+    let Some(at) = text.rfind("</Error>") else {
+        return;
+    };
+    let mut head = text[..at].to_owned();
+    if head.contains("<Code>RequestTimeTooSkewed</Code>") {
+        if let (Some(m0), Some(m1)) = (head.find("<Message>"), head.find("</Message>")) {
+            head.replace_range(
+                m0 + "<Message>".len()..m1,
+                "The difference between the request time and the current time is too large.",
+            );
+        }
+        let now = time::OffsetDateTime::now_utc();
+        let server_time = format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            now.year(),
+            u8::from(now.month()),
+            now.day(),
+            now.hour(),
+            now.minute(),
+            now.second()
+        );
+        // The header was parsed as a SigV4 date: plain ASCII digits, `T` and `Z`.
+        let request_time: String = amz_date
+            .unwrap_or_default()
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect();
+        head.push_str(&format!(
+            "<RequestTime>{request_time}</RequestTime><ServerTime>{server_time}</ServerTime>\
+             <MaxAllowedSkewMilliseconds>900000</MaxAllowedSkewMilliseconds>"
+        ));
+    }
+    let new = format!(
+        "{head}<RequestId>{request_id}</RequestId><HostId>{request_id}</HostId>{}",
+        &text[at..]
+    );
+    if let Ok(len) = http::HeaderValue::from_str(&new.len().to_string()) {
+        resp.headers_mut()
+            .insert(hyper::header::CONTENT_LENGTH, len);
+    }
+    *resp.body_mut() = s3s::Body::from(new);
+}
+
+/// S3 does not take a `Transfer-Encoding: chunked` upload whose length it cannot know in
+/// advance (neither `Content-Length` nor the `x-amz-decoded-content-length` of an
+/// aws-chunked body): 501 NotImplemented, naming the header. Checked before the body is read.
+fn refuse_plain_chunked(
+    req: &hyper::Request<hyper::body::Incoming>,
+    request_id: &str,
+) -> Option<hyper::Response<s3s::Body>> {
+    let h = req.headers();
+    let chunked = h.get_all(hyper::header::TRANSFER_ENCODING).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.to_ascii_lowercase().contains("chunked"))
+    });
+    if !chunked || h.contains_key("x-amz-decoded-content-length") {
+        return None;
+    }
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NotImplemented</Code>\
+         <Message>A header you provided implies functionality that is not implemented</Message>\
+         <Header>Transfer-Encoding</Header><RequestId>{request_id}</RequestId>\
+         <HostId>{request_id}</HostId></Error>"
+    );
+    let mut resp = hyper::Response::new(s3s::Body::from(body));
+    *resp.status_mut() = http::StatusCode::NOT_IMPLEMENTED;
+    let headers = resp.headers_mut();
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/xml"),
+    );
+    // The body was not read: the connection cannot carry another request.
+    headers.insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    set_request_id_headers(headers, request_id);
+    Some(resp)
 }
 
 /// `GET`/`HEAD /health` without credentials, as RustFS (the seed's S3) answers it: 200 with

@@ -17,8 +17,8 @@ use time::OffsetDateTime;
 
 use crate::io::{self, Algo, Data, Ingested};
 use crate::store::{
-    BucketRecord, ListEntry, ListResult, ObjectRecord, PartRecord, Segment, StdHeaders, Store,
-    StoreError, StoredChecksum, StoredObject, UploadRecord, WriteCondition,
+    BucketRecord, DeleteItem, ListEntry, ListResult, ObjectRecord, PartRecord, Segment, StdHeaders,
+    Store, StoreError, StoredChecksum, StoredObject, UploadRecord, VersionEntry, WriteCondition,
 };
 
 const OWNER_ID: &str = "esb";
@@ -108,19 +108,22 @@ impl EsbS3 {
     }
 
     /// Commits newly written data (`written`) with `commit`, which returns the data files
-    /// of the version it replaced; those are removed after the commit. When the commit
-    /// fails, the new files are removed instead.
-    async fn commit_data<Old: IntoIterator<Item = Segment> + Send + 'static>(
+    /// no longer referenced (those of the version it replaced) and a result; those files
+    /// are removed after the commit. When the commit fails, the new files are removed
+    /// instead.
+    async fn commit_data<T: Send + 'static>(
         &self,
         written: Vec<Segment>,
         bucket: &str,
         key: &str,
-        commit: impl FnOnce(&Store, &str, &str) -> Result<Old, StoreError> + Send + 'static,
-    ) -> S3Result<()> {
+        commit: impl FnOnce(&Store, &str, &str) -> Result<(Vec<Segment>, T), StoreError>
+            + Send
+            + 'static,
+    ) -> S3Result<T> {
         match self.on_key(bucket, key, commit).await {
-            Ok(old) => {
-                self.drop_segments(old.into_iter().collect()).await;
-                Ok(())
+            Ok((old, out)) => {
+                self.drop_segments(old).await;
+                Ok(out)
             }
             Err(e) => {
                 self.drop_segments(written).await;
@@ -137,8 +140,46 @@ impl EsbS3 {
         self.bucket_record(bucket).await.map(drop)
     }
 
-    async fn load(&self, bucket: &str, key: &str) -> S3Result<StoredObject> {
-        self.on_key(bucket, key, |s, b, k| s.get_object(b, k)).await
+    /// Loads the current version of an object, or the version `version_id` names (which
+    /// must not be a delete marker: 405 MethodNotAllowed, as on S3).
+    async fn load(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> S3Result<StoredObject> {
+        let Some(vid) = version_id else {
+            let found = self.on_key(bucket, key, |s, b, k| s.get_object(b, k)).await;
+            return match found {
+                // The current version is a delete marker: S3 says so in headers.
+                Err(e) if *e.code() == S3ErrorCode::NoSuchKey => {
+                    let marker = self
+                        .on_key(bucket, key, |s, b, k| s.current_marker(b, k))
+                        .await
+                        .ok()
+                        .flatten();
+                    Err(match marker {
+                        Some(m) => with_marker_headers(e, &m),
+                        None => e,
+                    })
+                }
+                other => other,
+            };
+        };
+        check_version_id(vid)?;
+        let v = vid.to_owned();
+        let obj = self
+            .on_key(bucket, key, move |s, b, k| s.get_version(b, k, &v))
+            .await?;
+        if obj.record.delete_marker {
+            let mut e = S3Error::with_message(
+                S3ErrorCode::MethodNotAllowed,
+                "The specified method is not allowed against this resource.",
+            );
+            e.set_status_code(http::StatusCode::METHOD_NOT_ALLOWED);
+            return Err(with_marker_headers(e, vid));
+        }
+        Ok(obj)
     }
 
     /// One page of keys (ListObjects, ListObjectsV2): see [`Store::list_objects`].
@@ -172,9 +213,14 @@ impl EsbS3 {
 
     /// Loads an object and opens its data files. A concurrent overwrite may unlink the
     /// files between the two steps; then the newer version is loaded instead.
-    async fn load_open(&self, bucket: &str, key: &str) -> S3Result<(StoredObject, io::OpenedData)> {
+    async fn load_open(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> S3Result<(StoredObject, io::OpenedData)> {
         for _ in 0..8 {
-            let obj = self.load(bucket, key).await?;
+            let obj = self.load(bucket, key, version_id).await?;
             match io::open_data(&self.store, obj.inline.clone(), &obj.record.segments).await {
                 Ok(data) => return Ok((obj, data)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -188,11 +234,10 @@ impl EsbS3 {
     /// `x-amz-copy-source-if-*` conditions hold for it.
     async fn open_copy_source(
         &self,
-        bucket: &str,
-        key: &str,
+        (bucket, key, version_id): &(String, String, Option<String>),
         conditions: ReadConditions<'_>,
     ) -> S3Result<(StoredObject, io::OpenedData)> {
-        let (object, data) = self.load_open(bucket, key).await?;
+        let (object, data) = self.load_open(bucket, key, version_id.as_deref()).await?;
         conditions.check(&object.record, precondition_failed)?;
         Ok((object, data))
     }
@@ -218,7 +263,10 @@ impl EsbS3 {
             data.segments(),
             &upload.bucket,
             &upload.key,
-            move |s, b, k| s.put_part(b, k, &id, number, stored),
+            move |s, b, k| {
+                s.put_part(b, k, &id, number, stored)
+                    .map(|old| (old.into_iter().collect(), ()))
+            },
         )
         .await?;
         Ok(part)
@@ -261,6 +309,10 @@ fn map_err(e: StoreError, bucket: &str, key: &str) -> S3Error {
             S3Error::with_message(S3ErrorCode::NoSuchBucket, format!("The specified bucket does not exist: {bucket}"))
         }
         StoreError::NoSuchKey => S3Error::with_message(S3ErrorCode::NoSuchKey, format!("The specified key does not exist: {key}")),
+        StoreError::NoSuchVersion => S3Error::with_message(
+            S3ErrorCode::NoSuchVersion,
+            "The specified version does not exist.",
+        ),
         StoreError::NoSuchUpload => S3Error::with_message(
             S3ErrorCode::NoSuchUpload,
             "The specified multipart upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed.",
@@ -309,15 +361,38 @@ fn missing_body() -> S3Error {
     s3_error!(IncompleteBody, "The request body is missing")
 }
 
-/// Object versions are not supported: only the absent or `null` version id is.
-fn reject_version(version_id: Option<&str>) -> S3Result<()> {
-    if version_id.is_some_and(|v| v != "null") {
-        return Err(s3_error!(
-            NotImplemented,
-            "Object versions are not supported"
-        ));
+/// An error about a delete marker, with S3's headers naming it.
+fn with_marker_headers(mut e: S3Error, version_id: &str) -> S3Error {
+    let mut h = http::HeaderMap::new();
+    h.insert(
+        "x-amz-delete-marker",
+        http::HeaderValue::from_static("true"),
+    );
+    if let Ok(v) = http::HeaderValue::from_str(version_id) {
+        h.insert("x-amz-version-id", v);
+    }
+    e.set_headers(h);
+    e
+}
+
+/// A version id that this store cannot have made answers 400 InvalidArgument, as on S3.
+fn check_version_id(version_id: &str) -> S3Result<()> {
+    if !crate::store::valid_version_id(version_id) {
+        return Err(invalid_argument("Invalid version id specified"));
     }
     Ok(())
+}
+
+/// Object tagging works on the current version only: a `versionId` naming another one
+/// answers NotImplemented rather than tagging the wrong version.
+fn current_version_only(version_id: Option<&str>, current: &ObjectRecord) -> S3Result<()> {
+    match version_id {
+        Some(v) if v != current.version() => Err(s3_error!(
+            NotImplemented,
+            "Tagging a noncurrent object version is not supported"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A response with status 204 No Content.
@@ -386,7 +461,9 @@ impl ReadConditions<'_> {
                 return Err(not_modified_err());
             }
         } else if let Some(t) = self.if_modified_since {
-            if lm <= to_secs(t) {
+            // A date in the future is invalid (RFC 7232 §3.3) and ignored, as S3 does.
+            let since = to_secs(t);
+            if since <= OffsetDateTime::now_utc().unix_timestamp() && lm <= since {
                 return Err(not_modified_err());
             }
         }
@@ -431,6 +508,44 @@ fn tagging_to_vec(t: Tagging) -> S3Result<Vec<(String, String)>> {
         .collect();
     validate_tags(&tags)?;
     Ok(tags)
+}
+
+/// The Content-Encoding to store: without `aws-chunked`, which only describes how the
+/// body was sent (S3 drops it too).
+fn stored_content_encoding(v: Option<String>) -> Option<String> {
+    let v = v?;
+    let kept: Vec<&str> = v
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty() && !e.eq_ignore_ascii_case("aws-chunked"))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join(","))
+}
+
+/// S3 refuses an upload without `Content-Length` (411 MissingContentLength), unless it
+/// is an aws-chunked body that gives its length in `x-amz-decoded-content-length`.
+///
+/// Also refuses an empty `Content-MD5` header (400 InvalidDigest, which s3s would read as
+/// no header at all), before any of the body is read.
+fn check_upload_headers(headers: &http::HeaderMap) -> S3Result<()> {
+    if headers
+        .get("content-md5")
+        .is_some_and(|v| v.as_bytes().iter().all(u8::is_ascii_whitespace))
+    {
+        return Err(S3Error::with_message(
+            S3ErrorCode::InvalidDigest,
+            "The Content-MD5 you specified was invalid.",
+        ));
+    }
+    if headers.contains_key(http::header::CONTENT_LENGTH)
+        || headers.contains_key("x-amz-decoded-content-length")
+    {
+        return Ok(());
+    }
+    Err(S3Error::with_message(
+        S3ErrorCode::MissingContentLength,
+        "You must provide the Content-Length HTTP header.",
+    ))
 }
 
 fn expires_str(t: Option<&Timestamp>) -> Option<String> {
@@ -823,16 +938,18 @@ fn plan_read(rec: &ObjectRecord, read: &ReadRequest<'_>) -> S3Result<ReadPlan> {
     })
 }
 
-fn parse_copy_source(src: &CopySource) -> S3Result<(String, String)> {
+/// The copy source: bucket, key and version id (`?versionId=`).
+fn parse_copy_source(src: &CopySource) -> S3Result<(String, String, Option<String>)> {
     match src {
         CopySource::Bucket {
             bucket,
             key,
             version_id,
-        } => {
-            reject_version(version_id.as_deref())?;
-            Ok((bucket.to_string(), key.to_string()))
-        }
+        } => Ok((
+            bucket.to_string(),
+            key.to_string(),
+            version_id.as_deref().map(str::to_owned),
+        )),
         _ => Err(s3_error!(
             NotImplemented,
             "Access point copy sources are not supported"
@@ -953,7 +1070,7 @@ macro_rules! impl_std_headers_input {
             fn take_std_headers(&mut self) -> StdHeaders {
                 StdHeaders {
                     content_type: self.content_type.take(),
-                    content_encoding: self.content_encoding.take(),
+                    content_encoding: stored_content_encoding(self.content_encoding.take()),
                     content_disposition: self.content_disposition.take(),
                     content_language: self.content_language.take(),
                     cache_control: self.cache_control.take(),
@@ -1082,6 +1199,7 @@ macro_rules! impl_object_read_output {
                     last_modified: Some(ts(rec.last_modified_ms)),
                     metadata: metadata_out(&rec.metadata),
                     parts_count: plan.parts_count,
+                    version_id: rec.version_id.clone(),
                     storage_class: h.storage_class.clone().map(StorageClass::from),
                     website_redirect_location: h.website_redirect_location.clone(),
                     ..Default::default()
@@ -1101,25 +1219,70 @@ impl S3 for EsbS3 {
         &self,
         req: S3Request<ListBucketsInput>,
     ) -> S3Result<S3Response<ListBucketsOutput>> {
+        let input = req.input;
         let all = self
             .blocking(|s| s.list_buckets())
             .await
             .map_err(|e| map_err(e, "", ""))?;
-        let prefix = req.input.prefix.clone().unwrap_or_default();
-        let buckets = all
-            .into_iter()
-            .filter(|(n, _)| n.starts_with(&prefix))
-            .map(|(name, rec)| Bucket {
+        // max-buckets 1..=10000 as on S3; without it every bucket, on one page.
+        let max = match input.max_buckets {
+            None => usize::MAX,
+            Some(n) if (1..=10_000).contains(&n) => usize::try_from(n).unwrap_or(usize::MAX),
+            Some(_) => {
+                return Err(invalid_argument(
+                    "The value of max-buckets must be between 1 and 10000.",
+                ))
+            }
+        };
+        // The continuation token is the last name of the previous page, hex-encoded.
+        let after = match input
+            .continuation_token
+            .as_deref()
+            .filter(|t| !t.is_empty())
+        {
+            Some(tok) => Some(
+                hex::decode(tok)
+                    .ok()
+                    .and_then(|raw| String::from_utf8(raw).ok())
+                    .ok_or_else(|| {
+                        invalid_argument("The continuation token provided is incorrect")
+                    })?,
+            ),
+            None => None,
+        };
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let region = input.bucket_region.clone();
+        let mut matching = all.into_iter().filter(|(n, rec)| {
+            n.starts_with(&prefix)
+                && after.as_ref().is_none_or(|a| n > a)
+                && region.as_ref().is_none_or(|r| *r == rec.region)
+        });
+        let mut buckets: Vec<Bucket> = Vec::new();
+        let mut more = false;
+        for (name, rec) in matching.by_ref() {
+            if buckets.len() == max {
+                more = true;
+                break;
+            }
+            buckets.push(Bucket {
                 bucket_region: Some(rec.region),
                 creation_date: Some(ts(rec.created_ms)),
                 name: Some(name),
-            })
-            .collect();
+            });
+        }
+        let continuation_token = if more {
+            buckets
+                .last()
+                .and_then(|b| b.name.as_ref())
+                .map(hex::encode)
+        } else {
+            None
+        };
         Ok(S3Response::new(ListBucketsOutput {
             buckets: Some(buckets),
-            continuation_token: None,
+            continuation_token,
             owner: Some(owner()),
-            prefix: req.input.prefix,
+            prefix: input.prefix,
         }))
     }
 
@@ -1129,8 +1292,17 @@ impl S3 for EsbS3 {
     ) -> S3Result<S3Response<CreateBucketOutput>> {
         let bucket = req.input.bucket;
         let region = self.region.clone();
-        self.on_bucket(&bucket, move |s, b| s.create_bucket(b, &region, now_ms()))
-            .await?;
+        let created = self
+            .on_bucket(&bucket, move |s, b| s.create_bucket(b, &region, now_ms()))
+            .await;
+        match created {
+            // In us-east-1 (only), S3 answers 200 to re-creating a bucket one already owns
+            // (a legacy behaviour); every other region answers 409 BucketAlreadyOwnedByYou.
+            Err(e)
+                if self.region == "us-east-1"
+                    && *e.code() == S3ErrorCode::BucketAlreadyOwnedByYou => {}
+            other => other?,
+        }
         Ok(S3Response::new(CreateBucketOutput {
             location: Some(format!("/{bucket}")),
         }))
@@ -1185,6 +1357,7 @@ impl S3 for EsbS3 {
         if input.sse_customer_algorithm.is_some() {
             return Err(s3_error!(NotImplemented, "SSE-C is not supported"));
         }
+        check_upload_headers(&req.headers)?;
         self.require_bucket(&input.bucket).await?;
         let tags = parse_tag_header(input.tagging.as_deref())?;
         let metadata = metadata_map(input.metadata.take())?;
@@ -1233,23 +1406,27 @@ impl S3 for EsbS3 {
             checksum,
             part_sizes: Vec::new(),
             segments: data.segments(),
+            version_id: None,
+            delete_marker: false,
         };
         let inline = match &data.data {
             Data::Inline(b) => b.clone(),
             Data::File(_) => bytes::Bytes::new(),
         };
         let rec2 = record.clone();
-        self.commit_data(
-            data.segments(),
-            &input.bucket,
-            &input.key,
-            move |s, b, k| s.put_object(b, k, &rec2, &inline, &cond),
-        )
-        .await?;
+        let version_id = self
+            .commit_data(
+                data.segments(),
+                &input.bucket,
+                &input.key,
+                move |s, b, k| s.put_object(b, k, &rec2, &inline, &cond),
+            )
+            .await?;
         Ok(S3Response::new(
             PutObjectOutput {
                 e_tag: Some(etag(&record.etag)),
                 size: Some(to_i64(record.size)),
+                version_id,
                 ..Default::default()
             }
             .with_checksum(record.checksum.as_ref()),
@@ -1261,8 +1438,9 @@ impl S3 for EsbS3 {
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let input = req.input;
-        reject_version(input.version_id.as_deref())?;
-        let (obj, opened) = self.load_open(&input.bucket, &input.key).await?;
+        let (obj, opened) = self
+            .load_open(&input.bucket, &input.key, input.version_id.as_deref())
+            .await?;
         let rec = &obj.record;
         let read = input.read_request();
         read.conditions.check(rec, not_modified)?;
@@ -1289,8 +1467,9 @@ impl S3 for EsbS3 {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let input = req.input;
-        reject_version(input.version_id.as_deref())?;
-        let obj = self.load(&input.bucket, &input.key).await?;
+        let obj = self
+            .load(&input.bucket, &input.key, input.version_id.as_deref())
+            .await?;
         let rec = &obj.record;
         let read = input.read_request();
         read.conditions.check(rec, not_modified)?;
@@ -1307,15 +1486,22 @@ impl S3 for EsbS3 {
         req: S3Request<DeleteObjectInput>,
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
         let input = req.input;
-        reject_version(input.version_id.as_deref())?;
+        if let Some(v) = input.version_id.as_deref() {
+            check_version_id(v)?;
+        }
         let if_match = input.if_match.as_ref().map(if_match_value);
-        let old = self
+        let version = input.version_id.clone();
+        let done = self
             .on_key(&input.bucket, &input.key, move |s, b, k| {
-                s.delete_object(b, k, if_match.as_deref())
+                s.delete_object(b, k, if_match.as_deref(), version.as_deref())
             })
             .await?;
-        self.drop_segments(old).await;
-        no_content(DeleteObjectOutput::default())
+        self.drop_segments(done.unused).await;
+        no_content(DeleteObjectOutput {
+            delete_marker: done.delete_marker.then_some(true),
+            version_id: done.version_id,
+            ..Default::default()
+        })
     }
 
     async fn delete_objects(
@@ -1335,32 +1521,47 @@ impl S3 for EsbS3 {
         let mut errors = Vec::new();
         let mut items = Vec::new();
         for obj in input.delete.objects {
-            if let Err(err) = reject_version(obj.version_id.as_deref()) {
+            if let Some(Err(err)) = obj.version_id.as_deref().map(check_version_id) {
                 errors.push(delete_error(obj.key, &err, obj.version_id));
                 continue;
             }
-            let if_match = obj.e_tag.as_ref().map(|e| e.value().to_owned());
-            items.push((obj.key, if_match));
+            items.push(DeleteItem {
+                if_match: obj.e_tag.as_ref().map(|e| e.value().to_owned()),
+                key: obj.key,
+                version_id: obj.version_id,
+            });
         }
-        let keys: Vec<String> = items.iter().map(|(k, _)| k.clone()).collect();
+        let keys: Vec<(String, Option<String>)> = items
+            .iter()
+            .map(|i| (i.key.clone(), i.version_id.clone()))
+            .collect();
         let results = self
             .on_bucket(&input.bucket, move |s, b| s.delete_objects(b, items))
             .await?;
         let mut unused = Vec::new();
-        for (key, result) in keys.into_iter().zip(results) {
+        for ((key, requested), result) in keys.into_iter().zip(results) {
             match result {
-                Ok(old) => {
-                    unused.extend(old);
+                Ok(done) => {
+                    unused.extend(done.unused);
                     if !quiet {
+                        // A marker made by this delete is reported as DeleteMarkerVersionId,
+                        // a version removed by id as VersionId (as S3 does).
+                        let made_marker = requested.is_none() && done.delete_marker;
                         deleted.push(DeletedObject {
                             key: Some(key),
-                            ..Default::default()
+                            delete_marker: done.delete_marker.then_some(true),
+                            delete_marker_version_id: if made_marker {
+                                done.version_id.clone()
+                            } else {
+                                None
+                            },
+                            version_id: if made_marker { None } else { requested },
                         });
                     }
                 }
                 Err(e) => {
                     let err = map_err(e, &input.bucket, &key);
-                    errors.push(delete_error(key, &err, None));
+                    errors.push(delete_error(key, &err, requested));
                 }
             }
         }
@@ -1381,10 +1582,11 @@ impl S3 for EsbS3 {
         req: S3Request<CopyObjectInput>,
     ) -> S3Result<S3Response<CopyObjectOutput>> {
         let mut input = req.input;
-        let (src_bucket, src_key) = parse_copy_source(&input.copy_source)?;
+        let source = parse_copy_source(&input.copy_source)?;
+        let (src_bucket, src_key) = (source.0.clone(), source.1.clone());
         self.require_bucket(&input.bucket).await?;
         let (src, opened) = self
-            .open_copy_source(&src_bucket, &src_key, input.copy_source_conditions())
+            .open_copy_source(&source, input.copy_source_conditions())
             .await?;
         let replace_meta = replaces(
             input
@@ -1400,7 +1602,12 @@ impl S3 for EsbS3 {
                 .map(TaggingDirective::as_str),
             "tagging",
         )?;
-        if src_bucket == input.bucket && src_key == input.key && !replace_meta && !replace_tags {
+        if src_bucket == input.bucket
+            && src_key == input.key
+            && source.2.is_none()
+            && !replace_meta
+            && !replace_tags
+        {
             return Err(S3Error::with_message(
                 S3ErrorCode::InvalidRequest,
                 "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes.",
@@ -1440,20 +1647,25 @@ impl S3 for EsbS3 {
             record.tags = tags;
         }
         let inline = data.inline().to_vec();
+        record.version_id = None;
+        record.delete_marker = false;
         let rec2 = record.clone();
-        self.commit_data(
-            data.segments(),
-            &input.bucket,
-            &input.key,
-            move |s, b, k| s.put_object(b, k, &rec2, &inline, &WriteCondition::default()),
-        )
-        .await?;
+        let version_id = self
+            .commit_data(
+                data.segments(),
+                &input.bucket,
+                &input.key,
+                move |s, b, k| s.put_object(b, k, &rec2, &inline, &WriteCondition::default()),
+            )
+            .await?;
         Ok(S3Response::new(CopyObjectOutput {
             copy_object_result: Some(CopyObjectResult::copied(
                 &record.etag,
                 record.last_modified_ms,
                 record.checksum.as_ref(),
             )),
+            copy_source_version_id: source.2.clone(),
+            version_id,
             ..Default::default()
         }))
     }
@@ -1469,8 +1681,10 @@ impl S3 for EsbS3 {
             input.prefix.as_deref(),
         )?;
         let marker = input.marker.clone().filter(|m| !m.is_empty());
+        // An empty delimiter is no delimiter, and is not echoed (as on S3).
+        let delimiter = input.delimiter.clone().filter(|d| !d.is_empty());
         let res = self
-            .list_keys(&input.bucket, &prefix, input.delimiter.clone(), marker, max)
+            .list_keys(&input.bucket, &prefix, delimiter.clone(), marker, max)
             .await?;
         let page = listing_page(res.entries, enc, true);
         Ok(S3Response::new(ListObjectsOutput {
@@ -1481,12 +1695,14 @@ impl S3 for EsbS3 {
             is_truncated: Some(res.truncated),
             contents: Some(page.contents),
             common_prefixes: Some(page.prefixes),
-            delimiter: maybe_encode(enc, input.delimiter),
-            next_marker: if res.truncated {
+            // S3 returns NextMarker only when a delimiter was given (clients otherwise
+            // resume after the last key).
+            next_marker: if res.truncated && delimiter.is_some() {
                 maybe_encode(enc, page.last)
             } else {
                 None
             },
+            delimiter: maybe_encode(enc, delimiter),
             encoding_type: input.encoding_type,
             request_charged: None,
         }))
@@ -1510,8 +1726,9 @@ impl S3 for EsbS3 {
             }
             None => input.start_after.clone().filter(|s| !s.is_empty()),
         };
+        let delimiter = input.delimiter.clone().filter(|d| !d.is_empty());
         let res = self
-            .list_keys(&input.bucket, &prefix, input.delimiter.clone(), after, max)
+            .list_keys(&input.bucket, &prefix, delimiter.clone(), after, max)
             .await?;
         let with_owner = input.fetch_owner.unwrap_or(false);
         let page = listing_page(res.entries, enc, with_owner);
@@ -1531,10 +1748,148 @@ impl S3 for EsbS3 {
             },
             contents: Some(page.contents),
             common_prefixes: Some(page.prefixes),
-            delimiter: maybe_encode(enc, input.delimiter),
+            delimiter: maybe_encode(enc, delimiter),
             encoding_type: input.encoding_type,
             start_after: maybe_encode(enc, input.start_after),
             request_charged: None,
+        }))
+    }
+
+    // ----- versioning ---------------------------------------------------------------------
+
+    async fn put_bucket_versioning(
+        &self,
+        req: S3Request<PutBucketVersioningInput>,
+    ) -> S3Result<S3Response<PutBucketVersioningOutput>> {
+        let input = req.input;
+        if input.versioning_configuration.mfa_delete.is_some() || input.mfa.is_some() {
+            return Err(s3_error!(NotImplemented, "MFA delete is not supported"));
+        }
+        let status = match input.versioning_configuration.status.as_ref().map(|s| s.as_str()) {
+            Some(s @ ("Enabled" | "Suspended")) => s.to_owned(),
+            _ => {
+                return Err(S3Error::with_message(
+                    S3ErrorCode::MalformedXML,
+                    "The XML you provided was not well-formed or did not validate against our published schema",
+                ))
+            }
+        };
+        self.on_bucket(&input.bucket, move |s, b| s.set_versioning(b, &status))
+            .await?;
+        Ok(S3Response::new(PutBucketVersioningOutput {}))
+    }
+
+    async fn get_bucket_versioning(
+        &self,
+        req: S3Request<GetBucketVersioningInput>,
+    ) -> S3Result<S3Response<GetBucketVersioningOutput>> {
+        let status = self
+            .on_bucket(&req.input.bucket, |s, b| s.versioning(b))
+            .await?;
+        Ok(S3Response::new(GetBucketVersioningOutput {
+            mfa_delete: None,
+            status: status.map(BucketVersioningStatus::from),
+        }))
+    }
+
+    async fn list_object_versions(
+        &self,
+        req: S3Request<ListObjectVersionsInput>,
+    ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
+        let input = req.input;
+        let ListingRequest { enc, max, prefix } = listing_request(
+            input.encoding_type.as_ref(),
+            (input.max_keys, "max-keys"),
+            input.prefix.as_deref(),
+        )?;
+        let key_marker = input.key_marker.clone().filter(|m| !m.is_empty());
+        let version_marker = input.version_id_marker.clone().filter(|m| !m.is_empty());
+        if version_marker.is_some() && key_marker.is_none() {
+            return Err(invalid_argument(
+                "A version-id marker cannot be specified without a key marker.",
+            ));
+        }
+        if let Some(v) = version_marker.as_deref() {
+            check_version_id(v)?;
+        }
+        let delimiter = input.delimiter.clone().filter(|d| !d.is_empty());
+        let (p, d) = (prefix.clone(), delimiter.clone());
+        let res = self
+            .on_bucket(&input.bucket, move |s, b| {
+                s.list_versions(
+                    b,
+                    &p,
+                    d.as_deref(),
+                    key_marker.as_deref(),
+                    version_marker.as_deref(),
+                    max,
+                )
+            })
+            .await?;
+        let mut versions = Vec::new();
+        let mut markers = Vec::new();
+        let mut prefixes = Vec::new();
+        let mut last: Option<(String, Option<String>)> = None;
+        for e in res.entries {
+            match e {
+                VersionEntry::Version {
+                    key,
+                    record,
+                    is_latest,
+                } => {
+                    last = Some((key.clone(), Some(record.version().to_owned())));
+                    if record.delete_marker {
+                        markers.push(DeleteMarkerEntry {
+                            is_latest: Some(is_latest),
+                            key: Some(encode_if(enc, key)),
+                            last_modified: Some(ts(record.last_modified_ms)),
+                            owner: Some(owner()),
+                            version_id: Some(record.version().to_owned()),
+                        });
+                    } else {
+                        let o = list_object(key, &record, enc, true);
+                        versions.push(ObjectVersion {
+                            checksum_algorithm: o.checksum_algorithm,
+                            checksum_type: o.checksum_type,
+                            e_tag: o.e_tag,
+                            is_latest: Some(is_latest),
+                            key: o.key,
+                            last_modified: o.last_modified,
+                            owner: o.owner,
+                            restore_status: None,
+                            size: o.size,
+                            storage_class: Some(ObjectVersionStorageClass::from(
+                                storage_class_name(&record.headers),
+                            )),
+                            version_id: Some(record.version().to_owned()),
+                        });
+                    }
+                }
+                VersionEntry::Prefix(p) => {
+                    last = Some((p.clone(), None));
+                    prefixes.push(common_prefix(p, enc));
+                }
+            }
+        }
+        let (next_key, next_version) = match (res.truncated, last) {
+            (true, Some((k, v))) => (Some(k), v),
+            _ => (None, None),
+        };
+        Ok(S3Response::new(ListObjectVersionsOutput {
+            common_prefixes: Some(prefixes),
+            delete_markers: Some(markers),
+            delimiter: maybe_encode(enc, delimiter),
+            encoding_type: input.encoding_type,
+            is_truncated: Some(res.truncated),
+            key_marker: Some(encode_if(enc, input.key_marker.unwrap_or_default())),
+            max_keys: Some(page_size_out(max)),
+            name: Some(input.bucket),
+            next_key_marker: maybe_encode(enc, next_key),
+            next_version_id_marker: next_version,
+            prefix: Some(encode_if(enc, prefix)),
+            request_charged: None,
+            version_id_marker: Some(input.version_id_marker.unwrap_or_default()),
+            versions: Some(versions),
         }))
     }
 
@@ -1544,7 +1899,8 @@ impl S3 for EsbS3 {
         &self,
         req: S3Request<GetObjectTaggingInput>,
     ) -> S3Result<S3Response<GetObjectTaggingOutput>> {
-        let obj = self.load(&req.input.bucket, &req.input.key).await?;
+        let obj = self.load(&req.input.bucket, &req.input.key, None).await?;
+        current_version_only(req.input.version_id.as_deref(), &obj.record)?;
         let tag_set = obj
             .record
             .tags
@@ -1565,6 +1921,10 @@ impl S3 for EsbS3 {
         req: S3Request<PutObjectTaggingInput>,
     ) -> S3Result<S3Response<PutObjectTaggingOutput>> {
         let input = req.input;
+        if input.version_id.is_some() {
+            let obj = self.load(&input.bucket, &input.key, None).await?;
+            current_version_only(input.version_id.as_deref(), &obj.record)?;
+        }
         let tags = tagging_to_vec(input.tagging)?;
         self.on_key(&input.bucket, &input.key, move |s, b, k| {
             s.set_tags(b, k, tags)
@@ -1578,6 +1938,10 @@ impl S3 for EsbS3 {
         req: S3Request<DeleteObjectTaggingInput>,
     ) -> S3Result<S3Response<DeleteObjectTaggingOutput>> {
         let input = req.input;
+        if input.version_id.is_some() {
+            let obj = self.load(&input.bucket, &input.key, None).await?;
+            current_version_only(input.version_id.as_deref(), &obj.record)?;
+        }
         self.on_key(&input.bucket, &input.key, |s, b, k| {
             s.set_tags(b, k, Vec::new())
         })
@@ -1608,6 +1972,8 @@ impl S3 for EsbS3 {
             checksum: None,
             part_sizes: Vec::new(),
             segments: Vec::new(),
+            version_id: None,
+            delete_marker: false,
         };
         let rec = UploadRecord {
             initiated_ms: now_ms(),
@@ -1636,6 +2002,7 @@ impl S3 for EsbS3 {
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
         let mut input = req.input;
+        check_upload_headers(&req.headers)?;
         let number = check_part_number(input.part_number)?;
         let upload = self
             .load_upload(&input.bucket, &input.key, &input.upload_id)
@@ -1677,12 +2044,12 @@ impl S3 for EsbS3 {
     ) -> S3Result<S3Response<UploadPartCopyOutput>> {
         let input = req.input;
         let number = check_part_number(input.part_number)?;
-        let (src_bucket, src_key) = parse_copy_source(&input.copy_source)?;
+        let source = parse_copy_source(&input.copy_source)?;
         let upload = self
             .load_upload(&input.bucket, &input.key, &input.upload_id)
             .await?;
         let (src, opened) = self
-            .open_copy_source(&src_bucket, &src_key, input.copy_source_conditions())
+            .open_copy_source(&source, input.copy_source_conditions())
             .await?;
         let range = match input.copy_source_range.as_deref() {
             Some(r) => parse_copy_range(r, src.record.size)?,
@@ -1769,6 +2136,7 @@ impl S3 for EsbS3 {
                 key: Some(input.key.clone()),
                 e_tag: Some(etag(&record.etag)),
                 location: Some(format!("/{}/{}", input.bucket, input.key)),
+                version_id: record.version_id.clone(),
                 ..Default::default()
             }
             .with_checksum(record.checksum.as_ref()),

@@ -41,6 +41,11 @@ pub const INDEX_FILE: &str = "index.redb";
 
 /// A bucket's object table: key -> encoded object record (see [`encode_object`]).
 type ObjectsDef<'a> = TableDefinition<'a, &'static str, &'static [u8]>;
+/// A versioned bucket's version table: (key, `u64::MAX - seq`) -> encoded object record
+/// (as in [`ObjectsDef`]; delete markers too), so that a key's versions list newest first.
+type VersionsDef<'a> = TableDefinition<'a, (&'static str, u64), &'static [u8]>;
+/// A version table opened in a write transaction.
+type VersionsTable<'t> = redb::Table<'t, (&'static str, u64), &'static [u8]>;
 /// A bucket's multipart-upload table: (key, upload id) -> upload record (JSON).
 type UploadsDef<'a> = TableDefinition<'a, (&'static str, &'static str), &'static [u8]>;
 /// An object table opened in a write transaction.
@@ -54,6 +59,61 @@ fn obj_table(bucket: &str) -> String {
 fn mpu_table(bucket: &str) -> String {
     format!("mpu:{bucket}")
 }
+fn ver_table(bucket: &str) -> String {
+    format!("ver:{bucket}")
+}
+
+/// The `META` entry holding the last version sequence number handed out.
+const VERSION_SEQ: &str = "version_seq";
+
+/// A version id as clients see it: 16 hex digits of the version's sequence number (its
+/// place in the version table) and 16 random hex digits.
+fn new_version_id(seq: u64) -> String {
+    let rnd = uuid::Uuid::new_v4().simple().to_string();
+    format!("{seq:016x}{}", &rnd[..16])
+}
+
+/// The sequence number in a version id made by [`new_version_id`]; `None` for anything
+/// else (including `null`).
+pub fn version_seq(id: &str) -> Option<u64> {
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(&id[..16], 16).ok()
+}
+
+/// Whether `id` is a version id this store could have made (or `null`).
+pub fn valid_version_id(id: &str) -> bool {
+    id == "null" || version_seq(id).is_some()
+}
+
+/// A bucket's versioning state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Versioning {
+    /// Never configured: one version per key (`null`), no version table.
+    Off,
+    Enabled,
+    Suspended,
+}
+
+impl Versioning {
+    /// The id of a version written now (sequence number `seq`): a new one, or `null`
+    /// while versioning is suspended.
+    fn new_version(self, seq: u64) -> String {
+        match self {
+            Versioning::Enabled => new_version_id(seq),
+            _ => "null".to_owned(),
+        }
+    }
+
+    fn of(rec: &BucketRecord) -> Versioning {
+        match rec.versioning.as_deref() {
+            Some("Enabled") => Versioning::Enabled,
+            Some(_) => Versioning::Suspended,
+            None => Versioning::Off,
+        }
+    }
+}
 
 /// Errors of the storage layer; the service maps them to S3 error codes.
 #[derive(Debug)]
@@ -61,6 +121,8 @@ pub enum StoreError {
     NoSuchBucket,
     NoSuchKey,
     NoSuchUpload,
+    /// A version id that names no version of the key.
+    NoSuchVersion,
     BucketExists,
     BucketNotEmpty,
     PreconditionFailed,
@@ -91,6 +153,9 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub struct BucketRecord {
     pub created_ms: i64,
     pub region: String,
+    /// `Enabled` or `Suspended`; absent while versioning was never configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versioning: Option<String>,
 }
 
 /// A contiguous piece of object data stored in one data file.
@@ -153,6 +218,20 @@ pub struct ObjectRecord {
     /// Data files, in order. Empty when the data is inline (or the object is empty).
     #[serde(default)]
     pub segments: Vec<Segment>,
+    /// The version id: `None` in a bucket whose versioning was never configured; in a
+    /// versioned bucket, a generated id or `null`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
+    /// A delete marker (versioned buckets only): no data, never in the object table.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delete_marker: bool,
+}
+
+impl ObjectRecord {
+    /// The version id as clients see it (`null` for the null version).
+    pub fn version(&self) -> &str {
+        self.version_id.as_deref().unwrap_or("null")
+    }
 }
 
 /// An object as read from the index: its record and, for small objects, its bytes.
@@ -200,6 +279,34 @@ pub enum ListEntry {
 pub struct ListResult {
     pub entries: Vec<ListEntry>,
     pub truncated: bool,
+}
+
+/// One entry of a version listing: a version or delete marker, or a common prefix.
+pub enum VersionEntry {
+    Version {
+        key: String,
+        record: Box<ObjectRecord>,
+        is_latest: bool,
+    },
+    Prefix(String),
+}
+
+/// One page of ListObjectVersions.
+pub struct VersionList {
+    pub entries: Vec<VersionEntry>,
+    pub truncated: bool,
+}
+
+/// What a delete did.
+#[derive(Debug, Default)]
+pub struct Deleted {
+    /// Data files no longer referenced.
+    pub unused: Vec<Segment>,
+    /// The version concerned: the delete marker a plain delete made in a versioned bucket,
+    /// or the version a delete by version id removed (`None`: nothing versioned happened).
+    pub version_id: Option<String>,
+    /// Whether that version is a delete marker.
+    pub delete_marker: bool,
 }
 
 fn encode_object(record: &ObjectRecord, inline: &[u8]) -> StoreResult<Vec<u8>> {
@@ -456,6 +563,27 @@ impl Store {
                     )))
                 }
             }
+            match txn.open_table(VersionsDef::new(&ver_table(&name))) {
+                Ok(t) => {
+                    for item in t.iter()? {
+                        let (_, v) = item?;
+                        let rec = decode_record(v.value())
+                            .map_err(store_anyhow)
+                            .with_context(|| {
+                                format!("bucket {name:?}: reading a version record")
+                            })?;
+                        live.extend(rec.segments.into_iter().map(|s| s.id));
+                    }
+                }
+                // Buckets whose versioning was never configured have no version table.
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "bucket {name:?}: cannot open its version table in the index; refusing \
+                         to start (no data file was removed)"
+                    )))
+                }
+            }
             match txn.open_table(UploadsDef::new(&mpu_table(&name))) {
                 Ok(t) => {
                     for item in t.iter()? {
@@ -538,17 +666,14 @@ impl Store {
             .map_err(|_| internal_err("the index write batch failed"))?
     }
 
-    /// Runs `f` on the object table of `bucket` (which must exist) in the next write batch.
+    /// Runs `f` on the tables of `bucket` (which must exist) in the next write batch.
     fn write_objects<T: Send + 'static>(
         &self,
         bucket: &str,
-        f: impl FnOnce(&mut ObjectsTable<'_>) -> StoreResult<T> + Send + 'static,
+        f: impl FnOnce(&mut Tables<'_>) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
         let bucket = bucket.to_owned();
-        self.write(move |txn| {
-            require_bucket(txn, &bucket)?;
-            f(&mut txn.open_table(ObjectsDef::new(&obj_table(&bucket)))?)
-        })
+        self.write(move |txn| f(&mut Tables::open(txn, &bucket)?))
     }
 
     /// Runs `f` on the upload table of `bucket` (which must exist) in the next write batch;
@@ -583,6 +708,7 @@ impl Store {
             let rec = BucketRecord {
                 created_ms: now_ms,
                 region: region.to_owned(),
+                versioning: None,
             };
             t.insert(name, to_json(&rec)?.as_slice())?;
             txn.open_table(ObjectsDef::new(&obj_table(name)))?;
@@ -619,10 +745,17 @@ impl Store {
                 return Err(StoreError::NoSuchBucket);
             }
             let objs_name = obj_table(name);
+            let vers_name = ver_table(name);
             {
                 let objs = txn.open_table(ObjectsDef::new(&objs_name))?;
                 if !objs.is_empty()? {
                     return Err(StoreError::BucketNotEmpty);
+                }
+                // Noncurrent versions and delete markers keep a bucket non-empty, as on S3.
+                match txn.open_table(VersionsDef::new(&vers_name)) {
+                    Ok(v) if !v.is_empty()? => return Err(StoreError::BucketNotEmpty),
+                    Ok(_) => {}
+                    Err(e) => return Err(e.into()),
                 }
             }
             let mpu_name = mpu_table(name);
@@ -636,6 +769,7 @@ impl Store {
                 }
             }
             txn.delete_table(ObjectsDef::new(&objs_name))?;
+            txn.delete_table(VersionsDef::new(&vers_name))?;
             txn.delete_table(UploadsDef::new(&mpu_name))?;
             t.remove(name)?;
             Ok(dropped)
@@ -658,7 +792,8 @@ impl Store {
         decode_object(v.value())
     }
 
-    /// Inserts or replaces an object; returns the data files the old version used.
+    /// Inserts or replaces an object (a new version in a versioned bucket); returns the
+    /// data files no longer referenced and the new version's id (see [`Tables::put`]).
     pub fn put_object(
         &self,
         bucket: &str,
@@ -666,14 +801,14 @@ impl Store {
         record: &ObjectRecord,
         inline: &[u8],
         cond: &WriteCondition,
-    ) -> StoreResult<Vec<Segment>> {
+    ) -> StoreResult<(Vec<Segment>, Option<String>)> {
+        // Encoded here, off the writer thread (re-encoded there only for a versioned bucket).
         let value = encode_object(record, inline)?;
         let (key, cond) = (key.to_owned(), cond.clone());
         self.write_objects(bucket, move |t| {
-            let current = current_object(t, &key)?;
+            let current = current_object(&t.objects, &key)?;
             cond.check(current.as_ref().map(|c| &c.record))?;
-            t.insert(key.as_str(), value.as_slice())?;
-            Ok(current.map(|c| c.record.segments).unwrap_or_default())
+            t.put(&key, &value)
         })
     }
 
@@ -686,23 +821,34 @@ impl Store {
     ) -> StoreResult<()> {
         let key = key.to_owned();
         self.write_objects(bucket, move |t| {
-            let mut obj = current_object(t, &key)?.ok_or(StoreError::NoSuchKey)?;
+            let mut obj = current_object(&t.objects, &key)?.ok_or(StoreError::NoSuchKey)?;
             obj.record.tags = tags;
             let value = encode_object(&obj.record, obj.inline.as_deref().unwrap_or_default())?;
-            t.insert(key.as_str(), value.as_slice())?;
+            if let Some(versions) = &mut t.versions {
+                if let Some(at) = find_version(versions, &key, obj.record.version())? {
+                    versions.insert((key.as_str(), at), value.as_slice())?;
+                }
+            }
+            t.objects.insert(key.as_str(), value.as_slice())?;
             Ok(())
         })
     }
 
-    /// Deletes an object (a missing key is not an error); returns its data files.
+    /// Deletes an object (a missing key is not an error), or with `version_id` that
+    /// version of it: see [`Tables::delete`].
     pub fn delete_object(
         &self,
         bucket: &str,
         key: &str,
         if_match: Option<&str>,
-    ) -> StoreResult<Vec<Segment>> {
-        let (key, if_match) = (key.to_owned(), if_match.map(str::to_owned));
-        self.write_objects(bucket, move |t| delete_in(t, &key, if_match.as_deref())?)
+        version_id: Option<&str>,
+    ) -> StoreResult<Deleted> {
+        let item = DeleteItem {
+            key: key.to_owned(),
+            if_match: if_match.map(str::to_owned),
+            version_id: version_id.map(str::to_owned),
+        };
+        self.write_objects(bucket, move |t| t.delete(&item)?)
     }
 
     /// Deletes many keys in one commit (DeleteObjects). The outer error concerns the whole
@@ -710,15 +856,225 @@ impl Store {
     pub fn delete_objects(
         &self,
         bucket: &str,
-        items: Vec<(String, Option<String>)>,
-    ) -> StoreResult<Vec<StoreResult<Vec<Segment>>>> {
+        items: Vec<DeleteItem>,
+    ) -> StoreResult<Vec<StoreResult<Deleted>>> {
         self.write_objects(bucket, move |t| {
             let mut out = Vec::with_capacity(items.len());
-            for (key, if_match) in &items {
-                out.push(delete_in(t, key, if_match.as_deref())?);
+            for item in &items {
+                out.push(t.delete(item)?);
             }
             Ok(out)
         })
+    }
+
+    /// Sets a bucket's versioning to `Enabled` or `Suspended`. The first time, the bucket's
+    /// objects become its `null` versions in the version table.
+    pub fn set_versioning(&self, bucket: &str, status: &str) -> StoreResult<()> {
+        let (bucket, status) = (bucket.to_owned(), status.to_owned());
+        self.write(move |txn| {
+            let mut buckets = txn.open_table(BUCKETS)?;
+            let mut rec: BucketRecord = match buckets.get(bucket.as_str())? {
+                Some(v) => from_json(v.value())?,
+                None => return Err(StoreError::NoSuchBucket),
+            };
+            let first = rec.versioning.is_none();
+            rec.versioning = Some(status);
+            let value = to_json(&rec)?;
+            if first {
+                // Every object becomes its key's `null` version, marked as such (so that
+                // reads of it in a versioned bucket answer `x-amz-version-id: null`), in
+                // both tables; in slices, so that memory stays bounded.
+                let mut objects = txn.open_table(ObjectsDef::new(&obj_table(&bucket)))?;
+                let mut versions = txn.open_table(VersionsDef::new(&ver_table(&bucket)))?;
+                let mut after: Option<String> = None;
+                loop {
+                    let mut slice: Vec<(String, Vec<u8>)> = Vec::new();
+                    let range = match &after {
+                        Some(a) => objects.range::<&str>((
+                            std::ops::Bound::Excluded(a.as_str()),
+                            std::ops::Bound::Unbounded,
+                        ))?,
+                        None => objects.range::<&str>(..)?,
+                    };
+                    for item in range.take(1000) {
+                        let (k, v) = item?;
+                        let (mut record, inline) = split_object(v.value())?;
+                        record.version_id = Some("null".to_owned());
+                        slice.push((k.value().to_owned(), encode_object(&record, inline)?));
+                    }
+                    let Some((last, _)) = slice.last() else { break };
+                    after = Some(last.clone());
+                    for (k, value) in &slice {
+                        let seq = next_seq(txn)?;
+                        versions.insert((k.as_str(), u64::MAX - seq), value.as_slice())?;
+                        objects.insert(k.as_str(), value.as_slice())?;
+                    }
+                }
+            }
+            buckets.insert(bucket.as_str(), value.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// One version of an object (`null` included); it may be a delete marker.
+    pub fn get_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+    ) -> StoreResult<StoredObject> {
+        let txn = self.db.begin_read()?;
+        let rec: BucketRecord = {
+            let t = txn.open_table(BUCKETS)?;
+            let v = t.get(bucket)?.ok_or(StoreError::NoSuchBucket)?;
+            from_json(v.value())?
+        };
+        if Versioning::of(&rec) == Versioning::Off {
+            if version_id != "null" {
+                return Err(StoreError::NoSuchVersion);
+            }
+            let t = txn.open_table(ObjectsDef::new(&obj_table(bucket)))?;
+            return current_object(&t, key)?.ok_or(StoreError::NoSuchVersion);
+        }
+        let t = txn.open_table(VersionsDef::new(&ver_table(bucket)))?;
+        let at = find_version(&t, key, version_id)?.ok_or(StoreError::NoSuchVersion)?;
+        let v = t.get((key, at))?.ok_or(StoreError::NoSuchVersion)?;
+        decode_object(v.value())
+    }
+
+    /// Lists versions (newest first within a key) after the markers, grouping by
+    /// `delimiter`; `max` counts versions, delete markers and common prefixes together.
+    /// A bucket whose versioning was never configured lists its objects as `null` versions.
+    pub fn list_versions(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        delimiter: Option<&str>,
+        key_marker: Option<&str>,
+        version_marker: Option<&str>,
+        max: usize,
+    ) -> StoreResult<VersionList> {
+        let txn = self.db.begin_read()?;
+        let rec: BucketRecord = {
+            let t = txn.open_table(BUCKETS)?;
+            let v = t.get(bucket)?.ok_or(StoreError::NoSuchBucket)?;
+            from_json(v.value())?
+        };
+        if Versioning::of(&rec) == Versioning::Off {
+            drop(txn);
+            let r = self.list_objects(bucket, prefix, delimiter, key_marker, max)?;
+            let entries = r
+                .entries
+                .into_iter()
+                .map(|e| match e {
+                    ListEntry::Object(key, record) => VersionEntry::Version {
+                        key,
+                        record,
+                        is_latest: true,
+                    },
+                    ListEntry::Prefix(p) => VersionEntry::Prefix(p),
+                })
+                .collect();
+            return Ok(VersionList {
+                entries,
+                truncated: r.truncated,
+            });
+        }
+        let t = txn.open_table(VersionsDef::new(&ver_table(bucket)))?;
+        let mut entries = Vec::new();
+        if max == 0 {
+            return Ok(VersionList {
+                entries,
+                truncated: false,
+            });
+        }
+        // Where to start: after one version of the marker key, or after the whole key.
+        let after: Option<(&str, u64)> = match (key_marker, version_marker) {
+            (Some(k), Some(v)) if !v.is_empty() => {
+                let at = match version_seq(v) {
+                    Some(seq) => Some(u64::MAX - seq),
+                    None => find_version(&t, k, v)?,
+                };
+                Some((k, at.unwrap_or(u64::MAX)))
+            }
+            (Some(k), _) => Some((k, u64::MAX)),
+            (None, _) => None,
+        };
+        let start: (&str, u64) = match after {
+            Some((k, at)) if k >= prefix => (k, at),
+            _ => (prefix, 0),
+        };
+        let delimiter = delimiter.filter(|d| !d.is_empty());
+        let mut truncated = false;
+        let mut last_prefix: Option<String> = None;
+        let mut prev_key: Option<String> = None;
+        for item in t.range(start..)? {
+            let (k, v) = item?;
+            let (key, at) = k.value();
+            // Up to and including the marker (a key marker alone: every version of it).
+            if after.is_some_and(|a| (key, at) <= a) {
+                continue;
+            }
+            if !key.starts_with(prefix) {
+                break;
+            }
+            let group = delimiter.and_then(|d| key[prefix.len()..].find(d).map(|i| (i, d.len())));
+            let entry = match group {
+                Some((i, dlen)) => {
+                    let cp = &key[..prefix.len() + i + dlen];
+                    // Already returned, or at/before the marker: skip the whole group.
+                    if last_prefix.as_deref() == Some(cp) || key_marker.is_some_and(|m| cp <= m) {
+                        continue;
+                    }
+                    last_prefix = Some(cp.to_owned());
+                    VersionEntry::Prefix(cp.to_owned())
+                }
+                None => {
+                    let is_latest = match prev_key.as_deref() {
+                        Some(p) => p != key,
+                        // The first entry of the page: the newest of its key unless an
+                        // entry of the same key comes before it.
+                        None => t.range((key, 0)..(key, at))?.next().is_none(),
+                    };
+                    VersionEntry::Version {
+                        key: key.to_owned(),
+                        record: Box::new(decode_record(v.value())?),
+                        is_latest,
+                    }
+                }
+            };
+            prev_key = Some(key.to_owned());
+            if entries.len() == max {
+                truncated = true;
+                break;
+            }
+            entries.push(entry);
+        }
+        Ok(VersionList { entries, truncated })
+    }
+
+    /// The version id of the delete marker that is the newest version of `key`, if it is
+    /// one (a GET of the key then answers 404 with `x-amz-delete-marker`, as on S3).
+    pub fn current_marker(&self, bucket: &str, key: &str) -> StoreResult<Option<String>> {
+        let txn = self.db.begin_read()?;
+        let t = match txn.open_table(VersionsDef::new(&ver_table(bucket))) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let newest = t.range((key, 0)..=(key, u64::MAX))?.next().transpose()?;
+        match newest {
+            Some((_, v)) => {
+                let rec = decode_record(v.value())?;
+                Ok(rec.delete_marker.then(|| rec.version().to_owned()))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The bucket's versioning state as configured (`None`: never configured).
+    pub fn versioning(&self, bucket: &str) -> StoreResult<Option<String>> {
+        Ok(self.bucket(bucket)?.versioning)
     }
 
     /// Lists keys in byte order after `after` (exclusive), grouping by `delimiter`.
@@ -734,6 +1090,13 @@ impl Store {
         let txn = self.db.begin_read()?;
         require_bucket_read(&txn, bucket)?;
         let t = txn.open_table(ObjectsDef::new(&obj_table(bucket)))?;
+        if max == 0 {
+            // `max-keys=0`: an empty page that is not truncated, as S3 answers it.
+            return Ok(ListResult {
+                entries: Vec::new(),
+                truncated: false,
+            });
+        }
         let start: &str = match after {
             Some(a) if a >= prefix => a,
             _ => prefix,
@@ -845,26 +1208,27 @@ impl Store {
         cond: &WriteCondition,
         build: impl FnOnce(&UploadRecord) -> StoreResult<ObjectRecord> + Send + 'static,
     ) -> StoreResult<(ObjectRecord, Vec<Segment>)> {
-        let (objects_name, cond) = (obj_table(bucket), cond.clone());
+        let (bucket_name, cond) = (bucket.to_owned(), cond.clone());
         self.write_upload(bucket, key, upload_id, move |txn, uploads, id| {
+            let bucket = bucket_name;
             // Validate everything first: a failure must leave the batch transaction untouched.
             let up = current_upload(uploads, id)?;
             let record = build(&up)?;
             let value = encode_object(&record, &[])?;
-            let mut t = txn.open_table(ObjectsDef::new(&objects_name))?;
+            let mut t = Tables::open(txn, &bucket)?;
             let (key, _) = id;
-            let current = current_object(&t, key)?;
+            let current = current_object(&t.objects, key)?;
             cond.check(current.as_ref().map(|c| &c.record))?;
             uploads.remove(id)?;
-            t.insert(key, value.as_slice())?;
+            let (replaced, version_id) = t.put(key, &value)?;
             let used: HashSet<&str> = record.segments.iter().map(|s| s.id.as_str()).collect();
             let mut unused: Vec<Segment> = up
                 .into_part_segments()
                 .filter(|s| !used.contains(s.id.as_str()))
                 .collect();
-            if let Some(c) = current {
-                unused.extend(c.record.segments);
-            }
+            unused.extend(replaced);
+            let mut record = record;
+            record.version_id = version_id;
             Ok((record, unused))
         })
     }
@@ -921,28 +1285,242 @@ fn current_upload(
     }
 }
 
-/// Deletes `key` from an object table. The outer error is an index failure (fatal for
-/// the batch); the inner one a per-key answer (NoSuchKey, PreconditionFailed) that
-/// changed nothing. Returns the data files the deleted version used.
-fn delete_in(
-    t: &mut ObjectsTable<'_>,
-    key: &str,
-    if_match: Option<&str>,
-) -> StoreResult<StoreResult<Vec<Segment>>> {
-    let current = t.get(key)?.map(|v| decode_record(v.value())).transpose()?;
-    if let Some(want) = if_match {
-        match &current {
-            None => return Ok(Err(StoreError::NoSuchKey)),
-            Some(c) if want != "*" && want != c.etag => {
-                return Ok(Err(StoreError::PreconditionFailed))
-            }
-            Some(_) => {}
+/// One key of a delete: DeleteObject, or an item of DeleteObjects.
+#[derive(Debug, Clone)]
+pub struct DeleteItem {
+    pub key: String,
+    /// `If-Match` / the item's ETag: delete only while the current version has it.
+    pub if_match: Option<String>,
+    /// Delete this version (permanently) rather than the current object.
+    pub version_id: Option<String>,
+}
+
+/// A bucket's tables in a write transaction, with its versioning state. The object table
+/// holds each key's current version (never a delete marker); a versioned bucket's
+/// version table holds every version, the current one included (the same record).
+pub(crate) struct Tables<'t> {
+    txn: &'t WriteTransaction,
+    versioning: Versioning,
+    objects: ObjectsTable<'t>,
+    /// Open when the bucket's versioning was ever configured.
+    versions: Option<VersionsTable<'t>>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(txn: &'t WriteTransaction, bucket: &str) -> StoreResult<Tables<'t>> {
+        let rec: BucketRecord = {
+            let buckets = txn.open_table(BUCKETS)?;
+            let v = buckets.get(bucket)?.ok_or(StoreError::NoSuchBucket)?;
+            from_json(v.value())?
+        };
+        let versioning = Versioning::of(&rec);
+        let objects = txn.open_table(ObjectsDef::new(&obj_table(bucket)))?;
+        let versions = match versioning {
+            Versioning::Off => None,
+            _ => Some(txn.open_table(VersionsDef::new(&ver_table(bucket)))?),
+        };
+        Ok(Tables {
+            txn,
+            versioning,
+            objects,
+            versions,
+        })
+    }
+
+    /// Makes the object `encoded` (see [`encode_object`]) the current version of `key`.
+    /// Returns the data files no longer referenced (the replaced object, or the replaced
+    /// `null` version of a suspended bucket) and the new version's id (`null` when
+    /// suspended; `None` in a bucket whose versioning was never configured, where the
+    /// encoded value is stored as it is).
+    fn put(&mut self, key: &str, encoded: &[u8]) -> StoreResult<(Vec<Segment>, Option<String>)> {
+        let Some(versions) = &mut self.versions else {
+            let old = self
+                .objects
+                .insert(key, encoded)?
+                .map(|v| decode_record(v.value()))
+                .transpose()?;
+            return Ok((old.map(|o| o.segments).unwrap_or_default(), None));
+        };
+        let unused = match self.versioning {
+            Versioning::Suspended => remove_null(versions, key)?,
+            _ => Vec::new(),
+        };
+        let seq = next_seq(self.txn)?;
+        let (mut record, inline) = split_object(encoded)?;
+        record.version_id = Some(self.versioning.new_version(seq));
+        let value = encode_object(&record, inline)?;
+        versions.insert((key, u64::MAX - seq), value.as_slice())?;
+        self.objects.insert(key, value.as_slice())?;
+        Ok((unused, Some(record.version().to_owned())))
+    }
+
+    /// Deletes per `item`. Without a version id: the object (unversioned bucket), or a
+    /// new delete marker (versioned: the current version is kept as a noncurrent one;
+    /// suspended: the `null` version is replaced by a `null` marker). With a version id:
+    /// that version, permanently; when it was the newest, the next one becomes current
+    /// (deleting a delete marker restores the object). A version that does not exist is
+    /// not an error. The outer error is an index failure (fatal for the batch); the inner
+    /// one a per-key answer (NoSuchKey, PreconditionFailed) that changed nothing.
+    fn delete(&mut self, item: &DeleteItem) -> StoreResult<StoreResult<Deleted>> {
+        let key = item.key.as_str();
+        if let Some(vid) = &item.version_id {
+            return self.delete_version(key, vid).map(Ok);
         }
+        let current = self
+            .objects
+            .get(key)?
+            .map(|v| decode_record(v.value()))
+            .transpose()?;
+        if let Some(want) = &item.if_match {
+            match &current {
+                None => return Ok(Err(StoreError::NoSuchKey)),
+                Some(c) if want != "*" && *want != c.etag => {
+                    return Ok(Err(StoreError::PreconditionFailed))
+                }
+                Some(_) => {}
+            }
+        }
+        let Some(versions) = &mut self.versions else {
+            if current.is_some() {
+                self.objects.remove(key)?;
+            }
+            return Ok(Ok(Deleted {
+                unused: current.map(|c| c.segments).unwrap_or_default(),
+                ..Deleted::default()
+            }));
+        };
+        let unused = match self.versioning {
+            Versioning::Suspended => remove_null(versions, key)?,
+            _ => Vec::new(),
+        };
+        let seq = next_seq(self.txn)?;
+        let marker = ObjectRecord {
+            size: 0,
+            etag: String::new(),
+            last_modified_ms: now_ms(),
+            headers: StdHeaders::default(),
+            metadata: BTreeMap::new(),
+            tags: Vec::new(),
+            checksum: None,
+            part_sizes: Vec::new(),
+            segments: Vec::new(),
+            version_id: Some(self.versioning.new_version(seq)),
+            delete_marker: true,
+        };
+        versions.insert(
+            (key, u64::MAX - seq),
+            encode_object(&marker, &[])?.as_slice(),
+        )?;
+        self.objects.remove(key)?;
+        Ok(Ok(Deleted {
+            unused,
+            version_id: Some(marker.version().to_owned()),
+            delete_marker: true,
+        }))
     }
-    if current.is_some() {
-        t.remove(key)?;
+
+    /// Removes one version of `key` (see [`Tables::delete`]).
+    fn delete_version(&mut self, key: &str, vid: &str) -> StoreResult<Deleted> {
+        let Some(versions) = &mut self.versions else {
+            if vid != "null" {
+                return Ok(Deleted::default());
+            }
+            let old = self
+                .objects
+                .remove(key)?
+                .map(|v| decode_record(v.value()))
+                .transpose()?;
+            return Ok(Deleted {
+                unused: old.map(|o| o.segments).unwrap_or_default(),
+                version_id: Some("null".to_owned()),
+                delete_marker: false,
+            });
+        };
+        let Some(at) = find_version(versions, key, vid)? else {
+            return Ok(Deleted {
+                version_id: Some(vid.to_owned()),
+                ..Deleted::default()
+            });
+        };
+        let removed = versions
+            .remove((key, at))?
+            .map(|v| decode_record(v.value()))
+            .transpose()?
+            .ok_or_else(|| internal_err("a version vanished inside its transaction"))?;
+        // The newest remaining version, if any, is the current one unless it is a marker.
+        let newest = versions
+            .range((key, 0)..=(key, u64::MAX))?
+            .next()
+            .transpose()?
+            .map(|(_, v)| v.value().to_vec());
+        match newest {
+            Some(raw) if !decode_record(&raw)?.delete_marker => {
+                self.objects.insert(key, raw.as_slice())?;
+            }
+            _ => {
+                self.objects.remove(key)?;
+            }
+        }
+        Ok(Deleted {
+            unused: removed.segments,
+            version_id: Some(vid.to_owned()),
+            delete_marker: removed.delete_marker,
+        })
     }
-    Ok(Ok(current.map(|c| c.segments).unwrap_or_default()))
+}
+
+/// The next version sequence number (store-wide, increasing, kept in `META`).
+fn next_seq(txn: &WriteTransaction) -> StoreResult<u64> {
+    let mut meta = txn.open_table(META)?;
+    let last = meta
+        .get(VERSION_SEQ)?
+        .and_then(|v| v.value().parse::<u64>().ok())
+        .unwrap_or(0);
+    let next = last + 1;
+    meta.insert(VERSION_SEQ, next.to_string().as_str())?;
+    Ok(next)
+}
+
+/// Where version `vid` (or `null`) of `key` is in a version table.
+fn find_version(
+    t: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    key: &str,
+    vid: &str,
+) -> StoreResult<Option<u64>> {
+    if vid == "null" {
+        for item in t.range((key, 0)..=(key, u64::MAX))? {
+            let (k, v) = item?;
+            if decode_record(v.value())?.version() == "null" {
+                return Ok(Some(k.value().1));
+            }
+        }
+        return Ok(None);
+    }
+    let Some(seq) = version_seq(vid) else {
+        return Ok(None);
+    };
+    let at = u64::MAX - seq;
+    match t.get((key, at))? {
+        Some(v) if decode_record(v.value())?.version_id.as_deref() == Some(vid) => Ok(Some(at)),
+        _ => Ok(None),
+    }
+}
+
+/// Removes the `null` version of `key` (suspended versioning); returns its data files.
+fn remove_null(versions: &mut VersionsTable<'_>, key: &str) -> StoreResult<Vec<Segment>> {
+    let Some(at) = find_version(versions, key, "null")? else {
+        return Ok(Vec::new());
+    };
+    let old = versions
+        .remove((key, at))?
+        .map(|v| decode_record(v.value()))
+        .transpose()?;
+    Ok(old.map(|o| o.segments).unwrap_or_default())
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
+        .unwrap_or(i64::MAX)
 }
 
 /// Fails with NoSuchBucket unless the bucket table lists `bucket`.
@@ -1101,6 +1679,8 @@ mod tests {
             checksum: None,
             part_sizes: Vec::new(),
             segments: Vec::new(),
+            version_id: None,
+            delete_marker: false,
         }
     }
 
@@ -1225,6 +1805,86 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert!(store.data_path(&id.0).exists());
         assert!(!store.data_path(&id.1).exists());
+    }
+
+    #[test]
+    fn versions_markers_and_their_files_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let cond = WriteCondition::default();
+        let file_id = Store::new_data_id();
+        let (v1, v2) = {
+            let store = Store::open(dir.path()).unwrap();
+            store.create_bucket("bkt", "r", 0).unwrap();
+            // An object from before versioning becomes the null version.
+            store
+                .put_object("bkt", "k", &record("e0"), b"0", &cond)
+                .unwrap();
+            store.set_versioning("bkt", "Enabled").unwrap();
+            std::fs::write(store.data_path(&file_id), b"big").unwrap();
+            let mut rec = record("e1");
+            rec.segments = vec![Segment {
+                id: file_id.clone(),
+                len: 3,
+            }];
+            let v1 = store.put_object("bkt", "k", &rec, b"", &cond).unwrap();
+            let v2 = store
+                .put_object("bkt", "k", &record("e2"), b"2", &cond)
+                .unwrap();
+            assert!(
+                v1.0.is_empty() && v2.0.is_empty(),
+                "versions keep their files"
+            );
+            let d = store.delete_object("bkt", "k", None, None).unwrap();
+            assert!(d.delete_marker && d.unused.is_empty());
+            assert!(matches!(
+                store.get_object("bkt", "k"),
+                Err(StoreError::NoSuchKey)
+            ));
+            (v1.1.unwrap(), v2.1.unwrap())
+        };
+        let store = Store::open(dir.path()).unwrap();
+        assert!(
+            store.data_path(&file_id).exists(),
+            "a noncurrent version's file is kept"
+        );
+        let l = store
+            .list_versions("bkt", "", None, None, None, 1000)
+            .unwrap();
+        let got: Vec<(String, bool, bool)> = l
+            .entries
+            .iter()
+            .map(|e| match e {
+                VersionEntry::Version {
+                    record, is_latest, ..
+                } => (
+                    record.version().to_owned(),
+                    record.delete_marker,
+                    *is_latest,
+                ),
+                VersionEntry::Prefix(p) => (p.clone(), false, false),
+            })
+            .collect();
+        assert_eq!(got.len(), 4);
+        assert!(got[0].1 && got[0].2, "the marker is the latest");
+        assert_eq!(
+            got[1..],
+            [
+                (v2.clone(), false, false),
+                (v1.clone(), false, false),
+                ("null".to_owned(), false, false)
+            ]
+        );
+        // Deleting the marker makes v2 current again; deleting v1 frees its file.
+        store
+            .delete_object("bkt", "k", None, Some(&got[0].0))
+            .unwrap();
+        assert_eq!(store.get_object("bkt", "k").unwrap().record.etag, "e2");
+        let d = store.delete_object("bkt", "k", None, Some(&v1)).unwrap();
+        assert_eq!(d.unused.len(), 1);
+        assert!(matches!(
+            store.delete_bucket("bkt"),
+            Err(StoreError::BucketNotEmpty)
+        ));
     }
 
     /// A store with one bucket, a large object (in a data file) and a small one (inline).

@@ -25,12 +25,38 @@ fn boto3_multipart_and_concurrency() {
     );
 }
 
+/// tests/py/test_conformance.py: issue 19's behaviours as AWS S3 answers them (docs/s3.md,
+/// "Conformance").
+#[test]
+fn boto3_conformance_with_aws() {
+    let server = TestServer::start();
+    pytest(&server, "test_conformance.py", Some("not restart"));
+}
+
+/// Versions, delete markers and the versioning status survive a restart of the server.
+#[test]
+fn boto3_versions_survive_a_restart() {
+    let server = TestServer::start();
+    pytest(&server, "test_conformance.py", Some("restart_phase1"));
+    let server = server.restart();
+    pytest(&server, "test_conformance.py", Some("restart_phase2"));
+}
+
 #[test]
 fn awscli_s3_and_s3api() {
     let server = TestServer::start();
     let mut cmd = server.command("bash");
     cmd.arg(sh_dir().join("awscli.sh"));
     run_ok(cmd, "awscli.sh");
+}
+
+/// tests/sh/awscli_conformance.sh: `aws s3api` for issue 19's behaviours.
+#[test]
+fn awscli_s3api_conformance_with_aws() {
+    let server = TestServer::start();
+    let mut cmd = server.command("bash");
+    cmd.arg(sh_dir().join("awscli_conformance.sh"));
+    run_ok(cmd, "awscli_conformance.sh");
 }
 
 #[test]

@@ -217,11 +217,8 @@ def test_conditional_get(s3, bucket):
         s3.get_object(Bucket=bucket, Key="c", IfNoneMatch=etag)
     assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 304
     assert s3.get_object(Bucket=bucket, Key="c", IfNoneMatch='"0000"')["Body"].read() == b"v1"
-    future = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1)
     past = datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc)
-    with pytest.raises(ClientError) as e:
-        s3.get_object(Bucket=bucket, Key="c", IfModifiedSince=future)
-    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 304
+    # (A future If-Modified-Since is ignored, as on AWS: test_conformance.py.)
     assert s3.get_object(Bucket=bucket, Key="c", IfModifiedSince=past)["Body"].read() == b"v1"
     with pytest.raises(ClientError) as e:
         s3.get_object(Bucket=bucket, Key="c", IfUnmodifiedSince=past)
@@ -664,15 +661,16 @@ def test_virtual_host_addressing(s3, bucket):
 
 def test_unsupported_operations_say_not_implemented(s3, bucket):
     with pytest.raises(ClientError) as e:
-        s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
-    assert err(e) == ("NotImplemented", 501)
-    with pytest.raises(ClientError) as e:
         s3.put_bucket_policy(Bucket=bucket, Policy="{}")
     assert err(e) == ("NotImplemented", 501)
-    s3.put_object(Bucket=bucket, Key="v", Body=b"x")
     with pytest.raises(ClientError) as e:
-        s3.get_object(Bucket=bucket, Key="v", VersionId="abc")
+        s3.put_bucket_versioning(
+            Bucket=bucket,
+            VersioningConfiguration={"Status": "Enabled", "MFADelete": "Enabled"},
+            MFA="arn:aws:iam::1:mfa/x 123456",
+        )
     assert err(e) == ("NotImplemented", 501)
+    assert "Status" not in s3.get_bucket_versioning(Bucket=bucket)
 
 
 def test_malformed_xml_writes_nothing(s3, bucket):
