@@ -652,6 +652,7 @@ async fn list_tags(db: &Arc<Db>, req: Json) -> Result<Json> {
 async fn put_item(db: &Arc<Db>, req: Json) -> Result<Json> {
     let name = table_name(&req)?;
     legacy::check_mixing(&req)?;
+    legacy::check_conditional_operator(&req, "Expected")?;
     let item = item_field(&req, "Item")?;
     check_item_size(&item)?;
     let return_old = return_old_item(&req)?;
@@ -749,6 +750,7 @@ fn updated_item(
 async fn update_item(db: &Arc<Db>, req: Json) -> Result<Json> {
     let name = table_name(&req)?;
     legacy::check_mixing(&req)?;
+    legacy::check_conditional_operator(&req, "Expected")?;
     let key = item_field(&req, "Key")?;
     let rv = return_values(&req)?.to_owned();
     let rvcf = return_old_on_condition_failure(&req)?;
@@ -786,6 +788,7 @@ async fn update_item(db: &Arc<Db>, req: Json) -> Result<Json> {
 async fn delete_item(db: &Arc<Db>, req: Json) -> Result<Json> {
     let name = table_name(&req)?;
     legacy::check_mixing(&req)?;
+    legacy::check_conditional_operator(&req, "Expected")?;
     let key = item_field(&req, "Key")?;
     let return_old = return_old_item(&req)?;
     let rvcf = return_old_on_condition_failure(&req)?;
@@ -906,6 +909,7 @@ struct QueryPlan {
 fn parse_query(req: &Json, scan: bool) -> Result<QueryPlan> {
     let name = table_name(req)?;
     legacy::check_mixing(req)?;
+    legacy::check_conditional_operator(req, if scan { "ScanFilter" } else { "QueryFilter" })?;
     let index = opt_str(req, "IndexName")?.map(str::to_owned);
     if let Some(i) = &index {
         table::validate_name(i, "indexName")?;
