@@ -464,9 +464,42 @@ fn header_str(v: &http::HeaderValue) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(v.as_bytes())
 }
 
+/// The headers every SigV4 request names, without parsing their names at each lookup.
+fn known_header(name: &str) -> Option<&'static http::HeaderName> {
+    static X_AMZ_DATE: http::HeaderName = http::HeaderName::from_static("x-amz-date");
+    static X_AMZ_TARGET: http::HeaderName = http::HeaderName::from_static("x-amz-target");
+    static X_AMZ_CONTENT_SHA256: http::HeaderName =
+        http::HeaderName::from_static("x-amz-content-sha256");
+    Some(match name {
+        "host" => &http::header::HOST,
+        "authorization" => &http::header::AUTHORIZATION,
+        "content-type" => &http::header::CONTENT_TYPE,
+        "x-amz-date" => &X_AMZ_DATE,
+        "x-amz-target" => &X_AMZ_TARGET,
+        "x-amz-content-sha256" => &X_AMZ_CONTENT_SHA256,
+        _ => return None,
+    })
+}
+
+impl HttpHeaders<'_> {
+    fn get(&self, name: &str) -> Option<&http::HeaderValue> {
+        match known_header(name) {
+            Some(h) => self.map.get(h),
+            None => self.map.get(name),
+        }
+    }
+
+    fn get_all(&self, name: &str) -> http::header::GetAll<'_, http::HeaderValue> {
+        match known_header(name) {
+            Some(h) => self.map.get_all(h),
+            None => self.map.get_all(name),
+        }
+    }
+}
+
 impl Headers for HttpHeaders<'_> {
     fn first(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
-        match self.map.get(name) {
+        match self.get(name) {
             Some(v) => Some(header_str(v)),
             None if name == "host" => self.authority.map(std::borrow::Cow::Borrowed),
             None => None,
@@ -474,12 +507,12 @@ impl Headers for HttpHeaders<'_> {
     }
 
     fn has(&self, name: &str) -> bool {
-        self.map.contains_key(name) || (name == "host" && self.authority.is_some())
+        self.get(name).is_some() || (name == "host" && self.authority.is_some())
     }
 
     fn each(&self, name: &str, f: &mut dyn FnMut(&str)) {
         let mut any = false;
-        for v in self.map.get_all(name) {
+        for v in self.get_all(name) {
             any = true;
             f(&header_str(v));
         }
