@@ -10,7 +10,8 @@
 //! All writes go through one writer thread that groups concurrent requests into one
 //! transaction (group commit); each request runs in its own savepoint, so a failed
 //! request leaves nothing behind while the others of its group still commit. Reads use a
-//! pool of read-only connections and see only committed data.
+//! pool of read-only connections and see only committed data; GetItem looks in a small
+//! cache of committed items first (see `ItemCache`).
 
 use crate::error::{DdbError, Result};
 use crate::table::{StoredKey, TableMeta};
