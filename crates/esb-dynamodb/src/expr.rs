@@ -432,7 +432,7 @@ struct Parser<'a> {
     ph: &'a Placeholders,
     depth: usize,
     /// Token positions of the opening and closing parenthesis of the last parenthesised
-    /// condition parsed (to find `((…))`, which DynamoDB refuses as redundant).
+    /// condition or operand parsed (to find `((…))`, which DynamoDB refuses as redundant).
     last_group: Option<(usize, usize)>,
 }
 
@@ -575,6 +575,11 @@ impl<'a> Parser<'a> {
             }
         };
         elems.push(PathElem::Attr(first));
+        self.path_tail(elems)
+    }
+
+    /// The `.name` and `[index]` elements following the start of a path.
+    fn path_tail(&mut self, mut elems: Vec<PathElem>) -> Result<Path> {
         loop {
             match self.peek() {
                 Tok::Sym(".") => {
@@ -654,8 +659,38 @@ impl<'a> Parser<'a> {
         self.primary()
     }
 
+    /// Whether the parenthesis at the current position opens an operand (`(a) = :v`,
+    /// `(size(a)) > :v`) rather than a condition: nothing between it and its closing
+    /// parenthesis belongs only to conditions (a comparison, a keyword, a function other
+    /// than `size`).
+    fn parenthesised_operand(&self) -> bool {
+        let mut depth = 0usize;
+        for (i, t) in self.toks.iter().enumerate().skip(self.pos) {
+            match t {
+                Tok::Sym("(") => depth += 1,
+                Tok::Sym(")") => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return true;
+                    }
+                }
+                Tok::Sym("=" | "<>" | "<" | "<=" | ">" | ">=") => return false,
+                Tok::Ident(f)
+                    if ["BETWEEN", "IN", "AND", "OR", "NOT"]
+                        .iter()
+                        .any(|k| f.eq_ignore_ascii_case(k))
+                        || (f != "size" && self.toks.get(i + 1) == Some(&Tok::Sym("("))) =>
+                {
+                    return false;
+                }
+                _ => {}
+            }
+        }
+        false
+    }
+
     fn primary(&mut self) -> Result<Cond> {
-        if *self.peek() == Tok::Sym("(") {
+        if *self.peek() == Tok::Sym("(") && !self.parenthesised_operand() {
             let open = self.pos;
             self.next();
             self.enter()?;
@@ -732,6 +767,29 @@ impl<'a> Parser<'a> {
 
     fn operand(&mut self) -> Result<Operand> {
         match self.peek().clone() {
+            Tok::Sym("(") => {
+                // `(a) = :v`: one pair of parentheses around an operand; `((a))` is refused
+                // as around a condition.
+                let open = self.pos;
+                self.next();
+                self.enter()?;
+                let inner = self.operand()?;
+                self.depth -= 1;
+                if self.last_group == Some((open + 1, self.pos.wrapping_sub(1)))
+                    && *self.peek() == Tok::Sym(")")
+                {
+                    return Err(self.invalid("The expression has redundant parentheses;"));
+                }
+                self.expect(")")?;
+                self.last_group = Some((open, self.pos - 1));
+                match inner {
+                    // `(a).b`, `(a)[0]`: the path goes on after its parentheses.
+                    Operand::Path(p) if matches!(self.peek(), Tok::Sym("." | "[")) => {
+                        Ok(Operand::Path(self.path_tail(p.0)?))
+                    }
+                    other => Ok(other),
+                }
+            }
             Tok::Val(v) => {
                 self.next();
                 Ok(Operand::Value(self.value(&v)?))
@@ -834,6 +892,12 @@ impl<'a> Parser<'a> {
             (Tok::Val(_), _) => Err(self.invalid(format!(
                 "Operator or function requires a document path; operator or function: {f}"
             ))),
+            (Tok::Sym("("), _) => match self.operand()? {
+                Operand::Path(p) => Ok(p),
+                _ => Err(self.invalid(format!(
+                    "Operator or function requires a document path; operator or function: {f}"
+                ))),
+            },
             (Tok::Ident(g), Tok::Sym("(")) => {
                 if g == "size" && f == "size" {
                     Err(self.invalid(
@@ -1762,6 +1826,36 @@ mod tests {
     }
 
     #[test]
+    fn parenthesised_operands() {
+        let p = ph(
+            json!({"#a": "a"}),
+            json!({":v": {"N": "1"}, ":w": {"N": "3"}, ":s": {"S": "x"}}),
+        );
+        let mut it = Item::new();
+        it.insert("a".into(), Value::N(Number::parse("2").unwrap()));
+        let mut m = Item::new();
+        m.insert("b".into(), Value::S("xy".into()));
+        it.insert("m".into(), Value::M(m));
+        for (src, want) in [
+            ("(a) = :v", false),
+            ("(#a) > :v", true),
+            ("a > (:v)", true),
+            ("(a) BETWEEN (:v) AND :w", true),
+            ("(a) IN ((:v), :w)", false),
+            ("(m).b = :s", false),
+            ("begins_with((m.b), :s)", true),
+            ("attribute_exists((a))", true),
+            ("size((m.b)) = (:v)", false),
+            ("((a) > :v) AND (:w > (a))", true),
+            ("NOT ((a) = :v)", true),
+        ] {
+            let c = parse_condition(src, "ConditionExpression", &p)
+                .unwrap_or_else(|e| panic!("{src}: {}", e.message));
+            assert_eq!(eval(&c, &it), want, "{src}");
+        }
+    }
+
+    #[test]
     fn errors() {
         let p = ph(
             json!({"#a": "a"}),
@@ -1780,6 +1874,12 @@ mod tests {
             ("a == :v", "Syntax error"),
             ("a = :v ;", "Syntax error; token: \";\""),
             ("", "can not be empty"),
+            ("((a)) = :v", "redundant parentheses"),
+            ("a = ((:v))", "redundant parentheses"),
+            ("((a = :v))", "redundant parentheses"),
+            ("begins_with(((a)), :v)", "redundant parentheses"),
+            ("attribute_exists((:v))", "requires a document path"),
+            ("(a) :v", "Syntax error; token: \":v\""),
         ] {
             let e = parse_condition(src, "ConditionExpression", &p).unwrap_err();
             assert!(e.message.contains(msg), "{src}: {}", e.message);

@@ -403,9 +403,51 @@ pub fn attribute_updates(req: &Json) -> Result<Option<Update>> {
     Ok(Some(u))
 }
 
+/// Refuses a `ConditionalOperator` that has fewer than two conditions to join in
+/// `conditions` (`Expected`, `QueryFilter` or `ScanFilter`), as DynamoDB does (dynalite
+/// accepts it). Call it after [`check_mixing`].
+pub fn check_conditional_operator(req: &Json, conditions: &str) -> Result<()> {
+    let Some(op) = req.get("ConditionalOperator").filter(|v| !v.is_null()) else {
+        return Ok(());
+    };
+    if let Some(other) = op.as_str().filter(|o| !matches!(*o, "AND" | "OR")) {
+        return Err(DdbError::not_in_enum(
+            other,
+            "conditionalOperator",
+            &["OR", "AND"],
+        ));
+    }
+    match req
+        .get(conditions)
+        .and_then(|v| v.as_object())
+        .map(|m| m.len())
+    {
+        None | Some(0) => Err(DdbError::validation(
+            "ConditionalOperator cannot be used without Filter or Expected",
+        )),
+        Some(1) => Err(DdbError::validation(
+            "ConditionalOperator can only be used when Filter or Expected has two or more elements",
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
 /// Refuses requests mixing legacy and expression parameters, as DynamoDB does.
 pub fn check_mixing(req: &Json) -> Result<()> {
     let present = |f: &str| req.get(f).is_some_and(|v| !v.is_null());
+    // Most requests use one kind only: decided without collecting the names.
+    let any_modern = [
+        "ConditionExpression",
+        "UpdateExpression",
+        "KeyConditionExpression",
+        "FilterExpression",
+        "ProjectionExpression",
+    ]
+    .into_iter()
+    .any(present);
+    if !any_modern {
+        return Ok(());
+    }
     let legacy: Vec<&str> = [
         "Expected",
         "AttributeUpdates",

@@ -119,17 +119,27 @@ struct State {
     box_key: String,
     region: String,
     functions: Option<esb_iam::CredentialStore>,
+    /// Verifiers of functions' keys by access key, with the secret each was made for.
+    function_verifiers: std::sync::Mutex<FunctionVerifiers>,
 }
+
+type FunctionVerifiers = std::collections::HashMap<String, (String, Arc<esb_sigv4::Verifier>)>;
+
+/// Most function verifiers kept (the cache starts over when full).
+const MAX_CACHED_VERIFIERS: usize = 256;
 
 impl State {
     /// The function principal the request is signed as and the verifier of its
     /// signature (`None`: the box's key, or a key nobody issued).
-    fn caller(&self, key: &str) -> Option<Option<(Arc<esb_iam::Principal>, esb_sigv4::Verifier)>> {
+    fn caller(
+        &self,
+        key: &str,
+    ) -> Option<Option<(Arc<esb_iam::Principal>, Arc<esb_sigv4::Verifier>)>> {
         if key == self.box_key {
             return Some(None);
         }
         let p = self.functions.as_ref()?.lookup(key)?;
-        let v = esb_sigv4::Verifier::new(p.access_key.clone(), p.secret_key.clone());
+        let v = function_verifier(&self.function_verifiers, &p);
         Some(Some((p, v)))
     }
 
@@ -150,6 +160,29 @@ impl State {
         }
         Ok(())
     }
+}
+
+/// The verifier of a function's key pair, kept while the pair stays the same so that its
+/// derived signing keys are reused (a rotated secret gets a new verifier).
+fn function_verifier(
+    cache: &std::sync::Mutex<FunctionVerifiers>,
+    p: &esb_iam::Principal,
+) -> Arc<esb_sigv4::Verifier> {
+    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((secret, v)) = cache.get(&p.access_key) {
+        if *secret == p.secret_key {
+            return v.clone();
+        }
+    }
+    if cache.len() >= MAX_CACHED_VERIFIERS {
+        cache.clear();
+    }
+    let v = Arc::new(esb_sigv4::Verifier::new(
+        p.access_key.clone(),
+        p.secret_key.clone(),
+    ));
+    cache.insert(p.access_key.clone(), (p.secret_key.clone(), v.clone()));
+    v
 }
 
 impl Server {
@@ -178,6 +211,7 @@ impl Server {
                 box_key,
                 region: config.region.clone(),
                 functions,
+                function_verifiers: Default::default(),
             }),
         })
     }
@@ -238,7 +272,16 @@ fn request_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let prefix =
         PREFIX.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..20].to_uppercase());
-    format!("{prefix}{:016X}", COUNTER.fetch_add(1, Ordering::Relaxed))
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut id = String::with_capacity(prefix.len() + 16);
+    id.push_str(prefix);
+    // `{:016X}` without the formatting machinery (this runs for every response).
+    for shift in (0..16).rev() {
+        id.push(char::from(
+            b"0123456789ABCDEF"[((n >> (shift * 4)) & 15) as usize],
+        ));
+    }
+    id
 }
 
 fn respond(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
@@ -286,11 +329,12 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Byte
     }
     // Decided from the headers before the body is read: an unsigned, malformed, unknown or
     // stale request is refused without reading up to 16 MiB.
-    let caller = match esb_sigv4::precheck_headers(
+    let now = std::time::SystemTime::now();
+    let (caller, authorization) = match esb_sigv4::precheck(
         &parts.headers,
         |key| state.caller(key),
         esb_sigv4::DEFAULT_MAX_SKEW,
-        std::time::SystemTime::now(),
+        now,
     ) {
         Ok(c) => c,
         Err(e) => {
@@ -321,8 +365,8 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Byte
     let (principal, function_verifier) = caller.unzip();
     if let Err(e) = function_verifier
         .as_ref()
-        .unwrap_or(&state.verifier)
-        .verify(&parts, &body)
+        .map_or(&state.verifier, |v| &**v)
+        .verify_prechecked(&parts, &authorization, &body, now)
     {
         let code = e.json_code();
         let mut err = DdbError::new(code, e.to_string());
@@ -367,5 +411,82 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Byte
             }
             error_response(&e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(key: &str, secret: &str) -> esb_iam::Principal {
+        esb_iam::Principal {
+            access_key: key.into(),
+            secret_key: secret.into(),
+            function: "f".into(),
+            revision: "1".into(),
+            has_policy: true,
+            policy: Default::default(),
+            expires_at: None,
+        }
+    }
+
+    fn signed(key: &str, secret: &str) -> http::request::Parts {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let headers = vec![
+            ("host".to_owned(), "127.0.0.1".to_owned()),
+            ("x-amz-date".to_owned(), esb_sigv4::format_amz_date(now)),
+        ];
+        let req = esb_sigv4::Request {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: &headers,
+        };
+        let auth = esb_sigv4::sign(key, secret, "r", "dynamodb", &req, esb_sigv4::EMPTY_SHA256);
+        let mut b = http::Request::post("/");
+        for (n, v) in &headers {
+            b = b.header(n, v);
+        }
+        b.header("authorization", auth)
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0
+    }
+
+    #[test]
+    fn request_ids_are_a_prefix_and_a_hex_counter() {
+        let (a, b) = (request_id(), request_id());
+        assert_eq!(a.len(), 36);
+        assert_eq!(a[..20], b[..20]);
+        let n = |id: &str| u64::from_str_radix(&id[20..], 16).unwrap();
+        assert!(n(&b) > n(&a));
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase()));
+    }
+
+    #[test]
+    fn function_verifiers_are_reused_until_the_secret_changes() {
+        let cache = std::sync::Mutex::new(FunctionVerifiers::new());
+        let a = function_verifier(&cache, &principal("ESBFA", "s1"));
+        assert!(Arc::ptr_eq(
+            &a,
+            &function_verifier(&cache, &principal("ESBFA", "s1"))
+        ));
+        a.verify(&signed("ESBFA", "s1"), b"").unwrap();
+        // The same key id with a rotated secret: a new verifier, of the new secret only.
+        let b = function_verifier(&cache, &principal("ESBFA", "s2"));
+        assert!(!Arc::ptr_eq(&a, &b));
+        b.verify(&signed("ESBFA", "s2"), b"").unwrap();
+        assert!(b.verify(&signed("ESBFA", "s1"), b"").is_err());
+        // Bounded: past the limit the cache starts over.
+        for i in 0..MAX_CACHED_VERIFIERS + 1 {
+            function_verifier(&cache, &principal(&format!("ESBF{i}"), "s"));
+        }
+        assert!(cache.lock().unwrap().len() <= MAX_CACHED_VERIFIERS);
     }
 }

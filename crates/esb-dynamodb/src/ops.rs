@@ -652,6 +652,7 @@ async fn list_tags(db: &Arc<Db>, req: Json) -> Result<Json> {
 async fn put_item(db: &Arc<Db>, req: Json) -> Result<Json> {
     let name = table_name(&req)?;
     legacy::check_mixing(&req)?;
+    legacy::check_conditional_operator(&req, "Expected")?;
     let item = item_field(&req, "Item")?;
     check_item_size(&item)?;
     let return_old = return_old_item(&req)?;
@@ -669,7 +670,7 @@ async fn put_item(db: &Arc<Db>, req: Json) -> Result<Json> {
             store::get(ctx.conn, &meta, &meta.key(&item))?
         };
         check_condition(cond.as_ref(), old.as_ref(), rvcf)?;
-        store::put(ctx.conn, &meta, &item, old.as_ref())?;
+        ctx.put(&meta, &item, old.as_ref())?;
         Ok(old_attrs_response(return_old, old.as_ref()))
     })
     .await
@@ -688,25 +689,24 @@ fn get_item(db: &Arc<Db>, req: Json) -> Result<Reply> {
     }
     ph.check_unused()?;
     let projection = ex.projection;
-    db.read_one(|conn, cat| {
-        let meta = cat.get(&name).ok_or_else(DdbError::table_not_found)?;
-        meta.validate_key(&key)?;
-        let Some((raw, _)) = store::get_raw(conn, meta, &meta.key(&key))? else {
-            return Ok(Reply::Json(json!({})));
-        };
-        Ok(match &projection {
-            Some(p) => {
-                let item = store::decode_item(&raw)?;
-                Reply::Json(json!({"Item": item_to_json(&project(p, &item))}))
-            }
-            None => {
-                let mut out = Vec::with_capacity(raw.len() + 10);
-                out.extend_from_slice(b"{\"Item\":");
-                out.extend_from_slice(&raw);
-                out.push(b'}');
-                Reply::Raw(out)
-            }
-        })
+    let cat = db.catalog();
+    let meta = cat.get(&name).ok_or_else(DdbError::table_not_found)?;
+    meta.validate_key(&key)?;
+    let Some(raw) = db.get_item_raw(meta, meta.key(&key))? else {
+        return Ok(Reply::Json(json!({})));
+    };
+    Ok(match &projection {
+        Some(p) => {
+            let item = store::decode_item(&raw)?;
+            Reply::Json(json!({"Item": item_to_json(&project(p, &item))}))
+        }
+        None => {
+            let mut out = Vec::with_capacity(raw.len() + 10);
+            out.extend_from_slice(b"{\"Item\":");
+            out.extend_from_slice(&raw);
+            out.push(b'}');
+            Reply::Raw(out)
+        }
     })
 }
 
@@ -749,6 +749,7 @@ fn updated_item(
 async fn update_item(db: &Arc<Db>, req: Json) -> Result<Json> {
     let name = table_name(&req)?;
     legacy::check_mixing(&req)?;
+    legacy::check_conditional_operator(&req, "Expected")?;
     let key = item_field(&req, "Key")?;
     let rv = return_values(&req)?.to_owned();
     let rvcf = return_old_on_condition_failure(&req)?;
@@ -768,7 +769,7 @@ async fn update_item(db: &Arc<Db>, req: Json) -> Result<Json> {
         let old = store::get(ctx.conn, &meta, &meta.key(&key))?;
         check_condition(cond.as_ref(), old.as_ref(), rvcf)?;
         let new = updated_item(&meta, &key, old.as_ref(), update.as_ref())?;
-        store::put(ctx.conn, &meta, &new, old.as_ref())?;
+        ctx.put(&meta, &new, old.as_ref())?;
         let paths = update.as_ref().map(update_paths).unwrap_or_default();
         // UPDATED_* answer with the (possibly empty) updated attributes whenever there is an
         // item to take them from, as DynamoDB does.
@@ -786,6 +787,7 @@ async fn update_item(db: &Arc<Db>, req: Json) -> Result<Json> {
 async fn delete_item(db: &Arc<Db>, req: Json) -> Result<Json> {
     let name = table_name(&req)?;
     legacy::check_mixing(&req)?;
+    legacy::check_conditional_operator(&req, "Expected")?;
     let key = item_field(&req, "Key")?;
     let return_old = return_old_item(&req)?;
     let rvcf = return_old_on_condition_failure(&req)?;
@@ -799,7 +801,7 @@ async fn delete_item(db: &Arc<Db>, req: Json) -> Result<Json> {
         let old = store::get(ctx.conn, &meta, &meta.key(&key))?;
         check_condition(cond.as_ref(), old.as_ref(), rvcf)?;
         if let Some(o) = &old {
-            store::delete(ctx.conn, &meta, o)?;
+            ctx.delete(&meta, o)?;
         }
         Ok(old_attrs_response(return_old, old.as_ref()))
     })
@@ -906,6 +908,7 @@ struct QueryPlan {
 fn parse_query(req: &Json, scan: bool) -> Result<QueryPlan> {
     let name = table_name(req)?;
     legacy::check_mixing(req)?;
+    legacy::check_conditional_operator(req, if scan { "ScanFilter" } else { "QueryFilter" })?;
     let index = opt_str(req, "IndexName")?.map(str::to_owned);
     if let Some(i) = &index {
         table::validate_name(i, "indexName")?;
@@ -1487,11 +1490,11 @@ async fn batch_write(db: &Arc<Db>, req: Json) -> Result<Json> {
                 match r {
                     WriteReq::Put(item) => {
                         let old = store::get(ctx.conn, &meta, &meta.key(item))?;
-                        store::put(ctx.conn, &meta, item, old.as_ref())?;
+                        ctx.put(&meta, item, old.as_ref())?;
                     }
                     WriteReq::Delete(key) => {
                         if let Some(old) = store::get(ctx.conn, &meta, &meta.key(key))? {
-                            store::delete(ctx.conn, &meta, &old)?;
+                            ctx.delete(&meta, &old)?;
                         }
                     }
                 }
@@ -1761,10 +1764,10 @@ fn run_transaction(ctx: &mut WriteCtx<'_>, ops: Vec<TxOp>) -> Result<Json> {
             (TxKind::Check, _) => {}
             (TxKind::Delete, _) => {
                 if let Some(o) = &old {
-                    store::delete(ctx.conn, meta, o)?;
+                    ctx.delete(meta, o)?;
                 }
             }
-            (_, Some(n)) => store::put(ctx.conn, meta, &n, old.as_ref())?,
+            (_, Some(n)) => ctx.put(meta, &n, old.as_ref())?,
             (_, None) => {}
         }
     }
@@ -1828,7 +1831,7 @@ pub async fn sweep_ttl(db: &Arc<Db>, limit: usize) -> Result<usize> {
             let mut n = 0;
             for meta in metas {
                 for item in store::expired(ctx.conn, &meta, now, limit)? {
-                    store::delete(ctx.conn, &meta, &item)?;
+                    ctx.delete(&meta, &item)?;
                     n += 1;
                 }
             }

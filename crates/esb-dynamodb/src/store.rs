@@ -10,7 +10,8 @@
 //! All writes go through one writer thread that groups concurrent requests into one
 //! transaction (group commit); each request runs in its own savepoint, so a failed
 //! request leaves nothing behind while the others of its group still commit. Reads use a
-//! pool of read-only connections and see only committed data.
+//! pool of read-only connections and see only committed data; GetItem looks in a small
+//! cache of committed items first (see `ItemCache`).
 
 use crate::error::{DdbError, Result};
 use crate::table::{StoredKey, TableMeta};
@@ -24,6 +25,101 @@ use std::sync::{Arc, Mutex, RwLock};
 
 /// Tables by name.
 pub type Catalog = HashMap<String, Arc<TableMeta>>;
+
+/// An item's key in the item cache: the table's storage id and the item's stored key.
+pub type CacheKey = (i64, StoredKey);
+
+/// Most bytes of items (and their keys) the item cache holds; past it, it starts over.
+const ITEM_CACHE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Items GetItem read lately, as stored (their wire-format JSON), so that reading one
+/// again needs no SQLite statement (nor its file locks). Only committed data gets in, and
+/// it never outlives a write:
+///
+/// - the writer removes the keys a group wrote (everything when the catalog changed)
+///   just before its COMMIT and again just after, and `generation` is odd in between;
+/// - a reader notes `generation` before its SQLite read and caches what it read only if
+///   `generation` is still that same even number, so a read that may have raced a commit
+///   is served but not kept.
+///
+/// So a key a commit touches is absent from the cache from just before the commit until
+/// a read after it, and readers of it go to SQLite, whose snapshots are monotonic.
+#[derive(Default)]
+pub(crate) struct ItemCache {
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    generation: u64,
+    items: HashMap<CacheKey, Arc<[u8]>>,
+    bytes: usize,
+}
+
+impl CacheInner {
+    fn forget(&mut self, touched: &[CacheKey], everything: bool) {
+        if everything || touched.len() >= self.items.len() {
+            self.items.clear();
+            self.bytes = 0;
+            return;
+        }
+        for k in touched {
+            if let Some(v) = self.items.remove(k) {
+                self.bytes -= entry_bytes(k, &v);
+            }
+        }
+    }
+}
+
+fn entry_bytes(k: &CacheKey, v: &[u8]) -> usize {
+    v.len() + k.1.hk.len() + k.1.rk.len() + 64
+}
+
+impl ItemCache {
+    fn get(&self, key: &CacheKey) -> Result<Arc<[u8]>, u64> {
+        let c = lock(&self.inner);
+        match c.items.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => Err(c.generation),
+        }
+    }
+
+    fn insert(&self, generation: u64, key: CacheKey, value: Arc<[u8]>) {
+        let mut c = lock(&self.inner);
+        if c.generation != generation || generation % 2 == 1 {
+            return;
+        }
+        let size = entry_bytes(&key, &value);
+        if size > ITEM_CACHE_BYTES / 16 {
+            return;
+        }
+        if c.bytes + size > ITEM_CACHE_BYTES {
+            c.items.clear();
+            c.bytes = 0;
+        }
+        let value_len = value.len();
+        if let Some(old) = c.items.insert(key, value) {
+            // The same key again (two readers raced): count only the new value.
+            c.bytes -= size - value_len + old.len();
+        }
+        c.bytes += size;
+    }
+
+    /// Before a group's COMMIT: forget what it wrote; no read is cached until
+    /// [`ItemCache::after_commit`].
+    fn before_commit(&self, touched: &[CacheKey], everything: bool) {
+        let mut c = lock(&self.inner);
+        c.forget(touched, everything);
+        c.generation += 1;
+    }
+
+    /// After the COMMIT (or its failure): forget again and let reads be cached.
+    fn after_commit(&self, touched: &[CacheKey], everything: bool) {
+        let mut c = lock(&self.inner);
+        c.forget(touched, everything);
+        c.generation += 1;
+    }
+}
 
 type JobFn = Box<dyn FnOnce(&mut WriteCtx<'_>) -> Result<Json> + Send>;
 
@@ -39,6 +135,8 @@ pub struct WriteCtx<'a> {
     catalog: &'a mut Catalog,
     dirty: bool,
     next_id: &'a mut i64,
+    /// Keys of the items this group wrote (for the item cache).
+    touched: &'a mut Vec<CacheKey>,
 }
 
 impl WriteCtx<'_> {
@@ -58,6 +156,24 @@ impl WriteCtx<'_> {
     /// All tables.
     pub fn tables(&self) -> impl Iterator<Item = &Arc<TableMeta>> {
         self.catalog.values()
+    }
+
+    /// Writes an item (replacing `old`, the item currently stored under its key, if any)
+    /// and maintains the indexes. Every item write goes through here (or
+    /// [`WriteCtx::delete`]), so that the item cache forgets what the group changed.
+    pub fn put(&mut self, meta: &TableMeta, item: &Item, old: Option<&Item>) -> Result<()> {
+        let key = meta.key(item);
+        put(self.conn, meta, &key, item, old)?;
+        self.touched.push((meta.id, key));
+        Ok(())
+    }
+
+    /// Deletes a stored item and its index rows.
+    pub fn delete(&mut self, meta: &TableMeta, old: &Item) -> Result<()> {
+        let key = meta.key(old);
+        delete(self.conn, meta, &key, old)?;
+        self.touched.push((meta.id, key));
+        Ok(())
     }
 
     /// A fresh storage id.
@@ -95,6 +211,7 @@ pub struct Db {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     catalog: Arc<RwLock<Arc<Catalog>>>,
     readers: Mutex<Vec<Connection>>,
+    items: Arc<ItemCache>,
     path: PathBuf,
     /// Region reported in ARNs.
     pub region: String,
@@ -119,6 +236,8 @@ struct Writer {
     state: Mutex<WriterState>,
     queue: Mutex<Vec<Job>>,
     publish: Arc<RwLock<Arc<Catalog>>>,
+    /// Told what each group wrote, around its COMMIT.
+    items: Arc<ItemCache>,
     /// Run a job on the requesting thread when the writer is idle (only when commits do
     /// not fsync: an fsync must not block an async worker).
     inline: bool,
@@ -196,7 +315,9 @@ impl Db {
         )?;
         let (catalog, next_id) = load_catalog(&conn)?;
         let shared = Arc::new(RwLock::new(Arc::new(catalog.clone())));
+        let items = Arc::new(ItemCache::default());
         let writer = Arc::new(Writer {
+            items: items.clone(),
             state: Mutex::new(WriterState {
                 conn,
                 catalog,
@@ -218,6 +339,7 @@ impl Db {
             thread: Mutex::new(Some(thread)),
             catalog: shared,
             readers: Mutex::new(Vec::new()),
+            items,
             path,
             region: region.to_owned(),
             tx_tokens: Mutex::new(HashMap::new()),
@@ -294,6 +416,23 @@ impl Db {
             pool.push(conn);
         }
         r
+    }
+
+    /// Reads one item by key as stored (its wire-format JSON): from the item cache when it
+    /// holds it, else with a single statement on a pooled read connection (and the item
+    /// is cached, unless a commit may have raced the read).
+    pub fn get_item_raw(&self, meta: &TableMeta, key: StoredKey) -> Result<Option<Arc<[u8]>>> {
+        let key = (meta.id, key);
+        let generation = match self.items.get(&key) {
+            Ok(hit) => return Ok(Some(hit)),
+            Err(generation) => generation,
+        };
+        let Some((raw, _)) = self.read_one(|conn, _| get_raw(conn, meta, &key.1))? else {
+            return Ok(None);
+        };
+        let raw: Arc<[u8]> = raw.into();
+        self.items.insert(generation, key, raw.clone());
+        Ok(Some(raw))
     }
 
     /// The published catalog.
@@ -385,6 +524,7 @@ impl Writer {
             next_id,
         } = state;
         let start_id = *next_id;
+        let mut touched: Vec<CacheKey> = Vec::new();
         let mut results: Vec<Result<Json>> = Vec::with_capacity(n);
         let mut replies = Vec::with_capacity(n);
         let mut dirty = false;
@@ -412,6 +552,7 @@ impl Writer {
                 catalog,
                 dirty: false,
                 next_id,
+                touched: &mut touched,
             };
             let f = job.f;
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut ctx)))
@@ -435,6 +576,8 @@ impl Writer {
                 params![*next_id],
             );
         }
+        // Keys of rolled-back jobs are forgotten too: harmless.
+        self.items.before_commit(&touched, dirty);
         if let Err(e) = conn
             .prepare_cached("COMMIT")
             .and_then(|mut s| s.execute([]))
@@ -452,6 +595,7 @@ impl Writer {
         if dirty {
             *self.publish.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(catalog.clone());
         }
+        self.items.after_commit(&touched, dirty);
         for (reply, r) in replies.into_iter().zip(results) {
             let _ = reply.send(r);
         }
@@ -542,9 +686,14 @@ fn ttl_of(meta: &TableMeta, item: &Item) -> Option<i64> {
 }
 
 /// Writes an item (replacing `old`, the item currently stored under its key, if any) and
-/// maintains the indexes.
-pub fn put(conn: &Connection, meta: &TableMeta, item: &Item, old: Option<&Item>) -> Result<()> {
-    let key = meta.key(item);
+/// maintains the indexes. Only through [`WriteCtx::put`] (the item cache must hear of it).
+fn put(
+    conn: &Connection,
+    meta: &TableMeta,
+    key: &StoredKey,
+    item: &Item,
+    old: Option<&Item>,
+) -> Result<()> {
     let mut stmt = conn.prepare_cached(&format!(
         "INSERT OR REPLACE INTO t{} (h, hk, rk, item, sz, ttl) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         meta.id
@@ -560,12 +709,12 @@ pub fn put(conn: &Connection, meta: &TableMeta, item: &Item, old: Option<&Item>)
     for idx in &meta.indexes {
         if let Some(old) = old {
             if let Some(ik) = meta.index_key(idx, old) {
-                delete_index_row(conn, idx.id, &ik, &key)?;
+                delete_index_row(conn, idx.id, &ik, key)?;
             }
         }
         if let Some(ik) = meta.index_key(idx, item) {
             let projected = meta.index_projection(idx, item);
-            insert_index_row(conn, idx.id, &ik, &key, &projected)?;
+            insert_index_row(conn, idx.id, &ik, key, &projected)?;
         }
     }
     Ok(())
@@ -603,9 +752,8 @@ fn delete_index_row(conn: &Connection, id: i64, ik: &StoredKey, tk: &StoredKey) 
     Ok(())
 }
 
-/// Deletes a stored item and its index rows.
-pub fn delete(conn: &Connection, meta: &TableMeta, old: &Item) -> Result<()> {
-    let key = meta.key(old);
+/// Deletes a stored item and its index rows. Only through [`WriteCtx::delete`].
+fn delete(conn: &Connection, meta: &TableMeta, key: &StoredKey, old: &Item) -> Result<()> {
     let mut stmt = conn.prepare_cached(&format!(
         "DELETE FROM t{} WHERE h = ?1 AND hk = ?2 AND rk = ?3",
         meta.id
@@ -613,7 +761,7 @@ pub fn delete(conn: &Connection, meta: &TableMeta, old: &Item) -> Result<()> {
     stmt.execute(params![key.h, key.hk, key.rk])?;
     for idx in &meta.indexes {
         if let Some(ik) = meta.index_key(idx, old) {
-            delete_index_row(conn, idx.id, &ik, &key)?;
+            delete_index_row(conn, idx.id, &ik, key)?;
         }
     }
     Ok(())
@@ -810,6 +958,166 @@ pub fn refresh_ttl(conn: &Connection, meta: &TableMeta) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    async fn call(db: &Arc<Db>, op: &str, req: Json) -> Json {
+        match crate::ops::dispatch(db, op, req).await {
+            Ok(crate::ops::Reply::Json(j)) => j,
+            Ok(crate::ops::Reply::Raw(b)) => serde_json::from_slice(&b).unwrap(),
+            Err(e) => panic!("{op}: {} {}", e.kind, e.message),
+        }
+    }
+
+    async fn create(db: &Arc<Db>, name: &str) {
+        call(
+            db,
+            "CreateTable",
+            json!({"TableName": name, "BillingMode": "PAY_PER_REQUEST",
+                   "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}],
+                   "AttributeDefinitions": [{"AttributeName": "pk", "AttributeType": "S"}]}),
+        )
+        .await;
+    }
+
+    async fn get(db: &Arc<Db>, name: &str) -> Json {
+        call(
+            db,
+            "GetItem",
+            json!({"TableName": name, "Key": {"pk": {"S": "k"}}}),
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn cached_items_never_outlive_a_write() {
+        // Inline writes (sync=normal) go through the same `run_pending` as the writer
+        // thread's.
+        {
+            let dir = tempfile::tempdir().unwrap();
+            let db = Db::open(dir.path(), "r").unwrap();
+            create(&db, "tbl").await;
+            let put =
+                |v: &str| json!({"TableName": "tbl", "Item": {"pk": {"S": "k"}, "v": {"S": v}}});
+            call(&db, "PutItem", put("1")).await;
+            for round in 0..3 {
+                let want = format!("{}", round + 2);
+                // Read twice (the second from the cache), then write: the next read sees it.
+                assert_eq!(
+                    get(&db, "tbl").await["Item"]["v"]["S"],
+                    format!("{}", round + 1)
+                );
+                assert_eq!(
+                    get(&db, "tbl").await["Item"]["v"]["S"],
+                    format!("{}", round + 1)
+                );
+                call(&db, "PutItem", put(&want)).await;
+                assert_eq!(get(&db, "tbl").await["Item"]["v"]["S"], want);
+            }
+            call(
+                &db,
+                "UpdateItem",
+                json!({"TableName": "tbl", "Key": {"pk": {"S": "k"}},
+                       "UpdateExpression": "SET v = :v", "ExpressionAttributeValues": {":v": {"S": "u"}}}),
+            )
+            .await;
+            assert_eq!(get(&db, "tbl").await["Item"]["v"]["S"], "u");
+            call(
+                &db,
+                "TransactWriteItems",
+                json!({"TransactItems": [{"Put": {"TableName": "tbl",
+                        "Item": {"pk": {"S": "k"}, "v": {"S": "tx"}}}}]}),
+            )
+            .await;
+            assert_eq!(get(&db, "tbl").await["Item"]["v"]["S"], "tx");
+            call(
+                &db,
+                "BatchWriteItem",
+                json!({"RequestItems": {"tbl": [{"DeleteRequest": {"Key": {"pk": {"S": "k"}}}}]}}),
+            )
+            .await;
+            assert_eq!(get(&db, "tbl").await, json!({}));
+            call(&db, "PutItem", put("again")).await;
+            assert_eq!(get(&db, "tbl").await["Item"]["v"]["S"], "again");
+            call(
+                &db,
+                "DeleteItem",
+                json!({"TableName": "tbl", "Key": {"pk": {"S": "k"}}}),
+            )
+            .await;
+            assert_eq!(get(&db, "tbl").await, json!({}));
+            // A table deleted and made again under the same name starts empty.
+            call(&db, "PutItem", put("old table")).await;
+            assert_eq!(get(&db, "tbl").await["Item"]["v"]["S"], "old table");
+            call(&db, "DeleteTable", json!({"TableName": "tbl"})).await;
+            create(&db, "tbl").await;
+            assert_eq!(get(&db, "tbl").await, json!({}));
+            // A failed conditional write changes nothing, cached or not.
+            call(&db, "PutItem", put("kept")).await;
+            assert_eq!(get(&db, "tbl").await["Item"]["v"]["S"], "kept");
+            let refused = crate::ops::dispatch(
+                &db,
+                "PutItem",
+                json!({"TableName": "tbl", "Item": {"pk": {"S": "k"}, "v": {"S": "no"}},
+                       "ConditionExpression": "attribute_not_exists(pk)"}),
+            )
+            .await;
+            assert!(refused.is_err());
+            assert_eq!(get(&db, "tbl").await["Item"]["v"]["S"], "kept");
+            db.close();
+        }
+    }
+
+    #[test]
+    fn reads_that_may_have_raced_a_commit_are_not_cached() {
+        let cache = ItemCache::default();
+        let key = |i: u8| {
+            (
+                1,
+                StoredKey {
+                    h: 0,
+                    hk: vec![i],
+                    rk: Vec::new(),
+                },
+            )
+        };
+        let value: Arc<[u8]> = Arc::from(&b"{}"[..]);
+        // A read that began before a commit started is not kept...
+        let g = cache.get(&key(1)).unwrap_err();
+        cache.before_commit(&[key(1)], false);
+        cache.insert(g, key(1), value.clone());
+        assert!(cache.get(&key(1)).is_err());
+        // ...nor one that began during it...
+        let during = cache.get(&key(1)).unwrap_err();
+        cache.insert(during, key(1), value.clone());
+        assert!(cache.get(&key(1)).is_err());
+        cache.after_commit(&[key(1)], false);
+        cache.insert(during, key(1), value.clone());
+        assert!(cache.get(&key(1)).is_err());
+        // ...while one that began after it is.
+        let after = cache.get(&key(1)).unwrap_err();
+        cache.insert(after, key(1), value.clone());
+        assert!(cache.get(&key(1)).is_ok());
+        // A commit forgets what it wrote and keeps the rest.
+        let g = cache.get(&key(2)).unwrap_err();
+        cache.insert(g, key(2), value.clone());
+        cache.before_commit(&[key(1)], false);
+        assert!(cache.get(&key(1)).is_err() && cache.get(&key(2)).is_ok());
+        cache.after_commit(&[key(1)], false);
+        // A catalog change forgets everything.
+        cache.before_commit(&[], true);
+        cache.after_commit(&[], true);
+        assert!(cache.get(&key(2)).is_err());
+        // Bounded by bytes.
+        let big: Arc<[u8]> = vec![b' '; 100_000].into();
+        for i in 0..=255u8 {
+            let g = cache.get(&key(i)).unwrap_err();
+            cache.insert(g, key(i), big.clone());
+            assert!(lock(&cache.inner).bytes <= ITEM_CACHE_BYTES);
+        }
+        let c = lock(&cache.inner);
+        let counted: usize = c.items.iter().map(|(k, v)| entry_bytes(k, v)).sum();
+        assert_eq!(counted, c.bytes);
+    }
 
     #[test]
     fn a_missing_database_next_to_its_log_refuses_to_start() {

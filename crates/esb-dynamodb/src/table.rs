@@ -82,7 +82,7 @@ pub struct TableMeta {
 }
 
 /// The encoded key of an item in the table or an index.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct StoredKey {
     /// Hash of the partition key (scan order and segments).
     pub h: i64,

@@ -104,8 +104,13 @@ impl fmt::Display for AuthError {
 
 impl std::error::Error for AuthError {}
 
-/// A derived signing key and the credential scope it belongs to.
-type CachedKey = (String, Vec<u8>);
+/// Derived signing keys kept per verifier: a few credential scopes (a request may name
+/// any region when the verifier does not restrict it; two dates around midnight).
+const KEY_CACHE_ENTRIES: usize = 4;
+
+/// A derived signing key and the credential scope (`date/region/service/aws4_request`)
+/// it belongs to. The secret is the verifier's own, fixed for its lifetime.
+type CachedKey = (Box<str>, [u8; 32]);
 
 /// Checks requests against one credential pair.
 #[derive(Clone)]
@@ -117,8 +122,9 @@ pub struct Verifier {
     max_skew: Duration,
     double_encode_path: bool,
     unsigned_payload: bool,
-    /// The last derived signing key, by credential scope (it changes once a day).
-    key_cache: std::sync::Arc<std::sync::Mutex<Option<CachedKey>>>,
+    /// The last derived signing keys, by credential scope (most recently used first; the
+    /// scope's date changes once a day).
+    key_cache: std::sync::Arc<std::sync::Mutex<Vec<CachedKey>>>,
 }
 
 impl fmt::Debug for Verifier {
@@ -207,23 +213,38 @@ impl Verifier {
         body: &[u8],
         now: SystemTime,
     ) -> Result<(), AuthError> {
-        let mut headers: Vec<(String, String)> = Vec::with_capacity(parts.headers.len() + 1);
-        for (name, value) in parts.headers.iter() {
-            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-            headers.push((name.as_str().to_owned(), value));
-        }
-        if !parts.headers.contains_key(http::header::HOST) {
-            if let Some(authority) = parts.uri.authority() {
-                headers.push(("host".to_owned(), authority.as_str().to_owned()));
-            }
-        }
-        let request = Request {
-            method: parts.method.as_str(),
-            path: parts.uri.path(),
-            query: parts.uri.query().unwrap_or(""),
-            headers: &headers,
-        };
-        self.verify_request(&request, Payload::Body(body), now)
+        let headers = HttpHeaders::of(parts);
+        let value = headers
+            .first("authorization")
+            .ok_or(AuthError::MissingAuthentication)?;
+        let auth = parse_auth(&value)?;
+        self.verify_parsed(
+            &request_line(parts),
+            &headers,
+            &auth,
+            Payload::Body(body),
+            now,
+        )
+    }
+
+    /// [`Verifier::verify_at`] for a request whose `Authorization` header [`precheck`]
+    /// already parsed: `auth` must come from `parts.headers` (the header is not parsed a
+    /// second time).
+    pub fn verify_prechecked(
+        &self,
+        parts: &http::request::Parts,
+        auth: &Authorization<'_>,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<(), AuthError> {
+        let headers = HttpHeaders::of(parts);
+        self.verify_parsed(
+            &request_line(parts),
+            &headers,
+            &auth.0,
+            Payload::Body(body),
+            now,
+        )
     }
 
     /// Verifies a request given as plain parts.
@@ -236,12 +257,28 @@ impl Verifier {
         let authorization = request
             .header("authorization")
             .ok_or(AuthError::MissingAuthentication)?;
-        let auth = parse_authorization(authorization)?;
+        let auth = parse_auth(authorization)?;
+        let line = RequestLine {
+            method: request.method,
+            path: request.path,
+            query: request.query,
+        };
+        self.verify_parsed(&line, &SliceHeaders(request.headers), &auth, payload, now)
+    }
+
+    fn verify_parsed(
+        &self,
+        line: &RequestLine<'_>,
+        headers: &impl Headers,
+        auth: &Auth<'_>,
+        payload: Payload<'_>,
+        now: SystemTime,
+    ) -> Result<(), AuthError> {
         if auth.access_key != self.access_key {
             return Err(AuthError::UnrecognizedClient);
         }
         if let Some(region) = &self.region {
-            if &auth.region != region {
+            if auth.region != region {
                 return Err(AuthError::InvalidScope(format!(
                     "Credential should be scoped to a valid region, not '{}'. ",
                     auth.region
@@ -249,42 +286,43 @@ impl Verifier {
             }
         }
         if let Some(service) = &self.service {
-            if &auth.service != service {
+            if auth.service != service {
                 return Err(AuthError::InvalidScope(format!(
                     "Credential should be scoped to correct service: '{service}'. "
                 )));
             }
         }
-        let amz_date = check_date(request.header("x-amz-date"), now, self.max_skew)?;
-        if !amz_date.starts_with(&auth.date) {
+        let amz_date = headers.first("x-amz-date");
+        let amz_date = check_date(amz_date.as_deref(), now, self.max_skew)?;
+        if !amz_date.starts_with(auth.date) {
             return Err(AuthError::SignatureDoesNotMatch);
         }
 
         let unsigned = |h: &str| h == "UNSIGNED-PAYLOAD" || h.starts_with("STREAMING-");
-        let claimed = request.header("x-amz-content-sha256");
+        let claimed = headers.first("x-amz-content-sha256");
+        let claimed = claimed.as_deref();
         if !self.unsigned_payload
             && (claimed.is_some_and(unsigned) || matches!(payload, Payload::Hash(h) if unsigned(h)))
         {
             return Err(AuthError::UnsignedPayload);
         }
-        let payload_hash = match (payload, claimed) {
+        let mut body_hash = [0u8; 64];
+        let payload_hash: &str = match (payload, claimed) {
             (Payload::Body(body), Some(claimed)) => {
-                if unsigned(claimed) {
-                    claimed.to_owned()
-                } else {
-                    let actual = hex::encode(Sha256::digest(body));
-                    if !claimed.eq_ignore_ascii_case(&actual) {
+                if !unsigned(claimed) {
+                    let actual = hex_sha256(body, &mut body_hash);
+                    if !claimed.eq_ignore_ascii_case(actual) {
                         return Err(AuthError::ContentSha256Mismatch);
                     }
-                    claimed.to_owned()
                 }
+                claimed
             }
-            (Payload::Body(body), None) => hex::encode(Sha256::digest(body)),
-            (Payload::Hash(hash), _) => hash.to_owned(),
+            (Payload::Body(body), None) => hex_sha256(body, &mut body_hash),
+            (Payload::Hash(hash), _) => hash,
         };
 
         for name in &auth.signed_headers {
-            if request.header(name).is_none() {
+            if !headers.has(name) {
                 return Err(AuthError::SignatureDoesNotMatch);
             }
         }
@@ -294,26 +332,39 @@ impl Verifier {
             ));
         }
 
-        let canonical = canonical_request(
-            request,
+        let mut canonical = String::with_capacity(512);
+        write_canonical_request(
+            &mut canonical,
+            line,
+            headers,
             &auth.signed_headers,
-            &payload_hash,
+            payload_hash,
             self.double_encode_path,
         );
-        let scope = format!(
-            "{}/{}/{}/aws4_request",
-            auth.date, auth.region, auth.service
-        );
-        let string_to_sign = format!(
-            "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
-            hex::encode(Sha256::digest(canonical.as_bytes()))
-        );
-        let key = self.cached_key(&scope, &auth);
-        let expected = hex::encode(hmac(&key, string_to_sign.as_bytes()));
-        if constant_time_eq(
-            expected.as_bytes(),
-            auth.signature.to_ascii_lowercase().as_bytes(),
-        ) {
+        let mut string_to_sign = String::with_capacity(160);
+        string_to_sign.push_str(ALGORITHM);
+        string_to_sign.push('\n');
+        string_to_sign.push_str(amz_date);
+        string_to_sign.push('\n');
+        let scope_start = string_to_sign.len();
+        for part in [
+            auth.date,
+            "/",
+            auth.region,
+            "/",
+            auth.service,
+            "/aws4_request",
+        ] {
+            string_to_sign.push_str(part);
+        }
+        let scope_end = string_to_sign.len();
+        string_to_sign.push('\n');
+        let mut canonical_hash = [0u8; 64];
+        string_to_sign.push_str(hex_sha256(canonical.as_bytes(), &mut canonical_hash));
+        let key = self.cached_key(&string_to_sign[scope_start..scope_end], auth);
+        let mut expected = [0u8; 64];
+        hex_into(&hmac(&key, string_to_sign.as_bytes()), &mut expected);
+        if constant_time_eq_lowercase(&expected, auth.signature.as_bytes()) {
             Ok(())
         } else {
             Err(AuthError::SignatureDoesNotMatch)
@@ -322,17 +373,166 @@ impl Verifier {
 }
 
 impl Verifier {
-    fn cached_key(&self, scope: &str, auth: &ParsedAuthorization) -> Vec<u8> {
+    /// The signing key of a credential scope, derived (four HMACs) only when it is not
+    /// among the last few used. Keyed by the whole scope; the secret is this verifier's.
+    fn cached_key(&self, scope: &str, auth: &Auth<'_>) -> [u8; 32] {
         let mut cache = self.key_cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((s, k)) = cache.as_ref() {
-            if s == scope {
-                return k.clone();
+        if let Some(i) = cache.iter().position(|(s, _)| &**s == scope) {
+            let key = cache[i].1;
+            if i > 0 {
+                let entry = cache.remove(i);
+                cache.insert(0, entry);
             }
+            return key;
         }
-        let key = signing_key(&self.secret_key, &auth.date, &auth.region, &auth.service);
-        *cache = Some((scope.to_owned(), key.clone()));
+        let key = derive_key(&self.secret_key, auth.date, auth.region, auth.service);
+        cache.truncate(KEY_CACHE_ENTRIES - 1);
+        cache.insert(0, (scope.into(), key));
         key
     }
+}
+
+/// Method, raw path and raw query of a request.
+struct RequestLine<'a> {
+    method: &'a str,
+    path: &'a str,
+    query: &'a str,
+}
+
+fn request_line(parts: &http::request::Parts) -> RequestLine<'_> {
+    RequestLine {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query: parts.uri.query().unwrap_or(""),
+    }
+}
+
+/// Where the verifier reads headers from: a plain list or an [`http::HeaderMap`]. Names
+/// asked for are lower-case.
+trait Headers {
+    /// The first value of a header.
+    fn first(&self, name: &str) -> Option<std::borrow::Cow<'_, str>>;
+    /// Whether the header is present.
+    fn has(&self, name: &str) -> bool {
+        self.first(name).is_some()
+    }
+    /// Calls `f` with every value of a header, in order.
+    fn each(&self, name: &str, f: &mut dyn FnMut(&str));
+}
+
+struct SliceHeaders<'a>(&'a [(String, String)]);
+
+impl Headers for SliceHeaders<'_> {
+    fn first(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+        self.0
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| std::borrow::Cow::Borrowed(v.as_str()))
+    }
+
+    fn each(&self, name: &str, f: &mut dyn FnMut(&str)) {
+        for (n, v) in self.0 {
+            if n.eq_ignore_ascii_case(name) {
+                f(v);
+            }
+        }
+    }
+}
+
+/// The headers of an [`http`] request; `host` falls back to the URI's authority (HTTP/2
+/// sends `:authority` instead). Values that are not UTF-8 are read lossily.
+struct HttpHeaders<'a> {
+    map: &'a http::HeaderMap,
+    authority: Option<&'a str>,
+}
+
+impl<'a> HttpHeaders<'a> {
+    fn of(parts: &'a http::request::Parts) -> Self {
+        let authority = if parts.headers.contains_key(http::header::HOST) {
+            None
+        } else {
+            parts.uri.authority().map(|a| a.as_str())
+        };
+        HttpHeaders {
+            map: &parts.headers,
+            authority,
+        }
+    }
+}
+
+fn header_str(v: &http::HeaderValue) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(v.as_bytes())
+}
+
+/// The headers every SigV4 request names, without parsing their names at each lookup.
+fn known_header(name: &str) -> Option<&'static http::HeaderName> {
+    static X_AMZ_DATE: http::HeaderName = http::HeaderName::from_static("x-amz-date");
+    static X_AMZ_TARGET: http::HeaderName = http::HeaderName::from_static("x-amz-target");
+    static X_AMZ_CONTENT_SHA256: http::HeaderName =
+        http::HeaderName::from_static("x-amz-content-sha256");
+    Some(match name {
+        "host" => &http::header::HOST,
+        "authorization" => &http::header::AUTHORIZATION,
+        "content-type" => &http::header::CONTENT_TYPE,
+        "x-amz-date" => &X_AMZ_DATE,
+        "x-amz-target" => &X_AMZ_TARGET,
+        "x-amz-content-sha256" => &X_AMZ_CONTENT_SHA256,
+        _ => return None,
+    })
+}
+
+impl HttpHeaders<'_> {
+    fn get(&self, name: &str) -> Option<&http::HeaderValue> {
+        match known_header(name) {
+            Some(h) => self.map.get(h),
+            None => self.map.get(name),
+        }
+    }
+
+    fn get_all(&self, name: &str) -> http::header::GetAll<'_, http::HeaderValue> {
+        match known_header(name) {
+            Some(h) => self.map.get_all(h),
+            None => self.map.get_all(name),
+        }
+    }
+}
+
+impl Headers for HttpHeaders<'_> {
+    fn first(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+        match self.get(name) {
+            Some(v) => Some(header_str(v)),
+            None if name == "host" => self.authority.map(std::borrow::Cow::Borrowed),
+            None => None,
+        }
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.get(name).is_some() || (name == "host" && self.authority.is_some())
+    }
+
+    fn each(&self, name: &str, f: &mut dyn FnMut(&str)) {
+        let mut any = false;
+        for v in self.get_all(name) {
+            any = true;
+            f(&header_str(v));
+        }
+        if !any && name == "host" {
+            if let Some(a) = self.authority {
+                f(a);
+            }
+        }
+    }
+}
+
+/// The lower-case hex SHA-256 of `data`, written into `out`.
+fn hex_sha256<'a>(data: &[u8], out: &'a mut [u8; 64]) -> &'a str {
+    hex_into(&Sha256::digest(data), out)
+}
+
+/// Lower-case hex of 32 bytes, written into `out`.
+fn hex_into<'a>(bytes: &[u8], out: &'a mut [u8; 64]) -> &'a str {
+    hex::encode_to_slice(bytes, &mut out[..]).expect("32 bytes make 64 hex digits");
+    std::str::from_utf8(out).expect("hex is ASCII")
 }
 
 /// How the payload takes part in the signature.
@@ -372,24 +572,46 @@ impl Request<'_> {
 /// found (the caller's credentials, say) is returned, so that nothing is parsed or looked up
 /// twice. Servers call it first, so that an unsigned, malformed, unknown or stale request is
 /// refused without reading its body; the signature itself needs the body
-/// ([`Verifier::verify`]).
+/// ([`Verifier::verify`]). [`precheck`] also returns the parsed header.
 pub fn precheck_headers<T>(
     headers: &http::HeaderMap,
     known: impl FnOnce(&str) -> Option<T>,
     max_skew: Duration,
     now: SystemTime,
 ) -> Result<T, AuthError> {
+    precheck(headers, known, max_skew, now).map(|(found, _)| found)
+}
+
+/// A request's `Authorization` header as [`precheck`] parsed it, for
+/// [`Verifier::verify_prechecked`] (which then does not parse it again).
+#[derive(Debug, Clone)]
+pub struct Authorization<'h>(Auth<'h>);
+
+impl Authorization<'_> {
+    /// The access key id of the credential.
+    pub fn access_key(&self) -> &str {
+        self.0.access_key
+    }
+}
+
+/// [`precheck_headers`], returning the parsed `Authorization` header as well.
+pub fn precheck<'h, T>(
+    headers: &'h http::HeaderMap,
+    known: impl FnOnce(&str) -> Option<T>,
+    max_skew: Duration,
+    now: SystemTime,
+) -> Result<(T, Authorization<'h>), AuthError> {
     let value = headers
         .get(http::header::AUTHORIZATION)
         .ok_or(AuthError::MissingAuthentication)?;
-    let auth = parse_authorization(value.to_str().unwrap_or_default())?;
-    let found = known(&auth.access_key).ok_or(AuthError::UnrecognizedClient)?;
+    let auth = parse_auth(value.to_str().unwrap_or_default())?;
+    let found = known(auth.access_key).ok_or(AuthError::UnrecognizedClient)?;
     check_date(
         headers.get("x-amz-date").and_then(|v| v.to_str().ok()),
         now,
         max_skew,
     )?;
-    Ok(found)
+    Ok((found, Authorization(auth)))
 }
 
 /// Checks an `x-amz-date` value: present, in ISO-8601 basic format, within `max_skew` of
@@ -429,6 +651,29 @@ pub const DEFAULT_MAX_SKEW: Duration = Duration::from_secs(15 * 60);
 /// Parses `AWS4-HMAC-SHA256 Credential=AK/20150830/us-east-1/service/aws4_request,
 /// SignedHeaders=host;x-amz-date, Signature=…`.
 pub fn parse_authorization(value: &str) -> Result<ParsedAuthorization, AuthError> {
+    let auth = parse_auth(value)?;
+    Ok(ParsedAuthorization {
+        access_key: auth.access_key.to_owned(),
+        date: auth.date.to_owned(),
+        region: auth.region.to_owned(),
+        service: auth.service.to_owned(),
+        signed_headers: auth.signed_headers.into_iter().map(Into::into).collect(),
+        signature: auth.signature.to_owned(),
+    })
+}
+
+/// [`ParsedAuthorization`] borrowing from the header.
+#[derive(Debug, Clone)]
+struct Auth<'a> {
+    access_key: &'a str,
+    date: &'a str,
+    region: &'a str,
+    service: &'a str,
+    signed_headers: Vec<std::borrow::Cow<'a, str>>,
+    signature: &'a str,
+}
+
+fn parse_auth(value: &str) -> Result<Auth<'_>, AuthError> {
     let value = value.trim();
     let rest = value.strip_prefix(ALGORITHM).ok_or_else(|| {
         let algorithm = value.split_whitespace().next().unwrap_or("");
@@ -465,34 +710,53 @@ pub fn parse_authorization(value: &str) -> Result<ParsedAuthorization, AuthError
     let credential = credential.ok_or_else(|| missing("Credential"))?;
     let signed_headers = signed_headers.ok_or_else(|| missing("SignedHeaders"))?;
     let signature = signature.ok_or_else(|| missing("Signature"))?;
-    let scope: Vec<&str> = credential.split('/').collect();
-    if scope.len() != 5 || scope[4] != "aws4_request" || scope.iter().any(|s| s.is_empty()) {
-        return Err(AuthError::IncompleteSignature(format!(
-            "Credential should be of the form \
-             'ACCESS_KEY/YYYYMMDD/REGION/SERVICE/aws4_request', got '{credential}'."
-        )));
+    let mut scope = credential.split('/');
+    let parts: [Option<&str>; 6] = std::array::from_fn(|_| scope.next());
+    let [Some(access_key), Some(date), Some(region), Some(service), Some("aws4_request"), None] =
+        parts
+    else {
+        return Err(bad_credential(credential));
+    };
+    if [access_key, date, region, service]
+        .iter()
+        .any(|s| s.is_empty())
+    {
+        return Err(bad_credential(credential));
     }
     if signature.is_empty() || !signature.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(AuthError::IncompleteSignature(
             "Signature must be a hexadecimal string.".to_owned(),
         ));
     }
-    let signed_headers: Vec<String> = signed_headers
+    let signed_headers: Vec<std::borrow::Cow<'_, str>> = signed_headers
         .split(';')
         .filter(|h| !h.is_empty())
-        .map(|h| h.to_ascii_lowercase())
+        .map(|h| {
+            if h.bytes().any(|b| b.is_ascii_uppercase()) {
+                std::borrow::Cow::Owned(h.to_ascii_lowercase())
+            } else {
+                std::borrow::Cow::Borrowed(h)
+            }
+        })
         .collect();
     if signed_headers.is_empty() {
         return Err(missing("SignedHeaders"));
     }
-    Ok(ParsedAuthorization {
-        access_key: scope[0].to_owned(),
-        date: scope[1].to_owned(),
-        region: scope[2].to_owned(),
-        service: scope[3].to_owned(),
+    Ok(Auth {
+        access_key,
+        date,
+        region,
+        service,
         signed_headers,
-        signature: signature.to_owned(),
+        signature,
     })
+}
+
+fn bad_credential(credential: &str) -> AuthError {
+    AuthError::IncompleteSignature(format!(
+        "Credential should be of the form \
+         'ACCESS_KEY/YYYYMMDD/REGION/SERVICE/aws4_request', got '{credential}'."
+    ))
 }
 
 /// The canonical request of SigV4 (step 1 of signing).
@@ -502,40 +766,74 @@ pub fn canonical_request(
     payload_hash: &str,
     double_encode_path: bool,
 ) -> String {
-    let path = if request.path.is_empty() {
-        "/"
-    } else {
-        request.path
-    };
-    let canonical_path = if double_encode_path {
-        uri_encode(path, false)
-    } else {
-        path.to_owned()
+    let line = RequestLine {
+        method: request.method,
+        path: request.path,
+        query: request.query,
     };
     let mut out = String::with_capacity(256);
-    out.push_str(request.method);
+    write_canonical_request(
+        &mut out,
+        &line,
+        &SliceHeaders(request.headers),
+        signed_headers,
+        payload_hash,
+        double_encode_path,
+    );
+    out
+}
+
+/// [`canonical_request`] written into `out`, the headers read from any [`Headers`].
+fn write_canonical_request<S: AsRef<str>>(
+    out: &mut String,
+    line: &RequestLine<'_>,
+    headers: &impl Headers,
+    signed_headers: &[S],
+    payload_hash: &str,
+    double_encode_path: bool,
+) {
+    let path = if line.path.is_empty() { "/" } else { line.path };
+    out.push_str(line.method);
     out.push('\n');
-    out.push_str(&canonical_path);
+    if double_encode_path {
+        uri_encode_into(out, path, false);
+    } else {
+        out.push_str(path);
+    }
     out.push('\n');
-    out.push_str(&canonical_query(request.query));
+    if !line.query.is_empty() {
+        out.push_str(&canonical_query(line.query));
+    }
     out.push('\n');
     for name in signed_headers {
-        let values: Vec<String> = request
-            .headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.split_whitespace().collect::<Vec<_>>().join(" "))
-            .collect();
+        let name = name.as_ref();
         out.push_str(name);
         out.push(':');
-        out.push_str(&values.join(","));
+        let mut first = true;
+        headers.each(name, &mut |v| {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            // Sequences of whitespace collapse to one space; ends are trimmed.
+            for (i, word) in v.split_whitespace().enumerate() {
+                if i > 0 {
+                    out.push(' ');
+                }
+                out.push_str(word);
+            }
+        });
         out.push('\n');
     }
     out.push('\n');
-    out.push_str(&signed_headers.join(";"));
+    for (i, name) in signed_headers.iter().enumerate() {
+        if i > 0 {
+            out.push(';');
+        }
+        out.push_str(name.as_ref());
+    }
     out.push('\n');
     out.push_str(payload_hash);
-    out
 }
 
 fn canonical_query(query: &str) -> String {
@@ -565,6 +863,12 @@ fn canonical_query(query: &str) -> String {
 /// `encode_slash`.
 pub fn uri_encode(input: &str, encode_slash: bool) -> String {
     let mut out = String::with_capacity(input.len());
+    uri_encode_into(&mut out, input, encode_slash);
+    out
+}
+
+fn uri_encode_into(out: &mut String, input: &str, encode_slash: bool) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &b in input.as_bytes() {
         let keep = b.is_ascii_alphanumeric()
             || matches!(b, b'-' | b'_' | b'.' | b'~')
@@ -572,10 +876,11 @@ pub fn uri_encode(input: &str, encode_slash: bool) -> String {
         if keep {
             out.push(b as char);
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            out.push('%');
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 15)] as char);
         }
     }
-    out
 }
 
 fn percent_decode(input: &str) -> String {
@@ -599,23 +904,34 @@ fn percent_decode(input: &str) -> String {
 
 /// The SigV4 signing key for a date (`YYYYMMDD`), region and service.
 pub fn signing_key(secret: &str, date: &str, region: &str, service: &str) -> Vec<u8> {
+    derive_key(secret, date, region, service).to_vec()
+}
+
+/// [`signing_key`] as an array: four HMAC-SHA256s.
+fn derive_key(secret: &str, date: &str, region: &str, service: &str) -> [u8; 32] {
     let k_date = hmac(format!("AWS4{secret}").as_bytes(), date.as_bytes());
     let k_region = hmac(&k_date, region.as_bytes());
     let k_service = hmac(&k_region, service.as_bytes());
     hmac(&k_service, b"aws4_request")
 }
 
-fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
+fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
     let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any size");
     mac.update(data);
-    mac.finalize().into_bytes().to_vec()
+    mac.finalize().into_bytes().into()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
+/// Compares the expected lower-case hex signature with the one given (hex digits of
+/// either case) in time independent of where they differ.
+fn constant_time_eq_lowercase(expected: &[u8], given: &[u8]) -> bool {
+    if expected.len() != given.len() {
         return false;
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    expected
+        .iter()
+        .zip(given)
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y.to_ascii_lowercase()))
+        == 0
 }
 
 /// Parses `YYYYMMDDTHHMMSSZ` into seconds since the Unix epoch.
@@ -1045,6 +1361,108 @@ mod tests {
             Verifier::new("AK", "SK").verify(&parts, b"{}").unwrap_err(),
             AuthError::SignatureDoesNotMatch
         );
+    }
+
+    fn signed_parts(region: &str, secret: &str, date: &str, body: &[u8]) -> http::request::Parts {
+        let hash = hex::encode(Sha256::digest(body));
+        let plain = vec![
+            ("host".to_owned(), "127.0.0.1:8000".to_owned()),
+            ("x-amz-date".to_owned(), date.to_owned()),
+        ];
+        let req = Request {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: &plain,
+        };
+        let auth = sign("AK", secret, region, "dynamodb", &req, &hash);
+        let request = http::Request::post("http://127.0.0.1:8000/")
+            .header("host", "127.0.0.1:8000")
+            .header("x-amz-date", date)
+            .header("authorization", auth)
+            .body(())
+            .unwrap();
+        request.into_parts().0
+    }
+
+    #[test]
+    fn cached_signing_keys_follow_scope_and_secret() {
+        let body = b"{}";
+        let now = SystemTime::now();
+        let secs = now.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+        let today = format_amz_date(secs);
+        // Just before midnight, from yesterday's scope: a different date, so another key.
+        let v = Verifier::new("AK", "SK").max_skew(Duration::from_secs(2 * 86_400));
+        let yesterday = format_amz_date(secs - 86_400);
+        // More scopes than the cache holds, twice over: every one verifies each time.
+        let regions = ["r1", "r2", "r3", "r4", "r5", "r6"];
+        for _ in 0..2 {
+            for r in regions {
+                for date in [&today, &yesterday] {
+                    let parts = signed_parts(r, "SK", date, body);
+                    v.verify_at(&parts, body, now).unwrap();
+                    // The same scope signed with another secret never matches a cached key.
+                    let forged = signed_parts(r, "other", date, body);
+                    assert_eq!(
+                        v.verify_at(&forged, body, now).unwrap_err(),
+                        AuthError::SignatureDoesNotMatch
+                    );
+                }
+            }
+        }
+        // A verifier of the rotated secret refuses what the old one accepted.
+        let parts = signed_parts("r1", "SK", &today, body);
+        assert_eq!(
+            Verifier::new("AK", "SK2")
+                .verify_at(&parts, body, now)
+                .unwrap_err(),
+            AuthError::SignatureDoesNotMatch
+        );
+    }
+
+    #[test]
+    fn prechecked_verification_matches_verify() {
+        let body = br#"{"TableName":"t"}"#;
+        let now = SystemTime::now();
+        let date = format_amz_date(now.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64);
+        let mut parts = signed_parts("ap-northeast-1", "SK", &date, body);
+        let v = Verifier::new("AK", "SK");
+        let (found, auth) = precheck(
+            &parts.headers,
+            |k| Some(k.to_owned()),
+            DEFAULT_MAX_SKEW,
+            now,
+        )
+        .unwrap();
+        assert_eq!(found, "AK");
+        assert_eq!(auth.access_key(), "AK");
+        v.verify_prechecked(&parts, &auth, body, now).unwrap();
+        assert_eq!(
+            v.verify_prechecked(&parts, &auth, b"{}", now).unwrap_err(),
+            AuthError::SignatureDoesNotMatch
+        );
+        assert_eq!(
+            Verifier::new("AK", "other")
+                .verify_prechecked(&parts, &auth, body, now)
+                .unwrap_err(),
+            AuthError::SignatureDoesNotMatch
+        );
+        assert_eq!(
+            precheck(&parts.headers, |_| None::<()>, DEFAULT_MAX_SKEW, now).unwrap_err(),
+            AuthError::UnrecognizedClient
+        );
+        // Upper-case hex in the signature is accepted, as before.
+        let value = parts.headers["authorization"].to_str().unwrap().to_owned();
+        let (head, sig) = value.rsplit_once("Signature=").unwrap();
+        let upper = format!("{head}Signature={}", sig.to_ascii_uppercase());
+        parts.headers.insert(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_str(&upper).unwrap(),
+        );
+        v.verify_at(&parts, body, now).unwrap();
+        // Without a Host header (HTTP/2), the URI's authority stands in for it.
+        parts.headers.remove(http::header::HOST);
+        v.verify_at(&parts, body, now).unwrap();
     }
 
     #[test]

@@ -320,3 +320,44 @@ def test_delete_table_returns_description_with_indexes(client, make_table):
     assert d["ItemCount"] == 1
     with pytest.raises(client.exceptions.ResourceNotFoundException):
         client.describe_table(TableName=t)
+
+
+def test_conditional_operator_needs_two_conditions(client, make_table):
+    """ConditionalOperator joins conditions: DynamoDB refuses it without Expected /
+    QueryFilter / ScanFilter (absent or empty) and with a single condition (dynalite accepts
+    both); two or more are fine."""
+    t = make_table()
+    k = {"pk": {"S": "a"}}
+    client.put_item(TableName=t, Item={**k, "n": {"N": "1"}})
+    one = {"n": {"ComparisonOperator": "EQ", "AttributeValueList": [{"N": "1"}]}}
+    two = {**one, "zz": {"ComparisonOperator": "NULL"}}
+    without = "ConditionalOperator cannot be used without Filter or Expected"
+    single = "ConditionalOperator can only be used when Filter or Expected has two or more elements"
+    for op in ("AND", "OR"):
+        assert fails(client.put_item, TableName=t, Item=k, ConditionalOperator=op) == without
+        assert fails(client.put_item, TableName=t, Item=k, Expected={}, ConditionalOperator=op) == without
+        assert fails(client.put_item, TableName=t, Item=k, Expected=one, ConditionalOperator=op) == single
+        assert fails(client.delete_item, TableName=t, Key=k, Expected=one, ConditionalOperator=op) == single
+        assert fails(client.update_item, TableName=t, Key=k, ConditionalOperator=op,
+                     AttributeUpdates={"v": {"Action": "PUT", "Value": {"S": "x"}}}) == without
+        assert fails(client.update_item, TableName=t, Key=k, Expected=one, ConditionalOperator=op,
+                     AttributeUpdates={"v": {"Action": "PUT", "Value": {"S": "x"}}}) == single
+        assert fails(client.scan, TableName=t, ConditionalOperator=op) == without
+        assert fails(client.scan, TableName=t, ScanFilter={}, ConditionalOperator=op) == without
+        assert fails(client.scan, TableName=t, ScanFilter=one, ConditionalOperator=op) == single
+        keys = {"pk": {"ComparisonOperator": "EQ", "AttributeValueList": [{"S": "a"}]}}
+        assert fails(client.query, TableName=t, KeyConditions=keys, ConditionalOperator=op) == without
+        # Before the missing key condition is noticed.
+        assert fails(client.query, TableName=t, ConditionalOperator=op) == without
+        assert fails(client.query, TableName=t, KeyConditions=keys, QueryFilter=one,
+                     ConditionalOperator=op) == single
+        # Two conditions: accepted.
+        client.scan(TableName=t, ScanFilter=two, ConditionalOperator=op)
+        client.query(TableName=t, KeyConditions=keys, QueryFilter=two, ConditionalOperator=op)
+        client.put_item(TableName=t, Item={**k, "n": {"N": "1"}}, Expected=two, ConditionalOperator=op)
+    # Mixing with an expression parameter is reported first, as before.
+    assert fails(client.put_item, TableName=t, Item=k, ConditionalOperator="AND",
+                 ConditionExpression="attribute_exists(pk)").startswith(
+        "Can not use both expression and non-expression parameters")
+    # One condition without ConditionalOperator stays fine.
+    client.put_item(TableName=t, Item={**k, "n": {"N": "1"}}, Expected=one)

@@ -276,3 +276,27 @@ def test_redundant_parentheses(client, make_table):
                  ExpressionAttributeValues=v) == "Invalid FilterExpression: The expression has redundant parentheses;"
     client.query(TableName=t, KeyConditionExpression="(pk = :v)", ExpressionAttributeValues=v)
     client.scan(TableName=t, FilterExpression="(a = :v) AND ((a = :v) OR (a = :v))", ExpressionAttributeValues=v)
+
+
+def test_parenthesised_operands(client, make_table):
+    """One pair of parentheses around an operand is accepted (`(a) = :v`, `(m).b`, in
+    function arguments); two pairs are redundant parentheses, as around a condition."""
+    t = make_table()
+    client.put_item(TableName=t, Item={"pk": {"S": "k"}, "a": {"S": "a"}, "m": {"M": {"b": {"S": "bb"}}}})
+    values = {":v": {"S": "a"}, ":b": {"S": "b"}}
+    used = lambda f: {k: x for k, x in values.items() if k in f}
+    scan = lambda f: client.scan(TableName=t, FilterExpression=f, ExpressionAttributeValues=used(f))["Count"]
+    assert scan("(a) = :v") == 1
+    assert scan("a = (:v)") == 1
+    assert scan("(a) BETWEEN (:v) AND :b") == 1
+    assert scan("(a) IN ((:v), :b)") == 1
+    assert scan("begins_with((m).b, :b) AND NOT ((a) <> :v)") == 1
+    assert scan("(a) = :b") == 0
+    client.put_item(TableName=t, Item={"pk": {"S": "k"}, "a": {"S": "a2"}}, ConditionExpression="(a) = :v",
+                    ExpressionAttributeValues={":v": {"S": "a"}})
+    redundant = "Invalid FilterExpression: The expression has redundant parentheses;"
+    for f in ("((a)) = :v", "a = ((:v))", "((a = :v))", "begins_with(((a)), :b)"):
+        assert fails(client.scan, TableName=t, FilterExpression=f, ExpressionAttributeValues=used(f)) == redundant, f
+    assert fails(client.put_item, TableName=t, Item={"pk": {"S": "k"}}, ConditionExpression="((a)) = :v",
+                 ExpressionAttributeValues={":v": {"S": "a"}}) == (
+        "Invalid ConditionExpression: The expression has redundant parentheses;")
