@@ -207,6 +207,11 @@ impl Server {
             .expect("bound listener has an address")
     }
 
+    /// The address the workers' listener actually bound, if there is one.
+    pub fn worker_addr(&self) -> Option<SocketAddr> {
+        self.workers.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
     /// The underlying store.
     pub fn store(&self) -> Arc<Store> {
         self.store.clone()

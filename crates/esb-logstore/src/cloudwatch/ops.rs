@@ -343,7 +343,8 @@ fn describe_log_streams(ctx: &Ctx<'_>, req: &Value) -> Result<Value, CwError> {
     })?;
     streams.retain(|(n, _, _)| prefix.is_none_or(|p| n.starts_with(p)));
     if by_time {
-        streams.sort_by_key(|(n, c, s)| (s.map_or(*c, |s| ns_to_ms(s.last_event)), n.clone()));
+        // A stream without events sorts as the oldest, as on AWS.
+        streams.sort_by_key(|(n, _, s)| (s.map_or(i64::MIN, |s| s.last_event), n.clone()));
     }
     if descending {
         streams.reverse();
