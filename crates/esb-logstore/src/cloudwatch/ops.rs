@@ -504,16 +504,15 @@ fn put_log_events(ctx: &Ctx<'_>, req: &Value) -> Result<Value, CwError> {
             "The batch of log events in a single PutLogEvents request cannot span more than 24 hours.",
         ));
     }
-    let (exists, cutoff) = ctx.catalog.read(|st| {
+    let cutoff = ctx.catalog.read(|st| {
         if !st.group_exists(group) {
             return Err(group_not_found());
         }
         if !st.stream_exists(group, stream) {
             return Err(stream_not_found());
         }
-        Ok((true, st.retention_cutoff(group, now_nanos())))
+        Ok(st.retention_cutoff(group, now_nanos()))
     })?;
-    debug_assert!(exists);
     let now = now_ms();
     let too_old = parsed
         .iter()
@@ -529,10 +528,12 @@ fn put_log_events(ctx: &Ctx<'_>, req: &Value) -> Result<Value, CwError> {
         .unwrap_or(parsed.len());
     let first_ok = too_old.max(expired).min(too_new_from);
     let container = group.strip_prefix("/aws/lambda/").unwrap_or(group);
-    let function = match group.strip_prefix("/aws/lambda/") {
-        Some(f) => Some(f.to_string()),
-        None => ctx.function.clone(),
-    };
+    // On the workers' listener the caller's key says which function it is, as for the
+    // records it ships; from the host, a Lambda group names its function.
+    let function = ctx
+        .function
+        .clone()
+        .or_else(|| group.strip_prefix("/aws/lambda/").map(str::to_string));
     let stream_label = canonical_stream(vec![
         ("container_name".into(), container.to_string()),
         ("job".into(), "cloudwatch".into()),
@@ -619,7 +620,7 @@ impl Visible {
             return false;
         }
         let stream = group_stream(rec).map_or("", |(_, s)| s);
-        !self.stream_deleted.get(stream).is_some_and(|t| ing <= *t)
+        self.stream_deleted.get(stream).is_none_or(|t| ing > *t)
     }
 }
 
