@@ -2,7 +2,9 @@
 //!
 //! Shippers send logs to `/insert/jsonline` (JSON lines, optionally gzip) or to the
 //! Elasticsearch bulk endpoint `/insert/elasticsearch/_bulk`; clients query with LogsQL at
-//! `/select/logsql/{query,hits,field_names,field_values,streams,tail}`. See `docs/logstore.md`.
+//! `/select/logsql/{query,hits,field_names,field_values,streams,tail}`. The same ports answer
+//! the CloudWatch Logs API (`POST /` with `X-Amz-Target: Logs_20140328.*`, SigV4), whose
+//! events are records of the store. See `docs/logstore.md`.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
