@@ -26,6 +26,8 @@ use crate::Config;
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub store: Arc<Store>,
+    /// The CloudWatch Logs API (`POST /` with a `Logs_20140328.*` target).
+    pub logs: crate::cloudwatch::Logs,
     pub config: Arc<Config>,
     pub shutdown: watch::Receiver<bool>,
     /// Bounds how many request bodies are held in memory at once.
@@ -83,7 +85,12 @@ pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route(
             "/",
-            get(|| async { "esb log store: VictoriaLogs-compatible HTTP API\n" }),
+            get(|| async { "esb log store: VictoriaLogs-compatible HTTP API\n" }).post(
+                |State(s): State<AppState>, req: Request| async move {
+                    let keys = crate::cloudwatch::Keys::Box(s.config.box_key.as_ref());
+                    crate::cloudwatch::post_root(&s.logs, keys, req).await
+                },
+            ),
         )
         .route("/health", get(|| async { "OK" }))
         .route("/insert/jsonline", any(insert_jsonline))

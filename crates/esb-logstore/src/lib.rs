@@ -2,7 +2,9 @@
 //!
 //! Shippers send logs to `/insert/jsonline` (JSON lines, optionally gzip) or to the
 //! Elasticsearch bulk endpoint `/insert/elasticsearch/_bulk`; clients query with LogsQL at
-//! `/select/logsql/{query,hits,field_names,field_values,streams,tail}`. See `docs/logstore.md`.
+//! `/select/logsql/{query,hits,field_names,field_values,streams,tail}`. The same ports answer
+//! the CloudWatch Logs API (`POST /` with `X-Amz-Target: Logs_20140328.*`, SigV4), whose
+//! events are records of the store. See `docs/logstore.md`.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -12,6 +14,7 @@
 //! ```
 
 pub mod client;
+mod cloudwatch;
 mod http;
 pub mod ingest;
 pub mod logsql;
@@ -54,6 +57,23 @@ impl Default for Retention {
     }
 }
 
+/// The box's own key pair: what the CloudWatch Logs API on the main listener accepts.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BoxKey {
+    /// Access key id.
+    pub access_key: String,
+    /// Secret access key.
+    pub secret_key: String,
+}
+
+impl std::fmt::Debug for BoxKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoxKey")
+            .field("access_key", &self.access_key)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Log store settings.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -86,6 +106,10 @@ pub struct Config {
     pub worker_listen: Option<SocketAddr>,
     /// The box's credentials file of functions' keys (needed by `worker_listen`).
     pub iam_file: Option<PathBuf>,
+    /// The box's own key pair, which the CloudWatch Logs API on the main listener accepts
+    /// (`None`: that API answers `UnrecognizedClientException` there; functions' keys are
+    /// accepted on the workers' listener either way).
+    pub box_key: Option<BoxKey>,
 }
 
 impl Default for Config {
@@ -102,6 +126,7 @@ impl Default for Config {
             max_concurrent_inserts: 4,
             worker_listen: None,
             iam_file: None,
+            box_key: None,
         }
     }
 }
@@ -111,6 +136,7 @@ pub struct Server {
     listener: tokio::net::TcpListener,
     workers: Option<(tokio::net::TcpListener, Arc<esb_iam::CredentialStore>)>,
     store: Arc<Store>,
+    catalog: Arc<cloudwatch::Catalog>,
     config: Arc<Config>,
     limits: esb_serve::Limits,
     _lock: std::fs::File,
@@ -141,6 +167,12 @@ impl Server {
             .with_context(|| {
                 format!("cannot open the log store in {}", config.data_dir.display())
             })?;
+        let catalog = cloudwatch::Catalog::open(&config.data_dir, &store).with_context(|| {
+            format!(
+                "cannot read the CloudWatch Logs metadata in {}",
+                config.data_dir.display()
+            )
+        })?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -163,6 +195,7 @@ impl Server {
             listener,
             workers,
             store: Arc::new(store),
+            catalog,
             config: Arc::new(config),
             limits,
             _lock: lock,
@@ -174,6 +207,11 @@ impl Server {
         self.listener
             .local_addr()
             .expect("bound listener has an address")
+    }
+
+    /// The address the workers' listener actually bound, if there is one.
+    pub fn worker_addr(&self) -> Option<SocketAddr> {
+        self.workers.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// The underlying store.
@@ -189,6 +227,7 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let state = http::AppState {
             store: self.store.clone(),
+            logs: cloudwatch::Logs::new(self.store.clone(), self.catalog.clone()),
             config: self.config.clone(),
             shutdown: stop_rx.clone(),
             ingest_pool: Arc::new(http::WorkPool::new(

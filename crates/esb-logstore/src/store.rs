@@ -107,7 +107,14 @@ pub struct Store {
     dirty: AtomicBool,
     bytes_total: AtomicU64,
     tail_tx: broadcast::Sender<TailBatch>,
+    /// Called with every appended batch once it is written (the CloudWatch Logs catalogue).
+    observer: std::sync::OnceLock<Observer>,
+    /// Segments dropped by retention so far (lets derived views know they are stale).
+    dropped: AtomicU64,
 }
+
+/// A callback seeing every appended batch once it is written, see [`Store::set_observer`].
+pub type Observer = Box<dyn Fn(&[StoredRecord]) + Send + Sync>;
 
 /// Decides, per segment, whether scanning it can still yield useful records.
 pub trait Visitor {
@@ -405,6 +412,10 @@ fn required_literals(f: &Filter, out: &mut Vec<Vec<u8>>) {
             if !t.is_empty() && !field.starts_with('_') || field == "_msg" && !t.is_empty() =>
         {
             out.push(t.as_bytes().to_vec())
+        }
+        // A stored non-empty field has its name in the record's bytes.
+        Filter::NonEmpty { field } if !field.starts_with('_') => {
+            out.push(field.as_bytes().to_vec())
         }
         Filter::And(fs) => fs.iter().for_each(|s| required_literals(s, out)),
         _ => {}
@@ -799,6 +810,8 @@ impl Store {
             dirty: AtomicBool::new(false),
             bytes_total: AtomicU64::new(0),
             tail_tx,
+            observer: std::sync::OnceLock::new(),
+            dropped: AtomicU64::new(0),
         };
         store.recount_bytes();
         Ok(store)
@@ -890,6 +903,9 @@ impl Store {
             self.seal_locked(&mut inner)?;
         }
         drop(inner);
+        if let Some(observe) = self.observer.get() {
+            observe(&recs);
+        }
         if self.tail_tx.receiver_count() > 0 {
             let _ = self.tail_tx.send(Arc::new((seq, recs)));
         }
@@ -931,6 +947,18 @@ impl Store {
             f.sync_data()?;
         }
         Ok(())
+    }
+
+    /// Installs the callback that sees every batch appended from now on, right after it is
+    /// written and before [`append`](Self::append) returns. Only one may be installed;
+    /// `false` if there already is one.
+    pub fn set_observer(&self, observer: Observer) -> bool {
+        self.observer.set(observer).is_ok()
+    }
+
+    /// How many segments retention has dropped since the store was opened.
+    pub fn dropped_segments(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// Subscribes to newly appended batches (live tailing).
@@ -998,6 +1026,7 @@ impl Store {
             fs::remove_file(log_path(&self.dir, s.id))?;
             self.bytes_total
                 .fetch_sub(s.log_len + s.idx_len, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
         }
         if !victims.is_empty() {
             sync_dir(&self.dir);

@@ -1,6 +1,7 @@
 //! The workers' listener: ingestion only, signed with a function's own key pair, each
 //! record stamped with that function's name (`function_name`) whatever the body says.
 //! Queries are not served here: they need the main listener, which only the host reaches.
+//! The CloudWatch Logs API (`POST /`) is, with the function's key and policy.
 
 use std::sync::Arc;
 
@@ -8,7 +9,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use axum::Router;
 
 use crate::http::{do_ingest_stamped, AppState};
@@ -97,6 +98,13 @@ async fn insert(State(s): State<WorkerState>, req: Request, format: Format) -> R
 pub(crate) fn router(state: WorkerState) -> Router {
     Router::new()
         .route("/health", get(|| async { "OK" }))
+        .route(
+            "/",
+            post(|State(s): State<WorkerState>, req: Request| async move {
+                let keys = crate::cloudwatch::Keys::Functions(&s.keys);
+                crate::cloudwatch::post_root(&s.app.logs, keys, req).await
+            }),
+        )
         .route(
             "/insert/jsonline",
             any(|s: State<WorkerState>, r: Request| insert(s, r, Format::JsonLine)),
