@@ -72,11 +72,19 @@ fn task_status(b: &TestBox, id: &str) -> String {
         .to_string()
 }
 
-/// Whether the worker's cgroup is frozen (`frozen 1` in its `cgroup.events`).
+/// Whether the worker's cgroup is frozen: `frozen 1` in its `cgroup.events` (cgroup v2),
+/// or `FROZEN` in its `freezer.state` (v1).
 fn frozen(b: &TestBox, id: &str) -> bool {
-    let path = format!("/sys/fs/cgroup/esb-runtime/{}/{id}/cgroup.events", b.netns);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    text.lines().any(|l| l.trim() == "frozen 1")
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let rel = format!("esb-runtime/{}/{id}", b.netns);
+    let (path, want) = if root.join("cgroup.controllers").exists() {
+        (root.join(&rel).join("cgroup.events"), "frozen 1")
+    } else {
+        (root.join("freezer").join(&rel).join("freezer.state"), "FROZEN")
+    };
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines().any(|l| l.trim() == want)
 }
 
 /// `/metrics/containers` (with an IdToken): the entry of worker `id`.
