@@ -97,7 +97,7 @@ async fn paused_worker_is_resumed_before_delivery() {
 
     // Idle: paused through the agent, shown as paused.
     wait_state(&b, "paused").await;
-    assert_eq!(agent.paused(), [id.clone()]);
+    assert_eq!(agent.paused(), std::slice::from_ref(&id));
     assert!(is_stopped(sup), "the supervisor is not stopped");
     assert!(is_stopped(pid as u32), "the runtime is not stopped");
     assert_eq!(status(&b).await["pool"]["paused"], 1);

@@ -80,10 +80,12 @@ fn frozen(b: &TestBox, id: &str) -> bool {
     let (path, want) = if root.join("cgroup.controllers").exists() {
         (root.join(&rel).join("cgroup.events"), "frozen 1")
     } else {
-        (root.join("freezer").join(&rel).join("freezer.state"), "FROZEN")
+        (
+            root.join("freezer").join(&rel).join("freezer.state"),
+            "FROZEN",
+        )
     };
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     text.lines().any(|l| l.trim() == want)
 }
 
@@ -226,7 +228,10 @@ fn idle_workers_are_paused_and_resumed_by_requests() {
     assert_eq!(only_worker(&b, "crasher", "busy"), crasher);
     assert_eq!(container(&b, &token, &crasher)["state"], "RUNNING");
     assert_eq!(task_status(&b, &crasher), "RUNNING");
-    assert!(!frozen(&b, &crasher), "the cgroup of {crasher} is still frozen");
+    assert!(
+        !frozen(&b, &crasher),
+        "the cgroup of {crasher} is still frozen"
+    );
     let after = crasher_answer(held);
     assert_eq!(after["instance"], before["instance"]);
 
