@@ -91,6 +91,78 @@ pub fn remove_parent(root: &Path, rel: &str) {
     }
 }
 
+/// The freezer file of cgroup `rel` and its frozen / thawed values: `cgroup.freeze`
+/// (`1`/`0`) on v2, the freezer controller's `freezer.state` (`FROZEN`/`THAWED`) on v1.
+fn freezer(root: &Path, rel: &str) -> (PathBuf, &'static str, &'static str) {
+    let rel = rel.trim_start_matches('/');
+    if is_v2(root) {
+        (root.join(rel).join("cgroup.freeze"), "1", "0")
+    } else {
+        (
+            root.join("freezer").join(rel).join("freezer.state"),
+            "FROZEN",
+            "THAWED",
+        )
+    }
+}
+
+/// Whether every task of cgroup `rel` is frozen (`frozen 1` in v2's `cgroup.events`,
+/// `FROZEN` in v1's `freezer.state`, not `FREEZING`).
+fn fully_frozen(root: &Path, rel: &str) -> bool {
+    if is_v2(root) {
+        let events = root.join(rel.trim_start_matches('/')).join("cgroup.events");
+        read_key(events, "frozen ") == Some(1)
+    } else {
+        let (file, frozen, _) = freezer(root, rel);
+        std::fs::read_to_string(file).is_ok_and(|s| s.trim() == frozen)
+    }
+}
+
+/// Freezes (`frozen`) or thaws every task of cgroup `rel` through the kernel's cgroup
+/// freezer — what `runc pause` / `runc resume` write, without a process started per call.
+/// Freezing waits, at most `wait`, until the kernel reports every task frozen; if it does
+/// not, the cgroup is thawed again and the error is `TimedOut`. A cgroup that does not
+/// exist is `NotFound`.
+pub fn set_frozen(
+    root: &Path,
+    rel: &str,
+    frozen: bool,
+    wait: std::time::Duration,
+) -> std::io::Result<()> {
+    let (file, on, off) = freezer(root, rel);
+    if !file.exists() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no cgroup freezer {}", file.display()),
+        ));
+    }
+    std::fs::write(&file, if frozen { on } else { off })?;
+    if !frozen {
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + wait;
+    while !fully_frozen(root, rel) {
+        if std::time::Instant::now() >= deadline {
+            let _ = std::fs::write(&file, off);
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("{} not frozen within {wait:?}", file.display()),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+/// Whether cgroup `rel` is frozen or being frozen; `None` when it has no freezer file
+/// (no such cgroup).
+pub fn is_frozen(root: &Path, rel: &str) -> Option<bool> {
+    let (file, on, _) = freezer(root, rel);
+    let s = std::fs::read_to_string(file).ok()?;
+    let s = s.trim();
+    Some(if is_v2(root) { s == on } else { s != "THAWED" })
+}
+
 /// Memory of this machine (MiB), from /proc/meminfo.
 pub fn machine_memory_mb() -> Option<u64> {
     std::fs::read_to_string("/proc/meminfo")
@@ -168,5 +240,50 @@ mod tests {
         );
         assert!(swap_accounting(v2.path()));
         assert!(!swap_accounting(v1.path()));
+    }
+
+    #[test]
+    fn freezer_files_of_v1_and_v2() {
+        use std::time::Duration;
+        let wait = Duration::from_millis(50);
+        // v1: freezer.state, which reads back what was written (a real one says FREEZING
+        // until every task is frozen).
+        let v1 = tempfile::tempdir().unwrap();
+        let f = v1.path().join("freezer/esb-runtime/w");
+        std::fs::create_dir_all(&f).unwrap();
+        std::fs::write(f.join("freezer.state"), "THAWED\n").unwrap();
+        assert_eq!(is_frozen(v1.path(), "/esb-runtime/w"), Some(false));
+        set_frozen(v1.path(), "/esb-runtime/w", true, wait).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(f.join("freezer.state")).unwrap(),
+            "FROZEN"
+        );
+        assert_eq!(is_frozen(v1.path(), "/esb-runtime/w"), Some(true));
+        set_frozen(v1.path(), "/esb-runtime/w", false, wait).unwrap();
+        assert_eq!(is_frozen(v1.path(), "/esb-runtime/w"), Some(false));
+        // No such cgroup.
+        assert_eq!(is_frozen(v1.path(), "/esb-runtime/x"), None);
+        let e = set_frozen(v1.path(), "/esb-runtime/x", true, wait).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+
+        // v2: cgroup.freeze, and cgroup.events says when every task is frozen.
+        let v2 = tempfile::tempdir().unwrap();
+        std::fs::write(v2.path().join("cgroup.controllers"), "memory cpu\n").unwrap();
+        let d = v2.path().join("esb-runtime/w");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("cgroup.freeze"), "0\n").unwrap();
+        std::fs::write(d.join("cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
+        // Never reported frozen: times out and thaws back.
+        let e = set_frozen(v2.path(), "esb-runtime/w", true, wait).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(
+            std::fs::read_to_string(d.join("cgroup.freeze")).unwrap(),
+            "0"
+        );
+        std::fs::write(d.join("cgroup.events"), "populated 1\nfrozen 1\n").unwrap();
+        set_frozen(v2.path(), "esb-runtime/w", true, wait).unwrap();
+        assert_eq!(is_frozen(v2.path(), "esb-runtime/w"), Some(true));
+        set_frozen(v2.path(), "esb-runtime/w", false, wait).unwrap();
+        assert_eq!(is_frozen(v2.path(), "esb-runtime/w"), Some(false));
     }
 }

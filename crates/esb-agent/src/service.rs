@@ -23,7 +23,9 @@ impl From<AgentError> for Status {
             AgentError::NotReady {
                 timed_out: true, ..
             } => Status::deadline_exceeded(msg),
-            AgentError::NotReady { .. } => Status::failed_precondition(msg),
+            AgentError::NotReady { .. } | AgentError::NotRunning(_) => {
+                Status::failed_precondition(msg)
+            }
             // The registry, not the agent, is out of reach: the agent stays usable.
             AgentError::Pull(_) => Status::failed_precondition(msg),
             AgentError::Containerd(c) if c.status.code() == tonic::Code::Unavailable => {

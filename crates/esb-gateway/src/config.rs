@@ -250,6 +250,13 @@ pub struct Config {
     /// `ESB_DEFAULT_CONCURRENCY` (default 10): pool capacity of functions without
     /// `ReservedConcurrentExecutions`.
     pub default_concurrency: u32,
+    /// `ESB_CONTAINER_PAUSE` (upstream's `ENABLE_CONTAINER_PAUSE`; default off): warm
+    /// workers idle for [`Config::pause_idle`] are frozen (containerd's cgroup freezer)
+    /// and thawed by their next request.
+    pub container_pause: bool,
+    /// `ESB_PAUSE_IDLE_SECONDS` (upstream's `PAUSE_IDLE_SECONDS`; default 30): how long a
+    /// warm worker stays idle before it is paused. 0 turns pausing off, as upstream.
+    pub pause_idle: Duration,
     /// `ESB_IAM_FILE`: the box's credentials file of functions' keys and policies, checked
     /// by the Invoke API (`None`: only the box's key is accepted).
     pub iam_file: Option<PathBuf>,
@@ -338,6 +345,8 @@ impl std::fmt::Debug for Config {
             .field("orphan_grace", &self.orphan_grace)
             .field("pool_acquire_timeout", &self.pool_acquire_timeout)
             .field("default_concurrency", &self.default_concurrency)
+            .field("container_pause", &self.container_pause)
+            .field("pause_idle", &self.pause_idle)
             .field("victorialogs_url", &self.victorialogs_url)
             .field("iam_file", &self.iam_file)
             .field("log_stderr", &self.log_stderr)
@@ -386,6 +395,8 @@ impl Default for Config {
             orphan_grace: Duration::from_secs(60),
             pool_acquire_timeout: Duration::from_secs(10),
             default_concurrency: 10,
+            container_pause: false,
+            pause_idle: Duration::from_secs(30),
             victorialogs_url: None,
             iam_file: None,
             log_stderr: true,
@@ -437,6 +448,10 @@ pub fn setting_defaults() -> Vec<(&'static str, String)> {
         ("ESB_ACCOUNT_ID", c.account_id.clone()),
         ("ESB_AGENT_TIMEOUT", secs(c.agent_timeout)),
         ("ESB_API_STAGE", c.stage.clone()),
+        (
+            "ESB_CONTAINER_PAUSE",
+            if c.container_pause { "1" } else { "0" }.to_string(),
+        ),
         ("ESB_DEFAULT_CONCURRENCY", c.default_concurrency.to_string()),
         ("ESB_DRAIN_SECONDS", secs(c.drain_timeout)),
         ("ESB_EVENT_QUEUE", c.event_queue_len.to_string()),
@@ -446,6 +461,7 @@ pub fn setting_defaults() -> Vec<(&'static str, String)> {
             c.event_retry_delay.as_millis().to_string(),
         ),
         ("ESB_MAX_BODY_BYTES", c.max_body.to_string()),
+        ("ESB_PAUSE_IDLE_SECONDS", secs(c.pause_idle)),
         ("GATEWAY_IDLE_TIMEOUT_SECONDS", secs(c.idle_timeout)),
         ("HEARTBEAT_INTERVAL", secs(c.heartbeat)),
         ("JWT_EXPIRES_DELTA", secs(c.jwt_expires)),
@@ -457,6 +473,12 @@ pub fn setting_defaults() -> Vec<(&'static str, String)> {
 }
 
 impl Config {
+    /// How long a warm worker stays idle before it is paused: `None` when pausing is off
+    /// ([`Config::container_pause`] unset, or [`Config::pause_idle`] 0).
+    pub fn pause_after(&self) -> Option<Duration> {
+        (self.container_pause && !self.pause_idle.is_zero()).then_some(self.pause_idle)
+    }
+
     /// Reads the settings from the process environment over the defaults.
     pub fn from_env() -> anyhow::Result<Config> {
         Config::from_lookup(|k| std::env::var(k).ok())
@@ -535,6 +557,14 @@ impl Config {
         c.pool_acquire_timeout = secs("POOL_ACQUIRE_TIMEOUT", c.pool_acquire_timeout)?;
         c.default_concurrency =
             num("ESB_DEFAULT_CONCURRENCY", c.default_concurrency.into())? as u32;
+        if let Some(v) = var("ESB_CONTAINER_PAUSE") {
+            c.container_pause = match v.to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => bail!("ESB_CONTAINER_PAUSE={v:?} is not a boolean (1/0, true/false)"),
+            };
+        }
+        c.pause_idle = secs("ESB_PAUSE_IDLE_SECONDS", c.pause_idle)?;
         c.victorialogs_url = var("VICTORIALOGS_URL");
         c.iam_file = var("ESB_IAM_FILE").map(Into::into);
         if let Some(v) = var("ESB_GATEWAY_LOG_STDERR") {
@@ -719,6 +749,50 @@ mod tests {
         let shown = format!("{c:?}");
         assert!(!shown.contains("0123456789abcdef"), "{shown}");
         assert!(shown.contains("jwt_secret: \"<redacted>\""), "{shown}");
+    }
+
+    #[test]
+    fn container_pause_settings() {
+        let get = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let d = Config::default();
+        assert!(!d.container_pause);
+        assert_eq!(d.pause_idle, Duration::from_secs(30));
+        assert_eq!(d.pause_after(), None);
+        let c = Config::from_lookup(get(&[
+            ("ESB_CONTAINER_PAUSE", "true"),
+            ("ESB_PAUSE_IDLE_SECONDS", "2.5"),
+        ]))
+        .unwrap();
+        assert_eq!(c.pause_after(), Some(Duration::from_millis(2500)));
+        let on = Config::from_lookup(get(&[("ESB_CONTAINER_PAUSE", "1")])).unwrap();
+        assert_eq!(on.pause_after(), Some(Duration::from_secs(30)));
+        // 0 s turns it off, as upstream.
+        let zero = Config::from_lookup(get(&[
+            ("ESB_CONTAINER_PAUSE", "1"),
+            ("ESB_PAUSE_IDLE_SECONDS", "0"),
+        ]))
+        .unwrap();
+        assert_eq!(zero.pause_after(), None);
+        let e = Config::from_lookup(get(&[("ESB_CONTAINER_PAUSE", "perhaps")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ESB_CONTAINER_PAUSE"), "{e}");
+        let e = format!(
+            "{:#}",
+            Config::from_lookup(get(&[("ESB_PAUSE_IDLE_SECONDS", "-1")])).unwrap_err()
+        );
+        assert!(e.contains("ESB_PAUSE_IDLE_SECONDS"), "{e}");
+        let defaults = setting_defaults();
+        let shown = |k: &str| defaults.iter().find(|(n, _)| *n == k).unwrap().1.clone();
+        assert_eq!(shown("ESB_CONTAINER_PAUSE"), "0");
+        assert_eq!(shown("ESB_PAUSE_IDLE_SECONDS"), "30");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use esb_agent_api::v1::{
     ContainerState, DestroyContainerRequest, EnsureContainerRequest, GetContainerMetricsRequest,
-    ListContainersRequest, WatchWorkersRequest,
+    ListContainersRequest, PauseContainerRequest, ResumeContainerRequest, WatchWorkersRequest,
 };
 use http::header::{HeaderValue, CONTENT_TYPE, HOST};
 use http_body_util::{BodyExt, Full, Limited};
@@ -173,6 +173,8 @@ pub(crate) struct Worker {
     conn: Option<SendRequest<Full<Bytes>>>,
     /// Log records the worker said it dropped so far (`x-esb-logs-dropped`).
     logs_dropped: u64,
+    /// Frozen by its agent (`ESB_CONTAINER_PAUSE`): resumed before a request is sent.
+    paused: bool,
 }
 
 /// The state of a worker as `GET /status` shows it.
@@ -180,6 +182,10 @@ pub(crate) struct Worker {
 pub(crate) enum WorkerState {
     /// Warm, in the pool.
     Idle,
+    /// Warm, in the pool, frozen (`ESB_CONTAINER_PAUSE`).
+    Paused,
+    /// Being frozen: out of the pool until its agent answers.
+    Pausing,
     /// Serving an invocation.
     Busy,
     /// Being created by an agent (no id yet).
@@ -190,6 +196,8 @@ impl WorkerState {
     pub fn as_str(self) -> &'static str {
         match self {
             WorkerState::Idle => "idle",
+            WorkerState::Paused => "paused",
+            WorkerState::Pausing => "pausing",
             WorkerState::Busy => "busy",
             WorkerState::Starting => "starting",
         }
@@ -209,6 +217,8 @@ pub(crate) struct Function {
     busy: Mutex<HashMap<String, usize>>,
     /// Workers being created: creation number -> agent index.
     starting: Mutex<HashMap<u64, usize>>,
+    /// Idle workers being paused (out of the pool meanwhile): id -> agent index.
+    pausing: Mutex<HashMap<String, usize>>,
     /// Held while a node is chosen for a new worker and the worker counted there, so that
     /// concurrent creations see each other (spreading over nodes).
     placing: Mutex<()>,
@@ -234,6 +244,7 @@ impl Function {
             routes,
             busy: Mutex::new(HashMap::new()),
             starting: Mutex::new(HashMap::new()),
+            pausing: Mutex::new(HashMap::new()),
             placing: Mutex::new(()),
             last_error: Mutex::new(None),
             last_replacement: Mutex::new(None),
@@ -264,14 +275,26 @@ impl Function {
         for a in self.starting.lock().unwrap().values() {
             count(*a);
         }
+        for a in self.pausing.lock().unwrap().values() {
+            count(*a);
+        }
         out
     }
 
     /// Its workers: `(id, agent index, state)`; workers being created have no id yet.
     pub fn workers(&self) -> Vec<(Option<String>, usize, WorkerState)> {
         let mut out = Vec::new();
-        self.pool
-            .for_each_idle(|w| out.push((Some(w.id.clone()), w.agent, WorkerState::Idle)));
+        self.pool.for_each_idle(|w| {
+            let state = if w.paused {
+                WorkerState::Paused
+            } else {
+                WorkerState::Idle
+            };
+            out.push((Some(w.id.clone()), w.agent, state))
+        });
+        for (id, a) in self.pausing.lock().unwrap().iter() {
+            out.push((Some(id.clone()), *a, WorkerState::Pausing));
+        }
         for (id, a) in self.busy.lock().unwrap().iter() {
             out.push((Some(id.clone()), *a, WorkerState::Busy));
         }
@@ -687,6 +710,12 @@ impl Gateway {
     /// Returns a healthy worker to `f`'s pool; destroys it instead when the pool closed
     /// (reload, shutdown) or its agent was removed.
     fn give_back(self: &Arc<Self>, f: &Function, w: Worker) {
+        self.give_back_at(f, w, None)
+    }
+
+    /// [`Gateway::give_back`]; with `since`, a worker taken out of the idle list (to be
+    /// paused) goes back keeping its idle time.
+    fn give_back_at(self: &Arc<Self>, f: &Function, w: Worker, since: Option<Instant>) {
         let agent = self.agent(w.agent);
         let exited = self
             .exited
@@ -696,7 +725,10 @@ impl Gateway {
         if agent.is_removed() || exited {
             f.pool.discard();
             self.destroy(w, &f.spec.name);
-        } else if let Some(w) = f.pool.release(w) {
+        } else if let Some(w) = match since {
+            Some(t) => f.pool.restore(w, t),
+            None => f.pool.release(w),
+        } {
             self.destroy(w, &f.spec.name);
         }
     }
@@ -716,9 +748,139 @@ impl Gateway {
         self.stopping.load(Ordering::SeqCst)
     }
 
-    /// Marks the gateway running: leftovers are cleaned, provisioning may start.
-    pub fn set_running(&self) {
+    /// Marks the gateway running: leftovers are cleaned, provisioning may start; idle
+    /// workers are paused from now on when [`Config::pause_after`] says so.
+    pub fn set_running(self: &Arc<Self>) {
         self.running.store(true, Ordering::SeqCst);
+        if let Some(after) = self.config.pause_after() {
+            self.start_pauser(after);
+        }
+    }
+
+    /// Pauses idle workers every fraction of `after` (a quarter, 0.1 to 1 s) until the
+    /// gateway stops; aborted with the watchers at shutdown.
+    fn start_pauser(self: &Arc<Self>, after: Duration) {
+        let gw = Arc::downgrade(self);
+        let every = (after / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(me) = gw.upgrade() else { return };
+                if me.stopping() {
+                    return;
+                }
+                me.pause_idle(after);
+            }
+        });
+        self.watchers.lock().unwrap().push(task.abort_handle());
+    }
+
+    /// Starts pausing every warm worker idle for longer than `after` (not paused yet, its
+    /// node up). Each is taken out of its pool first (see [`PoolCore::take_idle_before`]):
+    /// no request can be given a worker while it is being paused; one that comes
+    /// meanwhile waits for it (or for another worker) and resumes it.
+    fn pause_idle(self: &Arc<Self>, after: Duration) {
+        let Some(cutoff) = Instant::now().checked_sub(after) else {
+            return;
+        };
+        let agents = self.agents.load();
+        for f in &self.set.load().functions {
+            let taken = f.pool.take_idle_before(cutoff, |w| {
+                let ok = !w.paused
+                    && agents
+                        .get(w.agent)
+                        .is_some_and(|a| a.is_up() && !a.is_removed());
+                if ok {
+                    // Shown (and counted on its node) as pausing from the moment it leaves.
+                    f.pausing.lock().unwrap().insert(w.id.clone(), w.agent);
+                }
+                ok
+            });
+            for (w, since) in taken {
+                let (gw, f) = (self.clone(), f.clone());
+                tokio::spawn(async move { gw.pause_worker(f, w, since).await });
+            }
+        }
+    }
+
+    /// Asks the worker's agent to freeze it, then gives it back to its pool as paused
+    /// (keeping its idle time, so that scale-down reaps it as before). A worker that could
+    /// not be paused is in a state the gateway cannot know: it is destroyed.
+    async fn pause_worker(self: Arc<Self>, f: Arc<Function>, mut w: Worker, since: Instant) {
+        // The kept-alive connection goes: the runtime's timers run on while it is frozen
+        // and may close it as it thaws, racing the next request. A new one is made then.
+        w.conn = None;
+        let agent = self.agent(w.agent);
+        let mut client = agent.client.clone();
+        let r = client
+            .pause_container(PauseContainerRequest {
+                container_id: w.id.clone(),
+            })
+            .await;
+        f.pausing.lock().unwrap().remove(&w.id);
+        let why = match r {
+            Ok(a) if a.get_ref().success => {
+                w.paused = true;
+                self.metrics
+                    .pauses
+                    .get_or_create(&FnLabel {
+                        function: f.label.clone(),
+                    })
+                    .inc();
+                self.give_back_at(&f, w, Some(since));
+                return;
+            }
+            Ok(_) => "the agent did not pause it".to_string(),
+            Err(s) => {
+                if agents::is_unreachable(&s) {
+                    self.agent_down(w.agent, &s.to_string());
+                }
+                s.to_string()
+            }
+        };
+        self.logger.log(
+            "warn",
+            "worker pause failed",
+            [
+                ("kind".to_string(), json!("worker")),
+                ("function".to_string(), json!(f.spec.name)),
+                ("node".to_string(), json!(agent.addr.node_id)),
+                ("worker".to_string(), json!(w.id)),
+                ("error".to_string(), json!(why)),
+            ]
+            .into_iter()
+            .collect(),
+        );
+        f.note_replacement(format!(
+            "worker {} could not be paused ({why}); destroyed",
+            w.id
+        ));
+        f.pool.discard();
+        self.destroy(w, &f.spec.name);
+        if f.spec.provisioned > 0 && !self.stopping() {
+            self.provision_function(&f);
+        }
+    }
+
+    /// Thaws a paused worker before a request goes to it, within the request's deadline.
+    async fn resume(&self, ai: usize, id: &str, deadline: Instant) -> Result<(), String> {
+        let mut client = self.agent(ai).client.clone();
+        let call = client.resume_container(ResumeContainerRequest {
+            container_id: id.to_string(),
+        });
+        match tokio::time::timeout_at(deadline.into(), call).await {
+            Ok(Ok(a)) if a.get_ref().success => Ok(()),
+            Ok(Ok(_)) => Err("the agent did not resume it".into()),
+            Ok(Err(s)) => {
+                if agents::is_unreachable(&s) {
+                    self.agent_down(ai, &s.to_string());
+                }
+                Err(format!("resume: {}", s.message()))
+            }
+            Err(_) => Err("resume: no answer before the request's deadline".into()),
+        }
     }
 
     /// The deadline of one invocation of `f`.
@@ -768,7 +930,7 @@ impl Gateway {
                 self.destroy(w, &o.spec.name);
             }
             if new.by_spec_name(&o.spec.name).is_none() {
-                for state in ["idle", "busy", "waiting"] {
+                for state in ["idle", "paused", "busy", "waiting"] {
                     self.metrics.pool.remove(&PoolLabel {
                         function: o.label.clone(),
                         state,
@@ -950,6 +1112,51 @@ impl Gateway {
                 redelivered,
                 aws_request_id: None,
             };
+            // A paused worker is thawed first; one that cannot be is evicted and the
+            // request, not sent, goes to another worker (as an unreachable one's).
+            if lease.worker.as_ref().is_some_and(|w| w.paused) {
+                let id = served.worker.clone().unwrap_or_default();
+                let ai = lease.worker.as_ref().unwrap().agent;
+                match self.resume(ai, &id, deadline).await {
+                    Ok(()) => {
+                        lease.worker.as_mut().unwrap().paused = false;
+                        self.metrics
+                            .resumes
+                            .get_or_create(&FnLabel {
+                                function: f.label.clone(),
+                            })
+                            .inc();
+                    }
+                    Err(e) => {
+                        f.breaker.release_trial(permit);
+                        self.logger.log(
+                            "warn",
+                            "worker resume failed",
+                            [
+                                ("kind".to_string(), json!("worker")),
+                                ("function".to_string(), json!(f.spec.name)),
+                                ("node".to_string(), json!(agent.addr.node_id)),
+                                ("worker".to_string(), json!(id)),
+                                ("error".to_string(), json!(e)),
+                            ]
+                            .into_iter()
+                            .collect(),
+                        );
+                        f.note_replacement(format!(
+                            "worker {id} could not be resumed ({e}); evicted, the request went to another worker"
+                        ));
+                        drop(lease);
+                        redelivered += 1;
+                        if Instant::now() < deadline && (redelivered as usize) < DELIVERY_ATTEMPTS {
+                            continue;
+                        }
+                        return (
+                            Outcome::WorkerFailed(format!("{e} (after {redelivered} workers)")),
+                            served,
+                        );
+                    }
+                }
+            }
             let call = lease.worker.as_mut().unwrap().call(
                 &agent.dialer,
                 payload.clone(),
@@ -1171,6 +1378,7 @@ impl Gateway {
                     addr: SocketAddr::from(([0, 0, 0, 0], 0)),
                     conn: None,
                     logs_dropped: 0,
+                    paused: false,
                 };
                 self.destroy(w, &f.spec.name);
                 return Err(format!(
@@ -1185,6 +1393,7 @@ impl Gateway {
             addr,
             conn: None,
             logs_dropped: 0,
+            paused: false,
         })
     }
 
@@ -1698,6 +1907,12 @@ impl Gateway {
                 .pool
                 .get_or_create(&label("idle"))
                 .set(s.idle as i64);
+            let mut paused = 0;
+            f.pool.for_each_idle(|w| paused += w.paused as i64);
+            self.metrics
+                .pool
+                .get_or_create(&label("paused"))
+                .set(paused);
             self.metrics
                 .pool
                 .get_or_create(&label("busy"))
@@ -1736,6 +1951,10 @@ impl Gateway {
                 let stats = f.pool.stats();
                 let workers = f.workers();
                 let busy = workers.iter().filter(|w| w.2 == WorkerState::Busy).count();
+                let paused = workers
+                    .iter()
+                    .filter(|w| w.2 == WorkerState::Paused)
+                    .count();
                 let workers: Vec<Value> = workers
                     .into_iter()
                     .map(|(id, a, state)| {
@@ -1759,7 +1978,7 @@ impl Gateway {
                     "capacity": f.pool.capacity(),
                     "reserved": f.spec.reserved,
                     "provisioned": f.spec.provisioned,
-                    "pool": {"idle": stats.idle, "busy": busy, "waiting": stats.waiting},
+                    "pool": {"idle": stats.idle, "paused": paused, "busy": busy, "waiting": stats.waiting},
                     "breaker": f.breaker.state_name(),
                     "workers": workers,
                     "last_error": f.last_error.lock().unwrap().as_ref().map(|(msg, at)| {
@@ -1798,7 +2017,16 @@ impl Gateway {
         })
     }
 
-    /// `GET /metrics/containers`: the workers with the agents' figures.
+    /// `GET /metrics/containers`: every worker of every agent, in upstream ESB's shape
+    /// (`{"containers": [{function_name, container_id, container_name, state,
+    /// memory_current, memory_max, oom_events, cpu_usage_ns, exit_code, restart_count,
+    /// exit_time, collected_at}]}`, the agent's `ContainerMetrics` fields; `state` is
+    /// `RUNNING`, `PAUSED`, `STOPPED` or `UNKNOWN`), with esb's own fields beside them:
+    /// `node`, `status` (the agent's list), `ip_address`, `created_at`, `last_used_at`,
+    /// `managed` and `pool` (whether and where the gateway holds it). When the figures
+    /// cannot be read, `state` is the list's status, the figures are null and
+    /// `metrics_error` says why. An agent that does not answer is one entry with `node`
+    /// and `error`.
     pub async fn containers(&self) -> Value {
         let mut out = Vec::new();
         let all_agents = self.agents.load_full();
@@ -1817,35 +2045,51 @@ impl Gateway {
                         container_id: c.container_id.clone(),
                     })
                     .await
-                    .ok()
-                    .and_then(|r| r.into_inner().metrics)
-                    .map(|m| {
-                        json!({
-                            "memory_current": m.memory_current,
-                            "memory_max": m.memory_max,
-                            "oom_events": m.oom_events,
-                            "cpu_usage_ns": m.cpu_usage_ns,
-                            "exit_code": m.exit_code,
-                            "restart_count": m.restart_count,
-                            "state": m.state,
-                            "collected_at": m.collected_at,
-                        })
-                    });
+                    .map(|r| r.into_inner().metrics);
                 let key = (agent.addr.node_id.clone(), c.container_id.clone());
                 let known = self.known.lock().unwrap().get(&key).cloned();
-                out.push(json!({
-                    "node": agent.addr.node_id,
+                let mut entry = json!({
+                    "function_name": c.function_name,
                     "container_id": c.container_id,
                     "container_name": c.container_name,
-                    "function_name": c.function_name,
+                    "state": c.status,
+                    "memory_current": null,
+                    "memory_max": null,
+                    "oom_events": null,
+                    "cpu_usage_ns": null,
+                    "exit_code": null,
+                    "restart_count": null,
+                    "exit_time": null,
+                    "collected_at": null,
+                    "node": agent.addr.node_id,
                     "status": c.status,
                     "ip_address": c.ip_address,
                     "created_at": c.created_at,
                     "last_used_at": c.last_used_at,
                     "managed": known.is_some(),
                     "pool": known.map(|k| k.function),
-                    "metrics": metrics,
-                }));
+                });
+                match metrics {
+                    Ok(Some(m)) => {
+                        let figures = json!({
+                            "state": m.state,
+                            "memory_current": m.memory_current,
+                            "memory_max": m.memory_max,
+                            "oom_events": m.oom_events,
+                            "cpu_usage_ns": m.cpu_usage_ns,
+                            "exit_code": m.exit_code,
+                            "restart_count": m.restart_count,
+                            "exit_time": m.exit_time,
+                            "collected_at": m.collected_at,
+                        });
+                        for (k, v) in figures.as_object().into_iter().flatten() {
+                            entry[k] = v.clone();
+                        }
+                    }
+                    Ok(None) => entry["metrics_error"] = json!("the agent sent no figures"),
+                    Err(s) => entry["metrics_error"] = json!(s.message()),
+                }
+                out.push(entry);
             }
         }
         json!({ "containers": out })

@@ -52,6 +52,10 @@ pub struct Metrics {
     pub latency: HistFamily,
     /// Workers created because no warm one was free.
     pub cold_starts: Family<FnLabel, Counter>,
+    /// Idle workers frozen (`ESB_CONTAINER_PAUSE`).
+    pub pauses: Family<FnLabel, Counter>,
+    /// Paused workers thawed for a request.
+    pub resumes: Family<FnLabel, Counter>,
     /// Pool sizes (set at scrape time).
     pub pool: Family<PoolLabel, Gauge>,
     /// Breaker state: 0 closed, 1 open, 2 half-open (set at scrape time).
@@ -91,6 +95,18 @@ impl Metrics {
             "cold_starts",
             "Workers created on demand",
             cold_starts.clone(),
+        );
+        let pauses = Family::<FnLabel, Counter>::default();
+        registry.register(
+            "pauses",
+            "Idle workers paused (cgroup freezer)",
+            pauses.clone(),
+        );
+        let resumes = Family::<FnLabel, Counter>::default();
+        registry.register(
+            "resumes",
+            "Paused workers resumed for a request",
+            resumes.clone(),
         );
         let pool = Family::<PoolLabel, Gauge>::default();
         registry.register(
@@ -133,6 +149,8 @@ impl Metrics {
             requests,
             latency,
             cold_starts,
+            pauses,
+            resumes,
             pool,
             breaker,
             queue_depth,

@@ -177,6 +177,52 @@ impl<W> PoolCore<W> {
         out
     }
 
+    /// Takes out the idle workers unused since before `cutoff` that `pred` selects (the
+    /// ones to pause), each with when it was last released. Their places stay counted:
+    /// the caller holds them as if leased, and gives each back with
+    /// [`PoolCore::restore`] (or frees its place with [`PoolCore::discard`]). While out,
+    /// no request can be given them.
+    pub fn take_idle_before(
+        &self,
+        cutoff: Instant,
+        mut pred: impl FnMut(&W) -> bool,
+    ) -> Vec<(W, Instant)> {
+        let mut g = self.inner.lock().unwrap();
+        let mut out = Vec::new();
+        let mut i = 0;
+        // idle is ordered by release time: oldest first.
+        while i < g.idle.len() && g.idle[i].1 < cutoff {
+            if pred(&g.idle[i].0) {
+                out.push(g.idle.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        out
+    }
+
+    /// Gives back a worker taken with [`PoolCore::take_idle_before`], keeping the time it
+    /// was last released (its idle time goes on counting towards scale-down): to the first
+    /// waiter, or to its place in the idle list. A closed pool hands it back, its place
+    /// freed, as [`PoolCore::release`] does.
+    pub fn restore(&self, mut w: W, since: Instant) -> Option<W> {
+        let mut g = self.inner.lock().unwrap();
+        if g.closed {
+            g.total -= 1;
+            return Some(w);
+        }
+        while let Some(tx) = g.waiters.pop_front() {
+            match tx.send(Grant::Warm(w)) {
+                Ok(()) => return None,
+                Err(Grant::Warm(back)) => w = back,
+                Err(Grant::Create) => unreachable!(),
+            }
+        }
+        let at = g.idle.partition_point(|(_, t)| *t <= since);
+        g.idle.insert(at, (w, since));
+        None
+    }
+
     /// Removes the idle workers `pred` selects (e.g. those of a node that went down).
     pub fn remove_idle_where(&self, mut pred: impl FnMut(&W) -> bool) -> Vec<W> {
         let mut g = self.inner.lock().unwrap();
@@ -298,6 +344,59 @@ mod tests {
         let r = p.acquire(Duration::from_millis(5)).await;
         assert_eq!(r.unwrap_err(), AcquireError::Timeout);
         p.discard();
+        assert_eq!(p.stats().total, 0);
+    }
+
+    #[tokio::test]
+    async fn taken_workers_are_not_granted_until_restored() {
+        let p = Arc::new(PoolCore::new(1));
+        assert!(matches!(p.try_acquire(), Some(Grant::Create)));
+        p.release(1u32);
+        let later = Instant::now() + Duration::from_secs(1);
+        // Not selected: stays idle.
+        assert!(p.take_idle_before(later, |_| false).is_empty());
+        let taken = p.take_idle_before(later, |_| true);
+        assert_eq!(taken.len(), 1);
+        let (w, since) = taken.into_iter().next().unwrap();
+        // Out of the pool but counted: a request waits rather than gets it or creates one.
+        assert_eq!(
+            p.stats(),
+            PoolStats {
+                idle: 0,
+                total: 1,
+                waiting: 0
+            }
+        );
+        assert!(p.try_acquire().is_none());
+        let p2 = p.clone();
+        let waiter = tokio::spawn(async move { p2.acquire(Duration::from_secs(60)).await });
+        while p.stats().waiting == 0 {
+            tokio::task::yield_now().await;
+        }
+        // Restored: it goes to the waiter.
+        assert!(p.restore(w, since).is_none());
+        assert_eq!(warm(waiter.await.unwrap().unwrap()), 1);
+        // Restored without waiters: back in its place by release time, the oldest first.
+        let t0 = Instant::now();
+        p.release(1);
+        let (w, since) = p.take_idle_before(later, |_| true).pop().unwrap();
+        assert!(since >= t0);
+        let p3 = PoolCore::new(3);
+        for _ in 0..3 {
+            assert!(p3.reserve_below(3));
+        }
+        p3.release(10u32);
+        std::thread::sleep(Duration::from_millis(2));
+        p3.release(11u32);
+        let (ten, t10) = p3.take_idle_before(later, |w| *w == 10).pop().unwrap();
+        p3.release(12u32);
+        assert!(p3.restore(ten, t10).is_none());
+        // 10 was released first: it is reaped first and handed out last.
+        assert_eq!(p3.reap_idle(t10 + Duration::from_nanos(1), 0), vec![10]);
+        assert_eq!(warm(p3.try_acquire().unwrap()), 12);
+        // A closed pool hands a restored worker back and frees its place.
+        assert!(p.close().is_empty());
+        assert_eq!(p.restore(w, since), Some(1));
         assert_eq!(p.stats().total, 0);
     }
 

@@ -330,7 +330,7 @@ async fn placement_by_free_memory() {
     assert!(msg.contains("no agent has room"), "{v:#}");
     assert_eq!(
         v["functions"][1]["pool"],
-        json!({"idle": 0, "busy": 0, "waiting": 0})
+        json!({"idle": 0, "paused": 0, "busy": 0, "waiting": 0})
     );
     // The starting workers counted too: nothing was over-committed.
     assert_eq!(v["agents"][0]["memory_mb"], 256);

@@ -537,7 +537,7 @@ async fn admin_socket_status_shape_and_mode() {
             "capacity": 3,
             "reserved": 3,
             "provisioned": 1,
-            "pool": {"idle": 1, "busy": 0, "waiting": 0},
+            "pool": {"idle": 1, "paused": 0, "busy": 0, "waiting": 0},
             "breaker": "closed",
             "workers": [{"id": worker, "node": "test", "state": "idle"}],
             "last_error": null,

@@ -754,8 +754,13 @@ pub fn status(state: &StateArgs, json: bool) -> Result<()> {
             println!("  functions:");
             for f in g["functions"].as_array().into_iter().flatten() {
                 let workers = f["workers"].as_array().map(|w| w.len()).unwrap_or(0);
+                // Paused workers (ESB_CONTAINER_PAUSE) are idle ones, frozen.
+                let paused = match f["pool"]["paused"].as_u64() {
+                    Some(n) if n > 0 => format!(" (paused {n})"),
+                    _ => String::new(),
+                };
                 println!(
-                    "    {:<20} workers {:<3} idle {} busy {} waiting {}  capacity {}  breaker {}",
+                    "    {:<20} workers {:<3} idle {}{paused} busy {} waiting {}  capacity {}  breaker {}",
                     f["name"].as_str().unwrap_or("?"),
                     workers,
                     f["pool"]["idle"],

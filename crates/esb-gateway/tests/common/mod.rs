@@ -76,6 +76,50 @@ struct Proc {
     created_at: i64,
     port: u16,
     _task_root: Option<tempfile::TempDir>,
+    /// Stopped (SIGSTOP) by PauseContainer.
+    paused: bool,
+}
+
+/// The processes whose parent is `pid` (the supervisor's runtime).
+fn children_of(pid: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(child) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // The fields after the command (which may hold spaces) in parentheses.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        if rest.split_whitespace().nth(1) == Some(&pid.to_string()) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+/// Stops (`SIGSTOP`) or continues (`SIGCONT`) a worker: its supervisor and runtime.
+fn signal_worker(pid: u32, sig: i32) {
+    let mut pids = vec![pid as i32];
+    pids.extend(children_of(pid));
+    for p in pids {
+        // SAFETY: kill(2) on processes this test agent started (and their children).
+        unsafe {
+            libc::kill(p, sig);
+        }
+    }
+}
+
+/// Whether a process is stopped (state `T` in `/proc/PID/stat`).
+pub fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next().map(|c| c == "T"))
+        })
+        .unwrap_or(false)
 }
 
 /// A worker process goes with its record, also when a test fails before `kill_all`.
@@ -95,6 +139,14 @@ pub struct ProcessAgent {
     /// Total EnsureContainer calls.
     pub created: Arc<Mutex<usize>>,
     next: Arc<Mutex<u64>>,
+    /// PauseContainer and ResumeContainer calls that stopped / continued a worker.
+    pub pauses: Arc<Mutex<usize>>,
+    pub resumes: Arc<Mutex<usize>>,
+    /// How long PauseContainer waits before it stops the worker (to observe the race of
+    /// a pause with requests).
+    pub pause_delay: Arc<Mutex<Duration>>,
+    /// ResumeContainer fails (as for a worker that could not be thawed).
+    pub fail_resume: Arc<Mutex<bool>>,
 }
 
 impl ProcessAgent {
@@ -104,6 +156,10 @@ impl ProcessAgent {
             env: Arc::default(),
             created: Arc::default(),
             next: Arc::default(),
+            pauses: Arc::default(),
+            resumes: Arc::default(),
+            pause_delay: Arc::default(),
+            fail_resume: Arc::default(),
         }
     }
 
@@ -158,6 +214,21 @@ impl ProcessAgent {
             .values()
             .filter(|p| p.function == function)
             .count()
+    }
+
+    /// The supervisor PID of a worker.
+    pub fn pid(&self, id: &str) -> Option<u32> {
+        self.procs.lock().unwrap().get(id).map(|p| p.child.id())
+    }
+
+    /// Ids of the workers stopped by PauseContainer.
+    pub fn paused(&self) -> Vec<String> {
+        let procs = self.procs.lock().unwrap();
+        procs
+            .iter()
+            .filter(|(_, p)| p.paused)
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// SIGKILLs one worker's supervisor (its runtime goes with it) and reaps it, leaving
@@ -262,6 +333,7 @@ impl ProcessAgent {
                 created_at: now_secs(),
                 port: addr.port(),
                 _task_root: task_root,
+                paused: false,
             },
         );
         Ok((id, addr.port()))
@@ -330,6 +402,11 @@ impl AgentService for ProcessAgent {
                 unsafe {
                     libc::kill(p.child.id() as i32, libc::SIGTERM);
                 }
+                // A stopped worker is continued to take its SIGTERM (the agent thaws a
+                // paused task before it kills it).
+                if p.paused {
+                    signal_worker(p.child.id(), libc::SIGCONT);
+                }
                 let deadline = Instant::now() + Duration::from_secs(10);
                 while Instant::now() < deadline {
                     if p.child.try_wait().ok().flatten().is_some() {
@@ -348,16 +425,39 @@ impl AgentService for ProcessAgent {
 
     async fn pause_container(
         &self,
-        _: Request<PauseContainerRequest>,
+        req: Request<PauseContainerRequest>,
     ) -> Result<Response<PauseContainerResponse>, Status> {
-        Ok(Response::new(PauseContainerResponse { success: false }))
+        let id = req.into_inner().container_id;
+        let delay = *self.pause_delay.lock().unwrap();
+        tokio::time::sleep(delay).await;
+        let mut procs = self.procs.lock().unwrap();
+        let Some(p) = procs.get_mut(&id) else {
+            return Err(Status::not_found(id));
+        };
+        signal_worker(p.child.id(), libc::SIGSTOP);
+        p.paused = true;
+        *self.pauses.lock().unwrap() += 1;
+        Ok(Response::new(PauseContainerResponse { success: true }))
     }
 
     async fn resume_container(
         &self,
-        _: Request<ResumeContainerRequest>,
+        req: Request<ResumeContainerRequest>,
     ) -> Result<Response<ResumeContainerResponse>, Status> {
-        Ok(Response::new(ResumeContainerResponse { success: false }))
+        let id = req.into_inner().container_id;
+        if *self.fail_resume.lock().unwrap() {
+            return Err(Status::internal(format!(
+                "resume {id}: refused by the test"
+            )));
+        }
+        let mut procs = self.procs.lock().unwrap();
+        let Some(p) = procs.get_mut(&id) else {
+            return Err(Status::not_found(id));
+        };
+        signal_worker(p.child.id(), libc::SIGCONT);
+        p.paused = false;
+        *self.resumes.lock().unwrap() += 1;
+        Ok(Response::new(ResumeContainerResponse { success: true }))
     }
 
     async fn list_containers(
@@ -373,7 +473,7 @@ impl AgentService for ProcessAgent {
             .map(|(id, p)| ContainerState {
                 container_id: id.clone(),
                 function_name: p.function.clone(),
-                status: "RUNNING".into(),
+                status: if p.paused { "PAUSED" } else { "RUNNING" }.into(),
                 last_used_at: p.created_at,
                 container_name: id.clone(),
                 created_at: p.created_at,
@@ -398,7 +498,7 @@ impl AgentService for ProcessAgent {
                 container_id: id.clone(),
                 function_name: p.function.clone(),
                 container_name: id,
-                state: "RUNNING".into(),
+                state: if p.paused { "PAUSED" } else { "RUNNING" }.into(),
                 collected_at: now_secs(),
                 ..Default::default()
             }),
