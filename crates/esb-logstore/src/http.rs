@@ -347,7 +347,9 @@ async fn do_ingest(
 }
 
 /// Ingests a request's body; with `function`, every record's `function_name` is that
-/// function's (the workers' listener, where the caller's key says who it is).
+/// function's and its `job` is `lambda` (the workers' listener, where the caller's key
+/// says who it is: a worker cannot pass its lines off as another function's or the
+/// gateway's).
 pub(crate) async fn do_ingest_stamped(
     state: AppState,
     req: Request,
@@ -363,8 +365,11 @@ pub(crate) async fn do_ingest_stamped(
     let started = Instant::now();
     let mut params = ingest_params(&req);
     if let Some(f) = function {
-        params.extra_fields.retain(|(k, _)| k != "function_name");
+        params
+            .extra_fields
+            .retain(|(k, _)| k != "function_name" && k != "job");
         params.extra_fields.push(("function_name".into(), f));
+        params.extra_fields.push(("job".into(), "lambda".into()));
     }
     let encoding = req
         .headers()

@@ -364,8 +364,14 @@ impl BoxArgs {
             "GATEWAY_INTERNAL_URL".into(),
             self.gateway_internal_url.clone(),
         );
-        // The log store's CloudWatch Logs API (boto3's `logs` client), on the same port as
-        // the workers' log shipping.
+        // The log store's CloudWatch Logs API, on the same port as the workers' log
+        // shipping: the SDKs' own variable for the service ("CloudWatch Logs" →
+        // CLOUDWATCH_LOGS, what boto3's `logs` client reads), and the shorter name upstream
+        // ESB's functions read.
+        env.insert(
+            "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS".into(),
+            self.worker_logs_url.clone(),
+        );
         env.insert("AWS_ENDPOINT_URL_LOGS".into(), self.worker_logs_url.clone());
         env.insert("VICTORIALOGS_URL".into(), self.worker_logs_url.clone());
         env.insert("AWS_REGION".into(), self.creds.region.clone());

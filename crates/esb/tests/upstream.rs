@@ -103,11 +103,15 @@ fn upstream_users_contracts_against_esb_up() {
         String::from_utf8_lossy(&out.stderr)
     );
     println!("{text}");
-    assert!(
-        out.status.success(),
-        "test_upstream.py failed:\n{text}\ngateway log:\n{}",
-        b.log_events("gateway", 100)
-    );
+    if !out.status.success() {
+        let functions = b.esb(&["logs", "--since", "10m", "-n", "100"]);
+        panic!(
+            "test_upstream.py failed:\n{text}\ngateway log:\n{}\nfunctions' logs:\n{}{}",
+            b.log_events("gateway", 100),
+            String::from_utf8_lossy(&functions.stdout),
+            String::from_utf8_lossy(&functions.stderr)
+        );
+    }
 
     // `esb trust`: curl and Python's default context accept the gateway without --cacert.
     assert_ne!(

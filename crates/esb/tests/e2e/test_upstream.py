@@ -117,6 +117,8 @@ def test_workers_get_upstream_settings(token):
     # The .env's GATEWAY_INTERNAL_URL names upstream's container: esb keeps its own.
     assert re.fullmatch(r"https://\d+\.\d+\.\d+\.\d+:\d+", env["GATEWAY_INTERNAL_URL"]), env
     assert env["AWS_ENDPOINT_URL_LOGS"].startswith("http://"), env
+    # What boto3's logs client reads (the service id "CloudWatch Logs").
+    assert env["AWS_ENDPOINT_URL_CLOUDWATCH_LOGS"] == env["AWS_ENDPOINT_URL_LOGS"], env
     assert env["AWS_LAMBDA_LOG_GROUP_NAME"] == "/aws/lambda/echo", env
     assert re.fullmatch(r"\d{4}/\d{2}/\d{2}/\[\$LATEST\][0-9a-f]{32}",
                         env["AWS_LAMBDA_LOG_STREAM_NAME"]), env
@@ -186,7 +188,7 @@ def logs_client():
 
 
 def test_cloudwatch_logs_from_a_function_and_from_the_host(token):
-    """A function writes with boto3 logs.put_log_events (AWS_ENDPOINT_URL_LOGS); the host
+    """A function writes with boto3 logs.put_log_events (AWS_ENDPOINT_URL_CLOUDWATCH_LOGS); the host
     finds it with FilterLogEvents; the function's own lines are the /aws/lambda/echo group,
     one stream per worker; the stock AWS CLI v2 `aws logs tail` shows them."""
     r = requests.get(URL + "/echo", headers={"Authorization": f"Bearer {token}"},

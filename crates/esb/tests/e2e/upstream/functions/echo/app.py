@@ -39,7 +39,7 @@ def handler(event, context):
     )
     env = {k: os.environ.get(k) for k in (
         "LOG_LEVEL", "AWS_LAMBDA_LOG_LEVEL", "AWS_LAMBDA_LOG_FORMAT", "GATEWAY_INTERNAL_URL",
-        "AWS_ENDPOINT_URL_LOGS", "AWS_LAMBDA_LOG_GROUP_NAME", "AWS_LAMBDA_LOG_STREAM_NAME")}
+        "AWS_ENDPOINT_URL_LOGS", "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS", "AWS_LAMBDA_LOG_GROUP_NAME", "AWS_LAMBDA_LOG_STREAM_NAME")}
     body = {
         "user": user,
         "claims": authorizer.get("claims"),
