@@ -347,7 +347,8 @@ async fn do_ingest(
 }
 
 /// Ingests a request's body; with `function`, every record's `function_name` is that
-/// function's and its `job` is `lambda` (the workers' listener, where the caller's key
+/// function's, as is `container_name` (upstream's name for it), and its `job` is `lambda`
+/// (the workers' listener, where the caller's key
 /// says who it is: a worker cannot pass its lines off as another function's or the
 /// gateway's).
 pub(crate) async fn do_ingest_stamped(
@@ -367,7 +368,10 @@ pub(crate) async fn do_ingest_stamped(
     if let Some(f) = function {
         params
             .extra_fields
-            .retain(|(k, _)| k != "function_name" && k != "job");
+            .retain(|(k, _)| !["function_name", "container_name", "job"].contains(&k.as_str()));
+        params
+            .extra_fields
+            .push(("container_name".into(), f.clone()));
         params.extra_fields.push(("function_name".into(), f));
         params.extra_fields.push(("job".into(), "lambda".into()));
     }

@@ -1,5 +1,6 @@
 //! The workers' listener: ingestion only, signed with a function's own key pair, each
-//! record stamped with that function's name (`function_name`) and `job=lambda` whatever the body says.
+//! record stamped with that function's name (`function_name`, `container_name`) and
+//! `job=lambda` whatever the body says.
 //! Queries are not served here: they need the main listener, which only the host reaches.
 //! The CloudWatch Logs API (`POST /`) is, with the function's key and policy.
 

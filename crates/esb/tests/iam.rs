@@ -110,8 +110,8 @@ fn functions_get_what_their_policies_allow_and_nothing_else() {
         );
     }
     // The log store: a worker may not query it, may not ingest unsigned, and what it
-    // ingests signed is stamped with its own function's name and job=lambda, whatever
-    // the body claims.
+    // ingests signed is stamped with its own function's name (function_name,
+    // container_name) and job=lambda, whatever the body claims.
     assert_eq!(v["logstore"]["query"], 403, "{v}");
     assert_eq!(v["logstore"]["unsigned_insert"], 403, "{v}");
     assert_eq!(v["logstore"]["signed_insert"], 200, "{v}");
@@ -119,9 +119,11 @@ fn functions_get_what_their_policies_allow_and_nothing_else() {
         let records = query_logs(&b, "forged-by-reader");
         let own = query_logs(&b, "reader-was-here");
         !records.is_empty()
-            && records
-                .iter()
-                .all(|r| r["function_name"] == "reader" && r["job"] == "lambda")
+            && records.iter().all(|r| {
+                r["function_name"] == "reader"
+                    && r["container_name"] == "reader"
+                    && r["job"] == "lambda"
+            })
             && own.iter().any(|r| r["function_name"] == "reader")
     });
     let mode = std::os::unix::fs::PermissionsExt::mode(

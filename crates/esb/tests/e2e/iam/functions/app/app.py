@@ -47,7 +47,8 @@ def _logstore():
             return e.code
 
     query = status(urllib.request.Request(f"{base}/select/logsql/query?query=*"))
-    forged = json.dumps({"_msg": "forged-by-reader", "function_name": "target", "job": "gateway"}).encode()
+    forged = json.dumps({"_msg": "forged-by-reader", "function_name": "target", "job": "gateway",
+                         "container_name": "esb-gateway"}).encode()
     url = f"{base}/insert/jsonline?_stream_fields=function_name"
     unsigned = status(urllib.request.Request(url, data=forged, method="POST"))
     aws = AWSRequest(method="POST", url=url, data=forged)
