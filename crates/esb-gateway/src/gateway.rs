@@ -327,6 +327,19 @@ pub(crate) struct FunctionSet {
     pub router: Router,
 }
 
+/// The fields of a warning about one worker: its function, node and id, and what happened.
+fn worker_fields(function: &str, node: &str, worker: &str, error: &str) -> Map<String, Value> {
+    [
+        ("kind".to_string(), json!("worker")),
+        ("function".to_string(), json!(function)),
+        ("node".to_string(), json!(node)),
+        ("worker".to_string(), json!(worker)),
+        ("error".to_string(), json!(error)),
+    ]
+    .into_iter()
+    .collect()
+}
+
 fn build_routes(specs: &[FunctionSpec]) -> anyhow::Result<(Router, Vec<Vec<String>>)> {
     let mut routes: Vec<Route> = Vec::new();
     let mut keys = Vec::with_capacity(specs.len());
@@ -843,15 +856,7 @@ impl Gateway {
         self.logger.log(
             "warn",
             "worker pause failed",
-            [
-                ("kind".to_string(), json!("worker")),
-                ("function".to_string(), json!(f.spec.name)),
-                ("node".to_string(), json!(agent.addr.node_id)),
-                ("worker".to_string(), json!(w.id)),
-                ("error".to_string(), json!(why)),
-            ]
-            .into_iter()
-            .collect(),
+            worker_fields(&f.spec.name, &agent.addr.node_id, &w.id, &why),
         );
         f.note_replacement(format!(
             "worker {} could not be paused ({why}); destroyed",
@@ -1132,15 +1137,7 @@ impl Gateway {
                         self.logger.log(
                             "warn",
                             "worker resume failed",
-                            [
-                                ("kind".to_string(), json!("worker")),
-                                ("function".to_string(), json!(f.spec.name)),
-                                ("node".to_string(), json!(agent.addr.node_id)),
-                                ("worker".to_string(), json!(id)),
-                                ("error".to_string(), json!(e)),
-                            ]
-                            .into_iter()
-                            .collect(),
+                            worker_fields(&f.spec.name, &agent.addr.node_id, &id, &e),
                         );
                         f.note_replacement(format!(
                             "worker {id} could not be resumed ({e}); evicted, the request went to another worker"
@@ -1186,15 +1183,7 @@ impl Gateway {
                     self.logger.log(
                         "warn",
                         "worker unreachable",
-                        [
-                            ("kind".to_string(), json!("worker")),
-                            ("function".to_string(), json!(f.spec.name)),
-                            ("node".to_string(), json!(agent.addr.node_id)),
-                            ("worker".to_string(), json!(id)),
-                            ("error".to_string(), json!(e)),
-                        ]
-                        .into_iter()
-                        .collect(),
+                        worker_fields(&f.spec.name, &agent.addr.node_id, &id, &e),
                     );
                     f.note_replacement(why);
                     // Evicted: its place is freed and it is destroyed.
@@ -1820,20 +1809,9 @@ impl Gateway {
         } else {
             format!("worker {id} {why} while idle; replaced")
         };
-        self.logger.log(
-            "warn",
-            "worker lost",
-            [
-                ("kind".to_string(), json!("worker")),
-                ("function".to_string(), json!(f.spec.name)),
-                ("node".to_string(), json!(agent.addr.node_id)),
-                ("worker".to_string(), json!(id)),
-                ("state".to_string(), json!(state)),
-                ("error".to_string(), json!(what)),
-            ]
-            .into_iter()
-            .collect(),
-        );
+        let mut fields = worker_fields(&f.spec.name, &agent.addr.node_id, id, &what);
+        fields.insert("state".to_string(), json!(state));
+        self.logger.log("warn", "worker lost", fields);
         f.note_replacement(what);
         for w in idle {
             self.destroy(w, &f.spec.name);
