@@ -79,8 +79,8 @@ fn throughput(ns: &NetNs, addr: SocketAddr, mb: usize) -> f64 {
     mb as f64 / t.elapsed().as_secs_f64()
 }
 
-/// Median round trip (µs) of a 1-byte request/answer on one connection.
-fn round_trip(ns: &NetNs, addr: SocketAddr, n: usize) -> f64 {
+/// Round trips of a 1-byte request/answer on one connection: (median, p99, max) in µs.
+fn round_trip(ns: &NetNs, addr: SocketAddr, n: usize) -> (f64, f64, f64) {
     let mut s = connect(ns, addr);
     let mut v = Vec::with_capacity(n);
     let mut b = [0u8; 1];
@@ -91,8 +91,12 @@ fn round_trip(ns: &NetNs, addr: SocketAddr, n: usize) -> f64 {
         v.push(t.elapsed());
     }
     v.sort();
-    v[n / 2].as_secs_f64() * 1e6
+    let us = |d: std::time::Duration| d.as_secs_f64() * 1e6;
+    (us(v[n / 2]), us(v[n * 99 / 100]), us(v[n - 1]))
 }
+
+/// Round trips per round.
+const RT_N: usize = 20_000;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -179,15 +183,24 @@ async fn main() {
         for _ in 0..rounds {
             tp_plain.push(throughput(&nha, plain, mb));
             tp_wg.push(throughput(&nia, wg, mb));
-            rt_plain.push(round_trip(&nha, plain, 2000));
-            rt_wg.push(round_trip(&nia, wg, 2000));
+            rt_plain.push(round_trip(&nha, plain, RT_N));
+            rt_wg.push(round_trip(&nia, wg, RT_N));
         }
     });
     let med = |mut v: Vec<f64>| {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
         v[v.len() / 2]
     };
-    let (tw, tp, rw, rp) = (med(tp_wg), med(tp_plain), med(rt_wg), med(rt_plain));
+    let pick = |v: &[(f64, f64, f64)], f: fn(&(f64, f64, f64)) -> f64| -> Vec<f64> {
+        v.iter().map(f).collect()
+    };
+    let (tw, tp) = (med(tp_wg), med(tp_plain));
+    let (rw, rp) = (med(pick(&rt_wg, |r| r.0)), med(pick(&rt_plain, |r| r.0)));
+    let (rw99, rp99) = (med(pick(&rt_wg, |r| r.1)), med(pick(&rt_plain, |r| r.1)));
+    let (rwmax, rpmax) = (
+        pick(&rt_wg, |r| r.2).into_iter().fold(0.0, f64::max),
+        pick(&rt_plain, |r| r.2).into_iter().fold(0.0, f64::max),
+    );
     println!("| figure | over WireGuard | same veth, no tunnel | ratio |");
     println!("|---|---|---|---|");
     println!(
@@ -195,7 +208,15 @@ async fn main() {
         tw / tp
     );
     println!(
-        "| 1-byte request/answer round trip, median of 2000 (µs) | {rw:.0} | {rp:.0} | {:.2}x |",
+        "| 1-byte request/answer round trip, median of {RT_N} (µs) | {rw:.0} | {rp:.0} | {:.2}x |",
         rw / rp
+    );
+    println!(
+        "| same, p99 (µs), median of {rounds} rounds | {rw99:.0} | {rp99:.0} | {:.2}x |",
+        rw99 / rp99
+    );
+    println!(
+        "| same, slowest of {rounds} rounds (µs) | {rwmax:.0} | {rpmax:.0} | {:.2}x |",
+        rwmax / rpmax
     );
 }

@@ -23,6 +23,13 @@ use crate::WgError;
 const BUF: usize = 65_535 + 64;
 /// How often the protocol's timers run.
 const TICK: Duration = Duration::from_millis(250);
+/// The UDP socket's receive and send buffers (wireguard-go's size). The kernel's default
+/// (~208 KiB) overflows whenever the device loop is not scheduled for a moment while a
+/// burst arrives (an image pull, log shipping), and each datagram lost there costs a TCP
+/// flow inside the tunnel a retransmission timeout (~200 ms).
+const UDP_BUFFER: libc::c_int = 7 << 20;
+/// The TUN device's queue towards this process (the kernel's default is 500 packets).
+const TUN_QUEUE: &str = "4096";
 
 /// A peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +155,8 @@ impl Tunnel {
                 &cfg.ifname,
                 "mtu",
                 &cfg.mtu.to_string(),
+                "txqueuelen",
+                TUN_QUEUE,
                 "up",
             ],
         )?;
@@ -161,6 +170,7 @@ impl Tunnel {
         std_udp
             .set_nonblocking(true)
             .map_err(crate::io("UDP socket"))?;
+        grow_buffers(&std_udp);
         let udp = UdpSocket::from_std(std_udp).map_err(crate::io("UDP socket"))?;
         let local = udp.local_addr().map_err(crate::io("UDP socket"))?;
         let shared = Arc::new(Shared {
@@ -229,6 +239,37 @@ impl Tunnel {
                 }
             })
             .collect()
+    }
+}
+
+/// Sets the socket's buffers to [`UDP_BUFFER`]: past `net.core.[rw]mem_max` where the
+/// process may (`SO_RCVBUFFORCE` needs CAP_NET_ADMIN, which the tunnel has), else up to
+/// that limit. A failure leaves the kernel's default, with a warning.
+fn grow_buffers(sock: &std::net::UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let set = |opt: libc::c_int| -> bool {
+        // SAFETY: setsockopt(2) on a descriptor `sock` owns, with a pointer to a c_int
+        // that lives through the call and its exact size.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&UDP_BUFFER as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            ) == 0
+        }
+    };
+    for (force, plain, what) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, "receive"),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, "send"),
+    ] {
+        if !set(force) && !set(plain) {
+            tracing::warn!(
+                "wireguard: could not grow the UDP {what} buffer: {}",
+                std::io::Error::last_os_error()
+            );
+        }
     }
 }
 

@@ -156,6 +156,25 @@ async fn two_hosts_talk_through_wg0_and_routes_follow_allowed_ips() {
     .await
     .unwrap();
     assert_eq!(a.public_key(), ka.public());
+    // Room for bursts: the UDP socket's buffers past the kernel's default (a datagram the
+    // socket drops costs a flow in the tunnel a ~200 ms retransmission), a long TUN queue.
+    let sockets = String::from_utf8(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", ha, "ss", "-uanm", "sport", "= :51820"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let rb: u64 = sockets
+        .split("rb")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no receive buffer in ss's answer:\n{sockets}"));
+    assert!(rb >= 7 << 20, "UDP receive buffer {rb}:\n{sockets}");
+    let link = ipn(ia, &["link", "show", "wg0"]);
+    assert!(link.contains("qlen 4096"), "{link}");
 
     // B knows where A is; A learns B's endpoint from B's first packet.
     let nb = NetNs::open(ib).unwrap();
