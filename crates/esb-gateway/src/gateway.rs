@@ -493,6 +493,8 @@ pub(crate) struct Served {
     pub redelivered: u32,
     /// The invocation's Lambda request id (set by the caller from the answer).
     pub aws_request_id: Option<String>,
+    /// The worker was paused (idle pause) and was resumed for it.
+    pub resumed: bool,
 }
 
 /// The outcome of one invocation.
@@ -1110,12 +1112,13 @@ impl Gateway {
             let mut lease = Lease::new(self, f.clone(), worker);
             let deadline = *until.get_or_insert_with(|| Instant::now() + self.deadline(&f));
             let agent = self.agent(lease.worker.as_ref().unwrap().agent);
-            let served = Served {
+            let mut served = Served {
                 cold: any_cold,
                 node: Some(agent.addr.node_id.clone()),
                 worker: lease.worker.as_ref().map(|w| w.id.clone()),
                 redelivered,
                 aws_request_id: None,
+                resumed: false,
             };
             // A paused worker is thawed first; one that cannot be is evicted and the
             // request, not sent, goes to another worker (as an unreachable one's).
@@ -1125,6 +1128,7 @@ impl Gateway {
                 match self.resume(ai, &id, deadline).await {
                     Ok(()) => {
                         lease.worker.as_mut().unwrap().paused = false;
+                        served.resumed = true;
                         self.metrics
                             .resumes
                             .get_or_create(&FnLabel {

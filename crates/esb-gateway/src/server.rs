@@ -646,6 +646,9 @@ async fn handle(
         if h.served.redelivered > 0 {
             m.insert("redelivered".into(), h.served.redelivered.into());
         }
+        if h.served.resumed {
+            m.insert("resumed".into(), true.into());
+        }
         if let Some(id) = h.served.aws_request_id {
             m.insert("aws_request_id".into(), id.into());
         }

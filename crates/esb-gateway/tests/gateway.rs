@@ -835,51 +835,9 @@ async fn raw_tls(b: &TestBox, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-/// A stand-in log store that records what is POSTed to `/insert/jsonline`.
-async fn capture_server() -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-) {
-    use http_body_util::BodyExt;
-    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let store = lines.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = listener.accept().await else {
-                return;
-            };
-            let store = store.clone();
-            tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let store = store.clone();
-                        async move {
-                            let ok = req.uri().path() == "/insert/jsonline";
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            if ok {
-                                for l in String::from_utf8_lossy(&body).lines() {
-                                    store.lock().unwrap().push(l.to_string());
-                                }
-                            }
-                            Ok::<_, std::convert::Infallible>(http::Response::new(
-                                http_body_util::Full::new(bytes::Bytes::new()),
-                            ))
-                        }
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, lines)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_are_shipped_and_shutdown_drains_in_flight_requests() {
-    let (log_addr, lines) = capture_server().await;
+    let (log_addr, lines) = common::capture_server().await;
     let mut b = TestBox::start(vec![spec("rust-echo", "rust")], |c| {
         c.victorialogs_url = Some(format!("http://{log_addr}"));
     })

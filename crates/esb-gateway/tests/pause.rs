@@ -89,7 +89,8 @@ async fn containers(b: &TestBox) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn paused_worker_is_resumed_before_delivery() {
-    let b = start(|_| {}).await;
+    let (log_addr, lines) = common::capture_server().await;
+    let b = start(|c| c.victorialogs_url = Some(format!("http://{log_addr}"))).await;
     let pid = invoke(&b, Value::Null).await;
     let agent = b.agent.clone();
     let id = agent.running().pop().expect("one worker");
@@ -122,6 +123,33 @@ async fn paused_worker_is_resumed_before_delivery() {
     assert_eq!(invoke(&b, Value::Null).await, pid);
     assert_eq!(*agent.resumes.lock().unwrap(), 1);
     assert_eq!(*agent.created.lock().unwrap(), 1);
+    // Its access record says so (the first, cold one does not).
+    let of_function = |l: &String| l.contains("\"kind\":\"access\"") && l.contains("\"function\"");
+    wait_until(
+        "two invocations' access records",
+        Duration::from_secs(30),
+        || {
+            lines
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| of_function(l))
+                .count()
+                >= 2
+        },
+    )
+    .await;
+    let access: Vec<Value> = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| of_function(l))
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .collect();
+    assert_eq!(access[0]["cold"], true, "{access:?}");
+    assert!(access[0].get("resumed").is_none(), "{access:?}");
+    assert_eq!(access[1]["cold"], false, "{access:?}");
+    assert_eq!(access[1]["resumed"], true, "{access:?}");
     // While a request holds it, it runs.
     let gate = b.dir.path().join("gate");
     let held = {

@@ -974,3 +974,45 @@ pub async fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool
     }
     panic!("timed out waiting for {what}");
 }
+
+/// A stand-in log store that records what is POSTed to `/insert/jsonline`.
+pub async fn capture_server() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use http_body_util::BodyExt;
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let store = lines.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                return;
+            };
+            let store = store.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let store = store.clone();
+                        async move {
+                            let ok = req.uri().path() == "/insert/jsonline";
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            if ok {
+                                for l in String::from_utf8_lossy(&body).lines() {
+                                    store.lock().unwrap().push(l.to_string());
+                                }
+                            }
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::new()),
+                            ))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, lines)
+}
