@@ -87,6 +87,26 @@ async fn containers(b: &TestBox) -> Vec<Value> {
     r.json()["containers"].as_array().unwrap().clone()
 }
 
+/// `n` concurrent requests to the function while its one worker is paused (or pausing):
+/// all answered by that worker (process `pid`), which was resumed, and no other made.
+async fn concurrent_calls_resume_the_one_worker(b: &TestBox, n: usize, pid: u64) {
+    let agent = b.agent.clone();
+    let before = *agent.resumes.lock().unwrap();
+    let calls: Vec<_> = (0..n)
+        .map(|_| {
+            let client = b.client();
+            tokio::spawn(async move { client.invoke(FUNCTION, b"null", &[]).await })
+        })
+        .collect();
+    for c in calls {
+        let r = c.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["pid"].as_u64(), Some(pid));
+    }
+    assert!(*agent.resumes.lock().unwrap() > before);
+    assert_eq!(*agent.created.lock().unwrap(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn paused_worker_is_resumed_before_delivery() {
     let (log_addr, lines) = common::capture_server().await;
@@ -170,39 +190,13 @@ async fn paused_worker_is_resumed_before_delivery() {
 
     // Concurrent requests to a paused worker: all answered, by that one worker.
     wait_state(&b, "paused").await;
-    let before = *agent.resumes.lock().unwrap();
-    let calls: Vec<_> = (0..6)
-        .map(|_| {
-            let client = b.client();
-            tokio::spawn(async move { client.invoke(FUNCTION, b"null", &[]).await })
-        })
-        .collect();
-    for c in calls {
-        let r = c.await.unwrap();
-        assert_eq!(r.status, 200, "{}", r.text());
-        assert_eq!(r.json()["pid"].as_u64(), Some(pid));
-    }
-    assert!(*agent.resumes.lock().unwrap() > before);
-    assert_eq!(*agent.created.lock().unwrap(), 1);
+    concurrent_calls_resume_the_one_worker(&b, 6, pid).await;
 
     // Requests that come while the worker is being paused wait for it (it is out of the
     // pool) and resume it: none goes to it while it stops.
     *agent.pause_delay.lock().unwrap() = Duration::from_millis(1500);
     wait_state(&b, "pausing").await;
-    let before = *agent.resumes.lock().unwrap();
-    let calls: Vec<_> = (0..4)
-        .map(|_| {
-            let client = b.client();
-            tokio::spawn(async move { client.invoke(FUNCTION, b"null", &[]).await })
-        })
-        .collect();
-    for c in calls {
-        let r = c.await.unwrap();
-        assert_eq!(r.status, 200, "{}", r.text());
-        assert_eq!(r.json()["pid"].as_u64(), Some(pid));
-    }
-    assert!(*agent.resumes.lock().unwrap() > before);
-    assert_eq!(*agent.created.lock().unwrap(), 1);
+    concurrent_calls_resume_the_one_worker(&b, 4, pid).await;
     *agent.pause_delay.lock().unwrap() = Duration::ZERO;
 
     // A worker that cannot be resumed is replaced: the request goes to a new one.

@@ -15,27 +15,8 @@ mod boxkit;
 
 use std::process::{Command, Stdio};
 
-use boxkit::{e2e_app, TestBox};
+use boxkit::{e2e_app, function, workers, TestBox};
 use serde_json::Value;
-
-fn function(status: &Value, name: &str) -> Value {
-    status["functions"]
-        .as_array()
-        .and_then(|f| f.iter().find(|f| f["name"] == name))
-        .cloned()
-        .unwrap_or(Value::Null)
-}
-
-/// Ids of `name`'s workers in `state`.
-fn workers(status: &Value, name: &str, state: &str) -> Vec<String> {
-    function(status, name)["workers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|w| w["state"] == state)
-        .filter_map(|w| w["id"].as_str().map(str::to_string))
-        .collect()
-}
 
 /// Waits until `name` has exactly one worker, in `state`; its id.
 fn only_worker(b: &TestBox, name: &str, state: &str) -> String {

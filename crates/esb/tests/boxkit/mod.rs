@@ -13,6 +13,26 @@ use serde_json::Value;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// Function `name` in `esb status --json` (Null when absent).
+pub fn function(status: &Value, name: &str) -> Value {
+    status["functions"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["name"] == name))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Ids of `name`'s workers in `state`.
+pub fn workers(status: &Value, name: &str, state: &str) -> Vec<String> {
+    function(status, name)["workers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|w| w["state"] == state)
+        .filter_map(|w| w["id"].as_str().map(str::to_string))
+        .collect()
+}
+
 /// A free loopback port below the kernel's ephemeral range (32768 and up), so that no
 /// other test's bind to port 0, and no outgoing connection, can take it between now and
 /// the box's start; picked at random, checked free.
