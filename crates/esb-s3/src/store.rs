@@ -539,73 +539,40 @@ impl Store {
         for item in buckets.iter()? {
             let (name, _) = item?;
             let name = name.value().to_owned();
-            let objects = obj_table(&name);
-            match txn.open_table(ObjectsDef::new(&objects)) {
-                Ok(t) => {
-                    for item in t.iter()? {
-                        let (_, v) = item?;
-                        let rec = decode_record(v.value())
-                            .map_err(store_anyhow)
-                            .with_context(|| {
-                                format!("bucket {name:?}: reading an object record")
-                            })?;
-                        live.extend(rec.segments.into_iter().map(|s| s.id));
-                    }
-                }
-                Err(redb::TableError::TableDoesNotExist(_)) => {
-                    tracing::warn!(bucket = %name, "the bucket's object table is missing: keeping every data file");
-                    return Ok(0);
-                }
-                Err(e) => {
-                    return Err(anyhow::Error::new(e).context(format!(
-                        "bucket {name:?}: cannot open its object table in the index; refusing \
-                         to start (no data file was removed)"
-                    )))
-                }
+            let (objects, versions, uploads) =
+                (obj_table(&name), ver_table(&name), mpu_table(&name));
+            let mut record_segments = |v: &[u8]| -> anyhow::Result<()> {
+                let rec = decode_record(v).map_err(store_anyhow)?;
+                live.extend(rec.segments.into_iter().map(|s| s.id));
+                Ok(())
+            };
+            if !scan_records(
+                &txn,
+                ObjectsDef::new(&objects),
+                &name,
+                "object",
+                &mut record_segments,
+            )? {
+                tracing::warn!(bucket = %name, "the bucket's object table is missing: keeping every data file");
+                return Ok(0);
             }
-            match txn.open_table(VersionsDef::new(&ver_table(&name))) {
-                Ok(t) => {
-                    for item in t.iter()? {
-                        let (_, v) = item?;
-                        let rec = decode_record(v.value())
-                            .map_err(store_anyhow)
-                            .with_context(|| {
-                                format!("bucket {name:?}: reading a version record")
-                            })?;
-                        live.extend(rec.segments.into_iter().map(|s| s.id));
-                    }
-                }
-                // Buckets whose versioning was never configured have no version table.
-                Err(redb::TableError::TableDoesNotExist(_)) => {}
-                Err(e) => {
-                    return Err(anyhow::Error::new(e).context(format!(
-                        "bucket {name:?}: cannot open its version table in the index; refusing \
-                         to start (no data file was removed)"
-                    )))
-                }
-            }
-            match txn.open_table(UploadsDef::new(&mpu_table(&name))) {
-                Ok(t) => {
-                    for item in t.iter()? {
-                        let (_, v) = item?;
-                        let up: UploadRecord = from_json(v.value())
-                            .map_err(store_anyhow)
-                            .with_context(|| {
-                                format!("bucket {name:?}: reading a multipart upload record")
-                            })?;
-                        live.extend(up.into_part_segments().map(|s| s.id));
-                    }
-                }
-                Err(redb::TableError::TableDoesNotExist(_)) => {
-                    tracing::warn!(bucket = %name, "the bucket's multipart table is missing: keeping every data file");
-                    return Ok(0);
-                }
-                Err(e) => {
-                    return Err(anyhow::Error::new(e).context(format!(
-                        "bucket {name:?}: cannot open its multipart table in the index; \
-                         refusing to start (no data file was removed)"
-                    )))
-                }
+            // Buckets whose versioning was never configured have no version table.
+            let versions = VersionsDef::new(&versions);
+            scan_records(&txn, versions, &name, "version", &mut record_segments)?;
+            let present = scan_records(
+                &txn,
+                UploadsDef::new(&uploads),
+                &name,
+                "multipart upload",
+                |v| {
+                    let up: UploadRecord = from_json(v).map_err(store_anyhow)?;
+                    live.extend(up.into_part_segments().map(|s| s.id));
+                    Ok(())
+                },
+            )?;
+            if !present {
+                tracing::warn!(bucket = %name, "the bucket's multipart table is missing: keeping every data file");
+                return Ok(0);
             }
         }
         drop(txn);
@@ -1662,6 +1629,33 @@ fn write_store_id(root: &Path, id: &str) -> anyhow::Result<()> {
 /// fsync a directory so that entries created in it survive a crash.
 pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// Calls `each` with every value of bucket `bucket`'s table `def` (its `what` records);
+/// false when the table does not exist. An unreadable table or record fails, naming both.
+fn scan_records<K: redb::Key + 'static>(
+    txn: &redb::ReadTransaction,
+    def: TableDefinition<K, &'static [u8]>,
+    bucket: &str,
+    what: &str,
+    mut each: impl FnMut(&[u8]) -> anyhow::Result<()>,
+) -> anyhow::Result<bool> {
+    let t = match txn.open_table(def) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "bucket {bucket:?}: cannot open its {what} table in the index; refusing to \
+                 start (no data file was removed)"
+            )))
+        }
+    };
+    for item in t.iter()? {
+        let (_, v) = item?;
+        each(v.value())
+            .with_context(|| format!("bucket {bucket:?}: reading its {what} records"))?;
+    }
+    Ok(true)
 }
 
 #[cfg(test)]

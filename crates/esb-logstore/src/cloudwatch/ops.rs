@@ -217,13 +217,21 @@ fn offset_token(req: &Value) -> Result<usize, CwError> {
 }
 
 /// One page of `items` from the request's offset token, with the next token.
-fn paginate<T>(req: &Value, items: Vec<T>, max: i64) -> Result<(Vec<T>, Option<String>), CwError> {
+/// One page of `items` as the answer `{key: [...], nextToken?}` (the token is an offset).
+fn paginate(req: &Value, key: &str, items: Vec<Value>, max: i64) -> Result<Value, CwError> {
     let limit = limit_arg(req, max)?;
     let from = offset_token(req)?;
     let total = items.len();
-    let page: Vec<T> = items.into_iter().skip(from).take(limit).collect();
-    let next = (from + page.len() < total).then(|| format!("o/{}", from + page.len()));
-    Ok((page, next))
+    let page: Vec<Value> = items.into_iter().skip(from).take(limit).collect();
+    let mut out = Map::new();
+    if from + page.len() < total {
+        out.insert(
+            "nextToken".into(),
+            json!(format!("o/{}", from + page.len())),
+        );
+    }
+    out.insert(key.into(), Value::Array(page));
+    Ok(Value::Object(out))
 }
 
 fn ms_to_ns(ms: i64) -> i64 {
@@ -309,12 +317,7 @@ fn describe_log_groups(ctx: &Ctx<'_>, req: &Value) -> Result<Value, CwError> {
             })
             .collect::<Vec<_>>()
     });
-    let (page, next) = paginate(req, groups, 50)?;
-    let mut out = json!({ "logGroups": page });
-    if let Some(t) = next {
-        out["nextToken"] = json!(t);
-    }
-    Ok(out)
+    paginate(req, "logGroups", groups, 50)
 }
 
 fn describe_log_streams(ctx: &Ctx<'_>, req: &Value) -> Result<Value, CwError> {
@@ -369,12 +372,7 @@ fn describe_log_streams(ctx: &Ctx<'_>, req: &Value) -> Result<Value, CwError> {
             Value::Object(s)
         })
         .collect();
-    let (page, next) = paginate(req, items, 50)?;
-    let mut out = json!({ "logStreams": page });
-    if let Some(t) = next {
-        out["nextToken"] = json!(t);
-    }
-    Ok(out)
+    paginate(req, "logStreams", items, 50)
 }
 
 fn delete_log_group(ctx: &Ctx<'_>, req: &Value) -> Result<Value, CwError> {
