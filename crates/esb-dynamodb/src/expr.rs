@@ -689,22 +689,27 @@ impl<'a> Parser<'a> {
         false
     }
 
+    /// `( inner )` at `(`: parses `inner` one level deeper; `((x))` (the inner group ends
+    /// right where this one does) is refused as redundant parentheses, as DynamoDB does.
+    fn group<T>(&mut self, inner: fn(&mut Self) -> Result<T>) -> Result<T> {
+        let open = self.pos;
+        self.next();
+        self.enter()?;
+        let x = inner(self)?;
+        self.depth -= 1;
+        if self.last_group == Some((open + 1, self.pos.wrapping_sub(1)))
+            && *self.peek() == Tok::Sym(")")
+        {
+            return Err(self.invalid("The expression has redundant parentheses;"));
+        }
+        self.expect(")")?;
+        self.last_group = Some((open, self.pos - 1));
+        Ok(x)
+    }
+
     fn primary(&mut self) -> Result<Cond> {
         if *self.peek() == Tok::Sym("(") && !self.parenthesised_operand() {
-            let open = self.pos;
-            self.next();
-            self.enter()?;
-            let c = self.or()?;
-            self.depth -= 1;
-            // `((c))`: the inner group ends right where this one does.
-            if self.last_group == Some((open + 1, self.pos.wrapping_sub(1)))
-                && *self.peek() == Tok::Sym(")")
-            {
-                return Err(self.invalid("The expression has redundant parentheses;"));
-            }
-            self.expect(")")?;
-            self.last_group = Some((open, self.pos - 1));
-            return Ok(c);
+            return self.group(Self::or);
         }
         if let (Tok::Ident(f), Tok::Sym("(")) = (self.peek().clone(), self.peek2().clone()) {
             if f != "size" {
@@ -770,19 +775,7 @@ impl<'a> Parser<'a> {
             Tok::Sym("(") => {
                 // `(a) = :v`: one pair of parentheses around an operand; `((a))` is refused
                 // as around a condition.
-                let open = self.pos;
-                self.next();
-                self.enter()?;
-                let inner = self.operand()?;
-                self.depth -= 1;
-                if self.last_group == Some((open + 1, self.pos.wrapping_sub(1)))
-                    && *self.peek() == Tok::Sym(")")
-                {
-                    return Err(self.invalid("The expression has redundant parentheses;"));
-                }
-                self.expect(")")?;
-                self.last_group = Some((open, self.pos - 1));
-                match inner {
+                match self.group(Self::operand)? {
                     // `(a).b`, `(a)[0]`: the path goes on after its parentheses.
                     Operand::Path(p) if matches!(self.peek(), Tok::Sym("." | "[")) => {
                         Ok(Operand::Path(self.path_tail(p.0)?))

@@ -348,9 +348,8 @@ async fn do_ingest(
 
 /// Ingests a request's body; with `function`, every record's `function_name` is that
 /// function's, as is `container_name` (upstream's name for it), and its `job` is `lambda`
-/// (the workers' listener, where the caller's key
-/// says who it is: a worker cannot pass its lines off as another function's or the
-/// gateway's).
+/// (the workers' listener, where the caller's key says who it is: a worker cannot pass its
+/// lines off as another function's or the gateway's).
 pub(crate) async fn do_ingest_stamped(
     state: AppState,
     req: Request,

@@ -174,6 +174,9 @@ enum Command {
         svc: services::ServiceArgs,
         #[command(flatten)]
         limits: services::LogstoreArgs,
+        /// The box's key pair, for the CloudWatch Logs API's host clients.
+        #[command(flatten)]
+        creds: settings::Credentials,
     },
     /// Show records from the log store.
     Logs(services::LogsArgs),
@@ -444,7 +447,9 @@ fn main() -> ExitCode {
         Command::Agent(args) => agent::run(state, &args),
         Command::S3 { svc, creds, sigv2 } => services::s3(state, &svc, &creds, sigv2),
         Command::Dynamodb { svc, creds } => services::dynamodb(state, &svc, &creds),
-        Command::Logstore { svc, limits } => services::logstore(state, &svc, &limits),
+        Command::Logstore { svc, limits, creds } => {
+            services::logstore(state, &svc, &limits, &creds)
+        }
         Command::Logs(args) => services::logs(state, &args),
         Command::Build(args) => build::build(state, &args),
         Command::Init(args) => build::init(&args),

@@ -104,7 +104,12 @@ pub struct LogstoreArgs {
 }
 
 /// `esb logstore`.
-pub fn logstore(state: &StateArgs, args: &ServiceArgs, limits: &LogstoreArgs) -> Result<()> {
+pub fn logstore(
+    state: &StateArgs,
+    args: &ServiceArgs,
+    limits: &LogstoreArgs,
+    creds: &Credentials,
+) -> Result<()> {
     let (listen, data_dir) = args.resolve(state, "logstore", "127.0.0.1:9428")?;
     if limits.segment_mb == 0 {
         anyhow::bail!("ESB_LOGSTORE_SEGMENT_MB: must be at least 1");
@@ -122,29 +127,19 @@ pub fn logstore(state: &StateArgs, args: &ServiceArgs, limits: &LogstoreArgs) ->
         },
         worker_listen: limits.worker_listen,
         iam_file: limits.worker_listen.map(|_| iam_file(state)),
-        box_key: box_key()?,
+        // Without the box's pair (set by `esb up` and esb.toml), the CloudWatch Logs API
+        // refuses every host client.
+        box_key: creds
+            .pair()
+            .ok()
+            .map(|(access_key, secret_key)| esb_logstore::BoxKey {
+                access_key,
+                secret_key,
+            }),
         ..Default::default()
     };
     tracing::info!(%listen, "log store serving");
     runtime()?.block_on(esb_logstore::serve(cfg, shutdown_signal()))
-}
-
-/// The box's key pair for the log store's CloudWatch Logs API, from the settings `esb s3`
-/// and `esb dynamodb` read (`ESB_ACCESS_KEY_ID`, `ESB_SECRET_ACCESS_KEY`, set by `esb up`
-/// and esb.toml); `None` when they are not set (that API then refuses every host client).
-fn box_key() -> Result<Option<esb_logstore::BoxKey>> {
-    use clap::{Args as _, FromArgMatches as _};
-    let matches = Credentials::augment_args(clap::Command::new("logstore"))
-        .try_get_matches_from(["logstore"])
-        .context("the box's key pair")?;
-    let creds = Credentials::from_arg_matches(&matches).context("the box's key pair")?;
-    Ok(creds
-        .pair()
-        .ok()
-        .map(|(access_key, secret_key)| esb_logstore::BoxKey {
-            access_key,
-            secret_key,
-        }))
 }
 
 /// Arguments of `esb logs`.
