@@ -523,13 +523,13 @@ def scenario_cli_tail():
     th = threading.Thread(target=reader, daemon=True)
     th.start()
     try:
-        deadline = time.time() + 30
+        deadline = time.time() + 90
         while len(got) < 2 and time.time() < deadline and proc.poll() is None:
             time.sleep(0.1)
         assert len(got) >= 2, (got, proc.poll())
         logs.put_log_events(logGroupName=g, logStreamName=stream,
                             logEvents=[{"timestamp": now_ms(), "message": "put while following"}])
-        assert done.wait(30), f"the followed event did not arrive: {got}"
+        assert done.wait(90), f"the followed event did not arrive: {got}"
     finally:
         os.kill(proc.pid, 9)
         proc.wait(10)
